@@ -1,0 +1,168 @@
+//! The `seks` command line: argument parsing, shared set-up, one module per command group.
+
+mod output;
+mod secret;
+mod serve;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{CliOverrides, LogFormat, Settings};
+use crate::providers::Providers;
+use crate::store::{self, Store};
+use crate::vault::{KeySource, Vault, master_key};
+
+/// SEKS: a credential broker for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "seks", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Data directory holding the database and the generated master key
+    /// [default: $XDG_DATA_HOME/seks or ~/.local/share/seks]
+    #[arg(long, env = "SEKS_DATA_DIR", global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file
+    #[arg(long, env = "SEKS_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Store, list, rotate and remove provider credentials.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
+    /// Mint, list and revoke agent tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// Entry point of the `seks` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut overrides = CliOverrides {
+        config: cli.global.config,
+        data_dir: cli.global.data_dir,
+        ..CliOverrides::default()
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            overrides.listen = args.listen;
+            overrides.log_format = args.log_format;
+            let ctx = Context::open(overrides, "info").await?;
+            serve::run(ctx).await
+        }
+        Command::Secret(cmd) => secret::run(Context::open(overrides, "warn").await?, cmd).await,
+        Command::Token(cmd) => token::run(Context::open(overrides, "warn").await?, cmd).await,
+    }
+}
+
+/// Settings and the open store, shared by every command.
+pub(crate) struct Context {
+    settings: Settings,
+    store: Arc<dyn Store>,
+}
+
+impl Context {
+    async fn open(overrides: CliOverrides, default_log_level: &str) -> anyhow::Result<Context> {
+        let settings = Settings::resolve(overrides)?;
+        init_logging(settings.log_format, default_log_level);
+        let store = store::open_default(&settings.data_dir)
+            .await
+            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+        Ok(Context { settings, store })
+    }
+
+    /// The provider table with config overrides.
+    fn providers(&self) -> anyhow::Result<Providers> {
+        Ok(Providers::load(&self.settings.providers)?)
+    }
+
+    /// Load the master key and check it against the store; on a store that has never seen a
+    /// key and with no key configured, generate one and say where it is.
+    async fn unlock_vault(&self) -> anyhow::Result<Vault> {
+        let recorded = self.store.key_check().await?;
+        let env_value = std::env::var(master_key::MASTER_KEY_ENV)
+            .ok()
+            .map(SecretString::from);
+        let (key, source) = master_key::load(
+            env_value,
+            &self.settings.master_key_file,
+            recorded.is_none(),
+        )?;
+        let vault = Vault::new(key);
+        let expected = match recorded {
+            Some(check) => check,
+            None => self.store.init_key_check(&vault.key_check()).await?,
+        };
+        vault.verify_key_check(&expected)?;
+        if let KeySource::Generated(path) = source {
+            eprintln!(
+                "seks: generated a new master key in {} (mode 0600).\n\
+                 \x20     Back it up: without it the stored secrets cannot be decrypted.\n\
+                 \x20     Fine for a laptop; in production set {} from a secret manager instead.",
+                path.display(),
+                master_key::MASTER_KEY_ENV
+            );
+        }
+        Ok(vault)
+    }
+
+    /// `--data-dir DIR ` to repeat in printed commands when it isn't the default.
+    fn data_dir_flag(&self) -> String {
+        if self.settings.data_dir_is_default {
+            String::new()
+        } else {
+            format!("--data-dir {} ", self.settings.data_dir.display())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_env("SEKS_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling in twice) is harmless; ignore it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,43 @@
+//! Shared output helpers: aligned tables for people, JSON for scripts.
+
+use serde::Serialize;
+
+use crate::clock;
+
+/// Print rows as a table with aligned columns.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Print a value as pretty JSON.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// An optional Unix time as RFC 3339, or `-`.
+pub fn when(unix: Option<i64>) -> String {
+    unix.map_or_else(|| "-".to_owned(), clock::format)
+}
+
+/// An optional Unix time as RFC 3339 for JSON (`null` when absent).
+pub fn when_json(unix: Option<i64>) -> Option<String> {
+    unix.map(clock::format)
+}

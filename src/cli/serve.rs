@@ -1,0 +1,107 @@
+//! `seks serve`: run the broker until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use super::Context;
+use crate::config::LogFormat;
+use crate::keyring::Keyring;
+use crate::proxy::{Proxy, ProxyLimits, Upstreams};
+use crate::server;
+use crate::store::DEFAULT_TENANT;
+
+/// How long open requests (e.g. long SSE streams) may finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Address for agents to connect to [default: 127.0.0.1:8080]
+    #[arg(long, env = "SEKS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Log format [default: text]
+    #[arg(long, env = "SEKS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
+    let providers = ctx.providers()?;
+    let vault = ctx.unlock_vault().await?;
+    let upstreams = Upstreams::new(&ctx.settings.upstream)?;
+    let keyring = Arc::new(Keyring::new(ctx.store.clone(), vault));
+    keyring.sync().await.context("reading the store")?;
+    let sync_task = tokio::spawn(keyring.clone().run_sync_loop());
+
+    let limits = ProxyLimits {
+        max_body_bytes: ctx.settings.max_body_bytes,
+        response_timeout: ctx.settings.upstream.response_timeout,
+        read_timeout: ctx.settings.upstream.read_timeout,
+    };
+    let proxy = Arc::new(Proxy::new(providers, keyring.clone(), upstreams, limits));
+    let listener = TcpListener::bind(ctx.settings.listen)
+        .await
+        .with_context(|| format!("binding {}", ctx.settings.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(data_dir = %ctx.settings.data_dir.display(), "listening on http://{addr}");
+    if ctx.store.list_secrets(DEFAULT_TENANT).await?.is_empty() {
+        print_first_steps(&ctx, addr);
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, proxy, async {
+        let _ = stop_rx.await;
+    }));
+    shutdown_signal().await;
+    tracing::info!("shutting down; open requests get {SHUTDOWN_GRACE:?} to finish");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(joined) => joined.context("server task")?.context("serving")?,
+        Err(_) => tracing::warn!("open requests did not finish in time; closing them"),
+    }
+    sync_task.abort();
+    if let Err(e) = keyring.flush_uses().await {
+        tracing::warn!(error = %e, "could not record token use times");
+    }
+    Ok(())
+}
+
+fn print_first_steps(ctx: &Context, addr: SocketAddr) {
+    let dd = ctx.data_dir_flag();
+    eprintln!(
+        "\nThe store is empty. Next steps:\n\
+         \x20 1. Store a provider key (read from stdin or a hidden prompt, never from the command line):\n\
+         \x20      seks {dd}secret add openai-main --provider openai\n\
+         \x20 2. Mint a token for an agent (printed once):\n\
+         \x20      seks {dd}token create --secret openai-main --agent my-agent\n\
+         \x20 3. Give the agent the token and this base URL instead of the real key:\n\
+         \x20      OpenAI(base_url=\"http://{addr}/api/openai/v1\", api_key=\"<token>\")\n\
+         \x20    Other providers live at http://{addr}/api/<provider>/ (anthropic, gemini, groq, github).\n"
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,255 @@
+//! Configuration: command-line flags and environment (via clap) over the TOML config file
+//! over built-in defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default agent listener address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default request body limit: 64 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The TOML config file, as written by the operator.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Agent listener address.
+    pub listen: Option<SocketAddr>,
+    /// Data directory (database, generated master key).
+    pub data_dir: Option<PathBuf>,
+    /// Master key file; default `<data_dir>/master.key`.
+    pub master_key_file: Option<PathBuf>,
+    /// Largest request body forwarded upstream, in bytes.
+    pub max_body_bytes: Option<u64>,
+    /// Log output format.
+    pub log_format: Option<LogFormat>,
+    /// Upstream connection settings.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Per-provider overrides, keyed by provider name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderOverride>,
+}
+
+/// Upstream connection settings (`[upstream]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Longest wait for a TCP connection (and TLS handshake) to an upstream.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait from sending a request to receiving the response headers.
+    #[serde(deserialize_with = "duration")]
+    pub response_timeout: Duration,
+    /// Longest silence while a response body streams before the broker gives up.
+    #[serde(deserialize_with = "duration")]
+    pub read_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    #[serde(deserialize_with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Extra PEM CA certificates to trust for upstreams (e.g. a test CA).
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(10),
+            // LLM calls without streaming can think for minutes; SDKs default to 10 minutes.
+            response_timeout: Duration::from_secs(600),
+            read_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(90),
+            extra_ca_file: None,
+        }
+    }
+}
+
+/// Overrides for one built-in provider (`[providers.NAME]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderOverride {
+    /// Replace the upstream base URL (https, or http to loopback); a path prefix is kept.
+    pub base_url: Option<String>,
+    /// Offer HTTP/2 to this upstream.
+    pub http2: Option<bool>,
+}
+
+/// What the command line (flags or environment) set; `None` means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    /// `--config` / `SEKS_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// `--data-dir` / `SEKS_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen` / `SEKS_LISTEN`.
+    pub listen: Option<SocketAddr>,
+    /// `--log-format` / `SEKS_LOG_FORMAT`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// The effective settings after merging flags, environment, file and defaults.
+#[derive(Debug)]
+pub struct Settings {
+    /// Agent listener address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Whether the data directory was chosen by the operator (vs the default).
+    pub data_dir_is_default: bool,
+    /// Master key file.
+    pub master_key_file: PathBuf,
+    /// Request body limit in bytes.
+    pub max_body_bytes: u64,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Upstream connection settings.
+    pub upstream: UpstreamConfig,
+    /// Provider overrides.
+    pub providers: BTreeMap<String, ProviderOverride>,
+}
+
+impl Settings {
+    /// Merge: command line over config file over defaults.
+    pub fn resolve(cli: CliOverrides) -> Result<Settings, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        let chosen_dir = cli.data_dir.or(file.data_dir);
+        let data_dir_is_default = chosen_dir.is_none();
+        let data_dir = chosen_dir.unwrap_or_else(default_data_dir);
+        let master_key_file = file
+            .master_key_file
+            .unwrap_or_else(|| data_dir.join("master.key"));
+        let default_listen: SocketAddr = DEFAULT_LISTEN
+            .parse()
+            .expect("default listen address is valid");
+        Ok(Settings {
+            listen: cli.listen.or(file.listen).unwrap_or(default_listen),
+            data_dir,
+            data_dir_is_default,
+            master_key_file,
+            max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            upstream: file.upstream,
+            providers: file.providers,
+        })
+    }
+}
+
+impl FileConfig {
+    /// Read and parse a TOML config file.
+    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// `$XDG_DATA_HOME/seks`, else `~/.local/share/seks`, else `./.seks`.
+pub fn default_data_dir() -> PathBuf {
+    let non_empty = |var| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    non_empty("XDG_DATA_HOME")
+        .or_else(|| non_empty("HOME").map(|home| home.join(".local/share")))
+        .map(|base| base.join("seks"))
+        .unwrap_or_else(|| PathBuf::from(".seks"))
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seks.toml");
+        std::fs::write(
+            &path,
+            r#"
+            listen = "127.0.0.1:9999"
+            data_dir = "/tmp/from-file"
+            max_body_bytes = 1024
+            [upstream]
+            connect_timeout = "2s"
+            [providers.openai]
+            base_url = "http://127.0.0.1:1/v1"
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(CliOverrides {
+            config: Some(path.clone()),
+            data_dir: Some("/tmp/from-flag".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.listen.port(), 9999);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/from-flag"));
+        assert_eq!(
+            s.master_key_file,
+            PathBuf::from("/tmp/from-flag/master.key")
+        );
+        assert_eq!(s.max_body_bytes, 1024);
+        assert_eq!(s.upstream.connect_timeout, Duration::from_secs(2));
+        assert_eq!(s.upstream.read_timeout, Duration::from_secs(300));
+        assert!(s.providers.contains_key("openai"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seks.toml");
+        std::fs::write(&path, "listne = \"127.0.0.1:1\"\n").unwrap();
+        let err = FileConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("seks.toml") && err.contains("listne"), "{err}");
+    }
+}

@@ -1,0 +1,34 @@
+//! SEKS — Secure Execution Key Sequestration: a credential broker for AI agents.
+//!
+//! Agents hold opaque `seks_` tokens; the broker holds the real credentials, encrypted at
+//! rest, and injects them into requests it forwards to each provider's pinned upstream.
+//!
+//! Module map:
+//! - [`cli`]: the `seks` command line (serve, secret, token).
+//! - [`config`]: flags, environment and the TOML config file.
+//! - [`server`]: the agent listener and routes.
+//! - [`proxy`]: request checks, rewrite, upstream clients, streaming.
+//! - [`providers`]: the provider table, token sources, auth schemes, error shapes.
+//! - [`keyring`]: token → record → credential, cached and kept in step with the store.
+//! - [`policy`]: whether a token may make a request now.
+//! - [`vault`]: master key and envelope encryption.
+//! - [`store`]: the `Store` trait and its SQLite backend.
+//! - [`tokens`]: token format, checksum and hashing.
+//! - [`audit`]: one record per request.
+//! - [`clock`]: Unix time and its display.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod keyring;
+pub mod policy;
+pub mod providers;
+pub mod proxy;
+pub mod server;
+pub mod store;
+pub mod tokens;
+pub mod vault;

@@ -1,0 +1,141 @@
+//! Every way the broker itself refuses or fails a request, with its status, a stable code
+//! and a message that tells the agent (and its model) what happened.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+use crate::providers::ErrorShape;
+use crate::tokens::TokenFormatError;
+
+/// Header marking responses made by the broker rather than the provider.
+pub const SEKS_ERROR_HEADER: &str = "x-seks-error";
+
+/// A request the broker refused or could not complete. Messages never contain credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// CONNECT, TRACE and the like are never forwarded.
+    #[error("method {0} is not allowed through the broker")]
+    MethodNotAllowed(http::Method),
+    /// An absolute-form request target (proxy-style request) was sent.
+    #[error(
+        "send requests to the broker with a path such as /api/<provider>/..., not an absolute URL"
+    )]
+    AbsoluteTarget,
+    /// The Host header is repeated or malformed.
+    #[error("invalid Host header")]
+    BadHost,
+    /// The path is not under `/api/<provider>/`.
+    #[error("no such route: the broker serves providers at /api/<provider>/...")]
+    NoRoute,
+    /// The provider segment names no configured provider.
+    #[error("unknown provider `{0}`; this broker serves: {1}")]
+    UnknownProvider(String, String),
+    /// The path could escape the provider's base URL.
+    #[error("invalid request path: {0}")]
+    BadPath(&'static str),
+    /// No token where the provider's SDK sends its key.
+    #[error(
+        "no SEKS token found: send the token the broker issued as this provider's API key ({0})"
+    )]
+    MissingToken(&'static str),
+    /// The token is not well formed.
+    #[error("invalid SEKS token: {0}")]
+    MalformedToken(#[from] TokenFormatError),
+    /// The token belongs to another provider.
+    #[error("this token was issued for provider `{token}` and cannot be used for `{route}`")]
+    WrongProvider {
+        /// Provider the token is for.
+        token: String,
+        /// Provider the request was sent to.
+        route: String,
+    },
+    /// No such token in the store.
+    #[error("unknown SEKS token: it was not issued by this broker, or its secret was removed")]
+    UnknownToken,
+    /// The token was revoked.
+    #[error("this SEKS token was revoked at {0}")]
+    Revoked(String),
+    /// The token's lifetime is over.
+    #[error("this SEKS token expired at {0}")]
+    Expired(String),
+    /// The request body is larger than allowed.
+    #[error("request body exceeds the broker's limit of {0} bytes")]
+    BodyTooLarge(u64),
+    /// The upstream could not be connected to.
+    #[error("the upstream for `{0}` could not be reached")]
+    UpstreamUnreachable(String),
+    /// The upstream closed or reset the connection before responding.
+    #[error("the upstream for `{0}` closed the connection before sending a response")]
+    UpstreamFailed(String),
+    /// The upstream did not send response headers in time.
+    #[error("the upstream for `{0}` did not respond within {1:?}")]
+    UpstreamTimeout(String, Duration),
+    /// The store could not answer, so the broker can't vouch for the token.
+    #[error("the broker's store is unavailable, so requests are refused until it recovers")]
+    StoreUnavailable,
+    /// The credential behind a valid token could not be loaded.
+    #[error(
+        "the credential for this token could not be loaded; ask the operator to check the broker's logs"
+    )]
+    CredentialUnavailable,
+}
+
+impl ProxyError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        use ProxyError::*;
+        match self {
+            MethodNotAllowed(_) | AbsoluteTarget | BadHost | BadPath(_) => StatusCode::BAD_REQUEST,
+            NoRoute | UnknownProvider(..) => StatusCode::NOT_FOUND,
+            MissingToken(_)
+            | MalformedToken(_)
+            | WrongProvider { .. }
+            | UnknownToken
+            | Revoked(_)
+            | Expired(_) => StatusCode::UNAUTHORIZED,
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamUnreachable(_) | UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
+            StoreUnavailable | CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable machine-readable reason, sent as the error code and in `x-seks-error`.
+    pub fn code(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            MethodNotAllowed(_) => "method_not_allowed",
+            AbsoluteTarget => "absolute_target",
+            BadHost => "bad_host",
+            NoRoute => "no_route",
+            UnknownProvider(..) => "unknown_provider",
+            BadPath(_) => "bad_path",
+            MissingToken(_) => "missing_token",
+            MalformedToken(_) => "malformed_token",
+            WrongProvider { .. } => "wrong_provider",
+            UnknownToken => "unknown_token",
+            Revoked(_) => "token_revoked",
+            Expired(_) => "token_expired",
+            BodyTooLarge(_) => "body_too_large",
+            UpstreamUnreachable(_) => "upstream_unreachable",
+            UpstreamFailed(_) => "upstream_failed",
+            UpstreamTimeout(..) => "upstream_timeout",
+            StoreUnavailable => "store_unavailable",
+            CredentialUnavailable => "credential_unavailable",
+        }
+    }
+
+    /// The error as a response in `shape`, marked with `x-seks-error`.
+    pub fn into_response(self, shape: ErrorShape) -> Response {
+        let status = self.status();
+        let code = self.code();
+        let body = shape.render(status, code, &self.to_string());
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(SEKS_ERROR_HEADER, HeaderValue::from_static(code));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}

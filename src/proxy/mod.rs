@@ -1,0 +1,273 @@
+//! The passthrough proxy: `/api/<provider>/<path>` → the provider's pinned upstream,
+//! with the agent's token swapped for the real credential and bodies streamed both ways.
+
+mod error;
+mod rewrite;
+pub mod target;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, Method, Request, Version, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower_http::timeout::TimeoutBody;
+
+pub use error::{ProxyError, SEKS_ERROR_HEADER};
+pub use upstream::{UpstreamError, Upstreams};
+
+use crate::audit::{self, RequestRecord};
+use crate::keyring::{Keyring, KeyringError};
+use crate::policy::{self, Denial};
+use crate::providers::{ErrorShape, Provider, Providers};
+use crate::store::TokenRecord;
+use crate::{clock, tokens};
+
+/// Limits and timeouts the proxy applies to every request.
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+    /// Largest request body forwarded, in bytes.
+    pub max_body_bytes: u64,
+    /// Longest wait for upstream response headers.
+    pub response_timeout: Duration,
+    /// Longest silence while streaming an upstream response body.
+    pub read_timeout: Duration,
+}
+
+/// Everything the proxy needs to serve a request.
+pub struct Proxy {
+    providers: Providers,
+    keyring: Arc<Keyring>,
+    upstreams: Upstreams,
+    limits: ProxyLimits,
+}
+
+/// What the request resolved to so far, for the audit record.
+#[derive(Default)]
+struct Seen {
+    provider: Option<Arc<Provider>>,
+    token: Option<Arc<TokenRecord>>,
+}
+
+impl Proxy {
+    /// A proxy over these providers, credentials and upstream clients.
+    pub fn new(
+        providers: Providers,
+        keyring: Arc<Keyring>,
+        upstreams: Upstreams,
+        limits: ProxyLimits,
+    ) -> Self {
+        Proxy {
+            providers,
+            keyring,
+            upstreams,
+            limits,
+        }
+    }
+
+    /// Serve one agent request; never fails, errors become provider-shaped responses.
+    pub async fn handle(&self, client: SocketAddr, request: Request<Body>) -> Response {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let mut seen = Seen::default();
+        let result = self.forward(request, &mut seen).await;
+        let shape = seen
+            .provider
+            .as_ref()
+            .map_or(ErrorShape::OpenAi, |p| p.errors);
+        let (response, error) = match result {
+            Ok(response) => (response, None),
+            Err(e) => {
+                let code = e.code();
+                if e.status().is_server_error() {
+                    tracing::warn!(code, "{e}");
+                }
+                (e.into_response(shape), Some(code))
+            }
+        };
+        let provider = seen.provider.as_deref();
+        audit::record(&RequestRecord {
+            client,
+            method: method.as_str(),
+            provider: provider.map(|p| p.name.as_str()),
+            path: provider
+                .and_then(|p| {
+                    path.strip_prefix(target::API_PREFIX)?
+                        .strip_prefix(p.name.as_str())
+                })
+                .unwrap_or(&path),
+            token_id: seen.token.as_ref().map(|t| t.id.as_str()),
+            agent: seen.token.as_ref().map(|t| t.agent.as_str()),
+            status: response.status().as_u16(),
+            error,
+            elapsed: started.elapsed(),
+        });
+        response
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Body>,
+        seen: &mut Seen,
+    ) -> Result<Response, ProxyError> {
+        check_request_line(&request)?;
+        let (parts, body) = request.into_parts();
+        let route = target::route(parts.uri.path()).map_err(|e| match e {
+            target::TargetError::NoRoute => ProxyError::NoRoute,
+            target::TargetError::BadPath(why) => ProxyError::BadPath(why),
+        })?;
+        let provider = self
+            .providers
+            .get(route.provider)
+            .ok_or_else(|| {
+                ProxyError::UnknownProvider(
+                    route.provider.to_owned(),
+                    self.providers.names().join(", "),
+                )
+            })?
+            .clone();
+        seen.provider = Some(provider.clone());
+
+        let query = parts.uri.query();
+        let token_text = rewrite::find_token(&provider, &parts.headers, query).ok_or(
+            ProxyError::MissingToken(rewrite::token_locations(&provider)),
+        )?;
+        let parsed = tokens::parse(&token_text)?;
+        if parsed.provider() != provider.name {
+            return Err(ProxyError::WrongProvider {
+                token: parsed.provider().to_owned(),
+                route: provider.name.clone(),
+            });
+        }
+        let token = self.keyring.token(&parsed).await.map_err(keyring_error)?;
+        seen.token = Some(token.clone());
+        // The token text names its provider, but the stored secret decides.
+        if token.provider != provider.name {
+            return Err(ProxyError::WrongProvider {
+                token: token.provider.clone(),
+                route: provider.name.clone(),
+            });
+        }
+        let now = clock::now();
+        policy::check(&token, now).map_err(|d| match d {
+            Denial::Revoked(at) => ProxyError::Revoked(clock::format(at)),
+            Denial::Expired(at) => ProxyError::Expired(clock::format(at)),
+        })?;
+        if declared_length(&parts.headers).is_some_and(|len| len > self.limits.max_body_bytes) {
+            return Err(ProxyError::BodyTooLarge(self.limits.max_body_bytes));
+        }
+        let credential = self
+            .keyring
+            .credential(&token)
+            .await
+            .map_err(keyring_error)?;
+        self.keyring.note_use(&token.id, now);
+
+        let query = rewrite::strip_token_params(&provider, query);
+        let uri = rewrite::upstream_uri(&provider, route.rest, query.as_deref())
+            .map_err(|_| ProxyError::BadPath("the path does not form a valid upstream URL"))?;
+        let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+        let mut upstream_request = Request::new(Body::new(Limited::new(body, limit)));
+        *upstream_request.method_mut() = parts.method;
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.headers_mut() = rewrite::forwardable_headers(&provider, &parts.headers);
+        rewrite::inject(&provider, &mut upstream_request, &credential).map_err(|_| {
+            tracing::error!(token_id = %token.id, "stored credential is not a valid header value");
+            ProxyError::CredentialUnavailable
+        })?;
+        drop(credential);
+
+        let client = self.upstreams.client(provider.http2);
+        let sent = tokio::time::timeout(
+            self.limits.response_timeout,
+            client.request(upstream_request),
+        )
+        .await;
+        let response = match sent {
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout(
+                    provider.name.clone(),
+                    self.limits.response_timeout,
+                ));
+            }
+            Ok(Err(e)) => return Err(self.upstream_error(&provider, &e)),
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        rewrite::strip_hop_by_hop(&mut parts.headers);
+        let body = TimeoutBody::new(self.limits.read_timeout, body).map_err(axum::Error::new);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    fn upstream_error(
+        &self,
+        provider: &Provider,
+        error: &hyper_util::client::legacy::Error,
+    ) -> ProxyError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = source {
+            if e.is::<LengthLimitError>() {
+                return ProxyError::BodyTooLarge(self.limits.max_body_bytes);
+            }
+            source = e.source();
+        }
+        tracing::warn!(provider = %provider.name, error = %error, "upstream request failed");
+        if error.is_connect() {
+            ProxyError::UpstreamUnreachable(provider.name.clone())
+        } else {
+            ProxyError::UpstreamFailed(provider.name.clone())
+        }
+    }
+}
+
+/// Refuse what must never be forwarded: tunnelling and reflecting methods, proxy-style
+/// absolute targets, and repeated or malformed Host headers.
+fn check_request_line(request: &Request<Body>) -> Result<(), ProxyError> {
+    let method = request.method();
+    if method == Method::CONNECT || method == Method::TRACE {
+        return Err(ProxyError::MethodNotAllowed(method.clone()));
+    }
+    // HTTP/2 always carries scheme and authority; in HTTP/1 they mean an absolute-form target.
+    if request.version() < Version::HTTP_2 && request.uri().authority().is_some() {
+        return Err(ProxyError::AbsoluteTarget);
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        let valid = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@'));
+        if !valid || hosts.next().is_some() {
+            return Err(ProxyError::BadHost);
+        }
+    }
+    Ok(())
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn keyring_error(e: KeyringError) -> ProxyError {
+    match e {
+        KeyringError::UnknownToken => ProxyError::UnknownToken,
+        KeyringError::Store(e) => {
+            tracing::error!(error = %e, "store lookup failed; refusing the request");
+            ProxyError::StoreUnavailable
+        }
+        KeyringError::SecretMissing(_) | KeyringError::Vault(_) => {
+            tracing::error!(error = %e, "credential could not be loaded");
+            ProxyError::CredentialUnavailable
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Request-target checks: which provider a request is for, and whether its path stays
+//! inside that provider's base URL.
+//!
+//! The broker forwards the agent's path bytes as they are, so it must be sure no upstream
+//! could read them as a way out of the base path: no dot segments (also percent-encoded,
+//! also `..;`), no encoded slashes or backslashes, no empty segments, no double encoding,
+//! no control or non-URL characters.
+
+use percent_encoding::percent_decode;
+
+/// Where provider routes live.
+pub const API_PREFIX: &str = "/api/";
+
+/// A routed request: the provider name and the remaining path (raw, validated).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The provider segment.
+    pub provider: &'a str,
+    /// The path below `/api/<provider>`: empty or starting with `/`.
+    pub rest: &'a str,
+}
+
+/// Why a target was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TargetError {
+    /// The path is not under `/api/<provider>`.
+    NoRoute,
+    /// The path could reach outside the provider's base URL, or is not a clean URL path.
+    BadPath(&'static str),
+}
+
+/// Split `/api/<provider>/<rest>` and validate `rest`.
+pub fn route(path: &str) -> Result<Route<'_>, TargetError> {
+    let after = path.strip_prefix(API_PREFIX).ok_or(TargetError::NoRoute)?;
+    let (provider, rest) = match after.find('/') {
+        Some(i) => after.split_at(i),
+        None => (after, ""),
+    };
+    if provider.is_empty() {
+        return Err(TargetError::NoRoute);
+    }
+    validate(rest).map_err(TargetError::BadPath)?;
+    Ok(Route { provider, rest })
+}
+
+/// Validate a raw path that will be appended to an upstream base path.
+pub fn validate(rest: &str) -> Result<(), &'static str> {
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let Some(body) = rest.strip_prefix('/') else {
+        return Err("the path must start with `/`");
+    };
+    if let Some(bad) = rest.bytes().find(|&b| !is_path_char(b)) {
+        return Err(if bad == b'\\' {
+            "backslashes are not allowed in the path"
+        } else {
+            "the path contains a character that is not allowed in a URL path"
+        });
+    }
+    let segments: Vec<&str> = body.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        // A trailing slash is an ordinary path; an empty segment elsewhere (`//`) is not.
+        if segment.is_empty() && i != last {
+            return Err("empty path segments (`//`) are not allowed");
+        }
+        check_segment(segment)?;
+    }
+    Ok(())
+}
+
+fn check_segment(raw: &str) -> Result<(), &'static str> {
+    let bytes = raw.as_bytes();
+    let hex_at = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_hexdigit);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'%' && !(hex_at(i + 1) && hex_at(i + 2)) {
+            return Err("malformed percent-encoding in the path");
+        }
+    }
+    let decoded: Vec<u8> = percent_decode(bytes).collect();
+    if decoded.iter().any(|&b| b == b'/' || b == b'\\') {
+        return Err("encoded slashes or backslashes are not allowed in the path");
+    }
+    if decoded.contains(&b'%') {
+        return Err("double percent-encoding is not allowed in the path");
+    }
+    if decoded.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err("control characters are not allowed in the path");
+    }
+    // Some servers treat `;` as the start of path parameters (`..;/`), so look before it too.
+    let head = decoded.split(|&b| b == b';').next().unwrap_or(&[]);
+    if head == b"." || head == b".." {
+        return Err("`.` and `..` path segments are not allowed");
+    }
+    Ok(())
+}
+
+/// RFC 3986 `pchar` plus `/`: unreserved, percent, sub-delims, `:` and `@`.
+fn is_path_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:@/".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn routes_split_provider_and_rest() {
+        assert_eq!(
+            route("/api/openai/v1/chat/completions"),
+            Ok(Route {
+                provider: "openai",
+                rest: "/v1/chat/completions"
+            })
+        );
+        assert_eq!(
+            route("/api/openai"),
+            Ok(Route {
+                provider: "openai",
+                rest: ""
+            })
+        );
+        assert_eq!(
+            route("/api/openai/"),
+            Ok(Route {
+                provider: "openai",
+                rest: "/"
+            })
+        );
+        assert_eq!(
+            route("/api/gemini/v1beta/models/gemini-2.0-flash:generateContent"),
+            Ok(Route {
+                provider: "gemini",
+                rest: "/v1beta/models/gemini-2.0-flash:generateContent"
+            })
+        );
+        assert_eq!(route("/v1/chat"), Err(TargetError::NoRoute));
+        assert_eq!(route("/api/"), Err(TargetError::NoRoute));
+        assert_eq!(route("/api//v1"), Err(TargetError::NoRoute));
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        for path in [
+            "/api/openai/../github/user",
+            "/api/openai/v1/..",
+            "/api/openai/v1/./x",
+            "/api/openai/%2e%2e/x",
+            "/api/openai/%2E%2E/x",
+            "/api/openai/.%2e/x",
+            "/api/openai/%2e/x",
+            "/api/openai/..;/x",
+            "/api/openai/%2e%2e;foo/x",
+            "/api/openai/v1%2f..%2fx",
+            "/api/openai/v1%2F..",
+            "/api/openai/v1%5c..",
+            "/api/openai/v1\\..\\x",
+            "/api/openai//evil.example/x",
+            "/api/openai/v1//x",
+            "/api/openai/%252e%252e/x",
+            "/api/openai/%25",
+            "/api/openai/%zz",
+            "/api/openai/%2",
+            "/api/openai/v1%00x",
+            "/api/openai/v1%0d%0aHost:%20evil",
+            "/api/openai/v1 x",
+            "/api/openai/v1\"x",
+        ] {
+            assert!(
+                matches!(route(path), Err(TargetError::BadPath(_))),
+                "{path} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_pass() {
+        for rest in [
+            "/v1/models/gpt-4o",
+            "/v1/files/file-abc~1",
+            "/repos/acme/widgets/issues/1",
+            "/v1/models/a%20b",
+            "/v1/x;y=1",
+            "/v1/...",
+            "/v1/.well-known",
+            "/v1/a..b",
+            "/user/",
+        ] {
+            assert_eq!(validate(rest), Ok(()), "{rest}");
+        }
+    }
+
+    /// What a lenient upstream might do: decode once, treat `\` as `/`, resolve dot segments.
+    fn resolves_outside(rest: &str) -> bool {
+        let decoded = String::from_utf8_lossy(&percent_decode(rest.as_bytes()).collect::<Vec<_>>())
+            .replace('\\', "/");
+        let mut depth: i64 = 0;
+        for seg in decoded.split('/').skip(1) {
+            let seg = seg.split(';').next().unwrap_or("");
+            match seg {
+                ".." => depth -= 1,
+                "." | "" => {}
+                _ => depth += 1,
+            }
+            if depth < 0 {
+                return true;
+            }
+        }
+        false
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_paths_never_climb_out_of_the_base(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("..".to_owned()), Just(".".to_owned()), Just("%2e%2e".to_owned()), Just("%2E.".to_owned()),
+                    Just("..;x".to_owned()), Just("%2f".to_owned()), Just("%5C".to_owned()), Just("\\".to_owned()),
+                    Just("".to_owned()), Just("%252e".to_owned()), Just("%".to_owned()), "[a-z0-9.%;:@-]{1,6}",
+                ],
+                0..8,
+            )
+        ) {
+            let rest = format!("/{}", parts.join("/"));
+            if validate(&rest).is_ok() {
+                prop_assert!(!resolves_outside(&rest), "{rest} accepted but escapes");
+            }
+            let _ = route(&format!("/api/openai{rest}"));
+        }
+
+        #[test]
+        fn route_never_panics(path in "\\PC{0,64}") {
+            let _ = route(&path);
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The embedded SQLite store (WAL mode), shared safely by `seks serve` and CLI processes.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use super::{NewSecret, NewToken, SecretRecord, SecretSummary, Store, StoreError, TokenRecord};
+use crate::tokens::TokenHash;
+use crate::vault::SealedSecret;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "seks.db";
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) `seks.db` in `data_dir` and apply migrations.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|source| StoreError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            })?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join(DB_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+// Macros rather than consts so `concat!` keeps every query a `&'static str`.
+macro_rules! secret_select {
+    () => {
+        "SELECT id, tenant_id, name, provider, ciphertext, nonce, wrapped_key, wrap_nonce, \
+         key_version, version, created_at, rotated_at FROM secrets"
+    };
+}
+
+macro_rules! token_select {
+    () => {
+        "SELECT t.id, t.tenant_id, t.agent, t.secret_id, s.name AS secret_name, s.provider, \
+         t.hint, t.expires_at, t.revoked_at, t.created_at, t.last_used_at \
+         FROM tokens t JOIN secrets s ON s.id = t.secret_id"
+    };
+}
+
+fn secret_from_row(row: &SqliteRow) -> Result<SecretRecord, sqlx::Error> {
+    Ok(SecretRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        provider: row.try_get("provider")?,
+        version: row.try_get("version")?,
+        sealed: SealedSecret {
+            ciphertext: row.try_get("ciphertext")?,
+            nonce: row.try_get("nonce")?,
+            wrapped_key: row.try_get("wrapped_key")?,
+            wrap_nonce: row.try_get("wrap_nonce")?,
+            key_version: row.try_get("key_version")?,
+        },
+        created_at: row.try_get("created_at")?,
+        rotated_at: row.try_get("rotated_at")?,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, sqlx::Error> {
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant_id")?,
+        agent: row.try_get("agent")?,
+        secret_id: row.try_get("secret_id")?,
+        secret_name: row.try_get("secret_name")?,
+        provider: row.try_get("provider")?,
+        hint: row.try_get("hint")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn key_check(&self) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'master_key_check'")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn init_key_check(&self, value: &str) -> Result<String, StoreError> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('master_key_check', ?) ON CONFLICT (key) DO NOTHING")
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        self.key_check()
+            .await?
+            .ok_or_else(|| StoreError::NotFound("master key check".to_owned()))
+    }
+
+    async fn revision(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM revision WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn insert_secret(&self, s: &NewSecret) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO secrets (id, tenant_id, name, provider, ciphertext, nonce, wrapped_key, wrap_nonce, \
+             key_version, version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.tenant)
+        .bind(&s.name)
+        .bind(&s.provider)
+        .bind(&s.sealed.ciphertext)
+        .bind(&s.sealed.nonce)
+        .bind(&s.sealed.wrapped_key)
+        .bind(&s.sealed.wrap_nonce)
+        .bind(s.sealed.key_version)
+        .bind(s.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("secret `{}`", s.name))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn secret_by_name(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<SecretRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            secret_select!(),
+            " WHERE tenant_id = ? AND name = ?"
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(secret_from_row).transpose()?)
+    }
+
+    async fn secret_by_id(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<SecretRecord>, StoreError> {
+        let row = sqlx::query(concat!(secret_select!(), " WHERE tenant_id = ? AND id = ?"))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(secret_from_row).transpose()?)
+    }
+
+    async fn list_secrets(&self, tenant: &str) -> Result<Vec<SecretSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.name, s.provider, s.version, s.created_at, s.rotated_at, \
+             (SELECT COUNT(*) FROM tokens t WHERE t.secret_id = s.id) AS tokens \
+             FROM secrets s WHERE s.tenant_id = ? ORDER BY s.created_at, s.name",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SecretSummary {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    provider: row.try_get("provider")?,
+                    version: row.try_get("version")?,
+                    created_at: row.try_get("created_at")?,
+                    rotated_at: row.try_get("rotated_at")?,
+                    tokens: row.try_get("tokens")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn rotate_secret(
+        &self,
+        tenant: &str,
+        id: &str,
+        new_version: i64,
+        sealed: &SealedSecret,
+        rotated_at: i64,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE secrets SET ciphertext = ?, nonce = ?, wrapped_key = ?, wrap_nonce = ?, key_version = ?, \
+             version = ?, rotated_at = ? WHERE tenant_id = ? AND id = ? AND version = ?",
+        )
+        .bind(&sealed.ciphertext)
+        .bind(&sealed.nonce)
+        .bind(&sealed.wrapped_key)
+        .bind(&sealed.wrap_nonce)
+        .bind(sealed.key_version)
+        .bind(new_version)
+        .bind(rotated_at)
+        .bind(tenant)
+        .bind(id)
+        .bind(new_version - 1)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!(
+                "secret {id} at version {}",
+                new_version - 1
+            )))
+        }
+    }
+
+    async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let tokens = sqlx::query("DELETE FROM tokens WHERE tenant_id = ? AND secret_id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let secrets = sqlx::query("DELETE FROM secrets WHERE tenant_id = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if secrets == 0 {
+            return Err(StoreError::NotFound(format!("secret {id}")));
+        }
+        tx.commit().await?;
+        Ok(tokens)
+    }
+
+    async fn insert_token(&self, t: &NewToken) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, tenant_id, agent, secret_id, token_hash, hint, expires_at, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.tenant)
+        .bind(&t.agent)
+        .bind(&t.secret_id)
+        .bind(&t.hash.0[..])
+        .bind(&t.hint)
+        .bind(t.expires_at)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(concat!(token_select!(), " WHERE t.token_hash = ?"))
+            .bind(&hash.0[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(token_from_row).transpose()?)
+    }
+
+    async fn list_tokens(&self, tenant: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            token_select!(),
+            " WHERE t.tenant_id = ? ORDER BY t.created_at, t.id"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(token_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn revoke_token(&self, tenant: &str, id: &str, at: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL")
+            .bind(at)
+            .bind(tenant)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! Agent tokens: format, generation, checksum and hashing.
+//!
+//! A token looks like `seks_<provider>_<32 base62 random chars><6 base62 checksum chars>`.
+//! The prefix makes it recognisable to secret scanners; the checksum lets the broker
+//! reject typos and garbage before it touches the store. Only the SHA-256 of a token
+//! is ever stored.
+
+use std::fmt;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+/// Every token starts with this.
+pub const TOKEN_PREFIX: &str = "seks_";
+/// Random base62 characters per token: 32 × log2(62) ≈ 190 bits.
+const RANDOM_LEN: usize = 32;
+/// Base62 characters of checksum (62^6 > 2^32).
+const CHECKSUM_LEN: usize = 6;
+/// Random characters shown in listings to tell tokens apart; 166 bits stay unknown.
+const HINT_LEN: usize = 4;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Why a string is not a well-formed token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenFormatError {
+    /// It does not start with `seks_`.
+    #[error("not a SEKS token (expected a value starting with `seks_`)")]
+    Prefix,
+    /// The provider part or the random part is missing or has the wrong shape.
+    #[error("malformed SEKS token")]
+    Shape,
+    /// The checksum does not match: a typo or a forged value.
+    #[error("malformed SEKS token (checksum mismatch)")]
+    Checksum,
+}
+
+/// SHA-256 of a token: the only form in which tokens are stored.
+///
+/// Equality is constant-time, so cache lookups compare hashes without timing leaks.
+#[derive(Clone, Copy)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl PartialEq for TokenHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for TokenHash {}
+
+impl std::hash::Hash for TokenHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl TokenHash {
+    /// Hash a token's full text.
+    pub fn of(token: &str) -> Self {
+        let d = digest(&SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        TokenHash(out)
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash([REDACTED])")
+    }
+}
+
+/// A syntactically valid token, borrowed from the request that carried it.
+#[derive(Clone, Copy)]
+pub struct ParsedToken<'a> {
+    text: &'a str,
+    provider: &'a str,
+}
+
+impl<'a> ParsedToken<'a> {
+    /// The provider the token was minted for.
+    pub fn provider(&self) -> &'a str {
+        self.provider
+    }
+
+    /// The hash to look the token up by.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash::of(self.text)
+    }
+}
+
+impl fmt::Debug for ParsedToken<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ParsedToken({})", hint(self.text))
+    }
+}
+
+/// Check a token's shape and checksum without any store lookup.
+pub fn parse(text: &str) -> Result<ParsedToken<'_>, TokenFormatError> {
+    let rest = text
+        .strip_prefix(TOKEN_PREFIX)
+        .ok_or(TokenFormatError::Prefix)?;
+    let (provider, body) = rest.rsplit_once('_').ok_or(TokenFormatError::Shape)?;
+    if !is_provider_name(provider)
+        || body.len() != RANDOM_LEN + CHECKSUM_LEN
+        || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(TokenFormatError::Shape);
+    }
+    let (unchecked, checksum) = text.split_at(text.len() - CHECKSUM_LEN);
+    if checksum.as_bytes().ct_eq(&checksum_of(unchecked)).into() {
+        Ok(ParsedToken { text, provider })
+    } else {
+        Err(TokenFormatError::Checksum)
+    }
+}
+
+/// Mint a new token for `provider`. The caller shows it once and stores only its hash.
+pub fn generate(provider: &str) -> SecretString {
+    let mut token = format!("{TOKEN_PREFIX}{provider}_{}", random_base62(RANDOM_LEN));
+    let checksum = checksum_of(&token);
+    token.extend(checksum.iter().map(|&b| b as char));
+    SecretString::from(token)
+}
+
+/// A short, safe-to-show prefix of a token, e.g. `seks_openai_Ab3x…`.
+pub fn hint(token: &str) -> String {
+    let Some(rest) = token.strip_prefix(TOKEN_PREFIX) else {
+        return "[not a seks token]".to_owned();
+    };
+    match rest.rsplit_once('_') {
+        Some((provider, body)) if is_provider_name(provider) => {
+            let shown: String = body.chars().take(HINT_LEN).collect();
+            format!("{TOKEN_PREFIX}{provider}_{shown}…")
+        }
+        _ => "[malformed seks token]".to_owned(),
+    }
+}
+
+/// The hint for a freshly minted token.
+pub fn hint_of(token: &SecretString) -> String {
+    hint(token.expose_secret())
+}
+
+/// Provider names are short lowercase identifiers, so they are safe in tokens, paths and logs.
+pub fn is_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A random base62 identifier, used for tokens and row ids.
+pub fn random_base62(len: usize) -> String {
+    // Rejection sampling keeps every character uniform: 248 = 4 × 62.
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        fill_random(&mut buf);
+        for &b in &buf {
+            if b < 248 && out.len() < len {
+                out.push(BASE62[usize::from(b % 62)] as char);
+            }
+        }
+    }
+    buf.zeroize();
+    out
+}
+
+/// Fill `buf` from the operating system's CSPRNG.
+pub fn fill_random(buf: &mut [u8]) {
+    // The system RNG failing means the process can't do any crypto safely; stopping is right.
+    aws_lc_rs::rand::fill(buf).expect("operating system random number generator failed");
+}
+
+fn checksum_of(text: &str) -> [u8; CHECKSUM_LEN] {
+    let d = digest(&SHA256, text.as_bytes());
+    let mut n = u32::from_be_bytes([d.as_ref()[0], d.as_ref()[1], d.as_ref()[2], d.as_ref()[3]]);
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn generated_tokens_parse_and_carry_their_provider() {
+        let token = generate("openai");
+        let text = token.expose_secret();
+        assert!(text.starts_with("seks_openai_"));
+        assert_eq!(text.len(), "seks_openai_".len() + RANDOM_LEN + CHECKSUM_LEN);
+        let parsed = parse(text).unwrap();
+        assert_eq!(parsed.provider(), "openai");
+        assert!(parsed.hash() == TokenHash::of(text));
+    }
+
+    #[test]
+    fn a_changed_character_fails_the_checksum() {
+        let token = generate("github");
+        let mut bytes = token.expose_secret().as_bytes().to_vec();
+        let i = "seks_github_".len() + 3;
+        bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
+        let changed = String::from_utf8(bytes).unwrap();
+        assert_eq!(parse(&changed).err(), Some(TokenFormatError::Checksum));
+    }
+
+    #[test]
+    fn shapes_that_are_not_tokens() {
+        assert_eq!(parse("sk-live-123").err(), Some(TokenFormatError::Prefix));
+        assert_eq!(parse("seks_").err(), Some(TokenFormatError::Shape));
+        assert_eq!(parse("seks_openai").err(), Some(TokenFormatError::Shape));
+        assert_eq!(
+            parse("seks_OpenAI_abc").err(),
+            Some(TokenFormatError::Shape)
+        );
+        assert_eq!(
+            parse("seks_openai_short").err(),
+            Some(TokenFormatError::Shape)
+        );
+    }
+
+    #[test]
+    fn hints_show_only_a_short_prefix() {
+        let token = generate("anthropic");
+        let hint = hint_of(&token);
+        assert_eq!(hint.chars().count(), "seks_anthropic_".len() + HINT_LEN + 1);
+        assert!(
+            token
+                .expose_secret()
+                .starts_with(hint.trim_end_matches('…'))
+        );
+        assert!(
+            !format!("{:?}", parse(token.expose_secret()).unwrap())
+                .contains(&token.expose_secret()[20..])
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,80}") {
+            let _ = parse(&s);
+            let _ = hint(&s);
+        }
+
+        #[test]
+        fn any_single_character_change_is_rejected(pos in 0usize..38, replacement in "[0-9A-Za-z]") {
+            let token = generate("openai");
+            let text = token.expose_secret();
+            let i = "seks_openai_".len() + pos;
+            let mut changed = text.to_owned();
+            changed.replace_range(i..=i, &replacement);
+            prop_assume!(changed != text);
+            prop_assert!(parse(&changed).is_err());
+        }
+
+        #[test]
+        fn every_generated_token_round_trips(provider in "[a-z][a-z0-9-]{0,15}") {
+            let token = generate(&provider);
+            let parsed = parse(token.expose_secret()).unwrap();
+            prop_assert_eq!(parsed.provider(), provider.as_str());
+        }
+    }
+}

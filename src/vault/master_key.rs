@@ -1,0 +1,152 @@
+//! Where the master key comes from: `SEKS_MASTER_KEY`, a key file, or a key file made on first run.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use super::VaultError;
+use super::crypto::{KEY_LEN, Key};
+
+/// Environment variable holding the master key as base64 of 32 bytes.
+pub const MASTER_KEY_ENV: &str = "SEKS_MASTER_KEY";
+
+/// Where the master key in use was found, so the operator can be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// From the `SEKS_MASTER_KEY` environment variable.
+    Environment,
+    /// From an existing key file.
+    File(PathBuf),
+    /// Generated just now into this key file.
+    Generated(PathBuf),
+}
+
+/// Load the master key from the environment value if set, else from `key_file`, else
+/// generate `key_file` (mode 0600) when `may_generate` is true.
+pub fn load(
+    env_value: Option<SecretString>,
+    key_file: &Path,
+    may_generate: bool,
+) -> Result<(Key, KeySource), VaultError> {
+    if let Some(value) = env_value {
+        let key = decode(value.expose_secret()).map_err(|why| VaultError::BadMasterKey {
+            origin: MASTER_KEY_ENV.to_owned(),
+            why,
+        })?;
+        return Ok((key, KeySource::Environment));
+    }
+    match fs::read_to_string(key_file) {
+        Ok(text) => {
+            let text = Zeroizing::new(text);
+            warn_if_readable_by_others(key_file);
+            let key = decode(&text).map_err(|why| VaultError::BadMasterKey {
+                origin: key_file.display().to_string(),
+                why,
+            })?;
+            Ok((key, KeySource::File(key_file.to_owned())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_generate => {
+            let key = Key::random();
+            write_key_file(key_file, &key)?;
+            Ok((key, KeySource::Generated(key_file.to_owned())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(VaultError::NoMasterKey {
+            path: key_file.to_owned(),
+        }),
+        Err(source) => Err(VaultError::KeyFile {
+            path: key_file.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn decode(text: &str) -> Result<Key, &'static str> {
+    let bytes = Zeroizing::new(
+        STANDARD
+            .decode(text.trim())
+            .map_err(|_| "not valid base64")?,
+    );
+    let array: [u8; KEY_LEN] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| "must be base64 of exactly 32 bytes")?;
+    Ok(Key::from_bytes(array))
+}
+
+fn write_key_file(path: &Path, key: &Key) -> Result<(), VaultError> {
+    let io_err = |source| VaultError::KeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err)?;
+    let encoded = Zeroizing::new(format!("{}\n", STANDARD.encode(key.expose())));
+    file.write_all(encoded.as_bytes()).map_err(io_err)?;
+    file.sync_all().map_err(io_err)
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "master key file is readable by other users; run `chmod 600` on it"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_with_mode_0600_then_reads_back_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let (first, source) = load(None, &path, true).unwrap();
+        assert_eq!(source, KeySource::Generated(path.clone()));
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (second, source) = load(None, &path, true).unwrap();
+        assert_eq!(source, KeySource::File(path.clone()));
+        assert_eq!(first.expose(), second.expose());
+    }
+
+    #[test]
+    fn environment_wins_and_bad_values_are_named_without_echoing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let env = SecretString::from(STANDARD.encode([9u8; 32]));
+        let (key, source) = load(Some(env), &path, true).unwrap();
+        assert_eq!(source, KeySource::Environment);
+        assert_eq!(key.expose(), &[9u8; 32]);
+        assert!(!path.exists());
+
+        let err = load(Some(SecretString::from("c2hvcnQ=".to_owned())), &path, true).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(MASTER_KEY_ENV) && !msg.contains("c2hvcnQ="),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_key_file_is_an_error_when_generation_is_not_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(None, &dir.path().join("none.key"), false).unwrap_err();
+        assert!(matches!(err, VaultError::NoMasterKey { .. }));
+    }
+}

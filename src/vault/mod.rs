@@ -1,0 +1,235 @@
+//! The vault: envelope encryption of stored credentials under the master key.
+//!
+//! Each secret gets its own random data key (DEK). The value is sealed with the DEK, and
+//! the DEK is sealed ("wrapped") with the tenant's key-encryption key (KEK), which is
+//! derived from the master key with HKDF (info = tenant id). Both seals bind the tenant,
+//! secret id and version as associated data, so ciphertexts can't be swapped between
+//! rows. Rotating the master key later means re-wrapping DEKs, not re-encrypting values.
+
+mod crypto;
+pub mod master_key;
+
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+
+pub use crypto::{CryptoError, Key};
+pub use master_key::KeySource;
+
+/// The version of the master key that new data keys are wrapped with.
+const CURRENT_KEY_VERSION: i64 = 1;
+
+/// What can go wrong with the master key or with sealing and opening secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The master key value could not be used; `why` never contains the value.
+    #[error("master key from {origin} is invalid: {why}")]
+    BadMasterKey {
+        /// Where the value came from (variable name or file path).
+        origin: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No master key is configured and none may be generated here.
+    #[error(
+        "no master key: set SEKS_MASTER_KEY or create the key file {} (`seks serve` or `seks secret add` generates one on first run)",
+        path.display()
+    )]
+    NoMasterKey {
+        /// The key file that was looked for.
+        path: PathBuf,
+    },
+    /// The key file could not be read or written.
+    #[error("master key file {}: {source}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The master key is not the one this store was created with.
+    #[error(
+        "the master key does not match the one this store was created with (check SEKS_MASTER_KEY or the key file)"
+    )]
+    WrongMasterKey,
+    /// A stored secret failed to decrypt: altered row, swapped row or wrong key.
+    #[error("stored secret could not be decrypted: {0}")]
+    Crypto(#[from] CryptoError),
+    /// A stored secret decrypted to bytes that are not UTF-8.
+    #[error("stored secret is not valid UTF-8")]
+    NotUtf8,
+    /// A stored secret was wrapped under a master key version this broker doesn't hold.
+    #[error("stored secret uses master key version {0}, which this broker does not have")]
+    UnknownKeyVersion(i64),
+}
+
+/// Identity of one version of one secret: bound into its ciphertext as associated data.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretIdentity<'a> {
+    /// Tenant owning the secret.
+    pub tenant: &'a str,
+    /// The secret's row id.
+    pub secret_id: &'a str,
+    /// The secret's value version, bumped on every rotation.
+    pub version: i64,
+}
+
+impl SecretIdentity<'_> {
+    fn associated_data(&self) -> Vec<u8> {
+        // NUL never occurs in tenant or secret ids, so the encoding is unambiguous.
+        format!(
+            "seks-secret-v1\0{}\0{}\0{}",
+            self.tenant, self.secret_id, self.version
+        )
+        .into_bytes()
+    }
+}
+
+/// A secret value at rest: everything needed to open it, nothing usable without the master key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    /// The value sealed under the data key (ciphertext ‖ tag).
+    pub ciphertext: Vec<u8>,
+    /// Nonce of the value's seal.
+    pub nonce: Vec<u8>,
+    /// The data key sealed under the tenant key (ciphertext ‖ tag).
+    pub wrapped_key: Vec<u8>,
+    /// Nonce of the data key's seal.
+    pub wrap_nonce: Vec<u8>,
+    /// Version of the master key the data key is wrapped with.
+    pub key_version: i64,
+}
+
+impl std::fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSecret")
+            .field("key_version", &self.key_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seals and opens secrets with keys derived from the master key.
+pub struct Vault {
+    master: Key,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vault([REDACTED])")
+    }
+}
+
+impl Vault {
+    /// A vault over this master key.
+    pub fn new(master: Key) -> Self {
+        Vault { master }
+    }
+
+    /// A one-way fingerprint of the master key, stored so a wrong key is caught at start-up.
+    pub fn key_check(&self) -> String {
+        let check = self.master.derive(b"seks-key-check-v1", b"");
+        check.expose()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Compare with the fingerprint a store recorded when it was created.
+    pub fn verify_key_check(&self, stored: &str) -> Result<(), VaultError> {
+        use subtle::ConstantTimeEq;
+        if bool::from(self.key_check().as_bytes().ct_eq(stored.as_bytes())) {
+            Ok(())
+        } else {
+            Err(VaultError::WrongMasterKey)
+        }
+    }
+
+    /// Encrypt a secret value for storage under a fresh data key.
+    pub fn seal(
+        &self,
+        id: SecretIdentity<'_>,
+        value: &SecretString,
+    ) -> Result<SealedSecret, VaultError> {
+        let aad = id.associated_data();
+        let dek = Key::random();
+        let (nonce, ciphertext) = dek.seal(&aad, value.expose_secret().as_bytes())?;
+        let (wrap_nonce, wrapped_key) = self.tenant_key(id.tenant).seal(&aad, dek.expose())?;
+        Ok(SealedSecret {
+            ciphertext,
+            nonce: nonce.to_vec(),
+            wrapped_key,
+            wrap_nonce: wrap_nonce.to_vec(),
+            key_version: CURRENT_KEY_VERSION,
+        })
+    }
+
+    /// Decrypt a stored secret; fails if any byte or the identity it is bound to differs.
+    pub fn open(
+        &self,
+        id: SecretIdentity<'_>,
+        sealed: &SealedSecret,
+    ) -> Result<SecretString, VaultError> {
+        if sealed.key_version != CURRENT_KEY_VERSION {
+            return Err(VaultError::UnknownKeyVersion(sealed.key_version));
+        }
+        let aad = id.associated_data();
+        let dek_bytes =
+            self.tenant_key(id.tenant)
+                .open(&sealed.wrap_nonce, &aad, &sealed.wrapped_key)?;
+        let dek_array: [u8; crypto::KEY_LEN] =
+            dek_bytes.as_slice().try_into().map_err(|_| CryptoError)?;
+        let dek = Key::from_bytes(dek_array);
+        let plaintext = dek.open(&sealed.nonce, &aad, &sealed.ciphertext)?;
+        let text = std::str::from_utf8(&plaintext).map_err(|_| VaultError::NotUtf8)?;
+        Ok(SecretString::from(text))
+    }
+
+    fn tenant_key(&self, tenant: &str) -> Key {
+        self.master.derive(b"seks-kek-v1", tenant.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(version: i64) -> SecretIdentity<'static> {
+        SecretIdentity {
+            tenant: "default",
+            secret_id: "sec_1",
+            version,
+        }
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_under_their_own_identity_and_key() {
+        let vault = Vault::new(Key::random());
+        let sealed = vault
+            .seal(id(1), &SecretString::from("sk-live-abc"))
+            .unwrap();
+        assert_eq!(
+            vault.open(id(1), &sealed).unwrap().expose_secret(),
+            "sk-live-abc"
+        );
+        assert!(vault.open(id(2), &sealed).is_err());
+        let other_tenant = SecretIdentity {
+            tenant: "acme",
+            ..id(1)
+        };
+        assert!(vault.open(other_tenant, &sealed).is_err());
+        assert!(Vault::new(Key::random()).open(id(1), &sealed).is_err());
+        assert!(!format!("{sealed:?}").contains("ciphertext:"));
+    }
+
+    #[test]
+    fn key_check_detects_a_different_master_key() {
+        let vault = Vault::new(Key::from_bytes([1; 32]));
+        let stored = vault.key_check();
+        assert!(vault.verify_key_check(&stored).is_ok());
+        let other = Vault::new(Key::from_bytes([2; 32]));
+        assert!(matches!(
+            other.verify_key_check(&stored),
+            Err(VaultError::WrongMasterKey)
+        ));
+    }
+}

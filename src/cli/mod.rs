@@ -5,6 +5,7 @@ mod secret;
 mod serve;
 mod token;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -159,7 +160,8 @@ fn init_logging(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_env("SEKS_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests calling in twice) is harmless; ignore it.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -29,8 +29,9 @@ pub enum TargetError {
     BadPath(&'static str),
 }
 
-/// Split `/api/<provider>/<rest>` and validate `rest`.
+/// Validate the whole path, then split `/api/<provider>/<rest>`.
 pub fn route(path: &str) -> Result<Route<'_>, TargetError> {
+    validate(path).map_err(TargetError::BadPath)?;
     let after = path.strip_prefix(API_PREFIX).ok_or(TargetError::NoRoute)?;
     let (provider, rest) = match after.find('/') {
         Some(i) => after.split_at(i),
@@ -39,7 +40,6 @@ pub fn route(path: &str) -> Result<Route<'_>, TargetError> {
     if provider.is_empty() {
         return Err(TargetError::NoRoute);
     }
-    validate(rest).map_err(TargetError::BadPath)?;
     Ok(Route { provider, rest })
 }
 
@@ -138,7 +138,8 @@ mod tests {
         );
         assert_eq!(route("/v1/chat"), Err(TargetError::NoRoute));
         assert_eq!(route("/api/"), Err(TargetError::NoRoute));
-        assert_eq!(route("/api//v1"), Err(TargetError::NoRoute));
+        assert!(matches!(route("/api//v1"), Err(TargetError::BadPath(_))));
+        assert!(matches!(route("//evil.example/api/openai/v1"), Err(TargetError::BadPath(_))));
     }
 
     #[test]

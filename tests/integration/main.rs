@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `seks` binary on real sockets, a real mock upstream, and the
+//! providers' official Python SDKs as clients. One binary so the suite links once.
+
+mod support;
+
+mod cli;
+mod failures;
+mod hygiene;
+mod passthrough;
+mod path_escape;
+mod sdk;

@@ -1,0 +1,285 @@
+//! Requests through a running broker to a mock upstream: injection, pinning, streaming,
+//! auth failures and live changes made with the CLI.
+
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+
+use crate::support::http::send;
+use crate::support::mock::MockUpstream;
+use crate::support::{Env, config_for};
+
+const OPENAI_KEY: &str = "sk-proj-REALKEY-0123456789abcdef";
+
+async fn openai_setup(upstream: &str) -> (Env, String) {
+    let env = Env::with_upstream(upstream);
+    env.add_secret("openai-main", "openai", OPENAI_KEY).await;
+    let token = env.create_token("openai-main", &["--agent", "bot"]).await;
+    (env, token)
+}
+
+#[tokio::test]
+async fn the_real_key_replaces_the_token_and_agent_credentials_never_reach_upstream() {
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&format!("{}/prefix/v1", mock.url())).await;
+    let broker = env.serve().await;
+    let reply = send(
+        "POST",
+        &broker.url("/api/openai/chat/completions?x=1"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "application/json"),
+            ("cookie", "session=agent"),
+            ("x-api-key", &token),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-custom", "kept"),
+            ("host", "evil.example"),
+        ],
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["choices"][0]["message"]["content"], "Hello from the mock");
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.target, "/prefix/v1/chat/completions?x=1");
+    assert_eq!(req.header("authorization"), Some(format!("Bearer {OPENAI_KEY}").as_str()));
+    assert_eq!(req.header("host"), Some(mock.addr.to_string().as_str()));
+    assert_eq!(req.header("x-custom"), Some("kept"));
+    for gone in ["cookie", "x-api-key", "x-hop"] {
+        assert_eq!(req.header(gone), None, "{gone} was forwarded");
+    }
+    assert!(!req.raw().contains(&token), "the agent token reached the upstream");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn every_provider_gets_its_key_in_its_own_scheme() {
+    let mock = MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    for (name, provider, key) in [
+        ("a", "anthropic", "sk-ant-REAL"),
+        ("g", "gemini", "AIzaREAL"),
+        ("q", "groq", "gsk_REAL"),
+        ("h", "github", "ghp_REAL"),
+    ] {
+        env.add_secret(name, provider, key).await;
+    }
+    let anthropic = env.create_token("a", &[]).await;
+    let gemini = env.create_token("g", &[]).await;
+    let groq = env.create_token("q", &[]).await;
+    let github = env.create_token("h", &[]).await;
+    let broker = env.serve().await;
+
+    let cases: Vec<(&str, String, Vec<(&str, String)>, &str, &str)> = vec![
+        ("/api/anthropic/v1/messages", String::new(), vec![("x-api-key", anthropic.clone()), ("anthropic-version", "2023-06-01".into())], "x-api-key", "sk-ant-REAL"),
+        ("/api/anthropic/v1/messages", String::new(), vec![("authorization", format!("Bearer {anthropic}"))], "x-api-key", "sk-ant-REAL"),
+        ("/api/gemini/v1beta/models/gemini-2.0-flash:generateContent", String::new(), vec![("x-goog-api-key", gemini.clone())], "x-goog-api-key", "AIzaREAL"),
+        ("/api/gemini/v1beta/models/gemini-2.0-flash:generateContent", format!("?alt=json&key={gemini}"), vec![], "x-goog-api-key", "AIzaREAL"),
+        ("/api/groq/v1/chat/completions", String::new(), vec![("authorization", format!("Bearer {groq}"))], "authorization", "Bearer gsk_REAL"),
+        ("/api/github/user", String::new(), vec![("authorization", format!("token {github}"))], "authorization", "Bearer ghp_REAL"),
+    ];
+    for (i, (path, query, headers, header, expected)) in cases.iter().enumerate() {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = send("POST", &broker.url(&format!("{path}{query}")), &headers, "{}").await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        let seen = mock.requests();
+        let req = &seen[i];
+        assert_eq!(req.header(header), Some(*expected), "{path}");
+        assert!(!req.raw().contains("seks_"), "{path}: token forwarded: {}", req.raw());
+        if path.contains("anthropic") && i == 0 {
+            assert_eq!(req.header("anthropic-version"), Some("2023-06-01"));
+        }
+    }
+    assert_eq!(mock.requests()[3].target, "/v1beta/models/gemini-2.0-flash:generateContent?alt=json");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn auth_failures_are_401_in_the_providers_shape_and_never_reach_upstream() {
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&mock.url()).await;
+    env.add_secret("ant", "anthropic", "sk-ant-REAL").await;
+    env.add_secret("gem", "gemini", "AIzaREAL").await;
+    let anthropic = env.create_token("ant", &[]).await;
+    let expired = env.create_token("openai-main", &["--agent", "old", "--ttl", "1s"]).await;
+    let revoked = env.create_token("openai-main", &["--agent", "gone"]).await;
+    let id = env.token_id("gone").await;
+    env.cli(&["token", "revoke", &id], "").await.ok();
+    // Well-formed, correct checksum, but minted by another broker.
+    let stranger = {
+        let other = Env::new("");
+        other.add_secret("s", "openai", "sk-other").await;
+        other.create_token("s", &[]).await
+    };
+    let mut tampered = token.clone().into_bytes();
+    let i = tampered.len() - 10;
+    tampered[i] = if tampered[i] == b'x' { b'y' } else { b'x' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let broker = env.serve().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let url = broker.url("/api/openai/v1/chat/completions");
+    let bearer = |t: &str| format!("Bearer {t}");
+    let cases = [
+        (None, "missing_token"),
+        (Some(bearer("sk-not-a-seks-token")), "malformed_token"),
+        (Some(bearer(&tampered)), "malformed_token"),
+        (Some(bearer(&stranger)), "unknown_token"),
+        (Some(bearer(&revoked)), "token_revoked"),
+        (Some(bearer(&expired)), "token_expired"),
+        (Some(bearer(&anthropic)), "wrong_provider"),
+    ];
+    for (auth, code) in cases {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let reply = send("POST", &url, &headers, "{}").await;
+        assert_eq!(reply.status, 401, "{code}: {reply:?}");
+        assert_eq!(reply.header("x-seks-error"), Some(code));
+        let body = reply.json();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().len() > 10);
+    }
+    // Anthropic and Gemini get their own error shapes.
+    let reply = send("POST", &broker.url("/api/anthropic/v1/messages"), &[("x-api-key", &revoked)], "{}").await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["type"], "error");
+    assert_eq!(reply.json()["error"]["type"], "authentication_error");
+    let reply = send("POST", &broker.url("/api/gemini/v1beta/models/x:generateContent"), &[], "{}").await;
+    assert_eq!((reply.status, reply.json()["error"]["status"].as_str()), (401, Some("UNAUTHENTICATED")));
+    // A valid token still works, so the failures above were about the tokens.
+    assert_eq!(send("POST", &url, &[("authorization", &bearer(&token))], "{}").await.status, 200);
+    assert_eq!(mock.requests().len(), 1, "only the valid request may reach the upstream");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_providers_and_paths_are_404() {
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&mock.url()).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+    let reply = send("GET", &broker.url("/api/nope/v1/models"), &[("authorization", &auth)], "").await;
+    assert_eq!((reply.status, reply.header("x-seks-error")), (404, Some("unknown_provider")));
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("openai"));
+    let reply = send("GET", &broker.url("/v1/models"), &[("authorization", &auth)], "").await;
+    assert_eq!((reply.status, reply.header("x-seks-error")), (404, Some("no_route")));
+    assert_eq!(send("GET", &broker.url("/healthz"), &[], "").await.status, 200);
+    assert!(mock.requests().is_empty());
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_created_revoked_and_rotated_with_the_cli_reach_the_running_broker_within_a_second() {
+    let mock = MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    env.add_secret("openai-main", "openai", OPENAI_KEY).await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/openai/v1/models");
+
+    async fn status_within(url: &str, token: &str, want: u16) -> Duration {
+        let start = Instant::now();
+        loop {
+            let got = send("GET", url, &[("authorization", &format!("Bearer {token}"))], "").await.status;
+            if got == want {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < Duration::from_secs(1), "still {got}, wanted {want}, after 1s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let token = env.create_token("openai-main", &["--agent", "live"]).await;
+    status_within(&url, &token, 200).await;
+
+    env.cli(&["secret", "rotate", "openai-main"], "sk-proj-ROTATED").await.ok();
+    let start = Instant::now();
+    loop {
+        send("GET", &url, &[("authorization", &format!("Bearer {token}"))], "").await;
+        let last = mock.requests().pop().unwrap();
+        if last.header("authorization") == Some("Bearer sk-proj-ROTATED") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1), "rotation not seen after 1s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let id = env.token_id("live").await;
+    env.cli(&["token", "revoke", &id], "").await.ok();
+    status_within(&url, &token, 401).await;
+
+    let other = env.create_token("openai-main", &["--agent", "second"]).await;
+    status_within(&url, &other, 200).await;
+    env.cli(&["secret", "rm", "openai-main"], "").await.ok();
+    status_within(&url, &other, 401).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn sse_events_reach_the_agent_as_the_upstream_sends_them() {
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&mock.url()).await;
+    let broker = env.serve().await;
+    let response = crate::support::http::send_streaming(
+        "GET",
+        &broker.url("/api/openai/v1/gated"),
+        &[("authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    // The upstream holds the second event until released: the first must already be here.
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("first event was held back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.data_ref().unwrap().as_ref(), b"data: first\n\n");
+    mock.release();
+    let second = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("second event never came")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.data_ref().unwrap().as_ref(), b"data: second\n\n");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let mock = MockUpstream::start().await;
+    let env = Env::new(&config_for(&mock.url(), "max_body_bytes = 1000\n"));
+    env.add_secret("openai-main", "openai", OPENAI_KEY).await;
+    let token = env.create_token("openai-main", &[]).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+    let url = broker.url("/api/openai/v1/files");
+
+    let reply = send("POST", &url, &[("authorization", &auth)], vec![b'a'; 1001]).await;
+    assert_eq!((reply.status, reply.header("x-seks-error")), (413, Some("body_too_large")));
+    assert!(mock.requests().is_empty(), "a declared oversized body must not be forwarded");
+
+    // Without Content-Length the limit is enforced while streaming.
+    let mut raw = format!(
+        "POST /api/openai/v1/files HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..3 {
+        raw.extend_from_slice(b"1f4\r\n");
+        raw.extend_from_slice(&[b'b'; 500]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let (status, body) = crate::support::http::raw(broker.addr, &raw).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(mock.requests().iter().all(|r| r.body.len() <= 1000));
+
+    let reply = send("POST", &url, &[("authorization", &auth)], vec![b'a'; 1000]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["received_bytes"], 1000);
+    broker.stop().await;
+}

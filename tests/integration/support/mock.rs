@@ -1,0 +1,283 @@
+//! A real HTTP upstream on a loopback socket that records what it receives and answers
+//! like the providers do (JSON and SSE), plus paths that misbehave on purpose.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, exactly as received.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Everything received, as text, to search for leaks.
+    pub fn raw(&self) -> String {
+        let mut s = format!("{} {}\n", self.method, self.target);
+        for (k, v) in &self.headers {
+            s.push_str(&format!("{k}: {v}\n"));
+        }
+        s.push_str(&String::from_utf8_lossy(&self.body));
+        s
+    }
+}
+
+/// The mock upstream server.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<Notify>,
+    connections: Arc<Mutex<u32>>,
+}
+
+type MockBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let gate = Arc::new(Notify::new());
+        let connections: Arc<Mutex<u32>> = Arc::default();
+        let (s, g, c) = (seen.clone(), gate.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                *c.lock().unwrap() += 1;
+                let (s, g) = (s.clone(), g.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(req, s.clone(), g.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        MockUpstream {
+            addr,
+            seen,
+            gate,
+            connections,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u32 {
+        *self.connections.lock().unwrap()
+    }
+
+    /// Let a `/gated` stream send its second event.
+    pub fn release(&self) {
+        self.gate.notify_one();
+    }
+}
+
+async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>, gate: Arc<Notify>) -> Result<Response<MockBody>, Infallible> {
+    let method = req.method().to_string();
+    let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => Vec::new(),
+    };
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let stream = json["stream"] == true;
+    seen.lock().unwrap().push(Seen {
+        method,
+        target: target.clone(),
+        headers,
+        body: body.clone(),
+    });
+
+    let response = if path.ends_with("/chat/completions") {
+        if stream { sse(openai_stream()) } else { json_response(openai_completion()) }
+    } else if path.ends_with("/messages") {
+        if stream { sse(anthropic_stream()) } else { json_response(anthropic_message()) }
+    } else if path.contains(":streamGenerateContent") {
+        sse(vec![format!("data: {}\r\n\r\n", gemini_response())])
+    } else if path.contains(":generateContent") {
+        json_response(gemini_response())
+    } else if path == "/user" {
+        json_response(serde_json::json!({"login": "octocat", "id": 1}))
+    } else if path.ends_with("/gated") {
+        gated(gate)
+    } else if path.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        json_response(serde_json::json!({"late": true}))
+    } else if path.ends_with("/stall") {
+        stalled()
+    } else if path.ends_with("/reset") {
+        reset_mid_stream()
+    } else {
+        json_response(serde_json::json!({"path": path, "received_bytes": body.len()}))
+    };
+    Ok(response)
+}
+
+fn json_response(value: serde_json::Value) -> Response<MockBody> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(value.to_string()))
+        .unwrap()
+}
+
+fn full(text: String) -> MockBody {
+    http_body_util::Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed()
+}
+
+/// An SSE response whose events are sent as separate chunks, a few ms apart.
+fn sse(events: Vec<String>) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        for e in events {
+            if tx.send(Ok(Bytes::from(e))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    stream_response(rx)
+}
+
+fn stream_response(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response<MockBody> {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(ChannelBody(rx).boxed())
+        .unwrap()
+}
+
+/// First event now, second only after the test calls `release`.
+fn gated(gate: Arc<Notify>) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Bytes::from("data: first\n\n"))).await;
+        gate.notified().await;
+        let _ = tx.send(Ok(Bytes::from("data: second\n\n"))).await;
+    });
+    stream_response(rx)
+}
+
+/// Headers and one event, then silence forever.
+fn stalled() -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Bytes::from("data: first\n\n"))).await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(tx);
+    });
+    stream_response(rx)
+}
+
+/// Headers and one event, then the connection is torn down.
+fn reset_mid_stream() -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Bytes::from("data: first\n\n"))).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tx.send(Err(std::io::Error::other("reset"))).await;
+    });
+    stream_response(rx)
+}
+
+struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+fn openai_completion() -> serde_json::Value {
+    serde_json::json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+    })
+}
+
+fn openai_stream() -> Vec<String> {
+    let chunk = |content: &str, finish: Option<&str>| {
+        let delta = if content.is_empty() { serde_json::json!({}) } else { serde_json::json!({"content": content}) };
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+            })
+        )
+    };
+    vec![chunk("Hello", None), chunk(" from", None), chunk(" the mock", None), chunk("", Some("stop")), "data: [DONE]\n\n".into()]
+}
+
+fn anthropic_message() -> serde_json::Value {
+    serde_json::json!({
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "Hello from the mock"}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 5, "output_tokens": 4}
+    })
+}
+
+fn anthropic_stream() -> Vec<String> {
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    vec![
+        ev("message_start", serde_json::json!({"type": "message_start", "message": {
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+            "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 5, "output_tokens": 1}}})),
+        ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})),
+        ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from the mock"}})),
+        ev("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
+        ev("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 4}})),
+        ev("message_stop", serde_json::json!({"type": "message_stop"})),
+    ]
+}
+
+fn gemini_response() -> serde_json::Value {
+    serde_json::json!({
+        "candidates": [{"content": {"parts": [{"text": "Hello from the mock"}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 4, "totalTokenCount": 9},
+        "modelVersion": "gemini-2.0-flash"
+    })
+}

@@ -1,0 +1,250 @@
+//! Test support: a real `seks` process on a real socket, a real mock upstream, HTTP helpers.
+
+pub mod http;
+pub mod mock;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of the `seks` binary under test.
+pub fn seks_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_seks")
+}
+
+/// Output of one CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Panic with the output unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert!(self.status.success(), "command failed: {self:#?}");
+        self
+    }
+}
+
+/// A data directory and config for one broker, plus everything its processes printed.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    /// Everything any process printed (except `token create` stdout), for leak checks.
+    pub transcript: Arc<Mutex<String>>,
+}
+
+impl Env {
+    /// A fresh data directory with a config file containing `config_toml`.
+    pub fn new(config_toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("seks.toml");
+        std::fs::write(&config, config_toml).expect("write config");
+        Env {
+            dir,
+            config,
+            transcript: Arc::default(),
+        }
+    }
+
+    /// A config pointing every built-in provider at `upstream` (with short timeouts).
+    pub fn with_upstream(upstream: &str) -> Self {
+        Self::new(&config_for(upstream, ""))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(seks_bin());
+        cmd.args(args)
+            .env("SEKS_DATA_DIR", self.data_dir())
+            .env("SEKS_CONFIG", &self.config)
+            .env_remove("SEKS_MASTER_KEY")
+            .env_remove("SEKS_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Run a CLI command with `stdin` piped in.
+    pub async fn cli(&self, args: &[&str], stdin: &str) -> CliOutput {
+        let out = self.cli_private(args, stdin).await;
+        self.log(&out.stdout);
+        self.log(&out.stderr);
+        out
+    }
+
+    /// Like [`Env::cli`], but stdout is not added to the transcript (it holds a fresh token).
+    async fn cli_private(&self, args: &[&str], stdin: &str) -> CliOutput {
+        let mut child = self.command(args).spawn().expect("spawn seks");
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(stdin.as_bytes()).await.expect("write stdin");
+        drop(input);
+        let out = child.wait_with_output().await.expect("wait seks");
+        CliOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `seks secret add NAME --provider P` with the value on stdin.
+    pub async fn add_secret(&self, name: &str, provider: &str, value: &str) {
+        self.cli(&["secret", "add", name, "--provider", provider], value).await.ok();
+    }
+
+    /// `seks token create` → the token.
+    pub async fn create_token(&self, secret: &str, extra: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--secret", secret];
+        args.extend_from_slice(extra);
+        let out = self.cli_private(&args, "").await.ok();
+        self.log(&out.stderr);
+        let token = out.stdout.trim().to_owned();
+        assert!(token.starts_with("seks_"), "unexpected token output: {out:?}");
+        assert_eq!(out.stdout, format!("{token}\n"), "stdout must hold only the token");
+        token
+    }
+
+    /// The id of the only token (or the last one) for `agent`, from `token list --json`.
+    pub async fn token_id(&self, agent: &str) -> String {
+        let out = self.cli(&["token", "list", "--json"], "").await.ok();
+        let rows: serde_json::Value = serde_json::from_str(&out.stdout).expect("token list json");
+        rows.as_array()
+            .expect("array")
+            .iter()
+            .rev()
+            .find(|r| r["agent"] == agent)
+            .and_then(|r| r["id"].as_str())
+            .expect("token row")
+            .to_owned()
+    }
+
+    /// Start `seks serve` on a free loopback port.
+    pub async fn serve(&self) -> Broker {
+        self.serve_with(&[]).await
+    }
+
+    /// Start `seks serve` with extra environment variables.
+    pub async fn serve_with(&self, env: &[(&str, &str)]) -> Broker {
+        let mut cmd = self.command(&["serve", "--listen", "127.0.0.1:0"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn seks serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let transcript = self.transcript.clone();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut t = transcript.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+        let transcript = self.transcript.clone();
+        tokio::spawn(async move {
+            let mut buf = String::new();
+            let _ = stdout.read_to_string(&mut buf).await;
+            transcript.lock().unwrap().push_str(&buf);
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(20), addr_rx)
+            .await
+            .expect("broker did not start within 20s")
+            .expect("broker exited before listening");
+        Broker {
+            child,
+            base: format!("http://{addr}"),
+            addr: addr.parse().expect("listen address"),
+        }
+    }
+
+    fn log(&self, text: &str) {
+        self.transcript.lock().unwrap().push_str(text);
+    }
+
+    /// Everything printed so far.
+    pub fn transcript(&self) -> String {
+        self.transcript.lock().unwrap().clone()
+    }
+}
+
+/// A config with every built-in provider pointed at `upstream`; `top_level` TOML goes first.
+pub fn config_for(upstream: &str, top_level: &str) -> String {
+    let mut cfg = format!(
+        "{top_level}\n[upstream]\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\nread_timeout = \"2s\"\n"
+    );
+    for p in ["openai", "anthropic", "gemini", "groq", "github"] {
+        cfg.push_str(&format!("[providers.{p}]\nbase_url = \"{upstream}\"\n"));
+    }
+    cfg
+}
+
+/// A running `seks serve`; killed on drop.
+pub struct Broker {
+    pub child: Child,
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Broker {
+    /// URL of a path on the broker.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stop with SIGTERM-equivalent (kill) and wait.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The Python interpreter of the test venv (set up by `scripts/test.sh`).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SEKS_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the SDK tests need the Python venv: run `scripts/test.sh` (or set SEKS_TEST_PYTHON)"
+    );
+    venv
+}
+
+/// Run a script from `tests/python` with `args`; returns (success, stdout, stderr).
+pub async fn run_python(script: &str, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let mut cmd = Command::new(python());
+    cmd.arg(path).args(args).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("python client timed out")
+        .expect("run python");
+    CliOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

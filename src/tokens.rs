@@ -27,7 +27,9 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenFormatError {
     /// It does not start with `seks_`.
-    #[error("it does not start with `seks_` (give the agent a token from `seks token create`, not a provider key)")]
+    #[error(
+        "it does not start with `seks_` (give the agent a token from `seks token create`, not a provider key)"
+    )]
     Prefix,
     /// The provider part or the random part is missing or has the wrong shape.
     #[error("it does not have the shape seks_<provider>_<random>")]

@@ -139,7 +139,10 @@ mod tests {
         assert_eq!(route("/v1/chat"), Err(TargetError::NoRoute));
         assert_eq!(route("/api/"), Err(TargetError::NoRoute));
         assert!(matches!(route("/api//v1"), Err(TargetError::BadPath(_))));
-        assert!(matches!(route("//evil.example/api/openai/v1"), Err(TargetError::BadPath(_))));
+        assert!(matches!(
+            route("//evil.example/api/openai/v1"),
+            Err(TargetError::BadPath(_))
+        ));
     }
 
     #[test]

@@ -7,42 +7,88 @@ const KEY: &str = "sk-cli-test-0123456789";
 #[tokio::test]
 async fn secrets_are_added_from_stdin_listed_without_values_and_removed_with_their_tokens() {
     let env = Env::new("");
-    let added = env.cli(&["secret", "add", "main", "--provider", "openai"], &format!("{KEY}\n")).await.ok();
-    assert!(added.stderr.contains("generated a new master key"), "{}", added.stderr);
-    assert!(added.stderr.contains("token create --secret main"), "{}", added.stderr);
+    let added = env
+        .cli(
+            &["secret", "add", "main", "--provider", "openai"],
+            &format!("{KEY}\n"),
+        )
+        .await
+        .ok();
+    assert!(
+        added.stderr.contains("generated a new master key"),
+        "{}",
+        added.stderr
+    );
+    assert!(
+        added.stderr.contains("token create --secret main"),
+        "{}",
+        added.stderr
+    );
 
-    let dup = env.cli(&["secret", "add", "main", "--provider", "openai"], KEY).await;
-    assert!(!dup.status.success() && dup.stderr.contains("already exists"), "{dup:?}");
-    let unknown = env.cli(&["secret", "add", "x", "--provider", "nope"], KEY).await;
-    assert!(!unknown.status.success() && unknown.stderr.contains("unknown provider"), "{unknown:?}");
-    let empty = env.cli(&["secret", "add", "y", "--provider", "openai"], "").await;
-    assert!(!empty.status.success() && empty.stderr.contains("no secret value"), "{empty:?}");
-    let spaced = env.cli(&["secret", "add", "z", "--provider", "openai"], "sk with spaces").await;
+    let dup = env
+        .cli(&["secret", "add", "main", "--provider", "openai"], KEY)
+        .await;
+    assert!(
+        !dup.status.success() && dup.stderr.contains("already exists"),
+        "{dup:?}"
+    );
+    let unknown = env
+        .cli(&["secret", "add", "x", "--provider", "nope"], KEY)
+        .await;
+    assert!(
+        !unknown.status.success() && unknown.stderr.contains("unknown provider"),
+        "{unknown:?}"
+    );
+    let empty = env
+        .cli(&["secret", "add", "y", "--provider", "openai"], "")
+        .await;
+    assert!(
+        !empty.status.success() && empty.stderr.contains("no secret value"),
+        "{empty:?}"
+    );
+    let spaced = env
+        .cli(
+            &["secret", "add", "z", "--provider", "openai"],
+            "sk with spaces",
+        )
+        .await;
     assert!(!spaced.status.success(), "{spaced:?}");
 
     let table = env.cli(&["secret", "list"], "").await.ok();
     assert!(table.stdout.starts_with("NAME"), "{}", table.stdout);
     assert!(table.stdout.contains("main") && table.stdout.contains("openai"));
-    let json: serde_json::Value = serde_json::from_str(&env.cli(&["secret", "list", "--json"], "").await.ok().stdout).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&env.cli(&["secret", "list", "--json"], "").await.ok().stdout)
+            .unwrap();
     assert_eq!(json[0]["name"], "main");
     assert_eq!(json[0]["provider"], "openai");
     assert_eq!(json[0]["version"], 1);
 
-    let token = env.create_token("main", &["--agent", "bot", "--ttl", "1h"]).await;
+    let token = env
+        .create_token("main", &["--agent", "bot", "--ttl", "1h"])
+        .await;
     assert!(token.starts_with("seks_openai_"));
-    let tokens: serde_json::Value = serde_json::from_str(&env.cli(&["token", "list", "--json"], "").await.ok().stdout).unwrap();
+    let tokens: serde_json::Value =
+        serde_json::from_str(&env.cli(&["token", "list", "--json"], "").await.ok().stdout).unwrap();
     assert_eq!(tokens[0]["agent"], "bot");
     assert_eq!(tokens[0]["state"], "active");
     assert!(tokens[0]["expires_at"].is_string());
     let hint = tokens[0]["token"].as_str().unwrap();
-    assert!(hint.ends_with('…') && token.starts_with(hint.trim_end_matches('…')) && hint.len() < 30, "{hint}");
+    assert!(
+        hint.ends_with('…') && token.starts_with(hint.trim_end_matches('…')) && hint.len() < 30,
+        "{hint}"
+    );
 
     let rm = env.cli(&["secret", "rm", "main"], "").await.ok();
     assert!(rm.stderr.contains("1 token"), "{}", rm.stderr);
-    let tokens: serde_json::Value = serde_json::from_str(&env.cli(&["token", "list", "--json"], "").await.ok().stdout).unwrap();
+    let tokens: serde_json::Value =
+        serde_json::from_str(&env.cli(&["token", "list", "--json"], "").await.ok().stdout).unwrap();
     assert_eq!(tokens, serde_json::json!([]));
     let missing = env.cli(&["secret", "rm", "main"], "").await;
-    assert!(!missing.status.success() && missing.stderr.contains("no secret named"), "{missing:?}");
+    assert!(
+        !missing.status.success() && missing.stderr.contains("no secret named"),
+        "{missing:?}"
+    );
 }
 
 #[tokio::test]
@@ -50,14 +96,20 @@ async fn tokens_are_revoked_once_and_need_an_existing_secret() {
     let env = Env::new("");
     env.add_secret("gh", "github", "ghp_example").await;
     let no_secret = env.cli(&["token", "create", "--secret", "nope"], "").await;
-    assert!(!no_secret.status.success() && no_secret.stdout.is_empty(), "{no_secret:?}");
+    assert!(
+        !no_secret.status.success() && no_secret.stdout.is_empty(),
+        "{no_secret:?}"
+    );
     env.create_token("gh", &["--agent", "ci"]).await;
     let id = env.token_id("ci").await;
     env.cli(&["token", "revoke", &id], "").await.ok();
     let listed = env.cli(&["token", "list"], "").await.ok();
     assert!(listed.stdout.contains("revoked"), "{}", listed.stdout);
     let again = env.cli(&["token", "revoke", &id], "").await;
-    assert!(!again.status.success() && again.stderr.contains("no active token"), "{again:?}");
+    assert!(
+        !again.status.success() && again.stderr.contains("no active token"),
+        "{again:?}"
+    );
 }
 
 #[tokio::test]
@@ -75,12 +127,18 @@ async fn a_different_master_key_or_a_lost_key_file_is_refused_clearly() {
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("master key does not match"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("master key does not match"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(other_key));
 
     std::fs::remove_file(env.data_dir().join("master.key")).unwrap();
     let lost = env.cli(&["secret", "rotate", "main"], "new-value").await;
-    assert!(!lost.status.success() && lost.stderr.contains("no master key"), "{lost:?}");
+    assert!(
+        !lost.status.success() && lost.stderr.contains("no master key"),
+        "{lost:?}"
+    );
 }
 
 #[tokio::test]
@@ -98,7 +156,13 @@ async fn master_key_from_the_environment_is_used_and_no_key_file_is_written() {
         .unwrap();
     let mut child = out;
     use tokio::io::AsyncWriteExt;
-    child.stdin.take().unwrap().write_all(KEY.as_bytes()).await.unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(KEY.as_bytes())
+        .await
+        .unwrap();
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(!env.data_dir().join("master.key").exists());
@@ -115,7 +179,10 @@ async fn serve_on_an_empty_store_prints_the_next_steps() {
     let out = env.transcript();
     assert!(out.contains("secret add"), "{out}");
     assert!(out.contains("token create"), "{out}");
-    assert!(out.contains(&format!("base_url=\"{}/api/openai/v1\"", broker.base)), "{out}");
+    assert!(
+        out.contains(&format!("base_url=\"{}/api/openai/v1\"", broker.base)),
+        "{out}"
+    );
     broker.stop().await;
 }
 
@@ -124,8 +191,17 @@ async fn a_broken_config_file_is_reported_with_its_path() {
     let env = Env::new("listne = 1\n");
     let out = env.cli(&["secret", "list"], "").await;
     assert!(!out.status.success(), "{out:?}");
-    assert!(out.stderr.contains("seks.toml") && out.stderr.contains("listne"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("seks.toml") && out.stderr.contains("listne"),
+        "{}",
+        out.stderr
+    );
     let env = Env::new("[providers.openai]\nbase_url = \"http://example.com\"\n");
-    let out = env.cli(&["secret", "add", "a", "--provider", "openai"], KEY).await;
-    assert!(!out.status.success() && out.stderr.contains("plain http"), "{out:?}");
+    let out = env
+        .cli(&["secret", "add", "a", "--provider", "openai"], KEY)
+        .await;
+    assert!(
+        !out.status.success() && out.stderr.contains("plain http"),
+        "{out:?}"
+    );
 }

@@ -19,10 +19,23 @@ async fn broker_for(upstream: &str) -> (Env, crate::support::Broker, String) {
 #[tokio::test]
 async fn a_closed_upstream_port_is_a_502_in_the_providers_shape() {
     // Bind then drop a listener so the port is (almost certainly) closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (_env, broker, token) = broker_for(&format!("http://127.0.0.1:{port}")).await;
-    let reply = send("POST", &broker.url("/api/anthropic/v1/messages"), &[("x-api-key", &token)], "{}").await;
-    assert_eq!((reply.status, reply.header("x-seks-error")), (502, Some("upstream_unreachable")));
+    let reply = send(
+        "POST",
+        &broker.url("/api/anthropic/v1/messages"),
+        &[("x-api-key", &token)],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (502, Some("upstream_unreachable"))
+    );
     assert_eq!(reply.json()["type"], "error");
     assert_eq!(reply.json()["error"]["type"], "api_error");
     assert!(!reply.body.contains("sk-ant-REAL"));
@@ -42,8 +55,17 @@ async fn an_upstream_that_accepts_then_closes_without_answering_is_a_502() {
         }
     });
     let (_env, broker, token) = broker_for(&format!("http://{addr}")).await;
-    let reply = send("POST", &broker.url("/api/anthropic/v1/messages"), &[("x-api-key", &token)], "{}").await;
-    assert_eq!((reply.status, reply.header("x-seks-error")), (502, Some("upstream_failed")));
+    let reply = send(
+        "POST",
+        &broker.url("/api/anthropic/v1/messages"),
+        &[("x-api-key", &token)],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (502, Some("upstream_failed"))
+    );
     broker.stop().await;
 }
 
@@ -52,10 +74,23 @@ async fn an_upstream_slower_than_the_response_timeout_is_a_504() {
     let mock = MockUpstream::start().await;
     let (_env, broker, token) = broker_for(&mock.url()).await;
     let start = Instant::now();
-    let reply = send("GET", &broker.url("/api/anthropic/v1/slow"), &[("x-api-key", &token)], "").await;
-    assert_eq!((reply.status, reply.header("x-seks-error")), (504, Some("upstream_timeout")));
+    let reply = send(
+        "GET",
+        &broker.url("/api/anthropic/v1/slow"),
+        &[("x-api-key", &token)],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (504, Some("upstream_timeout"))
+    );
     assert_eq!(reply.json()["error"]["type"], "timeout_error");
-    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
     broker.stop().await;
 }
 
@@ -63,12 +98,21 @@ async fn an_upstream_slower_than_the_response_timeout_is_a_504() {
 async fn a_reset_mid_stream_ends_the_agents_response_with_an_error_not_a_hang() {
     let mock = MockUpstream::start().await;
     let (_env, broker, token) = broker_for(&mock.url()).await;
-    let response = send_streaming("GET", &broker.url("/api/anthropic/v1/reset"), &[("x-api-key", &token)], "").await;
+    let response = send_streaming(
+        "GET",
+        &broker.url("/api/anthropic/v1/reset"),
+        &[("x-api-key", &token)],
+        "",
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
         .await
         .expect("the broker hung after the upstream reset");
-    assert!(collected.is_err(), "a truncated stream must not look complete");
+    assert!(
+        collected.is_err(),
+        "a truncated stream must not look complete"
+    );
     broker.stop().await;
 }
 
@@ -76,7 +120,13 @@ async fn a_reset_mid_stream_ends_the_agents_response_with_an_error_not_a_hang() 
 async fn a_stream_that_goes_silent_is_cut_after_the_read_timeout() {
     let mock = MockUpstream::start().await;
     let (_env, broker, token) = broker_for(&mock.url()).await;
-    let response = send_streaming("GET", &broker.url("/api/anthropic/v1/stall"), &[("x-api-key", &token)], "").await;
+    let response = send_streaming(
+        "GET",
+        &broker.url("/api/anthropic/v1/stall"),
+        &[("x-api-key", &token)],
+        "",
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap();

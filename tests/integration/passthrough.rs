@@ -40,19 +40,28 @@ async fn the_real_key_replaces_the_token_and_agent_credentials_never_reach_upstr
     )
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.json()["choices"][0]["message"]["content"], "Hello from the mock");
+    assert_eq!(
+        reply.json()["choices"][0]["message"]["content"],
+        "Hello from the mock"
+    );
     let seen = mock.requests();
     assert_eq!(seen.len(), 1);
     let req = &seen[0];
     assert_eq!(req.method, "POST");
     assert_eq!(req.target, "/prefix/v1/chat/completions?x=1");
-    assert_eq!(req.header("authorization"), Some(format!("Bearer {OPENAI_KEY}").as_str()));
+    assert_eq!(
+        req.header("authorization"),
+        Some(format!("Bearer {OPENAI_KEY}").as_str())
+    );
     assert_eq!(req.header("host"), Some(mock.addr.to_string().as_str()));
     assert_eq!(req.header("x-custom"), Some("kept"));
     for gone in ["cookie", "x-api-key", "x-hop"] {
         assert_eq!(req.header(gone), None, "{gone} was forwarded");
     }
-    assert!(!req.raw().contains(&token), "the agent token reached the upstream");
+    assert!(
+        !req.raw().contains(&token),
+        "the agent token reached the upstream"
+    );
     broker.stop().await;
 }
 
@@ -74,27 +83,83 @@ async fn every_provider_gets_its_key_in_its_own_scheme() {
     let github = env.create_token("h", &[]).await;
     let broker = env.serve().await;
 
-    let cases: Vec<(&str, String, Vec<(&str, String)>, &str, &str)> = vec![
-        ("/api/anthropic/v1/messages", String::new(), vec![("x-api-key", anthropic.clone()), ("anthropic-version", "2023-06-01".into())], "x-api-key", "sk-ant-REAL"),
-        ("/api/anthropic/v1/messages", String::new(), vec![("authorization", format!("Bearer {anthropic}"))], "x-api-key", "sk-ant-REAL"),
-        ("/api/gemini/v1beta/models/gemini-2.0-flash:generateContent", String::new(), vec![("x-goog-api-key", gemini.clone())], "x-goog-api-key", "AIzaREAL"),
-        ("/api/gemini/v1beta/models/gemini-2.0-flash:generateContent", format!("?alt=json&key={gemini}"), vec![], "x-goog-api-key", "AIzaREAL"),
-        ("/api/groq/v1/chat/completions", String::new(), vec![("authorization", format!("Bearer {groq}"))], "authorization", "Bearer gsk_REAL"),
-        ("/api/github/user", String::new(), vec![("authorization", format!("token {github}"))], "authorization", "Bearer ghp_REAL"),
+    struct Case {
+        /// Path and query on the broker.
+        target: String,
+        /// Header carrying the agent's token.
+        agent_header: (&'static str, String),
+        /// Header in which the upstream must see the real key, and its value.
+        upstream_header: (&'static str, &'static str),
+    }
+    let case = |target: &str, agent_header: (&'static str, String), upstream_header| Case {
+        target: target.to_owned(),
+        agent_header,
+        upstream_header,
+    };
+    let generate = "/api/gemini/v1beta/models/gemini-2.0-flash:generateContent";
+    let cases = [
+        case(
+            "/api/anthropic/v1/messages",
+            ("x-api-key", anthropic.clone()),
+            ("x-api-key", "sk-ant-REAL"),
+        ),
+        case(
+            "/api/anthropic/v1/messages",
+            ("authorization", format!("Bearer {anthropic}")),
+            ("x-api-key", "sk-ant-REAL"),
+        ),
+        case(
+            generate,
+            ("x-goog-api-key", gemini.clone()),
+            ("x-goog-api-key", "AIzaREAL"),
+        ),
+        case(
+            &format!("{generate}?alt=json&key={gemini}"),
+            ("x-unrelated", "1".into()),
+            ("x-goog-api-key", "AIzaREAL"),
+        ),
+        case(
+            "/api/groq/v1/chat/completions",
+            ("authorization", format!("Bearer {groq}")),
+            ("authorization", "Bearer gsk_REAL"),
+        ),
+        case(
+            "/api/github/user",
+            ("authorization", format!("token {github}")),
+            ("authorization", "Bearer ghp_REAL"),
+        ),
     ];
-    for (i, (path, query, headers, header, expected)) in cases.iter().enumerate() {
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let reply = send("POST", &broker.url(&format!("{path}{query}")), &headers, "{}").await;
-        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+    for (i, c) in cases.iter().enumerate() {
+        let headers = [
+            (c.agent_header.0, c.agent_header.1.as_str()),
+            ("anthropic-version", "2023-06-01"),
+        ];
+        let reply = send("POST", &broker.url(&c.target), &headers, "{}").await;
+        assert_eq!(reply.status, 200, "{}: {reply:?}", c.target);
         let seen = mock.requests();
         let req = &seen[i];
-        assert_eq!(req.header(header), Some(*expected), "{path}");
-        assert!(!req.raw().contains("seks_"), "{path}: token forwarded: {}", req.raw());
-        if path.contains("anthropic") && i == 0 {
-            assert_eq!(req.header("anthropic-version"), Some("2023-06-01"));
-        }
+        assert_eq!(
+            req.header(c.upstream_header.0),
+            Some(c.upstream_header.1),
+            "{}",
+            c.target
+        );
+        assert!(
+            !req.raw().contains("seks_"),
+            "{}: token forwarded: {}",
+            c.target,
+            req.raw()
+        );
+        assert_eq!(
+            req.header("anthropic-version"),
+            Some("2023-06-01"),
+            "provider headers are kept"
+        );
     }
-    assert_eq!(mock.requests()[3].target, "/v1beta/models/gemini-2.0-flash:generateContent?alt=json");
+    assert_eq!(
+        mock.requests()[3].target,
+        "/v1beta/models/gemini-2.0-flash:generateContent?alt=json"
+    );
     broker.stop().await;
 }
 
@@ -105,7 +170,9 @@ async fn auth_failures_are_401_in_the_providers_shape_and_never_reach_upstream()
     env.add_secret("ant", "anthropic", "sk-ant-REAL").await;
     env.add_secret("gem", "gemini", "AIzaREAL").await;
     let anthropic = env.create_token("ant", &[]).await;
-    let expired = env.create_token("openai-main", &["--agent", "old", "--ttl", "1s"]).await;
+    let expired = env
+        .create_token("openai-main", &["--agent", "old", "--ttl", "1s"])
+        .await;
     let revoked = env.create_token("openai-main", &["--agent", "gone"]).await;
     let id = env.token_id("gone").await;
     env.cli(&["token", "revoke", &id], "").await.ok();
@@ -134,7 +201,8 @@ async fn auth_failures_are_401_in_the_providers_shape_and_never_reach_upstream()
         (Some(bearer(&anthropic)), "wrong_provider"),
     ];
     for (auth, code) in cases {
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
         let reply = send("POST", &url, &headers, "{}").await;
         assert_eq!(reply.status, 401, "{code}: {reply:?}");
         assert_eq!(reply.header("x-seks-error"), Some(code));
@@ -143,15 +211,39 @@ async fn auth_failures_are_401_in_the_providers_shape_and_never_reach_upstream()
         assert!(body["error"]["message"].as_str().unwrap().len() > 10);
     }
     // Anthropic and Gemini get their own error shapes.
-    let reply = send("POST", &broker.url("/api/anthropic/v1/messages"), &[("x-api-key", &revoked)], "{}").await;
+    let reply = send(
+        "POST",
+        &broker.url("/api/anthropic/v1/messages"),
+        &[("x-api-key", &revoked)],
+        "{}",
+    )
+    .await;
     assert_eq!(reply.status, 401);
     assert_eq!(reply.json()["type"], "error");
     assert_eq!(reply.json()["error"]["type"], "authentication_error");
-    let reply = send("POST", &broker.url("/api/gemini/v1beta/models/x:generateContent"), &[], "{}").await;
-    assert_eq!((reply.status, reply.json()["error"]["status"].as_str()), (401, Some("UNAUTHENTICATED")));
+    let reply = send(
+        "POST",
+        &broker.url("/api/gemini/v1beta/models/x:generateContent"),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["status"].as_str()),
+        (401, Some("UNAUTHENTICATED"))
+    );
     // A valid token still works, so the failures above were about the tokens.
-    assert_eq!(send("POST", &url, &[("authorization", &bearer(&token))], "{}").await.status, 200);
-    assert_eq!(mock.requests().len(), 1, "only the valid request may reach the upstream");
+    assert_eq!(
+        send("POST", &url, &[("authorization", &bearer(&token))], "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "only the valid request may reach the upstream"
+    );
     broker.stop().await;
 }
 
@@ -161,18 +253,45 @@ async fn unknown_providers_and_paths_are_404() {
     let (env, token) = openai_setup(&mock.url()).await;
     let broker = env.serve().await;
     let auth = format!("Bearer {token}");
-    let reply = send("GET", &broker.url("/api/nope/v1/models"), &[("authorization", &auth)], "").await;
-    assert_eq!((reply.status, reply.header("x-seks-error")), (404, Some("unknown_provider")));
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("openai"));
-    let reply = send("GET", &broker.url("/v1/models"), &[("authorization", &auth)], "").await;
-    assert_eq!((reply.status, reply.header("x-seks-error")), (404, Some("no_route")));
-    assert_eq!(send("GET", &broker.url("/healthz"), &[], "").await.status, 200);
+    let reply = send(
+        "GET",
+        &broker.url("/api/nope/v1/models"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (404, Some("unknown_provider"))
+    );
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("openai")
+    );
+    let reply = send(
+        "GET",
+        &broker.url("/v1/models"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (404, Some("no_route"))
+    );
+    assert_eq!(
+        send("GET", &broker.url("/healthz"), &[], "").await.status,
+        200
+    );
     assert!(mock.requests().is_empty());
     broker.stop().await;
 }
 
 #[tokio::test]
-async fn tokens_created_revoked_and_rotated_with_the_cli_reach_the_running_broker_within_a_second() {
+async fn tokens_created_revoked_and_rotated_with_the_cli_reach_the_running_broker_within_a_second()
+{
     let mock = MockUpstream::start().await;
     let env = Env::with_upstream(&mock.url());
     env.add_secret("openai-main", "openai", OPENAI_KEY).await;
@@ -182,11 +301,21 @@ async fn tokens_created_revoked_and_rotated_with_the_cli_reach_the_running_broke
     async fn status_within(url: &str, token: &str, want: u16) -> Duration {
         let start = Instant::now();
         loop {
-            let got = send("GET", url, &[("authorization", &format!("Bearer {token}"))], "").await.status;
+            let got = send(
+                "GET",
+                url,
+                &[("authorization", &format!("Bearer {token}"))],
+                "",
+            )
+            .await
+            .status;
             if got == want {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < Duration::from_secs(1), "still {got}, wanted {want}, after 1s");
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "still {got}, wanted {want}, after 1s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -194,15 +323,26 @@ async fn tokens_created_revoked_and_rotated_with_the_cli_reach_the_running_broke
     let token = env.create_token("openai-main", &["--agent", "live"]).await;
     status_within(&url, &token, 200).await;
 
-    env.cli(&["secret", "rotate", "openai-main"], "sk-proj-ROTATED").await.ok();
+    env.cli(&["secret", "rotate", "openai-main"], "sk-proj-ROTATED")
+        .await
+        .ok();
     let start = Instant::now();
     loop {
-        send("GET", &url, &[("authorization", &format!("Bearer {token}"))], "").await;
+        send(
+            "GET",
+            &url,
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await;
         let last = mock.requests().pop().unwrap();
         if last.header("authorization") == Some("Bearer sk-proj-ROTATED") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(1), "rotation not seen after 1s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "rotation not seen after 1s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -210,7 +350,9 @@ async fn tokens_created_revoked_and_rotated_with_the_cli_reach_the_running_broke
     env.cli(&["token", "revoke", &id], "").await.ok();
     status_within(&url, &token, 401).await;
 
-    let other = env.create_token("openai-main", &["--agent", "second"]).await;
+    let other = env
+        .create_token("openai-main", &["--agent", "second"])
+        .await;
     status_within(&url, &other, 200).await;
     env.cli(&["secret", "rm", "openai-main"], "").await.ok();
     status_within(&url, &other, 401).await;
@@ -260,8 +402,14 @@ async fn bodies_over_the_limit_are_413() {
     let url = broker.url("/api/openai/v1/files");
 
     let reply = send("POST", &url, &[("authorization", &auth)], vec![b'a'; 1001]).await;
-    assert_eq!((reply.status, reply.header("x-seks-error")), (413, Some("body_too_large")));
-    assert!(mock.requests().is_empty(), "a declared oversized body must not be forwarded");
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (413, Some("body_too_large"))
+    );
+    assert!(
+        mock.requests().is_empty(),
+        "a declared oversized body must not be forwarded"
+    );
 
     // Without Content-Length the limit is enforced while streaming.
     let mut raw = format!(

@@ -34,27 +34,44 @@ async fn escape_attempts_are_refused_and_never_reach_any_upstream() {
         "//evil.example/api/openai/v1/models",
     ];
     for target in targets {
-        let request = format!("GET {target} HTTP/1.1\r\nhost: localhost\r\n{auth}connection: close\r\n\r\n");
+        let request =
+            format!("GET {target} HTTP/1.1\r\nhost: localhost\r\n{auth}connection: close\r\n\r\n");
         let (status, body) = raw(broker.addr, request.as_bytes()).await;
         assert_eq!(status, 400, "{target} → {status} {body}");
     }
 
     let odd = [
-        format!("CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n{auth}connection: close\r\n\r\n"),
-        format!("TRACE /api/openai/v1/models HTTP/1.1\r\nhost: localhost\r\n{auth}connection: close\r\n\r\n"),
-        format!("GET /api/openai/v1/models HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n{auth}connection: close\r\n\r\n"),
-        format!("GET /api/openai/v1/models HTTP/1.1\r\nhost: user@evil.example\r\n{auth}connection: close\r\n\r\n"),
-        format!("GET /api/openai/v1/models HTTP/1.1\r\nhost: evil.example/x\r\n{auth}connection: close\r\n\r\n"),
+        format!(
+            "CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n{auth}connection: close\r\n\r\n"
+        ),
+        format!(
+            "TRACE /api/openai/v1/models HTTP/1.1\r\nhost: localhost\r\n{auth}connection: close\r\n\r\n"
+        ),
+        format!(
+            "GET /api/openai/v1/models HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n{auth}connection: close\r\n\r\n"
+        ),
+        format!(
+            "GET /api/openai/v1/models HTTP/1.1\r\nhost: user@evil.example\r\n{auth}connection: close\r\n\r\n"
+        ),
+        format!(
+            "GET /api/openai/v1/models HTTP/1.1\r\nhost: evil.example/x\r\n{auth}connection: close\r\n\r\n"
+        ),
     ];
     for request in &odd {
         let (status, body) = raw(broker.addr, request.as_bytes()).await;
         assert_eq!(status, 400, "{request:?} → {status} {body}");
     }
-    assert!(mock.requests().is_empty(), "forwarded: {:?}", mock.requests());
+    assert!(
+        mock.requests().is_empty(),
+        "forwarded: {:?}",
+        mock.requests()
+    );
     assert_eq!(mock.connections(), 0);
 
     // The same broker does forward a clean request, so the refusals above were about the targets.
-    let request = format!("GET /api/openai/v1/models HTTP/1.1\r\nhost: evil.example\r\n{auth}connection: close\r\n\r\n");
+    let request = format!(
+        "GET /api/openai/v1/models HTTP/1.1\r\nhost: evil.example\r\n{auth}connection: close\r\n\r\n"
+    );
     let (status, _) = raw(broker.addr, request.as_bytes()).await;
     assert_eq!(status, 200);
     let seen = mock.requests();

@@ -50,7 +50,9 @@ async fn run_case(case: &Case) {
     let env = Env::with_upstream(&mock.url());
     env.add_secret("real", case.provider, case.key).await;
     let token = env.create_token("real", &["--agent", "sdk"]).await;
-    let expired = env.create_token("real", &["--agent", "short", "--ttl", "1s"]).await;
+    let expired = env
+        .create_token("real", &["--agent", "short", "--ttl", "1s"])
+        .await;
     let revoked = env.create_token("real", &["--agent", "revoked"]).await;
     let id = env.token_id("revoked").await;
     env.cli(&["token", "revoke", &id], "").await.ok();
@@ -58,27 +60,74 @@ async fn run_case(case: &Case) {
     let base = broker.url(case.base_path);
 
     for scenario in case.ok_scenarios {
-        let out = run_python(case.script, &[scenario], &[("SEKS_BASE_URL", &base), ("SEKS_TOKEN", &token)]).await;
+        let out = run_python(
+            case.script,
+            &[scenario],
+            &[("SEKS_BASE_URL", &base), ("SEKS_TOKEN", &token)],
+        )
+        .await;
         assert!(out.status.success(), "{} {scenario}: {out:#?}", case.script);
     }
     let seen = mock.requests();
-    assert_eq!(seen.len(), case.ok_scenarios.len(), "{}: {seen:#?}", case.script);
+    assert_eq!(
+        seen.len(),
+        case.ok_scenarios.len(),
+        "{}: {seen:#?}",
+        case.script
+    );
     for req in &seen {
-        assert_eq!(req.header(case.header), Some(case.header_value), "{}: {}", case.script, req.raw());
-        assert!(!req.raw().contains(&token), "{}: the upstream saw the agent token", case.script);
-        assert!(!req.raw().contains("seks_"), "{}: {}", case.script, req.raw());
+        assert_eq!(
+            req.header(case.header),
+            Some(case.header_value),
+            "{}: {}",
+            case.script,
+            req.raw()
+        );
+        assert!(
+            !req.raw().contains(&token),
+            "{}: the upstream saw the agent token",
+            case.script
+        );
+        assert!(
+            !req.raw().contains("seks_"),
+            "{}: {}",
+            case.script,
+            req.raw()
+        );
     }
 
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let wrong = format!("{}x", &token[..token.len() - 1]);
-    for (bad, code) in [(&wrong, "malformed_token"), (&revoked, "token_revoked"), (&expired, "token_expired")] {
-        let out = run_python(case.script, &["unauthorized"], &[("SEKS_BASE_URL", &base), ("SEKS_TOKEN", bad)]).await;
-        assert!(out.status.success(), "{} unauthorized ({code}): {out:#?}", case.script);
+    for (bad, code) in [
+        (&wrong, "malformed_token"),
+        (&revoked, "token_revoked"),
+        (&expired, "token_expired"),
+    ] {
+        let out = run_python(
+            case.script,
+            &["unauthorized"],
+            &[("SEKS_BASE_URL", &base), ("SEKS_TOKEN", bad)],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{} unauthorized ({code}): {out:#?}",
+            case.script
+        );
         if case.provider != "gemini" {
-            assert!(out.stdout.starts_with(code), "{}: expected {code}: {}", case.script, out.stdout);
+            assert!(
+                out.stdout.starts_with(code),
+                "{}: expected {code}: {}",
+                case.script,
+                out.stdout
+            );
         }
     }
-    assert_eq!(mock.requests().len(), case.ok_scenarios.len(), "an unauthorized request reached the upstream");
+    assert_eq!(
+        mock.requests().len(),
+        case.ok_scenarios.len(),
+        "an unauthorized request reached the upstream"
+    );
     broker.stop().await;
 }
 

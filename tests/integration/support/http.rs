@@ -40,7 +40,12 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 /// Send a request and return the response head with its body still streaming.
-pub async fn send_streaming(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<Incoming> {
+pub async fn send_streaming(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Response<Incoming> {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -53,7 +58,12 @@ pub async fn send_streaming(method: &str, url: &str, headers: &[(&str, &str)], b
 }
 
 /// Send a request and read the whole response.
-pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
     let response = send_streaming(method, url, headers, body).await;
     let status = response.status().as_u16();
     let headers = response

@@ -104,14 +104,27 @@ impl MockUpstream {
     }
 }
 
-async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>, gate: Arc<Notify>) -> Result<Response<MockBody>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<Notify>,
+) -> Result<Response<MockBody>, Infallible> {
     let method = req.method().to_string();
-    let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let path = req.uri().path().to_owned();
     let headers = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes().to_vec(),
@@ -127,9 +140,17 @@ async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>, gate: Arc<N
     });
 
     let response = if path.ends_with("/chat/completions") {
-        if stream { sse(openai_stream()) } else { json_response(openai_completion()) }
+        if stream {
+            sse(openai_stream())
+        } else {
+            json_response(openai_completion())
+        }
     } else if path.ends_with("/messages") {
-        if stream { sse(anthropic_stream()) } else { json_response(anthropic_message()) }
+        if stream {
+            sse(anthropic_stream())
+        } else {
+            json_response(anthropic_message())
+        }
     } else if path.contains(":streamGenerateContent") {
         sse(vec![format!("data: {}\r\n\r\n", gemini_response())])
     } else if path.contains(":generateContent") {
@@ -159,7 +180,9 @@ fn json_response(value: serde_json::Value) -> Response<MockBody> {
 }
 
 fn full(text: String) -> MockBody {
-    http_body_util::Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed()
+    http_body_util::Full::new(Bytes::from(text))
+        .map_err(|e| match e {})
+        .boxed()
 }
 
 /// An SSE response whose events are sent as separate chunks, a few ms apart.
@@ -223,7 +246,10 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 }
@@ -238,7 +264,11 @@ fn openai_completion() -> serde_json::Value {
 
 fn openai_stream() -> Vec<String> {
     let chunk = |content: &str, finish: Option<&str>| {
-        let delta = if content.is_empty() { serde_json::json!({}) } else { serde_json::json!({"content": content}) };
+        let delta = if content.is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({"content": content})
+        };
         format!(
             "data: {}\n\n",
             serde_json::json!({
@@ -247,7 +277,13 @@ fn openai_stream() -> Vec<String> {
             })
         )
     };
-    vec![chunk("Hello", None), chunk(" from", None), chunk(" the mock", None), chunk("", Some("stop")), "data: [DONE]\n\n".into()]
+    vec![
+        chunk("Hello", None),
+        chunk(" from", None),
+        chunk(" the mock", None),
+        chunk("", Some("stop")),
+        "data: [DONE]\n\n".into(),
+    ]
 }
 
 fn anthropic_message() -> serde_json::Value {
@@ -262,14 +298,32 @@ fn anthropic_message() -> serde_json::Value {
 fn anthropic_stream() -> Vec<String> {
     let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
     vec![
-        ev("message_start", serde_json::json!({"type": "message_start", "message": {
+        ev(
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {
             "id": "msg_mock", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
-            "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 5, "output_tokens": 1}}})),
-        ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
-        ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})),
-        ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from the mock"}})),
-        ev("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
-        ev("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 4}})),
+            "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+        ),
+        ev(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from the mock"}}),
+        ),
+        ev(
+            "content_block_stop",
+            serde_json::json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev(
+            "message_delta",
+            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 4}}),
+        ),
         ev("message_stop", serde_json::json!({"type": "message_stop"})),
     ]
 }

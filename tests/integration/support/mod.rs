@@ -88,7 +88,10 @@ impl Env {
     async fn cli_private(&self, args: &[&str], stdin: &str) -> CliOutput {
         let mut child = self.command(args).spawn().expect("spawn seks");
         let mut input = child.stdin.take().expect("stdin");
-        input.write_all(stdin.as_bytes()).await.expect("write stdin");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .expect("write stdin");
         drop(input);
         let out = child.wait_with_output().await.expect("wait seks");
         CliOutput {
@@ -100,7 +103,9 @@ impl Env {
 
     /// `seks secret add NAME --provider P` with the value on stdin.
     pub async fn add_secret(&self, name: &str, provider: &str, value: &str) {
-        self.cli(&["secret", "add", name, "--provider", provider], value).await.ok();
+        self.cli(&["secret", "add", name, "--provider", provider], value)
+            .await
+            .ok();
     }
 
     /// `seks token create` → the token.
@@ -110,8 +115,15 @@ impl Env {
         let out = self.cli_private(&args, "").await.ok();
         self.log(&out.stderr);
         let token = out.stdout.trim().to_owned();
-        assert!(token.starts_with("seks_"), "unexpected token output: {out:?}");
-        assert_eq!(out.stdout, format!("{token}\n"), "stdout must hold only the token");
+        assert!(
+            token.starts_with("seks_"),
+            "unexpected token output: {out:?}"
+        );
+        assert_eq!(
+            out.stdout,
+            format!("{token}\n"),
+            "stdout must hold only the token"
+        );
         token
     }
 
@@ -232,7 +244,9 @@ pub fn python() -> PathBuf {
 
 /// Run a script from `tests/python` with `args`; returns (success, stdout, stderr).
 pub async fn run_python(script: &str, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let mut cmd = Command::new(python());
     cmd.arg(path).args(args).kill_on_drop(true);
     for (k, v) in env {

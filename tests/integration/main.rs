@@ -9,3 +9,4 @@ mod hygiene;
 mod passthrough;
 mod path_escape;
 mod sdk;
+mod tls_upstream;

@@ -431,3 +431,31 @@ async fn bodies_over_the_limit_are_413() {
     assert_eq!(reply.json()["received_bytes"], 1000);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn agents_may_speak_http2_without_tls() {
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&mock.url()).await;
+    let broker = env.serve().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::post(broker.url("/api/openai/v1/chat/completions"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = client.request(request).await.expect("h2c request");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let seen = mock.requests();
+    assert_eq!(
+        seen[0].version,
+        hyper::Version::HTTP_11,
+        "upstreams default to HTTP/1.1"
+    );
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {OPENAI_KEY}").as_str())
+    );
+    broker.stop().await;
+}

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, mpsc};
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: hyper::Version,
     pub method: String,
     /// Path and query, exactly as received.
     pub target: String,
@@ -57,7 +58,17 @@ pub struct MockUpstream {
 type MockBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 impl MockUpstream {
+    /// Plain HTTP/1.1 on loopback.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with the given TLS acceptor.
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        Self::start_with(Some(acceptor)).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -67,12 +78,26 @@ impl MockUpstream {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 *c.lock().unwrap() += 1;
-                let (s, g) = (s.clone(), g.clone());
+                let (s, g, tls) = (s.clone(), g.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(req, s.clone(), g.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = hyper_util::server::conn::auto::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        }
+                    }
                 });
             }
         });
@@ -109,6 +134,7 @@ async fn handle(
     seen: Arc<Mutex<Vec<Seen>>>,
     gate: Arc<Notify>,
 ) -> Result<Response<MockBody>, Infallible> {
+    let version = req.version();
     let method = req.method().to_string();
     let target = req
         .uri()
@@ -133,6 +159,7 @@ async fn handle(
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let stream = json["stream"] == true;
     seen.lock().unwrap().push(Seen {
+        version,
         method,
         target: target.clone(),
         headers,

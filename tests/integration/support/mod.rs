@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod mock;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -19,8 +19,11 @@ use crate::vault::{SecretIdentity, Vault, VaultError};
 
 /// How often the store's revision counter is polled.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
-/// Cached entries are not trusted once the last successful sync is older than this.
-pub const STALE_AFTER: Duration = Duration::from_secs(2);
+/// Cached entries are not trusted once the last successful sync is older than this, so a
+/// revocation is honoured within a second even when polls fail or stall.
+pub const STALE_AFTER: Duration = Duration::from_millis(750);
+/// Longest wait for any store call made on behalf of a request or a sync.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often last-use times are written back to the store.
 const USE_FLUSH_EVERY: u32 = 20;
 /// Cache entries kept at most; past this the cache starts over.
@@ -35,6 +38,12 @@ pub enum KeyringError {
     /// The store could not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store did not answer within [`STORE_TIMEOUT`].
+    #[error("the store did not answer within {STORE_TIMEOUT:?}")]
+    Timeout,
+    /// The secret's provider is not the token's: the store was tampered with.
+    #[error("secret {0} does not belong to the token's provider")]
+    ProviderMismatch(String),
     /// The token's secret is gone.
     #[error("secret {0} not found")]
     SecretMissing(String),
@@ -110,15 +119,18 @@ impl Keyring {
             }
             cache.generation
         };
-        let secret = self
-            .store
-            .secret_by_id(&token.tenant, &token.secret_id)
+        let secret = timed(self.store.secret_by_id(&token.tenant, &token.secret_id))
             .await?
             .ok_or_else(|| KeyringError::SecretMissing(token.secret_id.clone()))?;
+        if secret.provider != token.provider {
+            return Err(KeyringError::ProviderMismatch(secret.id));
+        }
+        // The provider is bound into the ciphertext, so a relabelled row fails to open.
         let id = SecretIdentity {
             tenant: &secret.tenant,
             secret_id: &secret.id,
             version: secret.version,
+            provider: &secret.provider,
         };
         let value = Arc::new(self.vault.open(id, &secret.sealed)?);
         self.insert(generation, |cache| {
@@ -133,7 +145,7 @@ impl Keyring {
     pub fn note_use(&self, token_id: &str, now: i64) {
         let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
         match uses.get_mut(token_id) {
-            Some(at) => *at = now,
+            Some(at) => *at = (*at).max(now),
             None => {
                 uses.insert(token_id.to_owned(), now);
             }
@@ -141,8 +153,8 @@ impl Keyring {
     }
 
     /// Poll the store's revision and drop the caches if anything changed.
-    pub async fn sync(&self) -> Result<(), StoreError> {
-        let revision = self.store.revision().await?;
+    pub async fn sync(&self) -> Result<(), KeyringError> {
+        let revision = timed(self.store.revision()).await?;
         if self.revision.swap(revision, Ordering::AcqRel) != revision {
             let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
             cache.generation += 1;
@@ -183,6 +195,7 @@ impl Keyring {
         }
     }
 
+    /// Whether cached entries may be trusted: the last sync is recent enough.
     fn is_fresh(&self) -> bool {
         let last = self.last_sync_ms.load(Ordering::Acquire);
         last != 0
@@ -209,4 +222,12 @@ impl Keyring {
         }
         put(&mut cache);
     }
+}
+
+/// Bound a store call by [`STORE_TIMEOUT`], so a locked or unreachable store fails fast.
+async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, KeyringError> {
+    tokio::time::timeout(STORE_TIMEOUT, call)
+        .await
+        .map_err(|_| KeyringError::Timeout)?
+        .map_err(KeyringError::Store)
 }

@@ -81,6 +81,7 @@ async fn add(ctx: &Context, name: &str, provider_name: &str) -> anyhow::Result<(
         tenant: DEFAULT_TENANT,
         secret_id: &id,
         version: 1,
+        provider: provider_name,
     };
     let secret = NewSecret {
         sealed: vault.seal(identity, &value)?,
@@ -174,6 +175,7 @@ async fn rotate(ctx: &Context, name: &str) -> anyhow::Result<()> {
         tenant: &secret.tenant,
         secret_id: &secret.id,
         version,
+        provider: &secret.provider,
     };
     let sealed = vault.seal(identity, &value)?;
     ctx.store

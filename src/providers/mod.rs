@@ -17,8 +17,8 @@ use crate::config::ProviderOverride;
 /// Where an agent's SDK sends its key; the broker looks for the `seks_` token there.
 #[derive(Debug, Clone)]
 pub enum TokenSource {
-    /// `Authorization: Bearer <token>` (or `token <token>`, as GitHub clients send).
-    Authorization,
+    /// `Authorization: <scheme> <token>` for one of these schemes (lowercase, e.g. `bearer`).
+    Authorization(&'static [&'static str]),
     /// A header (lowercase name) carrying the bare token.
     Header(&'static str),
     /// A query parameter carrying the bare token.
@@ -35,6 +35,27 @@ pub enum AuthScheme {
         /// Text before the credential, e.g. `Bearer `.
         prefix: &'static str,
     },
+}
+
+impl TokenSource {
+    /// How an agent would send its token this way, for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSource::Authorization(schemes) => schemes
+                .iter()
+                .map(|s| {
+                    format!(
+                        "Authorization: {}{} <token>",
+                        s[..1].to_uppercase(),
+                        &s[1..]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" or "),
+            TokenSource::Header(name) => format!("{name}: <token>"),
+            TokenSource::Query(param) => format!("?{param}=<token>"),
+        }
+    }
 }
 
 impl AuthScheme {
@@ -104,6 +125,9 @@ struct Builtin {
     errors: ErrorShape,
 }
 
+/// `Authorization: Bearer <token>`, as almost every SDK sends its key.
+const BEARER_TOKEN: TokenSource = TokenSource::Authorization(&["bearer"]);
+
 const BEARER: AuthScheme = AuthScheme::Header {
     name: "authorization",
     prefix: "Bearer ",
@@ -113,14 +137,14 @@ const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "openai",
         base_url: "https://api.openai.com",
-        token_sources: &[TokenSource::Authorization],
+        token_sources: &[BEARER_TOKEN],
         auth: BEARER,
         errors: ErrorShape::OpenAi,
     },
     Builtin {
         name: "anthropic",
         base_url: "https://api.anthropic.com",
-        token_sources: &[TokenSource::Header("x-api-key"), TokenSource::Authorization],
+        token_sources: &[TokenSource::Header("x-api-key"), BEARER_TOKEN],
         auth: AuthScheme::Header {
             name: "x-api-key",
             prefix: "",
@@ -143,14 +167,15 @@ const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "groq",
         base_url: "https://api.groq.com/openai",
-        token_sources: &[TokenSource::Authorization],
+        token_sources: &[BEARER_TOKEN],
         auth: BEARER,
         errors: ErrorShape::OpenAi,
     },
     Builtin {
         name: "github",
         base_url: "https://api.github.com",
-        token_sources: &[TokenSource::Authorization],
+        // GitHub clients send `token <pat>` as often as `Bearer <pat>`.
+        token_sources: &[TokenSource::Authorization(&["bearer", "token"])],
         auth: BEARER,
         errors: ErrorShape::GitHub,
     },
@@ -252,10 +277,10 @@ fn parse_base_url(provider: &str, url: &str) -> Result<Upstream, ProviderError> 
     })
 }
 
+/// Only literal loopback addresses count: a name like `localhost` depends on resolution.
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -294,7 +319,8 @@ mod tests {
         assert_eq!(up.authority.as_str(), "127.0.0.1:9000");
         assert_eq!(up.path_prefix, "/prefix/v1");
         assert!(with_base("http://[::1]:9000").is_ok());
-        assert!(with_base("http://localhost:9000").is_ok());
+        assert!(with_base("http://localhost:9000").is_err());
+        assert!(with_base("https://localhost:9000").is_ok());
         assert!(with_base("http://example.com").is_err());
         assert!(with_base("ftp://example.com").is_err());
         assert!(with_base("https://user:pw@example.com").is_err());

@@ -39,7 +39,10 @@ pub enum ProxyError {
     #[error(
         "no SEKS token found: send the token the broker issued as this provider's API key ({0})"
     )]
-    MissingToken(&'static str),
+    MissingToken(String),
+    /// The token was sent more than once.
+    #[error("the SEKS token was sent more than once; send exactly one")]
+    AmbiguousToken,
     /// The token is not well formed.
     #[error("invalid SEKS token: {0}")]
     MalformedToken(#[from] TokenFormatError),
@@ -90,6 +93,7 @@ impl ProxyError {
             MethodNotAllowed(_) | AbsoluteTarget | BadHost | BadPath(_) => StatusCode::BAD_REQUEST,
             NoRoute | UnknownProvider(..) => StatusCode::NOT_FOUND,
             MissingToken(_)
+            | AmbiguousToken
             | MalformedToken(_)
             | WrongProvider { .. }
             | UnknownToken
@@ -113,6 +117,7 @@ impl ProxyError {
             UnknownProvider(..) => "unknown_provider",
             BadPath(_) => "bad_path",
             MissingToken(_) => "missing_token",
+            AmbiguousToken => "ambiguous_token",
             MalformedToken(_) => "malformed_token",
             WrongProvider { .. } => "wrong_provider",
             UnknownToken => "unknown_token",

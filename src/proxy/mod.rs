@@ -133,9 +133,9 @@ impl Proxy {
         seen.provider = Some(provider.clone());
 
         let query = parts.uri.query();
-        let token_text = rewrite::find_token(&provider, &parts.headers, query).ok_or(
-            ProxyError::MissingToken(rewrite::token_locations(&provider)),
-        )?;
+        let token_text = rewrite::find_token(&provider, &parts.headers, query)
+            .map_err(|_| ProxyError::AmbiguousToken)?
+            .ok_or_else(|| ProxyError::MissingToken(rewrite::token_locations(&provider)))?;
         let parsed = tokens::parse(&token_text)?;
         if parsed.provider() != provider.name {
             return Err(ProxyError::WrongProvider {
@@ -198,7 +198,7 @@ impl Proxy {
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
-        rewrite::strip_hop_by_hop(&mut parts.headers);
+        rewrite::clean_response_headers(&mut parts.headers);
         let body = TimeoutBody::new(self.limits.read_timeout, body).map_err(axum::Error::new);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
@@ -224,11 +224,23 @@ impl Proxy {
     }
 }
 
-/// Refuse what must never be forwarded: tunnelling and reflecting methods, proxy-style
+/// Methods an API client uses. Anything else (CONNECT, TRACE, `trace`, TRACK, WebDAV…) could
+/// tunnel or reflect the injected credential, so it is refused rather than forwarded.
+const FORWARDED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// Refuse what must never be forwarded: methods outside the allow-list, proxy-style
 /// absolute targets, and repeated or malformed Host headers.
 fn check_request_line(request: &Request<Body>) -> Result<(), ProxyError> {
     let method = request.method();
-    if method == Method::CONNECT || method == Method::TRACE {
+    if !FORWARDED_METHODS.contains(method) {
         return Err(ProxyError::MethodNotAllowed(method.clone()));
     }
     // HTTP/2 always carries scheme and authority; in HTTP/1 they mean an absolute-form target.
@@ -261,11 +273,13 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 fn keyring_error(e: KeyringError) -> ProxyError {
     match e {
         KeyringError::UnknownToken => ProxyError::UnknownToken,
-        KeyringError::Store(e) => {
+        KeyringError::Store(_) | KeyringError::Timeout => {
             tracing::error!(error = %e, "store lookup failed; refusing the request");
             ProxyError::StoreUnavailable
         }
-        KeyringError::SecretMissing(_) | KeyringError::Vault(_) => {
+        KeyringError::SecretMissing(_)
+        | KeyringError::ProviderMismatch(_)
+        | KeyringError::Vault(_) => {
             tracing::error!(error = %e, "credential could not be loaded");
             ProxyError::CredentialUnavailable
         }

@@ -24,6 +24,25 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Headers some servers and frameworks obey to re-route or re-method a request; forwarding
+/// them would let an agent steer around the broker's path and method checks.
+const ROUTING_OVERRIDES: &[&str] = &[
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
+
+/// Prefixes of header families dropped in both directions: proxy metadata, and the broker's
+/// own markers (an agent must not forge them upstream, an upstream must not forge them back).
+const DROPPED_PREFIXES: &[&str] = &["x-forwarded-", "x-seks-"];
+
 /// Headers in which clients put credentials; the agent's copies never go upstream.
 const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
@@ -33,45 +52,62 @@ const CREDENTIAL_HEADERS: &[&str] = &[
     "x-goog-api-key",
 ];
 
+/// The agent sent its token more than once, so which one counts would be a guess.
+#[derive(Debug)]
+pub struct AmbiguousToken;
+
 /// Find the agent's token where this provider's SDK sends its key.
 pub fn find_token<'a>(
     provider: &Provider,
     headers: &'a HeaderMap,
     query: Option<&'a str>,
-) -> Option<Cow<'a, str>> {
-    provider
-        .token_sources
-        .iter()
-        .find_map(|source| match source {
-            TokenSource::Authorization => {
-                let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-                let (scheme, token) = value.trim().split_once(' ')?;
-                (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
-                    .then(|| Cow::Borrowed(token.trim()))
+) -> Result<Option<Cow<'a, str>>, AmbiguousToken> {
+    for source in &provider.token_sources {
+        let found = match source {
+            TokenSource::Authorization(schemes) => {
+                single(headers, "authorization")?.and_then(|value| {
+                    let (scheme, token) = value.trim().split_once(' ')?;
+                    let scheme = scheme.to_ascii_lowercase();
+                    schemes
+                        .contains(&scheme.as_str())
+                        .then(|| Cow::Borrowed(token.trim()))
+                })
             }
-            TokenSource::Header(name) => headers
-                .get(*name)?
-                .to_str()
-                .ok()
-                .map(|v| Cow::Borrowed(v.trim())),
-            TokenSource::Query(param) => query_params(query?)
-                .find(|(k, _)| k == param)
-                .map(|(_, v)| v),
-        })
+            TokenSource::Header(name) => single(headers, name)?.map(|v| Cow::Borrowed(v.trim())),
+            TokenSource::Query(param) => {
+                let mut values = query_params(query.unwrap_or("")).filter(|(k, _)| k == param);
+                let first = values.next().map(|(_, v)| v);
+                if values.next().is_some() {
+                    return Err(AmbiguousToken);
+                }
+                first
+            }
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// The value of a header that must not be repeated; non-text values count as absent.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, AmbiguousToken> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(AmbiguousToken);
+    }
+    Ok(first.and_then(|v| v.to_str().ok()))
 }
 
 /// Human description of where a provider expects the token, for the "missing token" error.
-pub fn token_locations(provider: &Provider) -> &'static str {
-    match provider.token_sources.as_slice() {
-        [TokenSource::Authorization] => "Authorization: Bearer <token>",
-        [TokenSource::Header(_), TokenSource::Authorization] => {
-            "x-api-key: <token> or Authorization: Bearer <token>"
-        }
-        [TokenSource::Header(_), TokenSource::Query(_)] => {
-            "x-goog-api-key: <token> or ?key=<token>"
-        }
-        _ => "the header its SDK uses for the API key",
-    }
+pub fn token_locations(provider: &Provider) -> String {
+    provider
+        .token_sources
+        .iter()
+        .map(TokenSource::describe)
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// The query string without any parameter that carries a credential for this provider.
@@ -141,6 +177,8 @@ pub fn forwardable_headers(provider: &Provider, agent: &HeaderMap) -> HeaderMap 
             || name == header::EXPECT
             || HOP_BY_HOP.contains(&n)
             || CREDENTIAL_HEADERS.contains(&n)
+            || ROUTING_OVERRIDES.contains(&n)
+            || DROPPED_PREFIXES.iter().any(|p| n.starts_with(p))
             || named_in_connection.iter().any(|c| c == n)
             || provider
                 .token_sources
@@ -154,13 +192,21 @@ pub fn forwardable_headers(provider: &Provider, agent: &HeaderMap) -> HeaderMap 
     out
 }
 
-/// Remove hop-by-hop headers from an upstream response before it goes to the agent.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Remove hop-by-hop headers and forged broker markers from an upstream response.
+pub fn clean_response_headers(headers: &mut HeaderMap) {
     for name in connection_tokens(headers) {
         headers.remove(name.as_str());
     }
     for name in HOP_BY_HOP {
         headers.remove(*name);
+    }
+    let forged: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-seks-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
     }
 }
 
@@ -220,51 +266,57 @@ mod tests {
         h
     }
 
+    fn found(name: &str, h: &[(&str, &str)], query: Option<&str>) -> Option<String> {
+        find_token(&provider(name), &headers(h), query)
+            .unwrap()
+            .map(Cow::into_owned)
+    }
+
     #[test]
     fn tokens_are_found_where_each_sdk_sends_them() {
-        let h = headers(&[("authorization", "Bearer seks_openai_x")]);
+        let t = |v: &str| Some(v.to_owned());
+        let bearer = |v: &'static str| [("authorization", v)];
         assert_eq!(
-            find_token(&provider("openai"), &h, None).as_deref(),
-            Some("seks_openai_x")
+            found("openai", &bearer("Bearer seks_openai_x"), None),
+            t("seks_openai_x")
         );
-        let h = headers(&[("authorization", "token seks_github_x")]);
         assert_eq!(
-            find_token(&provider("github"), &h, None).as_deref(),
-            Some("seks_github_x")
+            found("openai", &bearer("bearer  seks_openai_x "), None),
+            t("seks_openai_x")
         );
-        let h = headers(&[("authorization", "Basic abc")]);
-        assert_eq!(find_token(&provider("openai"), &h, None), None);
-        let h = headers(&[
+        assert_eq!(
+            found("github", &bearer("token seks_github_x"), None),
+            t("seks_github_x")
+        );
+        assert_eq!(found("openai", &bearer("token seks_openai_x"), None), None);
+        assert_eq!(found("openai", &bearer("Basic abc"), None), None);
+        let both = [
             ("x-api-key", "seks_anthropic_a"),
             ("authorization", "Bearer b"),
-        ]);
+        ];
+        assert_eq!(found("anthropic", &both, None), t("seks_anthropic_a"));
         assert_eq!(
-            find_token(&provider("anthropic"), &h, None).as_deref(),
-            Some("seks_anthropic_a")
-        );
-        let h = headers(&[("authorization", "Bearer seks_anthropic_b")]);
-        assert_eq!(
-            find_token(&provider("anthropic"), &h, None).as_deref(),
-            Some("seks_anthropic_b")
-        );
-        let gemini = provider("gemini");
-        assert_eq!(
-            find_token(
-                &gemini,
-                &HeaderMap::new(),
-                Some("alt=sse&key=seks_gemini_q")
-            )
-            .as_deref(),
-            Some("seks_gemini_q")
+            found("anthropic", &bearer("Bearer seks_anthropic_b"), None),
+            t("seks_anthropic_b")
         );
         assert_eq!(
-            find_token(
-                &gemini,
-                &headers(&[("x-goog-api-key", "seks_gemini_h")]),
-                None
-            )
-            .as_deref(),
-            Some("seks_gemini_h")
+            found("gemini", &[], Some("alt=sse&key=seks_gemini_q")),
+            t("seks_gemini_q")
+        );
+        assert_eq!(
+            found("gemini", &[("x-goog-api-key", "seks_gemini_h")], None),
+            t("seks_gemini_h")
+        );
+    }
+
+    #[test]
+    fn a_repeated_token_is_ambiguous() {
+        let twice = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert!(find_token(&provider("openai"), &twice, None).is_err());
+        assert!(find_token(&provider("gemini"), &HeaderMap::new(), Some("key=a&key=b")).is_err());
+        assert_eq!(
+            token_locations(&provider("github")),
+            "Authorization: Bearer <token> or Authorization: Token <token>"
         );
     }
 
@@ -299,10 +351,27 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("content-type", "application/json"),
             ("anthropic-version", "2023-06-01"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "host=evil.example"),
+            ("x-seks-error", "forged"),
         ]);
         let out = forwardable_headers(&provider("anthropic"), &agent);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "anthropic-version"]);
+    }
+
+    #[test]
+    fn upstream_responses_cannot_forge_broker_markers() {
+        let mut h = headers(&[
+            ("x-seks-error", "spoofed"),
+            ("connection", "close"),
+            ("content-type", "text/plain"),
+        ]);
+        clean_response_headers(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
     }
 
     #[test]

@@ -88,10 +88,21 @@ fn check_segment(raw: &str) -> Result<(), &'static str> {
     if decoded.iter().any(|&b| b < 0x20 || b == 0x7f) {
         return Err("control characters are not allowed in the path");
     }
-    // Some servers treat `;` as the start of path parameters (`..;/`), so look before it too.
-    let head = decoded.split(|&b| b == b';').next().unwrap_or(&[]);
-    if head == b"." || head == b".." {
-        return Err("`.` and `..` path segments are not allowed");
+    // Only ASCII: an upstream that normalises Unicode (NFKC) could read U+FF0E as `.`, and
+    // overlong UTF-8 (`%c0%ae`) as `.` too.
+    if !decoded.is_ascii() {
+        return Err(
+            "non-ASCII (percent-encoded bytes of 0x80 and above) is not allowed in the path",
+        );
+    }
+    // Servers cut a segment at `;` (path parameters, `..;/`), and a decoding upstream at `?`
+    // or `#`; Windows-style servers drop trailing dots and spaces (`.. ` and `...` mean `..`).
+    let head = decoded
+        .split(|&b| matches!(b, b';' | b'?' | b'#'))
+        .next()
+        .unwrap_or(&[]);
+    if !head.is_empty() && head.iter().all(|&b| b == b'.' || b == b' ') {
+        return Err("`.` and `..` path segments (in any spelling) are not allowed");
     }
     Ok(())
 }
@@ -171,6 +182,14 @@ mod tests {
             "/api/openai/v1%0d%0aHost:%20evil",
             "/api/openai/v1 x",
             "/api/openai/v1\"x",
+            "/api/openai/%2e%2e%3fa/x",
+            "/api/openai/.%2e%23/x",
+            "/api/openai/..%20/x",
+            "/api/openai/%2e%2e./x",
+            "/api/openai/.../x",
+            "/api/openai/%20/x",
+            "/api/openai/%c0%ae%c0%ae/x",
+            "/api/openai/%ef%bc%8e%ef%bc%8e/x",
         ] {
             assert!(
                 matches!(route(path), Err(TargetError::BadPath(_))),
@@ -187,7 +206,7 @@ mod tests {
             "/repos/acme/widgets/issues/1",
             "/v1/models/a%20b",
             "/v1/x;y=1",
-            "/v1/...",
+            "/v1/a%3Fb",
             "/v1/.well-known",
             "/v1/a..b",
             "/user/",
@@ -196,18 +215,23 @@ mod tests {
         }
     }
 
-    /// What a lenient upstream might do: decode once, treat `\` as `/`, resolve dot segments.
+    /// What a lenient upstream might do: decode once, treat `\\` as `/`, cut segments at
+    /// `;`, `?` or `#`, drop trailing dots and spaces, and resolve dot segments. Non-ASCII
+    /// counts as an escape, since a Unicode-normalising server may read it as `.` or `/`.
     fn resolves_outside(rest: &str) -> bool {
-        let decoded = String::from_utf8_lossy(&percent_decode(rest.as_bytes()).collect::<Vec<_>>())
-            .replace('\\', "/");
+        let decoded: Vec<u8> = percent_decode(rest.as_bytes()).collect();
+        if !decoded.is_ascii() {
+            return true;
+        }
+        let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
         let mut depth: i64 = 0;
         for seg in decoded.split('/').skip(1) {
-            let seg = seg.split(';').next().unwrap_or("");
-            match seg {
-                ".." => depth -= 1,
-                "." | "" => {}
-                _ => depth += 1,
+            let head = seg.split([';', '?', '#']).next().unwrap_or("");
+            let trimmed = head.trim_end_matches(['.', ' ']);
+            if head == "." || head.is_empty() {
+                continue;
             }
+            depth += if trimmed.is_empty() { -1 } else { 1 };
             if depth < 0 {
                 return true;
             }
@@ -222,7 +246,9 @@ mod tests {
                 prop_oneof![
                     Just("..".to_owned()), Just(".".to_owned()), Just("%2e%2e".to_owned()), Just("%2E.".to_owned()),
                     Just("..;x".to_owned()), Just("%2f".to_owned()), Just("%5C".to_owned()), Just("\\".to_owned()),
-                    Just("".to_owned()), Just("%252e".to_owned()), Just("%".to_owned()), "[a-z0-9.%;:@-]{1,6}",
+                    Just("".to_owned()), Just("%252e".to_owned()), Just("%".to_owned()), Just("%3f".to_owned()),
+                    Just("%23".to_owned()), Just("%20".to_owned()), Just(". ".to_owned()), Just("%c0%ae".to_owned()),
+                    Just("%ef%bc%8e".to_owned()), "[a-z0-9.%;:@ -]{1,6}",
                 ],
                 0..8,
             )

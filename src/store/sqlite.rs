@@ -1,6 +1,6 @@
 //! The embedded SQLite store (WAL mode), shared safely by `seks serve` and CLI processes.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,18 +34,37 @@ impl SqliteStore {
                 path: data_dir.display().to_string(),
                 source,
             })?;
+        let db_file = data_dir.join(DB_FILE);
+        // SQLite gives its -wal and -shm files the database file's mode, so creating it
+        // 0600 keeps all three private.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&db_file)
+            .map_err(|source| StoreError::DataDir {
+                path: db_file.display().to_string(),
+                source,
+            })?;
         let options = SqliteConnectOptions::new()
-            .filename(data_dir.join(DB_FILE))
-            .create_if_missing(true)
+            .filename(&db_file)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a committed revocation or rotation survives a power cut.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(Duration::from_secs(2))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        let migrator = sqlx::migrate!("migrations/sqlite");
+        if migrator.run(&pool).await.is_err() {
+            // Two processes migrating a fresh store race; the loser finds the work done.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            migrator.run(&pool).await?;
+        }
         Ok(SqliteStore { pool })
     }
 }

@@ -1,7 +1,7 @@
 //! Where the master key comes from: `SEKS_MASTER_KEY`, a key file, or a key file made on first run.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -41,10 +41,20 @@ pub fn load(
         })?;
         return Ok((key, KeySource::Environment));
     }
-    match fs::read_to_string(key_file) {
-        Ok(text) => {
-            let text = Zeroizing::new(text);
-            warn_if_readable_by_others(key_file);
+    let io_err = |source| VaultError::KeyFile {
+        path: key_file.to_owned(),
+        source,
+    };
+    match fs::File::open(key_file) {
+        Ok(mut file) => {
+            // Like ssh with private keys: a key others can read is refused, not used.
+            if file.metadata().map_err(io_err)?.permissions().mode() & 0o077 != 0 {
+                return Err(VaultError::KeyFileTooOpen {
+                    path: key_file.to_owned(),
+                });
+            }
+            let mut text = Zeroizing::new(String::new());
+            file.read_to_string(&mut text).map_err(io_err)?;
             let key = decode(&text).map_err(|why| VaultError::BadMasterKey {
                 origin: key_file.display().to_string(),
                 why,
@@ -59,10 +69,7 @@ pub fn load(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(VaultError::NoMasterKey {
             path: key_file.to_owned(),
         }),
-        Err(source) => Err(VaultError::KeyFile {
-            path: key_file.to_owned(),
-            source,
-        }),
+        Err(source) => Err(io_err(source)),
     }
 }
 
@@ -93,17 +100,6 @@ fn write_key_file(path: &Path, key: &Key) -> Result<(), VaultError> {
     let encoded = Zeroizing::new(format!("{}\n", STANDARD.encode(key.expose())));
     file.write_all(encoded.as_bytes()).map_err(io_err)?;
     file.sync_all().map_err(io_err)
-}
-
-fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            path = %path.display(),
-            "master key file is readable by other users; run `chmod 600` on it"
-        );
-    }
 }
 
 #[cfg(test)]
@@ -141,6 +137,18 @@ mod tests {
             msg.contains(MASTER_KEY_ENV) && !msg.contains("c2hvcnQ="),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        load(None, &path, true).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            load(None, &path, true),
+            Err(VaultError::KeyFileTooOpen { .. })
+        ));
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub enum VaultError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The key file can be read by other users.
+    #[error("master key file {} is readable by other users; run `chmod 600 {}`", path.display(), path.display())]
+    KeyFileTooOpen {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The master key is not the one this store was created with.
     #[error(
         "the master key does not match the one this store was created with (check SEKS_MASTER_KEY or the key file)"
@@ -63,7 +69,8 @@ pub enum VaultError {
     UnknownKeyVersion(i64),
 }
 
-/// Identity of one version of one secret: bound into its ciphertext as associated data.
+/// Identity of one version of one secret: bound into its ciphertext as associated data, so
+/// a row can't be swapped with another, rolled back, or relabelled for another provider.
 #[derive(Debug, Clone, Copy)]
 pub struct SecretIdentity<'a> {
     /// Tenant owning the secret.
@@ -72,14 +79,16 @@ pub struct SecretIdentity<'a> {
     pub secret_id: &'a str,
     /// The secret's value version, bumped on every rotation.
     pub version: i64,
+    /// The provider whose upstream may receive the value.
+    pub provider: &'a str,
 }
 
 impl SecretIdentity<'_> {
     fn associated_data(&self) -> Vec<u8> {
-        // NUL never occurs in tenant or secret ids, so the encoding is unambiguous.
+        // NUL never occurs in tenant ids, secret ids or provider names, so this is unambiguous.
         format!(
-            "seks-secret-v1\0{}\0{}\0{}",
-            self.tenant, self.secret_id, self.version
+            "seks-secret-v1\0{}\0{}\0{}\0{}",
+            self.tenant, self.secret_id, self.version, self.provider
         )
         .into_bytes()
     }
@@ -198,6 +207,7 @@ mod tests {
             tenant: "default",
             secret_id: "sec_1",
             version,
+            provider: "openai",
         }
     }
 
@@ -217,6 +227,11 @@ mod tests {
             ..id(1)
         };
         assert!(vault.open(other_tenant, &sealed).is_err());
+        let relabelled = SecretIdentity {
+            provider: "github",
+            ..id(1)
+        };
+        assert!(vault.open(relabelled, &sealed).is_err());
         assert!(Vault::new(Key::random()).open(id(1), &sealed).is_err());
         assert!(!format!("{sealed:?}").contains("ciphertext:"));
     }

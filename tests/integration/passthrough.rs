@@ -35,6 +35,11 @@ async fn the_real_key_replaces_the_token_and_agent_credentials_never_reach_upstr
             ("x-hop", "1"),
             ("x-custom", "kept"),
             ("host", "evil.example"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "host=evil.example"),
+            ("x-seks-error", "forged-by-agent"),
         ],
         r#"{"model":"gpt-4o-mini","messages":[]}"#,
     )
@@ -55,7 +60,16 @@ async fn the_real_key_replaces_the_token_and_agent_credentials_never_reach_upstr
     );
     assert_eq!(req.header("host"), Some(mock.addr.to_string().as_str()));
     assert_eq!(req.header("x-custom"), Some("kept"));
-    for gone in ["cookie", "x-api-key", "x-hop"] {
+    for gone in [
+        "cookie",
+        "x-api-key",
+        "x-hop",
+        "x-original-url",
+        "x-http-method-override",
+        "x-forwarded-host",
+        "forwarded",
+        "x-seks-error",
+    ] {
         assert_eq!(req.header(gone), None, "{gone} was forwarded");
     }
     assert!(
@@ -200,6 +214,20 @@ async fn auth_failures_are_401_in_the_providers_shape_and_never_reach_upstream()
         (Some(bearer(&expired)), "token_expired"),
         (Some(bearer(&anthropic)), "wrong_provider"),
     ];
+    let twice = send(
+        "POST",
+        &url,
+        &[
+            ("authorization", &bearer(&token)),
+            ("authorization", &bearer(&token)),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (twice.status, twice.header("x-seks-error")),
+        (401, Some("ambiguous_token"))
+    );
     for (auth, code) in cases {
         let headers: Vec<(&str, &str)> =
             auth.iter().map(|a| ("authorization", a.as_str())).collect();
@@ -457,5 +485,23 @@ async fn agents_may_speak_http2_without_tls() {
         seen[0].header("authorization"),
         Some(format!("Bearer {OPENAI_KEY}").as_str())
     );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_forge_the_brokers_error_marker() {
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&mock.url()).await;
+    let broker = env.serve().await;
+    let reply = send(
+        "GET",
+        &broker.url("/api/openai/v1/spoof"),
+        &[("authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 418);
+    assert_eq!(reply.header("x-seks-error"), None, "{reply:?}");
+    assert_eq!(reply.header("x-upstream"), Some("kept"));
     broker.stop().await;
 }

@@ -193,6 +193,13 @@ async fn handle(
         stalled()
     } else if path.ends_with("/reset") {
         reset_mid_stream()
+    } else if path.ends_with("/spoof") {
+        Response::builder()
+            .status(418)
+            .header("x-seks-error", "spoofed")
+            .header("x-upstream", "kept")
+            .body(full("{}".to_owned()))
+            .unwrap()
     } else {
         json_response(serde_json::json!({"path": path, "received_bytes": body.len()}))
     };

@@ -205,3 +205,38 @@ async fn a_broken_config_file_is_reported_with_its_path() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn on_a_terminal_the_secret_is_read_from_a_hidden_prompt() {
+    let mock = crate::support::mock::MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    let data_dir = env.data_dir().display().to_string();
+    let config = env.config.display().to_string();
+    let out = crate::support::run_python(
+        "tty_secret.py",
+        &[
+            crate::support::seks_bin(),
+            "typed",
+            "sk-typed-at-the-prompt",
+        ],
+        &[("SEKS_DATA_DIR", &data_dir), ("SEKS_CONFIG", &config)],
+    )
+    .await;
+    assert!(out.status.success(), "{out:#?}");
+    // The stored value is exactly what was typed: the upstream receives it.
+    let token = env.create_token("typed", &[]).await;
+    let broker = env.serve().await;
+    let reply = crate::support::http::send(
+        "GET",
+        &broker.url("/api/openai/v1/models"),
+        &[("authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        mock.requests()[0].header("authorization"),
+        Some("Bearer sk-typed-at-the-prompt")
+    );
+    broker.stop().await;
+}

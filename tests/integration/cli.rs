@@ -117,21 +117,18 @@ async fn a_different_master_key_or_a_lost_key_file_is_refused_clearly() {
     let env = Env::new("");
     env.add_secret("main", "openai", KEY).await;
     let other_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-    let mut cmd = tokio::process::Command::new(crate::support::seks_bin());
-    let out = cmd
-        .args(["secret", "rotate", "main"])
-        .env("SEKS_DATA_DIR", env.data_dir())
-        .env("SEKS_MASTER_KEY", other_key)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = env
+        .cli_with_env(
+            &["secret", "rotate", "main"],
+            "new-value",
+            &[("SEKS_MASTER_KEY", other_key)],
+        )
+        .await;
     assert!(
-        !out.status.success() && stderr.contains("master key does not match"),
-        "{stderr}"
+        !out.status.success() && out.stderr.contains("master key does not match"),
+        "{out:?}"
     );
-    assert!(!stderr.contains(other_key));
+    assert!(!out.stderr.contains(other_key));
 
     std::fs::remove_file(env.data_dir().join("master.key")).unwrap();
     let lost = env.cli(&["secret", "rotate", "main"], "new-value").await;
@@ -145,26 +142,17 @@ async fn a_different_master_key_or_a_lost_key_file_is_refused_clearly() {
 async fn master_key_from_the_environment_is_used_and_no_key_file_is_written() {
     let env = Env::new("");
     let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-    let out = tokio::process::Command::new(crate::support::seks_bin())
-        .args(["secret", "add", "main", "--provider", "openai"])
-        .env("SEKS_DATA_DIR", env.data_dir())
-        .env("SEKS_MASTER_KEY", key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = out;
-    use tokio::io::AsyncWriteExt;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(KEY.as_bytes())
+    let env_key = [("SEKS_MASTER_KEY", key)];
+    env.cli_with_env(
+        &["secret", "add", "main", "--provider", "openai"],
+        KEY,
+        &env_key,
+    )
+    .await
+    .ok();
+    env.cli_with_env(&["secret", "rotate", "main"], "sk-rotated", &env_key)
         .await
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success(), "{out:?}");
+        .ok();
     assert!(!env.data_dir().join("master.key").exists());
 }
 

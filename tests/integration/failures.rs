@@ -8,6 +8,13 @@ use crate::support::Env;
 use crate::support::http::{send, send_streaming};
 use crate::support::mock::MockUpstream;
 
+/// Open a streaming response from the mock's `path` through the broker.
+async fn stream(broker: &crate::support::Broker, token: &str, path: &str) -> hyper::body::Incoming {
+    let response = send_streaming("GET", &broker.url(path), &[("x-api-key", token)], "").await;
+    assert_eq!(response.status(), 200);
+    response.into_body()
+}
+
 async fn broker_for(upstream: &str) -> (Env, crate::support::Broker, String) {
     let env = Env::with_upstream(upstream);
     env.add_secret("k", "anthropic", "sk-ant-REAL").await;
@@ -98,15 +105,8 @@ async fn an_upstream_slower_than_the_response_timeout_is_a_504() {
 async fn a_reset_mid_stream_ends_the_agents_response_with_an_error_not_a_hang() {
     let mock = MockUpstream::start().await;
     let (_env, broker, token) = broker_for(&mock.url()).await;
-    let response = send_streaming(
-        "GET",
-        &broker.url("/api/anthropic/v1/reset"),
-        &[("x-api-key", &token)],
-        "",
-    )
-    .await;
-    assert_eq!(response.status(), 200);
-    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+    let body = stream(&broker, &token, "/api/anthropic/v1/reset").await;
+    let collected = tokio::time::timeout(Duration::from_secs(10), body.collect())
         .await
         .expect("the broker hung after the upstream reset");
     assert!(
@@ -120,15 +120,7 @@ async fn a_reset_mid_stream_ends_the_agents_response_with_an_error_not_a_hang() 
 async fn a_stream_that_goes_silent_is_cut_after_the_read_timeout() {
     let mock = MockUpstream::start().await;
     let (_env, broker, token) = broker_for(&mock.url()).await;
-    let response = send_streaming(
-        "GET",
-        &broker.url("/api/anthropic/v1/stall"),
-        &[("x-api-key", &token)],
-        "",
-    )
-    .await;
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
+    let mut body = stream(&broker, &token, "/api/anthropic/v1/stall").await;
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.data_ref().unwrap().as_ref(), b"data: first\n\n");
     let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())

@@ -79,15 +79,27 @@ impl Env {
 
     /// Run a CLI command with `stdin` piped in.
     pub async fn cli(&self, args: &[&str], stdin: &str) -> CliOutput {
-        let out = self.cli_private(args, stdin).await;
+        self.cli_with_env(args, stdin, &[]).await
+    }
+
+    /// Run a CLI command with `stdin` piped in and extra environment variables.
+    pub async fn cli_with_env(
+        &self,
+        args: &[&str],
+        stdin: &str,
+        env: &[(&str, &str)],
+    ) -> CliOutput {
+        let out = self.cli_private(args, stdin, env).await;
         self.log(&out.stdout);
         self.log(&out.stderr);
         out
     }
 
-    /// Like [`Env::cli`], but stdout is not added to the transcript (it holds a fresh token).
-    async fn cli_private(&self, args: &[&str], stdin: &str) -> CliOutput {
-        let mut child = self.command(args).spawn().expect("spawn seks");
+    /// Like [`Env::cli_with_env`], but stdout is not added to the transcript (it holds a fresh token).
+    async fn cli_private(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> CliOutput {
+        let mut command = self.command(args);
+        command.envs(env.iter().copied());
+        let mut child = command.spawn().expect("spawn seks");
         let mut input = child.stdin.take().expect("stdin");
         input
             .write_all(stdin.as_bytes())
@@ -113,7 +125,7 @@ impl Env {
     pub async fn create_token(&self, secret: &str, extra: &[&str]) -> String {
         let mut args = vec!["token", "create", "--secret", secret];
         args.extend_from_slice(extra);
-        let out = self.cli_private(&args, "").await.ok();
+        let out = self.cli_private(&args, "", &[]).await.ok();
         self.log(&out.stderr);
         let token = out.stdout.trim().to_owned();
         assert!(

@@ -65,6 +65,18 @@ pub struct FileConfig {
     /// Per-provider overrides, keyed by provider name.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderOverride>,
+    /// Process hardening options.
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// Process hardening options (`[security]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Lock all memory (`mlockall`) so decrypted keys are never written to swap.
+    #[serde(default)]
+    pub mlock: bool,
 }
 
 /// Upstream connection settings (`[upstream]`).
@@ -142,6 +154,8 @@ pub struct Settings {
     pub upstream: UpstreamConfig,
     /// Provider overrides.
     pub providers: BTreeMap<String, ProviderOverride>,
+    /// Process hardening options.
+    pub security: SecurityConfig,
 }
 
 impl Settings {
@@ -169,6 +183,7 @@ impl Settings {
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             upstream: file.upstream,
             providers: file.providers,
+            security: file.security,
         })
     }
 }

@@ -1,21 +1,27 @@
 //! The keyring turns an agent token into its token record and the real credential,
 //! keeping both in memory so a warm request never touches the store.
 //!
-//! Running brokers learn about revocations, rotations and removals made by other processes
-//! (the CLI, other replicas) by polling the store's revision counter; any change drops
-//! the caches. If the store stops answering, cached entries go stale after
-//! [`STALE_AFTER`] and every request goes to the store, which then refuses: fail closed.
+//! Every secret is decrypted and loaded at start-up and whenever the store changes, because
+//! the scrubber must know all of them (not only the one a request uses). A credential is
+//! only ever handed out after the scrubber in force knows it. Tokens are looked up lazily
+//! and cached.
+//!
+//! Running brokers learn about changes made by other processes (the CLI, other replicas) by
+//! polling the store's revision counter; any change reloads the secrets and drops cached
+//! tokens. If the store stops answering, cached entries go stale after [`STALE_AFTER`] and
+//! requests go to the store, which then refuses: fail closed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
+use crate::scrub::{Redactor, ScrubError, Scrubber};
 use crate::store::{Store, StoreError, TokenRecord};
 use crate::tokens::{ParsedToken, TokenHash};
-use crate::vault::{SecretIdentity, Vault, VaultError};
+use crate::vault::{SecretIdentity, Vault};
 
 /// How often the store's revision counter is polled.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -26,8 +32,8 @@ pub const STALE_AFTER: Duration = Duration::from_millis(750);
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often last-use times are written back to the store.
 const USE_FLUSH_EVERY: u32 = 20;
-/// Cache entries kept at most; past this the cache starts over.
-const MAX_ENTRIES: usize = 100_000;
+/// Cached tokens kept at most; past this the token cache starts over.
+const MAX_TOKENS: usize = 100_000;
 
 /// Why a token or credential could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +50,18 @@ pub enum KeyringError {
     /// The secret's provider is not the token's: the store was tampered with.
     #[error("secret {0} does not belong to the token's provider")]
     ProviderMismatch(String),
-    /// The token's secret is gone.
-    #[error("secret {0} not found")]
+    /// The token's secret is gone or could not be decrypted.
+    #[error("secret {0} is not available")]
     SecretMissing(String),
-    /// The secret could not be decrypted.
+    /// The scrubber could not be built, so no secret may be used.
     #[error(transparent)]
-    Vault(#[from] VaultError),
+    Scrubber(#[from] ScrubError),
+}
+
+/// A decrypted secret, with the provider its ciphertext is bound to.
+struct Credential {
+    provider: String,
+    value: Arc<SecretString>,
 }
 
 #[derive(Default)]
@@ -57,14 +69,18 @@ struct Cache {
     /// Bumped on every clear, so a lookup that raced a clear doesn't re-insert stale data.
     generation: u64,
     tokens: HashMap<TokenHash, Arc<TokenRecord>>,
-    credentials: HashMap<String, Arc<SecretString>>,
+    /// Every usable secret by id; all of them are in the scrubber in force.
+    credentials: HashMap<String, Credential>,
 }
 
 /// Token and credential resolution with caching and store synchronisation.
 pub struct Keyring {
     store: Arc<dyn Store>,
     vault: Vault,
+    redactor: Arc<Redactor>,
     cache: RwLock<Cache>,
+    /// Serialises reloads, so concurrent misses cause one reload, not a stampede.
+    reload: tokio::sync::Mutex<()>,
     revision: AtomicI64,
     started: Instant,
     /// Milliseconds after `started` of the last successful sync, plus one (0: never).
@@ -73,12 +89,15 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// A keyring over `store`, decrypting with `vault`; call [`Keyring::sync`] before serving.
-    pub fn new(store: Arc<dyn Store>, vault: Vault) -> Self {
+    /// A keyring over `store`, decrypting with `vault` and keeping `redactor` in step with
+    /// the secrets; call [`Keyring::sync`] before serving.
+    pub fn new(store: Arc<dyn Store>, vault: Vault, redactor: Arc<Redactor>) -> Self {
         Keyring {
             store,
             vault,
+            redactor,
             cache: RwLock::default(),
+            reload: tokio::sync::Mutex::new(()),
             revision: AtomicI64::new(i64::MIN),
             started: Instant::now(),
             last_sync_ms: AtomicU64::new(0),
@@ -98,47 +117,47 @@ impl Keyring {
             cache.generation
         };
         let record = Arc::new(
-            self.store
-                .token_by_hash(&hash)
+            timed(self.store.token_by_hash(&hash))
                 .await?
                 .ok_or(KeyringError::UnknownToken)?,
         );
-        self.insert(generation, |cache| {
+        let mut cache = self.write_cache();
+        if cache.generation == generation {
+            if cache.tokens.len() >= MAX_TOKENS {
+                cache.tokens.clear();
+            }
             cache.tokens.insert(hash, Arc::clone(&record));
-        });
+        }
         Ok(record)
     }
 
     /// The decrypted credential for a token's secret.
     pub async fn credential(&self, token: &TokenRecord) -> Result<Arc<SecretString>, KeyringError> {
-        let fresh = self.is_fresh();
-        let generation = {
-            let cache = self.read_cache();
-            if fresh && let Some(hit) = cache.credentials.get(&token.secret_id) {
-                return Ok(Arc::clone(hit));
-            }
-            cache.generation
-        };
-        let secret = timed(self.store.secret_by_id(&token.tenant, &token.secret_id))
-            .await?
-            .ok_or_else(|| KeyringError::SecretMissing(token.secret_id.clone()))?;
-        if secret.provider != token.provider {
-            return Err(KeyringError::ProviderMismatch(secret.id));
+        if self.is_fresh()
+            && let Some(found) = self.loaded_credential(token)
+        {
+            return found;
         }
-        // The provider is bound into the ciphertext, so a relabelled row fails to open.
-        let id = SecretIdentity {
-            tenant: &secret.tenant,
-            secret_id: &secret.id,
-            version: secret.version,
-            provider: &secret.provider,
-        };
-        let value = Arc::new(self.vault.open(id, &secret.sealed)?);
-        self.insert(generation, |cache| {
-            cache
-                .credentials
-                .insert(secret.id.clone(), Arc::clone(&value));
-        });
-        Ok(value)
+        // Stale, or a secret newer than the last load: reload everything, so the scrubber
+        // knows the secret before it is used.
+        self.sync_now(true).await?;
+        self.loaded_credential(token)
+            .unwrap_or_else(|| Err(KeyringError::SecretMissing(token.secret_id.clone())))
+    }
+
+    fn loaded_credential(
+        &self,
+        token: &TokenRecord,
+    ) -> Option<Result<Arc<SecretString>, KeyringError>> {
+        let cache = self.read_cache();
+        let credential = cache.credentials.get(&token.secret_id)?;
+        // The provider is bound into the ciphertext, so a relabelled row never loads; this
+        // catches a token row pointed at another provider's secret.
+        Some(if credential.provider == token.provider {
+            Ok(Arc::clone(&credential.value))
+        } else {
+            Err(KeyringError::ProviderMismatch(token.secret_id.clone()))
+        })
     }
 
     /// Note that a token was used at Unix time `now`; written back on a later sync.
@@ -152,22 +171,62 @@ impl Keyring {
         }
     }
 
-    /// Poll the store's revision and drop the caches if anything changed.
+    /// Poll the store's revision; if anything changed, reload the secrets and drop cached tokens.
     pub async fn sync(&self) -> Result<(), KeyringError> {
+        self.sync_now(false).await
+    }
+
+    async fn sync_now(&self, force: bool) -> Result<(), KeyringError> {
+        let _one_at_a_time = self.reload.lock().await;
         let revision = timed(self.store.revision()).await?;
-        if self.revision.swap(revision, Ordering::AcqRel) != revision {
-            let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-            cache.generation += 1;
-            cache.tokens.clear();
-            cache.credentials.clear();
+        if force || self.revision.load(Ordering::Acquire) != revision {
+            self.load_secrets().await?;
+            self.revision.store(revision, Ordering::Release);
         }
         self.last_sync_ms
             .store(self.millis_since_start() + 1, Ordering::Release);
         Ok(())
     }
 
-    /// Write buffered last-use times to the store.
-    pub async fn flush_uses(&self) -> Result<(), StoreError> {
+    async fn load_secrets(&self) -> Result<(), KeyringError> {
+        let rows = timed(self.store.all_secrets()).await?;
+        let mut credentials = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id = SecretIdentity {
+                tenant: &row.tenant,
+                secret_id: &row.id,
+                version: row.version,
+                provider: &row.provider,
+            };
+            match self.vault.open(id, &row.sealed) {
+                Ok(value) => {
+                    let credential = Credential {
+                        provider: row.provider,
+                        value: Arc::new(value),
+                    };
+                    credentials.insert(row.id, credential);
+                }
+                Err(e) => {
+                    tracing::error!(secret = %row.name, error = %e, "stored secret cannot be used")
+                }
+            }
+        }
+        let scrubber = Scrubber::new(
+            credentials
+                .values()
+                .map(|c| c.value.expose_secret().as_bytes()),
+        )?;
+        // The scrubber goes in first: no request may get a secret it doesn't know.
+        self.redactor.set(scrubber);
+        let mut cache = self.write_cache();
+        cache.generation += 1;
+        cache.tokens.clear();
+        cache.credentials = credentials;
+        Ok(())
+    }
+
+    /// Write buffered last-use times to the store; on failure they are kept for the next try.
+    pub async fn flush_uses(&self) -> Result<(), KeyringError> {
         let uses: Vec<(String, i64)> =
             std::mem::take(&mut *self.uses.lock().unwrap_or_else(PoisonError::into_inner))
                 .into_iter()
@@ -175,7 +234,13 @@ impl Keyring {
         if uses.is_empty() {
             return Ok(());
         }
-        self.store.record_token_use(&uses).await
+        let result = timed(self.store.record_token_use(&uses)).await;
+        if result.is_err() {
+            for (id, at) in uses {
+                self.note_use(&id, at);
+            }
+        }
+        result
     }
 
     /// Keep the caches in step with the store until the task is dropped.
@@ -210,17 +275,8 @@ impl Keyring {
         self.cache.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn insert(&self, generation: u64, put: impl FnOnce(&mut Cache)) {
-        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-        if cache.generation != generation {
-            return;
-        }
-        if cache.tokens.len() + cache.credentials.len() >= MAX_ENTRIES {
-            cache.generation += 1;
-            cache.tokens.clear();
-            cache.credentials.clear();
-        }
-        put(&mut cache);
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

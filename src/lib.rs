@@ -11,10 +11,12 @@
 //! - [`providers`]: the provider table, token sources, auth schemes, error shapes.
 //! - [`keyring`]: token → record → credential, cached and kept in step with the store.
 //! - [`policy`]: whether a token may make a request now.
+//! - [`scrub`]: masking secrets in responses, headers, logs and panics.
 //! - [`vault`]: master key and envelope encryption.
 //! - [`store`]: the `Store` trait and its SQLite backend.
 //! - [`tokens`]: token format, checksum and hashing.
 //! - [`audit`]: one record per request.
+//! - [`hygiene`]: redacted logs and panics, process hardening.
 //! - [`clock`]: Unix time and its display.
 
 #![forbid(unsafe_code)]
@@ -24,10 +26,12 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod hygiene;
 pub mod keyring;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod scrub;
 pub mod server;
 pub mod store;
 pub mod tokens;

@@ -142,6 +142,31 @@ pub fn hint(token: &str) -> String {
     }
 }
 
+/// Replace every token-like `seks_<provider>_<random>` in `text` by its short hint, so text
+/// the broker writes never carries a whole token.
+pub fn redact_tokens(text: &[u8]) -> Vec<u8> {
+    let is_token_byte = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-';
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = memchr::memmem::find(rest, TOKEN_PREFIX.as_bytes()) {
+        out.extend_from_slice(&rest[..at]);
+        let len = rest[at..].iter().take_while(|b| is_token_byte(b)).count();
+        let run = &rest[at..at + len];
+        let random = run.rsplit(|&b| b == b'_').next().unwrap_or_default();
+        if random.len() > HINT_LEN && run.len() > TOKEN_PREFIX.len() {
+            // Token-like: keep the provider and a few characters, like `hint`.
+            let keep = len - random.len() + HINT_LEN;
+            out.extend_from_slice(&run[..keep]);
+            out.extend_from_slice("…".as_bytes());
+        } else {
+            out.extend_from_slice(run);
+        }
+        rest = &rest[at + len..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 /// The hint for a freshly minted token.
 pub fn hint_of(token: &SecretString) -> String {
     hint(token.expose_secret())
@@ -247,7 +272,29 @@ mod tests {
         );
     }
 
+    #[test]
+    fn token_like_text_is_cut_to_a_hint() {
+        let token = generate("openai");
+        let text = format!(
+            "a {} b seks_<provider> seks_openai_ c",
+            token.expose_secret()
+        );
+        let out = String::from_utf8(redact_tokens(text.as_bytes())).unwrap();
+        assert_eq!(
+            out,
+            format!("a {} b seks_<provider> seks_openai_ c", hint_of(&token))
+        );
+    }
+
     proptest! {
+        #[test]
+        fn redaction_never_panics_and_removes_whole_tokens(prefix in ".{0,20}", suffix in ".{0,20}") {
+            let token = generate("gemini");
+            let text = format!("{prefix}{}{suffix}", token.expose_secret());
+            let out = redact_tokens(text.as_bytes());
+            prop_assert!(!out.windows(token.expose_secret().len()).any(|w| w == token.expose_secret().as_bytes()));
+        }
+
         #[test]
         fn parse_never_panics(s in ".{0,80}") {
             let _ = parse(&s);

@@ -16,7 +16,9 @@ use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{CliOverrides, LogFormat, Settings};
+use crate::hygiene;
 use crate::providers::Providers;
+use crate::scrub::Redactor;
 use crate::store::{self, Store};
 use crate::vault::{KeySource, Vault, master_key};
 
@@ -77,6 +79,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let redactor = Arc::new(Redactor::default());
+    hygiene::install_panic_hook(redactor.clone());
     let mut overrides = CliOverrides {
         config: cli.global.config,
         data_dir: cli.global.data_dir,
@@ -86,28 +90,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             overrides.listen = args.listen;
             overrides.log_format = args.log_format;
-            let ctx = Context::open(overrides, "info").await?;
+            let ctx = Context::open(overrides, "info", redactor).await?;
             serve::run(ctx).await
         }
-        Command::Secret(cmd) => secret::run(Context::open(overrides, "warn").await?, cmd).await,
-        Command::Token(cmd) => token::run(Context::open(overrides, "warn").await?, cmd).await,
+        Command::Secret(cmd) => {
+            secret::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Token(cmd) => {
+            token::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
     }
 }
 
-/// Settings and the open store, shared by every command.
+/// Settings, the open store and the redactor, shared by every command.
 pub(crate) struct Context {
     settings: Settings,
     store: Arc<dyn Store>,
+    /// Masks secrets in everything this process writes; `serve` keeps it loaded.
+    redactor: Arc<Redactor>,
 }
 
 impl Context {
-    async fn open(overrides: CliOverrides, default_log_level: &str) -> anyhow::Result<Context> {
+    async fn open(
+        overrides: CliOverrides,
+        default_log_level: &str,
+        redactor: Arc<Redactor>,
+    ) -> anyhow::Result<Context> {
         let settings = Settings::resolve(overrides)?;
-        init_logging(settings.log_format, default_log_level);
+        init_logging(settings.log_format, default_log_level, redactor.clone());
+        // Every command may hold plaintext secrets in memory (serve, secret add/rotate).
+        hygiene::harden_process(settings.security.mlock)?;
         let store = store::open_default(&settings.data_dir)
             .await
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-        Ok(Context { settings, store })
+        Ok(Context {
+            settings,
+            store,
+            redactor,
+        })
     }
 
     /// The provider table with config overrides.
@@ -155,12 +175,12 @@ impl Context {
     }
 }
 
-fn init_logging(format: LogFormat, default_level: &str) {
+fn init_logging(format: LogFormat, default_level: &str, redactor: Arc<Redactor>) {
     let filter =
         EnvFilter::try_from_env("SEKS_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(hygiene::RedactingStderr::new(redactor))
         .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests calling in twice) is harmless; ignore it.
     let _ = match format {

@@ -10,6 +10,8 @@ use zeroize::Zeroizing;
 
 use super::Context;
 use super::output::{print_json, print_table, when, when_json};
+use crate::providers::Provider;
+use crate::scrub::MIN_SECRET_LEN;
 use crate::store::{DEFAULT_TENANT, NewSecret, StoreError};
 use crate::vault::SecretIdentity;
 use crate::{clock, tokens};
@@ -72,10 +74,7 @@ async fn add(ctx: &Context, name: &str, provider_name: &str) -> anyhow::Result<(
     }
     let vault = ctx.unlock_vault().await?;
     let value = read_value(&format!("Value for secret `{name}` ({provider_name}): "))?;
-    provider
-        .auth
-        .accepts(value.expose_secret())
-        .map_err(|why| anyhow::anyhow!("refusing to store this value: {why}"))?;
+    check_value(provider, &value)?;
     let id = format!("sec_{}", tokens::random_base62(16));
     let identity = SecretIdentity {
         tenant: DEFAULT_TENANT,
@@ -165,10 +164,7 @@ async fn rotate(ctx: &Context, name: &str) -> anyhow::Result<()> {
         secret.provider
     ))?;
     if let Some(provider) = providers.get(&secret.provider) {
-        provider
-            .auth
-            .accepts(value.expose_secret())
-            .map_err(|why| anyhow::anyhow!("refusing to store this value: {why}"))?;
+        check_value(provider, &value)?;
     }
     let version = secret.version + 1;
     let identity = SecretIdentity {
@@ -197,6 +193,20 @@ async fn remove(ctx: &Context, name: &str) -> anyhow::Result<()> {
     let tokens = ctx.store.delete_secret(&secret.tenant, &secret.id).await?;
     eprintln!("removed secret `{name}` and its {tokens} token(s)");
     Ok(())
+}
+
+/// A value must be injectable the provider's way and long enough to scrub reliably.
+fn check_value(provider: &Provider, value: &SecretString) -> anyhow::Result<()> {
+    let value = value.expose_secret();
+    if value.len() < MIN_SECRET_LEN {
+        bail!(
+            "refusing to store this value: shorter than {MIN_SECRET_LEN} characters, it could not be scrubbed reliably"
+        );
+    }
+    provider
+        .auth
+        .accepts(value)
+        .map_err(|why| anyhow::anyhow!("refusing to store this value: {why}"))
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {

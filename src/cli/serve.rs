@@ -32,7 +32,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let providers = ctx.providers()?;
     let vault = ctx.unlock_vault().await?;
     let upstreams = Upstreams::new(&ctx.settings.upstream)?;
-    let keyring = Arc::new(Keyring::new(ctx.store.clone(), vault));
+    let keyring = Arc::new(Keyring::new(ctx.store.clone(), vault, ctx.redactor.clone()));
     keyring.sync().await.context("reading the store")?;
     let sync_task = tokio::spawn(keyring.clone().run_sync_loop());
 
@@ -41,7 +41,13 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         response_timeout: ctx.settings.upstream.response_timeout,
         read_timeout: ctx.settings.upstream.read_timeout,
     };
-    let proxy = Arc::new(Proxy::new(providers, keyring.clone(), upstreams, limits));
+    let proxy = Arc::new(Proxy::new(
+        providers,
+        keyring.clone(),
+        ctx.redactor.clone(),
+        upstreams,
+        limits,
+    ));
     let listener = TcpListener::bind(ctx.settings.listen)
         .await
         .with_context(|| format!("binding {}", ctx.settings.listen))?;

@@ -72,6 +72,12 @@ pub enum ProxyError {
     /// The upstream closed or reset the connection before responding.
     #[error("the upstream for `{0}` closed the connection before sending a response")]
     UpstreamFailed(String),
+    /// The upstream compressed its response with a coding the broker can't decode (and so
+    /// can't scrub).
+    #[error(
+        "the upstream sent a response in content-encoding `{0}`, which the broker cannot inspect"
+    )]
+    UnsupportedEncoding(String),
     /// The upstream did not send response headers in time.
     #[error("the upstream for `{0}` did not respond within {1:?}")]
     UpstreamTimeout(String, Duration),
@@ -100,7 +106,9 @@ impl ProxyError {
             | Revoked(_)
             | Expired(_) => StatusCode::UNAUTHORIZED,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            UpstreamUnreachable(_) | UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            UpstreamUnreachable(_) | UpstreamFailed(_) | UnsupportedEncoding(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             StoreUnavailable | CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -126,6 +134,7 @@ impl ProxyError {
             BodyTooLarge(_) => "body_too_large",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamFailed(_) => "upstream_failed",
+            UnsupportedEncoding(_) => "unsupported_encoding",
             UpstreamTimeout(..) => "upstream_timeout",
             StoreUnavailable => "store_unavailable",
             CredentialUnavailable => "credential_unavailable",

@@ -2,6 +2,7 @@
 //! with the agent's token swapped for the real credential and bodies streamed both ways.
 
 mod error;
+mod response;
 mod rewrite;
 pub mod target;
 mod upstream;
@@ -13,8 +14,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, Method, Request, Version, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tower_http::timeout::TimeoutBody;
+use http_body_util::{LengthLimitError, Limited};
 
 pub use error::{ProxyError, SEKS_ERROR_HEADER};
 pub use upstream::{UpstreamError, Upstreams};
@@ -23,6 +23,7 @@ use crate::audit::{self, RequestRecord};
 use crate::keyring::{Keyring, KeyringError};
 use crate::policy::{self, Denial};
 use crate::providers::{ErrorShape, Provider, Providers};
+use crate::scrub::Redactor;
 use crate::store::TokenRecord;
 use crate::{clock, tokens};
 
@@ -41,6 +42,7 @@ pub struct ProxyLimits {
 pub struct Proxy {
     providers: Providers,
     keyring: Arc<Keyring>,
+    redactor: Arc<Redactor>,
     upstreams: Upstreams,
     limits: ProxyLimits,
 }
@@ -57,12 +59,14 @@ impl Proxy {
     pub fn new(
         providers: Providers,
         keyring: Arc<Keyring>,
+        redactor: Arc<Redactor>,
         upstreams: Upstreams,
         limits: ProxyLimits,
     ) -> Self {
         Proxy {
             providers,
             keyring,
+            redactor,
             upstreams,
             limits,
         }
@@ -166,6 +170,10 @@ impl Proxy {
             .await
             .map_err(keyring_error)?;
         self.keyring.note_use(&token.id, now);
+        // Loaded after the credential: the scrubber in force now knows it.
+        let scrubber = self.redactor.load();
+        #[cfg(debug_assertions)]
+        panic_if_asked(route.rest, &credential);
 
         let query = rewrite::strip_token_params(&provider, query);
         let uri = rewrite::upstream_uri(&provider, route.rest, query.as_deref())
@@ -197,10 +205,7 @@ impl Proxy {
             Ok(Err(e)) => return Err(self.upstream_error(&provider, &e)),
             Ok(Ok(response)) => response,
         };
-        let (mut parts, body) = response.into_parts();
-        rewrite::clean_response_headers(&mut parts.headers);
-        let body = TimeoutBody::new(self.limits.read_timeout, body).map_err(axum::Error::new);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        response::to_agent(response, &scrubber, self.limits.read_timeout)
     }
 
     fn upstream_error(
@@ -261,6 +266,18 @@ fn check_request_line(request: &Request<Body>) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Test seam, compiled into debug builds only and armed by `SEKS_TEST_FAULTS`: panics with
+/// the credential in the message, so tests can prove the panic hook redacts it.
+#[cfg(debug_assertions)]
+fn panic_if_asked(rest: &str, credential: &secrecy::SecretString) {
+    if rest.ends_with("/__seks_test_panic") && std::env::var_os("SEKS_TEST_FAULTS").is_some() {
+        panic!(
+            "test fault with credential {}",
+            secrecy::ExposeSecret::expose_secret(credential)
+        );
+    }
+}
+
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -279,7 +296,7 @@ fn keyring_error(e: KeyringError) -> ProxyError {
         }
         KeyringError::SecretMissing(_)
         | KeyringError::ProviderMismatch(_)
-        | KeyringError::Vault(_) => {
+        | KeyringError::Scrubber(_) => {
             tracing::error!(error = %e, "credential could not be loaded");
             ProxyError::CredentialUnavailable
         }

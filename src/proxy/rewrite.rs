@@ -189,6 +189,11 @@ pub fn forwardable_headers(provider: &Provider, agent: &HeaderMap) -> HeaderMap 
             out.append(name.clone(), value.clone());
         }
     }
+    // Uncompressed answers can be scrubbed as they stream; compressed ones are decoded anyway.
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     out
 }
 
@@ -359,7 +364,8 @@ mod tests {
         ]);
         let out = forwardable_headers(&provider("anthropic"), &agent);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "anthropic-version"]);
+        assert_eq!(names, ["content-type", "anthropic-version", "accept-encoding"]);
+        assert_eq!(out["accept-encoding"], "identity");
     }
 
     #[test]

@@ -173,6 +173,8 @@ pub trait Store: Send + Sync {
         tenant: &str,
         id: &str,
     ) -> Result<Option<SecretRecord>, StoreError>;
+    /// Every secret of every tenant, sealed: what a broker loads to serve and scrub.
+    async fn all_secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
     /// All secrets of a tenant, oldest first.
     async fn list_secrets(&self, tenant: &str) -> Result<Vec<SecretSummary>, StoreError>;
     /// Replace a secret's value with `sealed` at `new_version`, if it is still at `new_version - 1`.

@@ -208,6 +208,11 @@ impl Store for SqliteStore {
         Ok(row.as_ref().map(secret_from_row).transpose()?)
     }
 
+    async fn all_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        let rows = sqlx::query(secret_select!()).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(secret_from_row).collect::<Result<_, _>>()?)
+    }
+
     async fn list_secrets(&self, tenant: &str) -> Result<Vec<SecretSummary>, StoreError> {
         let rows = sqlx::query(
             "SELECT s.id, s.name, s.provider, s.version, s.created_at, s.rotated_at, \

@@ -9,7 +9,7 @@ use crate::support::mock::MockUpstream;
 async fn escape_attempts_are_refused_and_never_reach_any_upstream() {
     let mock = MockUpstream::start().await;
     let env = Env::with_upstream(&format!("{}/base", mock.url()));
-    env.add_secret("k", "openai", "sk-REAL").await;
+    env.add_secret("k", "openai", "sk-REAL-escape").await;
     let token = env.create_token("k", &[]).await;
     let broker = env.serve().await;
     let auth = format!("authorization: Bearer {token}\r\n");

@@ -1,0 +1,133 @@
+//! Upstream responses on their way to the agent: hop-by-hop headers dropped, compressed
+//! bodies decoded (a compressed copy of a secret can't be scrubbed), headers and body
+//! scrubbed, and a silent stream cut after the read timeout.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder, ZstdDecoder};
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{HeaderMap, header};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use tokio::io::AsyncRead;
+use tokio_util::io::{ReaderStream, StreamReader};
+use tower_http::timeout::TimeoutBody;
+
+use super::ProxyError;
+use super::rewrite;
+use crate::scrub::{self, BoxError, ScrubBody, Scrubber};
+
+/// Read size when decoding a compressed body.
+const DECODE_CHUNK: usize = 64 * 1024;
+
+/// A content coding the broker can undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Gzip,
+    Deflate,
+    Brotli,
+    Zstd,
+}
+
+/// Turn an upstream response into the agent's response, scrubbed with `scrubber`.
+pub fn to_agent(
+    response: http::Response<Incoming>,
+    scrubber: &std::sync::Arc<Scrubber>,
+    read_timeout: Duration,
+) -> Result<Response, ProxyError> {
+    let (mut parts, body) = response.into_parts();
+    rewrite::clean_response_headers(&mut parts.headers);
+    let mut body = TimeoutBody::new(read_timeout, body)
+        .map_err(BoxError::from)
+        .boxed_unsync();
+    if let Some(coding) = content_coding(&parts.headers)? {
+        // The agent gets the decoded body; its length is unknown until the end.
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        body = decode(coding, body);
+    }
+    scrub::scrub_headers(scrubber, &mut parts.headers);
+    let body = ScrubBody::new(body, scrubber.stream());
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The response's content coding; codings the broker can't decode are refused, since
+/// what can't be read can't be scrubbed.
+fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, ProxyError> {
+    let mut values = headers.get_all(header::CONTENT_ENCODING).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    if values.next().is_some() {
+        return Err(ProxyError::UnsupportedEncoding(format!("{text}, …")));
+    }
+    match text.as_str() {
+        "" | "identity" => Ok(None),
+        "gzip" | "x-gzip" => Ok(Some(Coding::Gzip)),
+        "deflate" => Ok(Some(Coding::Deflate)),
+        "br" => Ok(Some(Coding::Brotli)),
+        "zstd" => Ok(Some(Coding::Zstd)),
+        _ => Err(ProxyError::UnsupportedEncoding(text)),
+    }
+}
+
+fn decode(coding: Coding, body: UnsyncBoxBody<Bytes, BoxError>) -> UnsyncBoxBody<Bytes, BoxError> {
+    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let decoder: Pin<Box<dyn AsyncRead + Send>> = match coding {
+        Coding::Gzip => {
+            let mut d = GzipDecoder::new(reader);
+            d.multiple_members(true);
+            Box::pin(d)
+        }
+        // HTTP's "deflate" is the zlib format (RFC 9110 §8.4.1.2).
+        Coding::Deflate => Box::pin(ZlibDecoder::new(reader)),
+        Coding::Brotli => Box::pin(BrotliDecoder::new(reader)),
+        Coding::Zstd => Box::pin(ZstdDecoder::new(reader)),
+    };
+    let frames = ReaderStream::with_capacity(decoder, DECODE_CHUNK)
+        .map_ok(Frame::data)
+        .map_err(BoxError::from);
+    StreamBody::new(frames).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_coding(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_ENCODING, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn known_codings_are_decoded_and_others_refused() {
+        assert_eq!(content_coding(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(content_coding(&with_coding("identity")).unwrap(), None);
+        assert_eq!(
+            content_coding(&with_coding("GZIP")).unwrap(),
+            Some(Coding::Gzip)
+        );
+        assert_eq!(
+            content_coding(&with_coding("br")).unwrap(),
+            Some(Coding::Brotli)
+        );
+        assert_eq!(
+            content_coding(&with_coding("zstd")).unwrap(),
+            Some(Coding::Zstd)
+        );
+        assert_eq!(
+            content_coding(&with_coding("deflate")).unwrap(),
+            Some(Coding::Deflate)
+        );
+        assert!(content_coding(&with_coding("compress")).is_err());
+        assert!(content_coding(&with_coding("gzip, br")).is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! An HTTP body adapter that scrubs data frames as they stream through.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+
+use super::StreamScrubber;
+
+/// Error type of bodies passing through the broker.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body with every secret masked; lengths are preserved.
+pub struct ScrubBody {
+    inner: UnsyncBoxBody<Bytes, BoxError>,
+    scrubber: StreamScrubber,
+    /// Trailers that arrived while held-back bytes still had to be sent.
+    trailers: Option<HeaderMap>,
+    finished: bool,
+}
+
+impl ScrubBody {
+    /// Scrub `inner` with `scrubber`.
+    pub fn new(inner: UnsyncBoxBody<Bytes, BoxError>, scrubber: StreamScrubber) -> Self {
+        ScrubBody {
+            inner,
+            scrubber,
+            trailers: None,
+            finished: false,
+        }
+    }
+
+    /// Scrub trailer values like header values.
+    fn scrub_trailers(&self, mut trailers: HeaderMap) -> HeaderMap {
+        super::scrub_headers(self.scrubber.scrubber(), &mut trailers);
+        trailers
+    }
+}
+
+impl Body for ScrubBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.finished {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = this.scrubber.push(data);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            this.trailers = Some(this.scrub_trailers(trailers));
+                        }
+                        this.finished = true;
+                        let rest = this.scrubber.finish();
+                        if !rest.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(rest))));
+                        }
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.finished = true;
+                    let rest = this.scrubber.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Masks keep lengths, so the total is the inner body's.
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,197 @@
+//! Decoding views: the body as a percent-decoding or JSON-unescaping reader would see it,
+//! with each decoded byte mapped back to the input bytes it came from, so a match found in
+//! a view masks exactly the escaped text in the body.
+
+/// A decoded view of an input buffer.
+pub struct Decoded {
+    /// The decoded bytes.
+    pub bytes: Vec<u8>,
+    /// For each decoded byte, the input range `[start, end)` it came from.
+    pub spans: Vec<(u32, u32)>,
+    /// Input bytes from here on are an escape that is not complete yet (more input may
+    /// finish it); they are not in `bytes`.
+    pub complete_to: usize,
+}
+
+impl Decoded {
+    fn with_capacity(n: usize) -> Self {
+        Decoded {
+            bytes: Vec::with_capacity(n),
+            spans: Vec::with_capacity(n),
+            complete_to: n,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8], start: usize, end: usize) {
+        for &b in bytes {
+            self.bytes.push(b);
+            // Buffers are bounded by chunk size plus a held-back tail, far below 4 GiB.
+            self.spans.push((start as u32, end as u32));
+        }
+    }
+
+    /// Input position of decoded position `q` (`q` may be one past the end).
+    pub fn input_pos(&self, q: usize) -> usize {
+        self.spans.get(q).map_or(self.complete_to, |s| s.0 as usize)
+    }
+
+    /// Input range of decoded range `[a, b)`, `a < b`.
+    pub fn input_range(&self, a: usize, b: usize) -> std::ops::Range<usize> {
+        self.spans[a].0 as usize..self.spans[b - 1].1 as usize
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `%XX` decoded to one byte (either hex case); everything else literal.
+pub fn percent(input: &[u8], at_end: bool) -> Decoded {
+    let mut out = Decoded::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' {
+            if !at_end && i + 2 >= input.len() {
+                out.complete_to = i;
+                break;
+            }
+            if let (Some(h), Some(l)) = (
+                input.get(i + 1).copied().and_then(hex_value),
+                input.get(i + 2).copied().and_then(hex_value),
+            ) {
+                out.push(&[h << 4 | l], i, i + 3);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(&input[i..=i], i, i + 1);
+        i += 1;
+    }
+    out
+}
+
+/// JSON string escapes decoded (`\/`, `\\`, `\"`, `\n`…, `\uXXXX` with surrogate pairs,
+/// as UTF-8); everything else literal.
+pub fn json(input: &[u8], at_end: bool) -> Decoded {
+    let mut out = Decoded::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'\\' {
+            match escape_at(input, i) {
+                Escape::Decoded(ch, len) => {
+                    let mut utf8 = [0u8; 4];
+                    out.push(ch.encode_utf8(&mut utf8).as_bytes(), i, i + len);
+                    i += len;
+                    continue;
+                }
+                Escape::Incomplete if !at_end => {
+                    out.complete_to = i;
+                    break;
+                }
+                Escape::Incomplete | Escape::Literal => {}
+            }
+        }
+        out.push(&input[i..=i], i, i + 1);
+        i += 1;
+    }
+    out
+}
+
+enum Escape {
+    Decoded(char, usize),
+    Incomplete,
+    Literal,
+}
+
+fn escape_at(input: &[u8], i: usize) -> Escape {
+    let Some(&kind) = input.get(i + 1) else {
+        return Escape::Incomplete;
+    };
+    let simple = match kind {
+        b'/' => '/',
+        b'\\' => '\\',
+        b'"' => '"',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => return unicode_escape(input, i),
+        _ => return Escape::Literal,
+    };
+    Escape::Decoded(simple, 2)
+}
+
+/// `\uXXXX`, or a surrogate pair `\uD8xx\uDCxx`, starting at `i`.
+fn unicode_escape(input: &[u8], i: usize) -> Escape {
+    let unit = |at: usize| -> Option<Option<u16>> {
+        let digits = input.get(at..at + 4)?;
+        Some(
+            digits
+                .iter()
+                .try_fold(0u16, |acc, &d| Some(acc << 4 | u16::from(hex_value(d)?))),
+        )
+    };
+    let first = match unit(i + 2) {
+        None => return Escape::Incomplete,
+        Some(None) => return Escape::Literal,
+        Some(Some(u)) => u,
+    };
+    if (0xD800..0xDC00).contains(&first) {
+        if input.len() < i + 12 {
+            return Escape::Incomplete;
+        }
+        if input[i + 6] == b'\\'
+            && input[i + 7] == b'u'
+            && let Some(Some(second)) = unit(i + 8)
+            && (0xDC00..0xE000).contains(&second)
+        {
+            let code = 0x10000 + ((u32::from(first) - 0xD800) << 10) + (u32::from(second) - 0xDC00);
+            if let Some(ch) = char::from_u32(code) {
+                return Escape::Decoded(ch, 12);
+            }
+        }
+        return Escape::Literal;
+    }
+    char::from_u32(u32::from(first)).map_or(Escape::Literal, |ch| Escape::Decoded(ch, 6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_maps_back_to_the_escape() {
+        let d = percent(b"a%2Fb%2fc%zz", true);
+        assert_eq!(d.bytes, b"a/b/c%zz");
+        assert_eq!(d.input_range(1, 2), 1..4);
+        assert_eq!(d.input_range(1, 5), 1..9);
+        let partial = percent(b"ab%2", false);
+        assert_eq!(
+            (partial.bytes.as_slice(), partial.complete_to),
+            (&b"ab"[..], 2)
+        );
+        assert_eq!(percent(b"ab%2", true).bytes, b"ab%2");
+    }
+
+    #[test]
+    fn json_unescaping_handles_every_escape_and_surrogates() {
+        let d = json(br#"a\/b\u0041\u00e9\ud83d\ude00\n\q"#, true);
+        assert_eq!(String::from_utf8(d.bytes.clone()).unwrap(), "a/bAé😀\n\\q");
+        assert_eq!(d.input_range(1, 2), 1..3);
+        assert_eq!(d.input_range(2, 3), 3..4);
+        assert_eq!(d.input_range(3, 4), 4..10);
+        let partial = json(br"ab\u00", false);
+        assert_eq!(
+            (partial.bytes.as_slice(), partial.complete_to),
+            (&b"ab"[..], 2)
+        );
+        let partial_pair = json(br"x\ud83d\ude", false);
+        assert_eq!(partial_pair.complete_to, 1);
+    }
+}

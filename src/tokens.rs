@@ -145,23 +145,26 @@ pub fn hint(token: &str) -> String {
 /// Replace every token-like `seks_<provider>_<random>` in `text` by its short hint, so text
 /// the broker writes never carries a whole token.
 pub fn redact_tokens(text: &[u8]) -> Vec<u8> {
-    let is_token_byte = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-';
+    let run = |bytes: &[u8], ok: fn(&u8) -> bool| bytes.iter().take_while(|b| ok(b)).count();
     let mut out = Vec::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = memchr::memmem::find(rest, TOKEN_PREFIX.as_bytes()) {
-        out.extend_from_slice(&rest[..at]);
-        let len = rest[at..].iter().take_while(|b| is_token_byte(b)).count();
-        let run = &rest[at..at + len];
-        let random = run.rsplit(|&b| b == b'_').next().unwrap_or_default();
-        if random.len() > HINT_LEN && run.len() > TOKEN_PREFIX.len() {
-            // Token-like: keep the provider and a few characters, like `hint`.
-            let keep = len - random.len() + HINT_LEN;
-            out.extend_from_slice(&run[..keep]);
-            out.extend_from_slice("…".as_bytes());
-        } else {
-            out.extend_from_slice(run);
+        let after_prefix = at + TOKEN_PREFIX.len();
+        out.extend_from_slice(&rest[..after_prefix]);
+        rest = &rest[after_prefix..];
+        let provider = run(rest, |b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-'
+        });
+        if rest.get(provider) != Some(&b'_') {
+            continue;
         }
-        rest = &rest[at + len..];
+        let random = run(&rest[provider + 1..], u8::is_ascii_alphanumeric);
+        if random > HINT_LEN {
+            // Token-like: keep the provider and a few characters, like `hint`.
+            out.extend_from_slice(&rest[..provider + 1 + HINT_LEN]);
+            out.extend_from_slice("…".as_bytes());
+            rest = &rest[provider + 1 + random..];
+        }
     }
     out.extend_from_slice(rest);
     out

@@ -364,7 +364,10 @@ mod tests {
         ]);
         let out = forwardable_headers(&provider("anthropic"), &agent);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "anthropic-version", "accept-encoding"]);
+        assert_eq!(
+            names,
+            ["content-type", "anthropic-version", "accept-encoding"]
+        );
         assert_eq!(out["accept-encoding"], "identity");
     }
 

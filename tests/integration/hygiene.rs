@@ -1,12 +1,16 @@
-//! No plaintext secret or token in the data directory or in anything the broker prints.
+//! The canary: run the broker through success, denial, upstream errors and a panic with a
+//! canary secret, then search everything it produced for the canary in every form.
 
 use std::path::Path;
-
-use base64::Engine;
+use std::time::Duration;
 
 use crate::support::Env;
+use crate::support::forms::found_in;
 use crate::support::http::send;
 use crate::support::mock::MockUpstream;
+
+const CANARY: &str = "sk-proj-CANARY/7f3a+91bd=e2c4~55aa";
+const OTHER: &str = "sk-ant-SECOND-canary-0099887766";
 
 fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -21,112 +25,203 @@ fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn forms(value: &str) -> Vec<Vec<u8>> {
-    let b = value.as_bytes();
-    vec![
-        b.to_vec(),
-        base64::engine::general_purpose::STANDARD
-            .encode(b)
-            .into_bytes(),
-        b.iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-            .into_bytes(),
-    ]
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test]
-async fn data_directory_and_output_hold_no_plaintext_secret_or_token() {
+async fn the_canary_is_nowhere_in_what_the_broker_produced() {
     let mock = MockUpstream::start().await;
     let env = Env::with_upstream(&mock.url());
-    let secrets = [
-        "sk-proj-HYGIENE-first-secret-value",
-        "sk-ant-HYGIENE-second-secret",
-        "sk-proj-HYGIENE-rotated-value",
-    ];
-    env.add_secret("one", "openai", secrets[0]).await;
-    env.add_secret("two", "anthropic", secrets[1]).await;
-    let t1 = env.create_token("one", &["--agent", "a"]).await;
-    let t2 = env
-        .create_token("two", &["--agent", "b", "--ttl", "1h"])
+    env.add_secret("canary", "openai", CANARY).await;
+    env.add_secret("other", "anthropic", OTHER).await;
+    let token = env
+        .create_token("canary", &["--agent", "canary-agent"])
         .await;
-    let broker = env.serve_with(&[("SEKS_LOG", "debug")]).await;
+    let other_token = env.create_token("other", &[]).await;
+    let revoked = env.create_token("canary", &["--agent", "revoked"]).await;
+    let id = env.token_id("revoked").await;
+    env.cli(&["token", "revoke", &id], "").await.ok();
+    let broker = env
+        .serve_with(&[("SEKS_LOG", "debug"), ("SEKS_TEST_FAULTS", "1")])
+        .await;
+    let auth = format!("Bearer {token}");
+    let mut responses: Vec<u8> = Vec::new();
+    let mut record = |reply: crate::support::http::Reply| {
+        for (k, v) in &reply.headers {
+            responses.extend_from_slice(format!("{k}: {v}\n").as_bytes());
+        }
+        responses.extend_from_slice(reply.body.as_bytes());
+        reply.status
+    };
 
-    let ok = send(
-        "POST",
-        &broker.url("/api/openai/v1/chat/completions"),
-        &[("authorization", &format!("Bearer {t1}"))],
-        "{}",
-    )
-    .await;
-    assert_eq!(ok.status, 200);
-    let ok = send(
-        "POST",
-        &broker.url("/api/anthropic/v1/messages"),
-        &[("x-api-key", &t2)],
-        "{}",
-    )
-    .await;
-    assert_eq!(ok.status, 200);
-    // Failures log too: wrong provider, tampered token, unreachable path.
-    send(
-        "POST",
-        &broker.url("/api/anthropic/v1/messages"),
-        &[("x-api-key", &t1)],
-        "{}",
-    )
-    .await;
-    send(
-        "POST",
-        &broker.url("/api/openai/v1/x"),
-        &[("authorization", &format!("Bearer {t1}x"))],
-        "{}",
-    )
-    .await;
-    env.cli(&["secret", "rotate", "one"], secrets[2]).await.ok();
-    env.cli(&["secret", "list"], "").await.ok();
-    env.cli(&["token", "list"], "").await.ok();
-    env.cli(&["token", "list", "--json"], "").await.ok();
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    send(
+    // Success, including reflections of the canary, plain and compressed.
+    for path in [
+        "/v1/chat/completions",
+        "/v1/reflect",
+        "/v1/reflect?encoding=gzip",
+        "/v1/reflect?encoding=br",
+        "/v1/reflect-sse",
+    ] {
+        let status = record(
+            send(
+                "POST",
+                &broker.url(&format!("/api/openai{path}")),
+                &[("authorization", &auth)],
+                "{}",
+            )
+            .await,
+        );
+        assert_eq!(status, 200, "{path}");
+    }
+    // The other secret, reflected through the canary's token.
+    let echoed = record(
+        send(
+            "POST",
+            &broker.url("/api/openai/v1/echo-body"),
+            &[("authorization", &auth)],
+            OTHER,
+        )
+        .await,
+    );
+    assert_eq!(echoed, 200);
+    // Denials: revoked, tampered, wrong provider.
+    for (path, header, value) in [
+        (
+            "/api/openai/v1/models",
+            "authorization",
+            format!("Bearer {revoked}"),
+        ),
+        (
+            "/api/openai/v1/models",
+            "authorization",
+            format!("Bearer {token}x"),
+        ),
+        (
+            "/api/openai/v1/models",
+            "authorization",
+            format!("Bearer {other_token}"),
+        ),
+        ("/api/anthropic/v1/messages", "x-api-key", token.clone()),
+    ] {
+        assert_eq!(
+            record(send("GET", &broker.url(path), &[(header, &value)], "").await),
+            401
+        );
+    }
+    // Upstream errors: too slow, reset mid-stream.
+    assert_eq!(
+        record(
+            send(
+                "GET",
+                &broker.url("/api/openai/v1/slow"),
+                &[("authorization", &auth)],
+                ""
+            )
+            .await
+        ),
+        504
+    );
+    let reset = crate::support::http::send_streaming(
         "GET",
-        &broker.url("/api/openai/v1/models"),
-        &[("authorization", &format!("Bearer {t1}"))],
+        &broker.url("/api/openai/v1/reset"),
+        &[("authorization", &auth)],
         "",
     )
     .await;
+    let _ = http_body_util::BodyExt::collect(reset.into_body()).await;
+    // A panic while the credential is in hand: the connection drops, the broker lives on.
+    let request = format!(
+        "GET /api/openai/v1/__seks_test_panic HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nconnection: close\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let mut after_panic = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut after_panic),
+    )
+    .await;
     assert_eq!(
-        mock.requests().last().unwrap().header("authorization"),
-        Some(format!("Bearer {}", secrets[2]).as_str())
+        record(
+            send(
+                "POST",
+                &broker.url("/api/openai/v1/chat/completions"),
+                &[("authorization", &auth)],
+                "{}"
+            )
+            .await
+        ),
+        200
+    );
+
+    responses.extend_from_slice(&after_panic);
+
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", broker.child.id().unwrap())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
     );
     broker.stop().await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // The search must have something to read, or a silent pass would prove nothing.
     let transcript = env.transcript();
-    assert!(
-        transcript.contains("listening on"),
-        "the transcript must hold the broker's output"
-    );
-    assert!(
-        transcript.contains("seks::audit"),
-        "debug logs were captured"
-    );
-    for needle in secrets.iter().flat_map(|s| forms(s)).chain(
-        [t1.clone(), t2.clone()]
-            .iter()
-            .map(|t| t.as_bytes().to_vec()),
-    ) {
-        let shown = String::from_utf8_lossy(&needle).into_owned();
+    for expected in [
+        "listening on",
+        "seks::audit",
+        "seks panicked",
+        "test fault with credential",
+        "upstream_timeout",
+        "token_revoked",
+    ] {
         assert!(
-            !contains(transcript.as_bytes(), &needle),
-            "output contains {shown}"
+            transcript.contains(expected),
+            "the transcript lacks {expected:?}:\n{transcript}"
         );
-        for (path, bytes) in files_under(env.data_dir()) {
-            assert!(!contains(&bytes, &needle), "{path} contains {shown}");
+    }
+    assert!(String::from_utf8_lossy(&responses).contains("intact-after"));
+    let files = files_under(env.data_dir());
+    assert!(
+        files
+            .iter()
+            .any(|(p, b)| p.ends_with("seks.db") && b.len() > 4096),
+        "no database to search"
+    );
+
+    for secret in [CANARY, OTHER] {
+        assert_eq!(
+            found_in(secret, transcript.as_bytes()),
+            Vec::<String>::new(),
+            "in the output:\n{transcript}"
+        );
+        assert_eq!(
+            found_in(secret, &responses),
+            Vec::<String>::new(),
+            "in the responses"
+        );
+        for (path, bytes) in &files {
+            assert_eq!(found_in(secret, bytes), Vec::<String>::new(), "in {path}");
         }
     }
+    for t in [&token, &other_token, &revoked] {
+        assert!(
+            !transcript.contains(t.as_str()),
+            "a whole token is in the output"
+        );
+        assert!(
+            files
+                .iter()
+                .all(|(_, b)| !b.windows(t.len()).any(|w| w == t.as_bytes())),
+            "a token is in the data directory"
+        );
+    }
+    assert!(
+        transcript.contains(&token[..16]),
+        "logs may show a short token prefix"
+    );
 }

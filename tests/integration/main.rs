@@ -8,5 +8,6 @@ mod failures;
 mod hygiene;
 mod passthrough;
 mod path_escape;
+mod scrubbing;
 mod sdk;
 mod tls_upstream;

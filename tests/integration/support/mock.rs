@@ -142,7 +142,8 @@ async fn handle(
         .map(|p| p.to_string())
         .unwrap_or_default();
     let path = req.uri().path().to_owned();
-    let headers = req
+    let req_query = req.uri().query().unwrap_or("").to_owned();
+    let headers: Vec<(String, String)> = req
         .headers()
         .iter()
         .map(|(k, v)| {
@@ -158,6 +159,8 @@ async fn handle(
     };
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let stream = json["stream"] == true;
+    let injected = injected_credential(&headers);
+    let query = req_query;
     seen.lock().unwrap().push(Seen {
         version,
         method,
@@ -193,6 +196,15 @@ async fn handle(
         stalled()
     } else if path.ends_with("/reset") {
         reset_mid_stream()
+    } else if path.ends_with("/reflect") {
+        reflect(&injected, &query)
+    } else if path.ends_with("/reflect-sse") {
+        reflect_sse(&injected)
+    } else if path.ends_with("/echo-body") {
+        Response::builder()
+            .header("content-type", "text/plain")
+            .body(full(String::from_utf8_lossy(&body).into_owned()))
+            .unwrap()
     } else if path.ends_with("/spoof") {
         Response::builder()
             .status(418)
@@ -204,6 +216,92 @@ async fn handle(
         json_response(serde_json::json!({"path": path, "received_bytes": body.len()}))
     };
     Ok(response)
+}
+
+/// The credential the broker injected, whichever header it went in.
+fn injected_credential(headers: &[(String, String)]) -> String {
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    get("authorization")
+        .map(|v| v.trim_start_matches("Bearer ").to_owned())
+        .or_else(|| get("x-api-key"))
+        .or_else(|| get("x-goog-api-key"))
+        .unwrap_or_default()
+}
+
+/// A JSON body and headers quoting `secret` in every form, compressed as `encoding=` asks.
+fn reflect(secret: &str, query: &str) -> Response<MockBody> {
+    let forms = super::forms::encodings(secret);
+    let text = super::forms::reflect_json(secret);
+    let mut builder = Response::builder().header("content-type", "application/json");
+    for (name, form) in forms
+        .iter()
+        .filter(|(n, _)| ["raw", "b64_1", "hex", "pct_all", "json_u"].contains(&n.as_str()))
+    {
+        builder = builder.header(format!("x-reflect-{name}"), form.as_str());
+    }
+    let encoding = query.strip_prefix("encoding=").unwrap_or("");
+    let body = compress(encoding, text.as_bytes());
+    if !encoding.is_empty() {
+        builder = builder.header("content-encoding", encoding);
+    }
+    builder
+        .header("content-length", body.len())
+        .body(
+            http_body_util::Full::new(Bytes::from(body))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+fn compress(encoding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match encoding {
+        "" => data.to_vec(),
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            brotli::BrotliCompress(&mut &data[..], &mut out, &Default::default()).unwrap();
+            out
+        }
+        "zstd" => zstd::encode_all(data, 3).unwrap(),
+        other => panic!("unknown encoding {other}"),
+    }
+}
+
+/// SSE events that quote `secret` (raw and base64) split across chunks sent 30 ms apart.
+fn reflect_sse(secret: &str) -> Response<MockBody> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    let text = format!(
+        "data: {{\"n\":1,\"text\":\"key={secret}\"}}\n\ndata: {{\"n\":2,\"b64\":\"{b64}\"}}\n\ndata: [DONE]\n\n"
+    );
+    let bytes = text.into_bytes();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        // Small, uneven chunks, so every secret straddles several of them.
+        for chunk in bytes.chunks(7) {
+            if tx.send(Ok(Bytes::copy_from_slice(chunk))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    stream_response(rx)
 }
 
 fn json_response(value: serde_json::Value) -> Response<MockBody> {

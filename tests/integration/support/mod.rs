@@ -1,5 +1,6 @@
 //! Test support: a real `seks` process on a real socket, a real mock upstream, HTTP helpers.
 
+pub mod forms;
 pub mod http;
 pub mod mock;
 pub mod tls;

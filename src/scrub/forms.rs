@@ -6,9 +6,24 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use zeroize::Zeroizing;
 
+/// Characters left out at each end of a secret for its "core" patterns.
+const CORE_TRIM: usize = 2;
+
+/// The forms of the whole secret, and of its core (all but [`CORE_TRIM`] characters at each
+/// end) when that is still `min_len` long. The core catches a copy whose first or last
+/// characters were mangled (e.g. an escaped backslash swallowing the first `\uXXXX`); the
+/// whole secret still wins where it is intact, since the longest match is masked.
+pub fn all_forms(secret: &[u8], min_len: usize) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut out = forms(secret);
+    if secret.len() >= min_len + 2 * CORE_TRIM {
+        out.extend(forms(&secret[CORE_TRIM..secret.len() - CORE_TRIM]));
+    }
+    out
+}
+
 /// Raw bytes, hex (lower and upper case), and base64/base64url at each of the three byte
 /// alignments a secret can have inside a longer encoded string.
-pub fn forms(secret: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+fn forms(secret: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     let mut out = vec![
         Zeroizing::new(secret.to_vec()),
         Zeroizing::new(hex(secret, b"0123456789abcdef")),

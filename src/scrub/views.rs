@@ -102,6 +102,32 @@ pub fn json(input: &[u8], at_end: bool) -> Decoded {
     out
 }
 
+/// Whether decoding percent escapes could change what matches in `input`: some escape
+/// decodes to a byte a pattern can contain, or an escape is cut off at the end.
+pub fn percent_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
+    memchr::memchr_iter(b'%', input).any(|i| {
+        match (
+            input.get(i + 1).copied().and_then(hex_value),
+            input.get(i + 2).copied().and_then(hex_value),
+        ) {
+            (Some(h), Some(l)) => alphabet[usize::from(h << 4 | l)],
+            _ => i + 2 >= input.len(),
+        }
+    })
+}
+
+/// Whether decoding JSON escapes could change what matches in `input` (as for percent).
+pub fn json_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
+    memchr::memchr_iter(b'\\', input).any(|i| match escape_at(input, i) {
+        Escape::Decoded(ch, _) => {
+            let mut utf8 = [0u8; 4];
+            alphabet[usize::from(ch.encode_utf8(&mut utf8).as_bytes()[0])]
+        }
+        Escape::Incomplete => true,
+        Escape::Literal => false,
+    })
+}
+
 enum Escape {
     Decoded(char, usize),
     Incomplete,

@@ -225,3 +225,18 @@ async fn the_canary_is_nowhere_in_what_the_broker_produced() {
         "logs may show a short token prefix"
     );
 }
+
+#[tokio::test]
+async fn with_security_mlock_all_broker_memory_is_locked() {
+    let env = Env::new("[security]\nmlock = true\n");
+    let broker = env.serve().await;
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", broker.child.id().unwrap())).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(locked_kb > 1024, "only {locked_kb} kB locked:\n{status}");
+    broker.stop().await;
+}

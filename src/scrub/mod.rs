@@ -253,12 +253,17 @@ pub fn scrub_headers(scrubber: &Scrubber, headers: &mut http::HeaderMap) {
     if scrubber.is_empty() {
         return;
     }
+    let mut masks = Vec::new();
     for value in headers.values_mut() {
-        let mut bytes = value.as_bytes().to_vec();
-        if scrubber.scrub_all(&mut bytes) {
-            *value = http::HeaderValue::from_bytes(&bytes)
-                .unwrap_or_else(|_| http::HeaderValue::from_static("[redacted]"));
+        masks.clear();
+        scrubber.find(value.as_bytes(), true, &mut masks);
+        if masks.is_empty() {
+            continue;
         }
+        let mut bytes = value.as_bytes().to_vec();
+        apply(&mut bytes, &masks);
+        *value = http::HeaderValue::from_bytes(&bytes)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("[redacted]"));
     }
 }
 

@@ -15,6 +15,17 @@ async fn stream(broker: &crate::support::Broker, token: &str, path: &str) -> hyp
     response.into_body()
 }
 
+/// POST /v1/messages through the broker.
+async fn messages(broker: &crate::support::Broker, token: &str) -> crate::support::http::Reply {
+    send(
+        "POST",
+        &broker.url("/api/anthropic/v1/messages"),
+        &[("x-api-key", token)],
+        "{}",
+    )
+    .await
+}
+
 async fn broker_for(upstream: &str) -> (Env, crate::support::Broker, String) {
     let env = Env::with_upstream(upstream);
     env.add_secret("k", "anthropic", "sk-ant-REAL").await;
@@ -32,13 +43,7 @@ async fn a_closed_upstream_port_is_a_502_in_the_providers_shape() {
         .unwrap()
         .port();
     let (_env, broker, token) = broker_for(&format!("http://127.0.0.1:{port}")).await;
-    let reply = send(
-        "POST",
-        &broker.url("/api/anthropic/v1/messages"),
-        &[("x-api-key", &token)],
-        "{}",
-    )
-    .await;
+    let reply = messages(&broker, &token).await;
     assert_eq!(
         (reply.status, reply.header("x-seks-error")),
         (502, Some("upstream_unreachable"))
@@ -62,13 +67,7 @@ async fn an_upstream_that_accepts_then_closes_without_answering_is_a_502() {
         }
     });
     let (_env, broker, token) = broker_for(&format!("http://{addr}")).await;
-    let reply = send(
-        "POST",
-        &broker.url("/api/anthropic/v1/messages"),
-        &[("x-api-key", &token)],
-        "{}",
-    )
-    .await;
+    let reply = messages(&broker, &token).await;
     assert_eq!(
         (reply.status, reply.header("x-seks-error")),
         (502, Some("upstream_failed"))

@@ -85,8 +85,8 @@ impl Scrubber {
         for &b in patterns.iter().flat_map(|p| p.iter()) {
             alphabet[usize::from(b)] = true;
         }
-        // The run filter above does the prefiltering; aho-corasick's own prefilter can
-        // only slow things down on top of it.
+        // `runs` does the prefiltering; aho-corasick's own prefilter, a heuristic that can
+        // fall to ~100 MB/s on unlucky text, would only slow things down on top of it.
         let nfa = NFA::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .prefilter(false)

@@ -161,3 +161,36 @@ async fn every_secret_the_broker_holds_is_scrubbed_and_changes_apply_within_a_se
     .await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_large_download_streams_through_in_bounded_memory() {
+    let (_mock, env, token) = setup().await;
+    let broker = env.serve().await;
+    let mb = 256;
+    let response = send_streaming(
+        "GET",
+        &broker.url(&format!("/api/openai/v1/big?mb={mb}")),
+        &[("authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len());
+    }
+    assert_eq!(received, mb * 1024 * 1024);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", broker.child.id().unwrap())).unwrap();
+    let peak_kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        peak_kb < 64 * 1024,
+        "peak RSS {peak_kb} kB for a {mb} MiB body"
+    );
+    broker.stop().await;
+}

@@ -200,6 +200,11 @@ async fn handle(
         reflect(&injected, &query)
     } else if path.ends_with("/reflect-sse") {
         reflect_sse(&injected)
+    } else if path.ends_with("/big") {
+        big(query
+            .strip_prefix("mb=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1))
     } else if path.ends_with("/echo-body") {
         Response::builder()
             .header("content-type", "text/plain")
@@ -302,6 +307,31 @@ fn reflect_sse(secret: &str) -> Response<MockBody> {
         }
     });
     stream_response(rx)
+}
+
+/// `mb` MiB of text in 64 KiB chunks, generated as it is sent.
+fn big(mb: usize) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(
+            b"{\"delta\":\"The quick brown fox jumps over the lazy dog 0123456789\\n\"}\n"
+                .iter()
+                .copied()
+                .cycle()
+                .take(64 * 1024)
+                .collect::<Vec<u8>>(),
+        );
+        for _ in 0..mb * 16 {
+            if tx.send(Ok(chunk.clone())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = stream_response(rx);
+    response
+        .headers_mut()
+        .insert("content-length", (mb * 1024 * 1024).into());
+    response
 }
 
 fn json_response(value: serde_json::Value) -> Response<MockBody> {

@@ -64,13 +64,24 @@ struct Credential {
     value: Arc<SecretString>,
 }
 
+/// A credential ready to inject, with a scrubber that knows it (and every other secret
+/// loaded with it), taken from one consistent snapshot.
+pub struct Unlocked {
+    /// The real credential.
+    pub secret: Arc<SecretString>,
+    /// Scrubber for the response this credential's request gets.
+    pub scrubber: Arc<Scrubber>,
+}
+
 #[derive(Default)]
 struct Cache {
     /// Bumped on every clear, so a lookup that raced a clear doesn't re-insert stale data.
     generation: u64,
     tokens: HashMap<TokenHash, Arc<TokenRecord>>,
-    /// Every usable secret by id; all of them are in the scrubber in force.
+    /// Every usable secret by id.
     credentials: HashMap<String, Credential>,
+    /// Knows every secret in `credentials`; replaced together with them.
+    scrubber: Arc<Scrubber>,
 }
 
 /// Token and credential resolution with caching and store synchronisation.
@@ -131,8 +142,8 @@ impl Keyring {
         Ok(record)
     }
 
-    /// The decrypted credential for a token's secret.
-    pub async fn credential(&self, token: &TokenRecord) -> Result<Arc<SecretString>, KeyringError> {
+    /// The decrypted credential for a token's secret, and the scrubber for its response.
+    pub async fn credential(&self, token: &TokenRecord) -> Result<Unlocked, KeyringError> {
         if self.is_fresh()
             && let Some(found) = self.loaded_credential(token)
         {
@@ -145,16 +156,16 @@ impl Keyring {
             .unwrap_or_else(|| Err(KeyringError::SecretMissing(token.secret_id.clone())))
     }
 
-    fn loaded_credential(
-        &self,
-        token: &TokenRecord,
-    ) -> Option<Result<Arc<SecretString>, KeyringError>> {
+    fn loaded_credential(&self, token: &TokenRecord) -> Option<Result<Unlocked, KeyringError>> {
         let cache = self.read_cache();
         let credential = cache.credentials.get(&token.secret_id)?;
         // The provider is bound into the ciphertext, so a relabelled row never loads; this
         // catches a token row pointed at another provider's secret.
         Some(if credential.provider == token.provider {
-            Ok(Arc::clone(&credential.value))
+            Ok(Unlocked {
+                secret: Arc::clone(&credential.value),
+                scrubber: Arc::clone(&cache.scrubber),
+            })
         } else {
             Err(KeyringError::ProviderMismatch(token.secret_id.clone()))
         })
@@ -211,17 +222,19 @@ impl Keyring {
                 }
             }
         }
-        let scrubber = Scrubber::new(
+        let scrubber = Arc::new(Scrubber::new(
             credentials
                 .values()
                 .map(|c| c.value.expose_secret().as_bytes()),
-        )?;
-        // The scrubber goes in first: no request may get a secret it doesn't know.
-        self.redactor.set(scrubber);
+        )?);
+        // Logs get the new scrubber; requests get credentials and the scrubber that knows
+        // them from one snapshot (`Unlocked`), so neither can run ahead of the other.
+        self.redactor.set(Arc::clone(&scrubber));
         let mut cache = self.write_cache();
         cache.generation += 1;
         cache.tokens.clear();
         cache.credentials = credentials;
+        cache.scrubber = scrubber;
         Ok(())
     }
 

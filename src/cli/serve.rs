@@ -41,13 +41,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         response_timeout: ctx.settings.upstream.response_timeout,
         read_timeout: ctx.settings.upstream.read_timeout,
     };
-    let proxy = Arc::new(Proxy::new(
-        providers,
-        keyring.clone(),
-        ctx.redactor.clone(),
-        upstreams,
-        limits,
-    ));
+    let proxy = Arc::new(Proxy::new(providers, keyring.clone(), upstreams, limits));
     let listener = TcpListener::bind(ctx.settings.listen)
         .await
         .with_context(|| format!("binding {}", ctx.settings.listen))?;

@@ -23,7 +23,6 @@ use crate::audit::{self, RequestRecord};
 use crate::keyring::{Keyring, KeyringError};
 use crate::policy::{self, Denial};
 use crate::providers::{ErrorShape, Provider, Providers};
-use crate::scrub::Redactor;
 use crate::store::TokenRecord;
 use crate::{clock, tokens};
 
@@ -42,7 +41,6 @@ pub struct ProxyLimits {
 pub struct Proxy {
     providers: Providers,
     keyring: Arc<Keyring>,
-    redactor: Arc<Redactor>,
     upstreams: Upstreams,
     limits: ProxyLimits,
 }
@@ -59,14 +57,12 @@ impl Proxy {
     pub fn new(
         providers: Providers,
         keyring: Arc<Keyring>,
-        redactor: Arc<Redactor>,
         upstreams: Upstreams,
         limits: ProxyLimits,
     ) -> Self {
         Proxy {
             providers,
             keyring,
-            redactor,
             upstreams,
             limits,
         }
@@ -164,16 +160,14 @@ impl Proxy {
         if declared_length(&parts.headers).is_some_and(|len| len > self.limits.max_body_bytes) {
             return Err(ProxyError::BodyTooLarge(self.limits.max_body_bytes));
         }
-        let credential = self
+        let unlocked = self
             .keyring
             .credential(&token)
             .await
             .map_err(keyring_error)?;
         self.keyring.note_use(&token.id, now);
-        // Loaded after the credential: the scrubber in force now knows it.
-        let scrubber = self.redactor.load();
         #[cfg(debug_assertions)]
-        panic_if_asked(route.rest, &credential);
+        panic_if_asked(route.rest, &unlocked.secret);
 
         let query = rewrite::strip_token_params(&provider, query);
         let uri = rewrite::upstream_uri(&provider, route.rest, query.as_deref())
@@ -183,11 +177,11 @@ impl Proxy {
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = rewrite::forwardable_headers(&provider, &parts.headers);
-        rewrite::inject(&provider, &mut upstream_request, &credential).map_err(|_| {
+        rewrite::inject(&provider, &mut upstream_request, &unlocked.secret).map_err(|_| {
             tracing::error!(token_id = %token.id, "stored credential is not a valid header value");
             ProxyError::CredentialUnavailable
         })?;
-        drop(credential);
+        let scrubber = unlocked.scrubber;
 
         let client = self.upstreams.client(provider.http2);
         let sent = tokio::time::timeout(

@@ -57,6 +57,12 @@ impl std::fmt::Debug for Scrubber {
     }
 }
 
+impl Default for Scrubber {
+    fn default() -> Self {
+        Scrubber::empty()
+    }
+}
+
 impl Scrubber {
     /// A scrubber that masks nothing.
     pub fn empty() -> Self {
@@ -335,8 +341,8 @@ impl Redactor {
     }
 
     /// Put a new scrubber in force.
-    pub fn set(&self, scrubber: Scrubber) {
-        self.current.store(Arc::new(scrubber));
+    pub fn set(&self, scrubber: Arc<Scrubber>) {
+        self.current.store(scrubber);
     }
 
     /// Redact text the broker itself writes (logs, panics): secrets are masked and agent
@@ -506,7 +512,7 @@ mod tests {
     #[test]
     fn text_redaction_cuts_tokens_and_masks_secrets() {
         let r = Redactor::default();
-        r.set(Scrubber::new([SECRET]).unwrap());
+        r.set(Arc::new(Scrubber::new([SECRET]).unwrap()));
         let token = crate::tokens::generate("openai");
         let line = format!(
             "auth {} key {}",

@@ -75,9 +75,9 @@ pub enum ProxyError {
     /// The upstream compressed its response with a coding the broker can't decode (and so
     /// can't scrub).
     #[error(
-        "the upstream sent a response in content-encoding `{0}`, which the broker cannot inspect"
+        "the upstream compressed its response in a way the broker cannot inspect, so it was withheld"
     )]
-    UnsupportedEncoding(String),
+    UnsupportedEncoding,
     /// The upstream did not send response headers in time.
     #[error("the upstream for `{0}` did not respond within {1:?}")]
     UpstreamTimeout(String, Duration),
@@ -106,7 +106,7 @@ impl ProxyError {
             | Revoked(_)
             | Expired(_) => StatusCode::UNAUTHORIZED,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            UpstreamUnreachable(_) | UpstreamFailed(_) | UnsupportedEncoding(_) => {
+            UpstreamUnreachable(_) | UpstreamFailed(_) | UnsupportedEncoding => {
                 StatusCode::BAD_GATEWAY
             }
             UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
@@ -134,7 +134,7 @@ impl ProxyError {
             BodyTooLarge(_) => "body_too_large",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamFailed(_) => "upstream_failed",
-            UnsupportedEncoding(_) => "unsupported_encoding",
+            UnsupportedEncoding => "unsupported_encoding",
             UpstreamTimeout(..) => "upstream_timeout",
             StoreUnavailable => "store_unavailable",
             CredentialUnavailable => "credential_unavailable",

@@ -174,6 +174,7 @@ impl Proxy {
             .map_err(|_| ProxyError::BadPath("the path does not form a valid upstream URL"))?;
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
         let mut upstream_request = Request::new(Body::new(Limited::new(body, limit)));
+        let method_has_body = parts.method != Method::HEAD;
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = rewrite::forwardable_headers(&provider, &parts.headers);
@@ -199,7 +200,12 @@ impl Proxy {
             Ok(Err(e)) => return Err(self.upstream_error(&provider, &e)),
             Ok(Ok(response)) => response,
         };
-        response::to_agent(response, &scrubber, self.limits.read_timeout)
+        response::to_agent(
+            response,
+            &scrubber,
+            self.limits.read_timeout,
+            method_has_body,
+        )
     }
 
     fn upstream_error(

@@ -36,17 +36,29 @@ enum Coding {
 }
 
 /// Turn an upstream response into the agent's response, scrubbed with `scrubber`.
+/// `has_body` is false for answers to HEAD and for 204 and 304, whose headers describe a
+/// body that isn't sent.
 pub fn to_agent(
     response: http::Response<Incoming>,
     scrubber: &std::sync::Arc<Scrubber>,
     read_timeout: Duration,
+    has_body: bool,
 ) -> Result<Response, ProxyError> {
     let (mut parts, body) = response.into_parts();
+    // Extensions carry hyper's copy of the status line's reason phrase, which an upstream
+    // could fill with anything; the agent gets the standard one.
+    parts.extensions = http::Extensions::new();
+    only_chunked_transfer(&parts.headers)?;
     rewrite::clean_response_headers(&mut parts.headers);
     let mut body = TimeoutBody::new(read_timeout, body)
         .map_err(BoxError::from)
         .boxed_unsync();
-    if let Some(coding) = content_coding(&parts.headers)? {
+    let has_body = has_body
+        && parts.status != http::StatusCode::NO_CONTENT
+        && parts.status != http::StatusCode::NOT_MODIFIED;
+    if let Some(coding) = content_coding(&parts.headers)?
+        && has_body
+    {
         // The agent gets the decoded body; its length is unknown until the end.
         parts.headers.remove(header::CONTENT_ENCODING);
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -57,24 +69,47 @@ pub fn to_agent(
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
-/// The response's content coding; codings the broker can't decode are refused, since
-/// what can't be read can't be scrubbed.
+/// The response's content coding; codings the broker can't decode (and lists of several)
+/// are refused, since what can't be read can't be scrubbed.
 fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, ProxyError> {
     let mut values = headers.get_all(header::CONTENT_ENCODING).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
-    let text = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
     if values.next().is_some() {
-        return Err(ProxyError::UnsupportedEncoding(format!("{text}, …")));
+        return Err(ProxyError::UnsupportedEncoding);
     }
+    let text = value
+        .to_str()
+        .map_err(|_| ProxyError::UnsupportedEncoding)?
+        .trim()
+        .to_ascii_lowercase();
     match text.as_str() {
         "" | "identity" => Ok(None),
         "gzip" | "x-gzip" => Ok(Some(Coding::Gzip)),
         "deflate" => Ok(Some(Coding::Deflate)),
         "br" => Ok(Some(Coding::Brotli)),
         "zstd" => Ok(Some(Coding::Zstd)),
-        _ => Err(ProxyError::UnsupportedEncoding(text)),
+        _ => Err(ProxyError::UnsupportedEncoding),
+    }
+}
+
+/// Hyper undoes `chunked` only; any other transfer coding (`gzip, chunked`) would reach the
+/// scrubber still encoded, so it is refused.
+fn only_chunked_transfer(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let all_chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .all(|value| {
+            value.to_str().is_ok_and(|text| {
+                text.split(',')
+                    .all(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+            })
+        });
+    if all_chunked {
+        Ok(())
+    } else {
+        Err(ProxyError::UnsupportedEncoding)
     }
 }
 
@@ -129,5 +164,26 @@ mod tests {
         );
         assert!(content_coding(&with_coding("compress")).is_err());
         assert!(content_coding(&with_coding("gzip, br")).is_err());
+        let mut latin1 = HeaderMap::new();
+        latin1.insert(
+            header::CONTENT_ENCODING,
+            http::HeaderValue::from_bytes(b"gz\xe9p").unwrap(),
+        );
+        assert!(content_coding(&latin1).is_err());
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_are_refused() {
+        let with = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static(value),
+            );
+            h
+        };
+        assert!(only_chunked_transfer(&HeaderMap::new()).is_ok());
+        assert!(only_chunked_transfer(&with("chunked")).is_ok());
+        assert!(only_chunked_transfer(&with("gzip, chunked")).is_err());
     }
 }

@@ -21,6 +21,21 @@ pub fn all_forms(secret: &[u8], min_len: usize) -> Vec<Zeroizing<Vec<u8>>> {
     out
 }
 
+/// Forms that survive lowercasing (header names are lowercased by HTTP): the raw value,
+/// its core and its hex, matched case-insensitively. Lowercased base64 can't be decoded.
+pub fn case_insensitive_forms(secret: &[u8], min_len: usize) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut out = vec![
+        Zeroizing::new(secret.to_vec()),
+        Zeroizing::new(hex(secret, b"0123456789abcdef")),
+    ];
+    if secret.len() >= min_len + 2 * CORE_TRIM {
+        out.push(Zeroizing::new(
+            secret[CORE_TRIM..secret.len() - CORE_TRIM].to_vec(),
+        ));
+    }
+    out
+}
+
 /// Raw bytes, hex (lower and upper case), and base64/base64url at each of the three byte
 /// alignments a secret can have inside a longer encoded string.
 fn forms(secret: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {

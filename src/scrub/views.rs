@@ -2,6 +2,33 @@
 //! with each decoded byte mapped back to the input bytes it came from, so a match found in
 //! a view masks exactly the escaped text in the body.
 
+/// The decodings the scrubber looks through.
+#[derive(Debug, Clone, Copy)]
+pub enum View {
+    /// `%XX` escapes.
+    Percent,
+    /// JSON string escapes.
+    Json,
+}
+
+impl View {
+    /// Whether decoding could change what matches in `input`.
+    pub fn matters(self, input: &[u8], alphabet: &[bool; 256]) -> bool {
+        match self {
+            View::Percent => percent_matters(input, alphabet),
+            View::Json => json_matters(input, alphabet),
+        }
+    }
+
+    /// Decode `input`; unless `at_end`, an escape cut off at the end is left out.
+    pub fn decode(self, input: &[u8], at_end: bool) -> Decoded {
+        match self {
+            View::Percent => percent(input, at_end),
+            View::Json => json(input, at_end),
+        }
+    }
+}
+
 /// A decoded view of an input buffer.
 pub struct Decoded {
     /// The decoded bytes.
@@ -51,7 +78,7 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// `%XX` decoded to one byte (either hex case); everything else literal.
-pub fn percent(input: &[u8], at_end: bool) -> Decoded {
+fn percent(input: &[u8], at_end: bool) -> Decoded {
     let mut out = Decoded::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -77,7 +104,7 @@ pub fn percent(input: &[u8], at_end: bool) -> Decoded {
 
 /// JSON string escapes decoded (`\/`, `\\`, `\"`, `\n`…, `\uXXXX` with surrogate pairs,
 /// as UTF-8); everything else literal.
-pub fn json(input: &[u8], at_end: bool) -> Decoded {
+fn json(input: &[u8], at_end: bool) -> Decoded {
     let mut out = Decoded::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -104,7 +131,7 @@ pub fn json(input: &[u8], at_end: bool) -> Decoded {
 
 /// Whether decoding percent escapes could change what matches in `input`: some escape
 /// decodes to a byte a pattern can contain, or an escape is cut off at the end.
-pub fn percent_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
+fn percent_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
     memchr::memchr_iter(b'%', input).any(|i| {
         match (
             input.get(i + 1).copied().and_then(hex_value),
@@ -117,7 +144,7 @@ pub fn percent_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
 }
 
 /// Whether decoding JSON escapes could change what matches in `input` (as for percent).
-pub fn json_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
+fn json_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
     memchr::memchr_iter(b'\\', input).any(|i| match escape_at(input, i) {
         Escape::Decoded(ch, _) => {
             let mut utf8 = [0u8; 4];
@@ -170,7 +197,17 @@ fn unicode_escape(input: &[u8], i: usize) -> Escape {
     };
     if (0xD800..0xDC00).contains(&first) {
         if input.len() < i + 12 {
-            return Escape::Incomplete;
+            // Only incomplete if what follows could still become `\uDC00`-`\uDFFF`.
+            let could_pair = input[i + 6..].iter().zip(b"\\u").all(|(a, b)| a == b)
+                && input.get(i + 8).is_none_or(|d| matches!(d, b'd' | b'D'))
+                && input
+                    .get(i + 9)
+                    .is_none_or(|d| matches!(d, b'c'..=b'f' | b'C'..=b'F'));
+            return if could_pair {
+                Escape::Incomplete
+            } else {
+                Escape::Literal
+            };
         }
         if input[i + 6] == b'\\'
             && input[i + 7] == b'u'
@@ -190,6 +227,10 @@ fn unicode_escape(input: &[u8], i: usize) -> Escape {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lone_len() -> usize {
+        br#"x\ud83d"}"#.len()
+    }
 
     #[test]
     fn percent_decoding_maps_back_to_the_escape() {
@@ -219,5 +260,8 @@ mod tests {
         );
         let partial_pair = json(br"x\ud83d\ude", false);
         assert_eq!(partial_pair.complete_to, 1);
+        // A lone high surrogate followed by something else is not held back.
+        let lone = json(br#"x\ud83d"}"#, false);
+        assert_eq!(lone.complete_to, lone_len());
     }
 }

@@ -194,3 +194,93 @@ async fn a_large_download_streams_through_in_bounded_memory() {
     );
     broker.stop().await;
 }
+
+/// A raw-TCP upstream that hides the injected key where HTTP libraries don't look: the status
+/// line's reason phrase, a header name, the content-encoding value, a gzip transfer coding.
+async fn hostile_upstream() -> String {
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).into_owned();
+                let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let key = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: Bearer "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                let response = match path.rsplit('/').next().unwrap_or("") {
+                    "reason" => format!("HTTP/1.1 200 {key}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").into_bytes(),
+                    "coding" => format!("HTTP/1.1 200 OK\r\ncontent-encoding: {key}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").into_bytes(),
+                    "name" => format!("HTTP/1.1 200 OK\r\nx-echo-{key}: 1\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").into_bytes(),
+                    "not-modified" => b"HTTP/1.1 304 Not Modified\r\ncontent-encoding: gzip\r\netag: \"x\"\r\nconnection: close\r\n\r\n".to_vec(),
+                    _ => {
+                        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                        gz.write_all(format!("{{\"echo\":\"{key}\"}}").as_bytes()).unwrap();
+                        let gz = gz.finish().unwrap();
+                        let mut r = b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n".to_vec();
+                        r.extend(format!("{:x}\r\n", gz.len()).bytes());
+                        r.extend(&gz);
+                        r.extend(b"\r\n0\r\n\r\n");
+                        r
+                    }
+                };
+                let _ = stream.write_all(&response).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn hiding_places_outside_header_values_and_body_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = hostile_upstream().await;
+    let env = Env::with_upstream(&upstream);
+    env.add_secret("main", "openai", SECRET).await;
+    // A header name can only hold token characters: this secret fits in one.
+    let name_safe = "sk-NameSafe-ABCDEFGHIJ0123456789abc";
+    env.add_secret("name-safe", "openai", name_safe).await;
+    let main_token = env.create_token("main", &[]).await;
+    let name_token = env.create_token("name-safe", &[]).await;
+    let broker = env.serve().await;
+    let cases = [
+        ("reason", "200", SECRET, &main_token),
+        ("coding", "502", SECRET, &main_token),
+        ("name", "200", name_safe, &name_token),
+        ("gzip-transfer", "502", SECRET, &main_token),
+        ("not-modified", "304", SECRET, &main_token),
+    ];
+    for (path, status, secret, token) in cases {
+        let request = format!(
+            "GET /api/openai/v1/{path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+        );
+        let mut stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {text}"
+        );
+        assert!(found_in(secret, &response).is_empty(), "{path}: {text}");
+    }
+    broker.stop().await;
+}

@@ -1,0 +1,406 @@
+//! Scrubber tests: every form, streaming against whole-buffer scrubbing, and the bypasses
+//! a review found (kept as regressions).
+
+use super::*;
+use base64::Engine;
+use bytes::Bytes;
+use proptest::prelude::*;
+
+const SECRET: &[u8] = b"sk-proj-S3cr3t/Value+With=Special~Chars";
+
+fn scrubber() -> Arc<Scrubber> {
+    Arc::new(Scrubber::new([SECRET, b"ghp_second_secret_value".as_slice()]).unwrap())
+}
+
+fn stream_through(s: &Arc<Scrubber>, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut st = s.stream();
+    let mut out = Vec::new();
+    let mut last = 0;
+    for &cut in cuts {
+        out.extend_from_slice(&st.push(Bytes::copy_from_slice(&body[last..cut])));
+        last = cut;
+    }
+    out.extend_from_slice(&st.push(Bytes::copy_from_slice(&body[last..])));
+    out.extend_from_slice(&st.finish());
+    out
+}
+
+/// Every form the issue names, as a reflecting upstream would write it.
+fn encodings(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut out = vec![secret.to_vec()];
+    for prefix in [&b""[..], b"x", b"xy"] {
+        let data = [prefix, secret, b"tail"].concat();
+        out.push(STANDARD.encode(&data).into_bytes());
+        out.push(URL_SAFE.encode(&data).into_bytes());
+        out.push(URL_SAFE_NO_PAD.encode(&data).into_bytes());
+    }
+    out.push(
+        secret
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    out.push(
+        secret
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    out.push(
+        secret
+            .iter()
+            .map(|b| format!("%{b:02X}"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    out.push(
+        secret
+            .iter()
+            .map(|b| format!("%{b:02x}"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    let reserved: String = secret
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    out.push(reserved.into_bytes());
+    out.push(
+        secret
+            .iter()
+            .map(|b| format!("\\u{b:04x}"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    out.push(
+        secret
+            .iter()
+            .map(|b| format!("\\u{b:04X}"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    out.push(
+        String::from_utf8_lossy(secret)
+            .replace('/', "\\/")
+            .into_bytes(),
+    );
+    out
+}
+
+fn leaks(out: &[u8]) -> bool {
+    let decoded_b64 = |s: &[u8]| {
+        [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE,
+        ]
+        .iter()
+        .any(|e| {
+            e.decode(s)
+                .is_ok_and(|d| d.windows(SECRET.len()).any(|w| w == SECRET))
+        })
+    };
+    encodings(SECRET)
+        .iter()
+        .any(|form| out.windows(form.len()).any(|w| w == form.as_slice()))
+        || decoded_b64(out)
+}
+
+#[test]
+fn every_encoding_is_masked_with_the_same_length() {
+    let s = scrubber();
+    for form in encodings(SECRET) {
+        let body = [&b"{\"echo\": \""[..], &form, b"\", \"ok\": true}"].concat();
+        let mut scrubbed = body.clone();
+        assert!(
+            s.scrub_all(&mut scrubbed),
+            "{}",
+            String::from_utf8_lossy(&form)
+        );
+        assert_eq!(scrubbed.len(), body.len());
+        assert!(!leaks(&scrubbed), "{}", String::from_utf8_lossy(&scrubbed));
+        assert!(scrubbed.starts_with(b"{\"echo\": \"") && scrubbed.ends_with(b"\", \"ok\": true}"));
+    }
+}
+
+#[test]
+fn an_sse_event_is_released_as_soon_as_it_cannot_start_a_secret() {
+    let s = scrubber();
+    let mut st = s.stream();
+    assert_eq!(
+        st.push(Bytes::from_static(b"data: {\"a\":1}\n\n")).as_ref(),
+        b"data: {\"a\":1}\n\n"
+    );
+    // `sk-pr` could begin the secret: it waits for the next chunk.
+    assert_eq!(
+        st.push(Bytes::from_static(b"data: sk-pr")).as_ref(),
+        b"data: "
+    );
+    let rest = st.push(Bytes::from_static(
+        b"oj-S3cr3t/Value+With=Special~Chars\n\n",
+    ));
+    let expected = [vec![MASK; SECRET.len()], b"\n\n".to_vec()].concat();
+    assert_eq!(rest.as_ref(), expected.as_slice());
+    assert_eq!(st.finish().len(), 0);
+}
+
+#[test]
+fn text_redaction_cuts_tokens_and_masks_secrets() {
+    let r = Redactor::default();
+    r.set(Arc::new(Scrubber::new([SECRET]).unwrap()));
+    let token = crate::tokens::generate("openai");
+    let line = format!(
+        "auth {} key {}",
+        secrecy::ExposeSecret::expose_secret(&token),
+        String::from_utf8_lossy(SECRET)
+    );
+    let out = String::from_utf8(r.redact_text(line.as_bytes())).unwrap();
+    assert!(
+        !out.contains(secrecy::ExposeSecret::expose_secret(&token)),
+        "{out}"
+    );
+    assert!(out.contains(&crate::tokens::hint_of(&token)), "{out}");
+    assert!(!out.contains("S3cr3t"), "{out}");
+}
+
+#[test]
+fn a_copy_with_a_mangled_first_character_is_still_masked() {
+    // An escaped backslash swallows the first `\u0073`: a JSON reader gets the secret
+    // minus its first character, so the core patterns must catch it.
+    let escaped: String = SECRET.iter().map(|b| format!("\\u{b:04x}")).collect();
+    let mut body = format!("{{\"x\":\"\\\\{escaped}\"}}").into_bytes();
+    assert!(scrubber().scrub_all(&mut body));
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let seen = parsed["x"].as_str().unwrap();
+    assert!(!seen.contains("S3cr3t/Value+With=Special"), "{seen}");
+}
+
+#[test]
+fn short_values_are_not_scrubbed_and_no_secrets_means_no_change() {
+    assert!(Scrubber::new([b"short".as_slice()]).unwrap().is_empty());
+    let mut body = b"anything at all".to_vec();
+    assert!(!Scrubber::empty().scrub_all(&mut body));
+}
+
+proptest! {
+    #[test]
+    fn secrets_at_random_offsets_and_cuts_are_always_masked(
+        noise in proptest::collection::vec(any::<u8>(), 0..400),
+        form_index in 0usize..20,
+        at in 0usize..400,
+        cuts in proptest::collection::vec(0usize..500, 0..6),
+    ) {
+        let forms = encodings(SECRET);
+        let form = &forms[form_index % forms.len()];
+        let at = at.min(noise.len());
+        let body = [&noise[..at], form.as_slice(), &noise[at..]].concat();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+        cuts.sort_unstable();
+        let out = stream_through(&scrubber(), &body, &cuts);
+        prop_assert_eq!(out.len(), body.len());
+        prop_assert!(!leaks(&out));
+    }
+
+    #[test]
+    fn bodies_without_secrets_pass_byte_for_byte(
+        body in proptest::collection::vec(any::<u8>(), 0..2000),
+        cuts in proptest::collection::vec(0usize..2000, 0..8),
+    ) {
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+        cuts.sort_unstable();
+        prop_assert_eq!(stream_through(&scrubber(), &body, &cuts), body);
+    }
+
+    #[test]
+    fn streaming_equals_scrubbing_the_whole_body(
+        text in "[a-zA-Z0-9%\\\\/+=_ ~-]{0,300}",
+        insert in 0usize..300,
+        cuts in proptest::collection::vec(0usize..400, 0..6),
+    ) {
+        let at = insert.min(text.len());
+        let body = [&text.as_bytes()[..at], SECRET, &text.as_bytes()[at..]].concat();
+        let mut whole = body.clone();
+        scrubber().scrub_all(&mut whole);
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+        cuts.sort_unstable();
+        prop_assert_eq!(stream_through(&scrubber(), &body, &cuts), whole);
+    }
+}
+
+fn sc(secrets: &[&[u8]]) -> Arc<Scrubber> {
+    Arc::new(Scrubber::new(secrets.iter().copied()).unwrap())
+}
+
+fn whole(s: &Scrubber, body: &[u8]) -> Vec<u8> {
+    let mut b = body.to_vec();
+    s.scrub_all(&mut b);
+    b
+}
+
+fn contains(h: &[u8], n: &[u8]) -> bool {
+    h.windows(n.len()).any(|w| w == n)
+}
+
+fn json_unescape(b: &[u8]) -> Vec<u8> {
+    serde_json::from_str::<String>(&format!("\"{}\"", String::from_utf8_lossy(b)))
+        .unwrap()
+        .into_bytes()
+}
+
+fn pct(b: &[u8]) -> Vec<u8> {
+    percent_encoding::percent_decode(b).collect()
+}
+
+#[test]
+fn percent_inside_json_is_decoded_too() {
+    let body =
+        br#"{"next":"https:\/\/api.x\/v1?key=sk-proj-S3cr3t\/Value%2BWith%3DSpecial~Chars&p=2"}"#;
+    let out = whole(&sc(&[SECRET]), body);
+    assert!(
+        !contains(&pct(&json_unescape(&out[9..out.len() - 2])), SECRET),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
+fn double_percent_and_double_json_are_decoded_too() {
+    let body =
+        b"redirect=https%3A%2F%2Fx%2Fcb%3Fk%3Dsk-proj-S3cr3t%252FValue%252BWith%253DSpecial~Chars";
+    let out = whole(&sc(&[SECRET]), body);
+    assert!(
+        !contains(&pct(&pct(&out)), SECRET),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let body = br#"{"error":{"message":"{\"detail\":\"bad key sk-proj-S3cr3t\\\/Value+With=Special~Chars\"}"}}"#;
+    let out = whole(&sc(&[SECRET]), body);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let inner: serde_json::Value =
+        serde_json::from_str(v["error"]["message"].as_str().unwrap()).unwrap();
+    assert!(
+        !inner["detail"].as_str().unwrap().contains("S3cr3t/Value"),
+        "{inner}"
+    );
+}
+
+#[test]
+fn overlapping_secrets_are_both_masked() {
+    let a: &[u8] = b"AAAAAAAAAAAA-shared";
+    let b: &[u8] = b"shared-BBBBBBBBBBBBBBBBBBBB";
+    let out = whole(
+        &sc(&[a, b]),
+        b"x AAAAAAAAAAAA-shared-BBBBBBBBBBBBBBBBBBBB y",
+    );
+    assert_eq!(out, [b"x ".as_slice(), &[MASK; 40], b" y"].concat());
+}
+
+#[test]
+fn header_names_that_carry_a_secret_are_dropped_in_any_case() {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::HeaderName::from_bytes(b"x-sk-proj-abcdefghijklmnop").unwrap(),
+        http::HeaderValue::from_static("1"),
+    );
+    h.insert("x-kept", http::HeaderValue::from_static("1"));
+    scrub_headers(&sc(&[b"sk-proj-ABCDEFGHIJKLMNOP"]), &mut h);
+    assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+}
+
+#[test]
+fn a_match_found_early_never_hides_a_longer_one_completing_later() {
+    let esc = br#"{"k":"\u0073\u006b-proj-S3cr3t/Value+With=Special~Chars"}"#;
+    let s = sc(&[SECRET]);
+    assert_eq!(stream_through(&s, esc, &[esc.len() - 3]), whole(&s, esc));
+    let a: &[u8] = b"org/team-deploy-key:ghp_second_secret_value#x9";
+    let b: &[u8] = b"ghp_second_secret_value";
+    let body = br#"{"k":"org\/team-deploy-key:ghp_second_secret_value#x9"}"#;
+    let s = sc(&[a, b]);
+    let out = stream_through(&s, body, &[body.len() - 4]);
+    assert_eq!(out, whole(&s, body));
+    assert!(
+        !contains(&out, b"team-deploy"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
+fn a_lone_high_surrogate_does_not_hold_an_sse_event() {
+    let s = sc(&[SECRET]);
+    let mut st = s.stream();
+    let event = b"data: {\"t\":\"\\ud83d\"}\n\n";
+    assert_eq!(st.push(Bytes::from_static(event)).as_ref(), event);
+}
+
+/// Each character of a secret written literally, as `%XX`, `%xx`, `\u00XX` or (for `/`) `\/`.
+fn render(secret: &[u8], modes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, &c) in secret.iter().enumerate() {
+        match modes[i % modes.len()] % 5 {
+            0 => out.push(c),
+            1 => out.extend(format!("%{c:02X}").bytes()),
+            2 => out.extend(format!("%{c:02x}").bytes()),
+            3 => out.extend(format!("\\u{c:04x}").bytes()),
+            _ if c == b'/' => out.extend(b"\\/"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn mixed_escapes_stream_like_the_whole_body_and_never_leak_the_core(
+        pre in "[a-zA-Z0-9%\\\\/+=_ ~\"u-]{0,60}",
+        post in "[a-zA-Z0-9%\\\\/+=_ ~\"u-]{0,60}",
+        modes in proptest::collection::vec(0u8..5, 1..8),
+        second in any::<bool>(),
+        cuts in proptest::collection::vec(0usize..400, 0..8),
+    ) {
+        let secret: &[u8] = if second { b"ghp_second_secret_value" } else { SECRET };
+        let body = [pre.as_bytes(), &render(secret, &modes), post.as_bytes()].concat();
+        let s = scrubber();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+        cuts.sort_unstable();
+        let streamed = stream_through(&s, &body, &cuts);
+        prop_assert_eq!(&streamed, &whole(&s, &body));
+        prop_assert!(!contains(&streamed, &secret[2..secret.len() - 2]));
+    }
+
+    #[test]
+    fn secrets_full_of_escape_characters_are_masked_in_every_form(
+        noise in proptest::collection::vec(prop_oneof![Just(b'%'), Just(b'\\'), Just(b'u'), Just(b'0'), Just(b'"'), any::<u8>()], 0..80),
+        at in 0usize..80,
+        form in 0usize..6,
+        cuts in proptest::collection::vec(0usize..400, 0..8),
+    ) {
+        use base64::engine::general_purpose::STANDARD;
+        let secret: &[u8] = br#"pa%41ss\u0041w"rd\x/+=%"#;
+        let forms = [
+            secret.to_vec(),
+            secret.iter().map(|b| format!("%{b:02X}")).collect::<String>().into_bytes(),
+            secret.iter().map(|b| format!("\\u{b:04x}")).collect::<String>().into_bytes(),
+            serde_json::to_string(std::str::from_utf8(secret).unwrap()).unwrap().trim_matches('"').replace('/', "\\/").into_bytes(),
+            secret.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes(),
+            STANDARD.encode([b"x".as_slice(), secret].concat()).into_bytes(),
+        ];
+        let form = &forms[form];
+        let at = at.min(noise.len());
+        let body = [&noise[..at], form.as_slice(), &noise[at..]].concat();
+        let s = sc(&[secret]);
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+        cuts.sort_unstable();
+        let streamed = stream_through(&s, &body, &cuts);
+        prop_assert_eq!(&streamed, &whole(&s, &body));
+        prop_assert!(!contains(&streamed, form));
+    }
+}

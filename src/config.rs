@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default request body limit: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Default limit on bodies read for policy: 4 MiB.
+pub const DEFAULT_MAX_POLICY_BODY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The config file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub struct FileConfig {
     pub master_key_file: Option<PathBuf>,
     /// Largest request body forwarded upstream, in bytes.
     pub max_body_bytes: Option<u64>,
+    /// Largest request body read to check it against a token's policy, in bytes.
+    pub max_policy_body_bytes: Option<u64>,
     /// Log output format.
     pub log_format: Option<LogFormat>,
     /// Upstream connection settings.
@@ -68,6 +72,29 @@ pub struct FileConfig {
     /// Process hardening options.
     #[serde(default)]
     pub security: SecurityConfig,
+    /// Holding requests for human approval.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// Approval settings (`[approvals]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// How long a held request waits for a decision before it is refused.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// URL that gets a JSON POST for every held request.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            timeout: Duration::from_secs(300),
+            webhook_url: None,
+        }
+    }
 }
 
 /// Process hardening options (`[security]`).
@@ -148,6 +175,8 @@ pub struct Settings {
     pub master_key_file: PathBuf,
     /// Request body limit in bytes.
     pub max_body_bytes: u64,
+    /// Limit on bodies read for policy, in bytes.
+    pub max_policy_body_bytes: u64,
     /// Log output format.
     pub log_format: LogFormat,
     /// Upstream connection settings.
@@ -156,6 +185,8 @@ pub struct Settings {
     pub providers: BTreeMap<String, ProviderOverride>,
     /// Process hardening options.
     pub security: SecurityConfig,
+    /// Approval settings.
+    pub approvals: ApprovalsConfig,
 }
 
 impl Settings {
@@ -180,10 +211,14 @@ impl Settings {
             data_dir_is_default,
             master_key_file,
             max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_policy_body_bytes: file
+                .max_policy_body_bytes
+                .unwrap_or(DEFAULT_MAX_POLICY_BODY_BYTES),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             upstream: file.upstream,
             providers: file.providers,
             security: file.security,
+            approvals: file.approvals,
         })
     }
 }

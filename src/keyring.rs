@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::policy::PolicySpec;
 use crate::scrub::{Redactor, ScrubError, Scrubber};
 use crate::store::{Store, StoreError, TokenRecord};
 use crate::tokens::{ParsedToken, TokenHash};
@@ -56,6 +57,56 @@ pub enum KeyringError {
     /// The scrubber could not be built, so no secret may be used.
     #[error(transparent)]
     Scrubber(#[from] ScrubError),
+    /// A token's chain of parents is longer than allowed.
+    #[error("token derivation chain is too deep")]
+    TooDeep,
+}
+
+/// A token ready to be checked: its record, its policies, and its parent's entry.
+#[derive(Debug)]
+pub struct TokenEntry {
+    /// The stored token.
+    pub record: TokenRecord,
+    /// Its policies: its own, then its named policy. An unreadable or missing one is an
+    /// `Err` naming it, which refuses every request (fail closed).
+    pub policies: Vec<Result<Arc<PolicySpec>, String>>,
+    /// The token it was derived from.
+    pub parent: Option<Arc<TokenEntry>>,
+}
+
+impl TokenEntry {
+    fn new(
+        record: TokenRecord,
+        parent: Option<Arc<TokenEntry>>,
+        named: &HashMap<(String, String), Arc<PolicySpec>>,
+    ) -> Self {
+        let mut policies = Vec::new();
+        if let Some(json) = &record.policy {
+            policies.push(
+                serde_json::from_str::<PolicySpec>(json)
+                    .map(Arc::new)
+                    .map_err(|_| format!("the policy of token {} can't be read", record.id)),
+            );
+        }
+        if let Some(name) = &record.policy_name {
+            policies.push(
+                named
+                    .get(&(record.tenant.clone(), name.clone()))
+                    .cloned()
+                    .ok_or_else(|| format!("the named policy `{name}` does not exist")),
+            );
+        }
+        TokenEntry {
+            record,
+            policies,
+            parent,
+        }
+    }
+
+    /// This token and its ancestors, nearest first.
+    pub fn chain(&self) -> impl Iterator<Item = &TokenEntry> {
+        std::iter::successors(Some(self), |e| e.parent.as_deref())
+    }
 }
 
 /// A decrypted secret, with the provider its ciphertext is bound to.
@@ -77,7 +128,9 @@ pub struct Unlocked {
 struct Cache {
     /// Bumped on every clear, so a lookup that raced a clear doesn't re-insert stale data.
     generation: u64,
-    tokens: HashMap<TokenHash, Arc<TokenRecord>>,
+    tokens: HashMap<TokenHash, Arc<TokenEntry>>,
+    /// Named policies by (tenant, name).
+    policies: HashMap<(String, String), Arc<PolicySpec>>,
     /// Every usable secret by id.
     credentials: HashMap<String, Credential>,
     /// Knows every secret in `credentials`; replaced together with them.
@@ -116,8 +169,8 @@ impl Keyring {
         }
     }
 
-    /// Resolve a well-formed token to its record (revoked and expired ones included: policy decides).
-    pub async fn token(&self, parsed: &ParsedToken<'_>) -> Result<Arc<TokenRecord>, KeyringError> {
+    /// Resolve a well-formed token to its entry (revoked and expired ones included: policy decides).
+    pub async fn token(&self, parsed: &ParsedToken<'_>) -> Result<Arc<TokenEntry>, KeyringError> {
         let hash = parsed.hash();
         let fresh = self.is_fresh();
         let generation = {
@@ -127,19 +180,40 @@ impl Keyring {
             }
             cache.generation
         };
-        let record = Arc::new(
-            timed(self.store.token_by_hash(&hash))
-                .await?
-                .ok_or(KeyringError::UnknownToken)?,
-        );
+        let record = timed(self.store.token_by_hash(&hash))
+            .await?
+            .ok_or(KeyringError::UnknownToken)?;
+        let entry = Arc::new(self.entry(record).await?);
         let mut cache = self.write_cache();
         if cache.generation == generation {
             if cache.tokens.len() >= MAX_TOKENS {
                 cache.tokens.clear();
             }
-            cache.tokens.insert(hash, Arc::clone(&record));
+            cache.tokens.insert(hash, Arc::clone(&entry));
         }
-        Ok(record)
+        Ok(entry)
+    }
+
+    /// A token with its policies resolved and its ancestors loaded.
+    async fn entry(&self, record: TokenRecord) -> Result<TokenEntry, KeyringError> {
+        let mut records = vec![record];
+        while let Some(parent_id) = records.last().and_then(|r| r.parent_id.clone()) {
+            if records.len() > crate::grants::MAX_DEPTH {
+                return Err(KeyringError::TooDeep);
+            }
+            let tenant = records.last().map(|r| r.tenant.clone()).unwrap_or_default();
+            let parent = timed(self.store.token_by_id(&tenant, &parent_id))
+                .await?
+                .ok_or(KeyringError::UnknownToken)?;
+            records.push(parent);
+        }
+        let named = self.read_cache().policies.clone();
+        let mut entry: Option<TokenEntry> = None;
+        for record in records.into_iter().rev() {
+            let parent = entry.take().map(Arc::new);
+            entry = Some(TokenEntry::new(record, parent, &named));
+        }
+        entry.ok_or(KeyringError::UnknownToken)
     }
 
     /// The decrypted credential for a token's secret, and the scrubber for its response.
@@ -201,6 +275,17 @@ impl Keyring {
 
     async fn load_secrets(&self) -> Result<(), KeyringError> {
         let rows = timed(self.store.all_secrets()).await?;
+        let mut policies = HashMap::new();
+        for p in timed(self.store.all_policies()).await? {
+            match serde_json::from_str::<PolicySpec>(&p.spec) {
+                Ok(spec) => {
+                    policies.insert((p.tenant, p.name), Arc::new(spec));
+                }
+                Err(e) => {
+                    tracing::error!(policy = %p.name, error = %e, "stored policy cannot be read; its tokens are refused")
+                }
+            }
+        }
         let mut credentials = HashMap::with_capacity(rows.len());
         for row in rows {
             let id = SecretIdentity {
@@ -235,6 +320,7 @@ impl Keyring {
         cache.tokens.clear();
         cache.credentials = credentials;
         cache.scrubber = scrubber;
+        cache.policies = policies;
         Ok(())
     }
 

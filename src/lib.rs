@@ -10,11 +10,13 @@
 //! - [`proxy`]: request checks, rewrite, upstream clients, streaming.
 //! - [`providers`]: the provider table, token sources, auth schemes, error shapes.
 //! - [`keyring`]: token → record → credential, cached and kept in step with the store.
-//! - [`policy`]: whether a token may make a request now.
+//! - [`policy`]: whether a token may make a request now: rules, limits, usage.
+//! - [`approvals`]: holding requests until a person decides.
 //! - [`scrub`]: masking secrets in responses, headers, logs and panics.
 //! - [`vault`]: master key and envelope encryption.
 //! - [`store`]: the `Store` trait and its SQLite backend.
 //! - [`tokens`]: token format, checksum and hashing.
+//! - [`grants`]: minting tokens and deriving narrower children.
 //! - [`audit`]: one record per request.
 //! - [`hygiene`]: redacted logs and panics, process hardening.
 //! - [`clock`]: Unix time and its display.
@@ -22,10 +24,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod approvals;
 pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod grants;
 pub mod hygiene;
 pub mod keyring;
 pub mod policy;

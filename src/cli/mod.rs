@@ -1,6 +1,8 @@
 //! The `seks` command line: argument parsing, shared set-up, one module per command group.
 
+mod approvals;
 mod output;
+mod policy;
 mod secret;
 mod serve;
 mod token;
@@ -51,9 +53,15 @@ enum Command {
     /// Store, list, rotate and remove provider credentials.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
-    /// Mint, list and revoke agent tokens.
+    /// Mint, derive, show, update, list and revoke agent tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Named policies, and checking policy files.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Decide requests held for approval.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
 }
 
 /// Entry point of the `seks` binary.
@@ -98,6 +106,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token(cmd) => {
             token::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Policy(policy::PolicyCommand::Check { file }) => policy::check(&file),
+        Command::Policy(cmd) => {
+            policy::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Approvals(cmd) => {
+            approvals::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
     }
 }

@@ -9,8 +9,10 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use super::Context;
+use crate::approvals::Approvals;
 use crate::config::LogFormat;
 use crate::keyring::Keyring;
+use crate::policy::limits::Limits;
 use crate::proxy::{Proxy, ProxyLimits, Upstreams};
 use crate::server;
 use crate::store::DEFAULT_TENANT;
@@ -36,12 +38,27 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     keyring.sync().await.context("reading the store")?;
     let sync_task = tokio::spawn(keyring.clone().run_sync_loop());
 
+    let counters = Arc::new(Limits::new(ctx.store.clone()));
+    let flush_task = tokio::spawn(counters.clone().run_flush_loop());
+    let webhook = match &ctx.settings.approvals.webhook_url {
+        Some(url) => Some((webhook_uri(url)?, upstreams.client(false).clone())),
+        None => None,
+    };
+    let approvals = Approvals::new(ctx.store.clone(), ctx.settings.approvals.timeout, webhook);
     let limits = ProxyLimits {
         max_body_bytes: ctx.settings.max_body_bytes,
+        max_policy_body_bytes: ctx.settings.max_policy_body_bytes,
         response_timeout: ctx.settings.upstream.response_timeout,
         read_timeout: ctx.settings.upstream.read_timeout,
     };
-    let proxy = Arc::new(Proxy::new(providers, keyring.clone(), upstreams, limits));
+    let proxy = Arc::new(Proxy::new(
+        providers,
+        keyring.clone(),
+        counters.clone(),
+        approvals,
+        upstreams,
+        limits,
+    ));
     let listener = TcpListener::bind(ctx.settings.listen)
         .await
         .with_context(|| format!("binding {}", ctx.settings.listen))?;
@@ -52,7 +69,12 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, proxy, async {
+    let state = Arc::new(server::AppState {
+        proxy,
+        keyring: keyring.clone(),
+        store: ctx.store.clone(),
+    });
+    let server = tokio::spawn(server::run(listener, state, async {
         let _ = stop_rx.await;
     }));
     shutdown_signal().await;
@@ -63,10 +85,25 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("open requests did not finish in time; closing them"),
     }
     sync_task.abort();
+    flush_task.abort();
     if let Err(e) = keyring.flush_uses().await {
         tracing::warn!(error = %e, "could not record token use times");
     }
+    if let Err(e) = counters.flush().await {
+        tracing::warn!(error = %e, "could not record usage counters");
+    }
     Ok(())
+}
+
+/// The approval webhook's URL, which must be http or https.
+fn webhook_uri(url: &str) -> anyhow::Result<http::Uri> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("approvals.webhook_url `{url}` is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.authority().is_some() => Ok(uri),
+        _ => anyhow::bail!("approvals.webhook_url `{url}` must be an http(s) URL"),
+    }
 }
 
 fn print_first_steps(ctx: &Context, addr: SocketAddr) {

@@ -82,6 +82,32 @@ pub struct Upstream {
     pub path_prefix: String,
 }
 
+/// Where an LLM request names its model, for `models` policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelIn {
+    /// The `model` field of the JSON body.
+    Body,
+    /// The path, as in Gemini's `/models/{model}:generateContent`.
+    Path,
+    /// Not an LLM API.
+    Nowhere,
+}
+
+impl ModelIn {
+    /// The model a request names, if any.
+    pub fn find<'a>(self, path: &'a str, body: Option<&'a serde_json::Value>) -> Option<&'a str> {
+        match self {
+            ModelIn::Body => body?.get("model")?.as_str(),
+            ModelIn::Path => {
+                let after = path.split_once("/models/")?.1;
+                let model = after.split([':', '/']).next()?;
+                (!model.is_empty()).then_some(model)
+            }
+            ModelIn::Nowhere => None,
+        }
+    }
+}
+
 /// One provider the broker can forward to.
 #[derive(Debug, Clone)]
 pub struct Provider {
@@ -97,6 +123,11 @@ pub struct Provider {
     pub errors: ErrorShape,
     /// Whether to offer HTTP/2 (ALPN) to the upstream; HTTP/1.1 keep-alive otherwise.
     pub http2: bool,
+    /// Where requests name their model.
+    pub model_in: ModelIn,
+    /// OpenAI-style APIs report usage in a stream only when the request asks for it
+    /// (`stream_options.include_usage`); the broker asks when a token budget needs it.
+    pub stream_usage_opt_in: bool,
 }
 
 /// A provider definition could not be used.
@@ -123,6 +154,8 @@ struct Builtin {
     token_sources: &'static [TokenSource],
     auth: AuthScheme,
     errors: ErrorShape,
+    model_in: ModelIn,
+    stream_usage_opt_in: bool,
 }
 
 /// `Authorization: Bearer <token>`, as almost every SDK sends its key.
@@ -140,6 +173,8 @@ const BUILTINS: &[Builtin] = &[
         token_sources: &[BEARER_TOKEN],
         auth: BEARER,
         errors: ErrorShape::OpenAi,
+        model_in: ModelIn::Body,
+        stream_usage_opt_in: true,
     },
     Builtin {
         name: "anthropic",
@@ -150,6 +185,8 @@ const BUILTINS: &[Builtin] = &[
             prefix: "",
         },
         errors: ErrorShape::Anthropic,
+        model_in: ModelIn::Body,
+        stream_usage_opt_in: false,
     },
     Builtin {
         name: "gemini",
@@ -163,6 +200,8 @@ const BUILTINS: &[Builtin] = &[
             prefix: "",
         },
         errors: ErrorShape::Google,
+        model_in: ModelIn::Path,
+        stream_usage_opt_in: false,
     },
     Builtin {
         name: "groq",
@@ -170,6 +209,8 @@ const BUILTINS: &[Builtin] = &[
         token_sources: &[BEARER_TOKEN],
         auth: BEARER,
         errors: ErrorShape::OpenAi,
+        model_in: ModelIn::Body,
+        stream_usage_opt_in: true,
     },
     Builtin {
         name: "github",
@@ -178,6 +219,8 @@ const BUILTINS: &[Builtin] = &[
         token_sources: &[TokenSource::Authorization(&["bearer", "token"])],
         auth: BEARER,
         errors: ErrorShape::GitHub,
+        model_in: ModelIn::Nowhere,
+        stream_usage_opt_in: false,
     },
 ];
 
@@ -207,6 +250,8 @@ impl Providers {
                 auth: b.auth.clone(),
                 errors: b.errors,
                 http2: o.and_then(|o| o.http2).unwrap_or(false),
+                model_in: b.model_in,
+                stream_usage_opt_in: b.stream_usage_opt_in,
             };
             by_name.insert(b.name.to_owned(), Arc::new(provider));
         }
@@ -336,6 +381,20 @@ mod tests {
             Providers::load(&o),
             Err(ProviderError::Unknown(..))
         ));
+    }
+
+    #[test]
+    fn models_are_found_in_the_body_or_the_path() {
+        let body = serde_json::json!({"model": "gpt-4o-mini"});
+        assert_eq!(
+            ModelIn::Body.find("/v1/chat/completions", Some(&body)),
+            Some("gpt-4o-mini")
+        );
+        assert_eq!(ModelIn::Body.find("/v1/models", None), None);
+        let path = "/v1beta/models/gemini-2.0-flash:generateContent";
+        assert_eq!(ModelIn::Path.find(path, None), Some("gemini-2.0-flash"));
+        assert_eq!(ModelIn::Path.find("/v1beta/models", None), None);
+        assert_eq!(ModelIn::Nowhere.find(path, Some(&body)), None);
     }
 
     #[test]

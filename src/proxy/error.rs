@@ -6,8 +6,15 @@ use std::time::Duration;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
+use crate::policy::Denial;
+use crate::policy::limits::{self as l, Limited};
 use crate::providers::ErrorShape;
 use crate::tokens::TokenFormatError;
+
+/// Whole seconds to wait, rounded up, at least one.
+fn retry_secs(limited: &Limited) -> u64 {
+    limited.retry_after().as_secs_f64().ceil().max(1.0) as u64
+}
 
 /// Header marking responses made by the broker rather than the provider.
 pub const SEKS_ERROR_HEADER: &str = "x-seks-error";
@@ -57,12 +64,30 @@ pub enum ProxyError {
     /// No such token in the store.
     #[error("unknown SEKS token: it was not issued by this broker, or its secret was removed")]
     UnknownToken,
-    /// The token was revoked.
-    #[error("this SEKS token was revoked at {0}")]
+    /// The token (or an ancestor) was revoked: `at <time>` or `with its parent token`.
+    #[error("this SEKS token was revoked {0}")]
     Revoked(String),
-    /// The token's lifetime is over.
-    #[error("this SEKS token expired at {0}")]
+    /// The token's (or an ancestor's) lifetime is over.
+    #[error("this SEKS token expired {0}")]
     Expired(String),
+    /// The token's policy refuses the request.
+    #[error("{0}")]
+    Policy(#[from] Denial),
+    /// The token's policy can't be used (missing named policy, unreadable row).
+    #[error("this token's policy can't be applied ({0}), so the request is refused")]
+    PolicyUnavailable(String),
+    /// A rate, concurrency or budget limit stops the request.
+    #[error("{0}; retry after {secs} s", secs = retry_secs(.0))]
+    Limited(#[from] Limited),
+    /// An operator denied the held request.
+    #[error("{0}")]
+    ApprovalDenied(String),
+    /// Nobody approved the held request in time.
+    #[error("{0}")]
+    ApprovalTimedOut(String),
+    /// The body can't be checked against the policy.
+    #[error("{0}")]
+    BadBody(&'static str),
     /// The request body is larger than allowed.
     #[error("request body exceeds the broker's limit of {0} bytes")]
     BodyTooLarge(u64),
@@ -96,7 +121,13 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         use ProxyError::*;
         match self {
-            MethodNotAllowed(_) | AbsoluteTarget | BadHost | BadPath(_) => StatusCode::BAD_REQUEST,
+            MethodNotAllowed(_) | AbsoluteTarget | BadHost | BadPath(_) | BadBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Policy(_) | PolicyUnavailable(_) | ApprovalDenied(_) | ApprovalTimedOut(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             NoRoute | UnknownProvider(..) => StatusCode::NOT_FOUND,
             MissingToken(_)
             | AmbiguousToken
@@ -131,6 +162,14 @@ impl ProxyError {
             UnknownToken => "unknown_token",
             Revoked(_) => "token_revoked",
             Expired(_) => "token_expired",
+            Policy(_) => "policy_denied",
+            PolicyUnavailable(_) => "policy_unavailable",
+            Limited(l) if l.is_budget() => "budget_exhausted",
+            Limited(l::Limited::Concurrency { .. }) => "concurrency_limited",
+            Limited(_) => "rate_limited",
+            ApprovalDenied(_) => "approval_denied",
+            ApprovalTimedOut(_) => "approval_timeout",
+            BadBody(_) => "bad_body",
             BodyTooLarge(_) => "body_too_large",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamFailed(_) => "upstream_failed",
@@ -148,6 +187,9 @@ impl ProxyError {
         let body = shape.render(status, code, &self.to_string());
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
+        if let ProxyError::Limited(limited) = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(limited)));
+        }
         headers.insert(SEKS_ERROR_HEADER, HeaderValue::from_static(code));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response

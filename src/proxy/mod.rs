@@ -1,6 +1,7 @@
 //! The passthrough proxy: `/api/<provider>/<path>` → the provider's pinned upstream,
 //! with the agent's token swapped for the real credential and bodies streamed both ways.
 
+mod enforce;
 mod error;
 mod response;
 mod rewrite;
@@ -17,20 +18,23 @@ use http::{HeaderMap, Method, Request, Version, header};
 use http_body_util::{LengthLimitError, Limited};
 
 pub use error::{ProxyError, SEKS_ERROR_HEADER};
-pub use upstream::{UpstreamError, Upstreams};
+pub use upstream::{UpstreamClient, UpstreamError, Upstreams};
 
+use crate::approvals::Approvals;
 use crate::audit::{self, RequestRecord};
-use crate::keyring::{Keyring, KeyringError};
-use crate::policy::{self, Denial};
+use crate::keyring::{Keyring, KeyringError, TokenEntry};
+use crate::policy::limits::Limits;
 use crate::providers::{ErrorShape, Provider, Providers};
-use crate::store::TokenRecord;
 use crate::{clock, tokens};
+use enforce::{Enforcer, ForwardBody};
 
 /// Limits and timeouts the proxy applies to every request.
 #[derive(Debug, Clone)]
 pub struct ProxyLimits {
     /// Largest request body forwarded, in bytes.
     pub max_body_bytes: u64,
+    /// Largest request body read to check it against a policy.
+    pub max_policy_body_bytes: u64,
     /// Longest wait for upstream response headers.
     pub response_timeout: Duration,
     /// Longest silence while streaming an upstream response body.
@@ -41,6 +45,7 @@ pub struct ProxyLimits {
 pub struct Proxy {
     providers: Providers,
     keyring: Arc<Keyring>,
+    enforcer: Enforcer,
     upstreams: Upstreams,
     limits: ProxyLimits,
 }
@@ -49,20 +54,29 @@ pub struct Proxy {
 #[derive(Default)]
 struct Seen {
     provider: Option<Arc<Provider>>,
-    token: Option<Arc<TokenRecord>>,
+    token: Option<Arc<TokenEntry>>,
 }
 
 impl Proxy {
-    /// A proxy over these providers, credentials and upstream clients.
+    /// A proxy over these providers, credentials, counters, approvals and upstream clients.
     pub fn new(
         providers: Providers,
         keyring: Arc<Keyring>,
+        counters: Arc<Limits>,
+        approvals: Approvals,
         upstreams: Upstreams,
         limits: ProxyLimits,
     ) -> Self {
+        let enforcer = Enforcer::new(
+            counters,
+            approvals,
+            usize::try_from(limits.max_policy_body_bytes).unwrap_or(usize::MAX),
+            usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
+        );
         Proxy {
             providers,
             keyring,
+            enforcer,
             upstreams,
             limits,
         }
@@ -90,6 +104,7 @@ impl Proxy {
             }
         };
         let provider = seen.provider.as_deref();
+        let token = seen.token.as_deref().map(|t| &t.record);
         audit::record(&RequestRecord {
             client,
             method: method.as_str(),
@@ -100,8 +115,8 @@ impl Proxy {
                         .strip_prefix(p.name.as_str())
                 })
                 .unwrap_or(&path),
-            token_id: seen.token.as_ref().map(|t| t.id.as_str()),
-            agent: seen.token.as_ref().map(|t| t.agent.as_str()),
+            token_id: token.map(|t| t.id.as_str()),
+            agent: token.map(|t| t.agent.as_str()),
             status: response.status().as_u16(),
             error,
             elapsed: started.elapsed(),
@@ -143,8 +158,9 @@ impl Proxy {
                 route: provider.name.clone(),
             });
         }
-        let token = self.keyring.token(&parsed).await.map_err(keyring_error)?;
-        seen.token = Some(token.clone());
+        let entry = self.keyring.token(&parsed).await.map_err(keyring_error)?;
+        seen.token = Some(entry.clone());
+        let token = &entry.record;
         // The token text names its provider, but the stored secret decides.
         if token.provider != provider.name {
             return Err(ProxyError::WrongProvider {
@@ -152,32 +168,43 @@ impl Proxy {
                 route: provider.name.clone(),
             });
         }
-        let now = clock::now();
-        policy::check(&token, now).map_err(|d| match d {
-            Denial::Revoked(at) => ProxyError::Revoked(clock::format(at)),
-            Denial::Expired(at) => ProxyError::Expired(clock::format(at)),
-        })?;
         if declared_length(&parts.headers).is_some_and(|len| len > self.limits.max_body_bytes) {
             return Err(ProxyError::BodyTooLarge(self.limits.max_body_bytes));
         }
+        let admitted = self
+            .enforcer
+            .admit(&entry, &provider, &parts, route.rest, body)
+            .await?;
         let unlocked = self
             .keyring
-            .credential(&token)
+            .credential(token)
             .await
             .map_err(keyring_error)?;
-        self.keyring.note_use(&token.id, now);
+        self.keyring.note_use(&token.id, clock::now());
         #[cfg(debug_assertions)]
         panic_if_asked(route.rest, &unlocked.secret);
 
         let query = rewrite::strip_token_params(&provider, query);
         let uri = rewrite::upstream_uri(&provider, route.rest, query.as_deref())
             .map_err(|_| ProxyError::BadPath("the path does not form a valid upstream URL"))?;
-        let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let mut upstream_request = Request::new(Body::new(Limited::new(body, limit)));
+        let mut headers = rewrite::forwardable_headers(&provider, &parts.headers);
+        let body = match admitted.body {
+            ForwardBody::Streamed(body) => {
+                let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+                Body::new(Limited::new(body, limit))
+            }
+            ForwardBody::Buffered(bytes) => {
+                // The length comes from the buffered body, which policy may have amended.
+                headers.remove(header::CONTENT_LENGTH);
+                headers.remove(header::TRANSFER_ENCODING);
+                Body::from(bytes)
+            }
+        };
         let method_has_body = parts.method != Method::HEAD;
+        let mut upstream_request = Request::new(body);
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
-        *upstream_request.headers_mut() = rewrite::forwardable_headers(&provider, &parts.headers);
+        *upstream_request.headers_mut() = headers;
         rewrite::inject(&provider, &mut upstream_request, &unlocked.secret).map_err(|_| {
             tracing::error!(token_id = %token.id, "stored credential is not a valid header value");
             ProxyError::CredentialUnavailable
@@ -205,6 +232,7 @@ impl Proxy {
             &scrubber,
             self.limits.read_timeout,
             method_has_body,
+            admitted.admission,
         )
     }
 
@@ -290,6 +318,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 fn keyring_error(e: KeyringError) -> ProxyError {
     match e {
         KeyringError::UnknownToken => ProxyError::UnknownToken,
+        KeyringError::TooDeep => ProxyError::PolicyUnavailable(e.to_string()),
         KeyringError::Store(_) | KeyringError::Timeout => {
             tracing::error!(error = %e, "store lookup failed; refusing the request");
             ProxyError::StoreUnavailable

@@ -19,8 +19,10 @@ use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 use tower_http::timeout::TimeoutBody;
 
-use super::ProxyError;
 use super::rewrite;
+use super::{ProxyError, enforce};
+use crate::policy::limits::Admission;
+use crate::policy::usage::{MeteredBody, UsageMeter};
 use crate::scrub::{self, BoxError, ScrubBody, Scrubber};
 
 /// Read size when decoding a compressed body.
@@ -43,6 +45,7 @@ pub fn to_agent(
     scrubber: &std::sync::Arc<Scrubber>,
     read_timeout: Duration,
     has_body: bool,
+    admission: Option<Admission>,
 ) -> Result<Response, ProxyError> {
     let (mut parts, body) = response.into_parts();
     // Extensions carry hyper's copy of the status line's reason phrase, which an upstream
@@ -63,6 +66,16 @@ pub fn to_agent(
         parts.headers.remove(header::CONTENT_ENCODING);
         parts.headers.remove(header::CONTENT_LENGTH);
         body = decode(coding, body);
+    }
+    if let Some(admission) = admission {
+        // Usage is read before scrubbing: the numbers are no secret, and the masks could
+        // hide them. The admission (concurrency slots) lives as long as the body.
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let meter = UsageMeter::new(content_type);
+        body = MeteredBody::new(body, meter, admission, enforce::charge_usage).boxed_unsync();
     }
     scrub::scrub_headers(scrubber, &mut parts.headers);
     let body = ScrubBody::new(body, scrubber.stream());

@@ -163,7 +163,10 @@ impl Scrubber {
     /// each decoding view of it, `depth` layers deep. A view is only built when an escape
     /// decodes to a byte some pattern contains, or is cut off at the end: other escapes
     /// (`\n`, `\"`…) can't be part of a match.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the recursion carries the position maps of every layer"
+    )]
     fn scan_layers(
         &self,
         nfa: &NFA,

@@ -39,6 +39,9 @@ pub enum StoreError {
     /// A row with this name already exists.
     #[error("{0} already exists")]
     Conflict(String),
+    /// The row is still in use and can't be removed.
+    #[error("{0}")]
+    InUse(String),
     /// The row to change does not exist (or changed under us).
     #[error("{0} not found")]
     NotFound(String),
@@ -120,6 +123,12 @@ pub struct NewToken {
     pub expires_at: Option<i64>,
     /// Creation time (Unix seconds).
     pub created_at: i64,
+    /// The token this one was derived from.
+    pub parent_id: Option<String>,
+    /// The token's own policy (JSON of `PolicySpec`).
+    pub policy: Option<String>,
+    /// A named policy the token also follows.
+    pub policy_name: Option<String>,
 }
 
 /// A stored token joined with its secret's name and provider.
@@ -147,6 +156,102 @@ pub struct TokenRecord {
     pub created_at: i64,
     /// Last time the broker saw it used (flushed every few seconds).
     pub last_used_at: Option<i64>,
+    /// The token this one was derived from.
+    pub parent_id: Option<String>,
+    /// The token's own policy (JSON of `PolicySpec`).
+    pub policy: Option<String>,
+    /// A named policy the token also follows.
+    pub policy_name: Option<String>,
+}
+
+/// A named policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyRecord {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Name tokens refer to it by.
+    pub name: String,
+    /// The policy (JSON of `PolicySpec`).
+    pub spec: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// Where a held request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    /// Waiting for a person.
+    Pending,
+    /// Let through.
+    Approved,
+    /// Refused.
+    Denied,
+    /// Nobody decided in time.
+    Expired,
+}
+
+impl ApprovalState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => ApprovalState::Pending,
+            "approved" => ApprovalState::Approved,
+            "denied" => ApprovalState::Denied,
+            "expired" => ApprovalState::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A request held for approval.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApprovalRecord {
+    /// Row id (`apr_…`).
+    pub id: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// The token that made the request.
+    pub token_id: String,
+    /// What was asked (JSON: agent, provider, method, path, model, rule); never a secret.
+    pub summary: String,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// Why it was denied, if given.
+    pub reason: Option<String>,
+    /// When it was held.
+    pub created_at: i64,
+    /// When it expires undecided.
+    pub expires_at: i64,
+    /// When it was decided.
+    pub decided_at: Option<i64>,
+    /// Who decided.
+    pub decided_by: Option<String>,
+}
+
+/// Usage to add to a token's daily counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The token.
+    pub token_id: String,
+    /// Day number (Unix days, UTC).
+    pub day: i64,
+    /// Requests to add.
+    pub requests: u64,
+    /// LLM tokens to add.
+    pub tokens: u64,
 }
 
 /// Everything the broker and the CLI persist.
@@ -193,10 +298,65 @@ pub trait Store: Send + Sync {
     async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError>;
     /// Find a token by the hash of its text.
     async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
+    /// Find a token by id.
+    async fn token_by_id(&self, tenant: &str, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// All tokens of a tenant, oldest first.
     async fn list_tokens(&self, tenant: &str) -> Result<Vec<TokenRecord>, StoreError>;
-    /// Mark a token revoked; false if there is no such token or it was already revoked.
-    async fn revoke_token(&self, tenant: &str, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Mark a token and every token derived from it revoked; returns how many were, 0 if
+    /// there is no such active token.
+    async fn revoke_token(&self, tenant: &str, id: &str, at: i64) -> Result<u64, StoreError>;
+    /// Replace a token's policy, named policy and expiry; false if there is no such token.
+    async fn update_token_policy(
+        &self,
+        tenant: &str,
+        id: &str,
+        policy: Option<&str>,
+        policy_name: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError>;
+
+    /// Create or replace a named policy.
+    async fn put_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        spec: &str,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    /// A named policy.
+    async fn policy(&self, tenant: &str, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
+    /// Named policies of a tenant, by name.
+    async fn list_policies(&self, tenant: &str) -> Result<Vec<PolicyRecord>, StoreError>;
+    /// Every named policy of every tenant: what a broker loads.
+    async fn all_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
+    /// Remove a named policy; `Conflict` while tokens use it, false if there is none.
+    async fn delete_policy(&self, tenant: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Record a held request.
+    async fn insert_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError>;
+    /// One held request.
+    async fn approval(&self, tenant: &str, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+    /// Held requests of a tenant, newest first; only pending ones unless `all`.
+    async fn list_approvals(
+        &self,
+        tenant: &str,
+        all: bool,
+    ) -> Result<Vec<ApprovalRecord>, StoreError>;
+    /// Decide a pending request; false if it is not pending (any more).
+    async fn decide_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+        state: ApprovalState,
+        reason: Option<&str>,
+        by: &str,
+        at: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// A token's (requests, LLM tokens) counted so far on `day`.
+    async fn usage(&self, token_id: &str, day: i64) -> Result<(u64, u64), StoreError>;
+    /// Add to daily counters.
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
     /// Record when tokens were last used: `(token id, unix time)` pairs.
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError>;
 }

@@ -10,7 +10,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
-use super::{NewSecret, NewToken, SecretRecord, SecretSummary, Store, StoreError, TokenRecord};
+use super::{
+    ApprovalRecord, ApprovalState, NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary,
+    Store, StoreError, TokenRecord, UsageDelta,
+};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
@@ -80,7 +83,8 @@ macro_rules! secret_select {
 macro_rules! token_select {
     () => {
         "SELECT t.id, t.tenant_id, t.agent, t.secret_id, s.name AS secret_name, s.provider, \
-         t.hint, t.expires_at, t.revoked_at, t.created_at, t.last_used_at \
+         t.hint, t.expires_at, t.revoked_at, t.created_at, t.last_used_at, \
+         t.parent_id, t.policy, t.policy_name \
          FROM tokens t JOIN secrets s ON s.id = t.secret_id"
     };
 }
@@ -117,7 +121,44 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, sqlx::Error> {
         revoked_at: row.try_get("revoked_at")?,
         created_at: row.try_get("created_at")?,
         last_used_at: row.try_get("last_used_at")?,
+        parent_id: row.try_get("parent_id")?,
+        policy: row.try_get("policy")?,
+        policy_name: row.try_get("policy_name")?,
     })
+}
+
+fn policy_from_row(row: &SqliteRow) -> Result<PolicyRecord, sqlx::Error> {
+    Ok(PolicyRecord {
+        tenant: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        spec: row.try_get("spec")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn approval_from_row(row: &SqliteRow) -> Result<ApprovalRecord, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    Ok(ApprovalRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant_id")?,
+        token_id: row.try_get("token_id")?,
+        summary: row.try_get("summary")?,
+        state: ApprovalState::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "state".into(),
+            source: format!("unknown approval state {state}").into(),
+        })?,
+        reason: row.try_get("reason")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        decided_at: row.try_get("decided_at")?,
+        decided_by: row.try_get("decided_by")?,
+    })
+}
+
+/// Counters are stored as SQLite integers (i64); they never get near the limit.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -295,8 +336,8 @@ impl Store for SqliteStore {
 
     async fn insert_token(&self, t: &NewToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO tokens (id, tenant_id, agent, secret_id, token_hash, hint, expires_at, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (id, tenant_id, agent, secret_id, token_hash, hint, expires_at, created_at, \
+             parent_id, policy, policy_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.tenant)
@@ -306,6 +347,9 @@ impl Store for SqliteStore {
         .bind(&t.hint)
         .bind(t.expires_at)
         .bind(t.created_at)
+        .bind(&t.parent_id)
+        .bind(&t.policy)
+        .bind(&t.policy_name)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -330,14 +374,230 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(token_from_row).collect::<Result<_, _>>()?)
     }
 
-    async fn revoke_token(&self, tenant: &str, id: &str, at: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL")
-            .bind(at)
+    async fn token_by_id(&self, tenant: &str, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            token_select!(),
+            " WHERE t.tenant_id = ? AND t.id = ?"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(token_from_row).transpose()?)
+    }
+
+    async fn revoke_token(&self, tenant: &str, id: &str, at: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let active: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM tokens WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if active.is_none() {
+            return Ok(0);
+        }
+        // Children die with their parent: revoke the whole subtree.
+        let done = sqlx::query(
+            "WITH RECURSIVE tree(id) AS (SELECT ? UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id) \
+             UPDATE tokens SET revoked_at = ? WHERE tenant_id = ? AND revoked_at IS NULL AND id IN (SELECT id FROM tree)",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn update_token_policy(
+        &self,
+        tenant: &str,
+        id: &str,
+        policy: Option<&str>,
+        policy_name: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE tokens SET policy = ?, policy_name = ?, expires_at = ? WHERE tenant_id = ? AND id = ?")
+            .bind(policy)
+            .bind(policy_name)
+            .bind(expires_at)
             .bind(tenant)
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn put_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        spec: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO policies (tenant_id, name, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant_id, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(spec)
+        .bind(at)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn policy(&self, tenant: &str, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM policies WHERE tenant_id = ? AND name = ?")
+            .bind(tenant)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(policy_from_row).transpose()?)
+    }
+
+    async fn list_policies(&self, tenant: &str) -> Result<Vec<PolicyRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM policies WHERE tenant_id = ? ORDER BY name")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(policy_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn all_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM policies")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(policy_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn delete_policy(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let users: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tokens WHERE tenant_id = ? AND policy_name = ? AND revoked_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if users > 0 {
+            return Err(StoreError::InUse(format!(
+                "policy `{name}` is used by {users} active token(s); update or revoke them first"
+            )));
+        }
+        let done = sqlx::query("DELETE FROM policies WHERE tenant_id = ? AND name = ?")
+            .bind(tenant)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_approval(&self, a: &ApprovalRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO approvals (id, tenant_id, token_id, summary, state, reason, created_at, expires_at, \
+             decided_at, decided_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.id)
+        .bind(&a.tenant)
+        .bind(&a.token_id)
+        .bind(&a.summary)
+        .bind(a.state.as_str())
+        .bind(&a.reason)
+        .bind(a.created_at)
+        .bind(a.expires_at)
+        .bind(a.decided_at)
+        .bind(&a.decided_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn approval(&self, tenant: &str, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM approvals WHERE tenant_id = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(approval_from_row).transpose()?)
+    }
+
+    async fn list_approvals(
+        &self,
+        tenant: &str,
+        all: bool,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM approvals WHERE tenant_id = ? AND (? OR state = 'pending') ORDER BY created_at DESC, id",
+        )
+        .bind(tenant)
+        .bind(all)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(approval_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn decide_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+        state: ApprovalState,
+        reason: Option<&str>,
+        by: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE approvals SET state = ?, reason = ?, decided_by = ?, decided_at = ? \
+             WHERE tenant_id = ? AND id = ? AND state = 'pending'",
+        )
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(by)
+        .bind(at)
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn usage(&self, token_id: &str, day: i64) -> Result<(u64, u64), StoreError> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT requests, tokens FROM usage WHERE token_id = ? AND day = ?")
+                .bind(token_id)
+                .bind(day)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (requests, tokens) = row.unwrap_or_default();
+        Ok((requests.max(0).unsigned_abs(), tokens.max(0).unsigned_abs()))
+    }
+
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for d in deltas {
+            sqlx::query(
+                "INSERT INTO usage (token_id, day, requests, tokens) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (token_id, day) DO UPDATE SET requests = requests + excluded.requests, \
+                 tokens = tokens + excluded.tokens",
+            )
+            .bind(&d.token_id)
+            .bind(d.day)
+            .bind(to_i64(d.requests))
+            .bind(to_i64(d.tokens))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {

@@ -1,0 +1,164 @@
+//! Human in the loop: a request matching `require_approval` is held, with the agent's
+//! connection open, until an operator approves or denies it (CLI or API) or it times out.
+//! A configured webhook is told about each held request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, header};
+use serde::Serialize;
+
+use crate::proxy::UpstreamClient;
+use crate::store::{ApprovalRecord, ApprovalState, Store, StoreError};
+use crate::{clock, tokens};
+
+/// How often a held request checks for a decision.
+const POLL: Duration = Duration::from_millis(250);
+/// Longest wait for the webhook to answer.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an operator (and the webhook) sees of a held request. Never a secret or a body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Agent name of the token.
+    pub agent: String,
+    /// Token id.
+    pub token_id: String,
+    /// Provider.
+    pub provider: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path below the provider's base.
+    pub path: String,
+    /// Model, if the request names one.
+    pub model: Option<String>,
+    /// The `require_approval` rule that matched.
+    pub rule: String,
+}
+
+/// How a hold ended, when not approved.
+#[derive(Debug, thiserror::Error)]
+pub enum NotApproved {
+    /// An operator said no.
+    #[error("an operator denied this request{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Denied {
+        /// The operator's reason.
+        reason: Option<String>,
+    },
+    /// Nobody decided in time.
+    #[error("nobody approved this request within {0:?}")]
+    TimedOut(Duration),
+    /// The store could not record or report the decision.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Holds requests for approval.
+pub struct Approvals {
+    store: Arc<dyn Store>,
+    timeout: Duration,
+    webhook: Option<(http::Uri, UpstreamClient)>,
+}
+
+impl Approvals {
+    /// Hold for at most `timeout`; notify `webhook` (POST JSON) of each held request.
+    pub fn new(
+        store: Arc<dyn Store>,
+        timeout: Duration,
+        webhook: Option<(http::Uri, UpstreamClient)>,
+    ) -> Self {
+        Approvals {
+            store,
+            timeout,
+            webhook,
+        }
+    }
+
+    /// Hold a request until it is decided; `Ok` means approved.
+    pub async fn hold(&self, tenant: &str, summary: Summary) -> Result<(), NotApproved> {
+        let now = clock::now();
+        let timeout_secs = i64::try_from(self.timeout.as_secs()).unwrap_or(i64::MAX);
+        let record = ApprovalRecord {
+            id: format!("apr_{}", tokens::random_base62(12)),
+            tenant: tenant.to_owned(),
+            token_id: summary.token_id.clone(),
+            summary: serde_json::to_string(&summary).unwrap_or_default(),
+            state: ApprovalState::Pending,
+            reason: None,
+            created_at: now,
+            expires_at: now.saturating_add(timeout_secs),
+            decided_at: None,
+            decided_by: None,
+        };
+        self.store.insert_approval(&record).await?;
+        tracing::info!(approval = %record.id, agent = %summary.agent, rule = %summary.rule, "request held for approval");
+        self.notify(&record, &summary);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            tokio::time::sleep(POLL).await;
+            let state = self.store.approval(tenant, &record.id).await?;
+            match state.as_ref().map(|a| a.state) {
+                Some(ApprovalState::Approved) => return Ok(()),
+                Some(ApprovalState::Denied) => {
+                    return Err(NotApproved::Denied {
+                        reason: state.and_then(|a| a.reason),
+                    });
+                }
+                Some(ApprovalState::Expired) | None => {
+                    return Err(NotApproved::TimedOut(self.timeout));
+                }
+                Some(ApprovalState::Pending) if tokio::time::Instant::now() >= deadline => {
+                    let expired = self
+                        .store
+                        .decide_approval(
+                            tenant,
+                            &record.id,
+                            ApprovalState::Expired,
+                            None,
+                            "timeout",
+                            clock::now(),
+                        )
+                        .await?;
+                    // Decided at the last moment: go by the decision.
+                    if !expired {
+                        continue;
+                    }
+                    return Err(NotApproved::TimedOut(self.timeout));
+                }
+                Some(ApprovalState::Pending) => {}
+            }
+        }
+    }
+
+    /// Tell the webhook, without waiting for it: a slow webhook must not delay the hold.
+    fn notify(&self, record: &ApprovalRecord, summary: &Summary) {
+        let Some((uri, client)) = &self.webhook else {
+            return;
+        };
+        let payload = serde_json::json!({
+            "event": "approval.requested",
+            "approval_id": record.id,
+            "created_at": clock::format(record.created_at),
+            "expires_at": clock::format(record.expires_at),
+            "request": summary,
+        });
+        let request = Request::post(uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(payload.to_string()));
+        let (client, id) = (client.clone(), record.id.clone());
+        tokio::spawn(async move {
+            let Ok(request) = request else { return };
+            match tokio::time::timeout(WEBHOOK_TIMEOUT, client.request(request)).await {
+                Ok(Ok(response)) if response.status().is_success() => {}
+                Ok(Ok(response)) => {
+                    tracing::warn!(approval = %id, status = %response.status(), "approval webhook refused the notice")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(approval = %id, error = %e, "approval webhook unreachable")
+                }
+                Err(_) => tracing::warn!(approval = %id, "approval webhook timed out"),
+            }
+        });
+    }
+}

@@ -1,0 +1,317 @@
+//! Rate, concurrency and daily budgets, enforced in memory per token.
+//!
+//! Daily counters are seeded from the store when a token is first seen and their increments
+//! written back every few seconds, so a restart doesn't reset a budget.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
+
+use super::PolicySpec;
+use crate::store::{Store, StoreError, UsageDelta};
+
+const DAY_SECS: i64 = 86_400;
+/// How often usage counters are written back to the store.
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a request is over a limit; it is answered 429.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Limited {
+    /// Requests per minute.
+    #[error("rate limit of {rpm} requests per minute reached")]
+    Rate {
+        /// The limit.
+        rpm: u32,
+        /// When the next request may go.
+        retry_after: Duration,
+    },
+    /// Requests in flight.
+    #[error("concurrency limit of {max} requests in flight reached")]
+    Concurrency {
+        /// The limit.
+        max: u32,
+    },
+    /// Requests per day.
+    #[error("daily budget of {max} requests is used up")]
+    DailyRequests {
+        /// The limit.
+        max: u64,
+        /// Until the UTC day ends.
+        retry_after: Duration,
+    },
+    /// Tokens per day.
+    #[error("daily budget of {max} LLM tokens is used up ({used} used)")]
+    DailyTokens {
+        /// The limit.
+        max: u64,
+        /// Tokens used today.
+        used: u64,
+        /// Until the UTC day ends.
+        retry_after: Duration,
+    },
+}
+
+impl Limited {
+    /// How long the agent should wait before trying again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Limited::Rate { retry_after, .. }
+            | Limited::DailyRequests { retry_after, .. }
+            | Limited::DailyTokens { retry_after, .. } => *retry_after,
+            Limited::Concurrency { .. } => Duration::from_secs(1),
+        }
+    }
+
+    /// Whether a budget (rather than a rate) ran out.
+    pub fn is_budget(&self) -> bool {
+        matches!(
+            self,
+            Limited::DailyRequests { .. } | Limited::DailyTokens { .. }
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Day {
+    day: i64,
+    requests: u64,
+    tokens: u64,
+    unsaved_requests: u64,
+    unsaved_tokens: u64,
+}
+
+/// The counters of one token.
+pub struct TokenLimits {
+    id: String,
+    rate: Mutex<Option<(NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
+    in_flight: Arc<AtomicU32>,
+    day: Mutex<Day>,
+}
+
+/// Releases a concurrency slot when dropped (when the response body ends).
+pub struct InFlight(Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl TokenLimits {
+    fn rate_limiter(&self, rpm: NonZeroU32) -> Arc<DefaultDirectRateLimiter> {
+        let mut rate = self.rate.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*rate {
+            Some((current, limiter)) if *current == rpm => Arc::clone(limiter),
+            _ => {
+                let limiter = Arc::new(RateLimiter::direct(Quota::per_minute(rpm)));
+                *rate = Some((rpm, Arc::clone(&limiter)));
+                limiter
+            }
+        }
+    }
+
+    fn roll(day: &mut Day, today: i64) {
+        if day.day != today {
+            *day = Day {
+                day: today,
+                ..Day::default()
+            };
+        }
+    }
+}
+
+/// Counters for every token seen, shared by all requests.
+pub struct Limits {
+    store: Arc<dyn Store>,
+    tokens: Mutex<HashMap<String, Arc<TokenLimits>>>,
+}
+
+/// The slots and charges one request holds; dropping it frees the concurrency slots.
+#[derive(Default)]
+pub struct Admission {
+    in_flight: Vec<InFlight>,
+    charged: Vec<Arc<TokenLimits>>,
+}
+
+impl Admission {
+    /// The tokens whose budgets this request counts against.
+    pub fn charged(&self) -> &[Arc<TokenLimits>] {
+        &self.charged
+    }
+}
+
+impl Limits {
+    /// Counters backed by `store` for daily usage.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Limits {
+            store,
+            tokens: Mutex::default(),
+        }
+    }
+
+    /// The counters of token `id`, loading today's usage from the store the first time.
+    pub async fn of(&self, id: &str, now: i64) -> Result<Arc<TokenLimits>, StoreError> {
+        if let Some(found) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+        {
+            return Ok(Arc::clone(found));
+        }
+        let today = now.div_euclid(DAY_SECS);
+        let (requests, tokens) = self.store.usage(id, today).await?;
+        let fresh = Arc::new(TokenLimits {
+            id: id.to_owned(),
+            rate: Mutex::new(None),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            day: Mutex::new(Day {
+                day: today,
+                requests,
+                tokens,
+                ..Day::default()
+            }),
+        });
+        let mut map = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(Arc::clone(map.entry(id.to_owned()).or_insert(fresh)))
+    }
+
+    /// Admit one request against every link of a token's chain (`(counters, spec)` pairs),
+    /// or say which limit stops it. Budgets are checked before anything is charged.
+    pub fn admit(
+        &self,
+        links: &[(Arc<TokenLimits>, &PolicySpec)],
+        now: i64,
+    ) -> Result<Admission, Limited> {
+        let today = now.div_euclid(DAY_SECS);
+        let until_tomorrow =
+            Duration::from_secs(u64::try_from((today + 1) * DAY_SECS - now).unwrap_or(1));
+        for (counters, spec) in links {
+            let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
+            TokenLimits::roll(&mut day, today);
+            if let Some(max) = spec.daily_requests
+                && day.requests >= max
+            {
+                return Err(Limited::DailyRequests {
+                    max,
+                    retry_after: until_tomorrow,
+                });
+            }
+            if let Some(max) = spec.daily_tokens
+                && day.tokens >= max
+            {
+                return Err(Limited::DailyTokens {
+                    max,
+                    used: day.tokens,
+                    retry_after: until_tomorrow,
+                });
+            }
+        }
+        let mut admission = Admission::default();
+        for (counters, spec) in links {
+            if let Some(max) = spec.concurrency {
+                let taken =
+                    counters
+                        .in_flight
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            (n < max.get()).then_some(n + 1)
+                        });
+                if taken.is_err() {
+                    return Err(Limited::Concurrency { max: max.get() });
+                }
+                admission
+                    .in_flight
+                    .push(InFlight(Arc::clone(&counters.in_flight)));
+            }
+        }
+        for (counters, spec) in links {
+            if let Some(rpm) = spec.rpm {
+                let limiter = counters.rate_limiter(rpm);
+                if let Err(not_until) = limiter.check() {
+                    let clock = governor::clock::DefaultClock::default();
+                    return Err(Limited::Rate {
+                        rpm: rpm.get(),
+                        retry_after: not_until
+                            .wait_time_from(clock.now())
+                            .max(Duration::from_secs(1)),
+                    });
+                }
+            }
+        }
+        for (counters, _) in links {
+            let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
+            day.requests += 1;
+            day.unsaved_requests += 1;
+            admission.charged.push(Arc::clone(counters));
+        }
+        Ok(admission)
+    }
+
+    /// Count LLM tokens a request used against every token it was charged to.
+    pub fn add_tokens(charged: &[Arc<TokenLimits>], tokens: u64, now: i64) {
+        let today = now.div_euclid(DAY_SECS);
+        for counters in charged {
+            let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
+            TokenLimits::roll(&mut day, today);
+            day.tokens += tokens;
+            day.unsaved_tokens += tokens;
+        }
+    }
+
+    /// Write usage back every few seconds until the task is dropped.
+    pub async fn run_flush_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = %e, "could not record usage counters; will retry");
+            }
+        }
+    }
+
+    /// Write unsaved usage to the store; on failure it is kept for the next try.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let all: Vec<Arc<TokenLimits>> = self
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut deltas = Vec::new();
+        for counters in &all {
+            let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
+            if day.unsaved_requests + day.unsaved_tokens > 0 {
+                deltas.push(UsageDelta {
+                    token_id: counters.id.clone(),
+                    day: day.day,
+                    requests: std::mem::take(&mut day.unsaved_requests),
+                    tokens: std::mem::take(&mut day.unsaved_tokens),
+                });
+            }
+        }
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let result = self.store.add_usage(&deltas).await;
+        if result.is_err() {
+            let by_id: HashMap<&str, &Arc<TokenLimits>> =
+                all.iter().map(|c| (c.id.as_str(), c)).collect();
+            for delta in &deltas {
+                if let Some(counters) = by_id.get(delta.token_id.as_str()) {
+                    let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
+                    if day.day == delta.day {
+                        day.unsaved_requests += delta.requests;
+                        day.unsaved_tokens += delta.tokens;
+                    }
+                }
+            }
+        }
+        result
+    }
+}

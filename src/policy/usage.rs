@@ -1,0 +1,232 @@
+//! Counting the LLM tokens a response used, from the provider's own `usage` report, in a
+//! JSON body or an SSE stream, while the body streams to the agent.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use serde_json::Value;
+
+use crate::scrub::BoxError;
+
+/// Largest JSON body kept to read its usage (LLM answers are far smaller).
+const MAX_JSON: usize = 8 * 1024 * 1024;
+
+/// Usage reported so far in one response.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    total: u64,
+    input: u64,
+    output: u64,
+}
+
+impl Usage {
+    /// Tokens used: the reported total, or input plus output where no total is given.
+    pub fn tokens(&self) -> u64 {
+        self.total.max(self.input + self.output)
+    }
+
+    /// Take in one JSON document (a body, or one SSE event): OpenAI-style `usage.total_tokens`,
+    /// Anthropic's `usage` / `message.usage` input and output (cumulative in streams), and
+    /// Gemini's `usageMetadata.totalTokenCount`.
+    pub fn absorb(&mut self, doc: &Value) {
+        let n = |v: &Value| v.as_u64();
+        if let Some(total) =
+            n(&doc["usage"]["total_tokens"]).or_else(|| n(&doc["usageMetadata"]["totalTokenCount"]))
+        {
+            self.total = self.total.max(total);
+        }
+        for usage in [&doc["usage"], &doc["message"]["usage"]] {
+            if let Some(input) = n(&usage["input_tokens"]) {
+                self.input = self.input.max(input);
+            }
+            if let Some(output) = n(&usage["output_tokens"]) {
+                self.output = self.output.max(output);
+            }
+        }
+    }
+}
+
+/// Reads usage out of a response as it passes.
+#[derive(Debug)]
+pub struct UsageMeter {
+    sse: bool,
+    /// A JSON body so far, or the current unfinished SSE line.
+    buf: Vec<u8>,
+    overflow: bool,
+    usage: Usage,
+}
+
+impl UsageMeter {
+    /// A meter for a response with this content type.
+    pub fn new(content_type: Option<&str>) -> Self {
+        UsageMeter {
+            sse: content_type.is_some_and(|t| t.starts_with("text/event-stream")),
+            buf: Vec::new(),
+            overflow: false,
+            usage: Usage::default(),
+        }
+    }
+
+    /// See one chunk of the body.
+    pub fn observe(&mut self, chunk: &[u8]) {
+        if !self.sse {
+            if self.buf.len() + chunk.len() > MAX_JSON {
+                self.overflow = true;
+                self.buf = Vec::new();
+            }
+            if !self.overflow {
+                self.buf.extend_from_slice(chunk);
+            }
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
+        while let Some(end) = memchr::memchr(b'\n', &self.buf) {
+            let line: Vec<u8> = self.buf.drain(..=end).collect();
+            self.event_line(&line);
+        }
+        if self.buf.len() > MAX_JSON {
+            self.buf.clear();
+        }
+    }
+
+    fn event_line(&mut self, line: &[u8]) {
+        if let Some(data) = line.strip_prefix(b"data:")
+            && let Ok(doc) = serde_json::from_slice::<Value>(data.trim_ascii())
+        {
+            self.usage.absorb(&doc);
+        }
+    }
+
+    /// The body ended: the tokens it reported.
+    pub fn finish(mut self) -> u64 {
+        if self.sse {
+            let rest = std::mem::take(&mut self.buf);
+            self.event_line(&rest);
+        } else if let Ok(doc) = serde_json::from_slice::<Value>(&self.buf) {
+            self.usage.absorb(&doc);
+        }
+        self.usage.tokens()
+    }
+}
+
+/// A response body that meters usage and reports it once, when the body ends or is dropped
+/// (an agent that hangs up mid-stream still pays for what was generated). Whatever it owns
+/// besides (concurrency slots) is released at the same moment.
+pub struct MeteredBody<T: Send + 'static> {
+    inner: UnsyncBoxBody<Bytes, BoxError>,
+    meter: Option<UsageMeter>,
+    on_end: Option<Box<dyn FnOnce(u64, T) + Send>>,
+    held: Option<T>,
+}
+
+impl<T: Send + 'static> MeteredBody<T> {
+    /// Meter `inner`; `on_end(tokens, held)` runs exactly once.
+    pub fn new(
+        inner: UnsyncBoxBody<Bytes, BoxError>,
+        meter: UsageMeter,
+        held: T,
+        on_end: impl FnOnce(u64, T) + Send + 'static,
+    ) -> Self {
+        MeteredBody {
+            inner,
+            meter: Some(meter),
+            on_end: Some(Box::new(on_end)),
+            held: Some(held),
+        }
+    }
+
+    fn report(&mut self) {
+        if let (Some(meter), Some(on_end), Some(held)) =
+            (self.meter.take(), self.on_end.take(), self.held.take())
+        {
+            on_end(meter.finish(), held);
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for MeteredBody<T> {
+    fn drop(&mut self) {
+        self.report();
+    }
+}
+
+impl<T: Send + Unpin + 'static> Body for MeteredBody<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(data), Some(meter)) = (f.data_ref(), this.meter.as_mut()) {
+                    meter.observe(data);
+                }
+            }
+            None => this.report(),
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meter(content_type: &str, chunks: &[&str]) -> u64 {
+        let mut m = UsageMeter::new(Some(content_type));
+        for c in chunks {
+            m.observe(c.as_bytes());
+        }
+        m.finish()
+    }
+
+    #[test]
+    fn each_providers_usage_is_read_from_json_bodies() {
+        let openai =
+            json!({"usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
+                .to_string();
+        assert_eq!(
+            meter("application/json", &[&openai[..10], &openai[10..]]),
+            9
+        );
+        let anthropic = json!({"usage": {"input_tokens": 7, "output_tokens": 3}}).to_string();
+        assert_eq!(meter("application/json", &[&anthropic]), 10);
+        let gemini = json!({"usageMetadata": {"totalTokenCount": 12}}).to_string();
+        assert_eq!(meter("application/json", &[&gemini]), 12);
+        assert_eq!(meter("application/json", &["not json"]), 0);
+    }
+
+    #[test]
+    fn usage_in_sse_streams_is_read_across_chunk_boundaries() {
+        let openai = "data: {\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":21}}\n\ndata: [DONE]\n\n";
+        assert_eq!(
+            meter(
+                "text/event-stream",
+                &[&openai[..30], &openai[30..50], &openai[50..]]
+            ),
+            21
+        );
+        let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":8,\"output_tokens\":1}}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n\n";
+        assert_eq!(meter("text/event-stream; charset=utf-8", &[anthropic]), 13);
+        let gemini = "data: {\"usageMetadata\":{\"totalTokenCount\":4}}\r\n\r\ndata: {\"usageMetadata\":{\"totalTokenCount\":9}}";
+        assert_eq!(meter("text/event-stream", &[gemini]), 9);
+    }
+}

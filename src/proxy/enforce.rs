@@ -1,0 +1,263 @@
+//! Policy on the request path: the token chain's lifetimes and rules, the request body when
+//! a rule needs it, approval holds, and rate, concurrency and budget admission.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Method, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+
+use super::ProxyError;
+use crate::approvals::{Approvals, NotApproved, Summary};
+use crate::clock;
+use crate::keyring::TokenEntry;
+use crate::policy::limits::{Admission, Limits};
+use crate::policy::{self, Denial, PolicySpec, RequestFacts, RequestPath, Verdict};
+use crate::providers::{ModelIn, Provider};
+
+/// The request body as it will be forwarded: streamed untouched, or read for policy.
+pub enum ForwardBody {
+    /// Not read by the broker.
+    Streamed(Body),
+    /// Read (and possibly amended) for policy; sent as is.
+    Buffered(Bytes),
+}
+
+/// A request that passed policy.
+pub struct Admitted {
+    /// What to send upstream.
+    pub body: ForwardBody,
+    /// Slots and charges held until the response ends; `None` when no link has limits.
+    pub admission: Option<Admission>,
+}
+
+/// Applies policy to requests: holds the counters and the approval queue.
+pub struct Enforcer {
+    counters: Arc<Limits>,
+    approvals: Approvals,
+    /// Largest body read for a rule.
+    policy_body_limit: usize,
+    /// Largest body held for approval (the forwarding limit).
+    forward_body_limit: usize,
+}
+
+/// Every policy of every link, nearest first; a policy that can't be read refuses the request.
+fn specs(entry: &TokenEntry) -> Result<Vec<(&TokenEntry, &PolicySpec)>, ProxyError> {
+    let mut out = Vec::new();
+    for link in entry.chain() {
+        for policy in &link.policies {
+            let spec = policy
+                .as_ref()
+                .map_err(|why| ProxyError::PolicyUnavailable(why.clone()))?;
+            out.push((link, spec.as_ref()));
+        }
+    }
+    Ok(out)
+}
+
+impl Enforcer {
+    /// Policy enforcement over these counters and approvals, reading bodies up to the limits.
+    pub fn new(
+        counters: Arc<Limits>,
+        approvals: Approvals,
+        policy_body_limit: usize,
+        forward_body_limit: usize,
+    ) -> Self {
+        Enforcer {
+            counters,
+            approvals,
+            policy_body_limit,
+            forward_body_limit,
+        }
+    }
+
+    /// Check a request against its token's whole chain and admit it, or say why not.
+    pub async fn admit(
+        &self,
+        entry: &TokenEntry,
+        provider: &Provider,
+        parts: &Parts,
+        rest: &str,
+        body: Body,
+    ) -> Result<Admitted, ProxyError> {
+        let now = clock::now();
+        for link in entry.chain() {
+            let own = link.record.id == entry.record.id;
+            policy::check_lifetime(&link.record, now).map_err(|d| match d {
+                Denial::Revoked(at) if own => {
+                    ProxyError::Revoked(format!("at {}", clock::format(at)))
+                }
+                Denial::Expired(at) if own => {
+                    ProxyError::Expired(format!("at {}", clock::format(at)))
+                }
+                Denial::Revoked(_) => ProxyError::Revoked("with its parent token".to_owned()),
+                _ => ProxyError::Expired("with its parent token".to_owned()),
+            })?;
+        }
+        let specs = specs(entry)?;
+        if specs.is_empty() {
+            return Ok(Admitted {
+                body: ForwardBody::Streamed(body),
+                admission: None,
+            });
+        }
+        let path = RequestPath::new(&parts.method, rest);
+        let model_in_body = provider.model_in == ModelIn::Body;
+        let count_stream_usage = provider.stream_usage_opt_in
+            && parts.method == Method::POST
+            && specs.iter().any(|(_, s)| s.daily_tokens.is_some());
+        let needs_json =
+            specs.iter().any(|(_, s)| s.needs_body(model_in_body)) || count_stream_usage;
+        let mut body = if needs_json {
+            ForwardBody::Buffered(read(body, parts, self.policy_body_limit).await?)
+        } else {
+            ForwardBody::Streamed(body)
+        };
+        let json = match &body {
+            ForwardBody::Buffered(bytes) => {
+                parse_json(bytes, specs.iter().any(|(_, s)| !s.body.is_empty()))?
+            }
+            ForwardBody::Streamed(_) => None,
+        };
+        let facts = RequestFacts {
+            path: &path,
+            model: provider.model_in.find(path.path(), json.as_ref()),
+            body: json.as_ref(),
+        };
+        let mut hold_for = None;
+        for (_, spec) in &specs {
+            if let Verdict::Approve(rule) =
+                policy::check_request(spec, &facts).map_err(ProxyError::Policy)?
+            {
+                hold_for.get_or_insert(rule);
+            }
+        }
+        if count_stream_usage && let Some(amended) = ask_for_stream_usage(json.as_ref()) {
+            body = ForwardBody::Buffered(amended);
+        }
+        if let Some(rule) = hold_for {
+            if let ForwardBody::Streamed(streamed) = body {
+                // A held request is sent later, so its body must wait with it.
+                body = ForwardBody::Buffered(read(streamed, parts, self.forward_body_limit).await?);
+            }
+            let summary = Summary {
+                agent: entry.record.agent.clone(),
+                token_id: entry.record.id.clone(),
+                provider: provider.name.clone(),
+                method: parts.method.to_string(),
+                path: path.path().to_owned(),
+                model: facts.model.map(str::to_owned),
+                rule,
+            };
+            self.approvals.hold(&entry.record.tenant, summary).await.map_err(|e| match e {
+            NotApproved::Denied { .. } => ProxyError::ApprovalDenied(e.to_string()),
+            NotApproved::TimedOut(_) => ProxyError::ApprovalTimedOut(e.to_string()),
+            NotApproved::Store(e) => {
+                tracing::error!(error = %e, "approval could not be recorded; refusing the request");
+                ProxyError::StoreUnavailable
+            }
+        })?;
+        }
+        let mut links = Vec::new();
+        for (link, spec) in specs.iter().filter(|(_, s)| s.has_limits()) {
+            let counters = self.counters.of(&link.record.id, now).await.map_err(|e| {
+            tracing::error!(error = %e, "usage counters could not be loaded; refusing the request");
+            ProxyError::StoreUnavailable
+        })?;
+            links.push((counters, *spec));
+        }
+        let admission = if links.is_empty() {
+            None
+        } else {
+            Some(
+                self.counters
+                    .admit(&links, clock::now())
+                    .map_err(ProxyError::Limited)?,
+            )
+        };
+        Ok(Admitted { body, admission })
+    }
+}
+
+/// Read a body up to `limit` bytes.
+async fn read(body: Body, parts: &Parts, limit: usize) -> Result<Bytes, ProxyError> {
+    if parts.headers.contains_key(header::CONTENT_ENCODING) {
+        return Err(ProxyError::BadBody(
+            "a compressed request body can't be checked against the token's policy",
+        ));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge(limit as u64)),
+        Err(_) => Err(ProxyError::BadBody("the request body could not be read")),
+    }
+}
+
+/// The body as JSON; an empty body is none, and a non-JSON one is refused only when a body
+/// rule needs to read it.
+fn parse_json(bytes: &Bytes, required: bool) -> Result<Option<Value>, ProxyError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(json) => Ok(Some(json)),
+        Err(_) if required => Err(ProxyError::BadBody(
+            "the token's policy checks the request body, which must be JSON",
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+/// For a streaming OpenAI-style request, ask for the usage report so a token budget can be
+/// charged (`stream_options.include_usage`); `None` if nothing needs to change.
+fn ask_for_stream_usage(json: Option<&Value>) -> Option<Bytes> {
+    let mut json = json?.clone();
+    if json.get("stream") != Some(&Value::Bool(true))
+        || json["stream_options"]["include_usage"] == true
+    {
+        return None;
+    }
+    let object = json.as_object_mut()?;
+    let options = object
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Default::default()));
+    options
+        .as_object_mut()?
+        .insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&json).ok().map(Bytes::from)
+}
+
+/// Count the tokens a response reported against everything its request was charged to.
+pub fn charge_usage(tokens: u64, admission: Admission) {
+    Limits::add_tokens(admission.charged(), tokens, clock::now());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn streaming_requests_are_amended_to_report_usage_once() {
+        let amended = ask_for_stream_usage(Some(&json!({"stream": true, "model": "m"}))).unwrap();
+        let v: Value = serde_json::from_slice(&amended).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+        assert!(ask_for_stream_usage(Some(&v)).is_none());
+        assert!(ask_for_stream_usage(Some(&json!({"stream": false}))).is_none());
+        assert!(ask_for_stream_usage(None).is_none());
+    }
+
+    #[test]
+    fn only_body_rules_insist_on_json() {
+        assert_eq!(parse_json(&Bytes::from_static(b"  "), true).unwrap(), None);
+        assert!(parse_json(&Bytes::from_static(b"not json"), true).is_err());
+        assert_eq!(
+            parse_json(&Bytes::from_static(b"not json"), false).unwrap(),
+            None
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! `POST /seks/v1/tokens/derive`: an agent mints a narrower, shorter-lived child of its own
+//! token for a sub-agent, without operator rights. The child can never widen anything: its
+//! requests must also pass every policy of its ancestors, and it dies with its parent.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::grants::{self, GrantError};
+use crate::keyring::KeyringError;
+use crate::policy::PolicySpec;
+use crate::proxy::SEKS_ERROR_HEADER;
+use crate::{clock, tokens};
+
+/// What the agent asks for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveRequest {
+    /// Lifetime (`10m`); at most the parent's remaining lifetime, an hour by default.
+    #[serde(default, with = "humantime_serde_opt")]
+    ttl: Option<Duration>,
+    /// Name for the sub-agent.
+    agent: Option<String>,
+    /// The child's own policy (same fields as a policy file).
+    policy: Option<PolicySpec>,
+}
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
+    let mut response = (
+        status,
+        Json(json!({"error": {"message": message, "type": "seks_error", "code": code}})),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(SEKS_ERROR_HEADER, http::HeaderValue::from_static(code));
+    response
+}
+
+/// Handle a derive request.
+pub async fn derive(
+    State(state): State<std::sync::Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(text) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "send your SEKS token as Authorization: Bearer <token>",
+        );
+    };
+    let parsed = match tokens::parse(text.trim()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "malformed_token",
+                &format!("invalid SEKS token: {e}"),
+            );
+        }
+    };
+    let request: DeriveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DeriveRequest {
+            ttl: None,
+            agent: None,
+            policy: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("invalid derive request: {e}"),
+                );
+            }
+        }
+    };
+    let entry = match state.keyring.token(&parsed).await {
+        Ok(entry) => entry,
+        Err(KeyringError::UnknownToken) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unknown_token",
+                "unknown SEKS token",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "token lookup failed; refusing to derive");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the broker's store is unavailable",
+            );
+        }
+    };
+    let ttl = request
+        .ttl
+        .map(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
+    let minted = grants::derive(
+        state.store.as_ref(),
+        &entry.record,
+        request.policy.as_ref(),
+        ttl,
+        request.agent.as_deref(),
+        clock::now(),
+    )
+    .await;
+    match minted {
+        Ok(minted) => {
+            tracing::info!(parent = %entry.record.id, child = %minted.record.id, "token derived by its agent");
+            (
+                StatusCode::CREATED,
+                Json(json!({
+                    "token": minted.token.expose_secret(),
+                    "id": minted.record.id,
+                    "parent_id": entry.record.id,
+                    "provider": entry.record.provider,
+                    "agent": minted.record.agent,
+                    "expires_at": minted.record.expires_at.map(clock::format),
+                })),
+            )
+                .into_response()
+        }
+        Err(GrantError::Store(e)) => {
+            tracing::error!(error = %e, "could not store a derived token");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the broker's store is unavailable",
+            )
+        }
+        Err(e @ GrantError::Parent(_)) => {
+            error(StatusCode::FORBIDDEN, "derive_refused", &e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    }
+}
+
+/// `Option<Duration>` from human text (`10m`).
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("ttl `{text}`: {e}")))
+    }
+}

@@ -139,9 +139,17 @@ impl Enforcer {
             body = ForwardBody::Buffered(amended);
         }
         if let Some(rule) = hold_for {
+            let mut model = facts.model.map(str::to_owned);
             if let ForwardBody::Streamed(streamed) = body {
-                // A held request is sent later, so its body must wait with it.
-                body = ForwardBody::Buffered(read(streamed, parts, self.forward_body_limit).await?);
+                // A held request is sent later, so its body must wait with it; the model it
+                // names helps the person deciding.
+                let bytes = read(streamed, parts, self.forward_body_limit).await?;
+                let json = parse_json(&bytes, false)?;
+                model = provider
+                    .model_in
+                    .find(path.path(), json.as_ref())
+                    .map(str::to_owned);
+                body = ForwardBody::Buffered(bytes);
             }
             let summary = Summary {
                 agent: entry.record.agent.clone(),
@@ -149,7 +157,7 @@ impl Enforcer {
                 provider: provider.name.clone(),
                 method: parts.method.to_string(),
                 path: path.path().to_owned(),
-                model: facts.model.map(str::to_owned),
+                model,
                 rule,
             };
             self.approvals.hold(&entry.record.tenant, summary).await.map_err(|e| match e {

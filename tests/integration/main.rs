@@ -8,6 +8,7 @@ mod failures;
 mod hygiene;
 mod passthrough;
 mod path_escape;
+mod policies;
 mod scrubbing;
 mod sdk;
 mod tls_upstream;

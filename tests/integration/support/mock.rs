@@ -53,6 +53,14 @@ pub struct MockUpstream {
     seen: Arc<Mutex<Vec<Seen>>>,
     gate: Arc<Notify>,
     connections: Arc<Mutex<u32>>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Requests being handled now, and the most at once.
+#[derive(Default)]
+struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
 }
 
 type MockBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -74,13 +82,20 @@ impl MockUpstream {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let gate = Arc::new(Notify::new());
         let connections: Arc<Mutex<u32>> = Arc::default();
-        let (s, g, c) = (seen.clone(), gate.clone(), connections.clone());
+        let in_flight: Arc<InFlight> = Arc::default();
+        let (s, g, c, f) = (
+            seen.clone(),
+            gate.clone(),
+            connections.clone(),
+            in_flight.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 *c.lock().unwrap() += 1;
-                let (s, g, tls) = (s.clone(), g.clone(), tls.clone());
+                let (s, g, f, tls) = (s.clone(), g.clone(), f.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, s.clone(), g.clone()));
+                    let service =
+                        service_fn(move |req| counted(req, s.clone(), g.clone(), f.clone()));
                     match tls {
                         None => {
                             let _ = hyper::server::conn::http1::Builder::new()
@@ -106,7 +121,13 @@ impl MockUpstream {
             seen,
             gate,
             connections,
+            in_flight,
         }
+    }
+
+    /// The most requests that were being handled at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight.max.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -127,6 +148,20 @@ impl MockUpstream {
     pub fn release(&self) {
         self.gate.notify_one();
     }
+}
+
+async fn counted(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<Notify>,
+    in_flight: Arc<InFlight>,
+) -> Result<Response<MockBody>, Infallible> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = in_flight.now.fetch_add(1, SeqCst) + 1;
+    in_flight.max.fetch_max(now, SeqCst);
+    let response = handle(req, seen, gate).await;
+    in_flight.now.fetch_sub(1, SeqCst);
+    response
 }
 
 async fn handle(
@@ -159,6 +194,7 @@ async fn handle(
     };
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let stream = json["stream"] == true;
+    let stream_usage = json["stream_options"]["include_usage"] == true;
     let injected = injected_credential(&headers);
     let query = req_query;
     seen.lock().unwrap().push(Seen {
@@ -171,7 +207,7 @@ async fn handle(
 
     let response = if path.ends_with("/chat/completions") {
         if stream {
-            sse(openai_stream())
+            sse(openai_stream(stream_usage))
         } else {
             json_response(openai_completion())
         }
@@ -189,6 +225,9 @@ async fn handle(
         json_response(serde_json::json!({"login": "octocat", "id": 1}))
     } else if path.ends_with("/gated") {
         gated(gate)
+    } else if path.ends_with("/sleep") {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        json_response(serde_json::json!({"slept": true}))
     } else if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(30)).await;
         json_response(serde_json::json!({"late": true}))
@@ -424,7 +463,8 @@ fn openai_completion() -> serde_json::Value {
     })
 }
 
-fn openai_stream() -> Vec<String> {
+/// Like OpenAI: the usage chunk only comes when the request asked for it.
+fn openai_stream(with_usage: bool) -> Vec<String> {
     let chunk = |content: &str, finish: Option<&str>| {
         let delta = if content.is_empty() {
             serde_json::json!({})
@@ -439,13 +479,21 @@ fn openai_stream() -> Vec<String> {
             })
         )
     };
-    vec![
+    let mut events = vec![
         chunk("Hello", None),
         chunk(" from", None),
         chunk(" the mock", None),
         chunk("", Some("stop")),
-        "data: [DONE]\n\n".into(),
-    ]
+    ];
+    if with_usage {
+        let usage = serde_json::json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-mini",
+            "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+        });
+        events.push(format!("data: {usage}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".into());
+    events
 }
 
 fn anthropic_message() -> serde_json::Value {

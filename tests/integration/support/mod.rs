@@ -237,9 +237,19 @@ impl Broker {
         format!("{}{path}", self.base)
     }
 
-    /// Stop with SIGTERM-equivalent (kill) and wait.
+    /// Kill the broker (SIGKILL) and wait.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Ask the broker to shut down (SIGTERM) and wait for it to exit.
+    pub async fn terminate(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
     }
 }
 

@@ -1,0 +1,570 @@
+//! Least privilege per token, through a running broker with the official OpenAI SDK: rules,
+//! models and body limits, rate, concurrency and budgets, child tokens, approvals.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::mock::MockUpstream;
+use crate::support::{Env, run_python};
+
+const KEY: &str = "sk-proj-POLICY-real-key-0123456789";
+
+/// Run `policy_client.py` and return the JSON object it printed for each call.
+async fn sdk(base: &str, token: &str, args: &[&str]) -> Vec<Value> {
+    let out = run_python(
+        "policy_client.py",
+        args,
+        &[("SEKS_BASE_URL", base), ("SEKS_TOKEN", token)],
+    )
+    .await;
+    assert!(out.status.success(), "{args:?}: {out:#?}");
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+async fn setup(extra_config: &str) -> (MockUpstream, Env) {
+    let mock = MockUpstream::start().await;
+    let env = Env::new(&crate::support::config_for(&mock.url(), extra_config));
+    env.add_secret("main", "openai", KEY).await;
+    (mock, env)
+}
+
+fn write(env: &Env, name: &str, text: &str) -> String {
+    let path = env.data_dir().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn paths_models_and_bodies_outside_the_policy_are_refused_before_the_upstream() {
+    let (mock, env) = setup("").await;
+    let file = write(
+        &env,
+        "p.toml",
+        r#"
+allow = ["POST /v1/chat/completions", "GET /v1/models"]
+deny = ["* /v1/files/**"]
+models = ["gpt-4o-mini"]
+body = [{ pointer = "/max_tokens", max = 4096 }]
+"#,
+    );
+    let token = env.create_token("main", &["--policy", &file]).await;
+    let broker = env.serve().await;
+    let base = broker.url("/api/openai/v1");
+
+    let ok = sdk(&base, &token, &["chat", "gpt-4o-mini", "100"]).await;
+    assert_eq!(ok[0]["status"], 200, "{ok:?}");
+    let cases: [(&[&str], &str); 4] = [
+        (&["files"], "deny: * /v1/files/**"),
+        (
+            &["chat", "gpt-4o"],
+            "model `gpt-4o` is not allowed by this token's policy (allowed: gpt-4o-mini)",
+        ),
+        (
+            &["chat", "gpt-4o-mini", "9000"],
+            "/max_tokens = 9000 is out of bounds",
+        ),
+        (
+            &["burst", "1", "/embeddings"],
+            "GET /v1/embeddings is not in this token's allow list",
+        ),
+    ];
+    for (args, message) in cases {
+        let got = &sdk(&base, &token, args).await[0];
+        assert_eq!(
+            (got["status"].as_u64(), got["code"].as_str()),
+            (Some(403), Some("policy_denied")),
+            "{args:?}: {got}"
+        );
+        assert!(
+            got["message"].as_str().unwrap().contains(message),
+            "{args:?}: {got}"
+        );
+    }
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "only the allowed call may reach the upstream"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn rpm_and_concurrency_hold_under_concurrent_load() {
+    let (mock, env) = setup("").await;
+    let limited = env
+        .create_token("main", &["--rpm", "5", "--agent", "rpm"])
+        .await;
+    let narrow = env
+        .create_token("main", &["--concurrency", "2", "--agent", "narrow"])
+        .await;
+    let broker = env.serve().await;
+    let base = broker.url("/api/openai/v1");
+
+    let results = sdk(&base, &limited, &["burst", "12", "/models"]).await;
+    let passed = results.iter().filter(|r| r["status"] == 200).count();
+    assert_eq!(passed, 5, "{results:?}");
+    for r in results.iter().filter(|r| r["status"] != 200) {
+        assert_eq!(
+            (r["status"].as_u64(), r["code"].as_str()),
+            (Some(429), Some("rate_limited")),
+            "{r}"
+        );
+        assert!(
+            r["retry_after"]
+                .as_str()
+                .is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)),
+            "{r}"
+        );
+    }
+    assert_eq!(mock.requests().len(), 5);
+
+    let results = sdk(&base, &narrow, &["burst", "6", "/sleep"]).await;
+    let passed = results.iter().filter(|r| r["status"] == 200).count();
+    assert!((1..=2).contains(&passed), "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == 200 || r["code"] == "concurrency_limited"),
+        "{results:?}"
+    );
+    assert!(
+        mock.max_in_flight() <= 2,
+        "the upstream saw {} at once",
+        mock.max_in_flight()
+    );
+    assert_eq!(mock.requests().len(), 5 + passed);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn daily_tokens_stop_a_token_after_its_usage_streamed_or_not_and_survive_a_restart() {
+    let (mock, env) = setup("").await;
+    let plain = env
+        .create_token("main", &["--daily-tokens", "15", "--agent", "plain"])
+        .await;
+    let streamed = env
+        .create_token("main", &["--daily-tokens", "15", "--agent", "streamed"])
+        .await;
+    let broker = env.serve().await;
+    let base = broker.url("/api/openai/v1");
+    // Each answer reports 9 tokens: two calls fit under 15 when they start, the third doesn't.
+    for (token, scenario) in [(&plain, "chat"), (&streamed, "stream")] {
+        for _ in 0..2 {
+            assert_eq!(
+                sdk(&base, token, &[scenario, "gpt-4o-mini"]).await[0]["status"],
+                200
+            );
+        }
+        let third = &sdk(&base, token, &[scenario, "gpt-4o-mini"]).await[0];
+        assert_eq!(
+            (third["status"].as_u64(), third["code"].as_str()),
+            (Some(429), Some("budget_exhausted")),
+            "{third}"
+        );
+        assert!(
+            third["message"]
+                .as_str()
+                .unwrap()
+                .contains("daily budget of 15 LLM tokens"),
+            "{third}"
+        );
+    }
+    // The broker asked for the streams' usage report, which OpenAI only sends when asked.
+    let streamed_bodies: Vec<Value> = mock
+        .requests()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+        .filter(|b| b["stream"] == true)
+        .collect();
+    assert_eq!(streamed_bodies.len(), 2);
+    assert!(
+        streamed_bodies
+            .iter()
+            .all(|b| b["stream_options"]["include_usage"] == true)
+    );
+    assert_eq!(mock.requests().len(), 4);
+
+    broker.terminate().await;
+    let broker = env.serve().await;
+    let again = &sdk(
+        &broker.url("/api/openai/v1"),
+        &plain,
+        &["chat", "gpt-4o-mini"],
+    )
+    .await[0];
+    assert_eq!(
+        again["code"], "budget_exhausted",
+        "the budget survives a restart: {again}"
+    );
+    broker.stop().await;
+}
+
+async fn derive(broker: &crate::support::Broker, token: &str, body: Value) -> (u16, Value) {
+    let reply = crate::support::http::send(
+        "POST",
+        &broker.url("/seks/v1/tokens/derive"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await;
+    (reply.status, reply.json())
+}
+
+#[tokio::test]
+async fn child_tokens_never_exceed_their_parent_and_die_with_it() {
+    let (mock, env) = setup("").await;
+    let parent = env
+        .create_token(
+            "main",
+            &[
+                "--allow",
+                "POST /v1/chat/completions",
+                "--rpm",
+                "4",
+                "--ttl",
+                "1h",
+                "--agent",
+                "lead",
+            ],
+        )
+        .await;
+    let parent_id = env.token_id("lead").await;
+    let broker = env.serve().await;
+    let base = broker.url("/api/openai/v1");
+
+    // The child asks for everything, for ten hours: it gets neither.
+    let (status, child) = derive(
+        &broker,
+        &parent,
+        serde_json::json!({"ttl": "10h", "agent": "sub", "policy": {"allow": ["* /**"]}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{child}");
+    let child_token = child["token"].as_str().unwrap().to_owned();
+    assert_eq!(child["parent_id"], parent_id.as_str());
+    let shown: Value = serde_json::from_str(
+        &env.cli(&["token", "show", &parent_id, "--json"], "")
+            .await
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        child["expires_at"].as_str().unwrap() <= shown["token"]["expires_at"].as_str().unwrap()
+    );
+
+    assert_eq!(
+        sdk(&base, &child_token, &["chat", "gpt-4o-mini"]).await[0]["status"],
+        200
+    );
+    let widened = &sdk(&base, &child_token, &["burst", "1", "/models"]).await[0];
+    assert_eq!(
+        (widened["status"].as_u64(), widened["code"].as_str()),
+        (Some(403), Some("policy_denied")),
+        "{widened}"
+    );
+    // The child's call counts against the parent's rpm of 4.
+    for _ in 0..3 {
+        assert_eq!(
+            sdk(&base, &parent, &["chat", "gpt-4o-mini"]).await[0]["status"],
+            200
+        );
+    }
+    assert_eq!(
+        sdk(&base, &parent, &["chat", "gpt-4o-mini"]).await[0]["code"],
+        "rate_limited"
+    );
+    assert_eq!(
+        sdk(&base, &child_token, &["chat", "gpt-4o-mini"]).await[0]["code"],
+        "rate_limited"
+    );
+
+    // The operator derives too; a broken token can't derive at all.
+    let cli_child = env
+        .cli(
+            &[
+                "token",
+                "derive",
+                &parent_id,
+                "--ttl",
+                "5m",
+                "--deny",
+                "* /v1/files/**",
+            ],
+            "",
+        )
+        .await
+        .ok();
+    assert!(
+        cli_child.stdout.trim().starts_with("seks_openai_"),
+        "{cli_child:?}"
+    );
+    let (status, refused) = derive(&broker, &format!("{parent}x"), serde_json::json!({})).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (401, Some("malformed_token"))
+    );
+
+    let revoked = env.cli(&["token", "revoke", &parent_id], "").await.ok();
+    assert!(
+        revoked.stderr.contains("2 token(s) derived from it"),
+        "{}",
+        revoked.stderr
+    );
+    let start = Instant::now();
+    loop {
+        let got = &sdk(&base, &child_token, &["chat", "gpt-4o-mini"]).await[0];
+        if got["status"] == 401 {
+            assert_eq!(got["code"], "token_revoked");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the child still works 1s after its parent was revoked"
+        );
+    }
+    let (status, _) = derive(&broker, &child_token, serde_json::json!({"ttl": "1m"})).await;
+    assert_eq!(status, 403, "a revoked token can't derive");
+    assert_eq!(mock.requests().len(), 4);
+    broker.stop().await;
+}
+
+/// Start a held SDK call, wait until it is pending, decide it with `decision`, and return
+/// what the SDK got and what the pending approval said.
+async fn held_call(
+    env: &Env,
+    base: &str,
+    token: &str,
+    decision: Option<&[&str]>,
+) -> (Value, Value) {
+    let (base, token) = (base.to_owned(), token.to_owned());
+    let call = tokio::spawn(async move { sdk(&base, &token, &["chat", "gpt-4o-mini"]).await });
+    let start = Instant::now();
+    let pending = loop {
+        let listed: Value = serde_json::from_str(
+            &env.cli(&["approvals", "list", "--json"], "")
+                .await
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        if let Some(first) = listed.as_array().and_then(|a| a.first()) {
+            break first.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no approval became pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Some(decision) = decision {
+        let id = pending["id"].as_str().unwrap();
+        let mut args = decision.to_vec();
+        args.insert(2, id);
+        env.cli(&args, "").await.ok();
+    }
+    (call.await.unwrap()[0].clone(), pending)
+}
+
+#[tokio::test]
+async fn held_requests_are_approved_denied_or_time_out_and_the_webhook_hears_of_them() {
+    let mock = MockUpstream::start().await;
+    let config = crate::support::config_for(&mock.url(), "")
+        + &format!(
+            "[approvals]\ntimeout = \"3s\"\nwebhook_url = \"{}/hooks/approval\"\n",
+            mock.url()
+        );
+    let env = Env::new(&config);
+    env.add_secret("main", "openai", KEY).await;
+    let token = env
+        .create_token(
+            "main",
+            &[
+                "--require-approval",
+                "POST /v1/chat/completions",
+                "--agent",
+                "careful",
+            ],
+        )
+        .await;
+    let broker = env.serve().await;
+    let base = broker.url("/api/openai/v1");
+
+    let (approved, pending) = held_call(&env, &base, &token, Some(&["approvals", "approve"])).await;
+    assert_eq!(approved["status"], 200, "{approved}");
+    assert_eq!(approved["result"]["content"], "Hello from the mock");
+    let request = &pending["request"];
+    assert_eq!(
+        (request["agent"].as_str(), request["method"].as_str()),
+        (Some("careful"), Some("POST"))
+    );
+    assert_eq!(
+        (request["path"].as_str(), request["model"].as_str()),
+        (Some("/v1/chat/completions"), Some("gpt-4o-mini"))
+    );
+
+    let (denied, _) = held_call(
+        &env,
+        &base,
+        &token,
+        Some(&["approvals", "deny", "--reason", "not during the freeze"]),
+    )
+    .await;
+    assert_eq!(
+        (denied["status"].as_u64(), denied["code"].as_str()),
+        (Some(403), Some("approval_denied")),
+        "{denied}"
+    );
+    assert!(
+        denied["message"]
+            .as_str()
+            .unwrap()
+            .contains("not during the freeze")
+    );
+
+    let start = Instant::now();
+    let (timed_out, _) = held_call(&env, &base, &token, None).await;
+    assert_eq!(
+        (timed_out["status"].as_u64(), timed_out["code"].as_str()),
+        (Some(403), Some("approval_timeout")),
+        "{timed_out}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    let all: Value = serde_json::from_str(
+        &env.cli(&["approvals", "list", "--all", "--json"], "")
+            .await
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let states: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["expired", "denied", "approved"]);
+
+    let seen = mock.requests();
+    let chats: Vec<_> = seen
+        .iter()
+        .filter(|r| r.target.ends_with("/chat/completions"))
+        .collect();
+    assert_eq!(
+        chats.len(),
+        1,
+        "only the approved call reaches the upstream"
+    );
+    let hooks: Vec<_> = seen
+        .iter()
+        .filter(|r| r.target == "/hooks/approval")
+        .collect();
+    assert_eq!(hooks.len(), 3);
+    for hook in hooks {
+        let notice: Value = serde_json::from_slice(&hook.body).unwrap();
+        assert!(notice["approval_id"].as_str().unwrap().starts_with("apr_"));
+        assert_eq!(notice["request"]["rule"], "POST /v1/chat/completions");
+        let raw = hook.raw();
+        assert!(
+            !raw.contains(KEY) && !raw.contains(&token) && !raw.contains("seks_"),
+            "{raw}"
+        );
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn policy_files_are_checked_and_changes_reach_a_running_broker_within_a_second() {
+    let (mock, env) = setup("").await;
+    let bad = write(&env, "bad.toml", "allow = [\"GET /v1/models\"]\nrpn = 5\n");
+    let refused = env
+        .cli(
+            &["token", "create", "--secret", "main", "--policy", &bad],
+            "",
+        )
+        .await;
+    assert!(
+        !refused.status.success() && refused.stdout.is_empty(),
+        "{refused:?}"
+    );
+    assert!(
+        refused.stderr.contains("line 2") && refused.stderr.contains("rpn"),
+        "{}",
+        refused.stderr
+    );
+    let checked = env.cli(&["policy", "check", &bad], "").await;
+    assert!(
+        !checked.status.success() && checked.stderr.contains("line 2"),
+        "{checked:?}"
+    );
+    let good = write(&env, "good.toml", "deny = [\"GET /v1/models\"]\n");
+    assert!(
+        env.cli(&["policy", "check", &good], "")
+            .await
+            .ok()
+            .stdout
+            .contains("deny = [\"GET /v1/models\"]")
+    );
+
+    let token = env.create_token("main", &["--agent", "moving"]).await;
+    let id = env.token_id("moving").await;
+    env.cli(&["policy", "set", "team", &good], "").await.ok();
+    let member = env
+        .create_token("main", &["--policy-name", "team", "--agent", "member"])
+        .await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/openai/v1/models");
+    let status = |token: String| {
+        let url = url.clone();
+        async move {
+            crate::support::http::send(
+                "GET",
+                &url,
+                &[("authorization", &format!("Bearer {token}"))],
+                "",
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(status(token.clone()).await, 200);
+    assert_eq!(status(member.clone()).await, 403);
+
+    async fn within_a_second<F: Future<Output = u16>>(check: impl Fn() -> F, want: u16) {
+        let start = Instant::now();
+        while check().await != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "not {want} after 1s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    env.cli(&["token", "update", &id, "--deny", "GET /v1/models"], "")
+        .await
+        .ok();
+    within_a_second(|| status(token.clone()), 403).await;
+    let open = write(&env, "open.toml", "deny = [\"DELETE /v1/files/**\"]\n");
+    env.cli(&["policy", "set", "team", &open], "").await.ok();
+    within_a_second(|| status(member.clone()), 200).await;
+    let in_use = env.cli(&["policy", "rm", "team"], "").await;
+    assert!(
+        !in_use.status.success() && in_use.stderr.contains("used by 1 active token"),
+        "{in_use:?}"
+    );
+    let shown = env.cli(&["token", "show", &id], "").await.ok();
+    assert!(
+        shown.stdout.contains("deny = [\"GET /v1/models\"]"),
+        "{}",
+        shown.stdout
+    );
+    assert!(mock.requests().len() >= 2);
+    broker.stop().await;
+}

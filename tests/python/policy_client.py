@@ -1,0 +1,66 @@
+"""Drive the broker's policy enforcement with the official OpenAI Python SDK.
+
+Usage: policy_client.py SCENARIO [ARGS]   (env: SEKS_BASE_URL, SEKS_TOKEN)
+Prints one JSON object per call on stdout: {"status": 200|4xx, "code": ..., "message": ...,
+"retry_after": ...}, so the test can check what the SDK saw.
+Scenarios:
+  chat MODEL [MAX_TOKENS]   one chat completion
+  stream MODEL              one streamed chat completion (reads it to the end)
+  files                     list files (GET /v1/files)
+  burst N PATH              N concurrent GET requests to PATH (e.g. /sleep) on threads
+"""
+import concurrent.futures
+import json
+import os
+import sys
+
+import openai
+
+client = openai.OpenAI(base_url=os.environ["SEKS_BASE_URL"], api_key=os.environ["SEKS_TOKEN"], max_retries=0, timeout=60)
+messages = [{"role": "user", "content": "Say hello"}]
+
+
+def outcome(call):
+    try:
+        result = call()
+        return {"status": 200, "result": result}
+    except openai.APIStatusError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        return {
+            "status": e.status_code,
+            "code": body.get("code"),
+            "message": body.get("message"),
+            "retry_after": e.response.headers.get("retry-after"),
+            "seks_error": e.response.headers.get("x-seks-error"),
+        }
+
+
+def chat(model, max_tokens=None):
+    extra = {"max_tokens": int(max_tokens)} if max_tokens else {}
+    reply = client.chat.completions.create(model=model, messages=messages, **extra)
+    return {"content": reply.choices[0].message.content, "tokens": reply.usage.total_tokens}
+
+
+def stream(model):
+    parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(model=model, messages=messages, stream=True) if c.choices]
+    return {"content": "".join(parts)}
+
+
+def get(path):
+    return client.get(path, cast_to=object)
+
+
+scenario, args = sys.argv[1], sys.argv[2:]
+if scenario == "chat":
+    print(json.dumps(outcome(lambda: chat(*args))))
+elif scenario == "stream":
+    print(json.dumps(outcome(lambda: stream(*args))))
+elif scenario == "files":
+    print(json.dumps(outcome(lambda: [f.id for f in client.files.list()])))
+elif scenario == "burst":
+    n, path = int(args[0]), args[1]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        for result in pool.map(lambda _: outcome(lambda: get(path)), range(n)):
+            print(json.dumps(result))
+else:
+    sys.exit(f"unknown scenario {scenario}")

@@ -135,12 +135,18 @@ pub struct Limits {
 pub struct Admission {
     in_flight: Vec<InFlight>,
     charged: Vec<Arc<TokenLimits>>,
+    counts_tokens: bool,
 }
 
 impl Admission {
     /// The tokens whose budgets this request counts against.
     pub fn charged(&self) -> &[Arc<TokenLimits>] {
         &self.charged
+    }
+
+    /// Whether some link has a token budget, so the response's usage must be read.
+    pub fn counts_tokens(&self) -> bool {
+        self.counts_tokens
     }
 }
 
@@ -211,7 +217,10 @@ impl Limits {
                 });
             }
         }
-        let mut admission = Admission::default();
+        let mut admission = Admission {
+            counts_tokens: links.iter().any(|(_, spec)| spec.daily_tokens.is_some()),
+            ..Admission::default()
+        };
         for (counters, spec) in links {
             if let Some(max) = spec.concurrency {
                 let taken =

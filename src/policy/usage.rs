@@ -123,26 +123,25 @@ pub struct MeteredBody<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> MeteredBody<T> {
-    /// Meter `inner`; `on_end(tokens, held)` runs exactly once.
+    /// Meter `inner` (without a meter, just hold `held` until the end); `on_end(tokens,
+    /// held)` runs exactly once.
     pub fn new(
         inner: UnsyncBoxBody<Bytes, BoxError>,
-        meter: UsageMeter,
+        meter: Option<UsageMeter>,
         held: T,
         on_end: impl FnOnce(u64, T) + Send + 'static,
     ) -> Self {
         MeteredBody {
             inner,
-            meter: Some(meter),
+            meter,
             on_end: Some(Box::new(on_end)),
             held: Some(held),
         }
     }
 
     fn report(&mut self) {
-        if let (Some(meter), Some(on_end), Some(held)) =
-            (self.meter.take(), self.on_end.take(), self.held.take())
-        {
-            on_end(meter.finish(), held);
+        if let (Some(on_end), Some(held)) = (self.on_end.take(), self.held.take()) {
+            on_end(self.meter.take().map_or(0, UsageMeter::finish), held);
         }
     }
 }

@@ -74,7 +74,9 @@ pub fn to_agent(
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let meter = UsageMeter::new(content_type);
+        let meter = admission
+            .counts_tokens()
+            .then(|| UsageMeter::new(content_type));
         body = MeteredBody::new(body, meter, admission, enforce::charge_usage).boxed_unsync();
     }
     scrub::scrub_headers(scrubber, &mut parts.headers);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end cost of response scrubbing, side by side with nginx in the same run.
+"""End-to-end cost of response scrubbing and of policy, side by side with nginx in one run.
 
 Measures, on this machine:
   1. CPU time (utime+stime from /proc) the proxy spends streaming a 100 MiB response,
@@ -8,10 +8,12 @@ Measures, on this machine:
      and blank lines, which give the scrubber nothing to look at: seks's cost of passing
      100 MiB through, as near unscrubbed as the same binary gets;
   2. throughput of small JSON responses (wrk, 32 keep-alive connections) through seks
-     with 1 and with 1,000 secrets loaded, and through nginx.
+     with 1 and with 1,000 secrets loaded, and through nginx;
+  3. the same throughput with a token under a policy (path rules, models, rate and
+     concurrency limits that don't bind, no body rules) against a token without one.
 Servers run on CPU 0, the load generator on CPU 1. Prints a table and writes JSON.
 
-Usage: bench/scrub_e2e.py [--out bench/out/scrub.json]   (needs nginx, wrk, curl; a
+Usage: bench/e2e.py [--out bench/out/e2e.json]   (needs nginx, wrk, curl; a
 release build of seks is made if missing)
 """
 import argparse
@@ -30,6 +32,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SEKS = ROOT / "target" / "release" / "seks"
 KEY = "sk-bench-" + "A1b2C3d4E5f6G7h8I9j0" * 2
+POLICY = """
+allow = ["GET /v1/small", "GET /v1/big", "GET /v1/blank", "POST /v1/chat/completions", "GET /v1/models/*"]
+deny = ["* /v1/files/**", "* /v1/fine_tuning/**", "DELETE /**", "POST /v1/images/**"]
+require_approval = ["POST /v1/batches"]
+models = ["gpt-4o-mini", "gpt-4o"]
+rpm = 1000000
+concurrency = 10000
+daily_requests = 100000000
+"""
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -100,10 +111,16 @@ def seks(work, upstream_port, secrets):
         subprocess.run([SEKS, "secret", "add", f"filler{i}", "--provider", "openai"], input=filler.encode(), env=env, check=True, capture_output=True)
     subprocess.run([SEKS, "secret", "add", "main", "--provider", "openai"], input=KEY.encode(), env=env, check=True, capture_output=True)
     token = subprocess.run([SEKS, "token", "create", "--secret", "main"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    policy_file = data / "policy.toml"
+    policy_file.write_text(POLICY)
+    policy_token = subprocess.run(
+        [SEKS, "token", "create", "--secret", "main", "--policy", str(policy_file)],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.strip()
     port = free_port()
     proc = subprocess.Popen(["taskset", "-c", "0", SEKS, "serve", "--listen", f"127.0.0.1:{port}"], env=env)
     wait_port(port)
-    return proc, port, token
+    return proc, port, token, policy_token
 
 
 def download_cpu(pid, url, auth, runs):
@@ -129,7 +146,7 @@ def wrk_rps(url, auth, seconds):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "scrub.json"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "e2e.json"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
@@ -167,7 +184,7 @@ def main():
             "small_json_rps": wrk_rps(f"http://127.0.0.1:{proxy_port}/v1/small", "x", args.seconds),
         }
         for secrets in (1, 1000):
-            proc, port, token = seks(work, upstream_port, secrets)
+            proc, port, token, policy_token = seks(work, upstream_port, secrets)
             procs.append(proc)
             base = f"http://127.0.0.1:{port}/api/openai"
             rows[f"seks ({secrets} secret{'s' if secrets > 1 else ''})"] = {
@@ -175,11 +192,19 @@ def main():
                 "cpu_ms_per_100MiB_blank": 1000 * download_cpu(proc.pid, f"{base}/v1/blank", token, args.runs),
                 "small_json_rps": wrk_rps(f"{base}/v1/small", token, args.seconds),
             }
+            if secrets == 1:
+                rows["seks (1 secret, token with policy)"] = {
+                    "cpu_ms_per_100MiB": 1000 * download_cpu(proc.pid, f"{base}/v1/big", policy_token, args.runs),
+                    "cpu_ms_per_100MiB_blank": 1000 * download_cpu(proc.pid, f"{base}/v1/blank", policy_token, args.runs),
+                    "small_json_rps": wrk_rps(f"{base}/v1/small", policy_token, args.seconds),
+                }
             proc.terminate()
             proc.wait()
         results["machine"]["load_after"] = load_average()
         one, many, ng = rows["seks (1 secret)"], rows["seks (1000 secrets)"], rows["nginx"]
+        with_policy = rows["seks (1 secret, token with policy)"]
         results["ratios"] = {
+            "rps_policy_token_over_plain_token": with_policy["small_json_rps"] / one["small_json_rps"],
             "rps_1000_secrets_over_1": many["small_json_rps"] / one["small_json_rps"],
             "cpu_100MiB_seks_1_secret_json_over_blank": one["cpu_ms_per_100MiB"] / one["cpu_ms_per_100MiB_blank"],
             "cpu_100MiB_seks_1000_secrets_json_over_blank": many["cpu_ms_per_100MiB"] / many["cpu_ms_per_100MiB_blank"],

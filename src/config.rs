@@ -53,6 +53,8 @@ pub enum LogFormat {
 pub struct FileConfig {
     /// Agent listener address.
     pub listen: Option<SocketAddr>,
+    /// Admin API listener address; no admin API unless set.
+    pub admin_listen: Option<SocketAddr>,
     /// Data directory (database, generated master key).
     pub data_dir: Option<PathBuf>,
     /// Master key file; default `<data_dir>/master.key`.
@@ -158,6 +160,8 @@ pub struct CliOverrides {
     pub data_dir: Option<PathBuf>,
     /// `--listen` / `SEKS_LISTEN`.
     pub listen: Option<SocketAddr>,
+    /// `--admin-listen` / `SEKS_ADMIN_LISTEN`.
+    pub admin_listen: Option<SocketAddr>,
     /// `--log-format` / `SEKS_LOG_FORMAT`.
     pub log_format: Option<LogFormat>,
 }
@@ -167,6 +171,8 @@ pub struct CliOverrides {
 pub struct Settings {
     /// Agent listener address.
     pub listen: SocketAddr,
+    /// Admin API listener address, if the admin API is on.
+    pub admin_listen: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Whether the data directory was chosen by the operator (vs the default).
@@ -207,6 +213,7 @@ impl Settings {
             .expect("default listen address is valid");
         Ok(Settings {
             listen: cli.listen.or(file.listen).unwrap_or(default_listen),
+            admin_listen: cli.admin_listen.or(file.admin_listen),
             data_dir,
             data_dir_is_default,
             master_key_file,

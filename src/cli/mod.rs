@@ -1,5 +1,6 @@
 //! The `seks` command line: argument parsing, shared set-up, one module per command group.
 
+mod admin;
 mod approvals;
 mod output;
 mod policy;
@@ -62,6 +63,9 @@ enum Command {
     /// Decide requests held for approval.
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+    /// The admin API's token.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 /// Entry point of the `seks` binary.
@@ -97,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             overrides.listen = args.listen;
+            overrides.admin_listen = args.admin_listen;
             overrides.log_format = args.log_format;
             let ctx = Context::open(overrides, "info", redactor).await?;
             serve::run(ctx).await
@@ -113,6 +118,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Approvals(cmd) => {
             approvals::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Admin(cmd) => {
+            admin::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
     }
 }
@@ -153,7 +161,7 @@ impl Context {
     /// Load the master key and check it against the store; on a store that has never seen a
     /// key and with no key configured, generate one and say where it is.
     async fn unlock_vault(&self) -> anyhow::Result<Vault> {
-        let recorded = self.store.key_check().await?;
+        let recorded = self.store.meta(store::META_KEY_CHECK).await?;
         let env_value = std::env::var(master_key::MASTER_KEY_ENV)
             .ok()
             .map(SecretString::from);
@@ -165,7 +173,11 @@ impl Context {
         let vault = Vault::new(key);
         let expected = match recorded {
             Some(check) => check,
-            None => self.store.init_key_check(&vault.key_check()).await?,
+            None => {
+                self.store
+                    .init_meta(store::META_KEY_CHECK, &vault.key_check())
+                    .await?
+            }
         };
         vault.verify_key_check(&expected)?;
         if let KeySource::Generated(path) = source {

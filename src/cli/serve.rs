@@ -25,6 +25,10 @@ pub(super) struct ServeArgs {
     /// Address for agents to connect to [default: 127.0.0.1:8080]
     #[arg(long, env = "SEKS_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Address of the admin API (approvals); off unless given. Mint its token with
+    /// `seks admin token`.
+    #[arg(long, env = "SEKS_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     /// Log format [default: text]
     #[arg(long, env = "SEKS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -68,18 +72,47 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         print_first_steps(&ctx, addr);
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = match ctx.settings.admin_listen {
+        Some(admin_addr) => {
+            let admin_listener = TcpListener::bind(admin_addr)
+                .await
+                .with_context(|| format!("binding the admin API on {admin_addr}"))?;
+            tracing::info!("admin API on http://{}", admin_listener.local_addr()?);
+            if ctx
+                .store
+                .meta(crate::store::META_ADMIN_TOKEN)
+                .await?
+                .is_none()
+            {
+                tracing::warn!("no admin token yet: mint one with `seks admin token`");
+            }
+            let mut stopped = stop_rx.clone();
+            Some(tokio::spawn(server::run_admin(
+                admin_listener,
+                ctx.store.clone(),
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let mut stopped = stop_rx.clone();
     let state = Arc::new(server::AppState {
         proxy,
         keyring: keyring.clone(),
         store: ctx.store.clone(),
     });
-    let server = tokio::spawn(server::run(listener, state, async {
-        let _ = stop_rx.await;
+    let server = tokio::spawn(server::run(listener, state, async move {
+        let _ = stopped.changed().await;
     }));
     shutdown_signal().await;
     tracing::info!("shutting down; open requests get {SHUTDOWN_GRACE:?} to finish");
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(joined) => joined.context("server task")?.context("serving")?,
         Err(_) => tracing::warn!("open requests did not finish in time; closing them"),

@@ -1,5 +1,6 @@
 //! The agent listener: health, the agent-facing SEKS API, and the proxy for everything else.
 
+pub mod admin;
 mod derive;
 
 use std::future::Future;
@@ -43,6 +44,17 @@ async fn proxy_handler(
     request: Request<Body>,
 ) -> Response {
     state.proxy.handle(client, request).await
+}
+
+/// Serve the admin API on `listener` until `shutdown` resolves.
+pub async fn run_admin(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, admin::router(store))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serve agents on `listener` until `shutdown` resolves, then drain open requests.

@@ -18,6 +18,10 @@ pub use sqlite::SqliteStore;
 
 /// The tenant every row belongs to until multi-tenancy arrives.
 pub const DEFAULT_TENANT: &str = "default";
+/// Meta key of the master-key fingerprint.
+pub const META_KEY_CHECK: &str = "master_key_check";
+/// Meta key of the admin token's SHA-256 (hex).
+pub const META_ADMIN_TOKEN: &str = "admin_token_hash";
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -257,10 +261,12 @@ pub struct UsageDelta {
 /// Everything the broker and the CLI persist.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// The master-key fingerprint recorded when the store was first given a key.
-    async fn key_check(&self) -> Result<Option<String>, StoreError>;
-    /// Record the master-key fingerprint unless one is already recorded; returns the recorded one.
-    async fn init_key_check(&self, value: &str) -> Result<String, StoreError>;
+    /// A store-wide setting (master-key fingerprint, admin token hash).
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Record a setting unless one is already recorded; returns the recorded one.
+    async fn init_meta(&self, key: &str, value: &str) -> Result<String, StoreError>;
+    /// Record or replace a setting.
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// The change counter that invalidates broker caches.
     async fn revision(&self) -> Result<i64, StoreError>;
 

@@ -568,3 +568,116 @@ async fn policy_files_are_checked_and_changes_reach_a_running_broker_within_a_se
     assert!(mock.requests().len() >= 2);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_api_decides_held_requests_behind_its_token() {
+    let (mock, env) = setup("[approvals]\ntimeout = \"20s\"\n").await;
+    let token = env
+        .create_token(
+            "main",
+            &["--require-approval", "* /**", "--agent", "admin-case"],
+        )
+        .await;
+    let admin_token = env
+        .cli(&["admin", "token"], "")
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    assert!(admin_token.starts_with("seks_admin_"));
+    let broker = env
+        .serve_with(&[("SEKS_ADMIN_LISTEN", "127.0.0.1:0")])
+        .await;
+    let admin = broker.admin_url().await;
+    let send = crate::support::http::send;
+    let bearer = format!("Bearer {admin_token}");
+
+    assert_eq!(
+        send("GET", &format!("{admin}/admin/v1/approvals"), &[], "")
+            .await
+            .status,
+        401
+    );
+    let wrong = format!("Bearer {admin_token}x");
+    assert_eq!(
+        send(
+            "GET",
+            &format!("{admin}/admin/v1/approvals"),
+            &[("authorization", &wrong)],
+            ""
+        )
+        .await
+        .status,
+        401
+    );
+    // The agent's token is no admin token, and the agent listener serves no admin API.
+    let agent = format!("Bearer {token}");
+    assert_eq!(
+        send(
+            "GET",
+            &format!("{admin}/admin/v1/approvals"),
+            &[("authorization", &agent)],
+            ""
+        )
+        .await
+        .status,
+        401
+    );
+    assert_eq!(
+        send(
+            "GET",
+            &broker.url("/admin/v1/approvals"),
+            &[("authorization", &bearer)],
+            ""
+        )
+        .await
+        .status,
+        404
+    );
+
+    let base = broker.url("/api/openai/v1");
+    let call = {
+        let (base, token) = (base.clone(), token.clone());
+        tokio::spawn(async move { sdk(&base, &token, &["chat", "gpt-4o-mini"]).await })
+    };
+    let start = Instant::now();
+    let id = loop {
+        let listed = send(
+            "GET",
+            &format!("{admin}/admin/v1/approvals"),
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await
+        .json();
+        if let Some(id) = listed[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "nothing held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let decided = send(
+        "POST",
+        &format!("{admin}/admin/v1/approvals/{id}/approve"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (decided.status, decided.json()["state"].as_str()),
+        (200, Some("approved")),
+        "{decided:?}"
+    );
+    assert_eq!(call.await.unwrap()[0]["status"], 200);
+    let again = send(
+        "POST",
+        &format!("{admin}/admin/v1/approvals/{id}/deny"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(again.status, 409);
+    assert_eq!(mock.requests().len(), 1);
+    broker.stop().await;
+}

@@ -170,16 +170,27 @@ impl Env {
         let stderr = child.stderr.take().expect("stderr");
         let mut stdout = child.stdout.take().expect("stdout");
         let transcript = self.transcript.clone();
+        let admin: Arc<Mutex<Option<String>>> = Arc::default();
+        let admin_seen = admin.clone();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             let mut addr_tx = Some(addr_tx);
+            let address_after = |line: &str, marker: &str| {
+                line.split(marker).nth(1).map(|rest| {
+                    rest.chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect::<String>()
+                })
+            };
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(addr);
-                    }
+                if let Some(addr) = address_after(&line, "listening on http://")
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(addr);
+                }
+                if let Some(addr) = address_after(&line, "admin API on http://") {
+                    *admin_seen.lock().unwrap() = Some(format!("http://{addr}"));
                 }
                 let mut t = transcript.lock().unwrap();
                 t.push_str(&line);
@@ -200,6 +211,7 @@ impl Env {
             child,
             base: format!("http://{addr}"),
             addr: addr.parse().expect("listen address"),
+            admin,
         }
     }
 
@@ -229,12 +241,25 @@ pub struct Broker {
     pub child: Child,
     pub base: String,
     pub addr: std::net::SocketAddr,
+    /// The admin API's base URL, once the broker has logged it.
+    admin: Arc<Mutex<Option<String>>>,
 }
 
 impl Broker {
     /// URL of a path on the broker.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The admin API's base URL (started with `--admin-listen`).
+    pub async fn admin_url(&self) -> String {
+        for _ in 0..200 {
+            if let Some(url) = self.admin.lock().unwrap().clone() {
+                return url;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the broker never logged its admin API address");
     }
 
     /// Kill the broker (SIGKILL) and wait.

@@ -25,7 +25,7 @@ fn evaluate(specs: &[PolicySpec]) -> bool {
     let path = RequestPath::new(&Method::POST, divan::black_box("/v1/chat/completions"));
     let facts = RequestFacts {
         path: &path,
-        model: Some("gpt-4o-mini"),
+        models: &["gpt-4o-mini"],
         body: None,
     };
     specs

@@ -2,7 +2,8 @@
 //! connection open, until an operator approves or denies it (CLI or API) or it times out.
 //! A configured webhook is told about each held request.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,6 +18,10 @@ use crate::{clock, tokens};
 const POLL: Duration = Duration::from_millis(250);
 /// Longest wait for the webhook to answer.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests one token may have waiting for a decision at once.
+pub const MAX_PENDING_PER_TOKEN: u32 = 8;
+/// Longest model name or path shown to the person deciding.
+const MAX_SHOWN: usize = 200;
 
 /// What an operator (and the webhook) sees of a held request. Never a secret or a body.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +42,47 @@ pub struct Summary {
     pub rule: String,
 }
 
+impl Summary {
+    /// A summary whose agent-supplied parts (path, model) are made safe to show: control
+    /// characters escaped, so they can't rewrite an operator's terminal, and length capped.
+    pub fn new(
+        agent: &str,
+        token_id: &str,
+        provider: &str,
+        method: &str,
+        path: &str,
+        model: Option<&str>,
+        rule: String,
+    ) -> Self {
+        Summary {
+            agent: agent.to_owned(),
+            token_id: token_id.to_owned(),
+            provider: provider.to_owned(),
+            method: method.to_owned(),
+            path: shown(path),
+            model: model.map(shown),
+            rule,
+        }
+    }
+}
+
+/// `text` with control characters escaped, cut after `MAX_SHOWN` bytes.
+fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() >= MAX_SHOWN {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// How a hold ended, when not approved.
 #[derive(Debug, thiserror::Error)]
 pub enum NotApproved {
@@ -49,6 +95,9 @@ pub enum NotApproved {
     /// Nobody decided in time.
     #[error("nobody approved this request within {0:?}")]
     TimedOut(Duration),
+    /// The token already has the most requests waiting that it may have.
+    #[error("{MAX_PENDING_PER_TOKEN} requests of this token are already waiting for approval")]
+    TooManyPending,
     /// The store could not record or report the decision.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,6 +108,27 @@ pub struct Approvals {
     store: Arc<dyn Store>,
     timeout: Duration,
     webhook: Option<(http::Uri, UpstreamClient)>,
+    /// Requests waiting, by token id.
+    pending: Mutex<HashMap<String, u32>>,
+}
+
+/// One waiting request's place in `pending`, given back when the hold ends or the agent
+/// hangs up.
+struct Waiting<'a> {
+    pending: &'a Mutex<HashMap<String, u32>>,
+    token_id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = pending.get_mut(&self.token_id) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.token_id);
+            }
+        }
+    }
 }
 
 impl Approvals {
@@ -72,11 +142,26 @@ impl Approvals {
             store,
             timeout,
             webhook,
+            pending: Mutex::default(),
         }
+    }
+
+    fn wait_in_line(&self, token_id: &str) -> Result<Waiting<'_>, NotApproved> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = pending.entry(token_id.to_owned()).or_default();
+        if *n >= MAX_PENDING_PER_TOKEN {
+            return Err(NotApproved::TooManyPending);
+        }
+        *n += 1;
+        Ok(Waiting {
+            pending: &self.pending,
+            token_id: token_id.to_owned(),
+        })
     }
 
     /// Hold a request until it is decided; `Ok` means approved.
     pub async fn hold(&self, tenant: &str, summary: Summary) -> Result<(), NotApproved> {
+        let _waiting = self.wait_in_line(&summary.token_id)?;
         let now = clock::now();
         let timeout_secs = i64::try_from(self.timeout.as_secs()).unwrap_or(i64::MAX);
         let record = ApprovalRecord {
@@ -160,5 +245,20 @@ impl Approvals {
                 Err(_) => tracing::warn!(approval = %id, "approval webhook timed out"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_an_agent_wrote_is_shown_escaped_and_short() {
+        assert_eq!(
+            shown("dall-e-2\u{1b}[2K\r\nFAKE"),
+            "dall-e-2\\u{1b}[2K\\r\\nFAKE"
+        );
+        let long = shown(&"x".repeat(1000));
+        assert_eq!(long.len(), MAX_SHOWN + '…'.len_utf8());
     }
 }

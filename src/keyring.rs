@@ -277,7 +277,8 @@ impl Keyring {
         let rows = timed(self.store.all_secrets()).await?;
         let mut policies = HashMap::new();
         for p in timed(self.store.all_policies()).await? {
-            match serde_json::from_str::<PolicySpec>(&p.spec) {
+            let spec = serde_json::from_str::<PolicySpec>(&p.spec).map_err(|e| e.to_string());
+            match spec.and_then(|spec| spec.check_shareable().map(|()| spec)) {
                 Ok(spec) => {
                     policies.insert((p.tenant, p.name), Arc::new(spec));
                 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::Subcommand;
 
 use super::Context;
@@ -66,6 +66,8 @@ pub(super) async fn run(ctx: Context, cmd: PolicyCommand) -> anyhow::Result<()> 
                 bail!("policy names are 1-64 characters of letters, digits, `-`, `_` and `.`");
             }
             let spec = read_policy_file(&file)?;
+            spec.check_shareable()
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
             ctx.store
                 .put_policy(
                     DEFAULT_TENANT,

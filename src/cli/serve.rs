@@ -103,6 +103,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         proxy,
         keyring: keyring.clone(),
         store: ctx.store.clone(),
+        derives: server::derive::DeriveLimiter::default(),
     });
     let server = tokio::spawn(server::run(listener, state, async move {
         let _ = stopped.changed().await;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ use crate::store::{Store, StoreError, UsageDelta};
 const DAY_SECS: i64 = 86_400;
 /// How often usage counters are written back to the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// Idle time after which a token's counters are dropped from memory.
+const FORGET_AFTER_SECS: i64 = 300;
 
 /// Why a request is over a limit; it is answered 429.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -32,6 +34,12 @@ pub enum Limited {
     /// Requests in flight.
     #[error("concurrency limit of {max} requests in flight reached")]
     Concurrency {
+        /// The limit.
+        max: u32,
+    },
+    /// Requests waiting for approval.
+    #[error("{max} requests of this token are already waiting for approval")]
+    PendingApprovals {
         /// The limit.
         max: u32,
     },
@@ -63,6 +71,7 @@ impl Limited {
             | Limited::DailyRequests { retry_after, .. }
             | Limited::DailyTokens { retry_after, .. } => *retry_after,
             Limited::Concurrency { .. } => Duration::from_secs(1),
+            Limited::PendingApprovals { .. } => Duration::from_secs(5),
         }
     }
 
@@ -72,6 +81,44 @@ impl Limited {
             self,
             Limited::DailyRequests { .. } | Limited::DailyTokens { .. }
         )
+    }
+}
+
+/// The limits one token follows: the strictest of its own policy's and its named policy's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitSet {
+    /// Requests per minute.
+    pub rpm: Option<NonZeroU32>,
+    /// Requests in flight.
+    pub concurrency: Option<NonZeroU32>,
+    /// Requests per UTC day.
+    pub daily_requests: Option<u64>,
+    /// LLM tokens per UTC day.
+    pub daily_tokens: Option<u64>,
+}
+
+impl LimitSet {
+    /// The strictest limits of all these specs.
+    pub fn strictest<'a>(specs: impl IntoIterator<Item = &'a PolicySpec>) -> Self {
+        fn min<T: Ord + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        specs
+            .into_iter()
+            .fold(LimitSet::default(), |set, spec| LimitSet {
+                rpm: min(set.rpm, spec.rpm),
+                concurrency: min(set.concurrency, spec.concurrency),
+                daily_requests: min(set.daily_requests, spec.daily_requests),
+                daily_tokens: min(set.daily_tokens, spec.daily_tokens),
+            })
+    }
+
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == LimitSet::default()
     }
 }
 
@@ -90,6 +137,8 @@ pub struct TokenLimits {
     rate: Mutex<Option<(NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
     in_flight: Arc<AtomicU32>,
     day: Mutex<Day>,
+    /// Unix time of the last admission, to forget idle tokens.
+    last_seen: AtomicI64,
 }
 
 /// Releases a concurrency slot when dropped (when the response body ends).
@@ -128,6 +177,8 @@ impl TokenLimits {
 pub struct Limits {
     store: Arc<dyn Store>,
     tokens: Mutex<HashMap<String, Arc<TokenLimits>>>,
+    /// Serialises admissions, so concurrent requests can't all pass a budget's last unit.
+    admitting: Mutex<()>,
 }
 
 /// The slots and charges one request holds; dropping it frees the concurrency slots.
@@ -156,6 +207,7 @@ impl Limits {
         Limits {
             store,
             tokens: Mutex::default(),
+            admitting: Mutex::default(),
         }
     }
 
@@ -181,18 +233,23 @@ impl Limits {
                 tokens,
                 ..Day::default()
             }),
+            last_seen: AtomicI64::new(now),
         });
         let mut map = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(Arc::clone(map.entry(id.to_owned()).or_insert(fresh)))
     }
 
-    /// Admit one request against every link of a token's chain (`(counters, spec)` pairs),
-    /// or say which limit stops it. Budgets are checked before anything is charged.
+    /// Admit one request against every link of a token's chain (one `(counters, limits)`
+    /// pair per token), or say which limit stops it. Nothing is taken unless all pass.
     pub fn admit(
         &self,
-        links: &[(Arc<TokenLimits>, &PolicySpec)],
+        links: &[(Arc<TokenLimits>, LimitSet)],
         now: i64,
     ) -> Result<Admission, Limited> {
+        let _admitting = self
+            .admitting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let today = now.div_euclid(DAY_SECS);
         let until_tomorrow =
             Duration::from_secs(u64::try_from((today + 1) * DAY_SECS - now).unwrap_or(1));
@@ -252,6 +309,7 @@ impl Limits {
             }
         }
         for (counters, _) in links {
+            counters.last_seen.store(now, Ordering::Relaxed);
             let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
             day.requests += 1;
             day.unsaved_requests += 1;
@@ -277,10 +335,25 @@ impl Limits {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.flush().await {
-                tracing::warn!(error = %e, "could not record usage counters; will retry");
+            match self.flush().await {
+                Ok(()) => self.forget_idle(crate::clock::now()),
+                Err(e) => tracing::warn!(error = %e, "could not record usage counters; will retry"),
             }
         }
+    }
+
+    /// Drop the counters of tokens idle for a while with nothing unsaved and nothing in
+    /// flight; their rate buckets are full again and their day is in the store.
+    fn forget_idle(&self, now: i64) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, counters| {
+                let day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
+                Arc::strong_count(counters) > 1
+                    || now - counters.last_seen.load(Ordering::Relaxed) < FORGET_AFTER_SECS
+                    || day.unsaved_requests + day.unsaved_tokens > 0
+            });
     }
 
     /// Write unsaved usage to the store; on failure it is kept for the next try.

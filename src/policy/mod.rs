@@ -89,6 +89,20 @@ impl PolicySpec {
         !self.body.is_empty() || (self.models.is_some() && model_in_body)
     }
 
+    /// Check a spec meant to be shared by many tokens under a name: lifetimes belong to a
+    /// token (its own policy or `--ttl`), since a shared one would end at a different moment
+    /// for each.
+    pub fn check_shareable(&self) -> Result<(), String> {
+        if self.ttl.is_some() || self.expires_at.is_some() {
+            return Err(
+                "a named policy can't set `ttl` or `expires_at`; give each token its \
+                 lifetime with `seks token create --ttl` or in its own policy"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+
     /// Whether this spec sets any rate, concurrency or budget limit.
     pub fn has_limits(&self) -> bool {
         self.rpm.is_some()
@@ -103,8 +117,8 @@ impl PolicySpec {
 pub struct RequestFacts<'a> {
     /// Method and path.
     pub path: &'a RequestPath,
-    /// The model the request names, if any.
-    pub model: Option<&'a str>,
+    /// Every model the request names.
+    pub models: &'a [&'a str],
     /// The parsed JSON body, when some rule needed it.
     pub body: Option<&'a Value>,
 }
@@ -192,11 +206,14 @@ pub fn check_request(spec: &PolicySpec, facts: &RequestFacts<'_>) -> Result<Verd
             path: path.path().to_owned(),
         });
     }
-    if let (Some(allowed), Some(model)) = (&spec.models, facts.model)
-        && !allowed.iter().any(|m| m == model)
+    if let Some(allowed) = &spec.models
+        && let Some(model) = facts
+            .models
+            .iter()
+            .find(|m| !allowed.iter().any(|a| a == *m))
     {
         return Err(Denial::Model {
-            model: model.to_owned(),
+            model: (*model).to_owned(),
             allowed: allowed.join(", "),
         });
     }
@@ -281,10 +298,10 @@ ttl = "8h"
 
     fn facts<'a>(
         path: &'a RequestPath,
-        model: Option<&'a str>,
+        models: &'a [&'a str],
         body: Option<&'a Value>,
     ) -> RequestFacts<'a> {
-        RequestFacts { path, model, body }
+        RequestFacts { path, models, body }
     }
 
     #[test]
@@ -315,29 +332,29 @@ ttl = "8h"
         let chat = RequestPath::new(&Method::POST, "/v1/chat/completions");
         let ok_body = json!({"model": "gpt-4o-mini", "max_tokens": 100});
         assert_eq!(
-            check_request(&spec, &facts(&chat, Some("gpt-4o-mini"), Some(&ok_body))),
+            check_request(&spec, &facts(&chat, &["gpt-4o-mini"], Some(&ok_body))),
             Ok(Verdict::Allow)
         );
         let files = RequestPath::new(&Method::GET, "/v1/files/abc");
         assert!(matches!(
-            check_request(&spec, &facts(&files, None, None)),
+            check_request(&spec, &facts(&files, &[], None)),
             Err(Denial::Denied { .. })
         ));
         let other = RequestPath::new(&Method::POST, "/v1/embeddings");
         assert!(matches!(
-            check_request(&spec, &facts(&other, None, None)),
+            check_request(&spec, &facts(&other, &[], None)),
             Err(Denial::NotAllowed { .. })
         ));
-        let err = check_request(&spec, &facts(&chat, Some("gpt-4o"), Some(&ok_body))).unwrap_err();
+        let err = check_request(&spec, &facts(&chat, &["gpt-4o"], Some(&ok_body))).unwrap_err();
         assert!(err.to_string().contains("gpt-4o-mini"), "{err}");
         let big = json!({"max_tokens": 9000});
-        let err = check_request(&spec, &facts(&chat, Some("gpt-4o-mini"), Some(&big))).unwrap_err();
+        let err = check_request(&spec, &facts(&chat, &["gpt-4o-mini"], Some(&big))).unwrap_err();
         assert!(err.to_string().contains("/max_tokens"), "{err}");
         let mut held = spec.clone();
         held.allow = None;
         let images = RequestPath::new(&Method::POST, "/v1/images/generations");
         assert_eq!(
-            check_request(&held, &facts(&images, None, None)),
+            check_request(&held, &facts(&images, &[], None)),
             Ok(Verdict::Approve("POST /v1/images/generations".into()))
         );
     }

@@ -16,7 +16,9 @@ pub struct Rule {
     text: String,
     /// `None` matches any method.
     method: Option<Method>,
-    glob: String,
+    /// The glob for granting: a lone `*` segment needs at least one character, so
+    /// `GET /v1/models/*` grants one model, not the listing at `/v1/models/`.
+    glob_exact: String,
     /// The glob lowercased, for broad matching.
     glob_broad: String,
 }
@@ -63,9 +65,14 @@ impl TryFrom<String> for Rule {
         {
             return Err(bad("the path may not contain spaces, `?` or `#`"));
         }
+        let glob_exact = glob
+            .split('/')
+            .map(|segment| if segment == "*" { "?*" } else { segment })
+            .collect::<Vec<_>>()
+            .join("/");
         Ok(Rule {
+            glob_exact,
             glob_broad: glob.to_ascii_lowercase(),
-            glob: glob.to_owned(),
             method,
             text: text.trim().to_owned(),
         })
@@ -118,14 +125,8 @@ impl RequestPath {
         while broad.len() > 1 && broad.ends_with('/') {
             broad.pop();
         }
-        // HEAD is GET without a body: rules about GET cover it.
-        let method = if method == Method::HEAD {
-            Method::GET
-        } else {
-            method.clone()
-        };
         RequestPath {
-            method,
+            method: method.clone(),
             exact,
             broad,
         }
@@ -136,20 +137,23 @@ impl RequestPath {
         &self.exact
     }
 
-    /// The method (HEAD reads as GET).
+    /// The method.
     pub fn method(&self) -> &Method {
         &self.method
     }
 }
 
 impl Rule {
+    /// HEAD is GET without a body, so a rule about GET covers it too.
     fn method_matches(&self, request: &RequestPath) -> bool {
-        self.method.as_ref().is_none_or(|m| *m == request.method)
+        self.method.as_ref().is_none_or(|m| {
+            *m == request.method || (*m == Method::GET && request.method == Method::HEAD)
+        })
     }
 
     /// Exact match, for rules that grant.
     pub fn allows(&self, request: &RequestPath) -> bool {
-        self.method_matches(request) && glob_match::glob_match(&self.glob, &request.exact)
+        self.method_matches(request) && glob_match::glob_match(&self.glob_exact, &request.exact)
     }
 
     /// Broad match, for rules that refuse or hold.
@@ -163,9 +167,11 @@ impl Rule {
         } else {
             glob
         };
+        // `/dir/**` and `/dir/*` also catch `/dir` (and `/dir/`, which reads the same).
         glob_match::glob_match(glob, &request.broad)
             || glob
                 .strip_suffix("/**")
+                .or_else(|| glob.strip_suffix("/*"))
                 .is_some_and(|dir| glob_match::glob_match(dir, &request.broad))
     }
 }
@@ -193,6 +199,20 @@ mod tests {
         assert!(any.allows(&req("DELETE", "/v1/files/a/b")));
         assert!(any.catches(&req("GET", "/v1/files")));
         assert!(rule("POST /v1/chat/completions").allows(&req("POST", "/v1/chat/completions")));
+    }
+
+    #[test]
+    fn a_lone_star_grants_one_segment_and_head_rules_match_head() {
+        let one = rule("GET /v1/models/*");
+        assert!(one.allows(&req("GET", "/v1/models/gpt-4o")));
+        assert!(!one.allows(&req("GET", "/v1/models/")));
+        assert!(!one.allows(&req("GET", "/v1/models")));
+        let head = rule("HEAD /v1/files/*");
+        assert!(head.allows(&req("HEAD", "/v1/files/a")));
+        assert!(head.catches(&req("HEAD", "/v1/files/a")));
+        assert!(!head.allows(&req("GET", "/v1/files/a")));
+        assert!(rule("* /v1/*").catches(&req("GET", "/v1/")));
+        assert!(rule("* /v1/*").catches(&req("GET", "/v1")));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use serde_json::Value;
 
@@ -13,6 +15,10 @@ use crate::scrub::BoxError;
 
 /// Largest JSON body kept to read its usage (LLM answers are far smaller).
 const MAX_JSON: usize = 8 * 1024 * 1024;
+/// How long the rest of a response is read for its usage after the agent hung up.
+const DRAIN_FOR: Duration = Duration::from_secs(300);
+/// A response cut short without a usage report is charged one token per this many bytes.
+const BYTES_PER_TOKEN: u64 = 4;
 
 /// Usage reported so far in one response.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,17 +34,27 @@ impl Usage {
         self.total.max(self.input + self.output)
     }
 
-    /// Take in one JSON document (a body, or one SSE event): OpenAI-style `usage.total_tokens`,
-    /// Anthropic's `usage` / `message.usage` input and output (cumulative in streams), and
-    /// Gemini's `usageMetadata.totalTokenCount`.
+    /// Take in one JSON document (a body, or one SSE event): OpenAI-style `usage.total_tokens`
+    /// (`response.usage` in Responses API events), Anthropic's `usage` / `message.usage`
+    /// input and output (cumulative in streams), and Gemini's `usageMetadata.totalTokenCount`
+    /// (in an array of chunks when Gemini streams without SSE).
     pub fn absorb(&mut self, doc: &Value) {
+        if let Value::Array(items) = doc {
+            items.iter().for_each(|item| self.absorb(item));
+            return;
+        }
         let n = |v: &Value| v.as_u64();
-        if let Some(total) =
-            n(&doc["usage"]["total_tokens"]).or_else(|| n(&doc["usageMetadata"]["totalTokenCount"]))
+        if let Some(total) = n(&doc["usage"]["total_tokens"])
+            .or_else(|| n(&doc["response"]["usage"]["total_tokens"]))
+            .or_else(|| n(&doc["usageMetadata"]["totalTokenCount"]))
         {
             self.total = self.total.max(total);
         }
-        for usage in [&doc["usage"], &doc["message"]["usage"]] {
+        for usage in [
+            &doc["usage"],
+            &doc["message"]["usage"],
+            &doc["response"]["usage"],
+        ] {
             if let Some(input) = n(&usage["input_tokens"]) {
                 self.input = self.input.max(input);
             }
@@ -57,6 +73,8 @@ pub struct UsageMeter {
     buf: Vec<u8>,
     overflow: bool,
     usage: Usage,
+    /// Body bytes seen.
+    seen: u64,
 }
 
 impl UsageMeter {
@@ -67,11 +85,13 @@ impl UsageMeter {
             buf: Vec::new(),
             overflow: false,
             usage: Usage::default(),
+            seen: 0,
         }
     }
 
     /// See one chunk of the body.
     pub fn observe(&mut self, chunk: &[u8]) {
+        self.seen += chunk.len() as u64;
         if !self.sse {
             if self.buf.len() + chunk.len() > MAX_JSON {
                 self.overflow = true;
@@ -110,11 +130,22 @@ impl UsageMeter {
         }
         self.usage.tokens()
     }
+
+    /// The body was cut short: the tokens reported so far, or an estimate from its size
+    /// when there is no report, so a stream that never reached its usage isn't free.
+    fn finish_cut(self) -> u64 {
+        let estimate = self.seen.div_ceil(BYTES_PER_TOKEN);
+        match self.finish() {
+            0 => estimate,
+            reported => reported,
+        }
+    }
 }
 
-/// A response body that meters usage and reports it once, when the body ends or is dropped
-/// (an agent that hangs up mid-stream still pays for what was generated). Whatever it owns
-/// besides (concurrency slots) is released at the same moment.
+/// A response body that meters usage and reports it once, when the body ends. When the
+/// agent hangs up first, the rest is read in the background (for at most `DRAIN_FOR`) to
+/// find the usage report, which providers send last: leaving early doesn't make a call
+/// free. Whatever it owns besides (concurrency slots) is released at the same moment.
 pub struct MeteredBody<T: Send + 'static> {
     inner: UnsyncBoxBody<Bytes, BoxError>,
     meter: Option<UsageMeter>,
@@ -148,7 +179,38 @@ impl<T: Send + 'static> MeteredBody<T> {
 
 impl<T: Send + 'static> Drop for MeteredBody<T> {
     fn drop(&mut self) {
-        self.report();
+        let (Some(mut meter), Some(on_end), Some(held), Ok(runtime)) = (
+            self.meter.take(),
+            self.on_end.take(),
+            self.held.take(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            self.report();
+            return;
+        };
+        let mut rest = std::mem::take(&mut self.inner);
+        runtime.spawn(async move {
+            let drained = tokio::time::timeout(DRAIN_FOR, async {
+                loop {
+                    match rest.frame().await {
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                meter.observe(data);
+                            }
+                        }
+                        Some(Err(_)) => return false,
+                        None => return true,
+                    }
+                }
+            })
+            .await;
+            let tokens = if drained == Ok(true) {
+                meter.finish()
+            } else {
+                meter.finish_cut()
+            };
+            on_end(tokens, held);
+        });
     }
 }
 
@@ -227,5 +289,27 @@ mod tests {
         assert_eq!(meter("text/event-stream; charset=utf-8", &[anthropic]), 13);
         let gemini = "data: {\"usageMetadata\":{\"totalTokenCount\":4}}\r\n\r\ndata: {\"usageMetadata\":{\"totalTokenCount\":9}}";
         assert_eq!(meter("text/event-stream", &[gemini]), 9);
+        let responses = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":4,\"total_tokens\":7}}}\n\n";
+        assert_eq!(meter("text/event-stream", &[responses]), 7);
+    }
+
+    #[test]
+    fn gemini_json_array_streams_are_summed_from_their_last_report() {
+        let chunks = json!([
+            {"candidates": [], "usageMetadata": {"totalTokenCount": 5}},
+            {"candidates": [], "usageMetadata": {"totalTokenCount": 11}}
+        ])
+        .to_string();
+        assert_eq!(meter("application/json", &[&chunks]), 11);
+    }
+
+    #[test]
+    fn a_cut_stream_without_a_report_is_charged_by_size() {
+        let mut m = UsageMeter::new(Some("text/event-stream"));
+        m.observe(&[b'x'; 401]);
+        assert_eq!(m.finish_cut(), 101);
+        let mut m = UsageMeter::new(Some("text/event-stream"));
+        m.observe(b"data: {\"usage\":{\"total_tokens\":3}}\n\n");
+        assert_eq!(m.finish_cut(), 3);
     }
 }

@@ -87,24 +87,52 @@ pub struct Upstream {
 pub enum ModelIn {
     /// The `model` field of the JSON body.
     Body,
-    /// The path, as in Gemini's `/models/{model}:generateContent`.
-    Path,
+    /// The path, as in Gemini's `/models/{model}:generateContent` (or `/tunedModels/…`),
+    /// and the body's `model` (`models/` prefix dropped), as in its OpenAI-compatible API.
+    PathAndBody,
     /// Not an LLM API.
     Nowhere,
 }
 
+/// A request's `model` field is not a string, so it can't be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnreadableModel;
+
 impl ModelIn {
-    /// The model a request names, if any.
-    pub fn find<'a>(self, path: &'a str, body: Option<&'a serde_json::Value>) -> Option<&'a str> {
-        match self {
-            ModelIn::Body => body?.get("model")?.as_str(),
-            ModelIn::Path => {
-                let after = path.split_once("/models/")?.1;
-                let model = after.split([':', '/']).next()?;
-                (!model.is_empty()).then_some(model)
-            }
-            ModelIn::Nowhere => None,
+    /// Whether the JSON body can name a model.
+    pub fn reads_body(self) -> bool {
+        self != ModelIn::Nowhere
+    }
+
+    /// Every model a request names.
+    pub fn find<'a>(
+        self,
+        path: &'a str,
+        body: Option<&'a serde_json::Value>,
+    ) -> Result<Vec<&'a str>, UnreadableModel> {
+        let mut found = Vec::new();
+        if self == ModelIn::Nowhere {
+            return Ok(found);
         }
+        if self == ModelIn::PathAndBody {
+            let after = path
+                .split_once("/models/")
+                .or_else(|| path.split_once("/tunedModels/"));
+            if let Some(model) = after.and_then(|(_, after)| after.split([':', '/']).next())
+                && !model.is_empty()
+            {
+                found.push(model);
+            }
+        }
+        match body.and_then(|b| b.get("model")) {
+            None => {}
+            Some(serde_json::Value::String(model)) if self == ModelIn::PathAndBody => {
+                found.push(model.strip_prefix("models/").unwrap_or(model));
+            }
+            Some(serde_json::Value::String(model)) => found.push(model),
+            Some(_) => return Err(UnreadableModel),
+        }
+        Ok(found)
     }
 }
 
@@ -200,7 +228,7 @@ const BUILTINS: &[Builtin] = &[
             prefix: "",
         },
         errors: ErrorShape::Google,
-        model_in: ModelIn::Path,
+        model_in: ModelIn::PathAndBody,
         stream_usage_opt_in: false,
     },
     Builtin {
@@ -388,13 +416,28 @@ mod tests {
         let body = serde_json::json!({"model": "gpt-4o-mini"});
         assert_eq!(
             ModelIn::Body.find("/v1/chat/completions", Some(&body)),
-            Some("gpt-4o-mini")
+            Ok(vec!["gpt-4o-mini"])
         );
-        assert_eq!(ModelIn::Body.find("/v1/models", None), None);
+        assert_eq!(ModelIn::Body.find("/v1/models", None), Ok(vec![]));
         let path = "/v1beta/models/gemini-2.0-flash:generateContent";
-        assert_eq!(ModelIn::Path.find(path, None), Some("gemini-2.0-flash"));
-        assert_eq!(ModelIn::Path.find("/v1beta/models", None), None);
-        assert_eq!(ModelIn::Nowhere.find(path, Some(&body)), None);
+        let gemini = ModelIn::PathAndBody;
+        assert_eq!(gemini.find(path, None), Ok(vec!["gemini-2.0-flash"]));
+        assert_eq!(
+            gemini.find("/v1beta/tunedModels/mine:generateContent", None),
+            Ok(vec!["mine"])
+        );
+        assert_eq!(gemini.find("/v1beta/models", None), Ok(vec![]));
+        let compat = serde_json::json!({"model": "models/gemini-2.5-pro"});
+        assert_eq!(
+            gemini.find("/v1beta/openai/chat/completions", Some(&compat)),
+            Ok(vec!["gemini-2.5-pro"])
+        );
+        assert_eq!(ModelIn::Nowhere.find(path, Some(&body)), Ok(vec![]));
+        let odd = serde_json::json!({"model": ["gpt-4o"]});
+        assert_eq!(
+            ModelIn::Body.find("/v1/x", Some(&odd)),
+            Err(UnreadableModel)
+        );
     }
 
     #[test]

@@ -11,12 +11,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
 use super::ProxyError;
-use crate::approvals::{Approvals, NotApproved, Summary};
+use crate::approvals::{Approvals, MAX_PENDING_PER_TOKEN, NotApproved, Summary};
 use crate::clock;
 use crate::keyring::TokenEntry;
-use crate::policy::limits::{Admission, Limits};
+use crate::policy::limits::{self, Admission, LimitSet, Limits};
 use crate::policy::{self, Denial, PolicySpec, RequestFacts, RequestPath, Verdict};
-use crate::providers::{ModelIn, Provider};
+use crate::providers::{Provider, UnreadableModel};
 
 /// The request body as it will be forwarded: streamed untouched, or read for policy.
 pub enum ForwardBody {
@@ -84,19 +84,7 @@ impl Enforcer {
         body: Body,
     ) -> Result<Admitted, ProxyError> {
         let now = clock::now();
-        for link in entry.chain() {
-            let own = link.record.id == entry.record.id;
-            policy::check_lifetime(&link.record, now).map_err(|d| match d {
-                Denial::Revoked(at) if own => {
-                    ProxyError::Revoked(format!("at {}", clock::format(at)))
-                }
-                Denial::Expired(at) if own => {
-                    ProxyError::Expired(format!("at {}", clock::format(at)))
-                }
-                Denial::Revoked(_) => ProxyError::Revoked("with its parent token".to_owned()),
-                _ => ProxyError::Expired("with its parent token".to_owned()),
-            })?;
-        }
+        check_lifetimes(entry, now)?;
         let specs = specs(entry)?;
         if specs.is_empty() {
             return Ok(Admitted {
@@ -105,26 +93,45 @@ impl Enforcer {
             });
         }
         let path = RequestPath::new(&parts.method, rest);
-        let model_in_body = provider.model_in == ModelIn::Body;
+        // A model that can't be read from the body would slip past `models`, so a body that
+        // isn't JSON, or names its model oddly, is refused whenever a model list applies.
+        let checks_models =
+            provider.model_in.reads_body() && specs.iter().any(|(_, s)| s.models.is_some());
+        let checks_body = specs.iter().any(|(_, s)| !s.body.is_empty());
         let count_stream_usage = provider.stream_usage_opt_in
             && parts.method == Method::POST
             && specs.iter().any(|(_, s)| s.daily_tokens.is_some());
-        let needs_json =
-            specs.iter().any(|(_, s)| s.needs_body(model_in_body)) || count_stream_usage;
-        let mut body = if needs_json {
-            ForwardBody::Buffered(read(body, parts, self.policy_body_limit).await?)
+        // A held request is sent later, so its whole body waits with it.
+        let may_hold = specs
+            .iter()
+            .any(|(_, s)| s.require_approval.iter().any(|r| r.catches(&path)));
+        let read_limit = if may_hold {
+            Some(self.forward_body_limit)
+        } else if checks_models || checks_body || count_stream_usage {
+            Some(self.policy_body_limit)
         } else {
-            ForwardBody::Streamed(body)
+            None
+        };
+        let mut body = match read_limit {
+            Some(limit) => ForwardBody::Buffered(read(body, parts, limit).await?),
+            None => ForwardBody::Streamed(body),
         };
         let json = match &body {
-            ForwardBody::Buffered(bytes) => {
-                parse_json(bytes, specs.iter().any(|(_, s)| !s.body.is_empty()))?
-            }
+            ForwardBody::Buffered(bytes) => parse_json(bytes, checks_models || checks_body)?,
             ForwardBody::Streamed(_) => None,
+        };
+        let models = match provider.model_in.find(path.path(), json.as_ref()) {
+            Ok(models) => models,
+            Err(UnreadableModel) if checks_models => {
+                return Err(ProxyError::BadBody(
+                    "the token's policy checks the model, so `model` must be a string",
+                ));
+            }
+            Err(UnreadableModel) => Vec::new(),
         };
         let facts = RequestFacts {
             path: &path,
-            model: provider.model_in.find(path.path(), json.as_ref()),
+            models: &models,
             body: json.as_ref(),
         };
         let mut hold_for = None;
@@ -138,56 +145,86 @@ impl Enforcer {
         if count_stream_usage && let Some(amended) = ask_for_stream_usage(json.as_ref()) {
             body = ForwardBody::Buffered(amended);
         }
+        // Limits are taken before a hold, so held requests count against rate and
+        // concurrency like any other.
+        let admission = self.take_limits(entry, &specs, now).await?;
         if let Some(rule) = hold_for {
-            let mut model = facts.model.map(str::to_owned);
-            if let ForwardBody::Streamed(streamed) = body {
-                // A held request is sent later, so its body must wait with it; the model it
-                // names helps the person deciding.
-                let bytes = read(streamed, parts, self.forward_body_limit).await?;
-                let json = parse_json(&bytes, false)?;
-                model = provider
-                    .model_in
-                    .find(path.path(), json.as_ref())
-                    .map(str::to_owned);
-                body = ForwardBody::Buffered(bytes);
-            }
-            let summary = Summary {
-                agent: entry.record.agent.clone(),
-                token_id: entry.record.id.clone(),
-                provider: provider.name.clone(),
-                method: parts.method.to_string(),
-                path: path.path().to_owned(),
-                model,
+            let summary = Summary::new(
+                &entry.record.agent,
+                &entry.record.id,
+                &provider.name,
+                parts.method.as_str(),
+                path.path(),
+                (!models.is_empty()).then(|| models.join(", ")).as_deref(),
                 rule,
-            };
-            self.approvals.hold(&entry.record.tenant, summary).await.map_err(|e| match e {
-            NotApproved::Denied { .. } => ProxyError::ApprovalDenied(e.to_string()),
-            NotApproved::TimedOut(_) => ProxyError::ApprovalTimedOut(e.to_string()),
-            NotApproved::Store(e) => {
-                tracing::error!(error = %e, "approval could not be recorded; refusing the request");
-                ProxyError::StoreUnavailable
-            }
-        })?;
+            );
+            self.approvals
+                .hold(&entry.record.tenant, summary)
+                .await
+                .map_err(|e| match e {
+                    NotApproved::Denied { .. } => ProxyError::ApprovalDenied(e.to_string()),
+                    NotApproved::TimedOut(_) => ProxyError::ApprovalTimedOut(e.to_string()),
+                    NotApproved::TooManyPending => {
+                        ProxyError::Limited(limits::Limited::PendingApprovals {
+                            max: MAX_PENDING_PER_TOKEN,
+                        })
+                    }
+                    NotApproved::Store(e) => {
+                        tracing::error!(error = %e, "approval could not be recorded; refusing the request");
+                        ProxyError::StoreUnavailable
+                    }
+                })?;
         }
-        let mut links = Vec::new();
-        for (link, spec) in specs.iter().filter(|(_, s)| s.has_limits()) {
-            let counters = self.counters.of(&link.record.id, now).await.map_err(|e| {
-            tracing::error!(error = %e, "usage counters could not be loaded; refusing the request");
-            ProxyError::StoreUnavailable
-        })?;
-            links.push((counters, *spec));
-        }
-        let admission = if links.is_empty() {
-            None
-        } else {
-            Some(
-                self.counters
-                    .admit(&links, clock::now())
-                    .map_err(ProxyError::Limited)?,
-            )
-        };
         Ok(Admitted { body, admission })
     }
+
+    /// Take a slot and a charge from every token of the chain that has limits: one counter
+    /// set per token, under the strictest of its policies' limits.
+    async fn take_limits(
+        &self,
+        entry: &TokenEntry,
+        specs: &[(&TokenEntry, &PolicySpec)],
+        now: i64,
+    ) -> Result<Option<Admission>, ProxyError> {
+        let mut links = Vec::new();
+        for link in entry.chain() {
+            let limits = LimitSet::strictest(
+                specs
+                    .iter()
+                    .filter(|(owner, _)| owner.record.id == link.record.id)
+                    .map(|(_, spec)| *spec),
+            );
+            if limits.is_empty() {
+                continue;
+            }
+            let counters = self.counters.of(&link.record.id, now).await.map_err(|e| {
+                tracing::error!(error = %e, "usage counters could not be loaded; refusing the request");
+                ProxyError::StoreUnavailable
+            })?;
+            links.push((counters, limits));
+        }
+        if links.is_empty() {
+            return Ok(None);
+        }
+        self.counters
+            .admit(&links, clock::now())
+            .map(Some)
+            .map_err(ProxyError::Limited)
+    }
+}
+
+/// Check that the token and each of its ancestors is alive.
+fn check_lifetimes(entry: &TokenEntry, now: i64) -> Result<(), ProxyError> {
+    for link in entry.chain() {
+        let own = link.record.id == entry.record.id;
+        policy::check_lifetime(&link.record, now).map_err(|d| match d {
+            Denial::Revoked(at) if own => ProxyError::Revoked(format!("at {}", clock::format(at))),
+            Denial::Expired(at) if own => ProxyError::Expired(format!("at {}", clock::format(at))),
+            Denial::Revoked(_) => ProxyError::Revoked("with its parent token".to_owned()),
+            _ => ProxyError::Expired("with its parent token".to_owned()),
+        })?;
+    }
+    Ok(())
 }
 
 /// Read a body up to `limit` bytes.
@@ -232,6 +269,10 @@ fn ask_for_stream_usage(json: Option<&Value>) -> Option<Bytes> {
     let options = object
         .entry("stream_options")
         .or_insert_with(|| Value::Object(Default::default()));
+    // `null` or any other non-object would leave the usage report off.
+    if !options.is_object() {
+        *options = Value::Object(Default::default());
+    }
     options
         .as_object_mut()?
         .insert("include_usage".into(), Value::Bool(true));
@@ -256,6 +297,13 @@ mod tests {
         assert_eq!(v["model"], "m");
         assert!(ask_for_stream_usage(Some(&v)).is_none());
         assert!(ask_for_stream_usage(Some(&json!({"stream": false}))).is_none());
+        for options in [json!(null), json!("x"), json!({"include_usage": false})] {
+            let amended =
+                ask_for_stream_usage(Some(&json!({"stream": true, "stream_options": options})))
+                    .unwrap();
+            let v: Value = serde_json::from_slice(&amended).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{options}");
+        }
         assert!(ask_for_stream_usage(None).is_none());
     }
 

@@ -166,6 +166,7 @@ impl ProxyError {
             PolicyUnavailable(_) => "policy_unavailable",
             Limited(l) if l.is_budget() => "budget_exhausted",
             Limited(l::Limited::Concurrency { .. }) => "concurrency_limited",
+            Limited(l::Limited::PendingApprovals { .. }) => "too_many_pending_approvals",
             Limited(_) => "rate_limited",
             ApprovalDenied(_) => "approval_denied",
             ApprovalTimedOut(_) => "approval_timeout",

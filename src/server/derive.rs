@@ -2,11 +2,14 @@
 //! token for a sub-agent, without operator rights. The child can never widen anything: its
 //! requests must also pass every policy of its ancestors, and it dies with its parent.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, StatusCode, header};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -30,6 +33,35 @@ pub struct DeriveRequest {
     agent: Option<String>,
     /// The child's own policy (same fields as a policy file).
     policy: Option<PolicySpec>,
+}
+
+/// Children one token may derive per minute: enough for any fan-out of sub-agents, too few
+/// to flood the store.
+const DERIVES_PER_MINUTE: NonZeroU32 = NonZeroU32::new(30).expect("non-zero");
+/// Past this many tokens tracked, idle entries are forgotten.
+const TRACKED_TOKENS: usize = 4096;
+
+/// The rate at which each token may derive children.
+pub struct DeriveLimiter(DefaultKeyedRateLimiter<String>);
+
+impl Default for DeriveLimiter {
+    fn default() -> Self {
+        DeriveLimiter(RateLimiter::keyed(Quota::per_minute(DERIVES_PER_MINUTE)))
+    }
+}
+
+impl DeriveLimiter {
+    /// Take one derive for token `id`, or say how long to wait.
+    fn check(&self, id: &str) -> Result<(), Duration> {
+        if self.0.len() > TRACKED_TOKENS {
+            self.0.retain_recent();
+        }
+        self.0.check_key(&id.to_owned()).map_err(|not_until| {
+            not_until
+                .wait_time_from(DefaultClock::default().now())
+                .max(Duration::from_secs(1))
+        })
+    }
 }
 
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
@@ -107,6 +139,17 @@ pub async fn derive(
             );
         }
     };
+    if let Err(wait) = state.derives.check(&entry.record.id) {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &format!("a token may derive at most {DERIVES_PER_MINUTE} children per minute"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+        return response;
+    }
     let ttl = request
         .ttl
         .map(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));

@@ -1,7 +1,7 @@
 //! The agent listener: health, the agent-facing SEKS API, and the proxy for everything else.
 
 pub mod admin;
-mod derive;
+pub mod derive;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +27,8 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     /// The store, for tokens the SEKS API issues.
     pub store: Arc<dyn Store>,
+    /// How fast each token may derive children.
+    pub derives: derive::DeriveLimiter,
 }
 
 /// The agent-facing router: `/healthz`, `/seks/v1/…`, and every other request to the proxy.

@@ -9,6 +9,7 @@ mod hygiene;
 mod passthrough;
 mod path_escape;
 mod policies;
+mod policy_bypasses;
 mod scrubbing;
 mod sdk;
 mod tls_upstream;

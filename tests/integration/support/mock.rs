@@ -205,7 +205,9 @@ async fn handle(
         body: body.clone(),
     });
 
-    let response = if path.ends_with("/chat/completions") {
+    let response = if path.ends_with("/late-usage/chat/completions") && stream {
+        late_usage(stream_usage)
+    } else if path.ends_with("/chat/completions") {
         if stream {
             sse(openai_stream(stream_usage))
         } else {
@@ -217,8 +219,11 @@ async fn handle(
         } else {
             json_response(anthropic_message())
         }
-    } else if path.contains(":streamGenerateContent") {
+    } else if path.contains(":streamGenerateContent") && query.contains("alt=sse") {
         sse(vec![format!("data: {}\r\n\r\n", gemini_response())])
+    } else if path.contains(":streamGenerateContent") {
+        // Without `alt=sse`, Gemini streams one JSON array of chunks.
+        json_response(serde_json::json!([gemini_response(), gemini_response()]))
     } else if path.contains(":generateContent") {
         json_response(gemini_response())
     } else if path == "/user" {
@@ -406,6 +411,23 @@ fn stream_response(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Respons
         .header("cache-control", "no-cache")
         .body(ChannelBody(rx).boxed())
         .unwrap()
+}
+
+/// An OpenAI stream whose answer comes at once and whose usage report (1000 tokens, when
+/// asked for) follows 800 ms later, as a separate last chunk.
+fn late_usage(stream_usage: bool) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let answer = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n";
+        let _ = tx.send(Ok(Bytes::from(answer))).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        if stream_usage {
+            let usage = "data: {\"choices\":[],\"usage\":{\"total_tokens\":1000}}\n\n";
+            let _ = tx.send(Ok(Bytes::from(usage))).await;
+        }
+        let _ = tx.send(Ok(Bytes::from("data: [DONE]\n\n"))).await;
+    });
+    stream_response(rx)
 }
 
 /// First event now, second only after the test calls `release`.

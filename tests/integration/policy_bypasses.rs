@@ -1,0 +1,382 @@
+//! Policies against an agent that tries to get around them: requests shaped to dodge a
+//! budget or a model list, policies stacked on one token, floods of held requests and
+//! derived tokens. Raw HTTP, since these are requests no SDK would send.
+
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use crate::support::Env;
+use crate::support::http::{Reply, send, send_streaming};
+use crate::support::mock::MockUpstream;
+
+const KEY: &str = "sk-proj-BYPASS-real-key-0123456789";
+const GEMINI_KEY: &str = "AIzaSyBYPASSrealkey0123456789012345678";
+
+async fn setup(extra_config: &str) -> (MockUpstream, Env) {
+    let mock = MockUpstream::start().await;
+    let env = Env::new(&crate::support::config_for(&mock.url(), extra_config));
+    env.add_secret("main", "openai", KEY).await;
+    env.add_secret("gem", "gemini", GEMINI_KEY).await;
+    (mock, env)
+}
+
+fn write(env: &Env, name: &str, text: &str) -> String {
+    let path = env.data_dir().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+async fn post(url: &str, auth: (&str, &str), content_type: &str, body: &str) -> Reply {
+    send(
+        "POST",
+        url,
+        &[auth, ("content-type", content_type)],
+        body.to_owned(),
+    )
+    .await
+}
+
+/// The status and the broker's error code (in every provider's shape).
+fn code(reply: &Reply) -> (u16, String) {
+    let code = reply.header("x-seks-error").unwrap_or_default();
+    (reply.status, code.to_owned())
+}
+
+#[tokio::test]
+async fn token_budgets_count_streams_that_try_to_hide_their_usage() {
+    let (mock, env) = setup("").await;
+    let broker = env.serve().await;
+    let chat = broker.url("/api/openai/v1/chat/completions");
+
+    // `stream_options: null` must not switch the usage report off: 9 tokens per answer.
+    let nulled = env.create_token("main", &["--daily-tokens", "15"]).await;
+    let auth = format!("Bearer {nulled}");
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":null,"messages":[]}"#;
+    for _ in 0..2 {
+        let reply = post(&chat, ("authorization", &auth), "application/json", body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let third = post(&chat, ("authorization", &auth), "application/json", body).await;
+    assert_eq!(
+        code(&third),
+        (429, "budget_exhausted".into()),
+        "{}",
+        third.body
+    );
+    let asked: Vec<Value> = mock
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .all(|b| b["stream_options"]["include_usage"] == true),
+        "{asked:?}"
+    );
+
+    // Hanging up after the answer, before the usage report (1000 tokens, 800 ms later),
+    // still pays: the broker reads the rest of the stream.
+    let quitter = env.create_token("main", &["--daily-tokens", "500"]).await;
+    let auth = format!("Bearer {quitter}");
+    let late = broker.url("/api/openai/v1/late-usage/chat/completions");
+    let response = send_streaming(
+        "POST",
+        &late,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("hi"));
+    drop(body);
+    let start = Instant::now();
+    let models = broker.url("/api/openai/v1/models");
+    let refused = loop {
+        let reply = send("GET", &models, &[("authorization", &auth)], "").await;
+        if reply.status == 429 || start.elapsed() > Duration::from_secs(10) {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code(&refused), (429, "budget_exhausted".into()));
+    assert!(refused.body.contains("1000 used"), "{}", refused.body);
+
+    // Gemini streams a JSON array of chunks unless asked for SSE; its usage counts too.
+    let gemini = env.create_token("gem", &["--daily-tokens", "15"]).await;
+    let stream = broker.url("/api/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent");
+    for _ in 0..2 {
+        let reply = post(
+            &stream,
+            ("x-goog-api-key", &gemini),
+            "application/json",
+            "{}",
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.json().is_array());
+    }
+    let third = post(
+        &stream,
+        ("x-goog-api-key", &gemini),
+        "application/json",
+        "{}",
+    )
+    .await;
+    assert_eq!(third.status, 429, "{}", third.body);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn model_lists_refuse_bodies_whose_model_cannot_be_read() {
+    let (mock, env) = setup("").await;
+    let openai = write(&env, "o.toml", "models = [\"gpt-4o-mini\"]\n");
+    let token = env.create_token("main", &["--policy", &openai]).await;
+    let gemini = write(&env, "g.toml", "models = [\"gemini-2.0-flash\"]\n");
+    let gemini = env.create_token("gem", &["--policy", &gemini]).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+    let chat = broker.url("/api/openai/v1/chat/completions");
+
+    // Bodies a lenient upstream parser might accept but serde can't: NaN, a huge number, a
+    // byte order mark; and a model that isn't a string.
+    for body in [
+        r#"{"model":"gpt-4o","messages":[],"temperature":NaN}"#,
+        r#"{"model":"gpt-4o","messages":[],"x":1e400}"#,
+        "\u{feff}{\"model\":\"gpt-4o\",\"messages\":[]}",
+        r#"{"model":["gpt-4o"],"messages":[]}"#,
+    ] {
+        let reply = post(&chat, ("authorization", &auth), "application/json", body).await;
+        assert_eq!(
+            code(&reply),
+            (400, "bad_body".into()),
+            "{body:?}: {}",
+            reply.body
+        );
+    }
+    let multipart = "--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--b--\r\n";
+    let reply = post(
+        &broker.url("/api/openai/v1/audio/transcriptions"),
+        ("authorization", &auth),
+        "multipart/form-data; boundary=b",
+        multipart,
+    )
+    .await;
+    assert_eq!(code(&reply), (400, "bad_body".into()), "{}", reply.body);
+
+    // Gemini names models in its OpenAI-compatible body and in tuned-model paths too.
+    let compat = broker.url("/api/gemini/v1beta/openai/chat/completions");
+    let key = ("x-goog-api-key", gemini.as_str());
+    let reply = post(
+        &compat,
+        key,
+        "application/json",
+        r#"{"model":"gemini-2.5-pro"}"#,
+    )
+    .await;
+    assert_eq!(
+        code(&reply),
+        (403, "policy_denied".into()),
+        "{}",
+        reply.body
+    );
+    let tuned = broker.url("/api/gemini/v1beta/tunedModels/mine:generateContent");
+    let reply = post(&tuned, key, "application/json", "{}").await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(mock.requests().len(), 0, "nothing reached the upstream");
+
+    let body = r#"{"model":"models/gemini-2.0-flash","messages":[]}"#;
+    assert_eq!(
+        post(&compat, key, "application/json", body).await.status,
+        200
+    );
+    let ok = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    assert_eq!(
+        post(&chat, ("authorization", &auth), "application/json", ok)
+            .await
+            .status,
+        200
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_with_its_own_and_a_named_policy_is_counted_once_under_the_stricter_limits() {
+    let (_mock, env) = setup("").await;
+    let team = write(&env, "team.toml", "rpm = 60\ndaily_requests = 10\n");
+    env.cli(&["policy", "set", "team", &team], "").await.ok();
+    let rated = env
+        .create_token("main", &["--rpm", "2", "--policy-name", "team"])
+        .await;
+    let budgeted = env
+        .create_token("main", &["--daily-requests", "4", "--policy-name", "team"])
+        .await;
+    let broker = env.serve().await;
+    let models = broker.url("/api/openai/v1/models");
+    for (token, passes) in [(&rated, 2), (&budgeted, 4)] {
+        let auth = format!("Bearer {token}");
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(
+                send("GET", &models, &[("authorization", &auth)], "")
+                    .await
+                    .status,
+            );
+        }
+        let want: Vec<u16> = (0..6).map(|i| if i < passes { 200 } else { 429 }).collect();
+        assert_eq!(statuses, want);
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_overshoot_a_daily_request_budget() {
+    let (mock, env) = setup("").await;
+    let token = env.create_token("main", &["--daily-requests", "5"]).await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/openai/v1/sleep");
+    let auth = format!("Bearer {token}");
+    let calls: Vec<_> = (0..24)
+        .map(|_| {
+            let (url, auth) = (url.clone(), auth.clone());
+            tokio::spawn(async move { send("GET", &url, &[("authorization", &auth)], "").await })
+        })
+        .collect();
+    let mut passed = 0;
+    for call in calls {
+        let reply = call.await.unwrap();
+        match reply.status {
+            200 => passed += 1,
+            status => assert_eq!(code(&reply), (429, "budget_exhausted".into()), "{status}"),
+        }
+    }
+    assert_eq!((passed, mock.requests().len()), (5, 5));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn named_policies_cannot_carry_a_lifetime() {
+    let (_mock, env) = setup("").await;
+    for text in ["ttl = \"1s\"\n", "expires_at = \"2020-01-01T00:00:00Z\"\n"] {
+        let file = write(&env, "old.toml", text);
+        let out = env.cli(&["policy", "set", "old", &file], "").await;
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            out.stderr.contains("can't set `ttl` or `expires_at`"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// Start `n` held requests with `token`; return their handles.
+fn hold_many(url: &str, token: &str, n: usize) -> Vec<tokio::task::JoinHandle<Reply>> {
+    (0..n)
+        .map(|i| {
+            let (url, auth) = (url.to_owned(), format!("Bearer {token}"));
+            let body = format!(r#"{{"model":"dall-e-{i}","prompt":"x"}}"#);
+            tokio::spawn(async move { send("POST", &url, &[("authorization", &auth)], body).await })
+        })
+        .collect()
+}
+
+async fn pending(env: &Env) -> Vec<Value> {
+    let listed = env.cli(&["approvals", "list", "--json"], "").await.ok();
+    serde_json::from_str::<Value>(&listed.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn held_requests_count_against_limits_and_are_capped_per_token() {
+    let (_mock, env) = setup("[approvals]\ntimeout = \"3s\"\n").await;
+    let images = "POST /v1/images/generations";
+    let single = env
+        .create_token(
+            "main",
+            &["--concurrency", "1", "--require-approval", images],
+        )
+        .await;
+    let flood = env
+        .create_token("main", &["--require-approval", images, "--agent", "flood"])
+        .await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/openai/v1/images/generations");
+
+    let single_calls = hold_many(&url, &single, 3);
+    let flood_calls = hold_many(&url, &flood, 12);
+    let mut refused = Vec::new();
+    for call in single_calls.into_iter().chain(flood_calls) {
+        let reply = call.await.unwrap();
+        refused.push(code(&reply));
+    }
+    let count = |c: &str| refused.iter().filter(|(_, code)| code == c).count();
+    // Each token's held requests all time out (3 s) unless refused up front.
+    assert_eq!(count("concurrency_limited"), 2, "{refused:?}");
+    assert_eq!(count("too_many_pending_approvals"), 4, "{refused:?}");
+    assert_eq!(count("approval_timeout"), 1 + 8, "{refused:?}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn what_an_agent_writes_into_a_held_request_cannot_spoof_the_approvals_list() {
+    let (_mock, env) = setup("[approvals]\ntimeout = \"3s\"\n").await;
+    let token = env
+        .create_token(
+            "main",
+            &["--require-approval", "POST /v1/images/generations"],
+        )
+        .await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/openai/v1/images/generations");
+    let auth = format!("Bearer {token}");
+    let spoof = r#"{"model":"dall-e-2\u001b[2K\r\napr_fake pending nice-bot GET /v1/models"}"#;
+    let call =
+        tokio::spawn(async move { send("POST", &url, &[("authorization", &auth)], spoof).await });
+    let start = Instant::now();
+    while pending(&env).await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let table = env.cli(&["approvals", "list"], "").await.ok().stdout;
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\r'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains("dall-e-2\\u{1b}[2K\\r\\napr_fake"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 2, "{table}");
+    call.await.unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_can_derive_only_so_many_children_a_minute() {
+    let (_mock, env) = setup("").await;
+    let token = env.create_token("main", &[]).await;
+    let broker = env.serve().await;
+    let url = broker.url("/seks/v1/tokens/derive");
+    let auth = format!("Bearer {token}");
+    let mut statuses = Vec::new();
+    for _ in 0..31 {
+        let reply = post(&url, ("authorization", &auth), "application/json", "{}").await;
+        statuses.push(reply.status);
+        if reply.status == 429 {
+            assert!(reply.header("retry-after").is_some());
+        }
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 30);
+    assert_eq!(statuses.last(), Some(&429));
+    broker.stop().await;
+}

@@ -77,6 +77,34 @@ pub struct FileConfig {
     /// Holding requests for human approval.
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// Audit log settings (`[audit]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `batched` (default) or `strict`: a response ends only once its record is committed.
+    pub durability: crate::audit::Durability,
+    /// Keep serving when the audit log can't be written (records are lost meanwhile).
+    pub fail_open: bool,
+    /// Records waiting to be written before new requests are refused.
+    pub queue: usize,
+    /// Delete records older than this many days (kept forever when unset).
+    pub retain_days: Option<u32>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            durability: crate::audit::Durability::default(),
+            fail_open: false,
+            queue: 100_000,
+            retain_days: None,
+        }
+    }
 }
 
 /// Approval settings (`[approvals]`).
@@ -193,6 +221,8 @@ pub struct Settings {
     pub security: SecurityConfig,
     /// Approval settings.
     pub approvals: ApprovalsConfig,
+    /// Audit log settings.
+    pub audit: AuditConfig,
 }
 
 impl Settings {
@@ -226,6 +256,7 @@ impl Settings {
             providers: file.providers,
             security: file.security,
             approvals: file.approvals,
+            audit: file.audit,
         })
     }
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod approvals;
+mod audit;
 mod output;
 mod policy;
 mod secret;
@@ -66,6 +67,9 @@ enum Command {
     /// The admin API's token.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Read, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Entry point of the `seks` binary.
@@ -121,6 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(cmd) => {
             admin::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Audit(cmd) => {
+            audit::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
     }
 }

@@ -4,9 +4,12 @@ use serde::Serialize;
 
 use crate::clock;
 
-/// Print rows as a table with aligned columns.
+/// Print rows as a table with aligned columns; without headers, just the rows.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let columns = rows.first().map_or(headers.len(), Vec::len);
+    let mut widths: Vec<usize> = (0..columns)
+        .map(|i| headers.get(i).map_or(0, |h| h.chars().count()))
+        .collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -20,7 +23,9 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
-    line(headers.to_vec());
+    if !headers.is_empty() {
+        line(headers.to_vec());
+    }
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use super::Context;
 use crate::approvals::Approvals;
+use crate::audit::{self, Auditor};
 use crate::config::LogFormat;
 use crate::keyring::Keyring;
 use crate::policy::limits::Limits;
@@ -38,6 +39,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let providers = ctx.providers()?;
     let vault = ctx.unlock_vault().await?;
     let upstreams = Upstreams::new(&ctx.settings.upstream)?;
+    let (audit_key, retention_key) = (vault.audit_key(), vault.audit_key());
     let keyring = Arc::new(Keyring::new(ctx.store.clone(), vault, ctx.redactor.clone()));
     keyring.sync().await.context("reading the store")?;
     let sync_task = tokio::spawn(keyring.clone().run_sync_loop());
@@ -55,6 +57,22 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         response_timeout: ctx.settings.upstream.response_timeout,
         read_timeout: ctx.settings.upstream.read_timeout,
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let audit = &ctx.settings.audit;
+    let (auditor, audit_writer) = Auditor::new(
+        ctx.store.clone(),
+        audit_key,
+        ctx.redactor.clone(),
+        audit.durability,
+        audit.fail_open,
+        audit.queue,
+    );
+    // The writer stops last, after the requests still open at shutdown have ended.
+    let (audit_stop, audit_stopped) = tokio::sync::watch::channel(false);
+    let audit_task = tokio::spawn(audit::run_writer(audit_writer, audit_stopped));
+    let retention_task = audit
+        .retain_days
+        .map(|days| tokio::spawn(audit::run_retention(ctx.store.clone(), retention_key, days)));
     let proxy = Arc::new(Proxy::new(
         providers,
         keyring.clone(),
@@ -62,6 +80,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         approvals,
         upstreams,
         limits,
+        Arc::new(auditor),
     ));
     let listener = TcpListener::bind(ctx.settings.listen)
         .await
@@ -72,7 +91,6 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         print_first_steps(&ctx, addr);
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match ctx.settings.admin_listen {
         Some(admin_addr) => {
             let admin_listener = TcpListener::bind(admin_addr)
@@ -120,6 +138,13 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     }
     sync_task.abort();
     flush_task.abort();
+    if let Some(task) = retention_task {
+        task.abort();
+    }
+    let _ = audit_stop.send(true);
+    if audit_task.await.is_err() {
+        tracing::error!("the audit writer failed at shutdown");
+    }
     if let Err(e) = keyring.flush_uses().await {
         tracing::warn!(error = %e, "could not record token use times");
     }

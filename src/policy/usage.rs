@@ -20,18 +20,25 @@ const DRAIN_FOR: Duration = Duration::from_secs(300);
 /// A response cut short without a usage report is charged one token per this many bytes.
 const BYTES_PER_TOKEN: u64 = 4;
 
-/// Usage reported so far in one response.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Usage reported so far in one response, and the model that answered.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Usage {
     total: u64,
     input: u64,
     output: u64,
+    model: Option<String>,
 }
 
 impl Usage {
     /// Tokens used: the reported total, or input plus output where no total is given.
     pub fn tokens(&self) -> u64 {
         self.total.max(self.input + self.output)
+    }
+
+    /// The model the answer names (`model`, Anthropic's `message.model`, Gemini's
+    /// `modelVersion`, the Responses API's `response.model`).
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     /// Take in one JSON document (a body, or one SSE event): OpenAI-style `usage.total_tokens`
@@ -42,6 +49,17 @@ impl Usage {
         if let Value::Array(items) = doc {
             items.iter().for_each(|item| self.absorb(item));
             return;
+        }
+        if self.model.is_none() {
+            self.model = [
+                &doc["model"],
+                &doc["message"]["model"],
+                &doc["modelVersion"],
+                &doc["response"]["model"],
+            ]
+            .into_iter()
+            .find_map(Value::as_str)
+            .map(str::to_owned);
         }
         let n = |v: &Value| v.as_u64();
         if let Some(total) = n(&doc["usage"]["total_tokens"])
@@ -120,25 +138,26 @@ impl UsageMeter {
         }
     }
 
-    /// The body ended: the tokens it reported.
-    pub fn finish(mut self) -> u64 {
+    /// The body ended: the usage it reported.
+    pub fn finish(mut self) -> Usage {
         if self.sse {
             let rest = std::mem::take(&mut self.buf);
             self.event_line(&rest);
         } else if let Ok(doc) = serde_json::from_slice::<Value>(&self.buf) {
             self.usage.absorb(&doc);
         }
-        self.usage.tokens()
+        self.usage
     }
 
-    /// The body was cut short: the tokens reported so far, or an estimate from its size
+    /// The body was cut short: the usage reported so far, or an estimate from its size
     /// when there is no report, so a stream that never reached its usage isn't free.
-    fn finish_cut(self) -> u64 {
+    fn finish_cut(self) -> Usage {
         let estimate = self.seen.div_ceil(BYTES_PER_TOKEN);
-        match self.finish() {
-            0 => estimate,
-            reported => reported,
+        let mut usage = self.finish();
+        if usage.tokens() == 0 {
+            usage.total = estimate;
         }
+        usage
     }
 }
 
@@ -149,18 +168,18 @@ impl UsageMeter {
 pub struct MeteredBody<T: Send + 'static> {
     inner: UnsyncBoxBody<Bytes, BoxError>,
     meter: Option<UsageMeter>,
-    on_end: Option<Box<dyn FnOnce(u64, T) + Send>>,
+    on_end: Option<Box<dyn FnOnce(Usage, T) + Send>>,
     held: Option<T>,
 }
 
 impl<T: Send + 'static> MeteredBody<T> {
-    /// Meter `inner` (without a meter, just hold `held` until the end); `on_end(tokens,
+    /// Meter `inner` (without a meter, just hold `held` until the end); `on_end(usage,
     /// held)` runs exactly once.
     pub fn new(
         inner: UnsyncBoxBody<Bytes, BoxError>,
         meter: Option<UsageMeter>,
         held: T,
-        on_end: impl FnOnce(u64, T) + Send + 'static,
+        on_end: impl FnOnce(Usage, T) + Send + 'static,
     ) -> Self {
         MeteredBody {
             inner,
@@ -172,7 +191,13 @@ impl<T: Send + 'static> MeteredBody<T> {
 
     fn report(&mut self) {
         if let (Some(on_end), Some(held)) = (self.on_end.take(), self.held.take()) {
-            on_end(self.meter.take().map_or(0, UsageMeter::finish), held);
+            on_end(
+                self.meter
+                    .take()
+                    .map(UsageMeter::finish)
+                    .unwrap_or_default(),
+                held,
+            );
         }
     }
 }
@@ -204,12 +229,12 @@ impl<T: Send + 'static> Drop for MeteredBody<T> {
                 }
             })
             .await;
-            let tokens = if drained == Ok(true) {
+            let usage = if drained == Ok(true) {
                 meter.finish()
             } else {
                 meter.finish_cut()
             };
-            on_end(tokens, held);
+            on_end(usage, held);
         });
     }
 }
@@ -255,7 +280,7 @@ mod tests {
         for c in chunks {
             m.observe(c.as_bytes());
         }
-        m.finish()
+        m.finish().tokens()
     }
 
     #[test]
@@ -272,6 +297,14 @@ mod tests {
         let gemini = json!({"usageMetadata": {"totalTokenCount": 12}}).to_string();
         assert_eq!(meter("application/json", &[&gemini]), 12);
         assert_eq!(meter("application/json", &["not json"]), 0);
+    }
+
+    #[test]
+    fn the_answering_model_is_read_once() {
+        let mut m = UsageMeter::new(Some("text/event-stream"));
+        m.observe(b"data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\"}}\n\n");
+        m.observe(b"data: {\"model\":\"other\"}\n\n");
+        assert_eq!(m.finish().model(), Some("claude-x"));
     }
 
     #[test]
@@ -307,9 +340,9 @@ mod tests {
     fn a_cut_stream_without_a_report_is_charged_by_size() {
         let mut m = UsageMeter::new(Some("text/event-stream"));
         m.observe(&[b'x'; 401]);
-        assert_eq!(m.finish_cut(), 101);
+        assert_eq!(m.finish_cut().tokens(), 101);
         let mut m = UsageMeter::new(Some("text/event-stream"));
         m.observe(b"data: {\"usage\":{\"total_tokens\":3}}\n\n");
-        assert_eq!(m.finish_cut(), 3);
+        assert_eq!(m.finish_cut().tokens(), 3);
     }
 }

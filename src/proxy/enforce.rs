@@ -10,7 +10,7 @@ use http::{Method, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
-use super::ProxyError;
+use super::{ProxyError, Seen};
 use crate::approvals::{Approvals, MAX_PENDING_PER_TOKEN, NotApproved, Summary};
 use crate::clock;
 use crate::keyring::TokenEntry;
@@ -82,6 +82,7 @@ impl Enforcer {
         parts: &Parts,
         rest: &str,
         body: Body,
+        seen: &mut Seen,
     ) -> Result<Admitted, ProxyError> {
         let now = clock::now();
         check_lifetimes(entry, now)?;
@@ -129,6 +130,9 @@ impl Enforcer {
             }
             Err(UnreadableModel) => Vec::new(),
         };
+        if !models.is_empty() {
+            seen.model = Some(models.join(", "));
+        }
         let facts = RequestFacts {
             path: &path,
             models: &models,
@@ -174,6 +178,7 @@ impl Enforcer {
                         ProxyError::StoreUnavailable
                     }
                 })?;
+            seen.approved = true;
         }
         Ok(Admitted { body, admission })
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
+use crate::audit::Decision;
 use crate::policy::Denial;
 use crate::policy::limits::{self as l, Limited};
 use crate::providers::ErrorShape;
@@ -114,6 +115,9 @@ pub enum ProxyError {
         "the credential for this token could not be loaded; ask the operator to check the broker's logs"
     )]
     CredentialUnavailable,
+    /// The audit log can't be written, and the broker fails closed.
+    #[error("{0}")]
+    AuditUnavailable(String),
 }
 
 impl ProxyError {
@@ -141,7 +145,25 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
-            StoreUnavailable | CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            StoreUnavailable | CredentialUnavailable | AuditUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// What the audit log records the broker as having decided.
+    pub fn decision(&self) -> Decision {
+        use ProxyError::*;
+        match self {
+            UpstreamUnreachable(_)
+            | UpstreamFailed(_)
+            | UnsupportedEncoding
+            | UpstreamTimeout(..) => Decision::UpstreamError,
+            StoreUnavailable
+            | CredentialUnavailable
+            | PolicyUnavailable(_)
+            | AuditUnavailable(_) => Decision::Failed,
+            _ => Decision::Denied,
         }
     }
 
@@ -177,6 +199,7 @@ impl ProxyError {
             UnsupportedEncoding => "unsupported_encoding",
             UpstreamTimeout(..) => "upstream_timeout",
             StoreUnavailable => "store_unavailable",
+            AuditUnavailable(_) => "audit_unavailable",
             CredentialUnavailable => "credential_unavailable",
         }
     }

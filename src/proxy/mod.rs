@@ -1,6 +1,7 @@
 //! The passthrough proxy: `/api/<provider>/<path>` → the provider's pinned upstream,
 //! with the agent's token swapped for the real credential and bodies streamed both ways.
 
+mod audited;
 mod enforce;
 mod error;
 mod response;
@@ -10,22 +11,25 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use http::{HeaderMap, Method, Request, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Version, header};
 use http_body_util::{LengthLimitError, Limited};
 
 pub use error::{ProxyError, SEKS_ERROR_HEADER};
 pub use upstream::{UpstreamClient, UpstreamError, Upstreams};
 
 use crate::approvals::Approvals;
-use crate::audit::{self, RequestRecord};
+use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError, TokenEntry};
 use crate::policy::limits::Limits;
 use crate::providers::{ErrorShape, Provider, Providers};
+use crate::store::DEFAULT_TENANT;
 use crate::{clock, tokens};
+use audited::{AuditedBody, CountedBody, PendingRecord};
 use enforce::{Enforcer, ForwardBody};
 
 /// Limits and timeouts the proxy applies to every request.
@@ -48,6 +52,7 @@ pub struct Proxy {
     enforcer: Enforcer,
     upstreams: Upstreams,
     limits: ProxyLimits,
+    auditor: Arc<Auditor>,
 }
 
 /// What the request resolved to so far, for the audit record.
@@ -55,10 +60,22 @@ pub struct Proxy {
 struct Seen {
     provider: Option<Arc<Provider>>,
     token: Option<Arc<TokenEntry>>,
+    /// Path and query as audited: below the provider, without token parameters.
+    path: Option<String>,
+    /// Model named by the request, when policy read it.
+    model: Option<String>,
+    /// Held for approval and approved.
+    approved: bool,
+    /// Time until the upstream's response headers.
+    upstream_us: Option<u64>,
 }
 
+/// Response header naming the request in the audit log.
+pub const REQUEST_ID_HEADER: &str = "x-seks-request-id";
+
 impl Proxy {
-    /// A proxy over these providers, credentials, counters, approvals and upstream clients.
+    /// A proxy over these providers, credentials, counters, approvals, upstream clients
+    /// and audit log.
     pub fn new(
         providers: Providers,
         keyring: Arc<Keyring>,
@@ -66,6 +83,7 @@ impl Proxy {
         approvals: Approvals,
         upstreams: Upstreams,
         limits: ProxyLimits,
+        auditor: Arc<Auditor>,
     ) -> Self {
         let enforcer = Enforcer::new(
             counters,
@@ -79,55 +97,94 @@ impl Proxy {
             enforcer,
             upstreams,
             limits,
+            auditor,
         }
     }
 
     /// Serve one agent request; never fails, errors become provider-shaped responses.
+    /// Every request gets exactly one audit record, written when its response ends.
     pub async fn handle(&self, client: SocketAddr, request: Request<Body>) -> Response {
         let started = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        let request_id = format!("req_{}", tokens::random_base62(16));
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let pending = PendingRecord::new(
+            AuditRecord {
+                at_ms: clock::now_ms(),
+                request_id: request_id.clone(),
+                tenant: DEFAULT_TENANT.to_owned(),
+                method: request.method().to_string(),
+                client: client.to_string(),
+                ..AuditRecord::default()
+            },
+            self.auditor.clone(),
+            started,
+            bytes_in.clone(),
+        );
+        let raw_path = request.uri().path().to_owned();
+        let request = request.map(|body| Body::new(CountedBody::new(body, bytes_in)));
         let mut seen = Seen::default();
-        let result = self.forward(request, &mut seen).await;
+        let result = match self.auditor.admit() {
+            Ok(()) => self.forward(request, &mut seen, &pending).await,
+            Err(e) => Err(ProxyError::AuditUnavailable(e.to_string())),
+        };
         let shape = seen
             .provider
             .as_ref()
             .map_or(ErrorShape::OpenAi, |p| p.errors);
-        let (response, error) = match result {
-            Ok(response) => (response, None),
+        let (mut response, decision, refusal) = match result {
+            Ok(response) => {
+                let decision = if seen.approved {
+                    Decision::Approved
+                } else {
+                    Decision::Allowed
+                };
+                (response, decision, None)
+            }
             Err(e) => {
                 let code = e.code();
                 if e.status().is_server_error() {
-                    tracing::warn!(code, "{e}");
+                    tracing::warn!(code, request_id, "{e}");
                 }
-                (e.into_response(shape), Some(code))
+                let decision = e.decision();
+                let refusal = Some((code, e.to_string()));
+                (e.into_response(shape), decision, refusal)
             }
         };
-        let provider = seen.provider.as_deref();
         let token = seen.token.as_deref().map(|t| &t.record);
-        audit::record(&RequestRecord {
-            client,
-            method: method.as_str(),
-            provider: provider.map(|p| p.name.as_str()),
-            path: provider
-                .and_then(|p| {
-                    path.strip_prefix(target::API_PREFIX)?
-                        .strip_prefix(p.name.as_str())
-                })
-                .unwrap_or(&path),
-            token_id: token.map(|t| t.id.as_str()),
-            agent: token.map(|t| t.agent.as_str()),
-            status: response.status().as_u16(),
-            error,
-            elapsed: started.elapsed(),
+        let status = response.status().as_u16();
+        pending.update(|r| {
+            r.tenant = token.map_or(r.tenant.clone(), |t| t.tenant.clone());
+            r.token_id = token.map(|t| t.id.clone());
+            r.agent = token.map(|t| t.agent.clone());
+            r.secret = token.map(|t| t.secret_name.clone());
+            r.provider = seen.provider.as_ref().map(|p| p.name.clone());
+            r.path = seen.path.take().unwrap_or(raw_path);
+            r.model = seen.model.take();
+            r.status = status;
+            r.decision = decision;
+            r.upstream_us = seen.upstream_us;
+            if let Some((code, message)) = refusal {
+                r.error = Some(code.to_owned());
+                r.reason = Some(message);
+            }
         });
-        response
+        let strict = self.auditor.is_strict();
+        let headers = response.headers_mut();
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            headers.insert(REQUEST_ID_HEADER, id);
+        }
+        if strict {
+            // The end of a body of unknown length is what a client waits for.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        response.map(|body| Body::new(AuditedBody::new(body, pending, strict)))
     }
 
     async fn forward(
         &self,
         request: Request<Body>,
         seen: &mut Seen,
+        pending: &Arc<PendingRecord>,
     ) -> Result<Response, ProxyError> {
         check_request_line(&request)?;
         let (parts, body) = request.into_parts();
@@ -146,8 +203,13 @@ impl Proxy {
             })?
             .clone();
         seen.provider = Some(provider.clone());
-
         let query = parts.uri.query();
+        let upstream_query = rewrite::strip_token_params(&provider, query);
+        seen.path = Some(match &upstream_query {
+            Some(q) => format!("{}?{q}", route.rest),
+            None => route.rest.to_owned(),
+        });
+
         let token_text = rewrite::find_token(&provider, &parts.headers, query)
             .map_err(|_| ProxyError::AmbiguousToken)?
             .ok_or_else(|| ProxyError::MissingToken(rewrite::token_locations(&provider)))?;
@@ -173,7 +235,7 @@ impl Proxy {
         }
         let admitted = self
             .enforcer
-            .admit(&entry, &provider, &parts, route.rest, body)
+            .admit(&entry, &provider, &parts, route.rest, body, seen)
             .await?;
         let unlocked = self
             .keyring
@@ -184,8 +246,7 @@ impl Proxy {
         #[cfg(debug_assertions)]
         panic_if_asked(route.rest, &unlocked.secret);
 
-        let query = rewrite::strip_token_params(&provider, query);
-        let uri = rewrite::upstream_uri(&provider, route.rest, query.as_deref())
+        let uri = rewrite::upstream_uri(&provider, route.rest, upstream_query.as_deref())
             .map_err(|_| ProxyError::BadPath("the path does not form a valid upstream URL"))?;
         let mut headers = rewrite::forwardable_headers(&provider, &parts.headers);
         let body = match admitted.body {
@@ -212,11 +273,13 @@ impl Proxy {
         let scrubber = unlocked.scrubber;
 
         let client = self.upstreams.client(provider.http2);
+        let forwarded = Instant::now();
         let sent = tokio::time::timeout(
             self.limits.response_timeout,
             client.request(upstream_request),
         )
         .await;
+        seen.upstream_us = Some(u64::try_from(forwarded.elapsed().as_micros()).unwrap_or(u64::MAX));
         let response = match sent {
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout(
@@ -232,7 +295,11 @@ impl Proxy {
             &scrubber,
             self.limits.read_timeout,
             method_has_body,
-            admitted.admission,
+            response::Metering {
+                admission: admitted.admission,
+                llm: provider.model_in.reads_body(),
+                record: pending.clone(),
+            },
         )
     }
 

@@ -3,6 +3,7 @@
 //! scrubbed, and a silent stream cut after the read timeout.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder, ZstdDecoder};
@@ -19,6 +20,7 @@ use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 use tower_http::timeout::TimeoutBody;
 
+use super::audited::PendingRecord;
 use super::rewrite;
 use super::{ProxyError, enforce};
 use crate::policy::limits::Admission;
@@ -37,15 +39,25 @@ enum Coding {
     Zstd,
 }
 
+/// What to do with a response's usage report.
+pub struct Metering {
+    /// The request's slots and charges, when its token has limits.
+    pub admission: Option<Admission>,
+    /// Whether the provider is an LLM API, whose usage and model the audit log records.
+    pub llm: bool,
+    /// The request's audit record.
+    pub record: Arc<PendingRecord>,
+}
+
 /// Turn an upstream response into the agent's response, scrubbed with `scrubber`.
 /// `has_body` is false for answers to HEAD and for 204 and 304, whose headers describe a
 /// body that isn't sent.
 pub fn to_agent(
     response: http::Response<Incoming>,
-    scrubber: &std::sync::Arc<Scrubber>,
+    scrubber: &Arc<Scrubber>,
     read_timeout: Duration,
     has_body: bool,
-    admission: Option<Admission>,
+    metering: Metering,
 ) -> Result<Response, ProxyError> {
     let (mut parts, body) = response.into_parts();
     // Extensions carry hyper's copy of the status line's reason phrase, which an upstream
@@ -67,17 +79,40 @@ pub fn to_agent(
         parts.headers.remove(header::CONTENT_LENGTH);
         body = decode(coding, body);
     }
-    if let Some(admission) = admission {
-        // Usage is read before scrubbing: the numbers are no secret, and the masks could
-        // hide them. The admission (concurrency slots) lives as long as the body.
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        let meter = admission
-            .counts_tokens()
-            .then(|| UsageMeter::new(content_type));
-        body = MeteredBody::new(body, meter, admission, enforce::charge_usage).boxed_unsync();
+    // Usage is read before scrubbing: the numbers are no secret, and the masks could hide
+    // them. The admission (concurrency slots) lives as long as the body.
+    let Metering {
+        admission,
+        llm,
+        record,
+    } = metering;
+    let counts_tokens = admission.as_ref().is_some_and(Admission::counts_tokens);
+    let meter = (has_body && (llm || counts_tokens)).then(|| {
+        UsageMeter::new(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        )
+    });
+    if meter.is_some() || admission.is_some() {
+        body = MeteredBody::new(
+            body,
+            meter,
+            (admission, record),
+            |usage, (admission, record)| {
+                if let Some(admission) = admission {
+                    enforce::charge_usage(usage.tokens(), admission);
+                }
+                record.update(|r| {
+                    r.usage_tokens = Some(usage.tokens()).filter(|t| *t > 0);
+                    if r.model.is_none() {
+                        r.model = usage.model().map(str::to_owned);
+                    }
+                });
+            },
+        )
+        .boxed_unsync();
     }
     scrub::scrub_headers(scrubber, &mut parts.headers);
     let body = ScrubBody::new(body, scrubber.stream());

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::audit::{Head, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
@@ -258,6 +259,57 @@ pub struct UsageDelta {
     pub tokens: u64,
 }
 
+/// An audit record to append; the store numbers and chains it.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    /// Tenant whose chain it joins.
+    pub tenant: String,
+    /// Indexed copies of record fields.
+    pub at_ms: i64,
+    /// Indexed agent name.
+    pub agent: Option<String>,
+    /// Indexed provider.
+    pub provider: Option<String>,
+    /// Indexed status.
+    pub status: u16,
+    /// The record's JSON text.
+    pub record: String,
+}
+
+/// Which audit records to read.
+#[derive(Debug, Clone)]
+pub struct AuditFilter {
+    /// Tenant.
+    pub tenant: String,
+    /// Only records after this sequence number.
+    pub after_seq: i64,
+    /// Only records at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// Only statuses in this inclusive range.
+    pub status: Option<(u16, u16)>,
+    /// At most this many.
+    pub limit: u32,
+    /// The newest `limit` matches rather than the oldest (still returned oldest first).
+    pub newest: bool,
+}
+
+/// Signs a tenant's chain head for storage.
+pub type HeadSigner<'a> = &'a (dyn Fn(&str, Head) -> String + Sync);
+
+/// Meta key of a tenant's signed newest audit head.
+pub fn audit_head_key(tenant: &str) -> String {
+    format!("audit_head/{tenant}")
+}
+
+/// Meta key of a tenant's signed head of pruned audit history.
+pub fn audit_checkpoint_key(tenant: &str) -> String {
+    format!("audit_checkpoint/{tenant}")
+}
+
 /// Everything the broker and the CLI persist.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -365,6 +417,26 @@ pub trait Store: Send + Sync {
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
     /// Record when tokens were last used: `(token id, unix time)` pairs.
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError>;
+
+    /// Append records to their tenants' chains in one transaction, with each tenant's new
+    /// signed head (from `sign`).
+    async fn append_audit(
+        &self,
+        entries: &[AuditEntry],
+        sign: HeadSigner<'_>,
+    ) -> Result<(), StoreError>;
+    /// Audit records matching `filter`, oldest first.
+    async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>, StoreError>;
+    /// Every tenant with an audit chain.
+    async fn audit_tenants(&self) -> Result<Vec<String>, StoreError>;
+    /// Delete `tenant`'s records before `before_ms`, keeping the signed head of what was
+    /// deleted (from `sign`) as the checkpoint verification starts from; how many went.
+    async fn prune_audit(
+        &self,
+        tenant: &str,
+        before_ms: i64,
+        sign: HeadSigner<'_>,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Open the embedded store in `data_dir`, creating it and applying migrations as needed.

@@ -11,9 +11,11 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ApprovalRecord, ApprovalState, NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary,
-    Store, StoreError, TokenRecord, UsageDelta,
+    ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, HeadSigner, NewSecret, NewToken,
+    PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord, UsageDelta,
+    audit_checkpoint_key, audit_head_key,
 };
+use crate::audit::{self, Head, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
@@ -159,6 +161,36 @@ fn approval_from_row(row: &SqliteRow) -> Result<ApprovalRecord, sqlx::Error> {
 /// Counters are stored as SQLite integers (i64); they never get near the limit.
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn audit_row(row: &SqliteRow) -> Result<StoredRecord, sqlx::Error> {
+    Ok(StoredRecord {
+        tenant: row.try_get("tenant_id")?,
+        seq: row.try_get("seq")?,
+        at_ms: row.try_get("at_ms")?,
+        agent: row.try_get("agent")?,
+        provider: row.try_get("provider")?,
+        status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+        record: row.try_get("record")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+async fn put_meta(
+    conn: &mut sqlx::SqliteConnection,
+    key: &str,
+    value: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES (?, ?) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -543,7 +575,7 @@ impl Store for SqliteStore {
         all: bool,
     ) -> Result<Vec<ApprovalRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM approvals WHERE tenant_id = ? AND (? OR state = 'pending') ORDER BY created_at DESC, id",
+            "SELECT * FROM approvals WHERE tenant_id = ? AND (? OR state = 'pending') ORDER BY created_at DESC, rowid DESC",
         )
         .bind(tenant)
         .bind(all)
@@ -622,5 +654,146 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn append_audit(
+        &self,
+        entries: &[AuditEntry],
+        sign: HeadSigner<'_>,
+    ) -> Result<(), StoreError> {
+        // IMMEDIATE: take the write lock before reading the heads, so two writers can't
+        // both extend the same head.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut heads: std::collections::HashMap<&str, Head> = std::collections::HashMap::new();
+        for entry in entries {
+            let tenant = entry.tenant.as_str();
+            if !heads.contains_key(tenant) {
+                let last = sqlx::query(
+                    "SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let head = match last {
+                    Some(row) => Head {
+                        seq: row.try_get("seq")?,
+                        hash: row.try_get("hash")?,
+                    },
+                    None => {
+                        let checkpoint: Option<String> =
+                            sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+                                .bind(audit_checkpoint_key(tenant))
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        checkpoint
+                            .and_then(|c| serde_json::from_str::<audit::SignedHead>(&c).ok())
+                            .map_or_else(Head::genesis, |c| c.head)
+                    }
+                };
+                heads.insert(tenant, head);
+            }
+            let Some(head) = heads.get_mut(tenant) else {
+                continue;
+            };
+            let seq = head.seq + 1;
+            let hash = audit::link(&head.hash, tenant, seq, &entry.record);
+            sqlx::query(
+                "INSERT INTO audit_log (tenant_id, seq, at_ms, agent, provider, status, record, \
+                 prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(tenant)
+            .bind(seq)
+            .bind(entry.at_ms)
+            .bind(&entry.agent)
+            .bind(&entry.provider)
+            .bind(i64::from(entry.status))
+            .bind(&entry.record)
+            .bind(&head.hash)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+            *head = Head { seq, hash };
+        }
+        for (tenant, head) in heads {
+            put_meta(&mut tx, &audit_head_key(tenant), &sign(tenant, head)).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>, StoreError> {
+        let (low, high) = filter.status.unwrap_or((0, u16::MAX));
+        let order = if filter.newest { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT * FROM audit_log WHERE tenant_id = ? AND seq > ? AND at_ms >= ? \
+             AND (? IS NULL OR agent = ?) AND (? IS NULL OR provider = ?) \
+             AND status BETWEEN ? AND ? ORDER BY seq {order} LIMIT ?"
+        );
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&filter.tenant)
+            .bind(filter.after_seq)
+            .bind(filter.since_ms.unwrap_or(i64::MIN))
+            .bind(&filter.agent)
+            .bind(&filter.agent)
+            .bind(&filter.provider)
+            .bind(&filter.provider)
+            .bind(i64::from(low))
+            .bind(i64::from(high))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(audit_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if filter.newest {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    async fn audit_tenants(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT tenant_id FROM audit_log UNION \
+             SELECT substr(key, length('audit_head/') + 1) FROM meta WHERE key LIKE 'audit_head/%'",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn prune_audit(
+        &self,
+        tenant: &str,
+        before_ms: i64,
+        sign: HeadSigner<'_>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Prune a prefix of the chain only: up to the last record before the cut-off that
+        // has nothing newer before it, so the rest still links to the checkpoint.
+        let last = sqlx::query(
+            "SELECT seq, hash FROM audit_log WHERE tenant_id = ? AND seq < \
+             COALESCE((SELECT MIN(seq) FROM audit_log WHERE tenant_id = ? AND at_ms >= ?), \
+             9223372036854775807) ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(tenant)
+        .bind(before_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        let head = Head {
+            seq: last.try_get("seq")?,
+            hash: last.try_get("hash")?,
+        };
+        let deleted = sqlx::query("DELETE FROM audit_log WHERE tenant_id = ? AND seq <= ?")
+            .bind(tenant)
+            .bind(head.seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        put_meta(&mut tx, &audit_checkpoint_key(tenant), &sign(tenant, head)).await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 }

@@ -45,6 +45,15 @@ impl Key {
         Key(out)
     }
 
+    /// HMAC-SHA256 of `message` under this key.
+    pub fn mac(&self, message: &[u8]) -> [u8; 32] {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, self.0.as_ref());
+        let tag = aws_lc_rs::hmac::sign(&key, message);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// Encrypt `plaintext` with AES-256-GCM under a random nonce; returns (nonce, ciphertext‖tag).
     pub fn seal(
         &self,

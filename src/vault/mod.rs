@@ -6,7 +6,7 @@
 //! secret id and version as associated data, so ciphertexts can't be swapped between
 //! rows. Rotating the master key later means re-wrapping DEKs, not re-encrypting values.
 
-mod crypto;
+pub(crate) mod crypto;
 pub mod master_key;
 
 use std::path::PathBuf;
@@ -151,6 +151,12 @@ impl Vault {
         } else {
             Err(VaultError::WrongMasterKey)
         }
+    }
+
+    /// The key that signs audit chain heads, so a store edited without the master key
+    /// can't forge one.
+    pub fn audit_key(&self) -> crate::audit::ChainKey {
+        crate::audit::ChainKey::new(self.master.derive(b"seks-audit-chain-v1", b""))
     }
 
     /// Encrypt a secret value for storage under a fresh data key.

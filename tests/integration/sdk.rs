@@ -97,7 +97,9 @@ async fn run_case(case: &Case) {
     }
 
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let wrong = format!("{}x", &token[..token.len() - 1]);
+    // A changed checksum character (never the one already there).
+    let changed = if token.ends_with('x') { 'y' } else { 'x' };
+    let wrong = format!("{}{changed}", &token[..token.len() - 1]);
     for (bad, code) in [
         (&wrong, "malformed_token"),
         (&revoked, "token_revoked"),

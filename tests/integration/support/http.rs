@@ -39,6 +39,14 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::new(body)).expect("request")
+}
+
 /// Send a request and return the response head with its body still streaming.
 pub async fn send_streaming(
     method: &str,
@@ -46,15 +54,41 @@ pub async fn send_streaming(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Response<Incoming> {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(body.into())).expect("request");
+    let req = request(method, url, headers, body.into());
     tokio::time::timeout(Duration::from_secs(20), client().request(req))
         .await
         .expect("no response within 20s")
         .expect("request failed")
+}
+
+/// Send a request and read the whole response; an error if the connection fails.
+pub async fn try_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, String> {
+    let req = request(method, url, headers, body.into());
+    let response = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .map_err(|_| "no response within 20s".to_owned())?
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = tokio::time::timeout(Duration::from_secs(20), response.into_body().collect())
+        .await
+        .map_err(|_| "body not complete within 20s".to_owned())?
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// Send a request and read the whole response.
@@ -64,23 +98,9 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Reply {
-    let response = send_streaming(method, url, headers, body).await;
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    let body = tokio::time::timeout(Duration::from_secs(20), response.into_body().collect())
+    try_send(method, url, headers, body)
         .await
-        .expect("body not complete within 20s")
-        .expect("body")
-        .to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Write raw request bytes and read until the server closes; returns the status and body.

@@ -1,0 +1,330 @@
+//! The hash chain that makes the audit log tamper-evident.
+//!
+//! Each record's hash covers the previous record's hash, its tenant, its sequence number and
+//! its JSON text, so altering, removing or reordering a record breaks every link after it.
+//! The newest head (and the head of pruned history) is signed with a key derived from the
+//! master key: the tail can't be cut, nor pruned history faked, without it.
+
+use aws_lc_rs::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::AuditRecord;
+use crate::store::{AuditFilter, Store, StoreError, audit_checkpoint_key, audit_head_key};
+use crate::vault::Key;
+
+/// The `prev_hash` of a tenant's first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash of one record, given the hash before it.
+pub fn link(prev_hash: &str, tenant: &str, seq: i64, record_json: &str) -> String {
+    let text = format!("{prev_hash}\n{tenant}\n{seq}\n{record_json}");
+    hex(digest(&SHA256, text.as_bytes()).as_ref())
+}
+
+/// A point in a tenant's chain: a sequence number and the hash of the record there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Sequence number (0 before the first record).
+    pub seq: i64,
+    /// Hash of that record (`GENESIS` at 0).
+    pub hash: String,
+}
+
+impl Head {
+    /// Before the first record.
+    pub fn genesis() -> Self {
+        Head {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        }
+    }
+}
+
+/// A head with its signature, as kept in the store's meta table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedHead {
+    /// The head.
+    #[serde(flatten)]
+    pub head: Head,
+    /// HMAC over tenant, seq and hash.
+    pub mac: String,
+}
+
+/// Signs and checks chain heads.
+pub struct ChainKey(Key);
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey([REDACTED])")
+    }
+}
+
+impl ChainKey {
+    /// Wrap a derived key.
+    pub fn new(key: Key) -> Self {
+        ChainKey(key)
+    }
+
+    fn mac(&self, tenant: &str, head: &Head) -> String {
+        hex(&self
+            .0
+            .mac(format!("{tenant}\n{}\n{}", head.seq, head.hash).as_bytes()))
+    }
+
+    /// Sign `head` of `tenant`'s chain.
+    pub fn sign(&self, tenant: &str, head: Head) -> SignedHead {
+        SignedHead {
+            mac: self.mac(tenant, &head),
+            head,
+        }
+    }
+
+    /// Whether `signed` was signed by this key for `tenant`.
+    pub fn check(&self, tenant: &str, signed: &SignedHead) -> bool {
+        bool::from(
+            self.mac(tenant, &signed.head)
+                .as_bytes()
+                .ct_eq(signed.mac.as_bytes()),
+        )
+    }
+}
+
+/// One stored audit row, as verification reads it.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// Tenant.
+    pub tenant: String,
+    /// Position in the tenant's chain, from 1.
+    pub seq: i64,
+    /// Indexed copies of record fields, checked against the JSON.
+    pub at_ms: i64,
+    /// Indexed agent name.
+    pub agent: Option<String>,
+    /// Indexed provider.
+    pub provider: Option<String>,
+    /// Indexed status.
+    pub status: u16,
+    /// The record's JSON text, as hashed.
+    pub record: String,
+    /// Hash of the record before.
+    pub prev_hash: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+/// What is wrong with a chain: the first problem found, naming the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A record's content doesn't match its hash.
+    #[error(
+        "record {seq} of tenant `{tenant}` was altered (its content no longer matches its hash)"
+    )]
+    Altered {
+        /// Tenant.
+        tenant: String,
+        /// The record.
+        seq: i64,
+    },
+    /// Records are missing from the sequence.
+    #[error("records {from}..={to} of tenant `{tenant}` were removed")]
+    Removed {
+        /// Tenant.
+        tenant: String,
+        /// First missing.
+        from: i64,
+        /// Last missing.
+        to: i64,
+    },
+    /// A record doesn't follow the one before it.
+    #[error(
+        "record {seq} of tenant `{tenant}` does not follow record {} (records were reordered or replaced)",
+        seq - 1
+    )]
+    Reordered {
+        /// Tenant.
+        tenant: String,
+        /// The record.
+        seq: i64,
+    },
+    /// A signed head is missing, forged or ahead of the records.
+    #[error("tenant `{tenant}`: {why}")]
+    Head {
+        /// Tenant.
+        tenant: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Walks one tenant's records in sequence order, from a trusted starting head.
+pub struct Verifier {
+    tenant: String,
+    last: Head,
+    /// The signed newest head, which the records must reach.
+    newest: Option<Head>,
+    checked: u64,
+}
+
+impl Verifier {
+    /// Start after the signed checkpoint of pruned history (or genesis), expecting to reach
+    /// the signed newest head; either signature failing is an error.
+    pub fn new(
+        key: &ChainKey,
+        tenant: &str,
+        checkpoint: Option<&SignedHead>,
+        newest: Option<&SignedHead>,
+    ) -> Result<Self, ChainError> {
+        for signed in checkpoint.iter().chain(newest.iter()) {
+            if !key.check(tenant, signed) {
+                return Err(ChainError::Head {
+                    tenant: tenant.to_owned(),
+                    why: "a signed head is forged, or signed with another master key".into(),
+                });
+            }
+        }
+        Ok(Verifier {
+            tenant: tenant.to_owned(),
+            last: checkpoint.map_or_else(Head::genesis, |c| c.head.clone()),
+            newest: newest.map(|n| n.head.clone()),
+            checked: 0,
+        })
+    }
+
+    /// Check the next stored record.
+    pub fn next(&mut self, row: &StoredRecord) -> Result<(), ChainError> {
+        let tenant = || self.tenant.clone();
+        if row.seq > self.last.seq + 1 {
+            return Err(ChainError::Removed {
+                tenant: tenant(),
+                from: self.last.seq + 1,
+                to: row.seq - 1,
+            });
+        }
+        if row.seq <= self.last.seq {
+            return Err(ChainError::Reordered {
+                tenant: tenant(),
+                seq: row.seq,
+            });
+        }
+        if link(&row.prev_hash, &row.tenant, row.seq, &row.record) != row.hash
+            || !indexed_fields_match(row)
+            || row.tenant != self.tenant
+        {
+            return Err(ChainError::Altered {
+                tenant: tenant(),
+                seq: row.seq,
+            });
+        }
+        if row.prev_hash != self.last.hash {
+            return Err(ChainError::Reordered {
+                tenant: tenant(),
+                seq: row.seq,
+            });
+        }
+        if let Some(newest) = &self.newest
+            && newest.seq == row.seq
+            && newest.hash != row.hash
+        {
+            return Err(ChainError::Head {
+                tenant: tenant(),
+                why: format!(
+                    "record {} differs from the signed head: the records up to it were rewritten",
+                    row.seq
+                ),
+            });
+        }
+        self.last = Head {
+            seq: row.seq,
+            hash: row.hash.clone(),
+        };
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// All records are read: the number checked, unless the log stops short of its head.
+    pub fn finish(self) -> Result<u64, ChainError> {
+        match &self.newest {
+            Some(newest) if newest.seq > self.last.seq => Err(ChainError::Removed {
+                tenant: self.tenant,
+                from: self.last.seq + 1,
+                to: newest.seq,
+            }),
+            None if self.checked > 0 => Err(ChainError::Head {
+                tenant: self.tenant,
+                why: "the signed head of the log is missing".into(),
+            }),
+            _ => Ok(self.checked),
+        }
+    }
+}
+
+/// The indexed columns are what queries filter on, so they must say what the hashed JSON
+/// says.
+fn indexed_fields_match(row: &StoredRecord) -> bool {
+    serde_json::from_str::<AuditRecord>(&row.record).is_ok_and(|r| {
+        r.at_ms == row.at_ms
+            && r.agent == row.agent
+            && r.provider == row.provider
+            && r.status == row.status
+            && r.tenant == row.tenant
+    })
+}
+
+/// Why a whole-log verification stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The chain is broken.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Records read per page while verifying.
+const VERIFY_PAGE: u32 = 5000;
+
+/// Walk every tenant's chain from its checkpoint to its signed head; the number of records
+/// checked per tenant, or the first problem, naming the record.
+pub async fn verify(store: &dyn Store, key: &ChainKey) -> Result<Vec<(String, u64)>, VerifyError> {
+    let signed = async |meta_key: String| -> Result<Option<SignedHead>, StoreError> {
+        Ok(store
+            .meta(&meta_key)
+            .await?
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    };
+    let mut checked = Vec::new();
+    for tenant in store.audit_tenants().await? {
+        let checkpoint = signed(audit_checkpoint_key(&tenant)).await?;
+        let newest = signed(audit_head_key(&tenant)).await?;
+        let mut verifier = Verifier::new(key, &tenant, checkpoint.as_ref(), newest.as_ref())?;
+        let mut filter = AuditFilter {
+            tenant: tenant.clone(),
+            after_seq: 0,
+            since_ms: None,
+            agent: None,
+            provider: None,
+            status: None,
+            limit: VERIFY_PAGE,
+            newest: false,
+        };
+        loop {
+            let page = store.audit_records(&filter).await?;
+            for row in &page {
+                verifier.next(row)?;
+            }
+            match page.last() {
+                Some(last) if page.len() == VERIFY_PAGE as usize => filter.after_seq = last.seq,
+                _ => break,
+            }
+        }
+        checked.push((tenant, verifier.finish()?));
+    }
+    Ok(checked)
+}

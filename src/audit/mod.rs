@@ -1,0 +1,107 @@
+//! The audit log: one record for every request that reaches the agent listener, in a hash
+//! chain per tenant, written in batches off the hot path.
+//!
+//! The proxy fills an [`AuditRecord`] as the request goes and hands it to the [`Auditor`]
+//! when the response ends; the writer task appends batches to the store, which numbers and
+//! chains them (see [`chain`]).
+
+mod chain;
+mod retention;
+mod writer;
+
+use serde::{Deserialize, Serialize};
+
+pub use chain::{
+    ChainError, ChainKey, GENESIS, Head, SignedHead, StoredRecord, Verifier, VerifyError, hex,
+    link, verify,
+};
+pub use retention::{prune, run_retention};
+pub use writer::{AuditUnavailable, Auditor, Durability, Writer, run_writer};
+
+/// What the broker made of a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Forwarded to the upstream.
+    #[default]
+    Allowed,
+    /// Held for approval, approved, and forwarded.
+    Approved,
+    /// Refused: authentication, policy, a limit, or an operator.
+    Denied,
+    /// Forwarded, but the upstream failed, timed out or broke off.
+    UpstreamError,
+    /// The broker couldn't serve it: store, credential or audit log unavailable.
+    Failed,
+}
+
+impl Decision {
+    /// The spelling records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Approved => "approved",
+            Decision::Denied => "denied",
+            Decision::UpstreamError => "upstream_error",
+            Decision::Failed => "failed",
+        }
+    }
+}
+
+/// One request, as the audit log keeps it. Never holds a secret or a full token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When the request arrived (Unix milliseconds).
+    pub at_ms: i64,
+    /// The id the agent got in `x-seks-request-id`.
+    pub request_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Token id, once the token was recognised.
+    pub token_id: Option<String>,
+    /// Agent name of the token.
+    pub agent: Option<String>,
+    /// Name of the secret the token unlocks.
+    pub secret: Option<String>,
+    /// Provider, when the route named a known one.
+    pub provider: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Path below the provider's base, with credential-carrying query parameters removed.
+    pub path: String,
+    /// Model, when the request or its answer named one.
+    pub model: Option<String>,
+    /// LLM tokens the provider reported.
+    pub usage_tokens: Option<u64>,
+    /// Status returned to the agent.
+    pub status: u16,
+    /// What the broker made of it.
+    pub decision: Decision,
+    /// The broker's error code, when it refused or failed the request.
+    pub error: Option<String>,
+    /// Why, in the words the agent got (names the rule that stopped it).
+    pub reason: Option<String>,
+    /// Request body bytes received from the agent.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the agent.
+    pub bytes_out: u64,
+    /// Time from forwarding until the upstream's response headers (microseconds).
+    pub upstream_us: Option<u64>,
+    /// Time from arrival until the response ended (microseconds).
+    pub total_us: u64,
+    /// Client address.
+    pub client: String,
+}
+
+/// A status filter: `4xx` for a class, `404` for one status.
+pub fn status_range(text: &str) -> Option<(u16, u16)> {
+    if let Some(class) = text.strip_suffix("xx") {
+        let class: u16 = class.parse().ok().filter(|c| (1..=5).contains(c))?;
+        return Some((class * 100, class * 100 + 99));
+    }
+    let status: u16 = text.parse().ok().filter(|s| (100..=599).contains(s))?;
+    Some((status, status))
+}
+
+#[cfg(test)]
+mod tests;

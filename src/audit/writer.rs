@@ -1,0 +1,272 @@
+//! Getting records into the store without slowing requests: a bounded queue and one writer
+//! task that appends whatever has queued up in one transaction (group commit).
+//!
+//! A crash loses at most what is queued plus the batch being written: records are written as
+//! soon as the batch before them commits, normally within milliseconds. In strict mode a
+//! response ends only once its record is committed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{AuditRecord, ChainKey, Head};
+use crate::scrub::Redactor;
+use crate::store::{AuditEntry, Store};
+
+/// Most records written in one transaction.
+const MAX_BATCH: usize = 2048;
+/// Longest pause between attempts while the store refuses writes.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Attempts left for the last batch once the broker is shutting down.
+const ATTEMPTS_AT_SHUTDOWN: u32 = 3;
+
+/// When a response may end relative to its record being written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Records are queued and written in batches; a crash can lose the last few.
+    #[default]
+    Batched,
+    /// A response ends only after its record is committed.
+    Strict,
+}
+
+/// The audit log can't take records: requests are refused until it can.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the audit log can't be written ({0}), so requests are refused until it can")]
+pub struct AuditUnavailable(String);
+
+/// A record on its way to the store.
+struct Queued {
+    entry: AuditEntry,
+    /// Told whether the record was committed (strict mode).
+    ack: Option<oneshot::Sender<bool>>,
+}
+
+/// Whether writing works, shared between the writer and the request path.
+#[derive(Default)]
+struct Health {
+    failing: AtomicBool,
+    why: Mutex<String>,
+    lost: AtomicU64,
+}
+
+impl Health {
+    fn fail(&self, why: String) {
+        *self.why.lock().unwrap_or_else(PoisonError::into_inner) = why;
+        self.failing.store(true, Ordering::Release);
+    }
+
+    fn recover(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("the audit log is being written again");
+        }
+    }
+}
+
+/// The request path's handle on the audit log.
+pub struct Auditor {
+    queue: mpsc::Sender<Queued>,
+    health: Arc<Health>,
+    redactor: Arc<Redactor>,
+    durability: Durability,
+    /// Keep serving when the log can't be written (records are lost meanwhile).
+    fail_open: bool,
+}
+
+/// The writer's side of the queue; run it with [`run_writer`].
+pub struct Writer {
+    queue: mpsc::Receiver<Queued>,
+    health: Arc<Health>,
+    store: Arc<dyn Store>,
+    key: ChainKey,
+}
+
+impl Auditor {
+    /// An auditor with a queue of `capacity` records, and the writer that empties it.
+    pub fn new(
+        store: Arc<dyn Store>,
+        key: ChainKey,
+        redactor: Arc<Redactor>,
+        durability: Durability,
+        fail_open: bool,
+        capacity: usize,
+    ) -> (Auditor, Writer) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let health = Arc::new(Health::default());
+        let auditor = Auditor {
+            queue: tx,
+            health: health.clone(),
+            redactor,
+            durability,
+            fail_open,
+        };
+        let writer = Writer {
+            queue: rx,
+            health,
+            store,
+            key,
+        };
+        (auditor, writer)
+    }
+
+    /// Whether responses wait for their records.
+    pub fn is_strict(&self) -> bool {
+        self.durability == Durability::Strict
+    }
+
+    /// Records waiting to be written.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Whether a new request may be served: refused while the log can't be written,
+    /// unless configured to fail open.
+    pub fn admit(&self) -> Result<(), AuditUnavailable> {
+        if self.fail_open || !self.health.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let why = self
+            .health
+            .why
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Err(AuditUnavailable(why))
+    }
+
+    /// Queue a record; if the queue is full the record is lost, counted, and new requests
+    /// are refused until the writer catches up.
+    pub fn submit(&self, record: AuditRecord) {
+        let queued = Queued {
+            entry: self.entry(&record),
+            ack: None,
+        };
+        if self.queue.try_send(queued).is_err() {
+            let lost = self.health.lost.fetch_add(1, Ordering::Relaxed) + 1;
+            self.health
+                .fail(format!("its queue is full; {lost} records lost so far"));
+            tracing::error!(
+                request_id = %record.request_id,
+                "audit queue full: a record was lost"
+            );
+        }
+    }
+
+    /// Queue a record and wait until it is committed.
+    pub async fn submit_durable(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
+        let (ack, committed) = oneshot::channel();
+        let queued = Queued {
+            entry: self.entry(&record),
+            ack: Some(ack),
+        };
+        let unavailable = || AuditUnavailable("the writer has stopped".to_owned());
+        self.queue.send(queued).await.map_err(|_| unavailable())?;
+        match committed.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AuditUnavailable("a write failed".to_owned())),
+            Err(_) => Err(unavailable()),
+        }
+    }
+
+    fn entry(&self, record: &AuditRecord) -> AuditEntry {
+        tracing::info!(
+            target: "seks::audit",
+            request_id = %record.request_id,
+            client = %record.client,
+            method = %record.method,
+            provider = record.provider.as_deref().unwrap_or("-"),
+            token_id = record.token_id.as_deref().unwrap_or("-"),
+            agent = record.agent.as_deref().unwrap_or("-"),
+            status = record.status,
+            decision = ?record.decision,
+            error = record.error.as_deref().unwrap_or("-"),
+            total_us = record.total_us,
+            "request"
+        );
+        // Serialising a struct of strings and numbers can't fail.
+        let json = serde_json::to_vec(record).unwrap_or_default();
+        // Everything in a record came from the agent or the broker, and none of it should be
+        // a secret or a token; redaction makes sure.
+        let json = String::from_utf8(self.redactor.redact_text(&json)).unwrap_or_default();
+        AuditEntry {
+            tenant: record.tenant.clone(),
+            at_ms: record.at_ms,
+            agent: record.agent.clone(),
+            provider: record.provider.clone(),
+            status: record.status,
+            record: json,
+        }
+    }
+}
+
+/// Write queued records until `stop` turns true, then write what is left and return.
+pub async fn run_writer(mut writer: Writer, mut stop: watch::Receiver<bool>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let stopping = tokio::select! {
+            received = writer.queue.recv_many(&mut batch, MAX_BATCH) => received == 0,
+            _ = stop.changed() => true,
+        };
+        if stopping {
+            while let Ok(queued) = writer.queue.try_recv() {
+                batch.push(queued);
+            }
+            writer.write(&mut batch, Some(ATTEMPTS_AT_SHUTDOWN)).await;
+            return;
+        }
+        writer.write(&mut batch, None).await;
+    }
+}
+
+impl Writer {
+    /// Write `batch`, retrying until it commits (or `attempts` run out), then empty it.
+    async fn write(&self, batch: &mut Vec<Queued>, mut attempts: Option<u32>) {
+        if batch.is_empty() {
+            return;
+        }
+        let entries: Vec<AuditEntry> = batch.iter().map(|q| q.entry.clone()).collect();
+        let sign = |tenant: &str, head: Head| {
+            serde_json::to_string(&self.key.sign(tenant, head)).unwrap_or_default()
+        };
+        let mut backoff = Duration::from_millis(50);
+        let committed = loop {
+            match self.store.append_audit(&entries, &sign).await {
+                Ok(()) => {
+                    self.health.recover();
+                    break true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, records = entries.len(), "audit records could not be written; retrying");
+                    self.health.fail(e.to_string());
+                    // Strict-mode responses can't wait forever: they fail now, while
+                    // their records keep being retried.
+                    for queued in batch.iter_mut() {
+                        if let Some(ack) = queued.ack.take() {
+                            let _ = ack.send(false);
+                        }
+                    }
+                    if let Some(left) = attempts.as_mut() {
+                        *left = left.saturating_sub(1);
+                        if *left == 0 {
+                            break false;
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+        if !committed {
+            tracing::error!(records = entries.len(), "audit records lost at shutdown");
+        }
+        for queued in batch.drain(..) {
+            if let Some(ack) = queued.ack {
+                let _ = ack.send(committed);
+            }
+        }
+    }
+}

@@ -94,6 +94,8 @@ pub struct AuditConfig {
     pub queue: usize,
     /// Delete records older than this many days (kept forever when unset).
     pub retain_days: Option<u32>,
+    /// Keep records at all; turn off only to measure what the log costs.
+    pub enabled: bool,
 }
 
 impl Default for AuditConfig {
@@ -103,6 +105,7 @@ impl Default for AuditConfig {
             fail_open: false,
             queue: 100_000,
             retain_days: None,
+            enabled: true,
         }
     }
 }

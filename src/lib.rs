@@ -32,6 +32,7 @@ pub mod config;
 pub mod grants;
 pub mod hygiene;
 pub mod keyring;
+pub mod metrics;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

@@ -7,12 +7,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{AuditRecord, ChainKey, Head};
+use crate::config::AuditConfig;
+use crate::metrics;
 use crate::scrub::Redactor;
 use crate::store::{AuditEntry, Store};
 
@@ -75,6 +77,8 @@ pub struct Auditor {
     durability: Durability,
     /// Keep serving when the log can't be written (records are lost meanwhile).
     fail_open: bool,
+    /// Records are kept at all (off only for measuring the log's cost).
+    enabled: bool,
 }
 
 /// The writer's side of the queue; run it with [`run_writer`].
@@ -86,23 +90,22 @@ pub struct Writer {
 }
 
 impl Auditor {
-    /// An auditor with a queue of `capacity` records, and the writer that empties it.
+    /// An auditor configured by `config`, and the writer that empties its queue.
     pub fn new(
         store: Arc<dyn Store>,
         key: ChainKey,
         redactor: Arc<Redactor>,
-        durability: Durability,
-        fail_open: bool,
-        capacity: usize,
+        config: &AuditConfig,
     ) -> (Auditor, Writer) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
         let health = Arc::new(Health::default());
         let auditor = Auditor {
             queue: tx,
             health: health.clone(),
             redactor,
-            durability,
-            fail_open,
+            durability: config.durability,
+            fail_open: config.fail_open,
+            enabled: config.enabled,
         };
         let writer = Writer {
             queue: rx,
@@ -115,7 +118,7 @@ impl Auditor {
 
     /// Whether responses wait for their records.
     pub fn is_strict(&self) -> bool {
-        self.durability == Durability::Strict
+        self.enabled && self.durability == Durability::Strict
     }
 
     /// Records waiting to be written.
@@ -126,7 +129,15 @@ impl Auditor {
     /// Whether a new request may be served: refused while the log can't be written,
     /// unless configured to fail open.
     pub fn admit(&self) -> Result<(), AuditUnavailable> {
-        if self.fail_open || !self.health.failing.load(Ordering::Acquire) {
+        if self.fail_open {
+            return Ok(());
+        }
+        self.healthy()
+    }
+
+    /// Whether records are being written (for readiness, whatever `fail_open` says).
+    pub fn healthy(&self) -> Result<(), AuditUnavailable> {
+        if !self.health.failing.load(Ordering::Acquire) {
             return Ok(());
         }
         let why = self
@@ -141,11 +152,15 @@ impl Auditor {
     /// Queue a record; if the queue is full the record is lost, counted, and new requests
     /// are refused until the writer catches up.
     pub fn submit(&self, record: AuditRecord) {
+        if !self.enabled {
+            return;
+        }
         let queued = Queued {
             entry: self.entry(&record),
             ack: None,
         };
         if self.queue.try_send(queued).is_err() {
+            metrics::get().audit_lost.inc();
             let lost = self.health.lost.fetch_add(1, Ordering::Relaxed) + 1;
             self.health
                 .fail(format!("its queue is full; {lost} records lost so far"));
@@ -211,6 +226,7 @@ pub async fn run_writer(mut writer: Writer, mut stop: watch::Receiver<bool>) {
             received = writer.queue.recv_many(&mut batch, MAX_BATCH) => received == 0,
             _ = stop.changed() => true,
         };
+        metrics::get().audit_queue.set(writer.queue.len() as i64);
         if stopping {
             while let Ok(queued) = writer.queue.try_recv() {
                 batch.push(queued);
@@ -234,8 +250,10 @@ impl Writer {
         };
         let mut backoff = Duration::from_millis(50);
         let committed = loop {
+            let started = Instant::now();
             match self.store.append_audit(&entries, &sign).await {
                 Ok(()) => {
+                    metrics::get().audit_write(started.elapsed());
                     self.health.recover();
                     break true;
                 }
@@ -261,6 +279,7 @@ impl Writer {
             }
         };
         if !committed {
+            metrics::get().audit_lost.inc_by(entries.len() as u64);
             tracing::error!(records = entries.len(), "audit records lost at shutdown");
         }
         for queued in batch.drain(..) {

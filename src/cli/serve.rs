@@ -59,20 +59,18 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let audit = &ctx.settings.audit;
-    let (auditor, audit_writer) = Auditor::new(
-        ctx.store.clone(),
-        audit_key,
-        ctx.redactor.clone(),
-        audit.durability,
-        audit.fail_open,
-        audit.queue,
-    );
+    let (auditor, audit_writer) =
+        Auditor::new(ctx.store.clone(), audit_key, ctx.redactor.clone(), audit);
+    if !audit.enabled {
+        tracing::warn!("the audit log is off (audit.enabled = false): requests leave no record");
+    }
     // The writer stops last, after the requests still open at shutdown have ended.
     let (audit_stop, audit_stopped) = tokio::sync::watch::channel(false);
     let audit_task = tokio::spawn(audit::run_writer(audit_writer, audit_stopped));
     let retention_task = audit
         .retain_days
         .map(|days| tokio::spawn(audit::run_retention(ctx.store.clone(), retention_key, days)));
+    let auditor = Arc::new(auditor);
     let proxy = Arc::new(Proxy::new(
         providers,
         keyring.clone(),
@@ -80,7 +78,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         approvals,
         upstreams,
         limits,
-        Arc::new(auditor),
+        auditor.clone(),
     ));
     let listener = TcpListener::bind(ctx.settings.listen)
         .await
@@ -122,6 +120,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         keyring: keyring.clone(),
         store: ctx.store.clone(),
         derives: server::derive::DeriveLimiter::default(),
+        auditor,
     });
     let server = tokio::spawn(server::run(listener, state, async move {
         let _ = stopped.changed().await;

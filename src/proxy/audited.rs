@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use crate::audit::{AuditRecord, AuditUnavailable, Auditor, Decision};
+use crate::metrics;
 use crate::scrub::BoxError;
 
 /// The record of one request. It is submitted when the last holder lets go: the response
@@ -74,6 +75,7 @@ impl PendingRecord {
 impl Drop for PendingRecord {
     fn drop(&mut self) {
         if let Some(record) = self.take() {
+            metrics::get().request(&record);
             self.auditor.submit(record);
         }
     }
@@ -96,6 +98,7 @@ pub struct AuditedBody {
 impl AuditedBody {
     /// Wrap a response body.
     pub fn new(inner: Body, pending: Arc<PendingRecord>, strict: bool) -> Self {
+        metrics::get().streams.inc();
         AuditedBody {
             inner,
             pending,
@@ -148,6 +151,7 @@ impl http_body::Body for AuditedBody {
                         return Poll::Ready(None);
                     }
                     if let Some(record) = this.pending.take() {
+                        metrics::get().request(&record);
                         let auditor = this.pending.auditor.clone();
                         this.commit =
                             Some(Box::pin(
@@ -178,6 +182,7 @@ impl http_body::Body for AuditedBody {
 
 impl Drop for AuditedBody {
     fn drop(&mut self) {
+        metrics::get().streams.dec();
         if !self.over {
             self.pending.response_over(self.sent);
         }

@@ -18,6 +18,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, Method, Request, Version, header};
 use http_body_util::{LengthLimitError, Limited};
+use tracing::Instrument;
 
 pub use error::{ProxyError, SEKS_ERROR_HEADER};
 pub use upstream::{UpstreamClient, UpstreamError, Upstreams};
@@ -123,8 +124,14 @@ impl Proxy {
         let raw_path = request.uri().path().to_owned();
         let request = request.map(|body| Body::new(CountedBody::new(body, bytes_in)));
         let mut seen = Seen::default();
+        // Everything logged while serving the request carries its id.
+        let span = tracing::info_span!("request", request_id = %request_id);
         let result = match self.auditor.admit() {
-            Ok(()) => self.forward(request, &mut seen, &pending).await,
+            Ok(()) => {
+                self.forward(request, &mut seen, &pending)
+                    .instrument(span)
+                    .await
+            }
             Err(e) => Err(ProxyError::AuditUnavailable(e.to_string())),
         };
         let shape = seen
@@ -143,7 +150,7 @@ impl Proxy {
             Err(e) => {
                 let code = e.code();
                 if e.status().is_server_error() {
-                    tracing::warn!(code, request_id, "{e}");
+                    tracing::warn!(code, %request_id, "{e}");
                 }
                 let decision = e.decision();
                 let refusal = Some((code, e.to_string()));

@@ -315,6 +315,7 @@ pub fn scrub_headers(scrubber: &Scrubber, headers: &mut http::HeaderMap) {
         if masks.is_empty() {
             continue;
         }
+        crate::metrics::get().scrub_hits.inc_by(masks.len() as u64);
         let mut bytes = value.as_bytes().to_vec();
         apply(&mut bytes, &masks, usize::MAX);
         *value = http::HeaderValue::from_bytes(&bytes)
@@ -367,6 +368,11 @@ impl StreamScrubber {
         let mut masks = std::mem::take(&mut self.carried);
         let ready = self.scrubber.find(&buf, false, &mut masks);
         apply(&mut buf, &masks, ready);
+        // A mask reaching past `ready` is carried and counted when it completes.
+        let done = masks.iter().filter(|r| r.end <= ready).count();
+        if done > 0 {
+            crate::metrics::get().scrub_hits.inc_by(done as u64);
+        }
         self.carried = masks
             .into_iter()
             .filter(|r| r.end > ready)
@@ -381,6 +387,9 @@ impl StreamScrubber {
         let mut rest = std::mem::take(&mut self.pending);
         let mut masks = std::mem::take(&mut self.carried);
         self.scrubber.find(&rest, true, &mut masks);
+        if !masks.is_empty() {
+            crate::metrics::get().scrub_hits.inc_by(masks.len() as u64);
+        }
         apply(&mut rest, &masks, usize::MAX);
         rest.freeze()
     }

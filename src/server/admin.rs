@@ -171,7 +171,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .merge(api)
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no_endpoint", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin_api;
 mod cli;
 mod failures;
 mod hygiene;

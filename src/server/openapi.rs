@@ -1,70 +1,159 @@
-//! The admin API's OpenAPI 3.1 document, served at `/openapi.json`. Built in code next to
-//! the router so a new endpoint is described in the same change; the end-to-end tests
-//! validate it and call every path it lists.
+//! The admin API's OpenAPI 3.1 document, served at `/openapi.json`. Each endpoint carries
+//! its [`Doc`] in the same table that routes it (`admin::endpoints`), so the router and the
+//! document can't disagree; the schemas of its bodies are described here.
 
+use axum::routing::MethodFilter;
 use serde_json::{Map, Value, json};
 
+/// An HTTP method an endpoint answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Verb {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+    /// PUT.
+    Put,
+    /// PATCH.
+    Patch,
+    /// DELETE.
+    Delete,
+}
+
+impl Verb {
+    /// Its name as an OpenAPI path item key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::Post => "post",
+            Verb::Put => "put",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+        }
+    }
+
+    /// The axum filter that routes it.
+    pub fn filter(self) -> MethodFilter {
+        match self {
+            Verb::Get => MethodFilter::GET,
+            Verb::Post => MethodFilter::POST,
+            Verb::Put => MethodFilter::PUT,
+            Verb::Patch => MethodFilter::PATCH,
+            Verb::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
 /// A reference to a schema in `components`.
-fn schema(name: &str) -> Value {
+pub fn schema(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-fn array_of(name: &str) -> Value {
+/// An array of a `components` schema.
+pub fn array_of(name: &str) -> Value {
     json!({"type": "array", "items": schema(name)})
 }
 
-/// One operation: `body` is the request schema, `ok` the success status and its schema
-/// (`None` for no content), `errors` the error statuses it may answer.
-fn op(
-    summary: &str,
-    tag: &str,
-    params: Vec<Value>,
-    body: Option<Value>,
-    ok: (u16, Option<Value>),
-    errors: &[u16],
-) -> Value {
-    let mut responses = Map::new();
-    let success = match ok.1 {
-        Some(s) => {
-            json!({"description": "success", "content": {"application/json": {"schema": s}}})
-        }
-        None => json!({"description": "success, no content"}),
-    };
-    responses.insert(ok.0.to_string(), success);
-    for status in [401, 503].iter().chain(errors) {
-        responses.insert(
-            status.to_string(),
-            json!({"description": "error", "content": {"application/json": {"schema": schema("Error")}}}),
-        );
-    }
-    let mut operation = json!({
-        "summary": summary,
-        "tags": [tag],
-        "security": [{"adminToken": []}],
-        "responses": responses,
-    });
-    if !params.is_empty() {
-        operation["parameters"] = Value::Array(params);
-    }
-    if let Some(body) = body {
-        operation["requestBody"] =
-            json!({"required": true, "content": {"application/json": {"schema": body}}});
-    }
-    operation
-}
-
-/// Mark an operation's request body as optional.
-fn optional_body(mut operation: Value) -> Value {
-    operation["requestBody"]["required"] = Value::Bool(false);
-    operation
-}
-
-fn path_param(name: &str, description: &str) -> Value {
+/// A path parameter.
+pub fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
 
-fn query_param(name: &str, description: &str, schema: Value) -> Value {
+/// An optional query parameter.
+pub fn query_param(name: &str, description: &str, schema: Value) -> Value {
     json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
+}
+
+/// The description of one operation.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    summary: &'static str,
+    tag: &'static str,
+    params: Vec<Value>,
+    body: Option<(Value, bool)>,
+    ok: (u16, Option<Value>),
+    errors: Vec<u16>,
+}
+
+impl Doc {
+    /// An operation answering 200 without content until told otherwise.
+    pub fn new(summary: &'static str, tag: &'static str) -> Doc {
+        Doc {
+            summary,
+            tag,
+            params: Vec::new(),
+            body: None,
+            ok: (200, None),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Add a parameter.
+    pub fn param(mut self, param: Value) -> Doc {
+        self.params.push(param);
+        self
+    }
+
+    /// A required JSON body of the named schema.
+    pub fn body(mut self, name: &str) -> Doc {
+        self.body = Some((schema(name), true));
+        self
+    }
+
+    /// An optional JSON body of the named schema.
+    pub fn optional_body(mut self, name: &str) -> Doc {
+        self.body = Some((schema(name), false));
+        self
+    }
+
+    /// The success status and its JSON schema.
+    pub fn ok(mut self, status: u16, schema: Value) -> Doc {
+        self.ok = (status, Some(schema));
+        self
+    }
+
+    /// Success is 204 without content.
+    pub fn no_content(mut self) -> Doc {
+        self.ok = (204, None);
+        self
+    }
+
+    /// Error statuses besides 401 and 503, which every operation may answer.
+    pub fn errors(mut self, statuses: &[u16]) -> Doc {
+        self.errors = statuses.to_vec();
+        self
+    }
+
+    fn operation(&self) -> Value {
+        let mut responses = Map::new();
+        let success = match &self.ok.1 {
+            Some(s) => {
+                json!({"description": "success", "content": {"application/json": {"schema": s}}})
+            }
+            None => json!({"description": "success, no content"}),
+        };
+        responses.insert(self.ok.0.to_string(), success);
+        for status in [401, 503].iter().chain(&self.errors) {
+            responses.insert(
+                status.to_string(),
+                json!({"description": "error", "content": {"application/json": {"schema": schema("Error")}}}),
+            );
+        }
+        let mut operation = json!({
+            "summary": self.summary,
+            "tags": [self.tag],
+            "security": [{"adminToken": []}],
+            "responses": responses,
+        });
+        if !self.params.is_empty() {
+            operation["parameters"] = Value::Array(self.params.clone());
+        }
+        if let Some((body, required)) = &self.body {
+            operation["requestBody"] =
+                json!({"required": required, "content": {"application/json": {"schema": body}}});
+        }
+        operation
+    }
 }
 
 fn string() -> Value {
@@ -175,13 +264,13 @@ fn schemas() -> Value {
     })
 }
 
-/// The whole document.
-pub fn document() -> Value {
-    let secret = path_param("name", "the secret's name");
-    let token = path_param("id", "the token's id (tok_…)");
-    let policy = path_param("name", "the policy's name");
-    let approval = path_param("id", "the approval's id (apr_…)");
-    let s = |name: &str| Some(schema(name));
+/// The whole document, from each endpoint's path, method and [`Doc`].
+pub fn document<'a>(endpoints: impl IntoIterator<Item = (&'a str, Verb, &'a Doc)>) -> Value {
+    let mut paths = Map::new();
+    for (path, verb, doc) in endpoints {
+        let item = paths.entry(path).or_insert_with(|| json!({}));
+        item[verb.key()] = doc.operation();
+    }
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -194,60 +283,6 @@ pub fn document() -> Value {
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
             "schemas": schemas(),
         },
-        "paths": {
-            "/admin/v1/secrets": {
-                "get": op("List secrets (never values)", "secrets", vec![], None, (200, Some(array_of("SecretView"))), &[]),
-                "post": op("Store a credential", "secrets", vec![], s("NewSecretRequest"), (201, s("SecretView")), &[400, 409, 413]),
-            },
-            "/admin/v1/secrets/{name}": {
-                "delete": op("Remove a secret and its tokens", "secrets", vec![secret.clone()], None, (200, s("SecretRemoved")), &[404]),
-            },
-            "/admin/v1/secrets/{name}/rotate": {
-                "post": op("Replace a secret's value", "secrets", vec![secret], s("RotateSecretRequest"), (200, s("SecretView")), &[400, 404, 409, 413]),
-            },
-            "/admin/v1/tokens": {
-                "get": op("List tokens (never the token text)", "tokens", vec![], None, (200, Some(array_of("TokenView"))), &[]),
-                "post": op("Mint a token; its text is returned only here", "tokens", vec![], s("NewTokenRequest"), (201, s("MintedView")), &[400, 404, 413]),
-            },
-            "/admin/v1/tokens/{id}": {
-                "get": op("Show a token and its policies", "tokens", vec![token.clone()], None, (200, s("TokenDetail")), &[404]),
-                "patch": op("Replace a token's policy or named policy", "tokens", vec![token.clone()], s("UpdateTokenRequest"), (200, s("TokenDetail")), &[400, 404, 413]),
-            },
-            "/admin/v1/tokens/{id}/revoke": {
-                "post": op("Revoke a token and its children", "tokens", vec![token.clone()], None, (200, s("Revoked")), &[404]),
-            },
-            "/admin/v1/tokens/{id}/derive": {
-                "post": op("Mint a narrower child of a token", "tokens", vec![token], s("DeriveTokenRequest"), (201, s("MintedView")), &[400, 404, 409, 413]),
-            },
-            "/admin/v1/policies": {
-                "get": op("List named policies", "policies", vec![], None, (200, Some(array_of("PolicyView"))), &[]),
-            },
-            "/admin/v1/policies/{name}": {
-                "get": op("Show a named policy", "policies", vec![policy.clone()], None, (200, s("PolicyView")), &[404]),
-                "put": op("Create or replace a named policy", "policies", vec![policy.clone()], s("PolicySpec"), (200, s("PolicyView")), &[400, 413]),
-                "delete": op("Remove a named policy no token follows", "policies", vec![policy], None, (204, None), &[404, 409]),
-            },
-            "/admin/v1/approvals": {
-                "get": op("List held requests", "approvals",
-                    vec![query_param("all", "include decided and expired ones", json!({"type": "boolean"}))],
-                    None, (200, Some(array_of("ApprovalView"))), &[400]),
-            },
-            "/admin/v1/approvals/{id}": {
-                "get": op("Show a held request", "approvals", vec![approval.clone()], None, (200, s("ApprovalView")), &[404]),
-            },
-            "/admin/v1/approvals/{id}/approve": {
-                "post": op("Let a held request through", "approvals", vec![approval.clone()], None, (200, s("ApprovalView")), &[404, 409]),
-            },
-            "/admin/v1/approvals/{id}/deny": {
-                "post": optional_body(op("Refuse a held request", "approvals", vec![approval], s("DenyRequest"), (200, s("ApprovalView")), &[400, 404, 409])),
-            },
-            "/admin/v1/usage": {
-                "get": op("Daily requests and LLM tokens per token and per agent", "usage", vec![
-                    query_param("days", "days to cover, today included (default 7)", json!({"type": "integer", "minimum": 1, "maximum": 366})),
-                    query_param("token", "only this token id", string()),
-                    query_param("agent", "only this agent", string()),
-                ], None, (200, s("UsageReport")), &[400]),
-            },
-        },
+        "paths": paths,
     })
 }

@@ -5,32 +5,25 @@
 
 use std::sync::Arc;
 
+mod endpoints;
+
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::openapi;
-use crate::ops::views::{
-    DenyRequest, DeriveTokenRequest, NewSecretRequest, NewTokenRequest, RotateSecretRequest,
-    UpdateTokenRequest, UsageQuery,
-};
 use crate::ops::{Ops, OpsError};
-use crate::policy::PolicySpec;
-use crate::store::{ApprovalState, META_ADMIN_TOKEN, Store};
+use crate::store::{META_ADMIN_TOKEN, Store};
 use crate::tokens::TokenHash;
 use crate::vault::Vault;
 
-/// Who the admin API records as the decider.
-const DECIDER: &str = "admin-api";
 /// Largest request body: policies and secrets are small.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -129,47 +122,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for SecretBody<T> {
     }
 }
 
-/// A query string, with errors in the API's shape.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Refusal> {
-    q.map(|Query(q)| q)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_query", &e.body_text()))
-}
-
-type Shared = State<Arc<AdminState>>;
-type Answer = Result<Response, Refusal>;
-
-fn ok<T: serde::Serialize>(status: StatusCode, value: Result<T, OpsError>) -> Answer {
-    value
-        .map(|v| (status, Json(v)).into_response())
-        .map_err(Refusal::from)
-}
-
-/// The admin router.
+/// The admin router: the endpoints behind the admin token, `/openapi.json` without it.
 pub fn router(state: Arc<AdminState>) -> Router {
-    let api = Router::new()
-        .route("/admin/v1/secrets", get(list_secrets).post(add_secret))
-        .route(
-            "/admin/v1/secrets/{name}",
-            axum::routing::delete(remove_secret),
-        )
-        .route("/admin/v1/secrets/{name}/rotate", post(rotate_secret))
-        .route("/admin/v1/tokens", get(list_tokens).post(create_token))
-        .route("/admin/v1/tokens/{id}", get(show_token).patch(update_token))
-        .route("/admin/v1/tokens/{id}/revoke", post(revoke_token))
-        .route("/admin/v1/tokens/{id}/derive", post(derive_token))
-        .route("/admin/v1/policies", get(list_policies))
-        .route(
-            "/admin/v1/policies/{name}",
-            get(show_policy).put(set_policy).delete(remove_policy),
-        )
-        .route("/admin/v1/approvals", get(list_approvals))
-        .route("/admin/v1/approvals/{id}", get(show_approval))
-        .route("/admin/v1/approvals/{id}/approve", post(approve))
-        .route("/admin/v1/approvals/{id}/deny", post(deny))
-        .route("/admin/v1/usage", get(usage))
+    let endpoints = endpoints::all();
+    let document = Arc::new(openapi::document(
+        endpoints.iter().map(|e| (e.path, e.verb, &e.doc)),
+    ));
+    let api = endpoints
+        .into_iter()
+        .fold(Router::new(), |api, e| api.route(e.path, e.route))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(Value::clone(&document)) }),
+        )
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no_endpoint", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -178,7 +145,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 
 /// Let only requests bearing the admin token through.
 async fn authorize(
-    State(state): Shared,
+    State(state): State<Arc<AdminState>>,
     headers: HeaderMap,
     request: Request,
     next: Next,
@@ -232,130 +199,4 @@ async fn authorize(
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn list_secrets(State(s): Shared) -> Answer {
-    ok(StatusCode::OK, s.ops.list_secrets().await)
-}
-
-async fn add_secret(State(s): Shared, SecretBody(req): SecretBody<NewSecretRequest>) -> Answer {
-    let added = s
-        .ops
-        .add_secret(&s.vault, &req.name, &req.provider, &req.value)
-        .await;
-    ok(StatusCode::CREATED, added)
-}
-
-async fn rotate_secret(
-    State(s): Shared,
-    Path(name): Path<String>,
-    SecretBody(req): SecretBody<RotateSecretRequest>,
-) -> Answer {
-    ok(
-        StatusCode::OK,
-        s.ops.rotate_secret(&s.vault, &name, &req.value).await,
-    )
-}
-
-async fn remove_secret(State(s): Shared, Path(name): Path<String>) -> Answer {
-    ok(StatusCode::OK, s.ops.remove_secret(&name).await)
-}
-
-async fn list_tokens(State(s): Shared) -> Answer {
-    ok(StatusCode::OK, s.ops.list_tokens().await)
-}
-
-async fn create_token(State(s): Shared, Body(req): Body<NewTokenRequest>) -> Answer {
-    ok(StatusCode::CREATED, s.ops.create_token(&req).await)
-}
-
-async fn show_token(State(s): Shared, Path(id): Path<String>) -> Answer {
-    ok(StatusCode::OK, s.ops.show_token(&id).await)
-}
-
-async fn update_token(
-    State(s): Shared,
-    Path(id): Path<String>,
-    Body(req): Body<UpdateTokenRequest>,
-) -> Answer {
-    ok(StatusCode::OK, s.ops.update_token(&id, &req).await)
-}
-
-async fn revoke_token(State(s): Shared, Path(id): Path<String>) -> Answer {
-    ok(StatusCode::OK, s.ops.revoke_token(&id).await)
-}
-
-async fn derive_token(
-    State(s): Shared,
-    Path(id): Path<String>,
-    Body(req): Body<DeriveTokenRequest>,
-) -> Answer {
-    ok(StatusCode::CREATED, s.ops.derive_token(&id, &req).await)
-}
-
-async fn list_policies(State(s): Shared) -> Answer {
-    ok(StatusCode::OK, s.ops.list_policies().await)
-}
-
-async fn show_policy(State(s): Shared, Path(name): Path<String>) -> Answer {
-    ok(StatusCode::OK, s.ops.show_policy(&name).await)
-}
-
-async fn set_policy(
-    State(s): Shared,
-    Path(name): Path<String>,
-    Body(spec): Body<PolicySpec>,
-) -> Answer {
-    ok(StatusCode::OK, s.ops.set_policy(&name, &spec).await)
-}
-
-async fn remove_policy(State(s): Shared, Path(name): Path<String>) -> Answer {
-    s.ops
-        .remove_policy(&name)
-        .await
-        .map(|()| StatusCode::NO_CONTENT.into_response())
-        .map_err(Refusal::from)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[serde(default)]
-    all: bool,
-}
-
-async fn list_approvals(State(s): Shared, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {
-    let q = query(q)?;
-    ok(StatusCode::OK, s.ops.list_approvals(q.all).await)
-}
-
-async fn show_approval(State(s): Shared, Path(id): Path<String>) -> Answer {
-    ok(StatusCode::OK, s.ops.approval(&id).await)
-}
-
-async fn approve(State(s): Shared, Path(id): Path<String>) -> Answer {
-    let decided = s
-        .ops
-        .decide(&id, ApprovalState::Approved, None, DECIDER)
-        .await;
-    ok(StatusCode::OK, decided)
-}
-
-async fn deny(State(s): Shared, Path(id): Path<String>, body: Bytes) -> Answer {
-    // The reason is optional, and so is the body.
-    let req: DenyRequest = if body.is_empty() {
-        DenyRequest::default()
-    } else {
-        parse(&body, true)?
-    };
-    let decided = s
-        .ops
-        .decide(&id, ApprovalState::Denied, req.reason.as_deref(), DECIDER)
-        .await;
-    ok(StatusCode::OK, decided)
-}
-
-async fn usage(State(s): Shared, q: Result<Query<UsageQuery>, QueryRejection>) -> Answer {
-    let q = query(q)?;
-    ok(StatusCode::OK, s.ops.usage(&q).await)
 }

@@ -7,19 +7,20 @@ pub mod views;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
+
 use crate::clock;
 use crate::grants::{self, GrantError, Mint, Minted};
 use crate::policy::PolicySpec;
 use crate::providers::Providers;
 use crate::store::{ApprovalState, DEFAULT_TENANT, Store, StoreError, TokenRecord};
 use crate::vault::VaultError;
-use secrecy::ExposeSecret;
 use views::{
     AgentUsage, ApprovalView, DeriveTokenRequest, MintedView, NewTokenRequest, PolicyView, Revoked,
     TokenDetail, TokenUsage, TokenView, UpdateTokenRequest, UsageQuery, UsageReport,
 };
 
-pub use secrets::{check_secret_name, check_secret_value};
+pub use secrets::check_secret_name;
 
 /// Longest usage report, in days.
 pub const MAX_USAGE_DAYS: u32 = 366;

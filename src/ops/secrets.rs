@@ -27,7 +27,7 @@ pub fn check_secret_name(name: &str) -> Result<(), OpsError> {
 }
 
 /// A value must be injectable the provider's way and long enough to scrub reliably.
-pub fn check_secret_value(provider: &Provider, value: &SecretString) -> Result<(), OpsError> {
+fn check_secret_value(provider: &Provider, value: &SecretString) -> Result<(), OpsError> {
     let value = value.expose_secret();
     if value.len() < MIN_SECRET_LEN {
         return Err(OpsError::Invalid(format!(

@@ -542,8 +542,9 @@ impl Store for SqliteStore {
         tenant: &str,
         all: bool,
     ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        // Ids are random, so insertion order (rowid) breaks ties within a second.
         let rows = sqlx::query(
-            "SELECT * FROM approvals WHERE tenant_id = ? AND (? OR state = 'pending') ORDER BY created_at DESC, id",
+            "SELECT * FROM approvals WHERE tenant_id = ? AND (? OR state = 'pending') ORDER BY created_at DESC, rowid DESC",
         )
         .bind(tenant)
         .bind(all)

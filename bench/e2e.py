@@ -119,7 +119,7 @@ def seks(work, upstream_port, secrets, name, extra_config=""):
         env=env, check=True, capture_output=True, text=True,
     ).stdout.strip()
     port = free_port()
-    proc = subprocess.Popen(["taskset", "-c", "0", SEKS, "serve", "--listen", f"127.0.0.1:{port}"], env=env)
+    proc = subprocess.Popen(["taskset", "-c", "0", SEKS, "serve", "--listen", f"127.0.0.1:{port}", "--admin-listen", "off"], env=env)
     wait_port(port)
     return proc, port, token, policy_token
 

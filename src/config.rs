@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 /// Default agent listener address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin API listener address: loopback only, so it is never exposed by accident.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 /// Default request body limit: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// Default limit on bodies read for policy: 4 MiB.
@@ -47,14 +49,44 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the admin API listens: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    /// No admin API.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(AdminListen::Off);
+        }
+        text.parse()
+            .map(AdminListen::At)
+            .map_err(|_| format!("`{text}` is neither an address (127.0.0.1:8081) nor `off`"))
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The TOML config file, as written by the operator.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Agent listener address.
     pub listen: Option<SocketAddr>,
-    /// Admin API listener address; no admin API unless set.
-    pub admin_listen: Option<SocketAddr>,
+    /// Admin API listener address, or `off`; default 127.0.0.1:8081.
+    pub admin_listen: Option<AdminListen>,
     /// Data directory (database, generated master key).
     pub data_dir: Option<PathBuf>,
     /// Master key file; default `<data_dir>/master.key`.
@@ -192,7 +224,7 @@ pub struct CliOverrides {
     /// `--listen` / `SEKS_LISTEN`.
     pub listen: Option<SocketAddr>,
     /// `--admin-listen` / `SEKS_ADMIN_LISTEN`.
-    pub admin_listen: Option<SocketAddr>,
+    pub admin_listen: Option<AdminListen>,
     /// `--log-format` / `SEKS_LOG_FORMAT`.
     pub log_format: Option<LogFormat>,
 }
@@ -202,7 +234,7 @@ pub struct CliOverrides {
 pub struct Settings {
     /// Agent listener address.
     pub listen: SocketAddr,
-    /// Admin API listener address, if the admin API is on.
+    /// Admin API listener address; `None` when it is off.
     pub admin_listen: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
@@ -246,7 +278,15 @@ impl Settings {
             .expect("default listen address is valid");
         Ok(Settings {
             listen: cli.listen.or(file.listen).unwrap_or(default_listen),
-            admin_listen: cli.admin_listen.or(file.admin_listen),
+            admin_listen: match cli.admin_listen.or(file.admin_listen) {
+                Some(AdminListen::At(addr)) => Some(addr),
+                Some(AdminListen::Off) => None,
+                None => Some(
+                    DEFAULT_ADMIN_LISTEN
+                        .parse()
+                        .expect("default admin address is valid"),
+                ),
+            },
             data_dir,
             data_dir_is_default,
             master_key_file,
@@ -333,6 +373,32 @@ mod tests {
         assert_eq!(s.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(s.upstream.read_timeout, Duration::from_secs(300));
         assert!(s.providers.contains_key("openai"));
+    }
+
+    #[test]
+    fn the_admin_api_listens_on_loopback_by_default_and_can_be_turned_off() {
+        let defaults = Settings::resolve(CliOverrides::default()).unwrap();
+        assert_eq!(
+            defaults.admin_listen,
+            Some(DEFAULT_ADMIN_LISTEN.parse().unwrap())
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seks.toml");
+        std::fs::write(&path, "admin_listen = \"off\"\n").unwrap();
+        let off = Settings::resolve(CliOverrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(off.admin_listen, None);
+        let flag = Settings::resolve(CliOverrides {
+            config: Some(path),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(flag.admin_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert!("nonsense".parse::<AdminListen>().is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`store`]: the `Store` trait and its SQLite backend.
 //! - [`tokens`]: token format, checksum and hashing.
 //! - [`grants`]: minting tokens and deriving narrower children.
+//! - [`ops`]: operator operations shared by the CLI and the admin API.
 //! - [`audit`]: one record per request.
 //! - [`hygiene`]: redacted logs and panics, process hardening.
 //! - [`clock`]: Unix time and its display.
@@ -33,6 +34,7 @@ pub mod grants;
 pub mod hygiene;
 pub mod keyring;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

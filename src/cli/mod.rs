@@ -3,28 +3,34 @@
 mod admin;
 mod approvals;
 mod audit;
+mod backend;
 mod output;
 mod policy;
+mod remote;
 mod secret;
 mod serve;
 mod token;
+mod usage;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{CliOverrides, LogFormat, Settings};
 use crate::hygiene;
+use crate::ops::Ops;
 use crate::providers::Providers;
 use crate::scrub::Redactor;
 use crate::store::{self, Store};
 use crate::vault::{KeySource, Vault, master_key};
+use backend::Backend;
+use remote::Remote;
 
 /// SEKS: a credential broker for AI agents.
 #[derive(Debug, Parser)]
@@ -46,6 +52,10 @@ struct GlobalArgs {
     /// TOML config file
     #[arg(long, env = "SEKS_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Act on the running broker whose admin API is at URL instead of the local store
+    /// (admin token in SEKS_ADMIN_TOKEN)
+    #[arg(long, env = "SEKS_REMOTE", global = true, value_name = "URL")]
+    remote: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +74,8 @@ enum Command {
     /// Decide requests held for approval.
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+    /// Daily requests and LLM tokens per token and per agent.
+    Usage(usage::UsageArgs),
     /// The admin API's token.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -102,32 +114,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         data_dir: cli.global.data_dir,
         ..CliOverrides::default()
     };
+    let remote = cli.global.remote;
+    let local_only = |what: &str| -> anyhow::Result<()> {
+        match &remote {
+            Some(_) => {
+                bail!("`seks {what}` acts on this machine only; drop --remote / SEKS_REMOTE")
+            }
+            None => Ok(()),
+        }
+    };
     match cli.command {
         Command::Serve(args) => {
+            local_only("serve")?;
             overrides.listen = args.listen;
             overrides.admin_listen = args.admin_listen;
             overrides.log_format = args.log_format;
             let ctx = Context::open(overrides, "info", redactor).await?;
             serve::run(ctx).await
         }
-        Command::Secret(cmd) => {
-            secret::run(Context::open(overrides, "warn", redactor).await?, cmd).await
-        }
-        Command::Token(cmd) => {
-            token::run(Context::open(overrides, "warn", redactor).await?, cmd).await
-        }
         Command::Policy(policy::PolicyCommand::Check { file }) => policy::check(&file),
-        Command::Policy(cmd) => {
-            policy::run(Context::open(overrides, "warn", redactor).await?, cmd).await
-        }
-        Command::Approvals(cmd) => {
-            approvals::run(Context::open(overrides, "warn", redactor).await?, cmd).await
-        }
         Command::Admin(cmd) => {
+            local_only("admin")?;
             admin::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
         Command::Audit(cmd) => {
+            local_only("audit")?;
             audit::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Secret(cmd) => {
+            secret::run(&Backend::open(remote, overrides, redactor).await?, cmd).await
+        }
+        Command::Token(cmd) => {
+            token::run(&Backend::open(remote, overrides, redactor).await?, cmd).await
+        }
+        Command::Policy(cmd) => {
+            policy::run(&Backend::open(remote, overrides, redactor).await?, cmd).await
+        }
+        Command::Approvals(cmd) => {
+            approvals::run(&Backend::open(remote, overrides, redactor).await?, cmd).await
+        }
+        Command::Usage(args) => {
+            usage::run(&Backend::open(remote, overrides, redactor).await?, &args).await
+        }
+    }
+}
+
+impl Backend {
+    /// The remote admin API at `remote`, or else the local store.
+    async fn open(
+        remote: Option<String>,
+        overrides: CliOverrides,
+        redactor: Arc<Redactor>,
+    ) -> anyhow::Result<Backend> {
+        match remote {
+            Some(url) => {
+                let settings = Context::prepare(overrides, "warn", redactor)?;
+                Ok(Backend::Remote(Remote::new(&url, &settings)?))
+            }
+            None => {
+                let ctx = Context::open(overrides, "warn", redactor).await?;
+                let ops = Ops::new(ctx.store.clone(), ctx.providers()?);
+                Ok(Backend::Local { ctx, ops })
+            }
         }
     }
 }
@@ -141,15 +189,25 @@ pub(crate) struct Context {
 }
 
 impl Context {
+    /// Settings, logging and process hardening: what every command needs, store or not.
+    fn prepare(
+        overrides: CliOverrides,
+        default_log_level: &str,
+        redactor: Arc<Redactor>,
+    ) -> anyhow::Result<Settings> {
+        let settings = Settings::resolve(overrides)?;
+        init_logging(settings.log_format, default_log_level, redactor);
+        // Every command may hold plaintext secrets in memory (serve, secret add/rotate).
+        hygiene::harden_process(settings.security.mlock)?;
+        Ok(settings)
+    }
+
     async fn open(
         overrides: CliOverrides,
         default_log_level: &str,
         redactor: Arc<Redactor>,
     ) -> anyhow::Result<Context> {
-        let settings = Settings::resolve(overrides)?;
-        init_logging(settings.log_format, default_log_level, redactor.clone());
-        // Every command may hold plaintext secrets in memory (serve, secret add/rotate).
-        hygiene::harden_process(settings.security.mlock)?;
+        let settings = Self::prepare(overrides, default_log_level, redactor.clone())?;
         let store = store::open_default(&settings.data_dir)
             .await
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;

@@ -2,8 +2,6 @@
 
 use serde::Serialize;
 
-use crate::clock;
-
 /// Print rows as a table with aligned columns; without headers, just the rows.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let columns = rows.first().map_or(headers.len(), Vec::len);
@@ -37,12 +35,7 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An optional Unix time as RFC 3339, or `-`.
-pub fn when(unix: Option<i64>) -> String {
-    unix.map_or_else(|| "-".to_owned(), clock::format)
-}
-
-/// An optional Unix time as RFC 3339 for JSON (`null` when absent).
-pub fn when_json(unix: Option<i64>) -> Option<String> {
-    unix.map(clock::format)
+/// An optional value for a table cell, `-` when absent.
+pub fn dash(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_owned()
 }

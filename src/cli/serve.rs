@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 use super::Context;
 use crate::approvals::Approvals;
 use crate::audit::{self, Auditor};
-use crate::config::LogFormat;
+use crate::config::{AdminListen, LogFormat};
 use crate::keyring::Keyring;
+use crate::ops::Ops;
 use crate::policy::limits::Limits;
 use crate::proxy::{Proxy, ProxyLimits, Upstreams};
 use crate::server;
@@ -26,10 +27,10 @@ pub(super) struct ServeArgs {
     /// Address for agents to connect to [default: 127.0.0.1:8080]
     #[arg(long, env = "SEKS_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Address of the admin API (approvals); off unless given. Mint its token with
-    /// `seks admin token`.
-    #[arg(long, env = "SEKS_ADMIN_LISTEN", value_name = "ADDR")]
-    pub admin_listen: Option<SocketAddr>,
+    /// Address of the admin API, or `off` [default: 127.0.0.1:8081]. Mint its token with
+    /// `seks admin token create`.
+    #[arg(long, env = "SEKS_ADMIN_LISTEN", value_name = "ADDR|off")]
+    pub admin_listen: Option<AdminListen>,
     /// Log format [default: text]
     #[arg(long, env = "SEKS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -91,9 +92,12 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
 
     let admin = match ctx.settings.admin_listen {
         Some(admin_addr) => {
-            let admin_listener = TcpListener::bind(admin_addr)
-                .await
-                .with_context(|| format!("binding the admin API on {admin_addr}"))?;
+            let admin_listener = TcpListener::bind(admin_addr).await.with_context(|| {
+                format!(
+                    "binding the admin API on {admin_addr} (set `admin_listen` or \
+                     --admin-listen to another address, or to `off`)"
+                )
+            })?;
             tracing::info!("admin API on http://{}", admin_listener.local_addr()?);
             if ctx
                 .store
@@ -101,12 +105,17 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
                 .await?
                 .is_none()
             {
-                tracing::warn!("no admin token yet: mint one with `seks admin token`");
+                tracing::warn!("no admin token yet: mint one with `seks admin token create`");
             }
+            let admin_state = Arc::new(server::admin::AdminState {
+                ops: Ops::new(ctx.store.clone(), ctx.providers()?),
+                vault: ctx.unlock_vault().await?,
+                store: ctx.store.clone(),
+            });
             let mut stopped = stop_rx.clone();
             Some(tokio::spawn(server::run_admin(
                 admin_listener,
-                ctx.store.clone(),
+                admin_state,
                 async move {
                     let _ = stopped.changed().await;
                 },

@@ -4,17 +4,13 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use secrecy::ExposeSecret;
-use serde::Serialize;
 
-use super::Context;
-use super::output::{print_json, print_table, when, when_json};
-use crate::clock;
-use crate::grants::{self, Mint, Minted};
-use crate::policy::{self, PolicySpec, Rule};
-use crate::store::{DEFAULT_TENANT, TokenRecord};
+use super::backend::Backend;
+use super::output::{dash, print_json, print_table};
+use crate::ops::views::{DeriveTokenRequest, MintedView, NewTokenRequest, UpdateTokenRequest};
+use crate::policy::{PolicySpec, Rule};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum TokenCommand {
@@ -156,297 +152,143 @@ pub(super) fn read_policy_file(path: &std::path::Path) -> anyhow::Result<PolicyS
     PolicySpec::from_toml(&text).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
 }
 
-pub(super) async fn run(ctx: Context, cmd: TokenCommand) -> anyhow::Result<()> {
+pub(super) async fn run(backend: &Backend, cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create {
             secret,
             agent,
             policy,
             policy_name,
-        } => create(&ctx, &secret, &agent, &policy, policy_name.as_deref()).await,
+        } => {
+            let req = NewTokenRequest {
+                policy: policy.spec()?,
+                secret,
+                agent,
+                policy_name,
+            };
+            let minted = backend.create_token(&req).await?;
+            announce(&minted, &format!("on secret `{}`", req.secret));
+            Ok(())
+        }
         TokenCommand::Derive {
             parent,
             agent,
             policy,
-        } => derive(&ctx, &parent, agent.as_deref(), &policy).await,
-        TokenCommand::Show { id, json } => show(&ctx, &id, json).await,
+        } => {
+            let req = DeriveTokenRequest {
+                agent,
+                policy: policy.spec()?,
+            };
+            let minted = backend.derive_token(&parent, &req).await?;
+            announce(&minted, &format!("derived from {parent}"));
+            Ok(())
+        }
+        TokenCommand::Show { id, json } => show(backend, &id, json).await,
         TokenCommand::Update {
             id,
             policy,
             policy_name,
             no_policy_name,
-        } => update(&ctx, &id, &policy, policy_name.as_deref(), no_policy_name).await,
-        TokenCommand::List { json } => list(&ctx, json).await,
-        TokenCommand::Revoke { id } => revoke(&ctx, &id).await,
-    }
-}
-
-async fn check_policy_name(ctx: &Context, name: Option<&str>) -> anyhow::Result<()> {
-    if let Some(name) = name
-        && ctx.store.policy(DEFAULT_TENANT, name).await?.is_none()
-    {
-        bail!("no policy named `{name}` (see `seks policy list`)");
-    }
-    Ok(())
-}
-
-async fn create(
-    ctx: &Context,
-    secret_name: &str,
-    agent: &str,
-    policy: &PolicyArgs,
-    policy_name: Option<&str>,
-) -> anyhow::Result<()> {
-    let spec = policy.spec()?;
-    check_policy_name(ctx, policy_name).await?;
-    let secret = ctx
-        .store
-        .secret_by_name(DEFAULT_TENANT, secret_name)
-        .await?
-        .with_context(|| format!("no secret named `{secret_name}` (see `seks secret list`)"))?;
-    let now = clock::now();
-    let minted = grants::mint(
-        ctx.store.as_ref(),
-        Mint {
-            tenant: &secret.tenant,
-            secret_id: &secret.id,
-            provider: &secret.provider,
-            agent,
-            policy: spec.as_ref(),
-            policy_name,
-            expires_at: spec.as_ref().and_then(|s| s.expiry_from(now)),
-            parent_id: None,
-        },
-        now,
-    )
-    .await?;
-    announce(
-        &minted,
-        &format!("on secret `{secret_name}` ({})", secret.provider),
-    );
-    Ok(())
-}
-
-async fn derive(
-    ctx: &Context,
-    parent_id: &str,
-    agent: Option<&str>,
-    policy: &PolicyArgs,
-) -> anyhow::Result<()> {
-    let spec = policy.spec()?;
-    let parent = ctx
-        .store
-        .token_by_id(DEFAULT_TENANT, parent_id)
-        .await?
-        .with_context(|| format!("no token with id `{parent_id}`"))?;
-    let ttl = spec
-        .as_ref()
-        .and_then(|s| s.ttl)
-        .map(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
-    let minted = grants::derive(
-        ctx.store.as_ref(),
-        &parent,
-        spec.as_ref(),
-        ttl,
-        agent,
-        clock::now(),
-    )
-    .await?;
-    announce(&minted, &format!("derived from {parent_id}"));
-    Ok(())
-}
-
-/// Print the token on stdout (and only it), and what it is on stderr.
-fn announce(minted: &Minted, what: &str) {
-    println!("{}", minted.token.expose_secret());
-    let r = &minted.record;
-    let expiry = r.expires_at.map_or_else(
-        || "never expires".to_owned(),
-        |at| format!("expires {}", clock::format(at)),
-    );
-    eprintln!(
-        "created token {} for agent `{}` {what}; {expiry}. It is shown only once.",
-        r.id, r.agent
-    );
-}
-
-/// A token's state as people read it.
-fn state(t: &TokenRecord, now: i64) -> &'static str {
-    match policy::check_lifetime(t, now) {
-        Ok(()) => "active",
-        Err(policy::Denial::Revoked(_)) => "revoked",
-        Err(_) => "expired",
-    }
-}
-
-#[derive(Serialize)]
-struct TokenRow<'a> {
-    id: &'a str,
-    agent: &'a str,
-    secret: &'a str,
-    provider: &'a str,
-    token: &'a str,
-    state: &'static str,
-    parent: Option<&'a str>,
-    policy_name: Option<&'a str>,
-    created_at: Option<String>,
-    expires_at: Option<String>,
-    revoked_at: Option<String>,
-    last_used_at: Option<String>,
-}
-
-impl<'a> TokenRow<'a> {
-    fn of(t: &'a TokenRecord, now: i64) -> Self {
-        TokenRow {
-            id: &t.id,
-            agent: &t.agent,
-            secret: &t.secret_name,
-            provider: &t.provider,
-            token: &t.hint,
-            state: state(t, now),
-            parent: t.parent_id.as_deref(),
-            policy_name: t.policy_name.as_deref(),
-            created_at: when_json(Some(t.created_at)),
-            expires_at: when_json(t.expires_at),
-            revoked_at: when_json(t.revoked_at),
-            last_used_at: when_json(t.last_used_at),
+        } => {
+            let req = UpdateTokenRequest {
+                policy: policy.spec()?,
+                policy_name,
+                clear_policy_name: no_policy_name,
+            };
+            backend.update_token(&id, &req).await?;
+            eprintln!("updated token {id}; running brokers apply it within a second");
+            Ok(())
+        }
+        TokenCommand::List { json } => list(backend, json).await,
+        TokenCommand::Revoke { id } => {
+            match backend.revoke_token(&id).await?.revoked {
+                1 => eprintln!("revoked token {id}; running brokers refuse it within a second"),
+                n => eprintln!(
+                    "revoked token {id} and {} token(s) derived from it; running brokers refuse them within a second",
+                    n.saturating_sub(1)
+                ),
+            }
+            Ok(())
         }
     }
 }
 
-async fn show(ctx: &Context, id: &str, json: bool) -> anyhow::Result<()> {
-    let token = ctx
-        .store
-        .token_by_id(DEFAULT_TENANT, id)
-        .await?
-        .with_context(|| format!("no token with id `{id}`"))?;
-    let own: Option<PolicySpec> = token
-        .policy
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()?;
-    let named = match &token.policy_name {
-        Some(name) => ctx.store.policy(DEFAULT_TENANT, name).await?,
-        None => None,
-    };
-    let named_spec: Option<PolicySpec> = named
+/// Print the token on stdout (and only it), and what it is on stderr.
+fn announce(minted: &MintedView, what: &str) {
+    println!("{}", minted.token);
+    let expiry = minted
+        .expires_at
         .as_ref()
-        .map(|p| serde_json::from_str(&p.spec))
-        .transpose()?;
-    let now = clock::now();
+        .map_or_else(|| "never expires".to_owned(), |at| format!("expires {at}"));
+    eprintln!(
+        "created token {} for agent `{}` {what}; {expiry}. It is shown only once.",
+        minted.id, minted.agent
+    );
+}
+
+async fn show(backend: &Backend, id: &str, json: bool) -> anyhow::Result<()> {
+    let detail = backend.show_token(id).await?;
     if json {
-        return print_json(&serde_json::json!({
-            "token": TokenRow::of(&token, now),
-            "policy": own,
-            "named_policy": named_spec,
-        }));
+        return print_json(&detail);
     }
-    let row = TokenRow::of(&token, now);
+    let t = &detail.token;
     for (label, value) in [
-        ("id", row.id.to_owned()),
-        ("agent", row.agent.to_owned()),
-        ("secret", format!("{} ({})", row.secret, row.provider)),
-        ("token", row.token.to_owned()),
-        ("state", row.state.to_owned()),
-        ("parent", row.parent.unwrap_or("-").to_owned()),
-        ("created", when(Some(token.created_at))),
-        ("expires", when(token.expires_at)),
-        ("revoked", when(token.revoked_at)),
-        ("last used", when(token.last_used_at)),
+        ("id", t.id.clone()),
+        ("agent", t.agent.clone()),
+        ("secret", format!("{} ({})", t.secret, t.provider)),
+        ("token", t.token.clone()),
+        ("state", t.state.clone()),
+        ("parent", dash(t.parent.as_deref())),
+        ("created", dash(t.created_at.as_deref())),
+        ("expires", dash(t.expires_at.as_deref())),
+        ("revoked", dash(t.revoked_at.as_deref())),
+        ("last used", dash(t.last_used_at.as_deref())),
     ] {
         println!("{label:10} {value}");
     }
     println!("\n# own policy");
-    match &own {
+    match &detail.policy {
         Some(spec) => print!("{}", toml::to_string_pretty(spec)?),
         None => println!("# none: every path of the provider"),
     }
-    if let Some(name) = &token.policy_name {
+    if let Some(name) = &t.policy_name {
         println!("\n# named policy `{name}`");
-        match &named_spec {
+        match &detail.named_policy {
             Some(spec) => print!("{}", toml::to_string_pretty(spec)?),
             None => println!("# missing: the token is refused until it exists again"),
         }
     }
-    if token.parent_id.is_some() {
+    if t.parent.is_some() {
         println!("\n# the parent's policies apply too (see `seks token show <parent>`)");
     }
     Ok(())
 }
 
-async fn update(
-    ctx: &Context,
-    id: &str,
-    policy: &PolicyArgs,
-    policy_name: Option<&str>,
-    no_policy_name: bool,
-) -> anyhow::Result<()> {
-    let token = ctx
-        .store
-        .token_by_id(DEFAULT_TENANT, id)
-        .await?
-        .with_context(|| format!("no token with id `{id}`"))?;
-    let spec = policy.spec()?;
-    if spec.is_none() && policy_name.is_none() && !no_policy_name {
-        bail!(
-            "nothing to update: give a policy (--policy FILE or rule/limit flags) or --policy-name"
-        );
-    }
-    check_policy_name(ctx, policy_name).await?;
-    let now = clock::now();
-    let policy_json = match &spec {
-        Some(spec) => Some(serde_json::to_string(spec)?),
-        None => token.policy.clone(),
-    };
-    let name = if no_policy_name {
-        None
-    } else {
-        policy_name.map(str::to_owned).or(token.policy_name.clone())
-    };
-    let expires_at = spec
-        .as_ref()
-        .and_then(|s| s.expiry_from(now))
-        .or(token.expires_at);
-    ctx.store
-        .update_token_policy(
-            DEFAULT_TENANT,
-            id,
-            policy_json.as_deref(),
-            name.as_deref(),
-            expires_at,
-        )
-        .await?;
-    eprintln!("updated token {id}; running brokers apply it within a second");
-    Ok(())
-}
-
-async fn list(ctx: &Context, json: bool) -> anyhow::Result<()> {
-    let tokens = ctx.store.list_tokens(DEFAULT_TENANT).await?;
-    let now = clock::now();
+async fn list(backend: &Backend, json: bool) -> anyhow::Result<()> {
+    let tokens = backend.list_tokens().await?;
     if json {
-        let rows: Vec<TokenRow<'_>> = tokens.iter().map(|t| TokenRow::of(t, now)).collect();
-        return print_json(&rows);
+        return print_json(&tokens);
     }
     let rows: Vec<Vec<String>> = tokens
         .iter()
         .map(|t| {
-            let policy = match (&t.policy, &t.policy_name) {
-                (Some(_), Some(name)) => format!("own + {name}"),
-                (Some(_), None) => "own".to_owned(),
-                (None, Some(name)) => name.clone(),
-                (None, None) => "-".to_owned(),
+            let policy = match (t.own_policy, &t.policy_name) {
+                (true, Some(name)) => format!("own + {name}"),
+                (true, None) => "own".to_owned(),
+                (false, Some(name)) => name.clone(),
+                (false, None) => "-".to_owned(),
             };
             vec![
                 t.id.clone(),
                 t.agent.clone(),
-                t.secret_name.clone(),
+                t.secret.clone(),
                 t.provider.clone(),
-                t.hint.clone(),
-                state(t, now).to_owned(),
+                t.token.clone(),
+                t.state.clone(),
                 policy,
-                t.parent_id.clone().unwrap_or_else(|| "-".to_owned()),
-                when(t.expires_at),
-                when(t.last_used_at),
+                dash(t.parent.as_deref()),
+                dash(t.expires_at.as_deref()),
+                dash(t.last_used_at.as_deref()),
             ]
         })
         .collect();
@@ -465,21 +307,5 @@ async fn list(ctx: &Context, json: bool) -> anyhow::Result<()> {
         ],
         &rows,
     );
-    Ok(())
-}
-
-async fn revoke(ctx: &Context, id: &str) -> anyhow::Result<()> {
-    match ctx
-        .store
-        .revoke_token(DEFAULT_TENANT, id, clock::now())
-        .await?
-    {
-        0 => bail!("no active token with id `{id}` (see `seks token list`)"),
-        1 => eprintln!("revoked token {id}; running brokers refuse it within a second"),
-        n => eprintln!(
-            "revoked token {id} and {} token(s) derived from it; running brokers refuse them within a second",
-            n - 1
-        ),
-    }
     Ok(())
 }

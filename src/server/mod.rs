@@ -3,6 +3,7 @@
 pub mod admin;
 mod conn;
 pub mod derive;
+pub mod openapi;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -93,11 +94,11 @@ async fn metrics_text() -> Response {
 /// Serve the admin API on `listener` until `shutdown` resolves.
 pub async fn run_admin(
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    state: Arc<admin::AdminState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Metrics go to scrapers without the admin token: they hold nothing secret.
-    let router = admin::router(store).route("/metrics", get(metrics_text));
+    let router = admin::router(state).route("/metrics", get(metrics_text));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -185,7 +185,7 @@ pub struct PolicyRecord {
 }
 
 /// Where a held request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApprovalState {
     /// Waiting for a person.
@@ -308,6 +308,21 @@ pub fn audit_head_key(tenant: &str) -> String {
 /// Meta key of a tenant's signed head of pruned audit history.
 pub fn audit_checkpoint_key(tenant: &str) -> String {
     format!("audit_checkpoint/{tenant}")
+}
+
+/// One token's counters for one day, with the token's agent (for usage reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The token.
+    pub token_id: String,
+    /// The token's agent.
+    pub agent: String,
+    /// Day number (Unix days, UTC).
+    pub day: i64,
+    /// Requests counted.
+    pub requests: u64,
+    /// LLM tokens counted.
+    pub tokens: u64,
 }
 
 /// Everything the broker and the CLI persist.
@@ -437,6 +452,12 @@ pub trait Store: Send + Sync {
         before_ms: i64,
         sign: HeadSigner<'_>,
     ) -> Result<u64, StoreError>;
+    /// Daily counters of a tenant's tokens from `since_day` on, by day then token.
+    async fn usage_since(
+        &self,
+        tenant: &str,
+        since_day: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
 }
 
 /// Open the embedded store in `data_dir`, creating it and applying migrations as needed.

@@ -13,7 +13,7 @@ use sqlx::{Row, SqlitePool};
 use super::{
     ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, HeadSigner, NewSecret, NewToken,
     PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord, UsageDelta,
-    audit_checkpoint_key, audit_head_key,
+    UsageRecord, audit_checkpoint_key, audit_head_key,
 };
 use crate::audit::{self, Head, StoredRecord};
 use crate::tokens::TokenHash;
@@ -574,6 +574,7 @@ impl Store for SqliteStore {
         tenant: &str,
         all: bool,
     ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        // Ids are random, so insertion order (rowid) breaks ties within a second.
         let rows = sqlx::query(
             "SELECT * FROM approvals WHERE tenant_id = ? AND (? OR state = 'pending') ORDER BY created_at DESC, rowid DESC",
         )
@@ -795,5 +796,31 @@ impl Store for SqliteStore {
         put_meta(&mut tx, &audit_checkpoint_key(tenant), &sign(tenant, head)).await?;
         tx.commit().await?;
         Ok(deleted)
+    }
+
+    async fn usage_since(
+        &self,
+        tenant: &str,
+        since_day: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT u.token_id, t.agent, u.day, u.requests, u.tokens FROM usage u \
+             JOIN tokens t ON t.id = u.token_id WHERE t.tenant_id = ? AND u.day >= ? \
+             ORDER BY u.day, u.token_id",
+        )
+        .bind(tenant)
+        .bind(since_day)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(token_id, agent, day, requests, tokens)| UsageRecord {
+                token_id,
+                agent,
+                day,
+                requests: requests.max(0).unsigned_abs(),
+                tokens: tokens.max(0).unsigned_abs(),
+            })
+            .collect())
     }
 }

@@ -172,7 +172,13 @@ async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
     let derive = broker.url("/seks/v1/tokens/derive");
     let auth = bearer(&token);
     expect(
-        send("POST", &derive, &[("authorization", &auth)], r#"{"ttl":"5m"}"#).await,
+        send(
+            "POST",
+            &derive,
+            &[("authorization", &auth)],
+            r#"{"ttl":"5m"}"#,
+        )
+        .await,
         201,
         "allowed",
         None,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin_api;
 mod audit;
 mod cli;
 mod failures;

@@ -6,6 +6,7 @@ Checks the prompt appears, the typed value is not echoed, and the command succee
 import os
 import pty
 import sys
+import termios
 import time
 
 seks, name, value = sys.argv[1:4]
@@ -18,6 +19,11 @@ deadline = time.time() + 30
 while b"Value for secret" not in out:
     assert time.time() < deadline, f"no prompt: {out!r}"
     out += os.read(fd, 1024)
+# The prompt is printed just before echo is turned off: type only once it is, as a person would
+# (anything typed earlier is echoed by the terminal, not by seks).
+while termios.tcgetattr(fd)[3] & termios.ECHO:
+    assert time.time() < deadline, "echo never turned off"
+    time.sleep(0.01)
 os.write(fd, value.encode() + b"\r")
 while True:
     try:

@@ -71,6 +71,8 @@ impl Env {
             .env("SEKS_CONFIG", &self.config)
             .env_remove("SEKS_MASTER_KEY")
             .env_remove("SEKS_LOG")
+            .env_remove("SEKS_REMOTE")
+            .env_remove("SEKS_ADMIN_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -160,9 +162,11 @@ impl Env {
         self.serve_with(&[]).await
     }
 
-    /// Start `seks serve` with extra environment variables.
+    /// Start `seks serve` with extra environment variables. The admin API listens on a free
+    /// port (tests run many brokers at once; `SEKS_ADMIN_LISTEN` in `env` overrides it).
     pub async fn serve_with(&self, env: &[(&str, &str)]) -> Broker {
         let mut cmd = self.command(&["serve", "--listen", "127.0.0.1:0"]);
+        cmd.env("SEKS_ADMIN_LISTEN", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -251,7 +255,7 @@ impl Broker {
         format!("{}{path}", self.base)
     }
 
-    /// The admin API's base URL (started with `--admin-listen`).
+    /// The admin API's base URL, as the broker logged it.
     pub async fn admin_url(&self) -> String {
         for _ in 0..200 {
             if let Some(url) = self.admin.lock().unwrap().clone() {

@@ -1,0 +1,117 @@
+//! `--remote URL`: the admin API of a running broker as the CLI's backend, over the same
+//! rustls client the broker uses for upstreams. The admin token comes from the environment
+//! (`SEKS_ADMIN_TOKEN`), never from argv.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::body::Body;
+use http::{Method, Request, header};
+use http_body_util::BodyExt;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+
+use crate::config::Settings;
+use crate::proxy::{UpstreamClient, Upstreams};
+
+/// Environment variable holding the admin token for `--remote`.
+pub const ADMIN_TOKEN_ENV: &str = "SEKS_ADMIN_TOKEN";
+/// Longest wait for the admin API's answer.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Characters left as they are in a path segment or query value.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A URL-safe path segment or query value.
+pub fn encode(text: &str) -> String {
+    utf8_percent_encode(text, SEGMENT).to_string()
+}
+
+/// A client of one broker's admin API.
+pub struct Remote {
+    base: String,
+    token: SecretString,
+    client: UpstreamClient,
+}
+
+impl Remote {
+    /// A client of the admin API at `url`, with the token from [`ADMIN_TOKEN_ENV`].
+    pub fn new(url: &str, settings: &Settings) -> anyhow::Result<Remote> {
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("--remote `{url}` is not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+            bail!("--remote `{url}` must be an http(s) URL such as http://127.0.0.1:8081");
+        }
+        let token = std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from)
+            .with_context(|| {
+                format!("--remote needs the admin token in {ADMIN_TOKEN_ENV} (see `seks admin token create`)")
+            })?;
+        let client = Upstreams::new(&settings.upstream)?.client(false).clone();
+        Ok(Remote {
+            base: url.trim_end_matches('/').to_owned(),
+            token,
+            client,
+        })
+    }
+
+    /// Call `method path` with an optional JSON body; the answer's JSON, or the API's error.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<T> {
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).context("the admin API's answer is not the expected JSON")
+    }
+
+    /// Like [`Remote::call`], for answers without content.
+    pub async fn call_empty(&self, method: Method, path: &str) -> anyhow::Result<()> {
+        self.send(method, path, None).await.map(drop)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<bytes::Bytes> {
+        let url = format!("{}{path}", self.base);
+        let mut request = Request::builder().method(method).uri(&url).header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", self.token.expose_secret()),
+        );
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(body.map_or_else(Body::empty, Body::from))
+            .context("building the admin API request")?;
+        let response = tokio::time::timeout(TIMEOUT, self.client.request(request))
+            .await
+            .with_context(|| format!("{url}: no answer within {TIMEOUT:?}"))?
+            .with_context(|| format!("{url}: cannot reach the admin API"))?;
+        let status = response.status();
+        let bytes = tokio::time::timeout(TIMEOUT, response.into_body().collect())
+            .await
+            .with_context(|| format!("{url}: the answer did not finish within {TIMEOUT:?}"))?
+            .with_context(|| format!("{url}: reading the answer"))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        bail!("{message} (admin API: {status})")
+    }
+}

@@ -1,0 +1,150 @@
+//! Secret operations: values are checked, sealed and stored, and never returned.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::views::{SecretRemoved, SecretView};
+use super::{Ops, OpsError};
+use crate::providers::Provider;
+use crate::scrub::MIN_SECRET_LEN;
+use crate::store::{DEFAULT_TENANT, NewSecret, SecretRecord, StoreError};
+use crate::vault::{SecretIdentity, Vault};
+use crate::{clock, tokens};
+
+/// Secret names are short and plain, so they are safe in URLs, tables and logs.
+pub fn check_secret_name(name: &str) -> Result<(), OpsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(OpsError::Invalid(
+            "secret names are 1-64 characters of letters, digits, `-`, `_` and `.`".to_owned(),
+        ))
+    }
+}
+
+/// A value must be injectable the provider's way and long enough to scrub reliably.
+fn check_secret_value(provider: &Provider, value: &SecretString) -> Result<(), OpsError> {
+    let value = value.expose_secret();
+    if value.len() < MIN_SECRET_LEN {
+        return Err(OpsError::Invalid(format!(
+            "refusing to store this value: shorter than {MIN_SECRET_LEN} characters, it could not be scrubbed reliably"
+        )));
+    }
+    provider
+        .auth
+        .accepts(value)
+        .map_err(|why| OpsError::Invalid(format!("refusing to store this value: {why}")))
+}
+
+impl Ops {
+    async fn secret(&self, name: &str) -> Result<SecretRecord, OpsError> {
+        self.store
+            .secret_by_name(DEFAULT_TENANT, name)
+            .await?
+            .ok_or_else(|| OpsError::NotFound(format!("no secret named `{name}`")))
+    }
+
+    /// Every secret, oldest first; never a value.
+    pub async fn list_secrets(&self) -> Result<Vec<SecretView>, OpsError> {
+        let secrets = self.store.list_secrets(DEFAULT_TENANT).await?;
+        Ok(secrets.iter().map(SecretView::from).collect())
+    }
+
+    /// Check, seal and store a new credential.
+    pub async fn add_secret(
+        &self,
+        vault: &Vault,
+        name: &str,
+        provider_name: &str,
+        value: &SecretString,
+    ) -> Result<SecretView, OpsError> {
+        check_secret_name(name)?;
+        let Some(provider) = self.providers.get(provider_name) else {
+            return Err(OpsError::Invalid(format!(
+                "unknown provider `{provider_name}`; known providers: {}",
+                self.providers.names().join(", ")
+            )));
+        };
+        if self
+            .store
+            .secret_by_name(DEFAULT_TENANT, name)
+            .await?
+            .is_some()
+        {
+            return Err(OpsError::Conflict(format!(
+                "secret `{name}` already exists; rotate it to change its value"
+            )));
+        }
+        check_secret_value(provider, value)?;
+        let id = format!("sec_{}", tokens::random_base62(16));
+        let identity = SecretIdentity {
+            tenant: DEFAULT_TENANT,
+            secret_id: &id,
+            version: 1,
+            provider: provider_name,
+        };
+        let secret = NewSecret {
+            sealed: vault.seal(identity, value)?,
+            id,
+            tenant: DEFAULT_TENANT.to_owned(),
+            name: name.to_owned(),
+            provider: provider_name.to_owned(),
+            created_at: clock::now(),
+        };
+        self.store.insert_secret(&secret).await?;
+        self.secret_view(name).await
+    }
+
+    /// Replace a credential's value; its tokens keep working with the new one.
+    pub async fn rotate_secret(
+        &self,
+        vault: &Vault,
+        name: &str,
+        value: &SecretString,
+    ) -> Result<SecretView, OpsError> {
+        let secret = self.secret(name).await?;
+        if let Some(provider) = self.providers.get(&secret.provider) {
+            check_secret_value(provider, value)?;
+        }
+        let version = secret.version + 1;
+        let identity = SecretIdentity {
+            tenant: &secret.tenant,
+            secret_id: &secret.id,
+            version,
+            provider: &secret.provider,
+        };
+        let sealed = vault.seal(identity, value)?;
+        self.store
+            .rotate_secret(&secret.tenant, &secret.id, version, &sealed, clock::now())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => {
+                    OpsError::Conflict(format!("secret `{name}` changed while rotating; try again"))
+                }
+                other => other.into(),
+            })?;
+        self.secret_view(name).await
+    }
+
+    /// Remove a secret and every token that uses it.
+    pub async fn remove_secret(&self, name: &str) -> Result<SecretRemoved, OpsError> {
+        let secret = self.secret(name).await?;
+        let tokens_removed = self.store.delete_secret(&secret.tenant, &secret.id).await?;
+        Ok(SecretRemoved {
+            name: name.to_owned(),
+            tokens_removed,
+        })
+    }
+
+    async fn secret_view(&self, name: &str) -> Result<SecretView, OpsError> {
+        self.list_secrets()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| OpsError::NotFound(format!("no secret named `{name}`")))
+    }
+}

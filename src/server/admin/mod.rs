@@ -1,0 +1,202 @@
+//! The admin API, on its own listener and behind the admin token: everything the operator
+//! CLI does (secrets, tokens, named policies, approvals, usage), through [`Ops`] so both
+//! behave the same. Mint the token with `seks admin token create`; only its SHA-256 is stored.
+//! `/openapi.json` describes it and is served without the token (it holds nothing secret).
+
+use std::sync::Arc;
+
+mod endpoints;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::openapi;
+use crate::ops::{Ops, OpsError};
+use crate::store::{META_ADMIN_TOKEN, Store};
+use crate::tokens::TokenHash;
+use crate::vault::Vault;
+
+/// Largest request body: policies and secrets are small.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What the admin API's handlers share.
+pub struct AdminState {
+    /// The operations, on the broker's store.
+    pub ops: Ops,
+    /// Seals secrets added or rotated through the API.
+    pub vault: Vault,
+    /// Where the admin token's hash lives.
+    pub store: Arc<dyn Store>,
+}
+
+/// A refused request, answered in the admin API's shape: `{"error": {"message", "code"}}`.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message: message.to_owned(),
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "code": self.code}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<OpsError> for Refusal {
+    fn from(e: OpsError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(error = %e, "admin API operation failed");
+        }
+        error(status, e.code(), &e.to_string())
+    }
+}
+
+/// A JSON request body; errors keep the API's shape (400, or 413 when too large).
+struct Body<T>(T);
+
+/// A JSON body carrying a secret value: parse errors say nothing of the content, since
+/// serde quotes what it could not read.
+struct SecretBody<T>(T);
+
+async fn read_body<T: DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+    echo: bool,
+) -> Result<T, Refusal> {
+    let bytes = Bytes::from_request(req, state)
+        .await
+        .map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            ),
+            status => error(status, "bad_body", &e.body_text()),
+        })?;
+    parse(&bytes, echo)
+}
+
+/// Parse a JSON body; with `echo`, the error quotes serde's reason.
+fn parse<T: DeserializeOwned>(bytes: &[u8], echo: bool) -> Result<T, Refusal> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let why = if echo {
+            format!("the body is not the expected JSON: {e}")
+        } else {
+            "the body is not the expected JSON (see /openapi.json)".to_owned()
+        };
+        error(StatusCode::BAD_REQUEST, "bad_body", &why)
+    })
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Refusal> {
+        read_body(req, state, true).await.map(Body)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for SecretBody<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Refusal> {
+        read_body(req, state, false).await.map(SecretBody)
+    }
+}
+
+/// The admin router: the endpoints behind the admin token, `/openapi.json` without it.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let endpoints = endpoints::all();
+    let document = Arc::new(openapi::document(
+        endpoints.iter().map(|e| (e.path, e.verb, &e.doc)),
+    ));
+    let api = endpoints
+        .into_iter()
+        .fold(Router::new(), |api, e| api.route(e.path, e.route))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(Value::clone(&document)) }),
+        )
+        .merge(api)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no_endpoint", "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Let only requests bearing the admin token through.
+async fn authorize(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let unauthorized =
+        |code, message| error(StatusCode::UNAUTHORIZED, code, message).into_response();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return unauthorized(
+            "missing_token",
+            "send the admin token as Authorization: Bearer <token>",
+        );
+    };
+    // An agent token is never an admin token; say so rather than just "wrong".
+    if presented.starts_with("seks_") && !presented.starts_with("seks_admin_") {
+        return unauthorized(
+            "agent_token",
+            "an agent token has no rights on the admin API",
+        );
+    }
+    let expected = match state.store.meta(META_ADMIN_TOKEN).await {
+        Ok(Some(hex)) if !hex.is_empty() => hex,
+        Ok(_) => {
+            return unauthorized(
+                "no_admin_token",
+                "no admin token exists: mint one with `seks admin token create`",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "admin token lookup failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the broker's store is unavailable",
+            )
+            .into_response();
+        }
+    };
+    let hash = hex(&TokenHash::of(presented).0);
+    if bool::from(hash.as_bytes().ct_eq(expected.as_bytes())) {
+        next.run(request).await
+    } else {
+        unauthorized("wrong_token", "wrong admin token")
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

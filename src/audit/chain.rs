@@ -5,26 +5,41 @@
 //! The newest head (and the head of pruned history) is signed with a key derived from the
 //! master key: the tail can't be cut, nor pruned history faked, without it.
 
-use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::AuditRecord;
 use crate::store::{AuditFilter, Store, StoreError, audit_checkpoint_key, audit_head_key};
+use crate::tokens::hex;
 use crate::vault::Key;
 
 /// The `prev_hash` of a tenant's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The hash of one record, given the hash before it: SHA-256 of
+/// `prev_hash \n tenant \n seq \n record_json`.
+pub fn link(prev_hash: &str, tenant: &str, seq: i64, record_json: &str) -> String {
+    let mut hash = Context::new(&SHA256);
+    for part in [
+        prev_hash,
+        "\n",
+        tenant,
+        "\n",
+        &seq.to_string(),
+        "\n",
+        record_json,
+    ] {
+        hash.update(part.as_bytes());
+    }
+    hex(hash.finish().as_ref())
 }
 
-/// The hash of one record, given the hash before it.
-pub fn link(prev_hash: &str, tenant: &str, seq: i64, record_json: &str) -> String {
-    let text = format!("{prev_hash}\n{tenant}\n{seq}\n{record_json}");
-    hex(digest(&SHA256, text.as_bytes()).as_ref())
+/// Append a record to the chain ending at `head`, which then ends at the new record.
+pub fn extend(head: &mut Head, tenant: &str, record_json: &str) {
+    let seq = head.seq + 1;
+    head.hash = link(&head.hash, tenant, seq, record_json);
+    head.seq = seq;
 }
 
 /// A point in a tenant's chain: a sequence number and the hash of the record there.

@@ -12,7 +12,7 @@ mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use chain::{
-    ChainError, ChainKey, GENESIS, Head, SignedHead, StoredRecord, Verifier, VerifyError, hex,
+    ChainError, ChainKey, GENESIS, Head, SignedHead, StoredRecord, Verifier, VerifyError, extend,
     link, verify,
 };
 pub use retention::{prune, run_retention};
@@ -58,34 +58,43 @@ pub struct AuditRecord {
     /// Tenant.
     pub tenant: String,
     /// Token id, once the token was recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
     /// Agent name of the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
     /// Name of the secret the token unlocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Provider, when the route named a known one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
     /// HTTP method.
     pub method: String,
     /// Path below the provider's base, with credential-carrying query parameters removed.
     pub path: String,
     /// Model, when the request or its answer named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// LLM tokens the provider reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_tokens: Option<u64>,
     /// Status returned to the agent.
     pub status: u16,
     /// What the broker made of it.
     pub decision: Decision,
     /// The broker's error code, when it refused or failed the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Why, in the words the agent got (names the rule that stopped it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Request body bytes received from the agent.
     pub bytes_in: u64,
     /// Response body bytes sent to the agent.
     pub bytes_out: u64,
     /// Time from forwarding until the upstream's response headers (microseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_us: Option<u64>,
     /// Time from arrival until the response ended (microseconds).
     pub total_us: u64,

@@ -5,9 +5,8 @@ use clap::Subcommand;
 use secrecy::ExposeSecret;
 
 use super::Context;
-use crate::server::admin::hex;
 use crate::store::META_ADMIN_TOKEN;
-use crate::tokens::{self, TokenHash};
+use crate::tokens::{self, TokenHash, hex};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AdminCommand {

@@ -93,17 +93,20 @@ pub struct UsageMeter {
     usage: Usage,
     /// Body bytes seen.
     seen: u64,
+    /// The body's declared length, when it has one.
+    expected: Option<u64>,
 }
 
 impl UsageMeter {
-    /// A meter for a response with this content type.
-    pub fn new(content_type: Option<&str>) -> Self {
+    /// A meter for a response with this content type and declared length.
+    pub fn new(content_type: Option<&str>, content_length: Option<u64>) -> Self {
         UsageMeter {
             sse: content_type.is_some_and(|t| t.starts_with("text/event-stream")),
             buf: Vec::new(),
             overflow: false,
             usage: Usage::default(),
             seen: 0,
+            expected: content_length,
         }
     }
 
@@ -136,6 +139,12 @@ impl UsageMeter {
         {
             self.usage.absorb(&doc);
         }
+    }
+
+    /// Whether every byte of a body of declared length has been seen (a server may never
+    /// poll such a body for its end).
+    fn complete(&self) -> bool {
+        self.expected == Some(self.seen)
     }
 
     /// The body ended: the usage it reported.
@@ -204,6 +213,10 @@ impl<T: Send + 'static> MeteredBody<T> {
 
 impl<T: Send + 'static> Drop for MeteredBody<T> {
     fn drop(&mut self) {
+        if self.meter.as_ref().is_some_and(UsageMeter::complete) {
+            self.report();
+            return;
+        }
         let (Some(mut meter), Some(on_end), Some(held), Ok(runtime)) = (
             self.meter.take(),
             self.on_end.take(),
@@ -254,6 +267,9 @@ impl<T: Send + Unpin + 'static> Body for MeteredBody<T> {
                 if let (Some(data), Some(meter)) = (f.data_ref(), this.meter.as_mut()) {
                     meter.observe(data);
                 }
+                if this.meter.as_ref().is_some_and(UsageMeter::complete) {
+                    this.report();
+                }
             }
             None => this.report(),
             Some(Err(_)) => {}
@@ -276,7 +292,7 @@ mod tests {
     use serde_json::json;
 
     fn meter(content_type: &str, chunks: &[&str]) -> u64 {
-        let mut m = UsageMeter::new(Some(content_type));
+        let mut m = UsageMeter::new(Some(content_type), None);
         for c in chunks {
             m.observe(c.as_bytes());
         }
@@ -300,8 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn a_body_of_declared_length_is_complete_at_its_last_byte() {
+        let mut m = UsageMeter::new(Some("application/json"), Some(10));
+        m.observe(b"{\"a\":");
+        assert!(!m.complete());
+        m.observe(b"1234}");
+        assert!(m.complete());
+        assert!(!UsageMeter::new(None, None).complete());
+    }
+
+    #[test]
     fn the_answering_model_is_read_once() {
-        let mut m = UsageMeter::new(Some("text/event-stream"));
+        let mut m = UsageMeter::new(Some("text/event-stream"), None);
         m.observe(b"data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\"}}\n\n");
         m.observe(b"data: {\"model\":\"other\"}\n\n");
         assert_eq!(m.finish().model(), Some("claude-x"));
@@ -338,10 +364,10 @@ mod tests {
 
     #[test]
     fn a_cut_stream_without_a_report_is_charged_by_size() {
-        let mut m = UsageMeter::new(Some("text/event-stream"));
+        let mut m = UsageMeter::new(Some("text/event-stream"), None);
         m.observe(&[b'x'; 401]);
         assert_eq!(m.finish_cut().tokens(), 101);
-        let mut m = UsageMeter::new(Some("text/event-stream"));
+        let mut m = UsageMeter::new(Some("text/event-stream"), None);
         m.observe(b"data: {\"usage\":{\"total_tokens\":3}}\n\n");
         assert_eq!(m.finish_cut().tokens(), 3);
     }

@@ -88,11 +88,10 @@ pub fn to_agent(
     } = metering;
     let counts_tokens = admission.as_ref().is_some_and(Admission::counts_tokens);
     let meter = (has_body && (llm || counts_tokens)).then(|| {
+        let header_text = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
         UsageMeter::new(
-            parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
+            header_text(header::CONTENT_TYPE),
+            header_text(header::CONTENT_LENGTH).and_then(|n| n.parse().ok()),
         )
     });
     if meter.is_some() || admission.is_some() {

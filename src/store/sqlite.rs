@@ -19,6 +19,10 @@ use crate::audit::{self, Head, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
+/// Audit rows per INSERT statement, largest first (9 parameters each, well under SQLite's
+/// limit).
+const AUDIT_INSERT_SIZES: [usize; 8] = [512, 128, 64, 32, 16, 8, 4, 1];
+
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "seks.db";
 
@@ -72,6 +76,29 @@ impl SqliteStore {
         }
         Ok(SqliteStore { pool })
     }
+}
+
+/// The newest record of `tenant`'s chain, or the checkpoint of pruned history, or genesis.
+async fn audit_head(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Result<Head, StoreError> {
+    let last = sqlx::query(
+        "SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(tenant)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = last {
+        return Ok(Head {
+            seq: row.try_get("seq")?,
+            hash: row.try_get("hash")?,
+        });
+    }
+    let checkpoint: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        .bind(audit_checkpoint_key(tenant))
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(checkpoint
+        .and_then(|c| serde_json::from_str::<audit::SignedHead>(&c).ok())
+        .map_or_else(Head::genesis, |c| c.head))
 }
 
 // Macros rather than consts so `concat!` keeps every query a `&'static str`.
@@ -666,54 +693,46 @@ impl Store for SqliteStore {
         // both extend the same head.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut heads: std::collections::HashMap<&str, Head> = std::collections::HashMap::new();
+        let mut rows = Vec::with_capacity(entries.len());
         for entry in entries {
             let tenant = entry.tenant.as_str();
             if !heads.contains_key(tenant) {
-                let last = sqlx::query(
-                    "SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1",
-                )
-                .bind(tenant)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let head = match last {
-                    Some(row) => Head {
-                        seq: row.try_get("seq")?,
-                        hash: row.try_get("hash")?,
-                    },
-                    None => {
-                        let checkpoint: Option<String> =
-                            sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
-                                .bind(audit_checkpoint_key(tenant))
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                        checkpoint
-                            .and_then(|c| serde_json::from_str::<audit::SignedHead>(&c).ok())
-                            .map_or_else(Head::genesis, |c| c.head)
-                    }
-                };
+                let head = audit_head(&mut tx, tenant).await?;
                 heads.insert(tenant, head);
             }
-            let Some(head) = heads.get_mut(tenant) else {
-                continue;
-            };
-            let seq = head.seq + 1;
-            let hash = audit::link(&head.hash, tenant, seq, &entry.record);
-            sqlx::query(
+            if let Some(head) = heads.get_mut(tenant) {
+                let prev_hash = head.hash.clone();
+                audit::extend(head, tenant, &entry.record);
+                rows.push((entry, head.seq, prev_hash, head.hash.clone()));
+            }
+        }
+        // Many rows per statement, since each statement is a round trip to SQLite's thread;
+        // in chunks of a few fixed sizes, so every statement is prepared once and cached.
+        let mut rest = rows.as_slice();
+        while !rest.is_empty() {
+            let size = AUDIT_INSERT_SIZES
+                .iter()
+                .copied()
+                .find(|size| *size <= rest.len())
+                .unwrap_or(1);
+            let (chunk, after) = rest.split_at(size);
+            rest = after;
+            let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO audit_log (tenant_id, seq, at_ms, agent, provider, status, record, \
-                 prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(tenant)
-            .bind(seq)
-            .bind(entry.at_ms)
-            .bind(&entry.agent)
-            .bind(&entry.provider)
-            .bind(i64::from(entry.status))
-            .bind(&entry.record)
-            .bind(&head.hash)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-            *head = Head { seq, hash };
+                 prev_hash, hash) ",
+            );
+            insert.push_values(chunk, |mut row, (entry, seq, prev_hash, hash)| {
+                row.push_bind(&entry.tenant)
+                    .push_bind(*seq)
+                    .push_bind(entry.at_ms)
+                    .push_bind(&entry.agent)
+                    .push_bind(&entry.provider)
+                    .push_bind(i64::from(entry.status))
+                    .push_bind(&entry.record)
+                    .push_bind(prev_hash)
+                    .push_bind(hash);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         for (tenant, head) in heads {
             put_meta(&mut tx, &audit_head_key(tenant), &sign(tenant, head)).await?;

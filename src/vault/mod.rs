@@ -137,10 +137,7 @@ impl Vault {
     /// A one-way fingerprint of the master key, stored so a wrong key is caught at start-up.
     pub fn key_check(&self) -> String {
         let check = self.master.derive(b"seks-key-check-v1", b"");
-        check.expose()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::tokens::hex(&check.expose()[..16])
     }
 
     /// Compare with the fingerprint a store recorded when it was created.

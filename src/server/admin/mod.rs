@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use super::openapi;
 use crate::ops::{Ops, OpsError};
 use crate::store::{META_ADMIN_TOKEN, Store};
-use crate::tokens::TokenHash;
+use crate::tokens::{TokenHash, hex};
 use crate::vault::Vault;
 
 /// Largest request body: policies and secrets are small.
@@ -194,9 +194,4 @@ async fn authorize(
     } else {
         unauthorized("wrong_token", "wrong admin token")
     }
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

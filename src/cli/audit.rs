@@ -1,23 +1,16 @@
-//! `seks audit …`: read, export and verify the audit log.
+//! `seks audit …`: read, export and verify the audit log, here or on a `--remote` broker.
 
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use serde_json::Value;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use super::Context;
+use super::backend::Backend;
 use super::output::print_table;
-use crate::audit::{self, AuditRecord, StoredRecord};
-use crate::clock;
-use crate::store::{AuditFilter, DEFAULT_TENANT};
+use crate::ops::audit::{AuditQuery, AuditView, MAX_AUDIT_LIMIT};
 
 /// How often `tail -f` looks for new records.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
-/// Records read per page by `export`.
-const EXPORT_PAGE: u32 = 5000;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AuditCommand {
@@ -71,67 +64,43 @@ pub(super) struct FilterArgs {
 }
 
 impl FilterArgs {
-    fn to_filter(&self, limit: u32, newest: bool) -> anyhow::Result<AuditFilter> {
-        let status = match &self.status {
-            Some(text) => Some(audit::status_range(text).ok_or_else(|| {
-                anyhow!("--status `{text}`: use a status (404) or a class (4xx)")
-            })?),
-            None => None,
-        };
-        Ok(AuditFilter {
-            tenant: DEFAULT_TENANT.to_owned(),
-            after_seq: 0,
-            since_ms: self.since.as_deref().map(since_ms).transpose()?,
-            agent: self.agent.clone(),
-            provider: self.provider.clone(),
-            status,
+    fn query(self, limit: u32, oldest: bool) -> AuditQuery {
+        AuditQuery {
+            agent: self.agent,
+            provider: self.provider,
+            since: self.since,
+            status: self.status,
             limit,
-            newest,
-        })
+            after: 0,
+            oldest,
+        }
     }
 }
 
-/// `1h` ago, or an RFC 3339 time, in Unix milliseconds.
-fn since_ms(text: &str) -> anyhow::Result<i64> {
-    if let Ok(ago) = humantime::parse_duration(text) {
-        let ago = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
-        return Ok(clock::now_ms().saturating_sub(ago));
-    }
-    let at = OffsetDateTime::parse(text, &Rfc3339)
-        .with_context(|| format!("--since `{text}`: use a duration (1h) or an RFC 3339 time"))?;
-    Ok(i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
-}
-
-pub(super) async fn run(ctx: Context, cmd: AuditCommand) -> anyhow::Result<()> {
+pub(super) async fn run(backend: &Backend, cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Tail {
             follow,
             limit,
             json,
         } => {
-            let mut filter = AuditFilter {
-                tenant: DEFAULT_TENANT.to_owned(),
-                after_seq: 0,
-                since_ms: None,
-                agent: None,
-                provider: None,
-                status: None,
+            let mut query = AuditQuery {
                 limit,
-                newest: true,
+                ..AuditQuery::default()
             };
-            let rows = ctx.store.audit_records(&filter).await?;
+            let rows = backend.audit(&query).await?;
             print_rows(&rows, json, true)?;
             if !follow {
                 return Ok(());
             }
-            filter.after_seq = rows.last().map_or(0, |r| r.seq);
-            filter.newest = false;
-            filter.limit = 1000;
+            query.after = rows.last().map_or(0, |r| r.seq);
+            query.oldest = true;
+            query.limit = MAX_AUDIT_LIMIT;
             loop {
                 tokio::time::sleep(FOLLOW_EVERY).await;
-                let rows = ctx.store.audit_records(&filter).await?;
+                let rows = backend.audit(&query).await?;
                 if let Some(last) = rows.last() {
-                    filter.after_seq = last.seq;
+                    query.after = last.seq;
                     print_rows(&rows, json, false)?;
                 }
             }
@@ -141,97 +110,79 @@ pub(super) async fn run(ctx: Context, cmd: AuditCommand) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            let rows = ctx
-                .store
-                .audit_records(&filter.to_filter(limit, true)?)
-                .await?;
+            let rows = backend.audit(&filter.query(limit, false)).await?;
             print_rows(&rows, json, true)
         }
         AuditCommand::Export { filter } => {
-            let mut filter = filter.to_filter(EXPORT_PAGE, false)?;
+            let mut query = filter.query(MAX_AUDIT_LIMIT, true);
             loop {
-                let rows = ctx.store.audit_records(&filter).await?;
+                let rows = backend.audit(&query).await?;
                 for row in &rows {
-                    let mut line = record_json(row)?;
-                    line["prev_hash"] = Value::from(row.prev_hash.as_str());
-                    line["hash"] = Value::from(row.hash.as_str());
-                    println!("{line}");
+                    println!("{}", serde_json::to_string(row)?);
                 }
                 match rows.last() {
-                    Some(last) if rows.len() == EXPORT_PAGE as usize => {
-                        filter.after_seq = last.seq;
-                    }
+                    Some(last) if rows.len() == MAX_AUDIT_LIMIT as usize => query.after = last.seq,
                     _ => return Ok(()),
                 }
             }
         }
         AuditCommand::Verify => {
-            let key = ctx.unlock_vault().await?.audit_key();
-            match audit::verify(ctx.store.as_ref(), &key).await {
-                Ok(tenants) if tenants.is_empty() => {
-                    println!("the audit log is empty");
-                    Ok(())
-                }
-                Ok(tenants) => {
-                    for (tenant, n) in tenants {
-                        println!("tenant `{tenant}`: {n} records verified, chain intact");
-                    }
-                    Ok(())
-                }
-                Err(e) => bail!("the audit log does not verify: {e}"),
+            let report = backend.verify_audit().await?;
+            if let Some(problem) = report.problem {
+                bail!("the audit log does not verify: {problem}");
             }
+            if report.tenants.is_empty() {
+                println!("the audit log is empty");
+            }
+            for t in report.tenants {
+                println!(
+                    "tenant `{}`: {} records verified, chain intact",
+                    t.tenant, t.records
+                );
+            }
+            Ok(())
         }
     }
 }
 
-/// A stored record as one JSON object: its sequence number, readable time, and fields.
-fn record_json(row: &StoredRecord) -> anyhow::Result<Value> {
-    let mut json: Value = serde_json::from_str(&row.record)
-        .with_context(|| format!("audit record {} is not JSON", row.seq))?;
-    json["seq"] = Value::from(row.seq);
-    json["time"] = Value::from(clock::format_ms(row.at_ms));
-    Ok(json)
-}
-
-fn print_rows(rows: &[StoredRecord], json: bool, header: bool) -> anyhow::Result<()> {
+fn print_rows(rows: &[AuditView], json: bool, header: bool) -> anyhow::Result<()> {
     if json {
         for row in rows {
-            println!("{}", record_json(row)?);
+            println!("{}", serde_json::to_string(row)?);
         }
         return Ok(());
     }
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            let r: AuditRecord = serde_json::from_str(&row.record).unwrap_or_default();
-            let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+            let r = &row.record;
+            let dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
             vec![
-                clock::format_ms(row.at_ms),
-                dash(r.agent),
-                dash(r.provider),
+                row.time.clone(),
+                dash(r.agent.as_deref()),
+                dash(r.provider.as_deref()),
                 format!("{} {}", r.method, r.path),
                 r.status.to_string(),
-                match r.error {
+                match &r.error {
                     Some(code) => format!("{}:{code}", r.decision.as_str()),
                     None => r.decision.as_str().to_owned(),
                 },
-                dash(r.model),
-                dash(r.usage_tokens.map(|t| t.to_string())),
+                dash(r.model.as_deref()),
+                r.usage_tokens
+                    .map_or_else(|| "-".to_owned(), |t| t.to_string()),
                 format!("{:.1}", r.total_us as f64 / 1000.0),
-                r.request_id,
+                r.request_id.clone(),
             ]
         })
         .collect();
-    if header {
-        print_table(
-            &[
-                "TIME", "AGENT", "PROVIDER", "REQUEST", "STATUS", "DECISION", "MODEL", "TOKENS",
-                "MS", "ID",
-            ],
-            &table,
-        );
+    let headers: &[&str] = if header {
+        &[
+            "TIME", "AGENT", "PROVIDER", "REQUEST", "STATUS", "DECISION", "MODEL", "TOKENS", "MS",
+            "ID",
+        ]
     } else {
-        print_table(&[], &table);
-    }
+        &[]
+    };
+    print_table(headers, &table);
     Ok(())
 }

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use super::Context;
 use super::remote::{Remote, encode};
 use crate::ops::Ops;
+use crate::ops::audit::{AuditQuery, AuditView, VerifyReport};
 use crate::ops::views::{
     ApprovalView, DenyRequest, DeriveTokenRequest, MintedView, NewTokenRequest, PolicyView,
     Revoked, SecretRemoved, SecretView, TokenDetail, TokenView, UpdateTokenRequest, UsageQuery,
@@ -261,6 +262,29 @@ impl Backend {
                     }
                 }
             }
+        }
+    }
+
+    /// Audit records matching `q`, oldest first.
+    pub async fn audit(&self, q: &AuditQuery) -> anyhow::Result<Vec<AuditView>> {
+        match self {
+            Backend::Local { ops, .. } => Ok(ops.audit(q).await?),
+            Backend::Remote(r) => {
+                let query = serde_urlencoded::to_string(q)?;
+                r.call(Method::GET, &format!("/admin/v1/audit?{query}"), None)
+                    .await
+            }
+        }
+    }
+
+    /// Walk the audit log's hash chains.
+    pub async fn verify_audit(&self) -> anyhow::Result<VerifyReport> {
+        match self {
+            Backend::Local { ctx, ops } => {
+                let key = ctx.unlock_vault().await?.audit_key();
+                Ok(ops.verify_audit(&key).await?)
+            }
+            Backend::Remote(r) => r.call(Method::GET, "/admin/v1/audit/verify", None).await,
         }
     }
 

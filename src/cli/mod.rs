@@ -138,8 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
         Command::Audit(cmd) => {
-            local_only("audit")?;
-            audit::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+            audit::run(&Backend::open(remote, overrides, redactor).await?, cmd).await
         }
         Command::Secret(cmd) => {
             secret::run(&Backend::open(remote, overrides, redactor).await?, cmd).await

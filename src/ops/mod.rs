@@ -1,6 +1,8 @@
-//! Operator operations — secrets, tokens, named policies, approvals, usage — shared by the
+//! Operator operations — secrets, tokens, named policies, approvals, usage, the audit
+//! log — shared by the
 //! CLI (on the local store) and the admin API, so both check and do exactly the same.
 
+pub mod audit;
 mod secrets;
 pub mod views;
 

@@ -169,6 +169,15 @@ fn object(required: &[&str], properties: Value) -> Value {
 }
 
 fn schemas() -> Value {
+    let mut all = operator_schemas();
+    if let (Some(all), Value::Object(audit)) = (all.as_object_mut(), audit_schemas()) {
+        all.extend(audit);
+    }
+    all
+}
+
+/// Secrets, tokens, policies, approvals and usage.
+fn operator_schemas() -> Value {
     let rules =
         json!({"type": "array", "items": {"type": "string", "description": "METHOD /path/glob"}});
     json!({
@@ -261,6 +270,37 @@ fn schemas() -> Value {
         "UsageReport": object(&["tokens", "agents"], json!({
             "tokens": array_of("TokenUsage"), "agents": array_of("AgentUsage")
         })),
+    })
+}
+
+/// The audit log's records and verification.
+fn audit_schemas() -> Value {
+    json!({
+        "AuditView": {
+            "type": "object",
+            "required": ["seq", "time", "request_id", "tenant", "method", "path", "status",
+                "decision", "bytes_in", "bytes_out", "total_us", "client", "prev_hash", "hash"],
+            "properties": {
+                "seq": {"type": "integer"}, "time": {"type": "string", "format": "date-time"},
+                "at_ms": {"type": "integer"}, "request_id": string(), "tenant": string(),
+                "token_id": string(), "agent": string(), "secret": string(), "provider": string(),
+                "method": string(), "path": string(), "model": string(),
+                "usage_tokens": {"type": "integer"}, "status": {"type": "integer"},
+                "decision": {"type": "string",
+                    "enum": ["allowed", "approved", "denied", "upstream_error", "failed"]},
+                "error": string(), "reason": string(),
+                "bytes_in": {"type": "integer"}, "bytes_out": {"type": "integer"},
+                "upstream_us": {"type": "integer"}, "total_us": {"type": "integer"},
+                "client": string(), "prev_hash": string(), "hash": string()
+            }
+        },
+        "VerifyReport": object(&["intact", "tenants"], json!({
+            "intact": {"type": "boolean"},
+            "tenants": {"type": "array", "items": object(&["tenant", "records"], json!({
+                "tenant": string(), "records": {"type": "integer"}
+            }))},
+            "problem": {"type": "string", "description": "the first record altered, removed or reordered"}
+        }))
     })
 }
 

@@ -535,6 +535,37 @@ async fn the_cli_acts_on_a_running_broker_with_remote() {
     run(remote(&["approvals", "list"]), "").await.ok();
     run(remote(&["usage", "--json"]), "").await.ok();
 
+    // The audit log, read and verified remotely, matches the broker's own.
+    let audited = run(
+        remote(&["audit", "query", "--agent", "remote-bot", "--json"]),
+        "",
+    )
+    .await
+    .ok();
+    let records: Vec<Value> = audited
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!records.is_empty(), "{audited:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["agent"] == "remote-bot" && r["hash"].is_string())
+    );
+    let local = env
+        .cli(&["audit", "query", "--agent", "remote-bot", "--json"], "")
+        .await
+        .ok();
+    assert_eq!(audited.stdout, local.stdout);
+    let verified = run(remote(&["audit", "verify"]), "").await.ok();
+    assert!(verified.stdout.contains("chain intact"), "{verified:?}");
+    let bad = run(remote(&["audit", "query", "--status", "6xx"]), "").await;
+    assert!(
+        !bad.status.success() && bad.stderr.contains("use a status"),
+        "{bad:?}"
+    );
+
     // Errors come back as the API's message; local-only commands refuse --remote.
     let missing = run(remote(&["token", "show", "tok_nope"]), "").await;
     assert!(

@@ -15,10 +15,7 @@ const REQUEST_ID: &str = "x-seks-request-id";
 
 /// Every record in the log, by request id (each id must appear once).
 async fn records(env: &Env) -> HashMap<String, Value> {
-    let out = env
-        .cli(&["audit", "query", "--json", "--limit", "100000"], "")
-        .await
-        .ok();
+    let out = env.cli(&["audit", "export"], "").await.ok();
     let mut by_id = HashMap::new();
     for line in out.stdout.lines() {
         let record: Value = serde_json::from_str(line).unwrap();

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::{AdminState, Body, Refusal, SecretBody, error, parse};
 use crate::ops::OpsError;
+use crate::ops::audit::AuditQuery;
 use crate::ops::views::{
     DenyRequest, DeriveTokenRequest, NewSecretRequest, NewTokenRequest, RotateSecretRequest,
     UpdateTokenRequest, UsageQuery,
@@ -248,6 +249,51 @@ pub fn all() -> Vec<Endpoint> {
             .ok(200, schema("UsageReport"))
             .errors(&[400]),
         ),
+        endpoint(
+            Get,
+            "/admin/v1/audit",
+            audit,
+            Doc::new("Audit records matching filters, oldest first", "audit")
+                .param(query_param("agent", "only this agent", json!({"type": "string"})))
+                .param(query_param("provider", "only this provider", json!({"type": "string"})))
+                .param(query_param(
+                    "since",
+                    "a duration ago (1h, 7d) or an RFC 3339 time",
+                    json!({"type": "string"}),
+                ))
+                .param(query_param(
+                    "status",
+                    "a status (404) or a class (4xx)",
+                    json!({"type": "string"}),
+                ))
+                .param(query_param(
+                    "limit",
+                    "at most this many (default 100)",
+                    json!({"type": "integer", "minimum": 1, "maximum": 10000}),
+                ))
+                .param(query_param(
+                    "after",
+                    "only records after this sequence number",
+                    json!({"type": "integer"}),
+                ))
+                .param(query_param(
+                    "oldest",
+                    "the oldest matches rather than the newest",
+                    json!({"type": "boolean"}),
+                ))
+                .ok(200, array_of("AuditView"))
+                .errors(&[400]),
+        ),
+        endpoint(
+            Get,
+            "/admin/v1/audit/verify",
+            verify_audit,
+            Doc::new(
+                "Walk the audit log's hash chains; names the first record altered, removed or reordered",
+                "audit",
+            )
+            .ok(200, schema("VerifyReport")),
+        ),
     ]
 }
 
@@ -390,4 +436,16 @@ async fn deny(State(s): Shared, Path(id): Path<String>, body: Bytes) -> Answer {
 async fn usage(State(s): Shared, q: Result<Query<UsageQuery>, QueryRejection>) -> Answer {
     let q = query(q)?;
     ok(StatusCode::OK, s.ops.usage(&q).await)
+}
+
+async fn audit(State(s): Shared, q: Result<Query<AuditQuery>, QueryRejection>) -> Answer {
+    let q = query(q)?;
+    ok(StatusCode::OK, s.ops.audit(&q).await)
+}
+
+async fn verify_audit(State(s): Shared) -> Answer {
+    ok(
+        StatusCode::OK,
+        s.ops.verify_audit(&s.vault.audit_key()).await,
+    )
 }

@@ -65,9 +65,6 @@ fn append_batch(bencher: divan::Bencher, batch: usize) {
                     AuditEntry {
                         tenant: r.tenant.clone(),
                         at_ms: r.at_ms,
-                        agent: r.agent.clone(),
-                        provider: r.provider.clone(),
-                        status: r.status,
                         record: serde_json::to_string(&r).unwrap(),
                     }
                 })

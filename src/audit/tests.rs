@@ -24,9 +24,7 @@ fn chain(n: i64) -> (Vec<StoredRecord>, SignedHead) {
             tenant: "t".into(),
             seq,
             at_ms: record.at_ms,
-            agent: record.agent.clone(),
-            provider: None,
-            status: 200,
+            index_ok: true,
             record: json,
             prev_hash: prev,
             hash: hash.clone(),
@@ -52,7 +50,7 @@ fn an_untouched_chain_verifies() {
 }
 
 #[test]
-fn altering_a_record_or_its_indexed_copy_names_it() {
+fn altering_a_record_or_its_index_names_it() {
     let (mut rows, head) = chain(5);
     rows[2].record = rows[2].record.replace("\"status\":200", "\"status\":201");
     assert!(matches!(
@@ -60,10 +58,16 @@ fn altering_a_record_or_its_indexed_copy_names_it() {
         Err(ChainError::Altered { seq: 3, .. })
     ));
     let (mut rows, head) = chain(5);
-    rows[1].agent = Some("someone-else".into());
+    rows[1].index_ok = false;
     assert!(matches!(
         walk(&rows, &head),
         Err(ChainError::Altered { seq: 2, .. })
+    ));
+    let (mut rows, head) = chain(5);
+    rows[3].at_ms += 1;
+    assert!(matches!(
+        walk(&rows, &head),
+        Err(ChainError::Altered { seq: 4, .. })
     ));
 }
 

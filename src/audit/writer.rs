@@ -308,9 +308,6 @@ impl Writer {
         AuditEntry {
             tenant: record.tenant,
             at_ms: record.at_ms,
-            agent: record.agent,
-            provider: record.provider,
-            status: record.status,
             record: json,
         }
     }

@@ -4,6 +4,7 @@
 //! SQLite is the embedded default; a PostgreSQL backend implements the same trait. The
 //! proxy only ever sees `Arc<dyn Store>`.
 
+mod audit_batch;
 mod sqlite;
 
 use std::path::Path;
@@ -264,15 +265,9 @@ pub struct UsageDelta {
 pub struct AuditEntry {
     /// Tenant whose chain it joins.
     pub tenant: String,
-    /// Indexed copies of record fields.
+    /// When the request arrived (Unix ms), for the time index.
     pub at_ms: i64,
-    /// Indexed agent name.
-    pub agent: Option<String>,
-    /// Indexed provider.
-    pub provider: Option<String>,
-    /// Indexed status.
-    pub status: u16,
-    /// The record's JSON text.
+    /// The record's JSON text (no raw tabs or newlines: JSON escapes them).
     pub record: String,
 }
 

@@ -10,6 +10,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
+use super::audit_batch::{self, Batch};
 use super::{
     ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, HeadSigner, NewSecret, NewToken,
     PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord, UsageDelta,
@@ -19,9 +20,8 @@ use crate::audit::{self, Head, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
-/// Audit rows per INSERT statement, largest first (9 parameters each, well under SQLite's
-/// limit).
-const AUDIT_INSERT_SIZES: [usize; 8] = [512, 128, 64, 32, 16, 8, 4, 1];
+/// Audit batches read per query step.
+const AUDIT_BATCHES_PER_PAGE: i64 = 16;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "seks.db";
@@ -81,15 +81,16 @@ impl SqliteStore {
 /// The newest record of `tenant`'s chain, or the checkpoint of pruned history, or genesis.
 async fn audit_head(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Result<Head, StoreError> {
     let last = sqlx::query(
-        "SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1",
+        "SELECT last_seq, last_hash FROM audit_batches WHERE tenant_id = ? \
+         ORDER BY first_seq DESC LIMIT 1",
     )
     .bind(tenant)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = last {
         return Ok(Head {
-            seq: row.try_get("seq")?,
-            hash: row.try_get("hash")?,
+            seq: row.try_get("last_seq")?,
+            hash: row.try_get("last_hash")?,
         });
     }
     let checkpoint: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
@@ -190,17 +191,15 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn audit_row(row: &SqliteRow) -> Result<StoredRecord, sqlx::Error> {
-    Ok(StoredRecord {
+fn batch_row(row: &SqliteRow) -> Result<Batch, sqlx::Error> {
+    Ok(Batch {
         tenant: row.try_get("tenant_id")?,
-        seq: row.try_get("seq")?,
-        at_ms: row.try_get("at_ms")?,
-        agent: row.try_get("agent")?,
-        provider: row.try_get("provider")?,
-        status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
-        record: row.try_get("record")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
+        first_seq: row.try_get("first_seq")?,
+        last_seq: row.try_get("last_seq")?,
+        min_at_ms: row.try_get("min_at_ms")?,
+        max_at_ms: row.try_get("max_at_ms")?,
+        last_hash: row.try_get("last_hash")?,
+        records: row.try_get("records")?,
     })
 }
 
@@ -689,52 +688,33 @@ impl Store for SqliteStore {
         entries: &[AuditEntry],
         sign: HeadSigner<'_>,
     ) -> Result<(), StoreError> {
+        let mut tenants: Vec<(&str, Vec<&AuditEntry>)> = Vec::new();
+        for entry in entries {
+            match tenants.iter_mut().find(|(t, _)| *t == entry.tenant) {
+                Some((_, list)) => list.push(entry),
+                None => tenants.push((&entry.tenant, vec![entry])),
+            }
+        }
         // IMMEDIATE: take the write lock before reading the heads, so two writers can't
         // both extend the same head.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut heads: std::collections::HashMap<&str, Head> = std::collections::HashMap::new();
-        let mut rows = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let tenant = entry.tenant.as_str();
-            if !heads.contains_key(tenant) {
-                let head = audit_head(&mut tx, tenant).await?;
-                heads.insert(tenant, head);
+        for (tenant, list) in tenants {
+            let mut head = audit_head(&mut tx, tenant).await?;
+            for batch in audit_batch::chain(tenant, &mut head, &list) {
+                sqlx::query(
+                    "INSERT INTO audit_batches (tenant_id, first_seq, last_seq, min_at_ms, \
+                     max_at_ms, last_hash, records) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&batch.tenant)
+                .bind(batch.first_seq)
+                .bind(batch.last_seq)
+                .bind(batch.min_at_ms)
+                .bind(batch.max_at_ms)
+                .bind(&batch.last_hash)
+                .bind(&batch.records)
+                .execute(&mut *tx)
+                .await?;
             }
-            if let Some(head) = heads.get_mut(tenant) {
-                let prev_hash = head.hash.clone();
-                audit::extend(head, tenant, &entry.record);
-                rows.push((entry, head.seq, prev_hash, head.hash.clone()));
-            }
-        }
-        // Many rows per statement, since each statement is a round trip to SQLite's thread;
-        // in chunks of a few fixed sizes, so every statement is prepared once and cached.
-        let mut rest = rows.as_slice();
-        while !rest.is_empty() {
-            let size = AUDIT_INSERT_SIZES
-                .iter()
-                .copied()
-                .find(|size| *size <= rest.len())
-                .unwrap_or(1);
-            let (chunk, after) = rest.split_at(size);
-            rest = after;
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_log (tenant_id, seq, at_ms, agent, provider, status, record, \
-                 prev_hash, hash) ",
-            );
-            insert.push_values(chunk, |mut row, (entry, seq, prev_hash, hash)| {
-                row.push_bind(&entry.tenant)
-                    .push_bind(*seq)
-                    .push_bind(entry.at_ms)
-                    .push_bind(&entry.agent)
-                    .push_bind(&entry.provider)
-                    .push_bind(i64::from(entry.status))
-                    .push_bind(&entry.record)
-                    .push_bind(prev_hash)
-                    .push_bind(hash);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        for (tenant, head) in heads {
             put_meta(&mut tx, &audit_head_key(tenant), &sign(tenant, head)).await?;
         }
         tx.commit().await?;
@@ -742,38 +722,61 @@ impl Store for SqliteStore {
     }
 
     async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>, StoreError> {
-        let (low, high) = filter.status.unwrap_or((0, u16::MAX));
         let order = if filter.newest { "DESC" } else { "ASC" };
+        let beyond = if filter.newest { "<" } else { ">" };
         let sql = format!(
-            "SELECT * FROM audit_log WHERE tenant_id = ? AND seq > ? AND at_ms >= ? \
-             AND (? IS NULL OR agent = ?) AND (? IS NULL OR provider = ?) \
-             AND status BETWEEN ? AND ? ORDER BY seq {order} LIMIT ?"
+            "SELECT * FROM audit_batches WHERE tenant_id = ? AND last_seq > ? AND first_seq > ? \
+             AND max_at_ms >= ? AND (? IS NULL OR first_seq {beyond} ?) \
+             ORDER BY first_seq {order} LIMIT ?"
         );
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&filter.tenant)
-            .bind(filter.after_seq)
-            .bind(filter.since_ms.unwrap_or(i64::MIN))
-            .bind(&filter.agent)
-            .bind(&filter.agent)
-            .bind(&filter.provider)
-            .bind(&filter.provider)
-            .bind(i64::from(low))
-            .bind(i64::from(high))
-            .bind(i64::from(filter.limit))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(audit_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        if filter.newest {
-            rows.reverse();
+        let mut found = Vec::new();
+        let mut cursor: Option<i64> = None;
+        'pages: loop {
+            let page = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&filter.tenant)
+                .bind(filter.after_seq)
+                // Batches are contiguous and short, so this bound lets the key index skip
+                // everything before `after_seq`.
+                .bind(
+                    filter
+                        .after_seq
+                        .saturating_sub(audit_batch::MAX_LINES as i64),
+                )
+                .bind(filter.since_ms.unwrap_or(i64::MIN))
+                .bind(cursor)
+                .bind(cursor)
+                .bind(AUDIT_BATCHES_PER_PAGE)
+                .fetch_all(&self.pool)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for row in &page {
+                let batch = batch_row(row)?;
+                cursor = Some(batch.first_seq);
+                let mut records = audit_batch::records(&batch);
+                if filter.newest {
+                    records.reverse();
+                }
+                for record in records {
+                    if audit_batch::matches(filter, &record) {
+                        found.push(record);
+                        if found.len() >= filter.limit as usize {
+                            break 'pages;
+                        }
+                    }
+                }
+            }
         }
-        Ok(rows)
+        if filter.newest {
+            found.reverse();
+        }
+        Ok(found)
     }
 
     async fn audit_tenants(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT DISTINCT tenant_id FROM audit_log UNION \
+            "SELECT DISTINCT tenant_id FROM audit_batches UNION \
              SELECT substr(key, length('audit_head/') + 1) FROM meta WHERE key LIKE 'audit_head/%'",
         )
         .fetch_all(&self.pool)
@@ -787,12 +790,13 @@ impl Store for SqliteStore {
         sign: HeadSigner<'_>,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Prune a prefix of the chain only: up to the last record before the cut-off that
-        // has nothing newer before it, so the rest still links to the checkpoint.
+        // Prune whole batches from the front of the chain only, up to the first one holding
+        // a record from after the cut-off, so the rest still links to the checkpoint.
         let last = sqlx::query(
-            "SELECT seq, hash FROM audit_log WHERE tenant_id = ? AND seq < \
-             COALESCE((SELECT MIN(seq) FROM audit_log WHERE tenant_id = ? AND at_ms >= ?), \
-             9223372036854775807) ORDER BY seq DESC LIMIT 1",
+            "SELECT first_seq, last_seq, last_hash FROM audit_batches WHERE tenant_id = ? \
+             AND first_seq < COALESCE((SELECT MIN(first_seq) FROM audit_batches \
+             WHERE tenant_id = ? AND max_at_ms >= ?), 9223372036854775807) \
+             ORDER BY first_seq DESC LIMIT 1",
         )
         .bind(tenant)
         .bind(tenant)
@@ -802,19 +806,27 @@ impl Store for SqliteStore {
         let Some(last) = last else {
             return Ok(0);
         };
+        let up_to: i64 = last.try_get("first_seq")?;
         let head = Head {
-            seq: last.try_get("seq")?,
-            hash: last.try_get("hash")?,
+            seq: last.try_get("last_seq")?,
+            hash: last.try_get("last_hash")?,
         };
-        let deleted = sqlx::query("DELETE FROM audit_log WHERE tenant_id = ? AND seq <= ?")
+        let pruned: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM audit_batches \
+             WHERE tenant_id = ? AND first_seq <= ?",
+        )
+        .bind(tenant)
+        .bind(up_to)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM audit_batches WHERE tenant_id = ? AND first_seq <= ?")
             .bind(tenant)
-            .bind(head.seq)
+            .bind(up_to)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .await?;
         put_meta(&mut tx, &audit_checkpoint_key(tenant), &sign(tenant, head)).await?;
         tx.commit().await?;
-        Ok(deleted)
+        Ok(u64::try_from(pruned).unwrap_or_default())
     }
 
     async fn usage_since(

@@ -269,15 +269,21 @@ async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
     assert!(table.contains("denied:rate_limited"), "{table}");
 }
 
-/// `seks audit verify` run on a copy of `env`'s data directory after `tamper`.
-async fn verify_after(env: &Env, statements: &[&str]) -> CliOutput {
+/// `seks audit verify` run on a copy of `env`'s data directory after `tamper` (arguments
+/// of `audit_tamper.py`; none for an untouched copy).
+async fn verify_after(env: &Env, tamper: &[&str]) -> CliOutput {
     let copy = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(env.data_dir()).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
     }
-    if !statements.is_empty() {
-        sql(&copy.path().join("seks.db"), statements).await;
+    if !tamper.is_empty() {
+        let db = copy.path().join("seks.db");
+        sql(&db, &["DROP TRIGGER audit_batches_are_append_only"]).await;
+        let mut args = vec![db.to_str().unwrap()];
+        args.extend_from_slice(tamper);
+        let out = run_python("audit_tamper.py", &args, &[]).await;
+        assert!(out.status.success(), "{out:#?}");
     }
     env.cli_with_env(
         &["audit", "verify"],
@@ -309,43 +315,29 @@ async fn verify_names_the_record_that_was_altered_removed_or_swapped() {
     let intact = verify_after(&env, &[]).await;
     assert!(intact.stdout.contains("5 records verified"), "{intact:#?}");
 
-    let unlock = "DROP TRIGGER audit_log_is_append_only";
-    for (statements, named) in [
+    for (tamper, named) in [
         (
-            vec![
-                unlock,
-                "UPDATE audit_log SET record = replace(record, '\"status\":200', '\"status\":201') WHERE seq = 3",
-            ],
+            &["alter", "3", "\"status\":200", "\"status\":201"][..],
             "record 3 of tenant `default` was altered",
         ),
         (
-            vec![
-                unlock,
-                "UPDATE audit_log SET agent = 'someone-else' WHERE seq = 2",
-            ],
-            "record 2 of tenant `default` was altered",
-        ),
-        (
-            vec!["DELETE FROM audit_log WHERE seq = 2"],
+            &["delete", "2"],
             "records 2..=2 of tenant `default` were removed",
         ),
         (
-            vec!["DELETE FROM audit_log WHERE seq = 5"],
+            &["delete", "5"],
             "records 5..=5 of tenant `default` were removed",
         ),
         (
-            vec![
-                unlock,
-                "UPDATE audit_log SET seq = -2 WHERE seq = 2",
-                "UPDATE audit_log SET seq = 2 WHERE seq = 3",
-                "UPDATE audit_log SET seq = 3 WHERE seq = -2",
-            ],
-            "record 2 of tenant `default`",
+            &["swap", "2", "3"],
+            "record 2 of tenant `default` was altered",
         ),
+        // Index columns that would hide records from time queries.
+        (&["index", "4"], "of tenant `default` was altered"),
     ] {
-        let out = verify_after(&env, &statements).await;
-        assert!(!out.status.success(), "{statements:?} went unnoticed");
-        assert!(out.stderr.contains(named), "{statements:?}: {}", out.stderr);
+        let out = verify_after(&env, tamper).await;
+        assert!(!out.status.success(), "{tamper:?} went unnoticed");
+        assert!(out.stderr.contains(named), "{tamper:?}: {}", out.stderr);
     }
 }
 
@@ -368,7 +360,10 @@ async fn the_log_is_append_only_through_sql_too() {
     let db = env.data_dir().join("seks.db");
     let out = run_python(
         "sqlite_exec.py",
-        &[db.to_str().unwrap(), "UPDATE audit_log SET status = 500"],
+        &[
+            db.to_str().unwrap(),
+            "UPDATE audit_batches SET min_at_ms = 0",
+        ],
         &[],
     )
     .await;
@@ -484,7 +479,7 @@ async fn when_the_log_cannot_be_written_requests_are_refused_until_it_can() {
     let db = env.data_dir().join("seks.db");
     sql(
         &db,
-        &["CREATE TRIGGER full_disk BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END"],
+        &["CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"],
     )
     .await;
     let until = |want: u16| async move {

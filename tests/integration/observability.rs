@@ -173,7 +173,7 @@ async fn readiness_follows_the_store_and_the_audit_log() {
     );
 
     let db = env.data_dir().join("seks.db");
-    let trigger = "CREATE TRIGGER full_disk BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END";
+    let trigger = "CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END";
     let out = run_python("sqlite_exec.py", &[db.to_str().unwrap(), trigger], &[]).await;
     assert!(out.status.success(), "{out:#?}");
     // A request whose record can't be written makes the broker not ready.

@@ -217,3 +217,33 @@ async fn readiness_follows_the_store_and_the_audit_log() {
     }
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_the_agent_was_given() {
+    let mock = MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    env.add_secret("main", "openai", KEY).await;
+    let token = env.create_token("main", &[]).await;
+    let broker = env
+        .serve_with(&[("SEKS_LOG_FORMAT", "json"), ("SEKS_LOG", "info")])
+        .await;
+    let auth = format!("Bearer {token}");
+    let reply = send(
+        "GET",
+        &broker.url("/api/openai/v1/models"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    let id = reply.header("x-seks-request-id").unwrap().to_owned();
+    broker.terminate().await;
+    let transcript = env.transcript();
+    let line: Value = transcript
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["request_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no JSON log line names {id}:\n{transcript}"));
+    assert_eq!(line["target"], "seks::audit");
+    assert_eq!(line["fields"]["status"], 200);
+    assert!(!transcript.contains(KEY) && !transcript.contains(&token));
+}

@@ -182,8 +182,9 @@ impl Env {
             let mut addr_tx = Some(addr_tx);
             let address_after = |line: &str, marker: &str| {
                 line.split(marker).nth(1).map(|rest| {
+                    // Text logs end the address at a space, JSON logs at a quote.
                     rest.chars()
-                        .take_while(|c| !c.is_whitespace())
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
                         .collect::<String>()
                 })
             };

@@ -140,7 +140,7 @@ struct Cache {
 /// Token and credential resolution with caching and store synchronisation.
 pub struct Keyring {
     store: Arc<dyn Store>,
-    vault: Vault,
+    vault: Arc<Vault>,
     redactor: Arc<Redactor>,
     cache: RwLock<Cache>,
     /// Serialises reloads, so concurrent misses cause one reload, not a stampede.
@@ -155,7 +155,7 @@ pub struct Keyring {
 impl Keyring {
     /// A keyring over `store`, decrypting with `vault` and keeping `redactor` in step with
     /// the secrets; call [`Keyring::sync`] before serving.
-    pub fn new(store: Arc<dyn Store>, vault: Vault, redactor: Arc<Redactor>) -> Self {
+    pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>, redactor: Arc<Redactor>) -> Self {
         Keyring {
             store,
             vault,

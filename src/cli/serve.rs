@@ -38,10 +38,14 @@ pub(super) struct ServeArgs {
 
 pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let providers = ctx.providers()?;
-    let vault = ctx.unlock_vault().await?;
+    let vault = Arc::new(ctx.unlock_vault().await?);
     let upstreams = Upstreams::new(&ctx.settings.upstream)?;
     let (audit_key, retention_key) = (vault.audit_key(), vault.audit_key());
-    let keyring = Arc::new(Keyring::new(ctx.store.clone(), vault, ctx.redactor.clone()));
+    let keyring = Arc::new(Keyring::new(
+        ctx.store.clone(),
+        vault.clone(),
+        ctx.redactor.clone(),
+    ));
     keyring.sync().await.context("reading the store")?;
     let sync_task = tokio::spawn(keyring.clone().run_sync_loop());
 
@@ -109,7 +113,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
             }
             let admin_state = Arc::new(server::admin::AdminState {
                 ops: Ops::new(ctx.store.clone(), ctx.providers()?),
-                vault: ctx.unlock_vault().await?,
+                vault: vault.clone(),
                 store: ctx.store.clone(),
             });
             let mut stopped = stop_rx.clone();

@@ -32,7 +32,7 @@ pub struct AdminState {
     /// The operations, on the broker's store.
     pub ops: Ops,
     /// Seals secrets added or rotated through the API.
-    pub vault: Vault,
+    pub vault: Arc<Vault>,
     /// Where the admin token's hash lives.
     pub store: Arc<dyn Store>,
 }

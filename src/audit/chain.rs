@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::AuditRecord;
-use crate::store::{AuditFilter, Store, StoreError, audit_checkpoint_key, audit_head_key};
+use crate::store::{Store, StoreError, audit_checkpoint_key, audit_head_key};
 use crate::tokens::hex;
 use crate::vault::Key;
 
@@ -86,28 +86,41 @@ impl ChainKey {
         ChainKey(key)
     }
 
-    fn mac(&self, tenant: &str, head: &Head) -> String {
+    fn mac(&self, role: HeadRole, tenant: &str, head: &Head) -> String {
+        let role = match role {
+            HeadRole::Newest => "newest",
+            HeadRole::Checkpoint => "checkpoint",
+        };
         hex(&self
             .0
-            .mac(format!("{tenant}\n{}\n{}", head.seq, head.hash).as_bytes()))
+            .mac(format!("{role}\n{tenant}\n{}\n{}", head.seq, head.hash).as_bytes()))
     }
 
-    /// Sign `head` of `tenant`'s chain.
-    pub fn sign(&self, tenant: &str, head: Head) -> SignedHead {
+    /// Sign `head` of `tenant`'s chain in `role`.
+    pub fn sign(&self, role: HeadRole, tenant: &str, head: Head) -> SignedHead {
         SignedHead {
-            mac: self.mac(tenant, &head),
+            mac: self.mac(role, tenant, &head),
             head,
         }
     }
 
-    /// Whether `signed` was signed by this key for `tenant`.
-    pub fn check(&self, tenant: &str, signed: &SignedHead) -> bool {
+    /// Whether `signed` was signed by this key for `tenant` in `role`.
+    pub fn check(&self, role: HeadRole, tenant: &str, signed: &SignedHead) -> bool {
         bool::from(
-            self.mac(tenant, &signed.head)
+            self.mac(role, tenant, &signed.head)
                 .as_bytes()
                 .ct_eq(signed.mac.as_bytes()),
         )
     }
+}
+
+/// What a signed head vouches for; signed apart, so one can't stand in for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRole {
+    /// The newest record of a chain.
+    Newest,
+    /// The last record pruned, where verification starts.
+    Checkpoint,
 }
 
 /// One stored audit row, as verification reads it.
@@ -192,8 +205,12 @@ impl Verifier {
         checkpoint: Option<&SignedHead>,
         newest: Option<&SignedHead>,
     ) -> Result<Self, ChainError> {
-        for signed in checkpoint.iter().chain(newest.iter()) {
-            if !key.check(tenant, signed) {
+        let signed = checkpoint
+            .map(|c| (HeadRole::Checkpoint, c))
+            .into_iter()
+            .chain(newest.map(|n| (HeadRole::Newest, n)));
+        for (role, signed) in signed {
+            if !key.check(role, tenant, signed) {
                 return Err(ChainError::Head {
                     tenant: tenant.to_owned(),
                     why: "a signed head is forged, or signed with another master key".into(),
@@ -294,8 +311,8 @@ pub enum VerifyError {
     Store(#[from] StoreError),
 }
 
-/// Records read per page while verifying.
-const VERIFY_PAGE: u32 = 5000;
+/// Stored batches read per step while verifying.
+const VERIFY_BATCHES: u32 = 16;
 
 /// Walk every tenant's chain from its checkpoint to its signed head; the number of records
 /// checked per tenant, or the first problem, naming the record.
@@ -311,24 +328,18 @@ pub async fn verify(store: &dyn Store, key: &ChainKey) -> Result<Vec<(String, u6
         let checkpoint = signed(audit_checkpoint_key(&tenant)).await?;
         let newest = signed(audit_head_key(&tenant)).await?;
         let mut verifier = Verifier::new(key, &tenant, checkpoint.as_ref(), newest.as_ref())?;
-        let mut filter = AuditFilter {
-            tenant: tenant.clone(),
-            after_seq: 0,
-            since_ms: None,
-            agent: None,
-            provider: None,
-            status: None,
-            limit: VERIFY_PAGE,
-            newest: false,
-        };
+        // Every stored line, unfiltered: a forged line anywhere must be seen.
+        let mut cursor = 0;
         loop {
-            let page = store.audit_records(&filter).await?;
-            for row in &page {
+            let (records, next) = store
+                .audit_chain_page(&tenant, cursor, VERIFY_BATCHES)
+                .await?;
+            for row in &records {
                 verifier.next(row)?;
             }
-            match page.last() {
-                Some(last) if page.len() == VERIFY_PAGE as usize => filter.after_seq = last.seq,
-                _ => break,
+            match next {
+                Some(next) => cursor = next,
+                None => break,
             }
         }
         checked.push((tenant, verifier.finish()?));

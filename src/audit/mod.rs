@@ -12,8 +12,8 @@ mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use chain::{
-    ChainError, ChainKey, GENESIS, Head, SignedHead, StoredRecord, Verifier, VerifyError, extend,
-    link, verify,
+    ChainError, ChainKey, GENESIS, Head, HeadRole, SignedHead, StoredRecord, Verifier, VerifyError,
+    extend, link, verify,
 };
 pub use retention::{prune, run_retention};
 pub use writer::{AuditUnavailable, Auditor, Durability, Writer, run_writer};
@@ -33,6 +33,8 @@ pub enum Decision {
     UpstreamError,
     /// The broker couldn't serve it: store, credential or audit log unavailable.
     Failed,
+    /// The client closed the connection before the response (status 499).
+    ClientClosed,
 }
 
 impl Decision {
@@ -44,6 +46,7 @@ impl Decision {
             Decision::Denied => "denied",
             Decision::UpstreamError => "upstream_error",
             Decision::Failed => "failed",
+            Decision::ClientClosed => "client_closed",
         }
     }
 }

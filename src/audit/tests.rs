@@ -31,7 +31,7 @@ fn chain(n: i64) -> (Vec<StoredRecord>, SignedHead) {
         });
         prev = hash;
     }
-    let head = key().sign("t", Head { seq: n, hash: prev });
+    let head = key().sign(HeadRole::Newest, "t", Head { seq: n, hash: prev });
     (rows, head)
 }
 
@@ -122,4 +122,11 @@ fn status_filters_read_classes_and_single_statuses() {
     assert_eq!(status_range("404"), Some((404, 404)));
     assert_eq!(status_range("9xx"), None);
     assert_eq!(status_range("abc"), None);
+}
+
+#[test]
+fn a_newest_head_cannot_stand_in_for_a_checkpoint() {
+    let (_, head) = chain(3);
+    let forged = Verifier::new(&key(), "t", Some(&head), Some(&head));
+    assert!(matches!(forged, Err(ChainError::Head { .. })));
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{AuditRecord, ChainKey, Head};
+use super::{AuditRecord, ChainKey, Head, HeadRole};
 use crate::config::AuditConfig;
 use crate::metrics;
 use crate::scrub::Redactor;
@@ -179,6 +179,12 @@ impl Auditor {
 
     /// Count a finished request, queue its record and wait until it is committed.
     pub async fn submit_durable(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
+        if let Err(failing) = self.healthy() {
+            // Nothing commits until the store is back: keep the record queued for then and
+            // say so now, rather than hold the response.
+            self.submit(record);
+            return Err(failing);
+        }
         metrics::get().request(&record);
         let (ack, committed) = oneshot::channel();
         log(&record);
@@ -259,7 +265,8 @@ impl Writer {
             .map(|queued| (self.entry(queued.record), queued.ack))
             .unzip();
         let sign = |tenant: &str, head: Head| {
-            serde_json::to_string(&self.key.sign(tenant, head)).unwrap_or_default()
+            serde_json::to_string(&self.key.sign(HeadRole::Newest, tenant, head))
+                .unwrap_or_default()
         };
         let mut backoff = Duration::from_millis(50);
         let committed = loop {

@@ -15,8 +15,8 @@ use crate::audit::{AuditRecord, AuditUnavailable, Auditor, Decision};
 use crate::metrics;
 use crate::scrub::BoxError;
 
-/// The record of one request. It is submitted when the last holder lets go: the response
-/// body, and the usage meter that may outlive it while it reads a stream's usage report.
+/// The record of one request. It is submitted when the response ends or is dropped, or,
+/// if the client leaves before there is a response, when the last holder lets go.
 pub struct PendingRecord {
     record: Mutex<Option<AuditRecord>>,
     auditor: Arc<Auditor>,
@@ -50,6 +50,23 @@ impl PendingRecord {
             .as_mut()
         {
             change(record);
+        }
+    }
+
+    /// The response has no body to hold back (HEAD, 204, 304): commit the record now.
+    pub async fn commit(&self) -> Result<(), AuditUnavailable> {
+        self.response_over(0);
+        match self.take() {
+            Some(record) => self.auditor.submit_durable(record).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The response is over: queue the record now rather than when the last holder lets go
+    /// (a usage meter may read on for minutes after a client hangs up).
+    fn submit(&self) {
+        if let Some(record) = self.take() {
+            self.auditor.submit(record);
         }
     }
 
@@ -147,6 +164,7 @@ impl http_body::Body for AuditedBody {
                     this.over = true;
                     this.pending.response_over(this.sent);
                     if !this.strict {
+                        this.pending.submit();
                         return Poll::Ready(None);
                     }
                     if let Some(record) = this.pending.take() {
@@ -183,6 +201,7 @@ impl Drop for AuditedBody {
         metrics::get().streams.dec();
         if !self.over {
             self.pending.response_over(self.sent);
+            self.pending.submit();
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use http::{HeaderMap, HeaderValue, Method, Request, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version, header};
 use http_body_util::{LengthLimitError, Limited};
 use tracing::Instrument;
 
@@ -25,7 +25,7 @@ pub use upstream::{UpstreamClient, UpstreamError, Upstreams};
 
 use crate::approvals::Approvals;
 use crate::audit::{AuditRecord, Auditor, Decision};
-use crate::keyring::{Keyring, KeyringError, TokenEntry};
+use crate::keyring::{Keyring, KeyringError};
 use crate::policy::limits::Limits;
 use crate::providers::{ErrorShape, Provider, Providers};
 use crate::store::DEFAULT_TENANT;
@@ -60,9 +60,6 @@ pub struct Proxy {
 #[derive(Default)]
 struct Seen {
     provider: Option<Arc<Provider>>,
-    token: Option<Arc<TokenEntry>>,
-    /// Path and query as audited: below the provider, without token parameters.
-    path: Option<String>,
     /// Model named by the request, when policy read it.
     model: Option<String>,
     /// Held for approval and approved.
@@ -73,6 +70,11 @@ struct Seen {
 
 /// Response header naming the request in the audit log.
 pub const REQUEST_ID_HEADER: &str = "x-seks-request-id";
+/// The status audited for a request whose client left before the response (as nginx
+/// logs it).
+const CLIENT_CLOSED: u16 = 499;
+/// The error code of a refusal for want of an audit log.
+const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 
 impl Proxy {
     /// A proxy over these providers, credentials, counters, approvals, upstream clients
@@ -109,19 +111,24 @@ impl Proxy {
         let request_id = format!("req_{}", tokens::random_base62(16));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let pending = PendingRecord::new(
+            // What stands if the client leaves before the response: filled in as the
+            // request goes, overwritten once there is an answer.
             AuditRecord {
                 at_ms: clock::now_ms(),
                 request_id: request_id.clone(),
                 tenant: DEFAULT_TENANT.to_owned(),
                 method: request.method().to_string(),
+                path: request.uri().path().to_owned(),
                 client: client.to_string(),
+                status: CLIENT_CLOSED,
+                decision: Decision::ClientClosed,
                 ..AuditRecord::default()
             },
             self.auditor.clone(),
             started,
             bytes_in.clone(),
         );
-        let raw_path = request.uri().path().to_owned();
+        let method = request.method().clone();
         let request = request.map(|body| Body::new(CountedBody::new(body, bytes_in)));
         let mut seen = Seen::default();
         // Everything logged while serving the request carries its id.
@@ -157,30 +164,35 @@ impl Proxy {
                 (e.into_response(shape), decision, refusal)
             }
         };
-        let token = seen.token.as_deref().map(|t| &t.record);
-        let status = response.status().as_u16();
+        let status = response.status();
+        // A refusal for want of an audit log can't wait for it.
+        let strict = self.auditor.is_strict()
+            && refusal
+                .as_ref()
+                .is_none_or(|(code, _)| *code != AUDIT_UNAVAILABLE);
         pending.update(|r| {
-            r.tenant = token.map_or(r.tenant.clone(), |t| t.tenant.clone());
-            r.token_id = token.map(|t| t.id.clone());
-            r.agent = token.map(|t| t.agent.clone());
-            r.secret = token.map(|t| t.secret_name.clone());
-            r.provider = seen.provider.as_ref().map(|p| p.name.clone());
-            r.path = seen.path.take().unwrap_or(raw_path);
             r.model = seen.model.take();
-            r.status = status;
+            r.status = status.as_u16();
             r.decision = decision;
             r.upstream_us = seen.upstream_us;
-            if let Some((code, message)) = refusal {
-                r.error = Some(code.to_owned());
-                r.reason = Some(message);
-            }
+            (r.error, r.reason) = match refusal {
+                Some((code, message)) => (Some(code.to_owned()), Some(message)),
+                None => (None, None),
+            };
         });
-        let strict = self.auditor.is_strict();
         let headers = response.headers_mut();
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             headers.insert(REQUEST_ID_HEADER, id);
         }
-        if strict {
+        let body_is_sent = method != Method::HEAD
+            && status != StatusCode::NO_CONTENT
+            && status != StatusCode::NOT_MODIFIED;
+        if strict && !body_is_sent {
+            // No body end to hold back: the record commits before the response goes.
+            if let Err(e) = pending.commit().await {
+                return ProxyError::AuditUnavailable(e.to_string()).into_response(shape);
+            }
+        } else if strict {
             // The end of a body of unknown length is what a client waits for.
             headers.remove(header::CONTENT_LENGTH);
         }
@@ -212,9 +224,12 @@ impl Proxy {
         seen.provider = Some(provider.clone());
         let query = parts.uri.query();
         let upstream_query = rewrite::strip_token_params(&provider, query);
-        seen.path = Some(match &upstream_query {
-            Some(q) => format!("{}?{q}", route.rest),
-            None => route.rest.to_owned(),
+        pending.update(|r| {
+            r.provider = Some(provider.name.clone());
+            r.path = match &upstream_query {
+                Some(q) => format!("{}?{q}", route.rest),
+                None => route.rest.to_owned(),
+            };
         });
 
         let token_text = rewrite::find_token(&provider, &parts.headers, query)
@@ -228,8 +243,13 @@ impl Proxy {
             });
         }
         let entry = self.keyring.token(&parsed).await.map_err(keyring_error)?;
-        seen.token = Some(entry.clone());
         let token = &entry.record;
+        pending.update(|r| {
+            r.tenant = token.tenant.clone();
+            r.token_id = Some(token.id.clone());
+            r.agent = Some(token.agent.clone());
+            r.secret = Some(token.secret_name.clone());
+        });
         // The token text names its provider, but the stored secret decides.
         if token.provider != provider.name {
             return Err(ProxyError::WrongProvider {

@@ -11,7 +11,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode, header};
+use http_body_util::BodyExt;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
@@ -82,27 +83,59 @@ fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
 
 /// Where agents derive tokens.
 pub const DERIVE_PATH: &str = "/seks/v1/tokens/derive";
+/// Largest derive request body.
+const MAX_DERIVE_BODY: usize = 64 * 1024;
 
 /// Handle a derive request, and audit it like any other request.
 pub async fn derive(
     State(state): State<Arc<AppState>>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    method: Method,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let started = Instant::now();
     let mut record = AuditRecord {
         at_ms: clock::now_ms(),
         request_id: format!("req_{}", tokens::random_base62(16)),
         tenant: DEFAULT_TENANT.to_owned(),
-        method: "POST".to_owned(),
+        method: method.to_string(),
         path: DERIVE_PATH.to_owned(),
-        bytes_in: body.len() as u64,
         client: client.to_string(),
         ..AuditRecord::default()
     };
     let mut caller = None;
-    let mut response = mint(&state, &headers, &body, &mut caller).await;
+    // Every way this can end is audited, so the method and the size are checked here
+    // rather than by the router.
+    let mut response = if let Err(e) = state.auditor.admit() {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            &e.to_string(),
+        )
+    } else if method != Method::POST {
+        error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "derive a token with POST",
+        )
+    } else {
+        match http_body_util::Limited::new(body, MAX_DERIVE_BODY)
+            .collect()
+            .await
+        {
+            Ok(body) => {
+                let body = body.to_bytes();
+                record.bytes_in = body.len() as u64;
+                mint(&state, &headers, &body, &mut caller).await
+            }
+            Err(_) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("a derive request is at most {MAX_DERIVE_BODY} bytes"),
+            ),
+        }
+    };
     if let Some(entry) = caller {
         let token = &entry.record;
         record.tenant = token.tenant.clone();
@@ -130,7 +163,19 @@ pub async fn derive(
     if let Ok(id) = http::HeaderValue::from_str(&record.request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }
-    state.auditor.submit(record);
+    let refused_for_audit = record.error.as_deref() == Some("audit_unavailable");
+    if state.auditor.is_strict() && !refused_for_audit {
+        // A minted token must not reach the agent before its record is durable.
+        if let Err(e) = state.auditor.submit_durable(record).await {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                &e.to_string(),
+            );
+        }
+    } else {
+        state.auditor.submit(record);
+    }
     response
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use http::{Request, StatusCode};
 use serde_json::json;
@@ -47,7 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route(derive::DERIVE_PATH, post(derive::derive))
+        .route(derive::DERIVE_PATH, any(derive::derive))
         .fallback(proxy_handler)
         .with_state(state)
 }
@@ -62,14 +62,20 @@ async fn proxy_handler(
 
 /// Ready when the store answers and audit records are being written.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    // Agents can reach this, so it names what is wrong, not the error text (paths, hosts):
+    // that goes to the log.
     let mut problems = Vec::new();
     match tokio::time::timeout(READY_TIMEOUT, state.store.revision()).await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => problems.push(e.to_string()),
-        Err(_) => problems.push(format!("the store did not answer within {READY_TIMEOUT:?}")),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the store failed");
+            problems.push("the store is unavailable");
+        }
+        Err(_) => problems.push("the store did not answer within a second"),
     }
     if let Err(e) = state.auditor.healthy() {
-        problems.push(e.to_string());
+        tracing::warn!(error = %e, "not ready: the audit log can't be written");
+        problems.push("the audit log can't be written");
     }
     if problems.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()

@@ -95,7 +95,8 @@ pub fn records(batch: &Batch) -> Vec<StoredRecord> {
         expected_seq = seq + 1;
         let at_ms = serde_json::from_str::<Facets<'_>>(record).map_or(i64::MIN, |f| f.at_ms);
         let is_last = i + 1 == lines.len();
-        let index_ok = (batch.first_seq..=batch.last_seq).contains(&seq)
+        let index_ok = (i > 0 || seq == batch.first_seq)
+            && (batch.first_seq..=batch.last_seq).contains(&seq)
             && (batch.min_at_ms..=batch.max_at_ms).contains(&at_ms)
             && (!is_last || (seq == batch.last_seq && hash == batch.last_hash));
         out.push(StoredRecord {
@@ -175,6 +176,9 @@ mod tests {
         let mut hidden = batch.clone();
         hidden.max_at_ms = 8;
         assert!(!records(&hidden)[2].index_ok);
+        let mut moved = batch.clone();
+        moved.first_seq = 0;
+        assert!(!records(&moved)[0].index_ok);
 
         let filter = AuditFilter {
             tenant: "t".into(),

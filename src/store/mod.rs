@@ -437,6 +437,15 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Audit records matching `filter`, oldest first.
     async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>, StoreError>;
+    /// For verification: every record of `tenant`, unfiltered and in storage order, from
+    /// the next `batches` batches after the one starting at `after_batch` (0: the start);
+    /// with the cursor for the next page, `None` at the end.
+    async fn audit_chain_page(
+        &self,
+        tenant: &str,
+        after_batch: i64,
+        batches: u32,
+    ) -> Result<(Vec<StoredRecord>, Option<i64>), StoreError>;
     /// Every tenant with an audit chain.
     async fn audit_tenants(&self) -> Result<Vec<String>, StoreError>;
     /// Delete `tenant`'s records before `before_ms`, keeping the signed head of what was

@@ -774,6 +774,31 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
+    async fn audit_chain_page(
+        &self,
+        tenant: &str,
+        after_batch: i64,
+        batches: u32,
+    ) -> Result<(Vec<StoredRecord>, Option<i64>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_batches WHERE tenant_id = ? AND first_seq > ? \
+             ORDER BY first_seq LIMIT ?",
+        )
+        .bind(tenant)
+        .bind(after_batch)
+        .bind(i64::from(batches))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut records = Vec::new();
+        let mut cursor = None;
+        for row in &rows {
+            let batch = batch_row(row)?;
+            cursor = Some(batch.first_seq);
+            records.extend(audit_batch::records(&batch));
+        }
+        Ok((records, cursor))
+    }
+
     async fn audit_tenants(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT tenant_id FROM audit_batches UNION \

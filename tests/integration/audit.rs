@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::support::http::{Reply, send, try_send};
+use crate::support::http::{Reply, send, send_streaming, try_send};
 use crate::support::mock::MockUpstream;
 use crate::support::{CliOutput, Env, config_for, run_python};
 
@@ -165,9 +166,15 @@ async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     expect(call.await.unwrap(), 200, "approved", None);
-    // Deriving a token through the agent API is audited too.
+    // Deriving a token through the agent API is audited too, however it ends.
     let derive = broker.url("/seks/v1/tokens/derive");
     let auth = bearer(&token);
+    expect(
+        send("GET", &derive, &[("authorization", &auth)], "").await,
+        405,
+        "denied",
+        Some("method_not_allowed"),
+    );
     expect(
         send(
             "POST",
@@ -334,6 +341,8 @@ async fn verify_names_the_record_that_was_altered_removed_or_swapped() {
         ),
         // Index columns that would hide records from time queries.
         (&["index", "4"], "of tenant `default` was altered"),
+        // A made-up line placed after the real ones.
+        (&["forge", "3"], "record 3 of tenant `default`"),
     ] {
         let out = verify_after(&env, tamper).await;
         assert!(!out.status.success(), "{tamper:?} went unnoticed");
@@ -498,6 +507,15 @@ async fn when_the_log_cannot_be_written_requests_are_refused_until_it_can() {
     };
     let refused = until(503).await;
     assert_eq!(refused.header("x-seks-error"), Some("audit_unavailable"));
+    // No token is minted while nothing can be recorded either.
+    let derived = send(
+        "POST",
+        &broker.url("/seks/v1/tokens/derive"),
+        &[("authorization", auth.as_str())],
+        "{}",
+    )
+    .await;
+    assert_eq!(derived.status, 503, "{}", derived.body);
     assert!(
         refused.body.contains("audit log can't be written"),
         "{}",
@@ -569,4 +587,91 @@ async fn pruning_old_records_keeps_the_rest_verifiable() {
         .map(|r| r["seq"].as_i64().unwrap())
         .collect();
     assert!(seqs.iter().all(|s| *s > 4), "{seqs:?}");
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_promptly_while_the_log_cannot_be_written() {
+    let mock = MockUpstream::start().await;
+    let env = Env::new(&config_for(
+        &mock.url(),
+        "[audit]\ndurability = \"strict\"\n",
+    ));
+    env.add_secret("main", "openai", KEY).await;
+    let token = env.create_token("main", &[]).await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/openai/v1/models");
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+    assert_eq!(send("GET", &url, &headers, "").await.status, 200);
+    let db = env.data_dir().join("seks.db");
+    sql(
+        &db,
+        &["CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"],
+    )
+    .await;
+    // The first answer after the failure may break off (its record never commits); after
+    // that the broker says why, at once, instead of holding responses.
+    let start = Instant::now();
+    loop {
+        if let Ok(reply) = try_send("GET", &url, &headers, "").await
+            && reply.status == 503
+        {
+            assert_eq!(reply.header("x-seks-error"), Some("audit_unavailable"));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sql(&db, &["DROP TRIGGER full_disk"]).await;
+    broker.terminate().await;
+}
+
+#[tokio::test]
+async fn clients_that_leave_early_still_leave_a_record_at_once() {
+    let mock = MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    env.add_secret("main", "openai", KEY).await;
+    let token = env.create_token("main", &["--agent", "impatient"]).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+
+    // Gone before the answer: the upstream takes 30 s.
+    let slow = broker.url("/api/openai/v1/slow");
+    let headers = [("authorization", auth.as_str())];
+    let _ =
+        tokio::time::timeout(Duration::from_millis(300), send("GET", &slow, &headers, "")).await;
+    // Gone mid-stream: the upstream then falls silent for an hour.
+    let stall = send_streaming("GET", &broker.url("/api/openai/v1/stall"), &headers, "").await;
+    let mut body = stall.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+
+    let start = Instant::now();
+    let stored = loop {
+        let stored = records(&env).await;
+        let paths: Vec<&str> = stored.values().filter_map(|r| r["path"].as_str()).collect();
+        if paths.contains(&"/v1/slow") && paths.contains(&"/v1/stall") {
+            break stored;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no records: {stored:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let left = stored.values().find(|r| r["path"] == "/v1/slow").unwrap();
+    assert_eq!(
+        (&left["status"], &left["decision"], &left["agent"]),
+        (
+            &Value::from(499),
+            &Value::from("client_closed"),
+            &Value::from("impatient")
+        )
+    );
+    let cut = stored.values().find(|r| r["path"] == "/v1/stall").unwrap();
+    assert_eq!(
+        (&cut["status"], &cut["decision"]),
+        (&Value::from(200), &Value::from("allowed"))
+    );
+    broker.stop().await;
 }

@@ -7,6 +7,7 @@ Usage: audit_tamper.py DB_FILE OP [ARGS]
   swap A B            swap the contents of records A and B, keeping their positions
   index SEQ           claim the batch holding SEQ starts later than it does (hides records
                       from time queries)
+  forge SEQ           append to the newest batch a made-up record numbered SEQ
 """
 
 import sqlite3
@@ -69,6 +70,24 @@ with db:
     elif op == "index":
         tenant, first, lines, low, high = batch_of(int(args[0]))
         save(tenant, first, lines, high + 1, high + 1)
+    elif op == "forge":
+        tenant, first, records = db.execute(
+            "SELECT tenant_id, first_seq, records FROM audit_batches ORDER BY first_seq DESC LIMIT 1"
+        ).fetchone()
+        lines = [line.split("\t", 3) for line in records.split("\n")]
+        fake = '{"at_ms":0,"tenant":"default","method":"GET","path":"/innocent","status":200}'
+        lines.append([args[0], "0" * 64, "0" * 64, fake])
+        low, high = db.execute(
+            "SELECT min_at_ms, max_at_ms FROM audit_batches WHERE first_seq = ?", (first,)
+        ).fetchone()
+        # Keep the batch's last line and hash as they were, so only the lines changed.
+        db.execute("DELETE FROM audit_batches WHERE tenant_id = ? AND first_seq = ?", (tenant, first))
+        db.execute(
+            "INSERT INTO audit_batches (tenant_id, first_seq, last_seq, min_at_ms, max_at_ms, last_hash, records) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (tenant, first, int(lines[-2][0]), 0, high, lines[-2][2],
+             "\n".join("\t".join(line) for line in lines)),
+        )
     else:
         sys.exit(f"unknown operation {op}")
 db.close()

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use seks::audit::{AuditRecord, Decision, Head};
+use seks::audit::{AuditRecord, ChainKey, Decision};
 use seks::store::{AuditEntry, Store};
+use seks::vault::Key;
 
 fn main() {
     divan::main();
@@ -53,7 +54,7 @@ fn append_batch(bencher: divan::Bencher, batch: usize) {
     let store: Arc<dyn Store> = runtime
         .block_on(seks::store::open_default(dir.path()))
         .unwrap();
-    let sign = |_: &str, head: Head| head.hash;
+    let key = ChainKey::new(Key::from_bytes([7; 32]));
     let mut n = 0;
     bencher
         .counter(divan::counter::ItemsCount::new(batch))
@@ -72,7 +73,7 @@ fn append_batch(bencher: divan::Bencher, batch: usize) {
         })
         .bench_local_values(|entries| {
             runtime
-                .block_on(store.append_audit(&entries, &sign))
+                .block_on(store.append_audit(&entries, &key))
                 .unwrap()
         });
 }

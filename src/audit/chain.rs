@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::AuditRecord;
-use crate::store::{Store, StoreError, audit_checkpoint_key, audit_head_key};
+use crate::store::{AUDIT_TENANTS_KEY, Store, StoreError, audit_checkpoint_key, audit_head_key};
 use crate::tokens::hex;
 use crate::vault::Key;
 
@@ -111,6 +111,67 @@ impl ChainKey {
                 .as_bytes()
                 .ct_eq(signed.mac.as_bytes()),
         )
+    }
+}
+
+impl ChainKey {
+    fn mac_tenants(&self, tenants: &[String]) -> String {
+        hex(&self
+            .0
+            .mac(format!("tenants\n{}", tenants.join("\n")).as_bytes()))
+    }
+
+    /// Sign the list of tenants that have a chain, sorted.
+    pub fn sign_tenants(&self, mut tenants: Vec<String>) -> SignedTenants {
+        tenants.sort();
+        tenants.dedup();
+        SignedTenants {
+            mac: self.mac_tenants(&tenants),
+            tenants,
+        }
+    }
+
+    /// Whether `signed` was signed by this key.
+    pub fn check_tenants(&self, signed: &SignedTenants) -> bool {
+        bool::from(
+            self.mac_tenants(&signed.tenants)
+                .as_bytes()
+                .ct_eq(signed.mac.as_bytes()),
+        )
+    }
+}
+
+/// Every tenant that has an audit chain, signed: a tenant whose records and head were
+/// deleted together is still known to have had them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedTenants {
+    /// The tenants, sorted.
+    pub tenants: Vec<String>,
+    /// HMAC over the list.
+    pub mac: String,
+}
+
+/// Signs what the store keeps next to the records, for the store (which has no key).
+pub trait AuditSigner: Sync {
+    /// The signed newest head of `tenant`'s chain, as stored.
+    fn newest(&self, tenant: &str, head: Head) -> String;
+    /// The signed checkpoint of `tenant`'s pruned history, as stored.
+    fn checkpoint(&self, tenant: &str, head: Head) -> String;
+    /// The signed list of tenants with a chain, as stored.
+    fn tenants(&self, tenants: Vec<String>) -> String;
+}
+
+impl AuditSigner for ChainKey {
+    fn newest(&self, tenant: &str, head: Head) -> String {
+        serde_json::to_string(&self.sign(HeadRole::Newest, tenant, head)).unwrap_or_default()
+    }
+
+    fn checkpoint(&self, tenant: &str, head: Head) -> String {
+        serde_json::to_string(&self.sign(HeadRole::Checkpoint, tenant, head)).unwrap_or_default()
+    }
+
+    fn tenants(&self, tenants: Vec<String>) -> String {
+        serde_json::to_string(&self.sign_tenants(tenants)).unwrap_or_default()
     }
 }
 
@@ -323,10 +384,47 @@ pub async fn verify(store: &dyn Store, key: &ChainKey) -> Result<Vec<(String, u6
             .await?
             .and_then(|text| serde_json::from_str(&text).ok()))
     };
+    let mut tenants = store.audit_tenants().await?;
+    let mut registered = Vec::new();
+    match store.meta(AUDIT_TENANTS_KEY).await? {
+        Some(text) => {
+            let signed: SignedTenants =
+                serde_json::from_str(&text).map_err(|_| ChainError::Head {
+                    tenant: "*".into(),
+                    why: "the signed list of tenants is unreadable".into(),
+                })?;
+            if !key.check_tenants(&signed) {
+                return Err(ChainError::Head {
+                    tenant: "*".into(),
+                    why: "the signed list of tenants is forged".into(),
+                }
+                .into());
+            }
+            registered = signed.tenants;
+            tenants.extend(registered.iter().cloned());
+        }
+        None if !tenants.is_empty() => {
+            return Err(ChainError::Head {
+                tenant: "*".into(),
+                why: "the signed list of tenants is missing".into(),
+            }
+            .into());
+        }
+        None => {}
+    }
+    tenants.sort();
+    tenants.dedup();
     let mut checked = Vec::new();
-    for tenant in store.audit_tenants().await? {
+    for tenant in tenants {
         let checkpoint = signed(audit_checkpoint_key(&tenant)).await?;
         let newest = signed(audit_head_key(&tenant)).await?;
+        if newest.is_none() && registered.contains(&tenant) {
+            return Err(ChainError::Head {
+                tenant,
+                why: "the signed head of the log is missing (its records may be gone too)".into(),
+            }
+            .into());
+        }
         let mut verifier = Verifier::new(key, &tenant, checkpoint.as_ref(), newest.as_ref())?;
         // Every stored line, unfiltered: a forged line anywhere must be seen.
         let mut cursor = 0;

@@ -12,8 +12,8 @@ mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use chain::{
-    ChainError, ChainKey, GENESIS, Head, HeadRole, SignedHead, StoredRecord, Verifier, VerifyError,
-    extend, link, verify,
+    AuditSigner, ChainError, ChainKey, GENESIS, Head, HeadRole, SignedHead, SignedTenants,
+    StoredRecord, Verifier, VerifyError, extend, link, verify,
 };
 pub use retention::{prune, run_retention};
 pub use writer::{AuditUnavailable, Auditor, Durability, Writer, run_writer};

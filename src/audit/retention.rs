@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ChainKey, Head, HeadRole};
+use super::ChainKey;
 use crate::clock;
 use crate::store::{Store, StoreError};
 
@@ -16,12 +16,9 @@ const DAY_MS: i64 = 86_400_000;
 /// Delete every tenant's records older than `days` days; how many went.
 pub async fn prune(store: &dyn Store, key: &ChainKey, days: u32) -> Result<u64, StoreError> {
     let before_ms = clock::now_ms() - i64::from(days) * DAY_MS;
-    let sign = |tenant: &str, head: Head| {
-        serde_json::to_string(&key.sign(HeadRole::Checkpoint, tenant, head)).unwrap_or_default()
-    };
     let mut pruned = 0;
     for tenant in store.audit_tenants().await? {
-        pruned += store.prune_audit(&tenant, before_ms, &sign).await?;
+        pruned += store.prune_audit(&tenant, before_ms, key).await?;
     }
     Ok(pruned)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{AuditRecord, ChainKey, Head, HeadRole};
+use super::{AuditRecord, ChainKey};
 use crate::config::AuditConfig;
 use crate::metrics;
 use crate::scrub::Redactor;
@@ -264,14 +264,10 @@ impl Writer {
             .drain(..)
             .map(|queued| (self.entry(queued.record), queued.ack))
             .unzip();
-        let sign = |tenant: &str, head: Head| {
-            serde_json::to_string(&self.key.sign(HeadRole::Newest, tenant, head))
-                .unwrap_or_default()
-        };
         let mut backoff = Duration::from_millis(50);
         let committed = loop {
             let started = Instant::now();
-            match self.store.append_audit(&entries, &sign).await {
+            match self.store.append_audit(&entries, &self.key).await {
                 Ok(()) => {
                     metrics::get().audit_write(started.elapsed());
                     self.health.recover();

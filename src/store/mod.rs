@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::audit::{Head, StoredRecord};
+use crate::audit::{AuditSigner, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
@@ -292,8 +292,8 @@ pub struct AuditFilter {
     pub newest: bool,
 }
 
-/// Signs a tenant's chain head for storage.
-pub type HeadSigner<'a> = &'a (dyn Fn(&str, Head) -> String + Sync);
+/// Meta key of the signed list of tenants with an audit chain.
+pub const AUDIT_TENANTS_KEY: &str = "audit_tenants";
 
 /// Meta key of a tenant's signed newest audit head.
 pub fn audit_head_key(tenant: &str) -> String {
@@ -429,11 +429,11 @@ pub trait Store: Send + Sync {
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError>;
 
     /// Append records to their tenants' chains in one transaction, with each tenant's new
-    /// signed head (from `sign`).
+    /// signed head and, for a tenant's first records, the signed list of tenants.
     async fn append_audit(
         &self,
         entries: &[AuditEntry],
-        sign: HeadSigner<'_>,
+        sign: &dyn AuditSigner,
     ) -> Result<(), StoreError>;
     /// Audit records matching `filter`, oldest first.
     async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>, StoreError>;
@@ -454,7 +454,7 @@ pub trait Store: Send + Sync {
         &self,
         tenant: &str,
         before_ms: i64,
-        sign: HeadSigner<'_>,
+        sign: &dyn AuditSigner,
     ) -> Result<u64, StoreError>;
     /// Daily counters of a tenant's tokens from `since_day` on, by day then token.
     async fn usage_since(

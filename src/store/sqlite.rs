@@ -12,11 +12,11 @@ use sqlx::{Row, SqlitePool};
 
 use super::audit_batch::{self, Batch};
 use super::{
-    ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, HeadSigner, NewSecret, NewToken,
+    AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, NewSecret, NewToken,
     PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord, UsageDelta,
     UsageRecord, audit_checkpoint_key, audit_head_key,
 };
-use crate::audit::{self, Head, StoredRecord};
+use crate::audit::{self, AuditSigner, Head, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
@@ -686,7 +686,7 @@ impl Store for SqliteStore {
     async fn append_audit(
         &self,
         entries: &[AuditEntry],
-        sign: HeadSigner<'_>,
+        sign: &dyn AuditSigner,
     ) -> Result<(), StoreError> {
         let mut tenants: Vec<(&str, Vec<&AuditEntry>)> = Vec::new();
         for entry in entries {
@@ -715,7 +715,28 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            put_meta(&mut tx, &audit_head_key(tenant), &sign(tenant, head)).await?;
+            if head.seq == 0 {
+                continue;
+            }
+            let known: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+                .bind(audit_head_key(tenant))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                // A tenant's first records: it joins the signed list of tenants.
+                let listed: Option<String> =
+                    sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+                        .bind(AUDIT_TENANTS_KEY)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let mut tenants = listed
+                    .and_then(|l| serde_json::from_str::<audit::SignedTenants>(&l).ok())
+                    .map(|l| l.tenants)
+                    .unwrap_or_default();
+                tenants.push(tenant.to_owned());
+                put_meta(&mut tx, AUDIT_TENANTS_KEY, &sign.tenants(tenants)).await?;
+            }
+            put_meta(&mut tx, &audit_head_key(tenant), &sign.newest(tenant, head)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -812,7 +833,7 @@ impl Store for SqliteStore {
         &self,
         tenant: &str,
         before_ms: i64,
-        sign: HeadSigner<'_>,
+        sign: &dyn AuditSigner,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // Prune whole batches from the front of the chain only, up to the first one holding
@@ -849,7 +870,12 @@ impl Store for SqliteStore {
             .bind(up_to)
             .execute(&mut *tx)
             .await?;
-        put_meta(&mut tx, &audit_checkpoint_key(tenant), &sign(tenant, head)).await?;
+        put_meta(
+            &mut tx,
+            &audit_checkpoint_key(tenant),
+            &sign.checkpoint(tenant, head),
+        )
+        .await?;
         tx.commit().await?;
         Ok(u64::try_from(pruned).unwrap_or_default())
     }

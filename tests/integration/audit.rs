@@ -343,6 +343,25 @@ async fn verify_names_the_record_that_was_altered_removed_or_swapped() {
         (&["index", "4"], "of tenant `default` was altered"),
         // A made-up line placed after the real ones.
         (&["forge", "3"], "record 3 of tenant `default`"),
+        // Every record and the signed head gone: the signed list of tenants remembers.
+        (
+            &[
+                "sql",
+                "DELETE FROM audit_batches",
+                "DELETE FROM meta WHERE key = 'audit_head/default'",
+            ],
+            "the signed head of the log is missing",
+        ),
+        // The signed head passed off as a checkpoint of pruned history.
+        (
+            &[
+                "sql",
+                "DELETE FROM audit_batches",
+                "INSERT INTO meta (key, value) SELECT 'audit_checkpoint/default', value \
+                 FROM meta WHERE key = 'audit_head/default'",
+            ],
+            "forged",
+        ),
     ] {
         let out = verify_after(&env, tamper).await;
         assert!(!out.status.success(), "{tamper:?} went unnoticed");

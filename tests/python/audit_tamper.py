@@ -8,6 +8,7 @@ Usage: audit_tamper.py DB_FILE OP [ARGS]
   index SEQ           claim the batch holding SEQ starts later than it does (hides records
                       from time queries)
   forge SEQ           append to the newest batch a made-up record numbered SEQ
+  sql STATEMENT...    run SQL as is
 """
 
 import sqlite3
@@ -88,6 +89,9 @@ with db:
             (tenant, first, int(lines[-2][0]), 0, high, lines[-2][2],
              "\n".join("\t".join(line) for line in lines)),
         )
+    elif op == "sql":
+        for statement in args:
+            db.execute(statement)
     else:
         sys.exit(f"unknown operation {op}")
 db.close()

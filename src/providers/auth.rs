@@ -106,11 +106,9 @@ impl TokenSource {
     pub fn describe(&self) -> String {
         match self {
             TokenSource::Authorization { scheme } => {
-                let mut shown = scheme.clone();
-                shown[..1].make_ascii_uppercase();
-                format!("Authorization: {shown} <token>")
+                format!("Authorization: {} <token>", title_case(scheme))
             }
-            TokenSource::Header { name } => format!("{name}: <token>"),
+            TokenSource::Header { name } => format!("{}: <token>", title_case(name)),
             TokenSource::Query { param } => format!("?{param}=<token>"),
             TokenSource::Basic => "Authorization: Basic <token>: (token as user)".to_owned(),
             TokenSource::Path { prefix } => format!("path /{prefix}<token>/…"),
@@ -178,7 +176,8 @@ impl AuthScheme {
     pub fn describe(&self) -> String {
         match self {
             AuthScheme::Header { name, template } => {
-                format!("{name}: {}", template.replace(PLACEHOLDER, "<key>"))
+                let shown = template.replace(PLACEHOLDER, "<key>");
+                format!("{}: {shown}", title_case(name))
             }
             AuthScheme::Query { param } => format!("?{param}=<key>"),
             AuthScheme::Basic { user, password } => format!(
@@ -189,6 +188,20 @@ impl AuthScheme {
             AuthScheme::Path { prefix } => format!("path /{prefix}<key>/…"),
         }
     }
+}
+
+/// `x-api-key` as `X-Api-Key`: header names are stored lowercase but read better this way.
+fn title_case(name: &str) -> String {
+    name.split('-')
+        .map(|word| {
+            let mut word = word.to_owned();
+            if let Some(first) = word.get_mut(..1) {
+                first.make_ascii_uppercase();
+            }
+            word
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// Letters, digits and `-._~:`: safe inside one path segment without encoding.
@@ -244,7 +257,7 @@ mod tests {
     fn schemes_are_checked_and_normalised() {
         let mut ok = header("Bearer {}");
         assert_eq!(ok.validate(), Ok(()));
-        assert_eq!(ok.describe(), "authorization: Bearer <key>");
+        assert_eq!(ok.describe(), "Authorization: Bearer <key>");
         assert!(header("Bearer").validate().is_err());
         assert!(header("{} {}").validate().is_err());
         let mut host = AuthScheme::Header {

@@ -32,6 +32,13 @@ pub struct Upstream {
     pub path_prefix: String,
 }
 
+impl Upstream {
+    /// The base URL as an operator would write it.
+    pub fn base_url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.path_prefix)
+    }
+}
+
 /// Where an LLM request names its model, for `models` policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -307,7 +314,7 @@ mod tests {
         .unwrap();
         let discord = p.get("discord").unwrap();
         assert!(discord.http2);
-        assert_eq!(discord.auth.describe(), "authorization: Bot <key>");
+        assert_eq!(discord.auth.describe(), "Authorization: Bot <key>");
         let acme = p.get("acme").unwrap();
         assert_eq!(acme.upstream.path_prefix, "/v2");
         assert_eq!(

@@ -205,7 +205,7 @@ fn title_case(name: &str) -> String {
 }
 
 /// Letters, digits and `-._~:`: safe inside one path segment without encoding.
-pub fn is_segment_char(b: u8) -> bool {
+fn is_segment_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~:".contains(&b)
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 
-pub use auth::{AuthScheme, PLACEHOLDER, TokenSource, is_segment_char};
+pub use auth::{AuthScheme, PLACEHOLDER, TokenSource};
 pub use error_shape::ErrorShape;
 pub use spec::ProviderSpec;
 

@@ -137,7 +137,7 @@ impl AuthScheme {
                 one_placeholder("user", &joined).map_err(|_| {
                     (
                         "user",
-                        "or `password` must be `{}` (exactly one)".to_owned(),
+                        "or `password` must hold `{}`, once in the two".to_owned(),
                     )
                 })?;
                 if user.contains(':') {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::providers::ProviderSpec;
+
 /// Default agent listener address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin API listener address: loopback only, so it is never exposed by accident.
@@ -100,9 +102,9 @@ pub struct FileConfig {
     /// Upstream connection settings.
     #[serde(default)]
     pub upstream: UpstreamConfig,
-    /// Per-provider overrides, keyed by provider name.
+    /// Providers added or built-ins overridden, keyed by provider name.
     #[serde(default)]
-    pub providers: BTreeMap<String, ProviderOverride>,
+    pub providers: BTreeMap<String, ProviderSpec>,
     /// Process hardening options.
     #[serde(default)]
     pub security: SecurityConfig,
@@ -204,16 +206,6 @@ impl Default for UpstreamConfig {
     }
 }
 
-/// Overrides for one built-in provider (`[providers.NAME]`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderOverride {
-    /// Replace the upstream base URL (https, or http to loopback); a path prefix is kept.
-    pub base_url: Option<String>,
-    /// Offer HTTP/2 to this upstream.
-    pub http2: Option<bool>,
-}
-
 /// What the command line (flags or environment) set; `None` means "not given".
 #[derive(Debug, Default, Clone)]
 pub struct CliOverrides {
@@ -250,8 +242,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Upstream connection settings.
     pub upstream: UpstreamConfig,
-    /// Provider overrides.
-    pub providers: BTreeMap<String, ProviderOverride>,
+    /// Providers added or built-ins overridden.
+    pub providers: BTreeMap<String, ProviderSpec>,
     /// Process hardening options.
     pub security: SecurityConfig,
     /// Approval settings.

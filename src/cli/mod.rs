@@ -6,6 +6,7 @@ mod audit;
 mod backend;
 mod output;
 mod policy;
+mod provider;
 mod remote;
 mod secret;
 mod serve;
@@ -82,6 +83,9 @@ enum Command {
     /// Read, export and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The providers this broker serves (built-in and from the config file).
+    #[command(subcommand)]
+    Provider(provider::ProviderCommand),
 }
 
 /// Entry point of the `seks` binary.
@@ -133,6 +137,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serve::run(ctx).await
         }
         Command::Policy(policy::PolicyCommand::Check { file }) => policy::check(&file),
+        Command::Provider(cmd) => {
+            local_only("provider")?;
+            provider::run(&Context::prepare(overrides, "warn", redactor)?, cmd)
+        }
         Command::Admin(cmd) => {
             local_only("admin")?;
             admin::run(Context::open(overrides, "warn", redactor).await?, cmd).await

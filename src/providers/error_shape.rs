@@ -2,12 +2,14 @@
 //! refusals exactly like the provider's errors and the model can read why.
 
 use http::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// The JSON error format a provider's SDK expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The JSON error format a provider's SDK expects (named in lowercase in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ErrorShape {
-    /// `{"error": {"message", "type", "param", "code"}}` (OpenAI and compatible APIs).
+    /// `{"error": {"message", "type", "param", "code"}}` (OpenAI and compatible APIs, Stripe).
     OpenAi,
     /// `{"type": "error", "error": {"type", "message"}}`.
     Anthropic,
@@ -15,6 +17,12 @@ pub enum ErrorShape {
     Google,
     /// `{"message", "documentation_url", "status"}`.
     GitHub,
+    /// `{"message", "code", "status"}`: a top-level message, which most REST clients show.
+    Message,
+    /// `{"ok": false, "error": code, "message"}` (Slack Web API).
+    Slack,
+    /// `{"ok": false, "error_code", "description"}` (Telegram Bot API).
+    Telegram,
 }
 
 impl ErrorShape {
@@ -44,6 +52,17 @@ impl ErrorShape {
                 "message": message,
                 "documentation_url": "https://docs.github.com/rest",
                 "status": status.as_str(),
+            }),
+            ErrorShape::Message => json!({
+                "message": message,
+                "code": code,
+                "status": status.as_u16(),
+            }),
+            ErrorShape::Slack => json!({ "ok": false, "error": code, "message": message }),
+            ErrorShape::Telegram => json!({
+                "ok": false,
+                "error_code": status.as_u16(),
+                "description": message,
             }),
         }
     }
@@ -114,6 +133,18 @@ mod tests {
         );
         assert_eq!(
             ErrorShape::GitHub.render(s, "token_revoked", m)["message"],
+            m
+        );
+        assert_eq!(
+            ErrorShape::Message.render(s, "token_revoked", m)["message"],
+            m
+        );
+        assert_eq!(
+            ErrorShape::Slack.render(s, "token_revoked", m)["error"],
+            "token_revoked"
+        );
+        assert_eq!(
+            ErrorShape::Telegram.render(s, "token_revoked", m)["description"],
             m
         );
     }

@@ -1,75 +1,25 @@
 //! Providers are data: where the upstream is, where the agent's SDK puts its key, and how
-//! the real credential is injected. Built-ins live in one table; the config file can
-//! override a built-in's base URL (e.g. to point it at a test upstream).
+//! the real credential is injected. Built-ins live in one TOML table (`builtin.toml`) in the
+//! same format as `[providers.NAME]` in the config file, which can override a built-in field
+//! by field or define a new provider.
 
+mod auth;
 mod error_shape;
+mod spec;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::uri::{Authority, Scheme, Uri};
+use serde::Deserialize;
 
+pub use auth::{AuthScheme, PLACEHOLDER, TokenSource};
 pub use error_shape::ErrorShape;
+pub use spec::ProviderSpec;
 
-use crate::config::ProviderOverride;
-
-/// Where an agent's SDK sends its key; the broker looks for the `seks_` token there.
-#[derive(Debug, Clone)]
-pub enum TokenSource {
-    /// `Authorization: <scheme> <token>` for one of these schemes (lowercase, e.g. `bearer`).
-    Authorization(&'static [&'static str]),
-    /// A header (lowercase name) carrying the bare token.
-    Header(&'static str),
-    /// A query parameter carrying the bare token.
-    Query(&'static str),
-}
-
-/// How the real credential travels to the upstream.
-#[derive(Debug, Clone)]
-pub enum AuthScheme {
-    /// Set header `name` to `prefix` followed by the credential.
-    Header {
-        /// Header to set (lowercase name).
-        name: &'static str,
-        /// Text before the credential, e.g. `Bearer `.
-        prefix: &'static str,
-    },
-}
-
-impl TokenSource {
-    /// How an agent would send its token this way, for error messages.
-    pub fn describe(&self) -> String {
-        match self {
-            TokenSource::Authorization(schemes) => schemes
-                .iter()
-                .map(|s| {
-                    format!(
-                        "Authorization: {}{} <token>",
-                        s[..1].to_uppercase(),
-                        &s[1..]
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" or "),
-            TokenSource::Header(name) => format!("{name}: <token>"),
-            TokenSource::Query(param) => format!("?{param}=<token>"),
-        }
-    }
-}
-
-impl AuthScheme {
-    /// Whether `value` can be injected this way (a header value must be visible ASCII).
-    pub fn accepts(&self, value: &str) -> Result<(), &'static str> {
-        match self {
-            AuthScheme::Header { .. } if value.is_empty() => Err("the value is empty"),
-            AuthScheme::Header { .. } if !value.bytes().all(|b| b.is_ascii_graphic()) => {
-                Err("an HTTP header credential must be printable ASCII without spaces")
-            }
-            AuthScheme::Header { .. } => Ok(()),
-        }
-    }
-}
+/// The built-in table, parsed at load time with the config file's own parser.
+const BUILTIN_TABLE: &str = include_str!("builtin.toml");
 
 /// The pinned upstream of a provider: scheme, host and port, and a path prefix.
 #[derive(Debug, Clone)]
@@ -82,8 +32,16 @@ pub struct Upstream {
     pub path_prefix: String,
 }
 
+impl Upstream {
+    /// The base URL as an operator would write it.
+    pub fn base_url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.path_prefix)
+    }
+}
+
 /// Where an LLM request names its model, for `models` policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ModelIn {
     /// The `model` field of the JSON body.
     Body,
@@ -161,96 +119,20 @@ pub struct Provider {
 /// A provider definition could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    /// The config names a provider that is not built in.
-    #[error("unknown provider `{0}` in config (built-in providers: {1})")]
-    Unknown(String, String),
-    /// A base URL is malformed or not allowed.
-    #[error("provider `{provider}`: base_url `{url}` {why}")]
-    BadBaseUrl {
+    /// A field of a provider is missing or invalid.
+    #[error("provider `{provider}`: `{field}` {why}")]
+    Invalid {
         /// The provider.
         provider: String,
-        /// The offending URL.
-        url: String,
+        /// The field, as written in the config (e.g. `auth.template`).
+        field: String,
         /// What is wrong.
-        why: &'static str,
+        why: String,
     },
+    /// The built-in table does not parse (a build defect, caught by the unit tests).
+    #[error("the built-in provider table is malformed: {0}")]
+    Table(#[from] Box<toml::de::Error>),
 }
-
-struct Builtin {
-    name: &'static str,
-    base_url: &'static str,
-    token_sources: &'static [TokenSource],
-    auth: AuthScheme,
-    errors: ErrorShape,
-    model_in: ModelIn,
-    stream_usage_opt_in: bool,
-}
-
-/// `Authorization: Bearer <token>`, as almost every SDK sends its key.
-const BEARER_TOKEN: TokenSource = TokenSource::Authorization(&["bearer"]);
-
-const BEARER: AuthScheme = AuthScheme::Header {
-    name: "authorization",
-    prefix: "Bearer ",
-};
-
-const BUILTINS: &[Builtin] = &[
-    Builtin {
-        name: "openai",
-        base_url: "https://api.openai.com",
-        token_sources: &[BEARER_TOKEN],
-        auth: BEARER,
-        errors: ErrorShape::OpenAi,
-        model_in: ModelIn::Body,
-        stream_usage_opt_in: true,
-    },
-    Builtin {
-        name: "anthropic",
-        base_url: "https://api.anthropic.com",
-        token_sources: &[TokenSource::Header("x-api-key"), BEARER_TOKEN],
-        auth: AuthScheme::Header {
-            name: "x-api-key",
-            prefix: "",
-        },
-        errors: ErrorShape::Anthropic,
-        model_in: ModelIn::Body,
-        stream_usage_opt_in: false,
-    },
-    Builtin {
-        name: "gemini",
-        base_url: "https://generativelanguage.googleapis.com",
-        token_sources: &[
-            TokenSource::Header("x-goog-api-key"),
-            TokenSource::Query("key"),
-        ],
-        auth: AuthScheme::Header {
-            name: "x-goog-api-key",
-            prefix: "",
-        },
-        errors: ErrorShape::Google,
-        model_in: ModelIn::PathAndBody,
-        stream_usage_opt_in: false,
-    },
-    Builtin {
-        name: "groq",
-        base_url: "https://api.groq.com/openai",
-        token_sources: &[BEARER_TOKEN],
-        auth: BEARER,
-        errors: ErrorShape::OpenAi,
-        model_in: ModelIn::Body,
-        stream_usage_opt_in: true,
-    },
-    Builtin {
-        name: "github",
-        base_url: "https://api.github.com",
-        // GitHub clients send `token <pat>` as often as `Bearer <pat>`.
-        token_sources: &[TokenSource::Authorization(&["bearer", "token"])],
-        auth: BEARER,
-        errors: ErrorShape::GitHub,
-        model_in: ModelIn::Nowhere,
-        stream_usage_opt_in: false,
-    },
-];
 
 /// The providers this broker serves, by name.
 #[derive(Debug, Clone)]
@@ -259,30 +141,20 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// The built-in table with the config file's overrides applied.
-    pub fn load(overrides: &BTreeMap<String, ProviderOverride>) -> Result<Self, ProviderError> {
-        if let Some(name) = overrides
-            .keys()
-            .find(|n| !BUILTINS.iter().any(|b| b.name == n.as_str()))
-        {
-            return Err(ProviderError::Unknown(name.clone(), builtin_names()));
-        }
-        let mut by_name = HashMap::new();
-        for b in BUILTINS {
-            let o = overrides.get(b.name);
-            let url = o.and_then(|o| o.base_url.as_deref()).unwrap_or(b.base_url);
-            let provider = Provider {
-                name: b.name.to_owned(),
-                upstream: parse_base_url(b.name, url)?,
-                token_sources: b.token_sources.to_vec(),
-                auth: b.auth.clone(),
-                errors: b.errors,
-                http2: o.and_then(|o| o.http2).unwrap_or(false),
-                model_in: b.model_in,
-                stream_usage_opt_in: b.stream_usage_opt_in,
+    /// The built-in table with the config file's entries laid over it (new names add providers).
+    pub fn load(config: &BTreeMap<String, ProviderSpec>) -> Result<Self, ProviderError> {
+        let mut specs = builtin_specs()?;
+        for (name, over) in config {
+            let merged = match specs.remove(name) {
+                Some(builtin) => builtin.overlay(over.clone()),
+                None => over.clone(),
             };
-            by_name.insert(b.name.to_owned(), Arc::new(provider));
+            specs.insert(name.clone(), merged);
         }
+        let by_name = specs
+            .into_iter()
+            .map(|(name, spec)| Ok((name.clone(), Arc::new(spec.build(&name)?))))
+            .collect::<Result<_, ProviderError>>()?;
         Ok(Providers { by_name })
     }
 
@@ -297,23 +169,20 @@ impl Providers {
         names.sort_unstable();
         names
     }
+
+    /// Whether `name` is in the built-in table (rather than defined only in the config).
+    pub fn is_builtin(name: &str) -> bool {
+        builtin_specs().is_ok_and(|specs| specs.contains_key(name))
+    }
 }
 
-fn builtin_names() -> String {
-    BUILTINS
-        .iter()
-        .map(|b| b.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+fn builtin_specs() -> Result<BTreeMap<String, ProviderSpec>, ProviderError> {
+    toml::from_str(BUILTIN_TABLE).map_err(|e| ProviderError::Table(Box::new(e)))
 }
 
 /// Parse and vet a base URL: https anywhere, plain http only to a loopback host.
-fn parse_base_url(provider: &str, url: &str) -> Result<Upstream, ProviderError> {
-    let bad = |why| ProviderError::BadBaseUrl {
-        provider: provider.to_owned(),
-        url: url.to_owned(),
-        why,
-    };
+fn parse_base_url(url: &str) -> Result<Upstream, String> {
+    let bad = |why: &str| format!("`{url}` {why}");
     let uri: Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
     let parts = uri.into_parts();
     let scheme = parts
@@ -360,16 +229,22 @@ fn is_loopback(host: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn load(toml_text: &str) -> Result<Providers, ProviderError> {
+        let config: BTreeMap<String, ProviderSpec> = toml::from_str(toml_text).unwrap();
+        Providers::load(&config)
+    }
+
     fn with_base(url: &str) -> Result<Providers, ProviderError> {
-        let mut o = BTreeMap::new();
-        o.insert(
-            "openai".to_owned(),
-            ProviderOverride {
-                base_url: Some(url.to_owned()),
-                http2: None,
-            },
-        );
-        Providers::load(&o)
+        load(&format!("[openai]\nbase_url = \"{url}\"\n"))
+    }
+
+    fn field_error(toml_text: &str) -> (String, String) {
+        match load(toml_text) {
+            Err(ProviderError::Invalid {
+                provider, field, ..
+            }) => (provider, field),
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
     }
 
     #[test]
@@ -377,8 +252,29 @@ mod tests {
         let p = Providers::load(&BTreeMap::new()).unwrap();
         assert_eq!(
             p.names(),
-            ["anthropic", "gemini", "github", "groq", "openai"]
+            [
+                "anthropic",
+                "brave",
+                "cloudflare",
+                "deepseek",
+                "discord",
+                "gemini",
+                "github",
+                "gitlab",
+                "groq",
+                "huggingface",
+                "linear",
+                "mistral",
+                "notion",
+                "openai",
+                "openrouter",
+                "slack",
+                "stripe",
+                "telegram",
+                "xai"
+            ]
         );
+        assert!(p.names().iter().all(|n| Providers::is_builtin(n)));
         let groq = p.get("groq").unwrap();
         assert_eq!(groq.upstream.scheme, Scheme::HTTPS);
         assert_eq!(groq.upstream.authority.as_str(), "api.groq.com");
@@ -402,13 +298,97 @@ mod tests {
     }
 
     #[test]
-    fn unknown_providers_in_config_are_refused() {
-        let mut o = BTreeMap::new();
-        o.insert("nope".to_owned(), ProviderOverride::default());
-        assert!(matches!(
-            Providers::load(&o),
-            Err(ProviderError::Unknown(..))
-        ));
+    fn config_entries_override_builtins_field_by_field_or_define_new_providers() {
+        let p = load(
+            r#"
+            [discord]
+            http2 = true
+            [acme]
+            base_url = "https://api.acme.example/v2"
+            token_in = [{ in = "header", name = "X-Api-Key" }, { in = "query", param = "api_key" }]
+            auth = { scheme = "query", param = "api_key" }
+            errors = "message"
+            model_in = "body"
+            "#,
+        )
+        .unwrap();
+        let discord = p.get("discord").unwrap();
+        assert!(discord.http2);
+        assert_eq!(discord.auth.describe(), "Authorization: Bot <key>");
+        let acme = p.get("acme").unwrap();
+        assert_eq!(acme.upstream.path_prefix, "/v2");
+        assert_eq!(
+            acme.token_sources[0],
+            TokenSource::Header {
+                name: "x-api-key".to_owned()
+            }
+        );
+        assert_eq!(acme.errors, ErrorShape::Message);
+        assert_eq!(acme.model_in, ModelIn::Body);
+        assert!(!Providers::is_builtin("acme"));
+    }
+
+    #[test]
+    fn invalid_entries_name_the_provider_and_the_field() {
+        let ours = |p: &str, f: &str| (p.to_owned(), f.to_owned());
+        assert_eq!(
+            field_error("[nope]\nhttp2 = true\n"),
+            ours("nope", "base_url")
+        );
+        assert_eq!(
+            field_error("[acme]\nbase_url = \"https://a.example\"\n"),
+            ours("acme", "auth")
+        );
+        let with_auth = |auth: &str| {
+            field_error(&format!(
+                "[acme]\nbase_url = \"https://a.example\"\nauth = {auth}\n"
+            ))
+        };
+        assert_eq!(
+            with_auth(r#"{ scheme = "header", name = "x-key", template = "Key" }"#),
+            ours("acme", "auth.template")
+        );
+        assert_eq!(
+            with_auth(r#"{ scheme = "header", name = "bad name" }"#),
+            ours("acme", "auth.name")
+        );
+        assert_eq!(
+            with_auth(r#"{ scheme = "basic" }"#),
+            ours("acme", "auth.user")
+        );
+        assert_eq!(
+            with_auth(r#"{ scheme = "path", prefix = "b/t" }"#),
+            ours("acme", "auth.prefix")
+        );
+        assert_eq!(
+            field_error("[Acme]\nbase_url = \"https://a.example\"\n"),
+            ours("Acme", "name")
+        );
+        assert_eq!(
+            field_error("[slack]\ntoken_in = [{ in = \"query\", param = \"\" }]\n"),
+            ours("slack", "token_in.param")
+        );
+        assert_eq!(
+            field_error("[openai]\nbase_url = \"http://example.com\"\n"),
+            ours("openai", "base_url")
+        );
+        let message = with_base("http://example.com").unwrap_err().to_string();
+        assert!(
+            message.contains("provider `openai`") && message.contains("plain http"),
+            "{message}"
+        );
+        // Unknown keys and schemes are the TOML parser's to refuse.
+        assert!(
+            toml::from_str::<BTreeMap<String, ProviderSpec>>("[a]\nauth = { scheme = \"magic\" }")
+                .is_err()
+        );
+        assert!(toml::from_str::<BTreeMap<String, ProviderSpec>>("[a]\nbase = \"x\"").is_err());
+        assert!(
+            toml::from_str::<BTreeMap<String, ProviderSpec>>(
+                "[a]\nauth = { scheme = \"query\", param = \"k\", extra = 1 }"
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -438,13 +418,5 @@ mod tests {
             ModelIn::Body.find("/v1/x", Some(&odd)),
             Err(UnreadableModel)
         );
-    }
-
-    #[test]
-    fn header_credentials_must_be_printable() {
-        assert!(BEARER.accepts("sk-abc").is_ok());
-        assert!(BEARER.accepts("").is_err());
-        assert!(BEARER.accepts("sk abc").is_err());
-        assert!(BEARER.accepts("sk\nabc").is_err());
     }
 }

@@ -224,15 +224,18 @@ impl Proxy {
         seen.provider = Some(provider.clone());
         let query = parts.uri.query();
         let upstream_query = rewrite::strip_token_params(&provider, query);
+        // The path without a token segment (Telegram's `/bot<token>`) is what policies match,
+        // the audit log records and the upstream gets.
+        let rest = rewrite::strip_token_segment(&provider, route.rest);
         pending.update(|r| {
             r.provider = Some(provider.name.clone());
             r.path = match &upstream_query {
-                Some(q) => format!("{}?{q}", route.rest),
-                None => route.rest.to_owned(),
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_owned(),
             };
         });
 
-        let token_text = rewrite::find_token(&provider, &parts.headers, query)
+        let token_text = rewrite::find_token(&provider, &parts.headers, query, route.rest)
             .map_err(|_| ProxyError::AmbiguousToken)?
             .ok_or_else(|| ProxyError::MissingToken(rewrite::token_locations(&provider)))?;
         let parsed = tokens::parse(&token_text)?;
@@ -262,7 +265,7 @@ impl Proxy {
         }
         let admitted = self
             .enforcer
-            .admit(&entry, &provider, &parts, route.rest, body, seen)
+            .admit(&entry, &provider, &parts, rest, body, seen)
             .await?;
         let unlocked = self
             .keyring
@@ -271,10 +274,23 @@ impl Proxy {
             .map_err(keyring_error)?;
         self.keyring.note_use(&token.id, clock::now());
         #[cfg(debug_assertions)]
-        panic_if_asked(route.rest, &unlocked.secret);
+        panic_if_asked(rest, &unlocked.secret);
 
-        let uri = rewrite::upstream_uri(&provider, route.rest, upstream_query.as_deref())
-            .map_err(|_| ProxyError::BadPath("the path does not form a valid upstream URL"))?;
+        let uri = rewrite::upstream_uri(
+            &provider,
+            rest,
+            upstream_query.as_deref(),
+            &unlocked.secret,
+        )
+        .map_err(|e| match e {
+            rewrite::UriError::Path => {
+                ProxyError::BadPath("the path does not form a valid upstream URL")
+            }
+            rewrite::UriError::Credential => {
+                tracing::error!(token_id = %token.id, "stored credential can't go in a URL path");
+                ProxyError::CredentialUnavailable
+            }
+        })?;
         let mut headers = rewrite::forwardable_headers(&provider, &parts.headers);
         let body = match admitted.body {
             ForwardBody::Streamed(body) => {

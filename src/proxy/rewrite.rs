@@ -4,12 +4,21 @@
 use std::borrow::Cow;
 
 use axum::body::Body;
-use http::header::{self, HeaderMap, HeaderValue};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::providers::{AuthScheme, Provider, TokenSource};
+use crate::providers::{AuthScheme, PLACEHOLDER, Provider, TokenSource};
+
+/// Everything but RFC 3986 unreserved characters is encoded in an injected query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Headers that only describe one hop and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -56,25 +65,25 @@ const CREDENTIAL_HEADERS: &[&str] = &[
 #[derive(Debug)]
 pub struct AmbiguousToken;
 
-/// Find the agent's token where this provider's SDK sends its key.
+/// Find the agent's token where this provider's SDK sends its key (`rest` is the path below
+/// `/api/<provider>`, for tokens carried in a path segment).
 pub fn find_token<'a>(
     provider: &Provider,
     headers: &'a HeaderMap,
     query: Option<&'a str>,
+    rest: &'a str,
 ) -> Result<Option<Cow<'a, str>>, AmbiguousToken> {
     for source in &provider.token_sources {
         let found = match source {
-            TokenSource::Authorization(schemes) => {
+            TokenSource::Authorization { scheme } => {
                 single(headers, "authorization")?.and_then(|value| {
-                    let (scheme, token) = value.trim().split_once(' ')?;
-                    let scheme = scheme.to_ascii_lowercase();
-                    schemes
-                        .contains(&scheme.as_str())
+                    let (sent, token) = value.trim().split_once(' ')?;
+                    sent.eq_ignore_ascii_case(scheme)
                         .then(|| Cow::Borrowed(token.trim()))
                 })
             }
-            TokenSource::Header(name) => single(headers, name)?.map(|v| Cow::Borrowed(v.trim())),
-            TokenSource::Query(param) => {
+            TokenSource::Header { name } => single(headers, name)?.map(|v| Cow::Borrowed(v.trim())),
+            TokenSource::Query { param } => {
                 let mut values = query_params(query.unwrap_or("")).filter(|(k, _)| k == param);
                 let first = values.next().map(|(_, v)| v);
                 if values.next().is_some() {
@@ -82,12 +91,54 @@ pub fn find_token<'a>(
                 }
                 first
             }
+            TokenSource::Basic => single(headers, "authorization")?.and_then(basic_user),
+            TokenSource::Path { prefix } => {
+                token_segment(prefix, rest).map(|(token, _)| Cow::Borrowed(token))
+            }
         };
         if found.is_some() {
             return Ok(found);
         }
     }
     Ok(None)
+}
+
+/// The user name of `Basic base64(user:password)`, where `curl -u TOKEN:` puts a key.
+fn basic_user(value: &str) -> Option<Cow<'static, str>> {
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = BASE64.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, _password) = text.split_once(':')?;
+    Some(Cow::Owned(user.to_owned()))
+}
+
+/// `rest` = `/<prefix><token>` + the path after it, split into the token and that path.
+fn token_segment<'a>(prefix: &str, rest: &'a str) -> Option<(&'a str, &'a str)> {
+    let body = rest.strip_prefix('/')?;
+    let (segment, after) = match body.find('/') {
+        Some(i) => body.split_at(i),
+        None => (body, ""),
+    };
+    segment
+        .strip_prefix(prefix)
+        .filter(|token| !token.is_empty())
+        .map(|token| (token, after))
+}
+
+/// The path the agent meant, without a segment that carries its token: what policies match,
+/// what the audit log records, and what goes upstream.
+pub fn strip_token_segment<'a>(provider: &Provider, rest: &'a str) -> &'a str {
+    provider
+        .token_sources
+        .iter()
+        .find_map(|s| match s {
+            TokenSource::Path { prefix } => token_segment(prefix, rest).map(|(_, after)| after),
+            _ => None,
+        })
+        .unwrap_or(rest)
 }
 
 /// The value of a header that must not be repeated; non-text values count as absent.
@@ -113,11 +164,14 @@ pub fn token_locations(provider: &Provider) -> String {
 /// The query string without any parameter that carries a credential for this provider.
 pub fn strip_token_params<'a>(provider: &Provider, query: Option<&'a str>) -> Option<Cow<'a, str>> {
     let query = query?;
+    // The agent's copy of the parameter the broker injects goes too, so the upstream never
+    // has two to choose from.
     let is_token_param = |key: &str| {
         provider
             .token_sources
             .iter()
-            .any(|s| matches!(s, TokenSource::Query(p) if *p == key))
+            .any(|s| matches!(s, TokenSource::Query { param } if param == key))
+            || matches!(&provider.auth, AuthScheme::Query { param } if param == key)
     };
     let kept: Vec<&str> = query
         .split('&')
@@ -145,26 +199,63 @@ fn query_params(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>
     })
 }
 
-/// The upstream URI: the provider's pinned origin and prefix, the validated path, the query.
+/// The upstream URI could not be formed.
+#[derive(Debug, thiserror::Error)]
+pub enum UriError {
+    /// The agent's path or query does not make a valid URI.
+    #[error("the path does not form a valid upstream URL")]
+    Path,
+    /// The stored credential can't be placed in a path segment safely.
+    #[error("the stored credential can't go in a URL path")]
+    Credential,
+}
+
+/// The upstream URI: the provider's pinned origin and prefix, the credential's path segment
+/// for path schemes, the validated path, the query (plus the credential for query schemes).
 pub fn upstream_uri(
     provider: &Provider,
     rest: &str,
     query: Option<&str>,
-) -> Result<Uri, http::Error> {
+    credential: &SecretString,
+) -> Result<Uri, UriError> {
     let up = &provider.upstream;
-    let mut path = format!("{}{}", up.path_prefix, rest);
+    let mut path = up.path_prefix.clone();
+    if let AuthScheme::Path { prefix } = &provider.auth {
+        // Checked when stored, and again here: the key must stay one plain segment.
+        provider
+            .auth
+            .accepts(credential.expose_secret())
+            .map_err(|_| UriError::Credential)?;
+        path.push('/');
+        path.push_str(prefix);
+        path.push_str(credential.expose_secret());
+    }
+    path.push_str(rest);
     if path.is_empty() {
         path.push('/');
     }
-    if let Some(q) = query {
+    let injected = match &provider.auth {
+        AuthScheme::Query { param } => Some(format!(
+            "{param}={}",
+            utf8_percent_encode(credential.expose_secret(), QUERY_VALUE)
+        )),
+        _ => None,
+    };
+    let query = [query, injected.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("&");
+    if !query.is_empty() {
         path.push('?');
-        path.push_str(q);
+        path.push_str(&query);
     }
     Uri::builder()
         .scheme(up.scheme.clone())
         .authority(up.authority.clone())
         .path_and_query(path)
         .build()
+        .map_err(|_| UriError::Path)
 }
 
 /// Copy the agent's headers that may go upstream.
@@ -183,8 +274,8 @@ pub fn forwardable_headers(provider: &Provider, agent: &HeaderMap) -> HeaderMap 
             || provider
                 .token_sources
                 .iter()
-                .any(|s| matches!(s, TokenSource::Header(h) if *h == n))
-            || matches!(&provider.auth, AuthScheme::Header { name: h, .. } if *h == n);
+                .any(|s| matches!(s, TokenSource::Header { name: h } if h == n))
+            || matches!(&provider.auth, AuthScheme::Header { name: h, .. } if h == n);
         if !drop {
             out.append(name.clone(), value.clone());
         }
@@ -226,22 +317,43 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Set the Host and the real credential on an upstream request.
+/// The credential (or the upstream's host) can't be sent as a header value.
+#[derive(Debug, thiserror::Error)]
+#[error("the credential can't be sent as an HTTP header")]
+pub struct InjectError;
+
+/// Set the Host, and the real credential for header and Basic schemes (path and query
+/// schemes put it in the URI: see [`upstream_uri`]).
 pub fn inject(
     provider: &Provider,
     request: &mut Request<Body>,
     credential: &SecretString,
-) -> Result<(), http::header::InvalidHeaderValue> {
-    let host = HeaderValue::from_str(provider.upstream.authority.as_str())?;
+) -> Result<(), InjectError> {
+    let host =
+        HeaderValue::from_str(provider.upstream.authority.as_str()).map_err(|_| InjectError)?;
     request.headers_mut().insert(header::HOST, host);
-    match &provider.auth {
-        AuthScheme::Header { name, prefix } => {
-            let mut value =
-                HeaderValue::from_str(&format!("{prefix}{}", credential.expose_secret()))?;
-            value.set_sensitive(true);
-            request.headers_mut().insert(*name, value);
+    let key = credential.expose_secret();
+    let (name, text) = match &provider.auth {
+        AuthScheme::Header { name, template } => (
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| InjectError)?,
+            template.replacen(PLACEHOLDER, key, 1),
+        ),
+        AuthScheme::Basic { user, password } => {
+            let pair = format!(
+                "{}:{}",
+                user.replacen(PLACEHOLDER, key, 1),
+                password.replacen(PLACEHOLDER, key, 1)
+            );
+            (
+                header::AUTHORIZATION,
+                format!("Basic {}", BASE64.encode(pair)),
+            )
         }
-    }
+        AuthScheme::Query { .. } | AuthScheme::Path { .. } => return Ok(()),
+    };
+    let mut value = HeaderValue::from_str(&text).map_err(|_| InjectError)?;
+    value.set_sensitive(true);
+    request.headers_mut().insert(name, value);
     Ok(())
 }
 
@@ -249,7 +361,6 @@ pub fn inject(
 mod tests {
     use super::*;
     use crate::providers::Providers;
-    use http::HeaderName;
     use std::collections::BTreeMap;
 
     fn provider(name: &str) -> std::sync::Arc<Provider> {
@@ -272,7 +383,7 @@ mod tests {
     }
 
     fn found(name: &str, h: &[(&str, &str)], query: Option<&str>) -> Option<String> {
-        find_token(&provider(name), &headers(h), query)
+        find_token(&provider(name), &headers(h), query, "/v1/x")
             .unwrap()
             .map(Cow::into_owned)
     }
@@ -317,8 +428,16 @@ mod tests {
     #[test]
     fn a_repeated_token_is_ambiguous() {
         let twice = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
-        assert!(find_token(&provider("openai"), &twice, None).is_err());
-        assert!(find_token(&provider("gemini"), &HeaderMap::new(), Some("key=a&key=b")).is_err());
+        assert!(find_token(&provider("openai"), &twice, None, "").is_err());
+        assert!(
+            find_token(
+                &provider("gemini"),
+                &HeaderMap::new(),
+                Some("key=a&key=b"),
+                ""
+            )
+            .is_err()
+        );
         assert_eq!(
             token_locations(&provider("github")),
             "Authorization: Bearer <token> or Authorization: Token <token>"
@@ -386,17 +505,117 @@ mod tests {
     #[test]
     fn uri_keeps_the_base_prefix_and_pins_the_origin() {
         let groq = provider("groq");
-        let uri = upstream_uri(&groq, "/v1/chat/completions", Some("a=1")).unwrap();
+        let key = SecretString::from("sk-real");
+        let uri = upstream_uri(&groq, "/v1/chat/completions", Some("a=1"), &key).unwrap();
         assert_eq!(
             uri.to_string(),
             "https://api.groq.com/openai/v1/chat/completions?a=1"
         );
         assert_eq!(
-            upstream_uri(&provider("openai"), "", None)
+            upstream_uri(&provider("openai"), "", None, &key)
                 .unwrap()
                 .to_string(),
             "https://api.openai.com/"
         );
+    }
+
+    fn custom(auth: &str, token_in: &str) -> Provider {
+        let text = format!(
+            "[acme]\nbase_url = \"https://acme.example/p\"\nauth = {auth}\ntoken_in = {token_in}\n"
+        );
+        let config: BTreeMap<String, crate::providers::ProviderSpec> =
+            toml::from_str(&text).unwrap();
+        Providers::load(&config)
+            .unwrap()
+            .get("acme")
+            .unwrap()
+            .as_ref()
+            .clone()
+    }
+
+    #[test]
+    fn path_tokens_are_the_first_segment_only_and_are_replaced_by_the_real_key() {
+        let telegram = provider("telegram");
+        let h = HeaderMap::new();
+        let rest = "/botseks_telegram_abc/sendMessage";
+        assert_eq!(
+            find_token(&telegram, &h, None, rest).unwrap().as_deref(),
+            Some("seks_telegram_abc")
+        );
+        assert_eq!(strip_token_segment(&telegram, rest), "/sendMessage");
+        assert_eq!(strip_token_segment(&telegram, "/botX"), "");
+        for no_token in ["/sendMessage", "/bot", "/bot/x", ""] {
+            assert_eq!(find_token(&telegram, &h, None, no_token).unwrap(), None);
+            assert_eq!(strip_token_segment(&telegram, no_token), no_token);
+        }
+        let key = SecretString::from("123456:ABC-def");
+        assert_eq!(
+            upstream_uri(&telegram, "/sendMessage", Some("a=1"), &key)
+                .unwrap()
+                .to_string(),
+            "https://api.telegram.org/bot123456:ABC-def/sendMessage?a=1"
+        );
+        for bad in ["12/../x", "a?b", "..", "a%2fb"] {
+            assert!(matches!(
+                upstream_uri(&telegram, "/getMe", None, &SecretString::from(bad)),
+                Err(UriError::Credential)
+            ));
+        }
+    }
+
+    #[test]
+    fn query_schemes_replace_the_agents_parameter_with_the_encoded_key() {
+        let acme = custom(
+            r#"{ scheme = "query", param = "api_key" }"#,
+            r#"[{ in = "query", param = "token" }]"#,
+        );
+        let kept = strip_token_params(&acme, Some("token=seks_x&api_key=forged&q=1"));
+        assert_eq!(kept.as_deref(), Some("q=1"));
+        let uri = upstream_uri(
+            &acme,
+            "/v1/s",
+            kept.as_deref(),
+            &SecretString::from("k+y/z"),
+        )
+        .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://acme.example/p/v1/s?q=1&api_key=k%2By%2Fz"
+        );
+    }
+
+    #[test]
+    fn basic_tokens_and_basic_injection() {
+        let stripe = provider("stripe");
+        let sent = format!("Basic {}", BASE64.encode("seks_stripe_t:"));
+        assert_eq!(
+            find_token(&stripe, &headers(&[("authorization", &sent)]), None, "")
+                .unwrap()
+                .as_deref(),
+            Some("seks_stripe_t")
+        );
+        let acme = custom(
+            r#"{ scheme = "basic", user = "api", password = "{}" }"#,
+            r#"[{ in = "header", name = "X-Api-Key" }]"#,
+        );
+        let mut req = Request::new(Body::empty());
+        inject(&acme, &mut req, &SecretString::from("key-123")).unwrap();
+        assert_eq!(
+            req.headers()[header::AUTHORIZATION],
+            format!("Basic {}", BASE64.encode("api:key-123")).as_str()
+        );
+        let linear = provider("linear");
+        for (sent, token) in [
+            ("seks_linear_a", "seks_linear_a"),
+            ("Bearer seks_linear_b", "seks_linear_b"),
+        ] {
+            assert_eq!(
+                find_token(&linear, &headers(&[("authorization", sent)]), None, "")
+                    .unwrap()
+                    .as_deref(),
+                Some(token)
+            );
+        }
     }
 
     #[test]

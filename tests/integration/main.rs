@@ -13,6 +13,7 @@ mod passthrough;
 mod path_escape;
 mod policies;
 mod policy_bypasses;
+mod providers;
 mod scrubbing;
 mod sdk;
 mod tls_upstream;

@@ -254,6 +254,8 @@ async fn handle(
             .header("content-type", "text/plain")
             .body(full(String::from_utf8_lossy(&body).into_owned()))
             .unwrap()
+    } else if path.ends_with("/echo-url") {
+        echo_url(&target)
     } else if path.ends_with("/spoof") {
         Response::builder()
             .status(418)
@@ -376,6 +378,26 @@ fn big(mb: usize) -> Response<MockBody> {
         .headers_mut()
         .insert("content-length", (mb * 1024 * 1024).into());
     response
+}
+
+/// A 404 quoting the request URL as Telegram's does, raw and percent-encoded, in the body
+/// and in headers: the way a sloppy upstream reflects a credential that travels in the path.
+fn echo_url(target: &str) -> Response<MockBody> {
+    let encoded: String = target.bytes().map(|b| format!("%{b:02X}")).collect();
+    let body = serde_json::json!({
+        "ok": false,
+        "error_code": 404,
+        "description": format!("Not Found: {target}"),
+        "url": format!("https://api.telegram.org{target}"),
+        "encoded": encoded,
+    });
+    Response::builder()
+        .status(404)
+        .header("content-type", "application/json")
+        .header("x-request-url", target)
+        .header("x-request-url-encoded", encoded.as_str())
+        .body(full(body.to_string()))
+        .unwrap()
 }
 
 fn json_response(value: serde_json::Value) -> Response<MockBody> {

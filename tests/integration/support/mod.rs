@@ -230,12 +230,35 @@ impl Env {
     }
 }
 
+/// Every built-in provider, as `seks provider list` shows them.
+pub const BUILTIN_PROVIDERS: [&str; 19] = [
+    "openai",
+    "anthropic",
+    "gemini",
+    "groq",
+    "mistral",
+    "openrouter",
+    "deepseek",
+    "xai",
+    "huggingface",
+    "github",
+    "gitlab",
+    "slack",
+    "discord",
+    "telegram",
+    "notion",
+    "brave",
+    "cloudflare",
+    "stripe",
+    "linear",
+];
+
 /// A config with every built-in provider pointed at `upstream`; `top_level` TOML goes first.
 pub fn config_for(upstream: &str, top_level: &str) -> String {
     let mut cfg = format!(
         "{top_level}\n[upstream]\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\nread_timeout = \"2s\"\n"
     );
-    for p in ["openai", "anthropic", "gemini", "groq", "github"] {
+    for p in BUILTIN_PROVIDERS {
         cfg.push_str(&format!("[providers.{p}]\nbase_url = \"{upstream}\"\n"));
     }
     cfg

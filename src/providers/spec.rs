@@ -1,0 +1,112 @@
+//! A provider as written in TOML: the built-in table and `[providers.NAME]` in the config
+//! file share this shape, so a config entry can override a built-in field by field or define
+//! a new provider completely.
+
+use serde::Deserialize;
+
+use super::auth::{AuthScheme, TokenSource};
+use super::{ErrorShape, ModelIn, Provider, ProviderError, parse_base_url};
+use crate::tokens::is_provider_name;
+
+/// One `[providers.NAME]` entry; every field is optional so an entry can override a built-in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// The upstream base URL (https, or http to a loopback address); a path prefix is kept.
+    pub base_url: Option<String>,
+    /// Offer HTTP/2 to this upstream (default: HTTP/1.1 keep-alive).
+    pub http2: Option<bool>,
+    /// Where the agent's token is looked for, in order (default: `Authorization: Bearer`).
+    pub token_in: Option<Vec<TokenSource>>,
+    /// How the real credential goes upstream.
+    pub auth: Option<AuthScheme>,
+    /// The JSON shape of the broker's own errors for this provider (default `openai`).
+    pub errors: Option<ErrorShape>,
+    /// Where requests name their model, for `models` policies (default `nowhere`).
+    pub model_in: Option<ModelIn>,
+    /// Whether streamed requests must ask for usage (`stream_options.include_usage`).
+    pub stream_usage_opt_in: Option<bool>,
+}
+
+impl ProviderSpec {
+    /// This spec with every field `over` sets replaced by `over`'s value.
+    pub fn overlay(self, over: ProviderSpec) -> ProviderSpec {
+        ProviderSpec {
+            base_url: over.base_url.or(self.base_url),
+            http2: over.http2.or(self.http2),
+            token_in: over.token_in.or(self.token_in),
+            auth: over.auth.or(self.auth),
+            errors: over.errors.or(self.errors),
+            model_in: over.model_in.or(self.model_in),
+            stream_usage_opt_in: over.stream_usage_opt_in.or(self.stream_usage_opt_in),
+        }
+    }
+
+    /// Check every field and make the provider; errors name the provider and the field.
+    pub fn build(self, name: &str) -> Result<Provider, ProviderError> {
+        let invalid = |field: &str, why: String| ProviderError::Invalid {
+            provider: name.to_owned(),
+            field: field.to_owned(),
+            why,
+        };
+        if !is_provider_name(name) {
+            return Err(invalid(
+                "name",
+                "must be 1-32 lowercase letters, digits or `-` (it appears in tokens and paths)"
+                    .to_owned(),
+            ));
+        }
+        let url = self.base_url.ok_or_else(|| {
+            invalid(
+                "base_url",
+                "is required for a provider that is not built in".to_owned(),
+            )
+        })?;
+        let upstream = parse_base_url(&url).map_err(|why| invalid("base_url", why))?;
+        let mut auth = self.auth.ok_or_else(|| {
+            invalid(
+                "auth",
+                "is required for a provider that is not built in".to_owned(),
+            )
+        })?;
+        auth.validate()
+            .map_err(|(field, why)| invalid(&format!("auth.{field}"), why))?;
+        let mut token_sources = self.token_in.unwrap_or_else(|| {
+            vec![TokenSource::Authorization {
+                scheme: "Bearer".to_owned(),
+            }]
+        });
+        if token_sources.is_empty() {
+            return Err(invalid(
+                "token_in",
+                "must name at least one place".to_owned(),
+            ));
+        }
+        for source in &mut token_sources {
+            source
+                .validate()
+                .map_err(|(field, why)| invalid(&format!("token_in.{field}"), why))?;
+        }
+        if token_sources
+            .iter()
+            .filter(|s| matches!(s, TokenSource::Path { .. }))
+            .count()
+            > 1
+        {
+            return Err(invalid(
+                "token_in",
+                "may have only one `path` source (the token is the first segment)".to_owned(),
+            ));
+        }
+        Ok(Provider {
+            name: name.to_owned(),
+            upstream,
+            token_sources,
+            auth,
+            errors: self.errors.unwrap_or(ErrorShape::OpenAi),
+            http2: self.http2.unwrap_or(false),
+            model_in: self.model_in.unwrap_or(ModelIn::Nowhere),
+            stream_usage_opt_in: self.stream_usage_opt_in.unwrap_or(false),
+        })
+    }
+}

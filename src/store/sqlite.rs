@@ -78,6 +78,15 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A write transaction. IMMEDIATE takes the write lock at once: a transaction that
+    /// reads first and upgrades later fails at once (no busy wait) if another process wrote
+    /// in between, and two writers can't both extend the same audit head.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
 /// The newest record of `tenant`'s chain, or the checkpoint of pruned history, or genesis.
 async fn audit_head(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Result<Head, StoreError> {
     let last = sqlx::query(
@@ -381,7 +390,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let tokens = sqlx::query("DELETE FROM tokens WHERE tenant_id = ? AND secret_id = ?")
             .bind(tenant)
             .bind(id)
@@ -454,7 +463,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, tenant: &str, id: &str, at: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let active: Option<String> = sqlx::query_scalar(
             "SELECT id FROM tokens WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL",
         )
@@ -544,7 +553,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_policy(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let users: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM tokens WHERE tenant_id = ? AND policy_name = ? AND revoked_at IS NULL",
         )
@@ -650,7 +659,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for d in deltas {
             sqlx::query(
                 "INSERT INTO usage (token_id, day, requests, tokens) VALUES (?, ?, ?, ?) \
@@ -669,7 +678,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for (id, at) in uses {
             sqlx::query(
                 "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
@@ -695,9 +704,7 @@ impl Store for SqliteStore {
                 None => tenants.push((&entry.tenant, vec![entry])),
             }
         }
-        // IMMEDIATE: take the write lock before reading the heads, so two writers can't
-        // both extend the same head.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         for (tenant, list) in tenants {
             let mut head = audit_head(&mut tx, tenant).await?;
             for batch in audit_batch::chain(tenant, &mut head, &list) {
@@ -835,7 +842,7 @@ impl Store for SqliteStore {
         before_ms: i64,
         sign: &dyn AuditSigner,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         // Prune whole batches from the front of the chain only, up to the first one holding
         // a record from after the cut-off, so the rest still links to the checkpoint.
         let last = sqlx::query(

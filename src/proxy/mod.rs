@@ -73,8 +73,6 @@ pub const REQUEST_ID_HEADER: &str = "x-seks-request-id";
 /// The status audited for a request whose client left before the response (as nginx
 /// logs it).
 const CLIENT_CLOSED: u16 = 499;
-/// The error code of a refusal for want of an audit log.
-const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 
 impl Proxy {
     /// A proxy over these providers, credentials, counters, approvals, upstream clients
@@ -145,6 +143,7 @@ impl Proxy {
             .provider
             .as_ref()
             .map_or(ErrorShape::OpenAi, |p| p.errors);
+        let for_want_of_audit = matches!(result, Err(ProxyError::AuditUnavailable(_)));
         let (mut response, decision, refusal) = match result {
             Ok(response) => {
                 let decision = if seen.approved {
@@ -166,10 +165,7 @@ impl Proxy {
         };
         let status = response.status();
         // A refusal for want of an audit log can't wait for it.
-        let strict = self.auditor.is_strict()
-            && refusal
-                .as_ref()
-                .is_none_or(|(code, _)| *code != AUDIT_UNAVAILABLE);
+        let strict = self.auditor.is_strict() && !for_want_of_audit;
         pending.update(|r| {
             r.model = seen.model.take();
             r.status = status.as_u16();

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::http::{Reply, send, send_streaming, try_send};
 use crate::support::mock::MockUpstream;
-use crate::support::{CliOutput, Env, config_for, run_python};
+use crate::support::{CliOutput, Env, config_for, openai_token, run_python};
 
 const KEY: &str = "sk-proj-AUDIT-real-key-0123456789abcdef";
 const REQUEST_ID: &str = "x-seks-request-id";
@@ -93,57 +93,84 @@ async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
     let ok = send("POST", &chat, &[("authorization", &bearer(&token))], body).await;
     let ok_id = id_of(&ok);
     expect(ok, 200, "allowed", None);
-    expect(
-        send("GET", &broker.url("/api/openai/v1/models?limit=2"), &[], "").await,
-        401,
-        "denied",
-        Some("missing_token"),
-    );
-    expect(
-        send("GET", &broker.url("/api/nowhere/v1/x"), &[], "").await,
-        404,
-        "denied",
-        Some("unknown_provider"),
-    );
-    let files = broker.url("/api/openai/v1/files/abc");
-    expect(
-        send("GET", &files, &[("authorization", &bearer(&denied))], "").await,
-        403,
-        "denied",
-        Some("policy_denied"),
-    );
-    let models = broker.url("/api/openai/v1/models");
-    for (status, decision, error) in [
-        (200, "allowed", None),
-        (429, "denied", Some("rate_limited")),
-    ] {
-        let reply = send("GET", &models, &[("authorization", &bearer(&denied))], "").await;
+    let none = String::new();
+    // (method, path, token, body, status, decision, error), in this order: the rate limit
+    // counts the allowed call before it.
+    let outcomes = [
+        (
+            "GET",
+            "/api/openai/v1/models?limit=2",
+            &none,
+            "",
+            401,
+            "denied",
+            Some("missing_token"),
+        ),
+        (
+            "GET",
+            "/api/nowhere/v1/x",
+            &none,
+            "",
+            404,
+            "denied",
+            Some("unknown_provider"),
+        ),
+        (
+            "GET",
+            "/api/openai/v1/files/abc",
+            &denied,
+            "",
+            403,
+            "denied",
+            Some("policy_denied"),
+        ),
+        (
+            "GET",
+            "/api/openai/v1/models",
+            &denied,
+            "",
+            200,
+            "allowed",
+            None,
+        ),
+        (
+            "GET",
+            "/api/openai/v1/models",
+            &denied,
+            "",
+            429,
+            "denied",
+            Some("rate_limited"),
+        ),
+        (
+            "GET",
+            "/api/groq/openai/v1/models",
+            &groq,
+            "",
+            502,
+            "upstream_error",
+            Some("upstream_unreachable"),
+        ),
+        (
+            "POST",
+            "/api/openai/v1/images/generations",
+            &held,
+            "{}",
+            403,
+            "denied",
+            Some("approval_timeout"),
+        ),
+    ];
+    for (method, path, token, request_body, status, decision, error) in outcomes {
+        let auth = bearer(token);
+        let headers: &[(&str, &str)] = if token.is_empty() {
+            &[]
+        } else {
+            &[("authorization", &auth)]
+        };
+        let reply = send(method, &broker.url(path), headers, request_body.to_owned()).await;
         expect(reply, status, decision, error);
     }
-    expect(
-        send(
-            "GET",
-            &broker.url("/api/groq/openai/v1/models"),
-            &[("authorization", &bearer(&groq))],
-            "",
-        )
-        .await,
-        502,
-        "upstream_error",
-        Some("upstream_unreachable"),
-    );
-    expect(
-        send(
-            "POST",
-            &broker.url("/api/openai/v1/images/generations"),
-            &[("authorization", &bearer(&held))],
-            "{}",
-        )
-        .await,
-        403,
-        "denied",
-        Some("approval_timeout"),
-    );
     // A held request an operator approves.
     let images = broker.url("/api/openai/v1/images/generations");
     let auth = bearer(&held);
@@ -302,10 +329,7 @@ async fn verify_after(env: &Env, tamper: &[&str]) -> CliOutput {
 
 #[tokio::test]
 async fn verify_names_the_record_that_was_altered_removed_or_swapped() {
-    let mock = MockUpstream::start().await;
-    let env = Env::with_upstream(&mock.url());
-    env.add_secret("main", "openai", KEY).await;
-    let token = env.create_token("main", &[]).await;
+    let (_mock, env, token) = openai_token(KEY, &[]).await;
     let broker = env.serve().await;
     for _ in 0..5 {
         let url = broker.url("/api/openai/v1/models");
@@ -371,10 +395,7 @@ async fn verify_names_the_record_that_was_altered_removed_or_swapped() {
 
 #[tokio::test]
 async fn the_log_is_append_only_through_sql_too() {
-    let mock = MockUpstream::start().await;
-    let env = Env::with_upstream(&mock.url());
-    env.add_secret("main", "openai", KEY).await;
-    let token = env.create_token("main", &[]).await;
+    let (_mock, env, token) = openai_token(KEY, &[]).await;
     let broker = env.serve().await;
     let url = broker.url("/api/openai/v1/models");
     send(
@@ -493,10 +514,7 @@ async fn after_kill_9_strict_mode_has_every_answered_record_and_batched_mode_nea
 
 #[tokio::test]
 async fn when_the_log_cannot_be_written_requests_are_refused_until_it_can() {
-    let mock = MockUpstream::start().await;
-    let env = Env::with_upstream(&mock.url());
-    env.add_secret("main", "openai", KEY).await;
-    let token = env.create_token("main", &[]).await;
+    let (mock, env, token) = openai_token(KEY, &[]).await;
     let broker = env.serve().await;
     let url = broker.url("/api/openai/v1/models");
     let auth = format!("Bearer {token}");
@@ -558,10 +576,7 @@ async fn when_the_log_cannot_be_written_requests_are_refused_until_it_can() {
 
 #[tokio::test]
 async fn pruning_old_records_keeps_the_rest_verifiable() {
-    let mock = MockUpstream::start().await;
-    let env = Env::with_upstream(&mock.url());
-    env.add_secret("main", "openai", KEY).await;
-    let token = env.create_token("main", &[]).await;
+    let (_mock, env, token) = openai_token(KEY, &[]).await;
     let auth = format!("Bearer {token}");
     let broker = env.serve().await;
     for _ in 0..4 {
@@ -647,10 +662,7 @@ async fn strict_mode_refuses_promptly_while_the_log_cannot_be_written() {
 
 #[tokio::test]
 async fn clients_that_leave_early_still_leave_a_record_at_once() {
-    let mock = MockUpstream::start().await;
-    let env = Env::with_upstream(&mock.url());
-    env.add_secret("main", "openai", KEY).await;
-    let token = env.create_token("main", &["--agent", "impatient"]).await;
+    let (_mock, env, token) = openai_token(KEY, &["--agent", "impatient"]).await;
     let broker = env.serve().await;
     let auth = format!("Bearer {token}");
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::support::http::send;
 use crate::support::mock::MockUpstream;
-use crate::support::{Env, run_python};
+use crate::support::{Env, openai_token, run_python};
 
 const KEY: &str = "sk-proj-METRICS-real-key-0123456789abcdef";
 
@@ -155,10 +155,7 @@ async fn metrics_parse_and_count_every_request_without_a_secret_in_sight() {
 
 #[tokio::test]
 async fn readiness_follows_the_store_and_the_audit_log() {
-    let mock = MockUpstream::start().await;
-    let env = Env::with_upstream(&mock.url());
-    env.add_secret("main", "openai", KEY).await;
-    let token = env.create_token("main", &[]).await;
+    let (_mock, env, token) = openai_token(KEY, &[]).await;
     let broker = env.serve().await;
     let readyz = broker.url("/readyz");
     let ready = || send("GET", &readyz, &[], "");
@@ -224,10 +221,7 @@ async fn readiness_follows_the_store_and_the_audit_log() {
 
 #[tokio::test]
 async fn json_logs_carry_the_request_id_the_agent_was_given() {
-    let mock = MockUpstream::start().await;
-    let env = Env::with_upstream(&mock.url());
-    env.add_secret("main", "openai", KEY).await;
-    let token = env.create_token("main", &[]).await;
+    let (_mock, env, token) = openai_token(KEY, &[]).await;
     let broker = env
         .serve_with(&[("SEKS_LOG_FORMAT", "json"), ("SEKS_LOG", "info")])
         .await;

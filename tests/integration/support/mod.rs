@@ -253,6 +253,16 @@ pub const BUILTIN_PROVIDERS: [&str; 19] = [
     "linear",
 ];
 
+/// A mock upstream, an environment pointed at it with secret `main` (openai, value `key`),
+/// and a token for that secret minted with `token_args`.
+pub async fn openai_token(key: &str, token_args: &[&str]) -> (mock::MockUpstream, Env, String) {
+    let mock = mock::MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    env.add_secret("main", "openai", key).await;
+    let token = env.create_token("main", token_args).await;
+    (mock, env, token)
+}
+
 /// A config with every built-in provider pointed at `upstream`; `top_level` TOML goes first.
 pub fn config_for(upstream: &str, top_level: &str) -> String {
     let mut cfg = format!(

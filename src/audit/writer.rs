@@ -301,13 +301,15 @@ impl Writer {
         }
     }
 
-    /// A record as stored: its JSON, redacted, and the indexed fields.
+    /// A record as stored: its JSON, redacted, with its tenant and time for the index.
     fn entry(&self, record: AuditRecord) -> AuditEntry {
         // Serialising a struct of strings and numbers can't fail.
         let json = serde_json::to_vec(&record).unwrap_or_default();
         // Everything in a record came from the agent or the broker, and none of it should be
         // a secret or a token; redaction makes sure.
-        let json = String::from_utf8(self.redactor.redact_text(&json)).unwrap_or_default();
+        // Masks are whole ASCII runs over whole matches, so the text stays UTF-8; lossy
+        // decoding would only ever replace, never drop, the record.
+        let json = String::from_utf8_lossy(&self.redactor.redact_text(&json)).into_owned();
         AuditEntry {
             tenant: record.tenant,
             at_ms: record.at_ms,

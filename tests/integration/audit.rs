@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::http::{Reply, send, send_streaming, try_send};
 use crate::support::mock::MockUpstream;
-use crate::support::{CliOutput, Env, config_for, openai_token, run_python};
+use crate::support::{CliOutput, Env, config_for, list_models, openai_token, run_python};
 
 const KEY: &str = "sk-proj-AUDIT-real-key-0123456789abcdef";
 const REQUEST_ID: &str = "x-seks-request-id";
@@ -331,16 +331,7 @@ async fn verify_after(env: &Env, tamper: &[&str]) -> CliOutput {
 async fn verify_names_the_record_that_was_altered_removed_or_swapped() {
     let (_mock, env, token) = openai_token(KEY, &[]).await;
     let broker = env.serve().await;
-    for _ in 0..5 {
-        let url = broker.url("/api/openai/v1/models");
-        send(
-            "GET",
-            &url,
-            &[("authorization", &format!("Bearer {token}"))],
-            "",
-        )
-        .await;
-    }
+    list_models(&broker, &token, 5).await;
     broker.terminate().await;
 
     let intact = verify_after(&env, &[]).await;
@@ -397,14 +388,7 @@ async fn verify_names_the_record_that_was_altered_removed_or_swapped() {
 async fn the_log_is_append_only_through_sql_too() {
     let (_mock, env, token) = openai_token(KEY, &[]).await;
     let broker = env.serve().await;
-    let url = broker.url("/api/openai/v1/models");
-    send(
-        "GET",
-        &url,
-        &[("authorization", &format!("Bearer {token}"))],
-        "",
-    )
-    .await;
+    list_models(&broker, &token, 1).await;
     broker.terminate().await;
     let db = env.data_dir().join("seks.db");
     let out = run_python(
@@ -577,17 +561,8 @@ async fn when_the_log_cannot_be_written_requests_are_refused_until_it_can() {
 #[tokio::test]
 async fn pruning_old_records_keeps_the_rest_verifiable() {
     let (_mock, env, token) = openai_token(KEY, &[]).await;
-    let auth = format!("Bearer {token}");
     let broker = env.serve().await;
-    for _ in 0..4 {
-        send(
-            "GET",
-            &broker.url("/api/openai/v1/models"),
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
-    }
+    list_models(&broker, &token, 4).await;
     broker.terminate().await;
     tokio::time::sleep(Duration::from_millis(20)).await;
 
@@ -600,15 +575,7 @@ async fn pruning_old_records_keeps_the_rest_verifiable() {
         assert!(start.elapsed() < Duration::from_secs(10), "nothing pruned");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for _ in 0..2 {
-        send(
-            "GET",
-            &broker.url("/api/openai/v1/models"),
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
-    }
+    list_models(&broker, &token, 2).await;
     broker.terminate().await;
     let verified = env.cli(&["audit", "verify"], "").await.ok();
     assert!(

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::support::http::send;
 use crate::support::mock::MockUpstream;
-use crate::support::{Env, openai_token, run_python};
+use crate::support::{Env, list_models, openai_token, run_python};
 
 const KEY: &str = "sk-proj-METRICS-real-key-0123456789abcdef";
 
@@ -174,14 +174,7 @@ async fn readiness_follows_the_store_and_the_audit_log() {
     let out = run_python("sqlite_exec.py", &[db.to_str().unwrap(), trigger], &[]).await;
     assert!(out.status.success(), "{out:#?}");
     // A request whose record can't be written makes the broker not ready.
-    let auth = format!("Bearer {token}");
-    send(
-        "GET",
-        &broker.url("/api/openai/v1/models"),
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    list_models(&broker, &token, 1).await;
     let start = Instant::now();
     let not_ready = loop {
         let reply = ready().await;

@@ -263,6 +263,16 @@ pub async fn openai_token(key: &str, token_args: &[&str]) -> (mock::MockUpstream
     (mock, env, token)
 }
 
+/// `GET /api/openai/v1/models` with `token`, `times` times, answers ignored: traffic for
+/// the audit log.
+pub async fn list_models(broker: &Broker, token: &str, times: usize) {
+    let url = broker.url("/api/openai/v1/models");
+    let auth = format!("Bearer {token}");
+    for _ in 0..times {
+        http::send("GET", &url, &[("authorization", &auth)], "").await;
+    }
+}
+
 /// A config with every built-in provider pointed at `upstream`; `top_level` TOML goes first.
 pub fn config_for(upstream: &str, top_level: &str) -> String {
     let mut cfg = format!(

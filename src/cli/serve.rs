@@ -21,6 +21,8 @@ use crate::store::DEFAULT_TENANT;
 
 /// How long open requests (e.g. long SSE streams) may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long connections get to close once their streams are cut off.
+const CUT_OFF_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -128,14 +130,16 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         None => None,
     };
     let mut stopped = stop_rx.clone();
+    let (cut_off, cut_off_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(server::AppState {
         proxy,
         keyring: keyring.clone(),
         store: ctx.store.clone(),
         derives: server::derive::DeriveLimiter::default(),
         auditor,
+        cut_off: cut_off_rx,
     });
-    let server = tokio::spawn(server::run(listener, state, async move {
+    let mut server = tokio::spawn(server::run(listener, state, async move {
         let _ = stopped.changed().await;
     }));
     shutdown_signal().await;
@@ -144,9 +148,18 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     if let Some(admin) = admin {
         admin.abort();
     }
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(joined) => joined.context("server task")?.context("serving")?,
-        Err(_) => tracing::warn!("open requests did not finish in time; closing them"),
+    if let Ok(joined) = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        joined.context("server task")?.context("serving")?;
+    } else {
+        tracing::warn!("open requests did not finish in time; cutting them off");
+        let _ = cut_off.send(true);
+        // Their connections close and their records are queued before the writer stops.
+        if tokio::time::timeout(CUT_OFF_WAIT, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close; their records may be lost");
+        }
     }
     sync_task.abort();
     flush_task.abort();

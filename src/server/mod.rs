@@ -2,6 +2,7 @@
 
 pub mod admin;
 mod conn;
+mod cutoff;
 pub mod derive;
 pub mod openapi;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub derives: derive::DeriveLimiter,
     /// The audit log, for readiness.
     pub auditor: Arc<Auditor>,
+    /// Turns true when responses still streaming must end (the shutdown grace is over).
+    pub cut_off: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Longest a readiness probe waits for the store.
@@ -57,7 +60,9 @@ async fn proxy_handler(
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     request: Request<Body>,
 ) -> Response {
-    state.proxy.handle(client, request).await
+    let response = state.proxy.handle(client, request).await;
+    let cut_off = state.cut_off.clone();
+    response.map(|body| Body::new(cutoff::CutOffBody::new(body, cut_off)))
 }
 
 /// Ready when the store answers and audit records are being written.

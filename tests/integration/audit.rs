@@ -673,3 +673,28 @@ async fn clients_that_leave_early_still_leave_a_record_at_once() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn streams_still_open_at_shutdown_are_cut_off_and_recorded() {
+    let (_mock, env, token) = openai_token(KEY, &["--agent", "lingering"]).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+    let stream = send_streaming("GET", &broker.url("/api/openai/v1/drip"), &headers, "").await;
+    let mut body = stream.into_body();
+    body.frame().await.unwrap().unwrap();
+    // Keep reading while the broker shuts down: its grace runs out, and it cuts us off.
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+    broker.terminate().await;
+    reader.await.unwrap();
+    let stored = records(&env).await;
+    let cut = stored
+        .values()
+        .find(|r| r["path"] == "/v1/drip")
+        .unwrap_or_else(|| panic!("the cut-off stream left no record: {stored:#?}"));
+    assert_eq!(
+        (&cut["status"], &cut["agent"]),
+        (&Value::from(200), &Value::from("lingering"))
+    );
+    assert!(cut["bytes_out"].as_u64().unwrap() > 0);
+}

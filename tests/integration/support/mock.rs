@@ -238,6 +238,8 @@ async fn handle(
         json_response(serde_json::json!({"late": true}))
     } else if path.ends_with("/stall") {
         stalled()
+    } else if path.ends_with("/drip") {
+        drip()
     } else if path.ends_with("/reset") {
         reset_mid_stream()
     } else if path.ends_with("/reflect") {
@@ -459,6 +461,17 @@ fn gated(gate: Arc<Notify>) -> Response<MockBody> {
         let _ = tx.send(Ok(Bytes::from("data: first\n\n"))).await;
         gate.notified().await;
         let _ = tx.send(Ok(Bytes::from("data: second\n\n"))).await;
+    });
+    stream_response(rx)
+}
+
+/// An event every 200 ms, forever (until the client goes).
+fn drip() -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        while tx.send(Ok(Bytes::from("data: drip\n\n"))).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     });
     stream_response(rx)
 }

@@ -11,6 +11,8 @@ mod writer;
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::TokenRecord;
+
 pub use chain::{
     AuditSigner, ChainError, ChainKey, GENESIS, Head, HeadRole, SignedHead, SignedTenants,
     StoredRecord, Verifier, VerifyError, extend, link, verify,
@@ -103,6 +105,16 @@ pub struct AuditRecord {
     pub total_us: u64,
     /// Client address.
     pub client: String,
+}
+
+impl AuditRecord {
+    /// Attribute the request to the token that made it: its tenant, id, agent and secret.
+    pub fn attribute_to(&mut self, token: &TokenRecord) {
+        self.tenant = token.tenant.clone();
+        self.token_id = Some(token.id.clone());
+        self.agent = Some(token.agent.clone());
+        self.secret = Some(token.secret_name.clone());
+    }
 }
 
 /// A status filter: `4xx` for a class, `404` for one status.

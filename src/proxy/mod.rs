@@ -243,12 +243,7 @@ impl Proxy {
         }
         let entry = self.keyring.token(&parsed).await.map_err(keyring_error)?;
         let token = &entry.record;
-        pending.update(|r| {
-            r.tenant = token.tenant.clone();
-            r.token_id = Some(token.id.clone());
-            r.agent = Some(token.agent.clone());
-            r.secret = Some(token.secret_name.clone());
-        });
+        pending.update(|r| r.attribute_to(token));
         // The token text names its provider, but the stored secret decides.
         if token.provider != provider.name {
             return Err(ProxyError::WrongProvider {

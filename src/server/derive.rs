@@ -138,10 +138,7 @@ pub async fn derive(
     };
     if let Some(entry) = caller {
         let token = &entry.record;
-        record.tenant = token.tenant.clone();
-        record.token_id = Some(token.id.clone());
-        record.agent = Some(token.agent.clone());
-        record.secret = Some(token.secret_name.clone());
+        record.attribute_to(token);
         record.provider = Some(token.provider.clone());
     }
     let status = response.status();

@@ -15,6 +15,7 @@
 //! - [`scrub`]: masking secrets in responses, headers, logs and panics.
 //! - [`vault`]: master key and envelope encryption.
 //! - [`store`]: the `Store` trait and its SQLite backend.
+//! - [`sigv4`]: AWS Signature Version 4, checked on agent requests and made for upstreams.
 //! - [`tokens`]: token format, checksum and hashing.
 //! - [`grants`]: minting tokens and deriving narrower children.
 //! - [`ops`]: operator operations shared by the CLI and the admin API.
@@ -40,6 +41,7 @@ pub mod providers;
 pub mod proxy;
 pub mod scrub;
 pub mod server;
+pub mod sigv4;
 pub mod store;
 pub mod tokens;
 pub mod vault;

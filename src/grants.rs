@@ -4,8 +4,9 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::policy::PolicySpec;
+use crate::providers::Providers;
 use crate::store::{NewToken, Store, StoreError, TokenRecord};
-use crate::tokens::{self, TokenHash};
+use crate::tokens::{self, SigningTokens, TokenHash};
 
 /// How many generations of children a token may have.
 pub const MAX_DEPTH: usize = 8;
@@ -55,6 +56,20 @@ pub struct Mint<'a> {
     pub expires_at: Option<i64>,
     /// Parent, for derived tokens.
     pub parent_id: Option<&'a str>,
+    /// Set for providers that sign requests: the token is recomputable from its id.
+    pub signing: Option<&'a SigningTokens>,
+}
+
+/// `keys` when `provider` signs requests (its tokens must be recomputable), else `None`.
+pub fn signing_for<'a>(
+    providers: &Providers,
+    provider: &str,
+    keys: &'a SigningTokens,
+) -> Option<&'a SigningTokens> {
+    providers
+        .get(provider)
+        .is_some_and(|p| p.auth.signs_requests())
+        .then_some(keys)
 }
 
 /// Mint and store a token.
@@ -65,9 +80,13 @@ pub async fn mint(store: &dyn Store, m: Mint<'_>, now: i64) -> Result<Minted, Gr
     if m.expires_at.is_some_and(|at| at <= now) {
         return Err(GrantError::AlreadyExpired);
     }
-    let token = tokens::generate(m.provider);
+    let id = format!("tok_{}", tokens::random_base62(16));
+    let token = match m.signing {
+        Some(keys) => keys.token(m.provider, &id),
+        None => tokens::generate(m.provider),
+    };
     let record = NewToken {
-        id: format!("tok_{}", tokens::random_base62(16)),
+        id,
         tenant: m.tenant.to_owned(),
         agent: m.agent.to_owned(),
         secret_id: m.secret_id.to_owned(),
@@ -89,6 +108,7 @@ pub async fn mint(store: &dyn Store, m: Mint<'_>, now: i64) -> Result<Minted, Gr
 /// later than any ancestor's. `ttl_secs` defaults to an hour.
 pub async fn derive(
     store: &dyn Store,
+    signing: Option<&SigningTokens>,
     parent: &TokenRecord,
     policy: Option<&PolicySpec>,
     ttl_secs: Option<i64>,
@@ -140,6 +160,7 @@ pub async fn derive(
             policy_name: None,
             expires_at,
             parent_id: Some(&parent.id),
+            signing,
         },
         now,
     )

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
 use crate::policy::PolicySpec;
 use crate::scrub::{Redactor, ScrubError, Scrubber};
@@ -135,6 +136,24 @@ struct Cache {
     credentials: HashMap<String, Credential>,
     /// Knows every secret in `credentials`; replaced together with them.
     scrubber: Arc<Scrubber>,
+}
+
+/// A secret stored as a JSON object (an AWS key pair, OAuth client credentials) travels
+/// piece by piece, so each string in it is scrubbed on its own as well.
+fn scrubbed_parts(value: &str) -> Vec<Zeroizing<String>> {
+    if !value.starts_with('{') {
+        return Vec::new();
+    }
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(value) {
+        Ok(fields) => fields
+            .into_iter()
+            .filter_map(|(_, v)| match v {
+                serde_json::Value::String(text) => Some(Zeroizing::new(text)),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Token and credential resolution with caching and store synchronisation.
@@ -308,10 +327,15 @@ impl Keyring {
                 }
             }
         }
+        let parts: Vec<Zeroizing<String>> = credentials
+            .values()
+            .flat_map(|c| scrubbed_parts(c.value.expose_secret()))
+            .collect();
         let scrubber = Arc::new(Scrubber::new(
             credentials
                 .values()
-                .map(|c| c.value.expose_secret().as_bytes()),
+                .map(|c| c.value.expose_secret().as_bytes())
+                .chain(parts.iter().map(|p| p.as_bytes())),
         )?);
         // Logs get the new scrubber; requests get credentials and the scrubber that knows
         // them from one snapshot (`Unlocked`), so neither can run ahead of the other.

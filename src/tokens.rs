@@ -12,6 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
+use crate::vault::Key;
+
 /// Every token starts with this.
 pub const TOKEN_PREFIX: &str = "seks_";
 /// Random base62 characters per token: 32 × log2(62) ≈ 190 bits.
@@ -122,10 +124,48 @@ pub fn parse(text: &str) -> Result<ParsedToken<'_>, TokenFormatError> {
 
 /// Mint a new token for `provider`. The caller shows it once and stores only its hash.
 pub fn generate(provider: &str) -> SecretString {
-    let mut token = format!("{TOKEN_PREFIX}{provider}_{}", random_base62(RANDOM_LEN));
+    with_checksum(format!(
+        "{TOKEN_PREFIX}{provider}_{}",
+        random_base62(RANDOM_LEN)
+    ))
+}
+
+fn with_checksum(mut token: String) -> SecretString {
     let checksum = checksum_of(&token);
     token.extend(checksum.iter().map(|&b| b as char));
     SecretString::from(token)
+}
+
+/// Recomputes the tokens of providers that sign requests (AWS SigV4) from their row ids.
+///
+/// Checking an HMAC signature takes the key itself, and a store holds only token hashes;
+/// so such a token is an HMAC of its id under a key derived from the master key, which the
+/// broker recomputes from the access key id the request names. Still only the hash is stored.
+pub struct SigningTokens(Key);
+
+impl SigningTokens {
+    /// Tokens under `key` (see [`crate::vault::Vault::signing_tokens`]).
+    pub fn new(key: Key) -> Self {
+        SigningTokens(key)
+    }
+
+    /// The token with row id `id` for `provider`.
+    pub fn token(&self, provider: &str, id: &str) -> SecretString {
+        let mac = zeroize::Zeroizing::new(self.0.mac(format!("{provider}\0{id}").as_bytes()));
+        // 32 characters from 32 bytes: the slight bias of `% 62` leaves over 180 bits.
+        let random: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+            mac.iter()
+                .map(|&b| BASE62[usize::from(b % 62)] as char)
+                .collect(),
+        );
+        with_checksum(format!("{TOKEN_PREFIX}{provider}_{}", random.as_str()))
+    }
+}
+
+impl fmt::Debug for SigningTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningTokens([REDACTED])")
+    }
 }
 
 /// A short, safe-to-show prefix of a token, e.g. `seks_openai_Ab3x…`.
@@ -243,6 +283,20 @@ mod tests {
         let parsed = parse(text).unwrap();
         assert_eq!(parsed.provider(), "openai");
         assert!(parsed.hash() == TokenHash::of(text));
+    }
+
+    #[test]
+    fn signing_tokens_are_recomputable_well_formed_and_distinct() {
+        let keys = SigningTokens::new(Key::from_bytes([9; 32]));
+        let token = keys.token("s3", "tok_abc");
+        let text = token.expose_secret();
+        assert_eq!(parse(text).map(|p| p.provider()), Ok("s3"));
+        assert_eq!(keys.token("s3", "tok_abc").expose_secret(), text);
+        assert_ne!(keys.token("s3", "tok_abd").expose_secret(), text);
+        assert_ne!(keys.token("s3x", "tok_abc").expose_secret(), text);
+        let other = SigningTokens::new(Key::from_bytes([8; 32]));
+        assert_ne!(other.token("s3", "tok_abc").expose_secret(), text);
+        assert_eq!(format!("{keys:?}"), "SigningTokens([REDACTED])");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::store::ApprovalState;
 pub(super) enum Backend {
     /// This machine's store.
     Local {
-        /// Settings and store (the vault is unlocked only when a secret is written).
+        /// Settings and store (the vault is unlocked only when a secret or token is made).
         ctx: Context,
         /// The operations over that store.
         ops: Ops,
@@ -120,7 +120,10 @@ impl Backend {
     /// Mint a token.
     pub async fn create_token(&self, req: &NewTokenRequest) -> anyhow::Result<MintedView> {
         match self {
-            Backend::Local { ops, .. } => Ok(ops.create_token(req).await?),
+            Backend::Local { ctx, ops } => {
+                let vault = ctx.unlock_vault().await?;
+                Ok(ops.create_token(&vault, req).await?)
+            }
             Backend::Remote(r) => r.call(Method::POST, "/admin/v1/tokens", json(req)?).await,
         }
     }
@@ -132,7 +135,10 @@ impl Backend {
         req: &DeriveTokenRequest,
     ) -> anyhow::Result<MintedView> {
         match self {
-            Backend::Local { ops, .. } => Ok(ops.derive_token(parent, req).await?),
+            Backend::Local { ctx, ops } => {
+                let vault = ctx.unlock_vault().await?;
+                Ok(ops.derive_token(&vault, parent, req).await?)
+            }
             Backend::Remote(r) => {
                 let path = format!("/admin/v1/tokens/{}/derive", encode(parent));
                 r.call(Method::POST, &path, json(req)?).await

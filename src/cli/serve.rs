@@ -81,6 +81,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let proxy = Arc::new(Proxy::new(
         providers,
         keyring.clone(),
+        vault.signing_tokens(),
         counters.clone(),
         approvals,
         upstreams,

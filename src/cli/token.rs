@@ -224,6 +224,12 @@ fn announce(minted: &MintedView, what: &str) {
         "created token {} for agent `{}` {what}; {expiry}. It is shown only once.",
         minted.id, minted.agent
     );
+    if let Some(key_id) = &minted.access_key_id {
+        eprintln!(
+            "this provider signs requests: give the agent's AWS SDK access key id {key_id} \
+             and the token as its secret access key (base URL http://<broker>/api/<provider>)"
+        );
+    }
 }
 
 async fn show(backend: &Backend, id: &str, json: bool) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use crate::grants::{self, GrantError, Mint, Minted};
 use crate::policy::PolicySpec;
 use crate::providers::Providers;
 use crate::store::{ApprovalState, DEFAULT_TENANT, Store, StoreError, TokenRecord};
-use crate::vault::VaultError;
+use crate::vault::{Vault, VaultError};
 use views::{
     AgentUsage, ApprovalView, DeriveTokenRequest, MintedView, NewTokenRequest, PolicyView, Revoked,
     TokenDetail, TokenUsage, TokenView, UpdateTokenRequest, UsageQuery, UsageReport,
@@ -123,8 +123,12 @@ impl Ops {
         Ok(())
     }
 
-    /// Mint a token for a secret.
-    pub async fn create_token(&self, req: &NewTokenRequest) -> Result<MintedView, OpsError> {
+    /// Mint a token for a secret (`vault` recomputes tokens of providers that sign requests).
+    pub async fn create_token(
+        &self,
+        vault: &Vault,
+        req: &NewTokenRequest,
+    ) -> Result<MintedView, OpsError> {
         self.check_policy_name(req.policy_name.as_deref()).await?;
         let secret = self
             .store
@@ -132,6 +136,8 @@ impl Ops {
             .await?
             .ok_or_else(|| OpsError::NotFound(format!("no secret named `{}`", req.secret)))?;
         let now = clock::now();
+        let keys = vault.signing_tokens();
+        let signing = grants::signing_for(&self.providers, &secret.provider, &keys);
         let minted = grants::mint(
             self.store.as_ref(),
             Mint {
@@ -143,16 +149,18 @@ impl Ops {
                 policy_name: req.policy_name.as_deref(),
                 expires_at: req.policy.as_ref().and_then(|s| s.expiry_from(now)),
                 parent_id: None,
+                signing,
             },
             now,
         )
         .await?;
-        Ok(minted_view(&minted))
+        Ok(minted_view(&minted, signing.is_some()))
     }
 
     /// Mint a narrower child of token `parent_id`.
     pub async fn derive_token(
         &self,
+        vault: &Vault,
         parent_id: &str,
         req: &DeriveTokenRequest,
     ) -> Result<MintedView, OpsError> {
@@ -162,8 +170,11 @@ impl Ops {
             .as_ref()
             .and_then(|s| s.ttl)
             .map(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
+        let keys = vault.signing_tokens();
+        let signing = grants::signing_for(&self.providers, &parent.provider, &keys);
         let minted = grants::derive(
             self.store.as_ref(),
+            signing,
             &parent,
             req.policy.as_ref(),
             ttl,
@@ -171,7 +182,7 @@ impl Ops {
             clock::now(),
         )
         .await?;
-        Ok(minted_view(&minted))
+        Ok(minted_view(&minted, signing.is_some()))
     }
 
     /// Every token, oldest first.
@@ -393,12 +404,13 @@ impl Ops {
     }
 }
 
-fn minted_view(m: &Minted) -> MintedView {
+fn minted_view(m: &Minted, signs_requests: bool) -> MintedView {
     MintedView {
         token: m.token.expose_secret().to_owned(),
         id: m.record.id.clone(),
         agent: m.record.agent.clone(),
         parent_id: m.record.parent_id.clone(),
         expires_at: m.record.expires_at.map(clock::format),
+        access_key_id: signs_requests.then(|| m.record.id.clone()),
     }
 }

@@ -166,6 +166,10 @@ pub struct MintedView {
     pub parent_id: Option<String>,
     /// Expiry time.
     pub expires_at: Option<String>,
+    /// For providers that sign requests (AWS SigV4): the access key id to give the agent's
+    /// SDK with the token as its secret access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
 }
 
 /// `POST /admin/v1/tokens`: mint a token for a secret.

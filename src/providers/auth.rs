@@ -32,6 +32,9 @@ pub enum TokenSource {
         /// Text before the token in the segment, e.g. `bot`.
         prefix: String,
     },
+    /// An AWS SigV4 `Authorization` header: the access key id names the token, and the
+    /// signature proves the agent holds it (the only source of a `sigv4` provider).
+    Sigv4,
 }
 
 /// How the real credential travels to the upstream.
@@ -64,6 +67,14 @@ pub enum AuthScheme {
     Path {
         /// Text before the credential in the segment, e.g. `bot`.
         prefix: String,
+    },
+    /// The request is re-signed with AWS Signature Version 4; the credential is a key pair
+    /// (see [`crate::sigv4::KeyPair`]).
+    Sigv4 {
+        /// E.g. `us-east-1`.
+        region: String,
+        /// The signing name of the service, e.g. `s3`.
+        service: String,
     },
 }
 
@@ -99,6 +110,7 @@ impl TokenSource {
             TokenSource::Query { param } => url_word("param", param, false),
             TokenSource::Basic => Ok(()),
             TokenSource::Path { prefix } => url_word("prefix", prefix, true),
+            TokenSource::Sigv4 => Ok(()),
         }
     }
 
@@ -112,6 +124,10 @@ impl TokenSource {
             TokenSource::Query { param } => format!("?{param}=<token>"),
             TokenSource::Basic => "Authorization: Basic <token>: (token as user)".to_owned(),
             TokenSource::Path { prefix } => format!("path /{prefix}<token>/…"),
+            TokenSource::Sigv4 => {
+                "AWS SigV4 signature (access key id = token id, secret access key = token)"
+                    .to_owned()
+            }
         }
     }
 }
@@ -146,13 +162,32 @@ impl AuthScheme {
                 Ok(())
             }
             AuthScheme::Path { prefix } => url_word("prefix", prefix, true),
+            AuthScheme::Sigv4 { region, service } => {
+                let word = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+                if region.is_empty() || !region.bytes().all(word) {
+                    return Err(("region", format!("`{region}` is not a region name")));
+                }
+                if service.is_empty() || !service.bytes().all(word) {
+                    return Err(("service", format!("`{service}` is not a service name")));
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Whether the scheme signs whole requests, so the agent's token must be a key the
+    /// broker can recompute to check the agent's own signature.
+    pub fn signs_requests(&self) -> bool {
+        matches!(self, AuthScheme::Sigv4 { .. })
     }
 
     /// Whether `value` can be injected this way without changing the request's meaning.
     pub fn accepts(&self, value: &str) -> Result<(), &'static str> {
         if value.is_empty() {
             return Err("the value is empty");
+        }
+        if self.signs_requests() {
+            return crate::sigv4::KeyPair::parse(value).map(drop);
         }
         if !value.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("a credential must be printable ASCII without spaces");
@@ -186,6 +221,9 @@ impl AuthScheme {
                 password.replace(PLACEHOLDER, "<key>")
             ),
             AuthScheme::Path { prefix } => format!("path /{prefix}<key>/…"),
+            AuthScheme::Sigv4 { region, service } => {
+                format!("AWS SigV4 re-signed ({service}, {region})")
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Error bodies in each provider's own JSON shape, so an agent's SDK parses the broker's
-//! refusals exactly like the provider's errors and the model can read why.
+//! Error bodies in each provider's own shape (JSON, or XML for AWS), so an agent's SDK
+//! parses the broker's refusals exactly like the provider's errors and the model can read why.
 
 use http::StatusCode;
 use serde::Deserialize;
@@ -23,10 +23,30 @@ pub enum ErrorShape {
     Slack,
     /// `{"ok": false, "error_code", "description"}` (Telegram Bot API).
     Telegram,
+    /// `<Error><Code>…</Code><Message>…</Message></Error>` in XML (AWS REST APIs such as S3).
+    Aws,
 }
 
 impl ErrorShape {
-    /// Render an error: `code` is SEKS's stable machine-readable reason.
+    /// The error body and its content type.
+    pub fn body(self, status: StatusCode, code: &str, message: &str) -> (&'static str, Vec<u8>) {
+        if self == ErrorShape::Aws {
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>",
+                xml_escape(code),
+                xml_escape(message)
+            );
+            return ("application/xml", xml.into_bytes());
+        }
+        let json = self.render(status, code, message);
+        (
+            "application/json",
+            serde_json::to_vec(&json).unwrap_or_default(),
+        )
+    }
+
+    /// The error as JSON: `code` is SEKS's stable machine-readable reason (AWS's XML
+    /// fields, as JSON, for [`ErrorShape::Aws`]).
     pub fn render(self, status: StatusCode, code: &str, message: &str) -> Value {
         match self {
             ErrorShape::OpenAi => json!({
@@ -64,8 +84,24 @@ impl ErrorShape {
                 "error_code": status.as_u16(),
                 "description": message,
             }),
+            ErrorShape::Aws => json!({ "Error": { "Code": code, "Message": message } }),
         }
     }
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn openai_type(status: StatusCode) -> &'static str {
@@ -146,6 +182,19 @@ mod tests {
         assert_eq!(
             ErrorShape::Telegram.render(s, "token_revoked", m)["description"],
             m
+        );
+        let (kind, xml) = ErrorShape::Aws.body(s, "signature_mismatch", "a <b> & 'c'");
+        assert_eq!(kind, "application/xml");
+        assert!(
+            String::from_utf8(xml).unwrap().ends_with(
+                "<Error><Code>signature_mismatch</Code><Message>a &lt;b&gt; &amp; &apos;c&apos;</Message></Error>"
+            )
+        );
+        let (kind, json) = ErrorShape::Slack.body(s, "token_revoked", m);
+        assert_eq!(kind, "application/json");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&json).unwrap()["error"],
+            "token_revoked"
         );
     }
 }

@@ -268,6 +268,7 @@ mod tests {
                 "notion",
                 "openai",
                 "openrouter",
+                "s3",
                 "slack",
                 "stripe",
                 "telegram",
@@ -326,6 +327,40 @@ mod tests {
         assert_eq!(acme.errors, ErrorShape::Message);
         assert_eq!(acme.model_in, ModelIn::Body);
         assert!(!Providers::is_builtin("acme"));
+    }
+
+    #[test]
+    fn sigv4_providers_take_tokens_only_from_signatures() {
+        let p = load(
+            "[minio]\nbase_url = \"https://minio.example\"\nauth = { scheme = \"sigv4\", region = \"eu-1\", service = \"s3\" }\n",
+        )
+        .unwrap();
+        let minio = p.get("minio").unwrap();
+        assert_eq!(minio.token_sources, [TokenSource::Sigv4]);
+        assert!(minio.auth.signs_requests());
+        assert_eq!(minio.auth.describe(), "AWS SigV4 re-signed (s3, eu-1)");
+        assert!(minio.auth.accepts("plain-key-value").is_err());
+        assert!(
+            minio
+                .auth
+                .accepts(r#"{"access_key_id":"AKID","secret_access_key":"abc/def"}"#)
+                .is_ok()
+        );
+        let ours = |p: &str, f: &str| (p.to_owned(), f.to_owned());
+        assert_eq!(
+            field_error("[s3]\ntoken_in = [{ in = \"authorization\", scheme = \"Bearer\" }]\n"),
+            ours("s3", "token_in")
+        );
+        assert_eq!(
+            field_error("[openai]\ntoken_in = [{ in = \"sigv4\" }]\n"),
+            ours("openai", "token_in")
+        );
+        assert_eq!(
+            field_error(
+                "[s3]\nauth = { scheme = \"sigv4\", region = \"US East\", service = \"s3\" }\n"
+            ),
+            ours("s3", "auth.region")
+        );
     }
 
     #[test]

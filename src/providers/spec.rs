@@ -72,10 +72,22 @@ impl ProviderSpec {
         auth.validate()
             .map_err(|(field, why)| invalid(&format!("auth.{field}"), why))?;
         let mut token_sources = self.token_in.unwrap_or_else(|| {
-            vec![TokenSource::Authorization {
-                scheme: "Bearer".to_owned(),
+            vec![if auth.signs_requests() {
+                TokenSource::Sigv4
+            } else {
+                TokenSource::Authorization {
+                    scheme: "Bearer".to_owned(),
+                }
             }]
         });
+        // A signature can only be checked with a token the broker can recompute, and such
+        // a token must not also work as a plain bearer key.
+        if auth.signs_requests() != (token_sources == [TokenSource::Sigv4]) {
+            return Err(invalid(
+                "token_in",
+                "must be `[{ in = \"sigv4\" }]` exactly when auth is `sigv4`".to_owned(),
+            ));
+        }
         if token_sources.is_empty() {
             return Err(invalid(
                 "token_in",

@@ -10,6 +10,7 @@ use crate::audit::Decision;
 use crate::policy::Denial;
 use crate::policy::limits::{self as l, Limited};
 use crate::providers::ErrorShape;
+use crate::sigv4::SigError;
 use crate::tokens::TokenFormatError;
 
 /// Whole seconds to wait, rounded up, at least one.
@@ -118,6 +119,9 @@ pub enum ProxyError {
     /// The audit log can't be written, and the broker fails closed.
     #[error("{0}")]
     AuditUnavailable(String),
+    /// An AWS SigV4 request's signature is malformed, wrong, stale or replayed.
+    #[error(transparent)]
+    Signature(#[from] SigError),
 }
 
 impl ProxyError {
@@ -147,6 +151,13 @@ impl ProxyError {
             UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             StoreUnavailable | CredentialUnavailable | AuditUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
+            }
+            Signature(SigError::Malformed(_) | SigError::UnsupportedPayload(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            Signature(SigError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
+            Signature(SigError::Mismatch | SigError::Skewed(_) | SigError::Replayed) => {
+                StatusCode::FORBIDDEN
             }
         }
     }
@@ -201,6 +212,12 @@ impl ProxyError {
             StoreUnavailable => "store_unavailable",
             AuditUnavailable(_) => "audit_unavailable",
             CredentialUnavailable => "credential_unavailable",
+            Signature(SigError::Malformed(_)) => "malformed_signature",
+            Signature(SigError::UnsupportedPayload(_)) => "unsupported_payload",
+            Signature(SigError::Mismatch) => "signature_mismatch",
+            Signature(SigError::Skewed(_)) => "request_time_skewed",
+            Signature(SigError::Replayed) => "replayed_signature",
+            Signature(SigError::Overloaded) => "replay_guard_full",
         }
     }
 
@@ -208,9 +225,10 @@ impl ProxyError {
     pub fn into_response(self, shape: ErrorShape) -> Response {
         let status = self.status();
         let code = self.code();
-        let body = shape.render(status, code, &self.to_string());
-        let mut response = (status, axum::Json(body)).into_response();
+        let (content_type, body) = shape.body(status, code, &self.to_string());
+        let mut response = (status, body).into_response();
         let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         if let ProxyError::Limited(limited) = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(limited)));
         }

@@ -4,11 +4,13 @@
 mod audited;
 mod enforce;
 mod error;
+mod resign;
 mod response;
 mod rewrite;
 pub mod target;
 mod upstream;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -18,6 +20,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version, header};
 use http_body_util::{LengthLimitError, Limited};
+use secrecy::ExposeSecret;
 use tracing::Instrument;
 
 pub use error::{ProxyError, SEKS_ERROR_HEADER};
@@ -27,8 +30,11 @@ use crate::approvals::Approvals;
 use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError};
 use crate::policy::limits::Limits;
-use crate::providers::{ErrorShape, Provider, Providers};
+use crate::providers::{AuthScheme, ErrorShape, Provider, Providers};
+use crate::sigv4::chunked::ChunkError;
+use crate::sigv4::replay::ReplayGuard;
 use crate::store::DEFAULT_TENANT;
+use crate::tokens::SigningTokens;
 use crate::{clock, tokens};
 use audited::{AuditedBody, CountedBody, PendingRecord};
 use enforce::{Enforcer, ForwardBody};
@@ -50,6 +56,10 @@ pub struct ProxyLimits {
 pub struct Proxy {
     providers: Providers,
     keyring: Arc<Keyring>,
+    /// Recomputes the tokens agents sign requests with.
+    signing: SigningTokens,
+    /// Signed requests seen lately, so none is used twice.
+    replay: ReplayGuard,
     enforcer: Enforcer,
     upstreams: Upstreams,
     limits: ProxyLimits,
@@ -77,9 +87,11 @@ const CLIENT_CLOSED: u16 = 499;
 impl Proxy {
     /// A proxy over these providers, credentials, counters, approvals, upstream clients
     /// and audit log.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         providers: Providers,
         keyring: Arc<Keyring>,
+        signing: SigningTokens,
         counters: Arc<Limits>,
         approvals: Approvals,
         upstreams: Upstreams,
@@ -95,11 +107,18 @@ impl Proxy {
         Proxy {
             providers,
             keyring,
+            signing,
+            replay: ReplayGuard::default(),
             enforcer,
             upstreams,
             limits,
             auditor,
         }
+    }
+
+    /// The key new tokens for `provider` are recomputed with, if it signs requests.
+    pub fn signing_for(&self, provider: &str) -> Option<&SigningTokens> {
+        crate::grants::signing_for(&self.providers, provider, &self.signing)
     }
 
     /// Serve one agent request; never fails, errors become provider-shaped responses.
@@ -231,9 +250,20 @@ impl Proxy {
             };
         });
 
-        let token_text = rewrite::find_token(&provider, &parts.headers, query, route.rest)
-            .map_err(|_| ProxyError::AmbiguousToken)?
-            .ok_or_else(|| ProxyError::MissingToken(rewrite::token_locations(&provider)))?;
+        let signature = match &provider.auth {
+            AuthScheme::Sigv4 { .. } => Some(resign::AgentSignature::read(
+                &self.signing,
+                &provider,
+                &parts.headers,
+            )?),
+            _ => None,
+        };
+        let token_text = match &signature {
+            Some(signature) => Cow::Borrowed(signature.token.expose_secret()),
+            None => rewrite::find_token(&provider, &parts.headers, query, route.rest)
+                .map_err(|_| ProxyError::AmbiguousToken)?
+                .ok_or_else(|| ProxyError::MissingToken(rewrite::token_locations(&provider)))?,
+        };
         let parsed = tokens::parse(&token_text)?;
         if parsed.provider() != provider.name {
             return Err(ProxyError::WrongProvider {
@@ -254,6 +284,16 @@ impl Proxy {
         if declared_length(&parts.headers).is_some_and(|len| len > self.limits.max_body_bytes) {
             return Err(ProxyError::BodyTooLarge(self.limits.max_body_bytes));
         }
+        let max_body = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+        let (body, signed) = match signature {
+            Some(signature) => {
+                let (body, checked) = signature
+                    .check(&parts, body, max_body, &self.replay, clock::now())
+                    .await?;
+                (body, Some(checked))
+            }
+            None => (body, None),
+        };
         let admitted = self
             .enforcer
             .admit(&entry, &provider, &parts, rest, body, seen)
@@ -284,10 +324,7 @@ impl Proxy {
         })?;
         let mut headers = rewrite::forwardable_headers(&provider, &parts.headers);
         let body = match admitted.body {
-            ForwardBody::Streamed(body) => {
-                let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-                Body::new(Limited::new(body, limit))
-            }
+            ForwardBody::Streamed(body) => Body::new(Limited::new(body, max_body)),
             ForwardBody::Buffered(bytes) => {
                 // The length comes from the buffered body, which policy may have amended.
                 headers.remove(header::CONTENT_LENGTH);
@@ -304,6 +341,14 @@ impl Proxy {
             tracing::error!(token_id = %token.id, "stored credential is not a valid header value");
             ProxyError::CredentialUnavailable
         })?;
+        if let Some(signed) = signed {
+            signed.sign_upstream(
+                &provider,
+                &mut upstream_request,
+                &unlocked.secret,
+                clock::now(),
+            )?;
+        }
         let scrubber = unlocked.scrubber;
 
         let client = self.upstreams.client(provider.http2);
@@ -346,6 +391,9 @@ impl Proxy {
         while let Some(e) = source {
             if e.is::<LengthLimitError>() {
                 return ProxyError::BodyTooLarge(self.limits.max_body_bytes);
+            }
+            if let Some(refusal) = e.downcast_ref::<ChunkError>().and_then(resign::chunk_error) {
+                return refusal;
             }
             source = e.source();
         }
@@ -400,10 +448,7 @@ fn check_request_line(request: &Request<Body>) -> Result<(), ProxyError> {
 #[cfg(debug_assertions)]
 fn panic_if_asked(rest: &str, credential: &secrecy::SecretString) {
     if rest.ends_with("/__seks_test_panic") && std::env::var_os("SEKS_TEST_FAULTS").is_some() {
-        panic!(
-            "test fault with credential {}",
-            secrecy::ExposeSecret::expose_secret(credential)
-        );
+        panic!("test fault with credential {}", credential.expose_secret());
     }
 }
 

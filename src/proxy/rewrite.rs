@@ -95,6 +95,8 @@ pub fn find_token<'a>(
             TokenSource::Path { prefix } => {
                 token_segment(prefix, rest).map(|(token, _)| Cow::Borrowed(token))
             }
+            // The proxy recomputes a signing agent's token from its signature's key id.
+            TokenSource::Sigv4 => None,
         };
         if found.is_some() {
             return Ok(found);
@@ -323,7 +325,7 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 pub struct InjectError;
 
 /// Set the Host, and the real credential for header and Basic schemes (path and query
-/// schemes put it in the URI: see [`upstream_uri`]).
+/// schemes put it in the URI: see [`upstream_uri`]; SigV4 signs the finished request).
 pub fn inject(
     provider: &Provider,
     request: &mut Request<Body>,
@@ -349,7 +351,10 @@ pub fn inject(
                 format!("Basic {}", BASE64.encode(pair)),
             )
         }
-        AuthScheme::Query { .. } | AuthScheme::Path { .. } => return Ok(()),
+        // Signed after everything else is set: see `proxy::resign`.
+        AuthScheme::Query { .. } | AuthScheme::Path { .. } | AuthScheme::Sigv4 { .. } => {
+            return Ok(());
+        }
     };
     let mut value = HeaderValue::from_str(&text).map_err(|_| InjectError)?;
     value.set_sensitive(true);

@@ -256,6 +256,7 @@ async fn mint(
         .map(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
     let minted = grants::derive(
         state.store.as_ref(),
+        state.proxy.signing_for(&entry.record.provider),
         &entry.record,
         request.policy.as_ref(),
         ttl,
@@ -275,6 +276,10 @@ async fn mint(
                     "provider": entry.record.provider,
                     "agent": minted.record.agent,
                     "expires_at": minted.record.expires_at.map(clock::format),
+                    "access_key_id": state
+                        .proxy
+                        .signing_for(&entry.record.provider)
+                        .map(|_| &minted.record.id),
                 })),
             )
                 .into_response()

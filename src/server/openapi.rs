@@ -228,7 +228,8 @@ fn operator_schemas() -> Value {
         })),
         "MintedView": object(&["token", "id", "agent"], json!({
             "token": {"type": "string", "description": "shown only once"},
-            "id": string(), "agent": string(), "parent_id": nullable_string(), "expires_at": nullable_string()
+            "id": string(), "agent": string(), "parent_id": nullable_string(), "expires_at": nullable_string(),
+            "access_key_id": string()
         })),
         "NewTokenRequest": {
             "type": "object", "required": ["secret"], "additionalProperties": false,

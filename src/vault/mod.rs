@@ -156,6 +156,11 @@ impl Vault {
         crate::audit::ChainKey::new(self.master.derive(b"seks-audit-chain-v1", b""))
     }
 
+    /// The key tokens of request-signing providers are recomputed with.
+    pub fn signing_tokens(&self) -> crate::tokens::SigningTokens {
+        crate::tokens::SigningTokens::new(self.master.derive(b"seks-signing-tokens-v1", b""))
+    }
+
     /// Encrypt a secret value for storage under a fresh data key.
     pub fn seal(
         &self,

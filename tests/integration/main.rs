@@ -16,4 +16,5 @@ mod policy_bypasses;
 mod providers;
 mod scrubbing;
 mod sdk;
+mod sigv4;
 mod tls_upstream;

@@ -344,7 +344,10 @@ async fn list_tokens(State(s): Shared) -> Answer {
 }
 
 async fn create_token(State(s): Shared, Body(req): Body<NewTokenRequest>) -> Answer {
-    ok(StatusCode::CREATED, s.ops.create_token(&req).await)
+    ok(
+        StatusCode::CREATED,
+        s.ops.create_token(&s.vault, &req).await,
+    )
 }
 
 async fn show_token(State(s): Shared, Path(id): Path<String>) -> Answer {
@@ -368,7 +371,10 @@ async fn derive_token(
     Path(id): Path<String>,
     Body(req): Body<DeriveTokenRequest>,
 ) -> Answer {
-    ok(StatusCode::CREATED, s.ops.derive_token(&id, &req).await)
+    ok(
+        StatusCode::CREATED,
+        s.ops.derive_token(&s.vault, &id, &req).await,
+    )
 }
 
 async fn list_policies(State(s): Shared) -> Answer {

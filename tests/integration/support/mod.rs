@@ -230,7 +230,8 @@ impl Env {
     }
 }
 
-/// Every built-in provider, as `seks provider list` shows them.
+/// Every built-in provider with a static credential, in `seks provider list` order (S3 signs
+/// requests and has its own tests in `sigv4.rs`).
 pub const BUILTIN_PROVIDERS: [&str; 19] = [
     "openai",
     "anthropic",

@@ -1,0 +1,219 @@
+//! AWS SigV4 providers: the official boto3 client signs with the key pair the broker minted,
+//! the broker checks that signature and re-signs with the real key pair, and a mock S3
+//! verifies the result with botocore's own signer and the real key.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::forms::found_in;
+use crate::support::http::send;
+use crate::support::{Env, python, run_python};
+
+const ACCESS_KEY_ID: &str = "AKIAREALKEY7EXAMPLE0";
+const SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYREALKEY00";
+
+/// `tests/python/s3_mock.py` running with the real key pair.
+struct MockS3 {
+    _child: Child,
+    url: String,
+}
+
+impl MockS3 {
+    async fn start() -> MockS3 {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/s3_mock.py");
+        let mut child = Command::new(python())
+            .args([script, ACCESS_KEY_ID, SECRET_ACCESS_KEY, "us-east-1"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the S3 mock");
+        let stdout = child.stdout.take().expect("mock stdout");
+        let line = tokio::time::timeout(
+            Duration::from_secs(30),
+            BufReader::new(stdout).lines().next_line(),
+        )
+        .await
+        .expect("the S3 mock did not start")
+        .expect("read mock stdout")
+        .expect("the S3 mock exited");
+        let port = line.strip_prefix("PORT ").expect("PORT line");
+        MockS3 {
+            _child: child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn stats(&self) -> Value {
+        let reply = send("GET", &format!("{}/__stats", self.url), &[], "").await;
+        assert_eq!(reply.status, 200);
+        reply.json()
+    }
+}
+
+/// A broker whose `s3` provider points at the mock, with the real key pair stored as `aws`
+/// and a token for agent `uploader`: (env, access key id, secret access key).
+async fn s3_broker(mock: &MockS3) -> (Env, String, String) {
+    let env = Env::new(&format!(
+        "[providers.s3]\nbase_url = \"{}\"\n[upstream]\nresponse_timeout = \"10s\"\n",
+        mock.url
+    ));
+    let pair = serde_json::json!({
+        "access_key_id": ACCESS_KEY_ID,
+        "secret_access_key": SECRET_ACCESS_KEY,
+    });
+    env.add_secret("aws", "s3", &pair.to_string()).await;
+    let out = env
+        .cli(
+            &["token", "create", "--secret", "aws", "--agent", "uploader"],
+            "",
+        )
+        .await
+        .ok();
+    let secret = out.stdout.trim().to_owned();
+    let id = env.token_id("uploader").await;
+    assert!(
+        out.stderr.contains(&format!("access key id {id}")),
+        "the CLI must say which access key id goes with the token: {}",
+        out.stderr
+    );
+    (env, id, secret)
+}
+
+#[tokio::test]
+async fn boto3_works_through_the_broker_and_only_real_signatures_reach_s3() {
+    let mock = MockS3::start().await;
+    let (env, key_id, token) = s3_broker(&mock).await;
+    let broker = env.serve().await;
+    let out = run_python("s3_client.py", &[&broker.url(""), &key_id, &token], &[]).await;
+    assert!(out.status.success(), "boto3 client failed: {out:?}");
+    let results: Value = serde_json::from_str(out.stdout.trim()).expect("client json");
+
+    assert_eq!(results["get"], "hello through the broker");
+    assert_eq!(
+        results["listed"],
+        serde_json::json!(["notes/hello world.txt"])
+    );
+    assert_eq!(results["multipart_ok"], true);
+    assert_eq!(results["managed_ok"], true);
+    assert_eq!(results["chunked_status"], 200);
+    assert_eq!(results["chunked_ok"], true);
+    // Identical calls an SDK signs in the same second share a signature and pass.
+    assert_eq!(results["first_send"], 200);
+    assert_eq!(results["same_second_copy"], 200);
+
+    let refused = |field: &str, status: u64, code: &str| {
+        let entry = &results[field];
+        assert_eq!(entry[0], status, "{field}: {entry}");
+        assert!(
+            entry[1]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("<Code>{code}</Code>")),
+            "{field} must be an S3-shaped error with code {code}: {entry}"
+        );
+    };
+    refused("replayed", 403, "replayed_signature");
+    refused("stale", 403, "request_time_skewed");
+    refused("forged_chunk", 403, "signature_mismatch");
+    assert_eq!(
+        results["wrong_secret"],
+        serde_json::json!(["signature_mismatch", 403])
+    );
+
+    // The upstream saw only requests signed by the real key, never a seks_ token; the
+    // refused ones never reached it, but for the forged upload, whose good first chunk was
+    // already on its way: the broker cut that body short.
+    let stats = mock.stats().await;
+    assert_eq!(stats["bad_signatures"], 0, "{stats}");
+    assert_eq!(stats["truncated"], 1, "{stats}");
+    assert_eq!(stats["seks_tokens_seen"], 0, "{stats}");
+    assert_eq!(stats["chunked_uploads"], 1, "{stats}");
+    let forwarded = stats["verified"].as_u64().unwrap();
+    assert!(forwarded >= 14, "{stats}");
+
+    // An upstream that echoes the real secret access key gets it masked.
+    let leak = results["leak"].as_str().unwrap();
+    assert!(leak.starts_with("debug dump: key="), "{leak}");
+    assert!(
+        found_in(SECRET_ACCESS_KEY, leak.as_bytes()).is_empty(),
+        "{leak}"
+    );
+    broker.stop().await;
+    let transcript = env.transcript();
+    assert!(
+        found_in(SECRET_ACCESS_KEY, transcript.as_bytes()).is_empty(),
+        "the real secret key must not appear in the broker's output"
+    );
+}
+
+/// Request headers, and the status and error code they must get.
+type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'static str);
+
+#[tokio::test]
+async fn requests_without_a_valid_sigv4_signature_are_refused_before_upstream() {
+    let mock = MockS3::start().await;
+    let (env, key_id, token) = s3_broker(&mock).await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/s3/bucket/key");
+    let before = mock.stats().await["requests"].as_u64().unwrap();
+    let cases: [Case; 5] = [
+        (&[], 401, "missing_token"),
+        (
+            &[("authorization", &format!("Bearer {token}"))],
+            400,
+            "malformed_signature",
+        ),
+        (
+            &[(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=tok_unknown0000000000/20260101/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=0000000000000000000000000000000000000000000000000000000000000000",
+            )],
+            401,
+            "unknown_token",
+        ),
+        (
+            &[
+                (
+                    "authorization",
+                    &format!(
+                        "AWS4-HMAC-SHA256 Credential={key_id}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+                        "0".repeat(64)
+                    ),
+                ),
+                ("x-amz-date", "20260101T000000Z"),
+            ],
+            403,
+            "signature_mismatch",
+        ),
+        (
+            &[
+                (
+                    "authorization",
+                    &format!(
+                        "AWS4-HMAC-SHA256 Credential={key_id}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature={}",
+                        "0".repeat(64)
+                    ),
+                ),
+                ("x-amz-date", "20260101T000000Z"),
+            ],
+            400,
+            "malformed_signature",
+        ),
+    ];
+    for (headers, status, code) in cases {
+        let reply = send("GET", &url, headers, "").await;
+        assert_eq!(reply.status, status, "{headers:?}: {}", reply.body);
+        assert_eq!(reply.header("x-seks-error"), Some(code), "{}", reply.body);
+        assert!(
+            reply.body.contains(&format!("<Code>{code}</Code>")),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(mock.stats().await["requests"].as_u64().unwrap(), before + 1);
+    broker.stop().await;
+}

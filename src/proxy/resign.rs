@@ -170,6 +170,8 @@ impl Checked {
             service: service.clone(),
         };
         let headers = request.headers_mut();
+        // Only the real credential's session token may go upstream.
+        headers.remove(SECURITY_TOKEN_HEADER);
         headers.insert(DATE_HEADER, text_value(&amz_date)?);
         let mut signed: Vec<String> = self
             .signed_headers

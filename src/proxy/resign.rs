@@ -210,6 +210,13 @@ impl Checked {
         if self.payload_hash == STREAMING_PAYLOAD {
             let upstream_chain = ChunkChain::new(key, &amz_date, scope, signature);
             let body = std::mem::take(request.body_mut());
+            // S3 wants aws-chunked bodies with a length, and re-signing keeps it: a body that
+            // policy buffered (and so lost its header) still has an exact size.
+            if let Some(len) = http_body::Body::size_hint(&body).exact() {
+                request
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
             *request.body_mut() =
                 Body::from_stream(chunked::resign(body, self.agent_chain, upstream_chain));
         }

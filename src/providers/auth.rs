@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::oauth2::{Oauth2Grant, Oauth2Secret};
+
 /// The placeholder for the credential in templates.
 pub const PLACEHOLDER: &str = "{}";
 
@@ -65,6 +67,9 @@ pub enum AuthScheme {
         /// Text before the credential in the segment, e.g. `bot`.
         prefix: String,
     },
+    /// `Authorization: Bearer <access token>`, minted from the stored client credentials and
+    /// refresh token at the token endpoint.
+    Oauth2(Oauth2Grant),
 }
 
 fn bare_template() -> String {
@@ -146,6 +151,10 @@ impl AuthScheme {
                 Ok(())
             }
             AuthScheme::Path { prefix } => url_word("prefix", prefix, true),
+            AuthScheme::Oauth2(grant) => {
+                super::parse_base_url(&grant.token_url).map_err(|why| ("token_url", why))?;
+                grant.check_scope().map_err(|why| ("scope", why))
+            }
         }
     }
 
@@ -153,6 +162,10 @@ impl AuthScheme {
     pub fn accepts(&self, value: &str) -> Result<(), &'static str> {
         if value.is_empty() {
             return Err("the value is empty");
+        }
+        // Not injected itself: the JSON the access tokens are minted from.
+        if let AuthScheme::Oauth2(_) = self {
+            return Oauth2Secret::parse(value).map(drop);
         }
         if !value.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("a credential must be printable ASCII without spaces");
@@ -186,6 +199,10 @@ impl AuthScheme {
                 password.replace(PLACEHOLDER, "<key>")
             ),
             AuthScheme::Path { prefix } => format!("path /{prefix}<key>/…"),
+            AuthScheme::Oauth2(grant) => format!(
+                "OAuth2 refresh via {} → Authorization: Bearer <access>",
+                grant.token_url
+            ),
         }
     }
 }
@@ -300,5 +317,16 @@ mod tests {
         };
         assert!(as_user.accepts("sk_live_abc").is_ok());
         assert!(as_user.accepts("a:b").is_err());
+        let oauth2 = AuthScheme::Oauth2(Oauth2Grant {
+            token_url: "https://oauth2.example/token".to_owned(),
+            scope: None,
+            client_auth: Default::default(),
+        });
+        assert!(
+            oauth2
+                .accepts(r#"{"client_id": "c", "refresh_token": "1//0g-refresh"}"#)
+                .is_ok()
+        );
+        assert!(oauth2.accepts("ya29.not-json").is_err());
     }
 }

@@ -4,6 +4,7 @@
 mod audited;
 mod enforce;
 mod error;
+pub mod oauth2;
 mod response;
 mod rewrite;
 pub mod target;
@@ -27,7 +28,7 @@ use crate::approvals::Approvals;
 use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError};
 use crate::policy::limits::Limits;
-use crate::providers::{ErrorShape, Provider, Providers};
+use crate::providers::{AuthScheme, ErrorShape, Provider, Providers};
 use crate::store::DEFAULT_TENANT;
 use crate::{clock, tokens};
 use audited::{AuditedBody, CountedBody, PendingRecord};
@@ -54,6 +55,8 @@ pub struct Proxy {
     upstreams: Upstreams,
     limits: ProxyLimits,
     auditor: Arc<Auditor>,
+    /// Access tokens for OAuth2 providers.
+    minter: oauth2::Minter,
 }
 
 /// What the request resolved to so far, for the audit record.
@@ -92,6 +95,11 @@ impl Proxy {
             usize::try_from(limits.max_policy_body_bytes).unwrap_or(usize::MAX),
             usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
         );
+        let minter = oauth2::Minter::new(
+            keyring.clone(),
+            upstreams.client(false).clone(),
+            limits.response_timeout,
+        );
         Proxy {
             providers,
             keyring,
@@ -99,6 +107,7 @@ impl Proxy {
             upstreams,
             limits,
             auditor,
+            minter,
         }
     }
 
@@ -263,6 +272,20 @@ impl Proxy {
             .credential(token)
             .await
             .map_err(keyring_error)?;
+        // OAuth2: what goes upstream is an access token minted from the stored secret.
+        let unlocked = match &provider.auth {
+            AuthScheme::Oauth2(grant) => self
+                .minter
+                .unlock(grant, token, &unlocked)
+                .await
+                .map_err(|e| match e {
+                    oauth2::MintError::Refresh(why) => {
+                        ProxyError::CredentialRefreshFailed(provider.name.clone(), why)
+                    }
+                    oauth2::MintError::Keyring(e) => keyring_error(e),
+                })?,
+            _ => unlocked,
+        };
         self.keyring.note_use(&token.id, clock::now());
         #[cfg(debug_assertions)]
         panic_if_asked(rest, &unlocked.secret);
@@ -324,6 +347,12 @@ impl Proxy {
             Ok(Err(e)) => return Err(self.upstream_error(&provider, &e)),
             Ok(Ok(response)) => response,
         };
+        // OAuth2: a refused access token (revoked, or dead before its time) is not reused.
+        if response.status() == StatusCode::UNAUTHORIZED
+            && let AuthScheme::Oauth2(_) = provider.auth
+        {
+            self.minter.forget(&token.secret_id, &unlocked.secret);
+        }
         response::to_agent(
             response,
             &scrubber,
@@ -426,7 +455,8 @@ fn keyring_error(e: KeyringError) -> ProxyError {
         }
         KeyringError::SecretMissing(_)
         | KeyringError::ProviderMismatch(_)
-        | KeyringError::Scrubber(_) => {
+        | KeyringError::Scrubber(_)
+        | KeyringError::Seal(_) => {
             tracing::error!(error = %e, "credential could not be loaded");
             ProxyError::CredentialUnavailable
         }

@@ -13,8 +13,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::providers::{AuthScheme, PLACEHOLDER, Provider, TokenSource};
 
-/// Everything but RFC 3986 unreserved characters is encoded in an injected query value.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+/// Everything but RFC 3986 unreserved characters is encoded in an injected query value
+/// (and in a form value sent to an OAuth2 token endpoint).
+pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -322,8 +323,8 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 #[error("the credential can't be sent as an HTTP header")]
 pub struct InjectError;
 
-/// Set the Host, and the real credential for header and Basic schemes (path and query
-/// schemes put it in the URI: see [`upstream_uri`]).
+/// Set the Host, and the real credential for header, Basic and OAuth2 schemes (for OAuth2
+/// the minted access token; path and query schemes put it in the URI: see [`upstream_uri`]).
 pub fn inject(
     provider: &Provider,
     request: &mut Request<Body>,
@@ -349,6 +350,7 @@ pub fn inject(
                 format!("Basic {}", BASE64.encode(pair)),
             )
         }
+        AuthScheme::Oauth2(_) => (header::AUTHORIZATION, format!("Bearer {key}")),
         AuthScheme::Query { .. } | AuthScheme::Path { .. } => return Ok(()),
     };
     let mut value = HeaderValue::from_str(&text).map_err(|_| InjectError)?;

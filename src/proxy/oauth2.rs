@@ -116,7 +116,7 @@ struct Slot {
     /// Read without waiting for a refresh in flight.
     current: Mutex<Option<Arc<Minted>>>,
     /// Held while refreshing; the other requests wait here, then look again.
-    refreshing: tokio::sync::Mutex<Refreshing>,
+    refreshing: Arc<tokio::sync::Mutex<Refreshing>>,
     /// Refreshes finished, so a waiter can tell one ended while it waited.
     finished: AtomicU64,
 }
@@ -133,10 +133,15 @@ struct Refreshing {
 
 /// Mints, caches and refreshes access tokens for every OAuth2 secret.
 pub struct Minter {
+    refresher: Arc<Refresher>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// What a refresh needs, shared with the task it runs in.
+struct Refresher {
     keyring: Arc<Keyring>,
     client: UpstreamClient,
     timeout: Duration,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
 impl Minter {
@@ -144,9 +149,11 @@ impl Minter {
     /// each exchange bounded by `timeout` (at most [`MAX_EXCHANGE`]).
     pub fn new(keyring: Arc<Keyring>, client: UpstreamClient, timeout: Duration) -> Self {
         Minter {
-            keyring,
-            client,
-            timeout: timeout.min(MAX_EXCHANGE),
+            refresher: Arc::new(Refresher {
+                keyring,
+                client,
+                timeout: timeout.min(MAX_EXCHANGE),
+            }),
             slots: Mutex::default(),
         }
     }
@@ -164,7 +171,7 @@ impl Minter {
             return Ok(self.unlocked(&minted, stored.version));
         }
         let finished = slot.finished.load(Ordering::Acquire);
-        let mut refreshing = slot.refreshing.lock().await;
+        let mut refreshing = Arc::clone(&slot.refreshing).lock_owned().await;
         if let Some(minted) = slot.usable(stored.version) {
             return Ok(self.unlocked(&minted, stored.version));
         }
@@ -173,14 +180,37 @@ impl Minter {
         {
             return Err(failed.clone().into());
         }
-        let result = self.refresh(grant, token, stored, &mut refreshing).await;
-        refreshing.failed = match &result {
-            Err(MintError::Refresh(e)) => Some(e.clone()),
-            _ => None,
+        // A task of its own, holding the lock to the end: a client that leaves mid-refresh
+        // must not lose a rotated refresh token between the endpoint's answer and the store.
+        let refresher = Arc::clone(&self.refresher);
+        let (grant, token, secret, version) = (
+            grant.clone(),
+            token.clone(),
+            Arc::clone(&stored.secret),
+            stored.version,
+        );
+        let task = tokio::spawn(async move {
+            let result = refresher
+                .refresh(&grant, &token, &secret, version, &mut refreshing)
+                .await;
+            refreshing.failed = match &result {
+                Err(MintError::Refresh(e)) => Some(e.clone()),
+                _ => None,
+            };
+            slot.finished.fetch_add(1, Ordering::Release);
+            let minted = Arc::new(result?);
+            *slot.current.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Arc::clone(&minted));
+            Ok::<_, MintError>(minted)
+        });
+        let minted = match task.await {
+            Ok(result) => result?,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only when the runtime shuts down.
+                Err(_) => return Err(RefreshError::Unreachable.into()),
+            },
         };
-        slot.finished.fetch_add(1, Ordering::Release);
-        let minted = Arc::new(result?);
-        *slot.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&minted));
         Ok(self.unlocked(&minted, stored.version))
     }
 
@@ -206,19 +236,24 @@ impl Minter {
         // Taken now, not with the stored secret: this one knows the access token.
         Unlocked {
             secret: Arc::clone(&minted.access),
-            scrubber: self.keyring.scrubber(),
+            scrubber: self.refresher.keyring.scrubber(),
             version,
         }
     }
+}
 
+impl Refresher {
+    /// Mint from `stored` (the secret at `version`), learn what the scrubber must know, and
+    /// write a rotated refresh token back.
     async fn refresh(
         &self,
         grant: &Oauth2Grant,
         token: &TokenRecord,
-        stored: &Unlocked,
+        stored: &SecretString,
+        version: i64,
         refreshing: &mut Refreshing,
     ) -> Result<Minted, MintError> {
-        let secret = Oauth2Secret::parse(stored.secret.expose_secret()).map_err(|why| {
+        let secret = Oauth2Secret::parse(stored.expose_secret()).map_err(|why| {
             tracing::error!(secret = %token.secret_name, "stored secret is unusable for OAuth2: {why}");
             KeyringError::SecretMissing(token.secret_id.clone())
         })?;
@@ -227,12 +262,12 @@ impl Minter {
         if refreshing
             .rotated
             .as_ref()
-            .is_some_and(|(version, _)| *version < stored.version)
+            .is_some_and(|(replaced, _)| *replaced < version)
         {
             refreshing.rotated = None;
         }
         let refresh_token = match &refreshing.rotated {
-            Some((version, rotated)) if *version == stored.version => rotated.clone(),
+            Some((replaced, rotated)) if *replaced == version => rotated.clone(),
             _ => secret.refresh_token.clone(),
         };
         let sent = Instant::now();
@@ -263,15 +298,11 @@ impl Minter {
             learn.push((new.clone(), None));
         }
         self.keyring.learn(learn).await?;
-        let mut versions = vec![stored.version];
+        let mut versions = vec![version];
         if let Some(new) = rotated {
             let value = secret.with_refresh_token(&new);
-            match self
-                .keyring
-                .store_new_version(token, stored.version, &value)
-                .await
-            {
-                Ok(()) => versions.push(stored.version + 1),
+            match self.keyring.store_new_version(token, version, &value).await {
+                Ok(()) => versions.push(version + 1),
                 Err(KeyringError::Store(StoreError::NotFound(_))) => {
                     tracing::warn!(secret = %token.secret_name, "the secret was rotated during an OAuth2 refresh; the operator's value is kept");
                 }
@@ -279,7 +310,7 @@ impl Minter {
                     tracing::error!(secret = %token.secret_name, error = %e, "the rotated refresh token could not be stored; it is used from memory until the broker restarts");
                 }
             }
-            refreshing.rotated = Some((stored.version, new));
+            refreshing.rotated = Some((version, new));
         }
         tracing::debug!(secret = %token.secret_name, lifetime = ?granted.lifetime, "minted an OAuth2 access token");
         Ok(Minted {

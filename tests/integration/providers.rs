@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::support::forms::found_in;
 use crate::support::http::send;
-use crate::support::mock::{MockUpstream, Seen};
+use crate::support::mock::{MockUpstream, Seen, token_endpoint};
 use crate::support::{BUILTIN_PROVIDERS, Env, config_for};
 
 /// How the agent's SDK sends its token, per provider.
@@ -30,6 +30,8 @@ enum Expects {
     Header(&'static str, &'static str),
     /// The target starts with `/bot<key>/`.
     PathBot,
+    /// `Authorization: Bearer` with the access token the mock token endpoint minted.
+    Minted,
 }
 
 fn case(provider: &str) -> (Sends, Expects) {
@@ -47,14 +49,17 @@ fn case(provider: &str) -> (Sends, Expects) {
         ),
         "stripe" => (Sends::Basic, H("authorization", "Bearer {}")),
         "linear" => (Sends::Header("authorization"), H("authorization", "{}")),
+        "gmail" | "msgraph" => (Sends::Auth("Bearer"), Expects::Minted),
         _ => (Sends::Auth("Bearer"), H("authorization", "Bearer {}")),
     }
 }
 
-/// A realistic-looking key per provider (Telegram's has the bot id and a colon).
+/// A realistic-looking key per provider (Telegram's has the bot id and a colon, OAuth2's is
+/// the mock token endpoint's client and refresh token).
 fn key_for(provider: &str) -> String {
     match provider {
         "telegram" => "123456789:AAE-real_telegram-KEY0123456789".to_owned(),
+        "gmail" | "msgraph" => token_endpoint::default_secret(),
         p => format!("real-{p}-KEY-0123456789abcdef"),
     }
 }
@@ -68,7 +73,7 @@ const CREDENTIAL_HEADERS: &[&str] = &[
     "x-subscription-token",
 ];
 
-fn assert_credential(provider: &str, seen: &Seen, key: &str, token: &str) {
+fn assert_credential(provider: &str, seen: &Seen, key: &str, token: &str, minted: &[String]) {
     let (_, expects) = case(provider);
     let raw = seen.raw();
     assert!(
@@ -93,6 +98,17 @@ fn assert_credential(provider: &str, seen: &Seen, key: &str, token: &str) {
         Expects::PathBot => {
             assert!(carrying.is_empty(), "{provider}: {carrying:?}");
             assert_eq!(seen.target, format!("/bot{key}/getMe?q=1"), "{provider}");
+        }
+        Expects::Minted => {
+            assert_eq!(carrying, ["authorization"], "{provider}");
+            let access = seen
+                .header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "));
+            assert!(
+                access.is_some_and(|a| minted.iter().any(|m| m == a)),
+                "{provider}: not a minted token: {access:?}"
+            );
+            assert_eq!(seen.target, "/v1/things?q=1", "{provider}");
         }
     }
 }
@@ -133,13 +149,20 @@ async fn every_builtin_gets_exactly_its_services_credential_format() {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let before = mock.requests().len();
+        // The token endpoint's requests are not the API's.
+        let api_requests = || -> Vec<Seen> {
+            mock.requests()
+                .into_iter()
+                .filter(|s| s.target != "/oauth2/token")
+                .collect()
+        };
+        let before = api_requests().len();
         let reply = send("GET", &broker.url(&path), &header_refs, "").await;
         assert_eq!(reply.status, 200, "{provider}: {reply:?}");
-        let seen = mock.requests();
+        let seen = api_requests();
         assert_eq!(seen.len(), before + 1, "{provider}");
         let key = key_for(provider);
-        assert_credential(provider, &seen[before], &key, token);
+        assert_credential(provider, &seen[before], &key, token, &mock.oauth.issued());
         // Headers that carry no credential pass through (Notion's API version among them).
         assert_eq!(seen[before].header("notion-version"), Some("2022-06-28"));
         assert!(

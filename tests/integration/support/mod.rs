@@ -231,7 +231,7 @@ impl Env {
 }
 
 /// Every built-in provider, as `seks provider list` shows them.
-pub const BUILTIN_PROVIDERS: [&str; 19] = [
+pub const BUILTIN_PROVIDERS: [&str; 21] = [
     "openai",
     "anthropic",
     "gemini",
@@ -251,7 +251,12 @@ pub const BUILTIN_PROVIDERS: [&str; 19] = [
     "cloudflare",
     "stripe",
     "linear",
+    "gmail",
+    "msgraph",
 ];
+
+/// The built-ins whose access tokens are minted by an OAuth2 token endpoint.
+pub const OAUTH2_PROVIDERS: [&str; 2] = ["gmail", "msgraph"];
 
 /// A mock upstream, an environment pointed at it with secret `main` (openai, value `key`),
 /// and a token for that secret minted with `token_args`.
@@ -273,13 +278,19 @@ pub async fn list_models(broker: &Broker, token: &str, times: usize) {
     }
 }
 
-/// A config with every built-in provider pointed at `upstream`; `top_level` TOML goes first.
+/// A config with every built-in provider pointed at `upstream` (OAuth2 token endpoints at
+/// its `/oauth2/token`); `top_level` TOML goes first.
 pub fn config_for(upstream: &str, top_level: &str) -> String {
     let mut cfg = format!(
         "{top_level}\n[upstream]\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\nread_timeout = \"2s\"\n"
     );
     for p in BUILTIN_PROVIDERS {
         cfg.push_str(&format!("[providers.{p}]\nbase_url = \"{upstream}\"\n"));
+        if OAUTH2_PROVIDERS.contains(&p) {
+            cfg.push_str(&format!(
+                "auth = {{ scheme = \"oauth2\", token_url = \"{upstream}/oauth2/token\" }}\n"
+            ));
+        }
     }
     cfg
 }

@@ -29,10 +29,15 @@ pub enum TokenSource {
     },
     /// HTTP Basic with the token as the user name, as `curl -u TOKEN:` sends it.
     Basic,
-    /// The first path segment, `/<prefix><token>/…`, as in Telegram's bot API.
+    /// The first path segment, `/<prefix><token>/…`, as in Telegram's bot API, or the second
+    /// after one of `after`, as in its file downloads (`/file/bot<token>/<file_path>`).
     Path {
         /// Text before the token in the segment, e.g. `bot`.
         prefix: String,
+        /// Segments the token's may also follow, e.g. `["file"]`; the key takes the token's
+        /// place, and policies and the audit log see the path without it (`/file/<file_path>`).
+        #[serde(default)]
+        after: Vec<String>,
     },
 }
 
@@ -103,7 +108,16 @@ impl TokenSource {
             TokenSource::Header { name } => header_name(name),
             TokenSource::Query { param } => url_word("param", param, false),
             TokenSource::Basic => Ok(()),
-            TokenSource::Path { prefix } => url_word("prefix", prefix, true),
+            TokenSource::Path { prefix, after } => {
+                url_word("prefix", prefix, true)?;
+                for segment in after {
+                    url_word("after", segment, false)?;
+                    if segment.bytes().all(|b| b == b'.') {
+                        return Err(("after", format!("`{segment}` is not a path segment")));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -116,7 +130,13 @@ impl TokenSource {
             TokenSource::Header { name } => format!("{}: <token>", title_case(name)),
             TokenSource::Query { param } => format!("?{param}=<token>"),
             TokenSource::Basic => "Authorization: Basic <token>: (token as user)".to_owned(),
-            TokenSource::Path { prefix } => format!("path /{prefix}<token>/…"),
+            TokenSource::Path { prefix, after } => {
+                let places: Vec<String> = std::iter::once(String::new())
+                    .chain(after.iter().map(|a| format!("/{a}")))
+                    .map(|lead| format!("{lead}/{prefix}<token>/…"))
+                    .collect();
+                format!("path {}", places.join(" or "))
+            }
         }
     }
 }

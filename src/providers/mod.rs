@@ -385,6 +385,14 @@ mod tests {
             field_error("[slack]\ntoken_in = [{ in = \"query\", param = \"\" }]\n"),
             ours("slack", "token_in.param")
         );
+        for after in ["\"..\"", "\"a/b\"", "\"\""] {
+            assert_eq!(
+                field_error(&format!(
+                    "[telegram]\ntoken_in = [{{ in = \"path\", prefix = \"bot\", after = [{after}] }}]\n"
+                )),
+                ours("telegram", "token_in.after")
+            );
+        }
         assert_eq!(
             field_error("[openai]\nbase_url = \"http://example.com\"\n"),
             ours("openai", "base_url")

@@ -229,14 +229,15 @@ impl Proxy {
         seen.provider = Some(provider.clone());
         let query = parts.uri.query();
         let upstream_query = rewrite::strip_token_params(&provider, query);
-        // The path without a token segment (Telegram's `/bot<token>`) is what policies match,
-        // the audit log records and the upstream gets.
-        let rest = rewrite::strip_token_segment(&provider, route.rest);
+        // The path without a token segment (Telegram's `/bot<token>`, `/file/bot<token>`) is
+        // what policies match and the audit log records; the key goes where the token was.
+        let token_path = rewrite::strip_token_segment(&provider, route.rest);
+        let rest = token_path.without_token();
         pending.update(|r| {
             r.provider = Some(provider.name.clone());
             r.path = match &upstream_query {
                 Some(q) => format!("{rest}?{q}"),
-                None => rest.to_owned(),
+                None => rest.to_string(),
             };
         });
 
@@ -265,7 +266,7 @@ impl Proxy {
         }
         let admitted = self
             .enforcer
-            .admit(&entry, &provider, &parts, rest, body, seen)
+            .admit(&entry, &provider, &parts, &rest, body, seen)
             .await?;
         let unlocked = self
             .keyring
@@ -288,11 +289,11 @@ impl Proxy {
         };
         self.keyring.note_use(&token.id, clock::now());
         #[cfg(debug_assertions)]
-        panic_if_asked(rest, &unlocked.secret);
+        panic_if_asked(&rest, &unlocked.secret);
 
         let uri = rewrite::upstream_uri(
             &provider,
-            rest,
+            &token_path,
             upstream_query.as_deref(),
             &unlocked.secret,
         )

@@ -285,6 +285,13 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
     let env = Env::with_upstream(&mock.url());
     env.add_secret("tg", "telegram", TELEGRAM_KEY).await;
     let token = env.create_token("tg", &["--agent", "tg-bot"]).await;
+    // Policies see file downloads without the token: `/file/<file_path>`.
+    let downloader = env
+        .create_token(
+            "tg",
+            &["--agent", "tg-files", "--allow", "GET /file/documents/**"],
+        )
+        .await;
     let broker = env.serve_with(&[("SEKS_LOG", "debug")]).await;
 
     let reply = send(
@@ -306,20 +313,73 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
             .unwrap()
             .starts_with("Not Found: /bot")
     );
-    let mut everything = reply.body.clone();
-    for (k, v) in &reply.headers {
-        everything.push_str(&format!("\n{k}: {v}"));
-    }
-    assert!(
-        found_in(TELEGRAM_KEY, everything.as_bytes()).is_empty(),
-        "the bot token came back: {everything}"
+    let mut replies = vec![reply];
+
+    // A file download: `/file/bot<token>/<file_path>` gets the key in the token's place.
+    let file = send(
+        "GET",
+        &broker.url(&format!(
+            "/api/telegram/file/bot{downloader}/documents/file_1.pdf"
+        )),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(file.status, 200, "{file:?}");
+    assert_eq!(
+        mock.requests()[1].target,
+        format!("/file/bot{TELEGRAM_KEY}/documents/file_1.pdf")
     );
+    // The mock's answer quoted the path it got; the key in it is masked.
+    assert!(
+        file.json()["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/file/bot*")),
+        "{file:?}"
+    );
+    // A missing file's 404 quotes the URL, raw and percent-encoded.
+    let missing_file = send(
+        "GET",
+        &broker.url(&format!(
+            "/api/telegram/file/bot{downloader}/documents/echo-url"
+        )),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(missing_file.status, 404, "{missing_file:?}");
+    assert_eq!(
+        mock.requests()[2].target,
+        format!("/file/bot{TELEGRAM_KEY}/documents/echo-url")
+    );
+    // The download token may not call methods.
+    let method = send(
+        "POST",
+        &broker.url(&format!("/api/telegram/bot{downloader}/sendMessage")),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(method.status, 403, "{method:?}");
+    replies.extend([file, missing_file, method]);
+    for reply in &replies {
+        let mut everything = reply.body.clone();
+        for (k, v) in &reply.headers {
+            everything.push_str(&format!("\n{k}: {v}"));
+        }
+        assert!(
+            found_in(TELEGRAM_KEY, everything.as_bytes()).is_empty(),
+            "the bot token came back: {everything}"
+        );
+    }
 
     // Path tricks around the token segment are refused before anything is forwarded.
     for path in [
         format!("/api/telegram/bot{token}/../x"),
         format!("/api/telegram/bot{token}%2f..%2fx"),
         format!("/api/telegram/bot{token}//x"),
+        format!("/api/telegram/file/bot{token}/../../x"),
+        format!("/api/telegram/file/bot{token}/%2e%2e/x"),
     ] {
         let reply = send("GET", &broker.url(&path), &[], "").await;
         assert_eq!(reply.status, 400, "{path}: {reply:?}");
@@ -334,9 +394,9 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
             .contains("/bot<token>/"),
         "{missing:?}"
     );
-    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(mock.requests().len(), 3);
 
-    // The audit log records the path without the token segment.
+    // The audit log records the paths without the token segment.
     let mut records = String::new();
     for _ in 0..50 {
         records = env
@@ -344,12 +404,22 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
             .await
             .ok()
             .stdout;
-        if records.contains("/echo-url") {
+        if records.contains("/file/documents/echo-url") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(records.contains("\"/echo-url?chat_id=1\""), "{records}");
+    for path in [
+        "/echo-url?chat_id=1",
+        "/file/documents/file_1.pdf",
+        "/file/documents/echo-url",
+        "/sendMessage",
+    ] {
+        assert!(
+            records.contains(&format!("\"{path}\"")),
+            "{path}: {records}"
+        );
+    }
     broker.stop().await;
     let transcript = env.transcript();
     assert!(
@@ -358,6 +428,10 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
     );
     assert!(
         !transcript.contains(&token),
+        "the full agent token was logged"
+    );
+    assert!(
+        !transcript.contains(&downloader),
         "the full agent token was logged"
     );
 }

@@ -34,8 +34,9 @@ pub enum TokenSource {
     Path {
         /// Text before the token in the segment, e.g. `bot`.
         prefix: String,
-        /// Segments the token's may also follow, e.g. `["file"]`; the key takes the token's
-        /// place, and policies and the audit log see the path without it (`/file/<file_path>`).
+        /// Segments the token's segment may also follow, e.g. `["file"]`; the key takes the
+        /// token's place, and policies and the audit log see the path without it
+        /// (`/file/<file_path>`).
         #[serde(default)]
         after: Vec<String>,
     },

@@ -3,7 +3,7 @@
 //! token. Minting itself is the proxy's (`proxy::oauth2`).
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::scrub::MIN_SECRET_LEN;
@@ -68,15 +68,6 @@ pub struct Oauth2Secret {
     pub refresh_token: SecretString,
 }
 
-/// The JSON written back when the provider rotates the refresh token.
-#[derive(Serialize)]
-struct Stored<'a> {
-    client_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_secret: Option<&'a str>,
-    refresh_token: &'a str,
-}
-
 impl Oauth2Secret {
     /// Read a stored or offered value. The reasons name keys only: serde's own messages can
     /// quote the value, and this one is a secret.
@@ -139,14 +130,14 @@ impl Oauth2Secret {
 
     /// The value to store once the provider has replaced the refresh token.
     pub fn with_refresh_token(&self, refresh_token: &SecretString) -> SecretString {
-        let stored = Stored {
-            client_id: self.client_id.expose_secret(),
-            client_secret: self.client_secret.as_ref().map(|s| s.expose_secret()),
-            refresh_token: refresh_token.expose_secret(),
-        };
-        // Serialising string fields can't fail; an empty value would fail to parse and
-        // never be stored.
-        SecretString::from(serde_json::to_string(&stored).unwrap_or_default())
+        let mut stored = serde_json::json!({
+            "client_id": self.client_id.expose_secret(),
+            "refresh_token": refresh_token.expose_secret(),
+        });
+        if let Some(client_secret) = &self.client_secret {
+            stored["client_secret"] = client_secret.expose_secret().into();
+        }
+        SecretString::from(stored.to_string())
     }
 }
 

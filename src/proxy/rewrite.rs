@@ -120,7 +120,7 @@ fn basic_user(value: &str) -> Option<Cow<'static, str>> {
 /// can take the token's place: `/file/bot<token>/doc.pdf` is lead `/file`, rest `/doc.pdf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenPath<'a> {
-    /// The segment the token's followed (`/file`); empty when the token's came first.
+    /// The segment before the token's (`/file`); empty when the token's came first.
     pub lead: &'a str,
     /// The path after the token's segment; the whole path when none carried a token.
     pub rest: &'a str,

@@ -3,8 +3,9 @@
 //!
 //! Every secret is decrypted and loaded at start-up and whenever the store changes, because
 //! the scrubber must know all of them (not only the one a request uses). A credential is
-//! only ever handed out after the scrubber in force knows it. Tokens are looked up lazily
-//! and cached.
+//! only ever handed out after the scrubber in force knows it; so is a value derived from one
+//! (an OAuth2 access token), which is [learned](Keyring::learn) first. Tokens are looked up
+//! lazily and cached.
 //!
 //! Running brokers learn about changes made by other processes (the CLI, other replicas) by
 //! polling the store's revision counter; any change reloads the secrets and drops cached
@@ -19,11 +20,12 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+use crate::clock;
 use crate::policy::PolicySpec;
 use crate::scrub::{Redactor, ScrubError, Scrubber};
 use crate::store::{Store, StoreError, TokenRecord};
 use crate::tokens::{ParsedToken, TokenHash};
-use crate::vault::{SecretIdentity, Vault};
+use crate::vault::{SecretIdentity, Vault, VaultError};
 
 /// How often the store's revision counter is polled.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -36,6 +38,8 @@ pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 const USE_FLUSH_EVERY: u32 = 20;
 /// Cached tokens kept at most; past this the token cache starts over.
 const MAX_TOKENS: usize = 100_000;
+/// Learned values kept at most; past this the oldest are forgotten.
+const MAX_LEARNED: usize = 4096;
 
 /// Why a token or credential could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,9 @@ pub enum KeyringError {
     /// A token's chain of parents is longer than allowed.
     #[error("token derivation chain is too deep")]
     TooDeep,
+    /// A new version of a secret could not be sealed.
+    #[error(transparent)]
+    Seal(#[from] VaultError),
 }
 
 /// A token ready to be checked: its record, its policies, and its parent's entry.
@@ -113,6 +120,7 @@ impl TokenEntry {
 /// A decrypted secret, with the provider its ciphertext is bound to.
 struct Credential {
     provider: String,
+    version: i64,
     value: Arc<SecretString>,
 }
 
@@ -123,6 +131,16 @@ pub struct Unlocked {
     pub secret: Arc<SecretString>,
     /// Scrubber for the response this credential's request gets.
     pub scrubber: Arc<Scrubber>,
+    /// The stored secret's version, so state derived from it can tell it was rotated.
+    pub version: i64,
+}
+
+/// A value the scrubber must know that is no stored secret: a minted access token, or a
+/// refresh token the provider replaced (which may stay valid at the provider for a while).
+struct Learned {
+    value: SecretString,
+    /// Forgotten after this; `None`: kept while the broker runs (up to [`MAX_LEARNED`]).
+    until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -169,6 +187,8 @@ pub struct Keyring {
     /// Milliseconds after `started` of the last successful sync, plus one (0: never).
     last_sync_ms: AtomicU64,
     uses: Mutex<HashMap<String, i64>>,
+    /// Changed only under `reload`, so every scrubber built includes all of it.
+    learned: Mutex<Vec<Learned>>,
 }
 
 impl Keyring {
@@ -185,6 +205,7 @@ impl Keyring {
             started: Instant::now(),
             last_sync_ms: AtomicU64::new(0),
             uses: Mutex::default(),
+            learned: Mutex::default(),
         }
     }
 
@@ -258,6 +279,7 @@ impl Keyring {
             Ok(Unlocked {
                 secret: Arc::clone(&credential.value),
                 scrubber: Arc::clone(&cache.scrubber),
+                version: credential.version,
             })
         } else {
             Err(KeyringError::ProviderMismatch(token.secret_id.clone()))
@@ -318,6 +340,7 @@ impl Keyring {
                 Ok(value) => {
                     let credential = Credential {
                         provider: row.provider,
+                        version: row.version,
                         value: Arc::new(value),
                     };
                     credentials.insert(row.id, credential);
@@ -327,16 +350,7 @@ impl Keyring {
                 }
             }
         }
-        let parts: Vec<Zeroizing<String>> = credentials
-            .values()
-            .flat_map(|c| scrubbed_parts(c.value.expose_secret()))
-            .collect();
-        let scrubber = Arc::new(Scrubber::new(
-            credentials
-                .values()
-                .map(|c| c.value.expose_secret().as_bytes())
-                .chain(parts.iter().map(|p| p.as_bytes())),
-        )?);
+        let scrubber = Arc::new(self.build_scrubber(&credentials)?);
         // Logs get the new scrubber; requests get credentials and the scrubber that knows
         // them from one snapshot (`Unlocked`), so neither can run ahead of the other.
         self.redactor.set(Arc::clone(&scrubber));
@@ -347,6 +361,83 @@ impl Keyring {
         cache.scrubber = scrubber;
         cache.policies = policies;
         Ok(())
+    }
+
+    /// A scrubber for every loaded secret, the parts of structured ones, and every value
+    /// learned; called under `reload`.
+    fn build_scrubber(
+        &self,
+        credentials: &HashMap<String, Credential>,
+    ) -> Result<Scrubber, ScrubError> {
+        let parts: Vec<Zeroizing<String>> = credentials
+            .values()
+            .flat_map(|c| scrubbed_parts(c.value.expose_secret()))
+            .collect();
+        let learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+        Scrubber::new(
+            credentials
+                .values()
+                .map(|c| c.value.expose_secret().as_bytes())
+                .chain(parts.iter().map(|p| p.as_bytes()))
+                .chain(learned.iter().map(|l| as_bytes(&l.value))),
+        )
+    }
+
+    /// Make the scrubber (for responses from now on, and for logs) know `values` until their
+    /// deadlines, before any of them is used.
+    pub async fn learn(
+        &self,
+        values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
+    ) -> Result<(), KeyringError> {
+        let _one_at_a_time = self.reload.lock().await;
+        {
+            let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            learned.retain(|l| l.until.is_none_or(|until| until > now));
+            learned.extend(
+                values
+                    .into_iter()
+                    .map(|(value, until)| Learned { value, until }),
+            );
+            let excess = learned.len().saturating_sub(MAX_LEARNED);
+            learned.drain(..excess);
+        }
+        let scrubber = Arc::new(self.build_scrubber(&self.read_cache().credentials)?);
+        self.redactor.set(Arc::clone(&scrubber));
+        self.write_cache().scrubber = scrubber;
+        Ok(())
+    }
+
+    /// The scrubber in force: it knows every loaded secret and every value learned so far.
+    pub fn scrubber(&self) -> Arc<Scrubber> {
+        Arc::clone(&self.read_cache().scrubber)
+    }
+
+    /// Seal `value` as the next version of `token`'s secret and store it, if the secret is
+    /// still at `from_version`: how a value the provider replaced (a rotated OAuth2 refresh
+    /// token) outlives a restart. `NotFound` if the secret changed meanwhile.
+    pub async fn store_new_version(
+        &self,
+        token: &TokenRecord,
+        from_version: i64,
+        value: &SecretString,
+    ) -> Result<(), KeyringError> {
+        let version = from_version + 1;
+        let identity = SecretIdentity {
+            tenant: &token.tenant,
+            secret_id: &token.secret_id,
+            version,
+            provider: &token.provider,
+        };
+        let sealed = self.vault.seal(identity, value)?;
+        timed(self.store.rotate_secret(
+            &token.tenant,
+            &token.secret_id,
+            version,
+            &sealed,
+            clock::now(),
+        ))
+        .await
     }
 
     /// Write buffered last-use times to the store; on failure they are kept for the next try.
@@ -402,6 +493,10 @@ impl Keyring {
     fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
         self.cache.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn as_bytes(secret: &SecretString) -> &[u8] {
+    secret.expose_secret().as_bytes()
 }
 
 /// Bound a store call by [`STORE_TIMEOUT`], so a locked or unreachable store fails fast.

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::oauth2::{Oauth2Grant, Oauth2Secret};
+
 /// The placeholder for the credential in templates.
 pub const PLACEHOLDER: &str = "{}";
 
@@ -27,10 +29,16 @@ pub enum TokenSource {
     },
     /// HTTP Basic with the token as the user name, as `curl -u TOKEN:` sends it.
     Basic,
-    /// The first path segment, `/<prefix><token>/…`, as in Telegram's bot API.
+    /// The first path segment, `/<prefix><token>/…`, as in Telegram's bot API, or the second
+    /// after one of `after`, as in its file downloads (`/file/bot<token>/<file_path>`).
     Path {
         /// Text before the token in the segment, e.g. `bot`.
         prefix: String,
+        /// Segments the token's segment may also follow, e.g. `["file"]`; the key takes the
+        /// token's place, and policies and the audit log see the path without it
+        /// (`/file/<file_path>`).
+        #[serde(default)]
+        after: Vec<String>,
     },
     /// An AWS SigV4 `Authorization` header: the access key id names the token, and the
     /// signature proves the agent holds it (the only source of a `sigv4` provider).
@@ -76,6 +84,9 @@ pub enum AuthScheme {
         /// The signing name of the service, e.g. `s3`.
         service: String,
     },
+    /// `Authorization: Bearer <access token>`, minted from the stored client credentials and
+    /// refresh token at the token endpoint.
+    Oauth2(Oauth2Grant),
 }
 
 fn bare_template() -> String {
@@ -109,7 +120,16 @@ impl TokenSource {
             TokenSource::Header { name } => header_name(name),
             TokenSource::Query { param } => url_word("param", param, false),
             TokenSource::Basic => Ok(()),
-            TokenSource::Path { prefix } => url_word("prefix", prefix, true),
+            TokenSource::Path { prefix, after } => {
+                url_word("prefix", prefix, true)?;
+                for segment in after {
+                    url_word("after", segment, false)?;
+                    if segment.bytes().all(|b| b == b'.') {
+                        return Err(("after", format!("`{segment}` is not a path segment")));
+                    }
+                }
+                Ok(())
+            }
             TokenSource::Sigv4 => Ok(()),
         }
     }
@@ -123,7 +143,13 @@ impl TokenSource {
             TokenSource::Header { name } => format!("{}: <token>", title_case(name)),
             TokenSource::Query { param } => format!("?{param}=<token>"),
             TokenSource::Basic => "Authorization: Basic <token>: (token as user)".to_owned(),
-            TokenSource::Path { prefix } => format!("path /{prefix}<token>/…"),
+            TokenSource::Path { prefix, after } => {
+                let places: Vec<String> = std::iter::once(String::new())
+                    .chain(after.iter().map(|a| format!("/{a}")))
+                    .map(|lead| format!("{lead}/{prefix}<token>/…"))
+                    .collect();
+                format!("path {}", places.join(" or "))
+            }
             TokenSource::Sigv4 => {
                 "AWS SigV4 signature (access key id = token id, secret access key = token)"
                     .to_owned()
@@ -172,6 +198,10 @@ impl AuthScheme {
                 }
                 Ok(())
             }
+            AuthScheme::Oauth2(grant) => {
+                super::parse_base_url(&grant.token_url).map_err(|why| ("token_url", why))?;
+                grant.check_scope().map_err(|why| ("scope", why))
+            }
         }
     }
 
@@ -188,6 +218,10 @@ impl AuthScheme {
         }
         if self.signs_requests() {
             return crate::sigv4::KeyPair::parse(value).map(drop);
+        }
+        // Not injected itself: the JSON the access tokens are minted from.
+        if let AuthScheme::Oauth2(_) = self {
+            return Oauth2Secret::parse(value).map(drop);
         }
         if !value.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("a credential must be printable ASCII without spaces");
@@ -224,6 +258,10 @@ impl AuthScheme {
             AuthScheme::Sigv4 { region, service } => {
                 format!("AWS SigV4 re-signed ({service}, {region})")
             }
+            AuthScheme::Oauth2(grant) => format!(
+                "OAuth2 refresh via {} → Authorization: Bearer <access>",
+                grant.token_url
+            ),
         }
     }
 }
@@ -338,5 +376,16 @@ mod tests {
         };
         assert!(as_user.accepts("sk_live_abc").is_ok());
         assert!(as_user.accepts("a:b").is_err());
+        let oauth2 = AuthScheme::Oauth2(Oauth2Grant {
+            token_url: "https://oauth2.example/token".to_owned(),
+            scope: None,
+            client_auth: Default::default(),
+        });
+        assert!(
+            oauth2
+                .accepts(r#"{"client_id": "c", "refresh_token": "1//0g-refresh"}"#)
+                .is_ok()
+        );
+        assert!(oauth2.accepts("ya29.not-json").is_err());
     }
 }

@@ -5,6 +5,7 @@
 
 mod auth;
 mod error_shape;
+pub mod oauth2;
 mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -261,10 +262,12 @@ mod tests {
                 "gemini",
                 "github",
                 "gitlab",
+                "gmail",
                 "groq",
                 "huggingface",
                 "linear",
                 "mistral",
+                "msgraph",
                 "notion",
                 "openai",
                 "openrouter",
@@ -280,6 +283,10 @@ mod tests {
         assert_eq!(groq.upstream.scheme, Scheme::HTTPS);
         assert_eq!(groq.upstream.authority.as_str(), "api.groq.com");
         assert_eq!(groq.upstream.path_prefix, "/openai");
+        assert_eq!(
+            p.get("gmail").unwrap().auth.describe(),
+            "OAuth2 refresh via https://oauth2.googleapis.com/token → Authorization: Bearer <access>"
+        );
     }
 
     #[test]
@@ -396,6 +403,16 @@ mod tests {
             ours("acme", "auth.prefix")
         );
         assert_eq!(
+            with_auth(r#"{ scheme = "oauth2", token_url = "http://oauth.example/token" }"#),
+            ours("acme", "auth.token_url")
+        );
+        assert_eq!(
+            with_auth(
+                r#"{ scheme = "oauth2", token_url = "https://oauth.example/token", scope = "a  b" }"#
+            ),
+            ours("acme", "auth.scope")
+        );
+        assert_eq!(
             field_error("[Acme]\nbase_url = \"https://a.example\"\n"),
             ours("Acme", "name")
         );
@@ -403,6 +420,14 @@ mod tests {
             field_error("[slack]\ntoken_in = [{ in = \"query\", param = \"\" }]\n"),
             ours("slack", "token_in.param")
         );
+        for after in ["\"..\"", "\"a/b\"", "\"\""] {
+            assert_eq!(
+                field_error(&format!(
+                    "[telegram]\ntoken_in = [{{ in = \"path\", prefix = \"bot\", after = [{after}] }}]\n"
+                )),
+                ours("telegram", "token_in.after")
+            );
+        }
         assert_eq!(
             field_error("[openai]\nbase_url = \"http://example.com\"\n"),
             ours("openai", "base_url")
@@ -421,6 +446,18 @@ mod tests {
         assert!(
             toml::from_str::<BTreeMap<String, ProviderSpec>>(
                 "[a]\nauth = { scheme = \"query\", param = \"k\", extra = 1 }"
+            )
+            .is_err()
+        );
+        assert!(
+            toml::from_str::<BTreeMap<String, ProviderSpec>>(
+                "[a]\nauth = { scheme = \"oauth2\", token_url = \"https://o.example\", client_auth = \"jwt\" }"
+            )
+            .is_err()
+        );
+        assert!(
+            toml::from_str::<BTreeMap<String, ProviderSpec>>(
+                "[a]\nauth = { scheme = \"oauth2\", token_url = \"https://o.example\", extra = 1 }"
             )
             .is_err()
         );

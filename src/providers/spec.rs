@@ -107,7 +107,7 @@ impl ProviderSpec {
         {
             return Err(invalid(
                 "token_in",
-                "may have only one `path` source (the token is the first segment)".to_owned(),
+                "may have only one `path` source (a token has one place in the path)".to_owned(),
             ));
         }
         Ok(Provider {

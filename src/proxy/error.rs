@@ -10,6 +10,7 @@ use crate::audit::Decision;
 use crate::policy::Denial;
 use crate::policy::limits::{self as l, Limited};
 use crate::providers::ErrorShape;
+use crate::proxy::oauth2::RefreshError;
 use crate::sigv4::SigError;
 use crate::tokens::TokenFormatError;
 
@@ -105,6 +106,9 @@ pub enum ProxyError {
         "the upstream compressed its response in a way the broker cannot inspect, so it was withheld"
     )]
     UnsupportedEncoding,
+    /// No OAuth2 access token could be minted; the reason never quotes the token endpoint.
+    #[error("the broker could not get an access token for `{0}` from its token endpoint: {1}")]
+    CredentialRefreshFailed(String, RefreshError),
     /// The upstream did not send response headers in time.
     #[error("the upstream for `{0}` did not respond within {1:?}")]
     UpstreamTimeout(String, Duration),
@@ -145,9 +149,10 @@ impl ProxyError {
             | Revoked(_)
             | Expired(_) => StatusCode::UNAUTHORIZED,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            UpstreamUnreachable(_) | UpstreamFailed(_) | UnsupportedEncoding => {
-                StatusCode::BAD_GATEWAY
-            }
+            UpstreamUnreachable(_)
+            | UpstreamFailed(_)
+            | UnsupportedEncoding
+            | CredentialRefreshFailed(..) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             StoreUnavailable | CredentialUnavailable | AuditUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -169,7 +174,8 @@ impl ProxyError {
             UpstreamUnreachable(_)
             | UpstreamFailed(_)
             | UnsupportedEncoding
-            | UpstreamTimeout(..) => Decision::UpstreamError,
+            | UpstreamTimeout(..)
+            | CredentialRefreshFailed(..) => Decision::UpstreamError,
             StoreUnavailable
             | CredentialUnavailable
             | PolicyUnavailable(_)
@@ -209,6 +215,7 @@ impl ProxyError {
             UpstreamFailed(_) => "upstream_failed",
             UnsupportedEncoding => "unsupported_encoding",
             UpstreamTimeout(..) => "upstream_timeout",
+            CredentialRefreshFailed(..) => "credential_refresh_failed",
             StoreUnavailable => "store_unavailable",
             AuditUnavailable(_) => "audit_unavailable",
             CredentialUnavailable => "credential_unavailable",

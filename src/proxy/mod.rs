@@ -4,6 +4,7 @@
 mod audited;
 mod enforce;
 mod error;
+pub mod oauth2;
 mod resign;
 mod response;
 mod rewrite;
@@ -64,6 +65,8 @@ pub struct Proxy {
     upstreams: Upstreams,
     limits: ProxyLimits,
     auditor: Arc<Auditor>,
+    /// Access tokens for OAuth2 providers.
+    minter: oauth2::Minter,
 }
 
 /// What the request resolved to so far, for the audit record.
@@ -104,6 +107,11 @@ impl Proxy {
             usize::try_from(limits.max_policy_body_bytes).unwrap_or(usize::MAX),
             usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
         );
+        let minter = oauth2::Minter::new(
+            keyring.clone(),
+            upstreams.client(false).clone(),
+            limits.response_timeout,
+        );
         Proxy {
             providers,
             keyring,
@@ -113,6 +121,7 @@ impl Proxy {
             upstreams,
             limits,
             auditor,
+            minter,
         }
     }
 
@@ -239,14 +248,15 @@ impl Proxy {
         seen.provider = Some(provider.clone());
         let query = parts.uri.query();
         let upstream_query = rewrite::strip_token_params(&provider, query);
-        // The path without a token segment (Telegram's `/bot<token>`) is what policies match,
-        // the audit log records and the upstream gets.
-        let rest = rewrite::strip_token_segment(&provider, route.rest);
+        // The path without a token segment (Telegram's `/bot<token>`, `/file/bot<token>`) is
+        // what policies match and the audit log records; the key goes where the token was.
+        let token_path = rewrite::strip_token_segment(&provider, route.rest);
+        let rest = token_path.without_token();
         pending.update(|r| {
             r.provider = Some(provider.name.clone());
             r.path = match &upstream_query {
                 Some(q) => format!("{rest}?{q}"),
-                None => rest.to_owned(),
+                None => rest.to_string(),
             };
         });
 
@@ -296,20 +306,34 @@ impl Proxy {
         };
         let admitted = self
             .enforcer
-            .admit(&entry, &provider, &parts, rest, body, seen)
+            .admit(&entry, &provider, &parts, &rest, body, seen)
             .await?;
         let unlocked = self
             .keyring
             .credential(token)
             .await
             .map_err(keyring_error)?;
+        // OAuth2: what goes upstream is an access token minted from the stored secret.
+        let unlocked = match &provider.auth {
+            AuthScheme::Oauth2(grant) => self
+                .minter
+                .unlock(grant, token, &unlocked)
+                .await
+                .map_err(|e| match e {
+                    oauth2::MintError::Refresh(why) => {
+                        ProxyError::CredentialRefreshFailed(provider.name.clone(), why)
+                    }
+                    oauth2::MintError::Keyring(e) => keyring_error(e),
+                })?,
+            _ => unlocked,
+        };
         self.keyring.note_use(&token.id, clock::now());
         #[cfg(debug_assertions)]
-        panic_if_asked(rest, &unlocked.secret);
+        panic_if_asked(&rest, &unlocked.secret);
 
         let uri = rewrite::upstream_uri(
             &provider,
-            rest,
+            &token_path,
             upstream_query.as_deref(),
             &unlocked.secret,
         )
@@ -369,6 +393,12 @@ impl Proxy {
             Ok(Err(e)) => return Err(self.upstream_error(&provider, &e)),
             Ok(Ok(response)) => response,
         };
+        // OAuth2: a refused access token (revoked, or dead before its time) is not reused.
+        if response.status() == StatusCode::UNAUTHORIZED
+            && let AuthScheme::Oauth2(_) = provider.auth
+        {
+            self.minter.forget(&token.secret_id, &unlocked.secret);
+        }
         response::to_agent(
             response,
             &scrubber,
@@ -471,7 +501,8 @@ fn keyring_error(e: KeyringError) -> ProxyError {
         }
         KeyringError::SecretMissing(_)
         | KeyringError::ProviderMismatch(_)
-        | KeyringError::Scrubber(_) => {
+        | KeyringError::Scrubber(_)
+        | KeyringError::Seal(_) => {
             tracing::error!(error = %e, "credential could not be loaded");
             ProxyError::CredentialUnavailable
         }

@@ -13,8 +13,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::providers::{AuthScheme, PLACEHOLDER, Provider, TokenSource};
 
-/// Everything but RFC 3986 unreserved characters is encoded in an injected query value.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+/// Everything but RFC 3986 unreserved characters is encoded in an injected query value
+/// (and in a form value sent to an OAuth2 token endpoint).
+pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -92,8 +93,8 @@ pub fn find_token<'a>(
                 first
             }
             TokenSource::Basic => single(headers, "authorization")?.and_then(basic_user),
-            TokenSource::Path { prefix } => {
-                token_segment(prefix, rest).map(|(token, _)| Cow::Borrowed(token))
+            TokenSource::Path { prefix, after } => {
+                token_segment(prefix, after, rest).map(|(token, _)| Cow::Borrowed(token))
             }
             // The proxy recomputes a signing agent's token from its signature's key id.
             TokenSource::Sigv4 => None,
@@ -117,30 +118,73 @@ fn basic_user(value: &str) -> Option<Cow<'static, str>> {
     Some(Cow::Owned(user.to_owned()))
 }
 
-/// `rest` = `/<prefix><token>` + the path after it, split into the token and that path.
-fn token_segment<'a>(prefix: &str, rest: &'a str) -> Option<(&'a str, &'a str)> {
-    let body = rest.strip_prefix('/')?;
-    let (segment, after) = match body.find('/') {
-        Some(i) => body.split_at(i),
-        None => (body, ""),
-    };
-    segment
-        .strip_prefix(prefix)
-        .filter(|token| !token.is_empty())
-        .map(|token| (token, after))
+/// A request path split around the segment that carried the agent's token, so the real key
+/// can take the token's place: `/file/bot<token>/doc.pdf` is lead `/file`, rest `/doc.pdf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPath<'a> {
+    /// The segment before the token's (`/file`); empty when the token's came first.
+    pub lead: &'a str,
+    /// The path after the token's segment; the whole path when none carried a token.
+    pub rest: &'a str,
 }
 
-/// The path the agent meant, without a segment that carries its token: what policies match,
-/// what the audit log records, and what goes upstream.
-pub fn strip_token_segment<'a>(provider: &Provider, rest: &'a str) -> &'a str {
+impl<'a> TokenPath<'a> {
+    /// A path that carried no token.
+    pub fn plain(rest: &'a str) -> Self {
+        TokenPath { lead: "", rest }
+    }
+
+    /// The path the agent meant, without its token: what policies match and the audit log
+    /// records.
+    pub fn without_token(&self) -> Cow<'a, str> {
+        if self.lead.is_empty() {
+            Cow::Borrowed(self.rest)
+        } else {
+            Cow::Owned(format!("{}{}", self.lead, self.rest))
+        }
+    }
+}
+
+/// `rest` = `/<prefix><token>` + the path after it, or the same under one of the `after`
+/// segments (`/file/<prefix><token>/…`): the token and the path around it.
+fn token_segment<'a>(
+    prefix: &str,
+    after: &[String],
+    rest: &'a str,
+) -> Option<(&'a str, TokenPath<'a>)> {
+    let first = |path: &'a str| {
+        let body = path.strip_prefix('/')?;
+        let (segment, tail) = body.split_at(body.find('/').unwrap_or(body.len()));
+        segment
+            .strip_prefix(prefix)
+            .filter(|token| !token.is_empty())
+            .map(|token| (token, tail))
+    };
+    // A listed segment is never a token itself, so it is tried first (an empty prefix would
+    // take any first segment for one).
+    let body = rest.strip_prefix('/')?;
+    if let Some(end) = body.find('/')
+        && after.iter().any(|a| *a == body[..end])
+        && let Some((token, tail)) = first(&body[end..])
+    {
+        let lead = &rest[..=end];
+        return Some((token, TokenPath { lead, rest: tail }));
+    }
+    first(rest).map(|(token, tail)| (token, TokenPath::plain(tail)))
+}
+
+/// The path split around the segment that carries the agent's token, if one does.
+pub fn strip_token_segment<'a>(provider: &Provider, rest: &'a str) -> TokenPath<'a> {
     provider
         .token_sources
         .iter()
         .find_map(|s| match s {
-            TokenSource::Path { prefix } => token_segment(prefix, rest).map(|(_, after)| after),
+            TokenSource::Path { prefix, after } => {
+                token_segment(prefix, after, rest).map(|(_, path)| path)
+            }
             _ => None,
         })
-        .unwrap_or(rest)
+        .unwrap_or(TokenPath::plain(rest))
 }
 
 /// The value of a header that must not be repeated; non-text values count as absent.
@@ -212,16 +256,18 @@ pub enum UriError {
     Credential,
 }
 
-/// The upstream URI: the provider's pinned origin and prefix, the credential's path segment
-/// for path schemes, the validated path, the query (plus the credential for query schemes).
+/// The upstream URI: the provider's pinned origin and prefix, the validated path with the
+/// credential's segment where the agent's token was (first, if the token came elsewhere) for
+/// path schemes, the query (plus the credential for query schemes).
 pub fn upstream_uri(
     provider: &Provider,
-    rest: &str,
+    token_path: &TokenPath<'_>,
     query: Option<&str>,
     credential: &SecretString,
 ) -> Result<Uri, UriError> {
     let up = &provider.upstream;
     let mut path = up.path_prefix.clone();
+    path.push_str(token_path.lead);
     if let AuthScheme::Path { prefix } = &provider.auth {
         // Checked when stored, and again here: the key must stay one plain segment.
         provider
@@ -232,7 +278,7 @@ pub fn upstream_uri(
         path.push_str(prefix);
         path.push_str(credential.expose_secret());
     }
-    path.push_str(rest);
+    path.push_str(token_path.rest);
     if path.is_empty() {
         path.push('/');
     }
@@ -324,8 +370,9 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 #[error("the credential can't be sent as an HTTP header")]
 pub struct InjectError;
 
-/// Set the Host, and the real credential for header and Basic schemes (path and query
-/// schemes put it in the URI: see [`upstream_uri`]; SigV4 signs the finished request).
+/// Set the Host, and the real credential for header, Basic and OAuth2 schemes (for OAuth2
+/// the minted access token; path and query schemes put it in the URI: see [`upstream_uri`];
+/// SigV4 signs the finished request).
 pub fn inject(
     provider: &Provider,
     request: &mut Request<Body>,
@@ -351,6 +398,7 @@ pub fn inject(
                 format!("Basic {}", BASE64.encode(pair)),
             )
         }
+        AuthScheme::Oauth2(_) => (header::AUTHORIZATION, format!("Bearer {key}")),
         // Signed after everything else is set: see `proxy::resign`.
         AuthScheme::Query { .. } | AuthScheme::Path { .. } | AuthScheme::Sigv4 { .. } => {
             return Ok(());
@@ -511,13 +559,19 @@ mod tests {
     fn uri_keeps_the_base_prefix_and_pins_the_origin() {
         let groq = provider("groq");
         let key = SecretString::from("sk-real");
-        let uri = upstream_uri(&groq, "/v1/chat/completions", Some("a=1"), &key).unwrap();
+        let uri = upstream_uri(
+            &groq,
+            &TokenPath::plain("/v1/chat/completions"),
+            Some("a=1"),
+            &key,
+        )
+        .unwrap();
         assert_eq!(
             uri.to_string(),
             "https://api.groq.com/openai/v1/chat/completions?a=1"
         );
         assert_eq!(
-            upstream_uri(&provider("openai"), "", None, &key)
+            upstream_uri(&provider("openai"), &TokenPath::plain(""), None, &key)
                 .unwrap()
                 .to_string(),
             "https://api.openai.com/"
@@ -538,6 +592,12 @@ mod tests {
             .clone()
     }
 
+    fn without_token(provider: &Provider, rest: &str) -> String {
+        strip_token_segment(provider, rest)
+            .without_token()
+            .into_owned()
+    }
+
     #[test]
     fn path_tokens_are_the_first_segment_only_and_are_replaced_by_the_real_key() {
         let telegram = provider("telegram");
@@ -547,25 +607,96 @@ mod tests {
             find_token(&telegram, &h, None, rest).unwrap().as_deref(),
             Some("seks_telegram_abc")
         );
-        assert_eq!(strip_token_segment(&telegram, rest), "/sendMessage");
-        assert_eq!(strip_token_segment(&telegram, "/botX"), "");
-        for no_token in ["/sendMessage", "/bot", "/bot/x", ""] {
+        assert_eq!(without_token(&telegram, rest), "/sendMessage");
+        assert_eq!(without_token(&telegram, "/botX"), "");
+        for no_token in [
+            "/sendMessage",
+            "/bot",
+            "/bot/x",
+            "",
+            "/x/botX/y",
+            "/sendMessage/botX",
+        ] {
             assert_eq!(find_token(&telegram, &h, None, no_token).unwrap(), None);
-            assert_eq!(strip_token_segment(&telegram, no_token), no_token);
+            assert_eq!(without_token(&telegram, no_token), no_token);
         }
         let key = SecretString::from("123456:ABC-def");
+        let split = strip_token_segment(&telegram, rest);
         assert_eq!(
-            upstream_uri(&telegram, "/sendMessage", Some("a=1"), &key)
+            upstream_uri(&telegram, &split, Some("a=1"), &key)
                 .unwrap()
                 .to_string(),
             "https://api.telegram.org/bot123456:ABC-def/sendMessage?a=1"
         );
         for bad in ["12/../x", "a?b", "..", "a%2fb"] {
             assert!(matches!(
-                upstream_uri(&telegram, "/getMe", None, &SecretString::from(bad)),
+                upstream_uri(&telegram, &split, None, &SecretString::from(bad)),
                 Err(UriError::Credential)
             ));
         }
+    }
+
+    #[test]
+    fn file_downloads_carry_the_token_after_file_and_get_the_key_there() {
+        let telegram = provider("telegram");
+        let h = HeaderMap::new();
+        let rest = "/file/botseks_telegram_abc/documents/file_1.pdf";
+        assert_eq!(
+            find_token(&telegram, &h, None, rest).unwrap().as_deref(),
+            Some("seks_telegram_abc")
+        );
+        let split = strip_token_segment(&telegram, rest);
+        assert_eq!(
+            split,
+            TokenPath {
+                lead: "/file",
+                rest: "/documents/file_1.pdf"
+            }
+        );
+        assert_eq!(split.without_token(), "/file/documents/file_1.pdf");
+        let key = SecretString::from("123456:ABC-def");
+        assert_eq!(
+            upstream_uri(&telegram, &split, None, &key)
+                .unwrap()
+                .to_string(),
+            "https://api.telegram.org/file/bot123456:ABC-def/documents/file_1.pdf"
+        );
+        // Only directly under a listed segment, and a method named like one stays a method.
+        for no_token in [
+            "/file",
+            "/file/bot",
+            "/file/x/botX/y",
+            "/files/botX/y",
+            "/file/",
+        ] {
+            assert_eq!(find_token(&telegram, &h, None, no_token).unwrap(), None);
+            assert_eq!(without_token(&telegram, no_token), no_token);
+        }
+        assert_eq!(
+            strip_token_segment(&telegram, "/botX/file/y"),
+            TokenPath::plain("/file/y")
+        );
+        // With an empty prefix a listed segment is still not taken for the token.
+        let bare = custom(
+            r#"{ scheme = "path", prefix = "" }"#,
+            r#"[{ in = "path", prefix = "", after = ["dl"] }]"#,
+        );
+        assert_eq!(
+            find_token(&bare, &h, None, "/dl/seks_acme_x/f")
+                .unwrap()
+                .as_deref(),
+            Some("seks_acme_x")
+        );
+        assert_eq!(
+            find_token(&bare, &h, None, "/seks_acme_x/f")
+                .unwrap()
+                .as_deref(),
+            Some("seks_acme_x")
+        );
+        assert_eq!(
+            token_locations(&telegram),
+            "path /bot<token>/… or /file/bot<token>/…"
+        );
     }
 
     #[test]
@@ -578,7 +709,7 @@ mod tests {
         assert_eq!(kept.as_deref(), Some("q=1"));
         let uri = upstream_uri(
             &acme,
-            "/v1/s",
+            &TokenPath::plain("/v1/s"),
             kept.as_deref(),
             &SecretString::from("k+y/z"),
         )

@@ -8,6 +8,7 @@ mod audit;
 mod cli;
 mod failures;
 mod hygiene;
+mod oauth2;
 mod observability;
 mod passthrough;
 mod path_escape;

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::support::forms::found_in;
 use crate::support::http::send;
-use crate::support::mock::{MockUpstream, Seen};
+use crate::support::mock::{MockUpstream, Seen, token_endpoint};
 use crate::support::{BUILTIN_PROVIDERS, Env, config_for};
 
 /// How the agent's SDK sends its token, per provider.
@@ -30,6 +30,8 @@ enum Expects {
     Header(&'static str, &'static str),
     /// The target starts with `/bot<key>/`.
     PathBot,
+    /// `Authorization: Bearer` with the access token the mock token endpoint minted.
+    Minted,
 }
 
 fn case(provider: &str) -> (Sends, Expects) {
@@ -47,14 +49,17 @@ fn case(provider: &str) -> (Sends, Expects) {
         ),
         "stripe" => (Sends::Basic, H("authorization", "Bearer {}")),
         "linear" => (Sends::Header("authorization"), H("authorization", "{}")),
+        "gmail" | "msgraph" => (Sends::Auth("Bearer"), Expects::Minted),
         _ => (Sends::Auth("Bearer"), H("authorization", "Bearer {}")),
     }
 }
 
-/// A realistic-looking key per provider (Telegram's has the bot id and a colon).
+/// A realistic-looking key per provider (Telegram's has the bot id and a colon, OAuth2's is
+/// the mock token endpoint's client and refresh token).
 fn key_for(provider: &str) -> String {
     match provider {
         "telegram" => "123456789:AAE-real_telegram-KEY0123456789".to_owned(),
+        "gmail" | "msgraph" => token_endpoint::default_secret(),
         p => format!("real-{p}-KEY-0123456789abcdef"),
     }
 }
@@ -68,7 +73,7 @@ const CREDENTIAL_HEADERS: &[&str] = &[
     "x-subscription-token",
 ];
 
-fn assert_credential(provider: &str, seen: &Seen, key: &str, token: &str) {
+fn assert_credential(provider: &str, seen: &Seen, key: &str, token: &str, minted: &[String]) {
     let (_, expects) = case(provider);
     let raw = seen.raw();
     assert!(
@@ -93,6 +98,17 @@ fn assert_credential(provider: &str, seen: &Seen, key: &str, token: &str) {
         Expects::PathBot => {
             assert!(carrying.is_empty(), "{provider}: {carrying:?}");
             assert_eq!(seen.target, format!("/bot{key}/getMe?q=1"), "{provider}");
+        }
+        Expects::Minted => {
+            assert_eq!(carrying, ["authorization"], "{provider}");
+            let access = seen
+                .header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "));
+            assert!(
+                access.is_some_and(|a| minted.iter().any(|m| m == a)),
+                "{provider}: not a minted token: {access:?}"
+            );
+            assert_eq!(seen.target, "/v1/things?q=1", "{provider}");
         }
     }
 }
@@ -133,13 +149,20 @@ async fn every_builtin_gets_exactly_its_services_credential_format() {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let before = mock.requests().len();
+        // The token endpoint's requests are not the API's.
+        let api_requests = || -> Vec<Seen> {
+            mock.requests()
+                .into_iter()
+                .filter(|s| s.target != "/oauth2/token")
+                .collect()
+        };
+        let before = api_requests().len();
         let reply = send("GET", &broker.url(&path), &header_refs, "").await;
         assert_eq!(reply.status, 200, "{provider}: {reply:?}");
-        let seen = mock.requests();
+        let seen = api_requests();
         assert_eq!(seen.len(), before + 1, "{provider}");
         let key = key_for(provider);
-        assert_credential(provider, &seen[before], &key, token);
+        assert_credential(provider, &seen[before], &key, token, &mock.oauth.issued());
         // Headers that carry no credential pass through (Notion's API version among them).
         assert_eq!(seen[before].header("notion-version"), Some("2022-06-28"));
         assert!(
@@ -262,6 +285,13 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
     let env = Env::with_upstream(&mock.url());
     env.add_secret("tg", "telegram", TELEGRAM_KEY).await;
     let token = env.create_token("tg", &["--agent", "tg-bot"]).await;
+    // Policies see file downloads without the token: `/file/<file_path>`.
+    let downloader = env
+        .create_token(
+            "tg",
+            &["--agent", "tg-files", "--allow", "GET /file/documents/**"],
+        )
+        .await;
     let broker = env.serve_with(&[("SEKS_LOG", "debug")]).await;
 
     let reply = send(
@@ -283,20 +313,73 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
             .unwrap()
             .starts_with("Not Found: /bot")
     );
-    let mut everything = reply.body.clone();
-    for (k, v) in &reply.headers {
-        everything.push_str(&format!("\n{k}: {v}"));
-    }
-    assert!(
-        found_in(TELEGRAM_KEY, everything.as_bytes()).is_empty(),
-        "the bot token came back: {everything}"
+    let mut replies = vec![reply];
+
+    // A file download: `/file/bot<token>/<file_path>` gets the key in the token's place.
+    let file = send(
+        "GET",
+        &broker.url(&format!(
+            "/api/telegram/file/bot{downloader}/documents/file_1.pdf"
+        )),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(file.status, 200, "{file:?}");
+    assert_eq!(
+        mock.requests()[1].target,
+        format!("/file/bot{TELEGRAM_KEY}/documents/file_1.pdf")
     );
+    // The mock's answer quoted the path it got; the key in it is masked.
+    assert!(
+        file.json()["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/file/bot*")),
+        "{file:?}"
+    );
+    // A missing file's 404 quotes the URL, raw and percent-encoded.
+    let missing_file = send(
+        "GET",
+        &broker.url(&format!(
+            "/api/telegram/file/bot{downloader}/documents/echo-url"
+        )),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(missing_file.status, 404, "{missing_file:?}");
+    assert_eq!(
+        mock.requests()[2].target,
+        format!("/file/bot{TELEGRAM_KEY}/documents/echo-url")
+    );
+    // The download token may not call methods.
+    let method = send(
+        "POST",
+        &broker.url(&format!("/api/telegram/bot{downloader}/sendMessage")),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(method.status, 403, "{method:?}");
+    replies.extend([file, missing_file, method]);
+    for reply in &replies {
+        let mut everything = reply.body.clone();
+        for (k, v) in &reply.headers {
+            everything.push_str(&format!("\n{k}: {v}"));
+        }
+        assert!(
+            found_in(TELEGRAM_KEY, everything.as_bytes()).is_empty(),
+            "the bot token came back: {everything}"
+        );
+    }
 
     // Path tricks around the token segment are refused before anything is forwarded.
     for path in [
         format!("/api/telegram/bot{token}/../x"),
         format!("/api/telegram/bot{token}%2f..%2fx"),
         format!("/api/telegram/bot{token}//x"),
+        format!("/api/telegram/file/bot{token}/../../x"),
+        format!("/api/telegram/file/bot{token}/%2e%2e/x"),
     ] {
         let reply = send("GET", &broker.url(&path), &[], "").await;
         assert_eq!(reply.status, 400, "{path}: {reply:?}");
@@ -311,9 +394,9 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
             .contains("/bot<token>/"),
         "{missing:?}"
     );
-    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(mock.requests().len(), 3);
 
-    // The audit log records the path without the token segment.
+    // The audit log records the paths without the token segment.
     let mut records = String::new();
     for _ in 0..50 {
         records = env
@@ -321,12 +404,22 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
             .await
             .ok()
             .stdout;
-        if records.contains("/echo-url") {
+        if records.contains("/file/documents/echo-url") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(records.contains("\"/echo-url?chat_id=1\""), "{records}");
+    for path in [
+        "/echo-url?chat_id=1",
+        "/file/documents/file_1.pdf",
+        "/file/documents/echo-url",
+        "/sendMessage",
+    ] {
+        assert!(
+            records.contains(&format!("\"{path}\"")),
+            "{path}: {records}"
+        );
+    }
     broker.stop().await;
     let transcript = env.transcript();
     assert!(
@@ -335,6 +428,10 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
     );
     assert!(
         !transcript.contains(&token),
+        "the full agent token was logged"
+    );
+    assert!(
+        !transcript.contains(&downloader),
         "the full agent token was logged"
     );
 }

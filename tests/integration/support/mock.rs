@@ -1,5 +1,8 @@
 //! A real HTTP upstream on a loopback socket that records what it receives and answers
-//! like the providers do (JSON and SSE), plus paths that misbehave on purpose.
+//! like the providers do (JSON and SSE), plus paths that misbehave on purpose, and an
+//! OAuth2 token endpoint ([`token_endpoint`]).
+
+pub mod token_endpoint;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +19,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
+
+use token_endpoint::TokenEndpoint;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -54,6 +59,8 @@ pub struct MockUpstream {
     gate: Arc<Notify>,
     connections: Arc<Mutex<u32>>,
     in_flight: Arc<InFlight>,
+    /// The OAuth2 token endpoint at `/oauth2/token`.
+    pub oauth: Arc<TokenEndpoint>,
 }
 
 /// Requests being handled now, and the most at once.
@@ -83,19 +90,22 @@ impl MockUpstream {
         let gate = Arc::new(Notify::new());
         let connections: Arc<Mutex<u32>> = Arc::default();
         let in_flight: Arc<InFlight> = Arc::default();
-        let (s, g, c, f) = (
+        let oauth: Arc<TokenEndpoint> = Arc::default();
+        let (s, g, c, f, o) = (
             seen.clone(),
             gate.clone(),
             connections.clone(),
             in_flight.clone(),
+            oauth.clone(),
         );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 *c.lock().unwrap() += 1;
-                let (s, g, f, tls) = (s.clone(), g.clone(), f.clone(), tls.clone());
+                let (s, g, f, o, tls) = (s.clone(), g.clone(), f.clone(), o.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service =
-                        service_fn(move |req| counted(req, s.clone(), g.clone(), f.clone()));
+                    let service = service_fn(move |req| {
+                        counted(req, s.clone(), g.clone(), f.clone(), o.clone())
+                    });
                     match tls {
                         None => {
                             let _ = hyper::server::conn::http1::Builder::new()
@@ -122,6 +132,7 @@ impl MockUpstream {
             gate,
             connections,
             in_flight,
+            oauth,
         }
     }
 
@@ -155,11 +166,12 @@ async fn counted(
     seen: Arc<Mutex<Vec<Seen>>>,
     gate: Arc<Notify>,
     in_flight: Arc<InFlight>,
+    oauth: Arc<TokenEndpoint>,
 ) -> Result<Response<MockBody>, Infallible> {
     use std::sync::atomic::Ordering::SeqCst;
     let now = in_flight.now.fetch_add(1, SeqCst) + 1;
     in_flight.max.fetch_max(now, SeqCst);
-    let response = handle(req, seen, gate).await;
+    let response = handle(req, seen, gate, oauth).await;
     in_flight.now.fetch_sub(1, SeqCst);
     response
 }
@@ -168,6 +180,7 @@ async fn handle(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
     gate: Arc<Notify>,
+    oauth: Arc<TokenEndpoint>,
 ) -> Result<Response<MockBody>, Infallible> {
     let version = req.version();
     let method = req.method().to_string();
@@ -197,6 +210,7 @@ async fn handle(
     let stream_usage = json["stream_options"]["include_usage"] == true;
     let injected = injected_credential(&headers);
     let query = req_query;
+    let oauth_answer = oauth.serve(&method, &path, &headers, &body).await;
     seen.lock().unwrap().push(Seen {
         version,
         method,
@@ -205,7 +219,9 @@ async fn handle(
         body: body.clone(),
     });
 
-    let response = if path.ends_with("/late-usage/chat/completions") && stream {
+    let response = if let Some(response) = oauth_answer {
+        response
+    } else if path.ends_with("/late-usage/chat/completions") && stream {
         late_usage(stream_usage)
     } else if path.ends_with("/chat/completions") {
         if stream {

@@ -230,9 +230,9 @@ impl Env {
     }
 }
 
-/// Every built-in provider with a static credential, in `seks provider list` order (S3 signs
-/// requests and has its own tests in `sigv4.rs`).
-pub const BUILTIN_PROVIDERS: [&str; 19] = [
+/// Every built-in provider but S3, in `seks provider list` order (S3 signs requests and has
+/// its own tests in `sigv4.rs`).
+pub const BUILTIN_PROVIDERS: [&str; 21] = [
     "openai",
     "anthropic",
     "gemini",
@@ -252,7 +252,12 @@ pub const BUILTIN_PROVIDERS: [&str; 19] = [
     "cloudflare",
     "stripe",
     "linear",
+    "gmail",
+    "msgraph",
 ];
+
+/// The built-ins whose access tokens are minted by an OAuth2 token endpoint.
+pub const OAUTH2_PROVIDERS: [&str; 2] = ["gmail", "msgraph"];
 
 /// A mock upstream, an environment pointed at it with secret `main` (openai, value `key`),
 /// and a token for that secret minted with `token_args`.
@@ -274,13 +279,19 @@ pub async fn list_models(broker: &Broker, token: &str, times: usize) {
     }
 }
 
-/// A config with every built-in provider pointed at `upstream`; `top_level` TOML goes first.
+/// A config with every built-in provider pointed at `upstream` (OAuth2 token endpoints at
+/// its `/oauth2/token`); `top_level` TOML goes first.
 pub fn config_for(upstream: &str, top_level: &str) -> String {
     let mut cfg = format!(
         "{top_level}\n[upstream]\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\nread_timeout = \"2s\"\n"
     );
     for p in BUILTIN_PROVIDERS {
         cfg.push_str(&format!("[providers.{p}]\nbase_url = \"{upstream}\"\n"));
+        if OAUTH2_PROVIDERS.contains(&p) {
+            cfg.push_str(&format!(
+                "auth = {{ scheme = \"oauth2\", token_url = \"{upstream}/oauth2/token\" }}\n"
+            ));
+        }
     }
     cfg
 }

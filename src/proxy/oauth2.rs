@@ -1,0 +1,593 @@
+//! Minting OAuth2 access tokens from stored refresh tokens (`auth = { scheme = "oauth2" }`).
+//!
+//! Each secret's access token is kept until shortly before it expires ([`refresh_margin`]).
+//! Refreshes are single-flight per secret: concurrent requests wait for the one in flight
+//! and share its outcome, so an expired token costs one call to the token endpoint, not a
+//! stampede, and a failing endpoint fails the waiting requests together rather than one
+//! timeout after another. A refresh token the provider rotates is sealed into a new version
+//! of the secret, so a restarted broker uses it. Each access token, and each refresh token
+//! the provider replaces, is learned by the scrubber before it is used or forgotten.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Limited};
+use percent_encoding::utf8_percent_encode;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::rewrite::QUERY_VALUE;
+use super::upstream::UpstreamClient;
+use crate::keyring::{Keyring, KeyringError, Unlocked};
+use crate::providers::oauth2::{ClientAuth, Oauth2Grant, Oauth2Secret};
+use crate::scrub::MIN_SECRET_LEN;
+use crate::store::{StoreError, TokenRecord};
+
+/// Longest a token exchange may take, whatever the upstream response timeout: requests for
+/// the secret wait on it.
+const MAX_EXCHANGE: Duration = Duration::from_secs(30);
+/// Largest token endpoint answer read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The lifetime assumed when the token endpoint gives none (Google's and Microsoft's
+/// usual); an upstream 401 drops a token that dies earlier.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest lifetime believed, so a token that "never expires" is still renewed daily.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long past its expiry an access token stays known to the scrubber (late log lines).
+const SCRUB_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
+/// RFC 6749 §5.2 error codes: the only part of a refusal repeated, since the rest of the
+/// endpoint's body may quote what it was sent.
+const OAUTH_ERRORS: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "temporarily_unavailable",
+    "server_error",
+];
+
+/// Why the token endpoint gave no usable access token; never quotes its answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RefreshError {
+    /// No connection, or it broke before an answer.
+    #[error("the token endpoint could not be reached")]
+    Unreachable,
+    /// No complete answer in time.
+    #[error("the token endpoint did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A non-2xx answer, with its OAuth2 error code when it is a standard one.
+    #[error(
+        "the token endpoint refused the refresh with HTTP {status}{}",
+        .error.map(|code| format!(" ({code})")).unwrap_or_default()
+    )]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// E.g. `invalid_grant`: the refresh token was revoked or has expired.
+        error: Option<&'static str>,
+    },
+    /// A 2xx answer without a usable access token.
+    #[error("the token endpoint's answer can't be used: {0}")]
+    BadAnswer(&'static str),
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The token endpoint failed.
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
+    /// The stored secret can't be used, or the scrubber can't learn the token.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+}
+
+/// What a successful refresh answered.
+struct Granted {
+    access_token: SecretString,
+    lifetime: Duration,
+    /// The endpoint gave no `expires_in`.
+    lifetime_assumed: bool,
+    /// A new refresh token, when the provider rotates them.
+    refresh_token: Option<SecretString>,
+}
+
+/// An access token and what it is good for.
+struct Minted {
+    access: Arc<SecretString>,
+    /// Versions of the stored secret it answers for: the one it was minted from, and the
+    /// one written back with a rotated refresh token.
+    versions: Vec<i64>,
+    refresh_at: Instant,
+}
+
+/// One secret's access token and its refreshes.
+#[derive(Default)]
+struct Slot {
+    /// Read without waiting for a refresh in flight.
+    current: Mutex<Option<Arc<Minted>>>,
+    /// Held while refreshing; the other requests wait here, then look again.
+    refreshing: Arc<tokio::sync::Mutex<Refreshing>>,
+    /// Refreshes finished, so a waiter can tell one ended while it waited.
+    finished: AtomicU64,
+}
+
+#[derive(Default)]
+struct Refreshing {
+    /// A refresh token the provider issued in place of the one stored at this version:
+    /// used until the keyring serves the written-back version (or for good, if the write
+    /// failed, until a restart).
+    rotated: Option<(i64, SecretString)>,
+    /// How the last refresh failed, for the requests that waited on it.
+    failed: Option<RefreshError>,
+}
+
+/// Mints, caches and refreshes access tokens for every OAuth2 secret.
+pub struct Minter {
+    refresher: Arc<Refresher>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// What a refresh needs, shared with the task it runs in.
+struct Refresher {
+    keyring: Arc<Keyring>,
+    client: UpstreamClient,
+    timeout: Duration,
+}
+
+impl Minter {
+    /// Minting through `client` (the upstream pool: no redirects, no proxy variables),
+    /// each exchange bounded by `timeout` (at most [`MAX_EXCHANGE`]).
+    pub fn new(keyring: Arc<Keyring>, client: UpstreamClient, timeout: Duration) -> Self {
+        Minter {
+            refresher: Arc::new(Refresher {
+                keyring,
+                client,
+                timeout: timeout.min(MAX_EXCHANGE),
+            }),
+            slots: Mutex::default(),
+        }
+    }
+
+    /// The access token for `token`'s secret (`stored`), minted unless a fresh one is
+    /// cached, with a scrubber that knows it.
+    pub async fn unlock(
+        &self,
+        grant: &Oauth2Grant,
+        token: &TokenRecord,
+        stored: &Unlocked,
+    ) -> Result<Unlocked, MintError> {
+        let slot = self.slot(&token.secret_id);
+        if let Some(minted) = slot.usable(stored.version) {
+            return Ok(self.unlocked(&minted, stored.version));
+        }
+        let finished = slot.finished.load(Ordering::Acquire);
+        let mut refreshing = Arc::clone(&slot.refreshing).lock_owned().await;
+        if let Some(minted) = slot.usable(stored.version) {
+            return Ok(self.unlocked(&minted, stored.version));
+        }
+        if slot.finished.load(Ordering::Acquire) != finished
+            && let Some(failed) = &refreshing.failed
+        {
+            return Err(failed.clone().into());
+        }
+        // A task of its own, holding the lock to the end: a client that leaves mid-refresh
+        // must not lose a rotated refresh token between the endpoint's answer and the store.
+        let refresher = Arc::clone(&self.refresher);
+        let (grant, token, secret, version) = (
+            grant.clone(),
+            token.clone(),
+            Arc::clone(&stored.secret),
+            stored.version,
+        );
+        let task = tokio::spawn(async move {
+            let result = refresher
+                .refresh(&grant, &token, &secret, version, &mut refreshing)
+                .await;
+            refreshing.failed = match &result {
+                Err(MintError::Refresh(e)) => Some(e.clone()),
+                _ => None,
+            };
+            slot.finished.fetch_add(1, Ordering::Release);
+            let minted = Arc::new(result?);
+            *slot.current.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Arc::clone(&minted));
+            Ok::<_, MintError>(minted)
+        });
+        let minted = match task.await {
+            Ok(result) => result?,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only when the runtime shuts down.
+                Err(_) => return Err(RefreshError::Unreachable.into()),
+            },
+        };
+        Ok(self.unlocked(&minted, stored.version))
+    }
+
+    /// Drop `access` after the upstream refused it, so the next request mints a new one.
+    pub fn forget(&self, secret_id: &str, access: &Arc<SecretString>) {
+        let slot = self.slot(secret_id);
+        let mut current = slot.current.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only this token: one minted meanwhile by another request stays.
+        if current
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(&m.access, access))
+        {
+            *current = None;
+        }
+    }
+
+    fn slot(&self, secret_id: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(slots.entry(secret_id.to_owned()).or_default())
+    }
+
+    fn unlocked(&self, minted: &Minted, version: i64) -> Unlocked {
+        // Taken now, not with the stored secret: this one knows the access token.
+        Unlocked {
+            secret: Arc::clone(&minted.access),
+            scrubber: self.refresher.keyring.scrubber(),
+            version,
+        }
+    }
+}
+
+impl Refresher {
+    /// Mint from `stored` (the secret at `version`), learn what the scrubber must know, and
+    /// write a rotated refresh token back.
+    async fn refresh(
+        &self,
+        grant: &Oauth2Grant,
+        token: &TokenRecord,
+        stored: &SecretString,
+        version: i64,
+        refreshing: &mut Refreshing,
+    ) -> Result<Minted, MintError> {
+        let secret = Oauth2Secret::parse(stored.expose_secret()).map_err(|why| {
+            tracing::error!(secret = %token.secret_name, "stored secret is unusable for OAuth2: {why}");
+            KeyringError::SecretMissing(token.secret_id.clone())
+        })?;
+        // A rotation older than the stored version has reached the store (or was
+        // superseded by an operator's rotation).
+        if refreshing
+            .rotated
+            .as_ref()
+            .is_some_and(|(replaced, _)| *replaced < version)
+        {
+            refreshing.rotated = None;
+        }
+        let refresh_token = match &refreshing.rotated {
+            Some((replaced, rotated)) if *replaced == version => rotated.clone(),
+            _ => secret.refresh_token.clone(),
+        };
+        let sent = Instant::now();
+        let granted = self
+            .exchange(grant, &secret, &refresh_token)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(secret = %token.secret_name, provider = %token.provider, "OAuth2 refresh failed: {e}");
+            })?;
+        if granted.lifetime_assumed {
+            tracing::warn!(
+                provider = %token.provider,
+                "the token endpoint gave no expires_in; assuming {DEFAULT_LIFETIME:?}"
+            );
+        }
+        let expires_at = sent + granted.lifetime;
+        let rotated = granted
+            .refresh_token
+            .filter(|new| new.expose_secret() != refresh_token.expose_secret());
+        let mut learn = vec![(
+            granted.access_token.clone(),
+            Some(expires_at + SCRUB_AFTER_EXPIRY),
+        )];
+        if let Some(new) = &rotated {
+            // The replaced token may stay valid at the provider, and the keyring forgets it
+            // once it loads the new version.
+            learn.push((refresh_token, None));
+            learn.push((new.clone(), None));
+        }
+        self.keyring.learn(learn).await?;
+        let mut versions = vec![version];
+        if let Some(new) = rotated {
+            let value = secret.with_refresh_token(&new);
+            match self.keyring.store_new_version(token, version, &value).await {
+                Ok(()) => versions.push(version + 1),
+                Err(KeyringError::Store(StoreError::NotFound(_))) => {
+                    tracing::warn!(secret = %token.secret_name, "the secret was rotated during an OAuth2 refresh; the operator's value is kept");
+                }
+                Err(e) => {
+                    tracing::error!(secret = %token.secret_name, error = %e, "the rotated refresh token could not be stored; it is used from memory until the broker restarts");
+                }
+            }
+            refreshing.rotated = Some((version, new));
+        }
+        tracing::debug!(secret = %token.secret_name, lifetime = ?granted.lifetime, "minted an OAuth2 access token");
+        Ok(Minted {
+            access: Arc::new(granted.access_token),
+            versions,
+            refresh_at: expires_at - refresh_margin(granted.lifetime),
+        })
+    }
+
+    /// POST the refresh-token grant and read the answer, all within the timeout.
+    async fn exchange(
+        &self,
+        grant: &Oauth2Grant,
+        secret: &Oauth2Secret,
+        refresh_token: &SecretString,
+    ) -> Result<Granted, RefreshError> {
+        // Checked when the provider table loaded.
+        let uri: Uri = grant
+            .token_url
+            .parse()
+            .map_err(|_| RefreshError::Unreachable)?;
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .header(header::ACCEPT_ENCODING, "identity");
+        match grant.client_auth {
+            ClientAuth::Body => {
+                form.push(("client_id", secret.client_id.expose_secret()));
+                if let Some(client_secret) = &secret.client_secret {
+                    form.push(("client_secret", client_secret.expose_secret()));
+                }
+            }
+            ClientAuth::Basic => {
+                request = request.header(header::AUTHORIZATION, basic_client(secret)?);
+            }
+        }
+        if let Some(scope) = &grant.scope {
+            form.push(("scope", scope.as_str()));
+        }
+        let body = form_encode(&form);
+        let request = request
+            .body(Body::from(body.as_bytes().to_vec()))
+            .map_err(|_| RefreshError::Unreachable)?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                tracing::debug!(error = %e, "token endpoint request failed");
+                RefreshError::Unreachable
+            })?;
+            let status = response.status();
+            let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|_| RefreshError::BadAnswer("it was cut off or too large"))?
+                .to_bytes();
+            Ok((status, answer))
+        };
+        let (status, answer) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| RefreshError::Timeout(self.timeout))??;
+        if status.is_success() {
+            parse_granted(&answer)
+        } else {
+            Err(refused(status, &answer))
+        }
+    }
+}
+
+impl Slot {
+    /// The cached token, if it is fresh and minted from this version of the secret.
+    fn usable(&self, version: i64) -> Option<Arc<Minted>> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .filter(|m| Instant::now() < m.refresh_at && m.versions.contains(&version))
+            .map(Arc::clone)
+    }
+}
+
+/// How long before expiry a token is replaced: a minute, or a tenth of its life if shorter,
+/// so a request never carries a token that dies on the way.
+pub fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(Duration::from_secs(60))
+}
+
+/// `application/x-www-form-urlencoded`, every reserved character escaped.
+fn form_encode(pairs: &[(&str, &str)]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::new());
+    for (key, value) in pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(key);
+        out.push('=');
+        out.extend(utf8_percent_encode(value, QUERY_VALUE));
+    }
+    out
+}
+
+/// `Basic base64(urlencoded id ":" urlencoded secret)`, as RFC 6749 §2.3.1 has it.
+fn basic_client(secret: &Oauth2Secret) -> Result<HeaderValue, RefreshError> {
+    let encode = |s: &SecretString| {
+        Zeroizing::new(utf8_percent_encode(s.expose_secret(), QUERY_VALUE).to_string())
+    };
+    let id = encode(&secret.client_id);
+    let password = secret
+        .client_secret
+        .as_ref()
+        .map(encode)
+        .unwrap_or_default();
+    let pair = Zeroizing::new(format!("{}:{}", *id, *password));
+    let mut value = HeaderValue::from_str(&format!("Basic {}", BASE64.encode(pair.as_bytes())))
+        .map_err(|_| RefreshError::BadAnswer("the client credentials can't form a header"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Read a successful answer (RFC 6749 §5.1).
+fn parse_granted(answer: &[u8]) -> Result<Granted, RefreshError> {
+    let bad = RefreshError::BadAnswer;
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(answer) else {
+        return Err(bad("it is not a JSON object"));
+    };
+    if let Some(kind) = map.get("token_type")
+        && !kind
+            .as_str()
+            .is_some_and(|k| k.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(bad("the token type is not Bearer"));
+    }
+    let token = |key: &str| match map.get(key) {
+        None => Ok(None),
+        Some(Value::String(t))
+            if t.len() >= MIN_SECRET_LEN && t.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(SecretString::from(t.as_str())))
+        }
+        Some(_) => Err(bad(
+            "a token is not printable ASCII of at least 8 characters without spaces",
+        )),
+    };
+    let access_token = token("access_token")?.ok_or(bad("it has no access_token"))?;
+    let refresh_token = token("refresh_token")?;
+    let seconds = match map.get("expires_in") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                // Some endpoints send the number as a string.
+                .or_else(|| v.as_str()?.parse().ok())
+                .filter(|s| *s > 0)
+                .ok_or(bad("expires_in is not a positive number of seconds"))?,
+        ),
+    };
+    Ok(Granted {
+        access_token,
+        lifetime: seconds.map_or(DEFAULT_LIFETIME, |s| {
+            Duration::from_secs(s).min(MAX_LIFETIME)
+        }),
+        lifetime_assumed: seconds.is_none(),
+        refresh_token,
+    })
+}
+
+/// A refusal, naming the standard error code if the answer carries one.
+fn refused(status: StatusCode, answer: &[u8]) -> RefreshError {
+    let code = serde_json::from_slice::<Value>(answer)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
+    RefreshError::Refused {
+        status: status.as_u16(),
+        error: code.and_then(|c| OAUTH_ERRORS.iter().copied().find(|known| *known == c)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_give_the_token_its_lifetime_and_a_rotated_refresh_token() {
+        let granted = parse_granted(
+            br#"{"access_token": "ya29.access-1", "token_type": "Bearer", "expires_in": 3599, "scope": "x"}"#,
+        )
+        .unwrap();
+        assert_eq!(granted.access_token.expose_secret(), "ya29.access-1");
+        assert_eq!(granted.lifetime, Duration::from_secs(3599));
+        assert!(!granted.lifetime_assumed && granted.refresh_token.is_none());
+        let rotated = parse_granted(
+            br#"{"access_token": "ya29.access-2", "token_type": "bearer", "expires_in": "60", "refresh_token": "refresh-new"}"#,
+        )
+        .unwrap();
+        assert_eq!(rotated.lifetime, Duration::from_secs(60));
+        assert_eq!(
+            rotated.refresh_token.as_ref().map(|t| t.expose_secret()),
+            Some("refresh-new")
+        );
+        let bare = parse_granted(br#"{"access_token": "ya29.access-3"}"#).unwrap();
+        assert!(bare.lifetime_assumed);
+        assert_eq!(bare.lifetime, DEFAULT_LIFETIME);
+        let forever =
+            parse_granted(br#"{"access_token": "ya29.access-4", "expires_in": 99999999999}"#)
+                .unwrap();
+        assert_eq!(forever.lifetime, MAX_LIFETIME);
+    }
+
+    #[test]
+    fn unusable_answers_are_refused_without_quoting_them() {
+        for answer in [
+            &br#"not json ya29.secret"#[..],
+            br#"{"token_type": "Bearer"}"#,
+            br#"{"access_token": "ya29.secret", "token_type": "mac"}"#,
+            br#"{"access_token": "short"}"#,
+            br#"{"access_token": "ya29 secret"}"#,
+            br#"{"access_token": "ya29.secret", "expires_in": 0}"#,
+            br#"{"access_token": "ya29.secret", "expires_in": -5}"#,
+            br#"{"access_token": "ya29.secret", "refresh_token": 7}"#,
+        ] {
+            let Err(e) = parse_granted(answer) else {
+                panic!("accepted {}", String::from_utf8_lossy(answer));
+            };
+            assert!(!e.to_string().contains("ya29"), "{e}");
+        }
+        let e = refused(
+            StatusCode::BAD_REQUEST,
+            br#"{"error": "invalid_grant", "error_description": "token ya29.secret revoked"}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "the token endpoint refused the refresh with HTTP 400 (invalid_grant)"
+        );
+        let e = refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"error": "refresh-token-1//0g-echoed"}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "the token endpoint refused the refresh with HTTP 500"
+        );
+    }
+
+    #[test]
+    fn tokens_are_replaced_a_minute_or_a_tenth_of_their_life_early() {
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn client_credentials_are_form_encoded_in_the_body_or_in_basic() {
+        let body = form_encode(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "1//0g+a/b="),
+        ]);
+        assert_eq!(
+            body.as_str(),
+            "grant_type=refresh_token&refresh_token=1%2F%2F0g%2Ba%2Fb%3D"
+        );
+        let secret = Oauth2Secret {
+            client_id: SecretString::from("id:1"),
+            client_secret: Some(SecretString::from("s/cret?x")),
+            refresh_token: SecretString::from("refresh-1"),
+        };
+        let header = basic_client(&secret).unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(
+            header.to_str().unwrap(),
+            format!("Basic {}", BASE64.encode("id%3A1:s%2Fcret%3Fx"))
+        );
+    }
+}

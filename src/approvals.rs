@@ -40,6 +40,9 @@ pub struct Summary {
     pub model: Option<String>,
     /// The `require_approval` rule that matched.
     pub rule: String,
+    /// For a capability call, what its arguments say (recipients, subject…), shortened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 impl Summary {
@@ -62,7 +65,15 @@ impl Summary {
             path: shown(path),
             model: model.map(shown),
             rule,
+            arguments: None,
         }
+    }
+
+    /// The same summary, showing a capability call's arguments (escaped and cut like the
+    /// path).
+    pub fn with_arguments(mut self, arguments: &str) -> Self {
+        self.arguments = Some(shown(arguments));
+        self
     }
 }
 

@@ -114,6 +114,8 @@ impl TokenEntry {
 struct Credential {
     provider: String,
     value: Arc<SecretString>,
+    /// (tenant, name), for capabilities, which name their secret.
+    named: (String, String),
 }
 
 /// A credential ready to inject, with a scrubber that knows it (and every other secret
@@ -264,6 +266,38 @@ impl Keyring {
         })
     }
 
+    /// The decrypted secret `name` of `tenant` (a capability's) with the provider it is
+    /// bound to, and the scrubber for what its use returns.
+    pub async fn named_credential(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(String, Unlocked), KeyringError> {
+        if self.is_fresh()
+            && let Some(found) = self.loaded_named(tenant, name)
+        {
+            return Ok(found);
+        }
+        self.sync_now(true).await?;
+        self.loaded_named(tenant, name)
+            .ok_or_else(|| KeyringError::SecretMissing(name.to_owned()))
+    }
+
+    fn loaded_named(&self, tenant: &str, name: &str) -> Option<(String, Unlocked)> {
+        let cache = self.read_cache();
+        let credential = cache
+            .credentials
+            .values()
+            .find(|c| c.named.0 == tenant && c.named.1 == name)?;
+        Some((
+            credential.provider.clone(),
+            Unlocked {
+                secret: Arc::clone(&credential.value),
+                scrubber: Arc::clone(&cache.scrubber),
+            },
+        ))
+    }
+
     /// Note that a token was used at Unix time `now`; written back on a later sync.
     pub fn note_use(&self, token_id: &str, now: i64) {
         let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
@@ -319,6 +353,7 @@ impl Keyring {
                     let credential = Credential {
                         provider: row.provider,
                         value: Arc::new(value),
+                        named: (row.tenant, row.name),
                     };
                     credentials.insert(row.id, credential);
                 }

@@ -4,6 +4,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod backend;
+mod capability;
 mod output;
 mod policy;
 mod provider;
@@ -89,6 +90,9 @@ enum Command {
     /// The providers this broker serves (built-in and from the config file).
     #[command(subcommand)]
     Provider(provider::ProviderCommand),
+    /// Actions agents may invoke without the credential: list, add, remove, test.
+    #[command(subcommand)]
+    Capability(capability::CapabilityCommand),
 }
 
 /// Entry point of the `seks` binary.
@@ -143,6 +147,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Provider(cmd) => {
             local_only("provider")?;
             provider::run(&Context::prepare(overrides, "warn", redactor)?, cmd)
+        }
+        Command::Capability(cmd) => {
+            local_only("capability")?;
+            capability::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
         Command::Admin(cmd) => {
             local_only("admin")?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use lettre::transport::smtp::client::Certificate;
 use serde_json::{Value, json};
 
@@ -16,13 +16,16 @@ use super::{ArgumentError, Capability, CapabilitySpec, Catalog, RunError, Valida
 use crate::approvals::Summary;
 use crate::audit::{AuditRecord, Decision};
 use crate::keyring::{Keyring, KeyringError, TokenEntry};
-use crate::policy;
+use crate::policy::{self, RequestPath};
 use crate::providers::{ErrorShape, Providers};
 use crate::proxy::{PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams};
 use crate::scrub::{Redactor, Scrubber};
 
 /// What approval requests and audit records give as a capability call's provider.
 pub const CAPABILITY_PROVIDER: &str = "capability";
+/// Where capabilities are called (`POST /v1/capabilities/NAME`), also the path policy rules
+/// and approval requests see for a call that came over MCP.
+pub const CALL_PATH: &str = "/v1/capabilities";
 /// Extra time a backend gets past its own timeout to report it, before the call is cut.
 const REPORT_GRACE: Duration = Duration::from_secs(2);
 
@@ -256,7 +259,10 @@ impl Capabilities {
             .collect())
     }
 
-    fn check(&self, entry: &TokenEntry, name: &str) -> Result<(), ProxyError> {
+    /// Check that the token's chain may call `name`; `Ok` names the policy rule, if any,
+    /// that holds the call for approval (`require_approval = ["POST /v1/capabilities/NAME"]`).
+    fn check(&self, entry: &TokenEntry, name: &str) -> Result<Option<String>, ProxyError> {
+        let mut hold = None;
         self.proxy.check_call(entry, |specs| {
             let of = |root: bool| -> Vec<&policy::PolicySpec> {
                 specs
@@ -265,8 +271,15 @@ impl Capabilities {
                     .map(|(_, spec)| *spec)
                     .collect()
             };
-            policy::check_capability(name, &of(true), &of(false))
-        })
+            policy::check_capability(name, &of(true), &of(false))?;
+            let path = RequestPath::new(&Method::POST, &format!("{CALL_PATH}/{name}"));
+            hold = specs
+                .iter()
+                .find_map(|(_, s)| s.require_approval.iter().find(|r| r.catches(&path)))
+                .map(ToString::to_string);
+            Ok(())
+        })?;
+        Ok(hold)
     }
 
     /// Call capability `name` with `args` for the token `entry`; `record` learns the
@@ -309,18 +322,24 @@ impl Capabilities {
         if let CapabilitySpec::Http(s) = &capability.spec {
             record.update(|r| r.provider = Some(s.provider.clone()));
         }
-        self.check(entry, name)?;
+        let policy_hold = self.check(entry, name)?;
         let validated = capability.validate(args)?;
         let common = capability.spec.common();
-        let hold = common.require_approval.then(|| {
+        let rule = match policy_hold {
+            Some(rule) => Some(rule),
+            None => common
+                .require_approval
+                .then(|| format!("require_approval = true (capability `{name}`)")),
+        };
+        let hold = rule.map(|rule| {
             Summary::new(
                 &entry.record.agent,
                 &entry.record.id,
                 CAPABILITY_PROVIDER,
-                "CALL",
-                name,
+                "POST",
+                &format!("{CALL_PATH}/{name}"),
                 None,
-                format!("require_approval (capability `{name}`)"),
+                rule,
             )
             .with_arguments(&summarise(args))
         });

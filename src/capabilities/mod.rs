@@ -317,7 +317,7 @@ impl Catalog {
 
     /// Reload stored definitions if the store changed since they were read.
     async fn refresh(&self) -> Result<(), StoreError> {
-        let revision = self.store.revision().await?;
+        let revision = timed(self.store.revision()).await?;
         if self.read().revision == Some(revision) {
             return Ok(());
         }
@@ -326,7 +326,7 @@ impl Catalog {
             return Ok(());
         }
         let mut by_name = BTreeMap::new();
-        for record in self.store.list_capabilities(DEFAULT_TENANT).await? {
+        for record in timed(self.store.list_capabilities(DEFAULT_TENANT)).await? {
             if self.configured.contains_key(&record.name) {
                 tracing::warn!(capability = %record.name, "a stored capability has the name of one in the config file, which wins");
                 continue;
@@ -356,6 +356,14 @@ impl Catalog {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Stored> {
         self.stored.read().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Bound a store call as the keyring does, so a stuck store refuses calls rather than
+/// holding them.
+async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(crate::keyring::STORE_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolTimedOut)))
 }
 
 /// Serde for `Option<Duration>` as human text (`30s`).

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::conn::ClientAddr;
 use crate::audit::{AuditRecord, Decision};
-use crate::capabilities::invoke::{CallError, Capabilities};
+use crate::capabilities::invoke::{CALL_PATH, CallError, Capabilities};
 use crate::capabilities::params::BadArgument;
 use crate::capabilities::{ArgumentError, valid_name};
 use crate::providers::ErrorShape;
@@ -26,7 +26,7 @@ use crate::store::DEFAULT_TENANT;
 use crate::{clock, tokens};
 
 /// Where agents list and invoke capabilities.
-pub const CAPABILITIES_PATH: &str = "/v1/capabilities";
+pub const CAPABILITIES_PATH: &str = CALL_PATH;
 /// The status recorded for a request whose client left before the answer.
 const CLIENT_CLOSED: u16 = 499;
 

@@ -231,3 +231,105 @@ async fn operators_add_list_test_and_remove_capabilities_and_running_brokers_fol
     broker.stop().await;
     assert_never_leaked(&env, KEY, &responses);
 }
+
+/// The first pending approval, waiting until there is one.
+async fn pending_approval(env: &Env) -> serde_json::Value {
+    for _ in 0..150 {
+        let out = env.cli(&["approvals", "list", "--json"], "").await.ok();
+        let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        if let Some(first) = listed.as_array().and_then(|a| a.first()) {
+            return first.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no approval became pending");
+}
+
+#[tokio::test]
+async fn approval_holds_a_call_until_an_operator_decides() {
+    let mock = MockUpstream::start().await;
+    let env = Env::new(&format!(
+        "{}\n{}",
+        config_for(&mock.url(), ""),
+        r#"
+[capabilities.announce]
+kind = "http"
+description = "Announce something"
+secret = "main"
+provider = "openai"
+method = "POST"
+path = "/v1/announce"
+body = { text = "{text}" }
+params = [{ name = "text", type = "string" }]
+require_approval = true
+
+[capabilities.ping]
+kind = "http"
+description = "Ping"
+secret = "main"
+provider = "openai"
+method = "GET"
+path = "/v1/ping"
+"#
+    ));
+    env.add_secret("main", "openai", KEY).await;
+    let policy = env.data_dir().join("policy.toml");
+    // A token's policy can hold a capability call too, by its path.
+    std::fs::write(
+        &policy,
+        "capabilities = [\"announce\", \"ping\"]\nrequire_approval = [\"POST /v1/capabilities/ping\"]\n",
+    )
+    .unwrap();
+    let token = env
+        .create_token(
+            "main",
+            &["--agent", "herald", "--policy", policy.to_str().unwrap()],
+        )
+        .await;
+    let broker = std::sync::Arc::new(env.serve().await);
+
+    let (b, t) = (broker.clone(), token.clone());
+    let held = tokio::spawn(async move {
+        call(
+            &b,
+            &t,
+            "announce",
+            &json!({"text": "we ship at noon"}),
+            &mut Vec::new(),
+        )
+        .await
+    });
+    let pending = pending_approval(&env).await;
+    let request = &pending["request"];
+    assert_eq!(request["agent"], "herald");
+    assert_eq!(request["path"], "/v1/capabilities/announce");
+    assert!(
+        request["arguments"]
+            .as_str()
+            .unwrap()
+            .contains("we ship at noon"),
+        "{pending}"
+    );
+    assert!(mock.requests().is_empty(), "nothing is sent while held");
+    let id = pending["id"].as_str().unwrap();
+    env.cli(&["approvals", "approve", id], "").await.ok();
+    let done = held.await.unwrap();
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(mock.requests().len(), 1);
+
+    let (b, t) = (broker.clone(), token.clone());
+    let held = tokio::spawn(async move { call(&b, &t, "ping", &json!({}), &mut Vec::new()).await });
+    let pending = pending_approval(&env).await;
+    assert_eq!(pending["request"]["rule"], "POST /v1/capabilities/ping");
+    let id = pending["id"].as_str().unwrap();
+    env.cli(&["approvals", "deny", id, "--reason", "not now"], "")
+        .await
+        .ok();
+    let denied = held.await.unwrap();
+    assert_eq!(
+        (denied.status, code(&denied).as_str()),
+        (403, "approval_denied")
+    );
+    assert!(denied.body.contains("not now"));
+    assert_eq!(mock.requests().len(), 1);
+}

@@ -273,12 +273,12 @@ impl Keyring {
         tenant: &str,
         name: &str,
     ) -> Result<(String, Unlocked), KeyringError> {
-        if self.is_fresh()
-            && let Some(found) = self.loaded_named(tenant, name)
-        {
-            return Ok(found);
+        // Unlike a token's secret, a name can stay missing (a capability defined before its
+        // secret): that must not make every call reload all secrets, so only a stale cache
+        // is brought up to date first.
+        if !self.is_fresh() {
+            self.sync_now(false).await?;
         }
-        self.sync_now(true).await?;
         self.loaded_named(tenant, name)
             .ok_or_else(|| KeyringError::SecretMissing(name.to_owned()))
     }

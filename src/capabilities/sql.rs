@@ -242,6 +242,11 @@ impl SqlSpec {
     fn error(&self, failure: Failure, timeout: Duration) -> RunError {
         match failure {
             Failure::Config(why) => RunError::Misconfigured(why),
+            // The server refused the login: the stored connection string is wrong.
+            Failure::Connect(sqlx::Error::Database(e)) => RunError::Misconfigured(format!(
+                "the database refused the connection: {}",
+                e.message()
+            )),
             Failure::Connect(e) => {
                 tracing::warn!(error = %e, "could not connect to a capability's database");
                 RunError::Unreachable("the database could not be reached".to_owned())

@@ -275,14 +275,20 @@ async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
          [capabilities.slow]\nkind = \"sql\"\ndescription = \"Too slow\"\nsecret = \"db\"\n\
          statement = \"select 1 as n from pg_sleep(5)\"\ntimeout = \"300ms\"\n\
          [capabilities.whoami]\nkind = \"sql\"\ndescription = \"Who runs it\"\nsecret = \"db\"\n\
-         statement = \"select current_user::text as name, current_setting('transaction_read_only') as ro\"\n"
+         statement = \"select current_user::text as name, current_setting('transaction_read_only') as ro\"\n\
+         [capabilities.wrong_login]\nkind = \"sql\"\ndescription = \"A password the server refuses\"\n\
+         secret = \"db-wrong\"\nstatement = \"select 1 as n\"\n"
     ));
     let admin_for = admin.clone();
     let mut responses = exercise(&env, &url, async || pg_orders(&admin_for).await).await;
+    let wrong = url.replace("pg-CANARY", "pg-WRONG");
+    env.add_secret("db-wrong", "sql", &wrong).await;
     let token = env
         .create_token(
             "main",
             &[
+                "--capability",
+                "wrong_login",
                 "--capability",
                 "slow",
                 "--capability",
@@ -313,6 +319,14 @@ async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
         "10.50",
         "NUMERIC comes back exact"
     );
+    // The server checks the stored login; the agent learns only that the capability can't
+    // run, the operator finds why in the log.
+    let refused = call(&broker, &token, "wrong_login", &json!({}), &mut responses).await;
+    assert_eq!(
+        (refused.status, code(&refused).as_str()),
+        (503, "capability_unavailable"),
+        "{refused:?}"
+    );
     let slow = call(&broker, &token, "slow", &json!({}), &mut responses).await;
     assert_eq!(
         (slow.status, code(&slow).as_str()),
@@ -320,9 +334,12 @@ async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
         "{slow:?}"
     );
     broker.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(env.transcript().contains("password authentication failed"));
     assert_never_leaked(&env, &url, &responses);
     let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
     assert_never_leaked(&env, password, &responses);
+    assert_never_leaked(&env, &wrong, &responses);
 }
 
 #[tokio::test]

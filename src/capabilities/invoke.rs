@@ -21,8 +21,8 @@ use crate::providers::{ErrorShape, Providers};
 use crate::proxy::{PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams};
 use crate::scrub::{Redactor, Scrubber};
 
-/// What approval requests and audit records give as a capability call's provider.
-pub const CAPABILITY_PROVIDER: &str = "capability";
+/// What an approval request gives as a capability call's provider.
+const CAPABILITY_PROVIDER: &str = "capability";
 /// Where capabilities are called (`POST /v1/capabilities/NAME`), also the path policy rules
 /// and approval requests see for a call that came over MCP.
 pub const CALL_PATH: &str = "/v1/capabilities";
@@ -319,9 +319,7 @@ impl Capabilities {
             .await
             .map_err(store_down)?
             .ok_or_else(|| CallError::Unknown(name.to_owned()))?;
-        if let CapabilitySpec::Http(s) = &capability.spec {
-            record.update(|r| r.provider = Some(s.provider.clone()));
-        }
+        record.update(|r| r.provider = capability.spec.provider().map(str::to_owned));
         let policy_hold = self.check(entry, name)?;
         let validated = capability.validate(args)?;
         let common = capability.spec.common();

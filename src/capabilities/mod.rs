@@ -99,6 +99,14 @@ impl CapabilitySpec {
         }
     }
 
+    /// The provider an HTTP capability calls (what its audit records name).
+    pub fn provider(&self) -> Option<&str> {
+        match self {
+            CapabilitySpec::Http(s) => Some(&s.provider),
+            _ => None,
+        }
+    }
+
     /// The provider the secret must be stored under: the binding that stops a capability
     /// from sending one service's key to another.
     pub fn secret_provider(&self) -> &str {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::Context;
 use super::output::{print_json, print_table};
 use crate::audit::{self, AuditRecord, Auditor, Decision};
-use crate::capabilities::invoke::{CALL_PATH, CAPABILITY_PROVIDER};
+use crate::capabilities::invoke::CALL_PATH;
 use crate::capabilities::params::summarise;
 use crate::capabilities::{Capability, CapabilitySpec, Catalog};
 use crate::keyring::Keyring;
@@ -233,7 +233,7 @@ async fn test(ctx: Context, catalog: &Catalog, name: &str, args: &str) -> anyhow
         tenant: DEFAULT_TENANT.to_owned(),
         agent: Some("operator (seks capability test)".to_owned()),
         secret: Some(capability.spec.common().secret.to_owned()),
-        provider: Some(CAPABILITY_PROVIDER.to_owned()),
+        provider: capability.spec.provider().map(str::to_owned),
         method: "TEST".to_owned(),
         path: format!("{CALL_PATH}/{name}"),
         capability: Some(name.to_owned()),

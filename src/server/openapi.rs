@@ -287,6 +287,7 @@ fn audit_schemas() -> Value {
                 "at_ms": {"type": "integer"}, "request_id": string(), "tenant": string(),
                 "token_id": string(), "agent": string(), "secret": string(), "provider": string(),
                 "method": string(), "path": string(), "model": string(),
+                "capability": string(), "arguments": string(),
                 "usage_tokens": {"type": "integer"}, "status": {"type": "integer"},
                 "decision": {"type": "string",
                     "enum": ["allowed", "approved", "denied", "upstream_error", "failed",

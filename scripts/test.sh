@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole SEKS test suite, from a fresh clone: installs the official provider SDKs
-# (Python) into .venv, checks formatting and lints, then runs every Rust test
-# (unit tests, property tests, and end-to-end tests over real sockets).
+# The whole SEKS test suite, from a fresh clone: installs the official provider SDKs, an
+# SMTP server and the MCP client (Python) into .venv, starts a throwaway PostgreSQL, checks
+# formatting and lints, then runs every Rust test (unit tests, property tests, and
+# end-to-end tests over real sockets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 export SEKS_TEST_PYTHON="$PWD/.venv/bin/python"
+
+# A throwaway PostgreSQL for the SQL capability tests (SEKS_TEST_PG_URL), stopped on exit.
+# shellcheck source=scripts/pg-test-cluster.sh
+source scripts/pg-test-cluster.sh
+pg_test_cluster_start
+# Tests that need the cluster fail, rather than skip, when it is missing.
+export SEKS_TEST_FULL=1
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

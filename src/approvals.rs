@@ -22,6 +22,9 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_PENDING_PER_TOKEN: u32 = 8;
 /// Longest model name or path shown to the person deciding.
 const MAX_SHOWN: usize = 200;
+/// Longest summary of a capability call's arguments shown: every recipient of an email must
+/// fit (each string in it is already cut to a few dozen characters).
+const MAX_ARGUMENTS_SHOWN: usize = 4096;
 
 /// What an operator (and the webhook) sees of a held request. Never a secret or a body.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +43,9 @@ pub struct Summary {
     pub model: Option<String>,
     /// The `require_approval` rule that matched.
     pub rule: String,
+    /// For a capability call, what its arguments say (recipients, subject…), shortened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 impl Summary {
@@ -62,15 +68,28 @@ impl Summary {
             path: shown(path),
             model: model.map(shown),
             rule,
+            arguments: None,
         }
+    }
+
+    /// The same summary, showing a capability call's arguments (escaped and cut like the
+    /// path).
+    pub fn with_arguments(mut self, arguments: &str) -> Self {
+        self.arguments = Some(shown_up_to(arguments, MAX_ARGUMENTS_SHOWN));
+        self
     }
 }
 
 /// `text` with control characters escaped, cut after `MAX_SHOWN` bytes.
 fn shown(text: &str) -> String {
+    shown_up_to(text, MAX_SHOWN)
+}
+
+/// `text` with control characters escaped, cut after `limit` bytes.
+fn shown_up_to(text: &str, limit: usize) -> String {
     let mut out = String::new();
     for c in text.chars() {
-        if out.len() >= MAX_SHOWN {
+        if out.len() >= limit {
             out.push('…');
             break;
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::capabilities::CapabilitySpec;
 use crate::providers::ProviderSpec;
 
 /// Default agent listener address.
@@ -114,6 +115,9 @@ pub struct FileConfig {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Capabilities agents may invoke, keyed by name.
+    #[serde(default)]
+    pub capabilities: BTreeMap<String, CapabilitySpec>,
 }
 
 /// Audit log settings (`[audit]`).
@@ -250,6 +254,8 @@ pub struct Settings {
     pub approvals: ApprovalsConfig,
     /// Audit log settings.
     pub audit: AuditConfig,
+    /// Capabilities defined in the config file.
+    pub capabilities: BTreeMap<String, CapabilitySpec>,
 }
 
 impl Settings {
@@ -292,6 +298,7 @@ impl Settings {
             security: file.security,
             approvals: file.approvals,
             audit: file.audit,
+            capabilities: file.capabilities,
         })
     }
 }

@@ -122,6 +122,8 @@ struct Credential {
     provider: String,
     version: i64,
     value: Arc<SecretString>,
+    /// (tenant, name), for capabilities, which name their secret.
+    named: (String, String),
 }
 
 /// A credential ready to inject, with a scrubber that knows it (and every other secret
@@ -286,6 +288,39 @@ impl Keyring {
         })
     }
 
+    /// The decrypted secret `name` of `tenant` (a capability's) with the provider it is
+    /// bound to, and the scrubber for what its use returns.
+    pub async fn named_credential(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(String, Unlocked), KeyringError> {
+        // Unlike a token's secret, a name can stay missing (a capability defined before its
+        // secret): that must not make every call reload all secrets, so only a stale cache
+        // is brought up to date first.
+        if !self.is_fresh() {
+            self.sync_now(false).await?;
+        }
+        self.loaded_named(tenant, name)
+            .ok_or_else(|| KeyringError::SecretMissing(name.to_owned()))
+    }
+
+    fn loaded_named(&self, tenant: &str, name: &str) -> Option<(String, Unlocked)> {
+        let cache = self.read_cache();
+        let credential = cache
+            .credentials
+            .values()
+            .find(|c| c.named.0 == tenant && c.named.1 == name)?;
+        Some((
+            credential.provider.clone(),
+            Unlocked {
+                secret: Arc::clone(&credential.value),
+                scrubber: Arc::clone(&cache.scrubber),
+                version: credential.version,
+            },
+        ))
+    }
+
     /// Note that a token was used at Unix time `now`; written back on a later sync.
     pub fn note_use(&self, token_id: &str, now: i64) {
         let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
@@ -342,6 +377,7 @@ impl Keyring {
                         provider: row.provider,
                         version: row.version,
                         value: Arc::new(value),
+                        named: (row.tenant, row.name),
                     };
                     credentials.insert(row.id, credential);
                 }

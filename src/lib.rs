@@ -12,6 +12,8 @@
 //! - [`keyring`]: token → record → credential, cached and kept in step with the store.
 //! - [`policy`]: whether a token may make a request now: rules, limits, usage.
 //! - [`approvals`]: holding requests until a person decides.
+//! - [`capabilities`]: operator-defined actions (email, SQL, HTTP) agents invoke without the
+//!   credential, over `/v1/capabilities` and MCP.
 //! - [`scrub`]: masking secrets in responses, headers, logs and panics.
 //! - [`vault`]: master key and envelope encryption.
 //! - [`store`]: the `Store` trait and its SQLite backend.
@@ -28,6 +30,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod capabilities;
 pub mod cli;
 pub mod clock;
 pub mod config;

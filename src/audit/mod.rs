@@ -78,6 +78,12 @@ pub struct AuditRecord {
     pub method: String,
     /// Path below the provider's base, with credential-carrying query parameters removed.
     pub path: String,
+    /// The capability invoked, for a capability call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// A capability call's arguments, shortened (long text cut, never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
     /// Model, when the request or its answer named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

@@ -48,10 +48,14 @@ pub(super) async fn run(backend: &Backend, cmd: ApprovalsCommand) -> anyhow::Res
                         r.state.as_str().to_owned(),
                         q["agent"].as_str().unwrap_or("-").to_owned(),
                         format!(
-                            "{} {} {}",
+                            "{} {} {}{}",
                             q["provider"].as_str().unwrap_or("-"),
                             q["method"].as_str().unwrap_or("-"),
-                            q["path"].as_str().unwrap_or("-")
+                            q["path"].as_str().unwrap_or("-"),
+                            q["arguments"]
+                                .as_str()
+                                .map(|a| format!(" {a}"))
+                                .unwrap_or_default()
                         ),
                         q["model"].as_str().unwrap_or("-").to_owned(),
                         dash(r.expires_at.as_deref()),

@@ -4,6 +4,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod backend;
+mod capability;
 mod output;
 mod policy;
 mod provider;
@@ -23,10 +24,13 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
 
+use crate::capabilities::invoke::Runner;
 use crate::config::{CliOverrides, LogFormat, Settings};
 use crate::hygiene;
+use crate::keyring::Keyring;
 use crate::ops::Ops;
 use crate::providers::Providers;
+use crate::proxy::Upstreams;
 use crate::scrub::Redactor;
 use crate::store::{self, Store};
 use crate::vault::{KeySource, Vault, master_key};
@@ -86,6 +90,9 @@ enum Command {
     /// The providers this broker serves (built-in and from the config file).
     #[command(subcommand)]
     Provider(provider::ProviderCommand),
+    /// Actions agents may invoke without the credential: list, add, remove, test.
+    #[command(subcommand)]
+    Capability(capability::CapabilityCommand),
 }
 
 /// Entry point of the `seks` binary.
@@ -140,6 +147,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Provider(cmd) => {
             local_only("provider")?;
             provider::run(&Context::prepare(overrides, "warn", redactor)?, cmd)
+        }
+        Command::Capability(cmd) => {
+            local_only("capability")?;
+            capability::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
         Command::Admin(cmd) => {
             local_only("admin")?;
@@ -262,6 +273,24 @@ impl Context {
             );
         }
         Ok(vault)
+    }
+
+    /// What runs capabilities: secrets from `keyring`, HTTP through `upstreams`, SMTP
+    /// trusting the `[upstream] extra_ca_file` too.
+    fn runner(
+        &self,
+        keyring: Arc<Keyring>,
+        providers: Providers,
+        upstreams: Upstreams,
+    ) -> anyhow::Result<Runner> {
+        let extra_ca = match &self.settings.upstream.extra_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading the extra CA file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Runner::new(keyring, providers, upstreams, extra_ca.as_deref()).map_err(anyhow::Error::msg)
     }
 
     /// `--data-dir DIR ` to repeat in printed commands when it isn't the default.

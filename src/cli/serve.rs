@@ -11,6 +11,8 @@ use tokio::net::TcpListener;
 use super::Context;
 use crate::approvals::Approvals;
 use crate::audit::{self, Auditor};
+use crate::capabilities::Catalog;
+use crate::capabilities::invoke::Capabilities;
 use crate::config::{AdminListen, LogFormat};
 use crate::keyring::Keyring;
 use crate::ops::Ops;
@@ -78,6 +80,12 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         .retain_days
         .map(|days| tokio::spawn(audit::run_retention(ctx.store.clone(), retention_key, days)));
     let auditor = Arc::new(auditor);
+    let catalog = Catalog::new(
+        &ctx.settings.capabilities,
+        providers.clone(),
+        ctx.store.clone(),
+    )?;
+    let runner = ctx.runner(keyring.clone(), providers.clone(), upstreams.clone())?;
     let proxy = Arc::new(Proxy::new(
         providers,
         keyring.clone(),
@@ -132,6 +140,14 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     };
     let mut stopped = stop_rx.clone();
     let (cut_off, cut_off_rx) = tokio::sync::watch::channel(false);
+    let max_arguments_bytes =
+        usize::try_from(ctx.settings.max_policy_body_bytes).unwrap_or(usize::MAX);
+    let capabilities = Arc::new(Capabilities::new(
+        catalog,
+        runner,
+        proxy.clone(),
+        ctx.redactor.clone(),
+    ));
     let state = Arc::new(server::AppState {
         proxy,
         keyring: keyring.clone(),
@@ -139,6 +155,9 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         derives: server::derive::DeriveLimiter::default(),
         auditor,
         cut_off: cut_off_rx,
+        mcp: server::mcp::service(capabilities.clone(), max_arguments_bytes),
+        capabilities,
+        max_arguments_bytes,
     });
     let mut server = tokio::spawn(server::run(listener, state, async move {
         let _ = stopped.changed().await;

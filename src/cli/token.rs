@@ -109,6 +109,9 @@ pub(super) struct PolicyArgs {
     /// Lifetime, e.g. `30m`, `12h`, `7d`.
     #[arg(long, value_parser = humantime::parse_duration)]
     ttl: Option<Duration>,
+    /// A capability the token may invoke (repeatable; see `seks capability list`).
+    #[arg(long = "capability", value_name = "NAME")]
+    capabilities: Vec<String>,
 }
 
 impl PolicyArgs {
@@ -141,6 +144,11 @@ impl PolicyArgs {
         spec.daily_requests = self.daily_requests.or(spec.daily_requests);
         spec.daily_tokens = self.daily_tokens.or(spec.daily_tokens);
         spec.ttl = self.ttl.or(spec.ttl);
+        if !self.capabilities.is_empty() {
+            spec.capabilities
+                .get_or_insert_with(Vec::new)
+                .extend(self.capabilities.iter().cloned());
+        }
         Ok((spec != PolicySpec::default()).then_some(spec))
     }
 }

@@ -4,6 +4,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::views::{SecretRemoved, SecretView};
 use super::{Ops, OpsError};
+use crate::capabilities::SECRET_KINDS;
 use crate::providers::Provider;
 use crate::scrub::MIN_SECRET_LEN;
 use crate::store::{DEFAULT_TENANT, NewSecret, SecretRecord, StoreError};
@@ -26,18 +27,22 @@ pub fn check_secret_name(name: &str) -> Result<(), OpsError> {
     }
 }
 
-/// A value must be injectable the provider's way and long enough to scrub reliably.
-fn check_secret_value(provider: &Provider, value: &SecretString) -> Result<(), OpsError> {
+/// A value must be long enough to scrub reliably and, for a provider (rather than a
+/// capability-only kind such as `smtp`), injectable the provider's way.
+fn check_secret_value(provider: Option<&Provider>, value: &SecretString) -> Result<(), OpsError> {
     let value = value.expose_secret();
     if value.len() < MIN_SECRET_LEN {
         return Err(OpsError::Invalid(format!(
             "refusing to store this value: shorter than {MIN_SECRET_LEN} characters, it could not be scrubbed reliably"
         )));
     }
-    provider
-        .auth
-        .accepts(value)
-        .map_err(|why| OpsError::Invalid(format!("refusing to store this value: {why}")))
+    match provider {
+        Some(provider) => provider
+            .auth
+            .accepts(value)
+            .map_err(|why| OpsError::Invalid(format!("refusing to store this value: {why}"))),
+        None => Ok(()),
+    }
 }
 
 impl Ops {
@@ -63,12 +68,14 @@ impl Ops {
         value: &SecretString,
     ) -> Result<SecretView, OpsError> {
         check_secret_name(name)?;
-        let Some(provider) = self.providers.get(provider_name) else {
+        let provider = self.providers.get(provider_name);
+        if provider.is_none() && !SECRET_KINDS.contains(&provider_name) {
             return Err(OpsError::Invalid(format!(
-                "unknown provider `{provider_name}`; known providers: {}",
-                self.providers.names().join(", ")
+                "unknown provider `{provider_name}`; known providers: {} (and, for capabilities, {})",
+                self.providers.names().join(", "),
+                SECRET_KINDS.join(", ")
             )));
-        };
+        }
         if self
             .store
             .secret_by_name(DEFAULT_TENANT, name)
@@ -79,7 +86,7 @@ impl Ops {
                 "secret `{name}` already exists; rotate it to change its value"
             )));
         }
-        check_secret_value(provider, value)?;
+        check_secret_value(provider.map(|p| &**p), value)?;
         let id = format!("sec_{}", tokens::random_base62(16));
         let identity = SecretIdentity {
             tenant: DEFAULT_TENANT,
@@ -107,9 +114,7 @@ impl Ops {
         value: &SecretString,
     ) -> Result<SecretView, OpsError> {
         let secret = self.secret(name).await?;
-        if let Some(provider) = self.providers.get(&secret.provider) {
-            check_secret_value(provider, value)?;
-        }
+        check_secret_value(self.providers.get(&secret.provider).map(|p| &**p), value)?;
         let version = secret.version + 1;
         let identity = SecretIdentity {
             tenant: &secret.tenant,

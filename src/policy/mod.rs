@@ -65,6 +65,10 @@ pub struct PolicySpec {
         with = "rfc3339_option"
     )]
     pub expires_at: Option<i64>,
+    /// Capabilities the token may invoke (see [`check_capability`]); absent here means this
+    /// policy adds no restriction, but only a root token's policy can grant one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
 }
 
 impl PolicySpec {
@@ -166,6 +170,9 @@ pub enum Denial {
         /// What is wrong.
         why: String,
     },
+    /// The capability is not granted to the token.
+    #[error("this token's policy does not list the capability `{0}`")]
+    Capability(String),
 }
 
 /// The outcome of checking a request's path, model and body against one spec.
@@ -232,6 +239,31 @@ pub fn check_request(spec: &PolicySpec, facts: &RequestFacts<'_>) -> Result<Verd
             None => Verdict::Allow,
         },
     )
+}
+
+/// Check that a token chain may invoke capability `name`. `root` holds the policies of the
+/// token the operator minted (the end of the chain), `derived` those of its descendants.
+///
+/// Capabilities are granted explicitly, by a root policy that lists the name; a derived
+/// token's list can only narrow that (every policy with a list must name it). A child's
+/// own list grants nothing, so an agent can't give itself a capability by deriving a token.
+pub fn check_capability(
+    name: &str,
+    root: &[&PolicySpec],
+    derived: &[&PolicySpec],
+) -> Result<(), Denial> {
+    let lists = |s: &&PolicySpec| {
+        s.capabilities
+            .as_ref()
+            .map(|list| list.iter().any(|c| c == name))
+    };
+    let granted = root.iter().any(|s| lists(s) == Some(true));
+    let narrowed_away = root.iter().chain(derived).any(|s| lists(s) == Some(false));
+    if granted && !narrowed_away {
+        Ok(())
+    } else {
+        Err(Denial::Capability(name.to_owned()))
+    }
 }
 
 /// Serde helpers for `Option<Duration>` as human text (`8h`).
@@ -324,6 +356,42 @@ ttl = "8h"
         );
         assert!(PolicySpec::from_toml("rpm = 0\n").is_err());
         assert!(PolicySpec::from_toml("ttl = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn capabilities_are_granted_by_the_root_and_only_narrowed_below() {
+        let list = |names: &[&str]| PolicySpec {
+            capabilities: Some(names.iter().map(|n| (*n).to_owned()).collect()),
+            ..PolicySpec::default()
+        };
+        let (both, one, none, silent) = (
+            list(&["a", "b"]),
+            list(&["a"]),
+            list(&[]),
+            PolicySpec::default(),
+        );
+        assert_eq!(check_capability("a", &[&both], &[]), Ok(()));
+        assert_eq!(
+            check_capability("a", &[&silent, &both], &[&silent, &one]),
+            Ok(())
+        );
+        assert!(
+            check_capability("b", &[&both], &[&one]).is_err(),
+            "narrowed by the child"
+        );
+        assert!(check_capability("a", &[&both], &[&none]).is_err());
+        assert!(
+            check_capability("a", &[&silent], &[&both]).is_err(),
+            "a child can't grant"
+        );
+        assert!(
+            check_capability("a", &[], &[]).is_err(),
+            "no policy, no capability"
+        );
+        assert!(
+            check_capability("a", &[&both, &none], &[]).is_err(),
+            "every root policy counts"
+        );
     }
 
     #[test]

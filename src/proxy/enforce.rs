@@ -162,25 +162,56 @@ impl Enforcer {
                 (!models.is_empty()).then(|| models.join(", ")).as_deref(),
                 rule,
             );
-            self.approvals
-                .hold(&entry.record.tenant, summary)
-                .await
-                .map_err(|e| match e {
-                    NotApproved::Denied { .. } => ProxyError::ApprovalDenied(e.to_string()),
-                    NotApproved::TimedOut(_) => ProxyError::ApprovalTimedOut(e.to_string()),
-                    NotApproved::TooManyPending => {
-                        ProxyError::Limited(limits::Limited::PendingApprovals {
-                            max: MAX_PENDING_PER_TOKEN,
-                        })
-                    }
-                    NotApproved::Store(e) => {
-                        tracing::error!(error = %e, "approval could not be recorded; refusing the request");
-                        ProxyError::StoreUnavailable
-                    }
-                })?;
+            self.hold(entry, summary).await?;
             seen.approved = true;
         }
         Ok(Admitted { body, admission })
+    }
+
+    /// Check a call the broker makes itself (a capability) against the token's chain: every
+    /// link alive, every policy readable, and `allowed` satisfied by them.
+    pub fn check_call(
+        &self,
+        entry: &TokenEntry,
+        allowed: impl FnOnce(&[(&TokenEntry, &PolicySpec)]) -> Result<(), Denial>,
+    ) -> Result<(), ProxyError> {
+        check_lifetimes(entry, clock::now())?;
+        allowed(&specs(entry)?).map_err(ProxyError::Policy)
+    }
+
+    /// Admit a checked call: the chain's rate, concurrency and daily request limits are taken
+    /// as for a proxied request, then, if `hold` says so, it waits for an operator.
+    pub async fn admit_call(
+        &self,
+        entry: &TokenEntry,
+        hold: Option<Summary>,
+    ) -> Result<Option<Admission>, ProxyError> {
+        let specs = specs(entry)?;
+        let admission = self.take_limits(entry, &specs, clock::now()).await?;
+        if let Some(summary) = hold {
+            self.hold(entry, summary).await?;
+        }
+        Ok(admission)
+    }
+
+    /// Hold a request until an operator decides; `Ok` means approved.
+    async fn hold(&self, entry: &TokenEntry, summary: Summary) -> Result<(), ProxyError> {
+        self.approvals
+            .hold(&entry.record.tenant, summary)
+            .await
+            .map_err(|e| match e {
+                NotApproved::Denied { .. } => ProxyError::ApprovalDenied(e.to_string()),
+                NotApproved::TimedOut(_) => ProxyError::ApprovalTimedOut(e.to_string()),
+                NotApproved::TooManyPending => {
+                    ProxyError::Limited(limits::Limited::PendingApprovals {
+                        max: MAX_PENDING_PER_TOKEN,
+                    })
+                }
+                NotApproved::Store(e) => {
+                    tracing::error!(error = %e, "approval could not be recorded; refusing the request");
+                    ProxyError::StoreUnavailable
+                }
+            })
     }
 
     /// Take a slot and a charge from every token of the chain that has limits: one counter

@@ -2,6 +2,7 @@
 //! with the agent's token swapped for the real credential and bodies streamed both ways.
 
 mod audited;
+mod calls;
 mod enforce;
 mod error;
 pub mod oauth2;
@@ -24,6 +25,7 @@ use http_body_util::{LengthLimitError, Limited};
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
+pub use calls::send_built;
 pub use error::{ProxyError, SEKS_ERROR_HEADER};
 pub use upstream::{UpstreamClient, UpstreamError, Upstreams};
 
@@ -37,7 +39,7 @@ use crate::sigv4::replay::ReplayGuard;
 use crate::store::DEFAULT_TENANT;
 use crate::tokens::SigningTokens;
 use crate::{clock, tokens};
-use audited::{AuditedBody, CountedBody, PendingRecord};
+pub use audited::{AuditedBody, CountedBody, PendingRecord};
 use enforce::{Enforcer, ForwardBody};
 
 /// Limits and timeouts the proxy applies to every request.

@@ -1,9 +1,12 @@
-//! The agent listener: health, the agent-facing SEKS API, and the proxy for everything else.
+//! The agent listener: health, the agent-facing SEKS API, capabilities (HTTP and MCP), and
+//! the proxy for everything else.
 
 pub mod admin;
+pub mod capability;
 mod conn;
 mod cutoff;
 pub mod derive;
+pub mod mcp;
 pub mod openapi;
 
 use std::future::Future;
@@ -20,6 +23,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::audit::Auditor;
+use crate::capabilities::invoke::Capabilities;
 use crate::keyring::Keyring;
 use crate::metrics;
 use crate::proxy::Proxy;
@@ -40,6 +44,12 @@ pub struct AppState {
     pub auditor: Arc<Auditor>,
     /// Turns true when responses still streaming must end (the shutdown grace is over).
     pub cut_off: tokio::sync::watch::Receiver<bool>,
+    /// Capabilities agents may invoke, over `/v1/capabilities` and MCP.
+    pub capabilities: Arc<Capabilities>,
+    /// The MCP server at `/mcp`.
+    pub mcp: mcp::McpService,
+    /// Largest body of capability arguments.
+    pub max_arguments_bytes: usize,
 }
 
 /// Longest a readiness probe waits for the store.
@@ -51,6 +61,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route(derive::DERIVE_PATH, any(derive::derive))
+        .route(capability::CAPABILITIES_PATH, any(capability::list))
+        .route(
+            &format!("{}/{{name}}", capability::CAPABILITIES_PATH),
+            any(capability::invoke),
+        )
+        .route(mcp::MCP_PATH, any(mcp::handle))
         .fallback(proxy_handler)
         .with_state(state)
 }

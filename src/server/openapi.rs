@@ -211,7 +211,8 @@ fn operator_schemas() -> Value {
                 "rpm": {"type": "integer", "minimum": 1}, "concurrency": {"type": "integer", "minimum": 1},
                 "daily_requests": {"type": "integer", "minimum": 0}, "daily_tokens": {"type": "integer", "minimum": 0},
                 "ttl": {"type": "string", "description": "e.g. 30m, 8h"},
-                "expires_at": {"type": "string", "format": "date-time"}
+                "expires_at": {"type": "string", "format": "date-time"},
+                "capabilities": {"type": "array", "items": string(), "description": "capabilities the token may invoke"}
             }
         },
         "NullablePolicy": {"oneOf": [schema("PolicySpec"), {"type": "null"}]},
@@ -253,7 +254,7 @@ fn operator_schemas() -> Value {
         "ApprovalView": object(&["id", "state", "request"], json!({
             "id": string(),
             "state": {"type": "string", "enum": ["pending", "approved", "denied", "expired"]},
-            "request": {"type": "object", "description": "agent, provider, method, path, model, rule"},
+            "request": {"type": "object", "description": "agent, provider, method, path, model, rule; arguments for a capability call"},
             "reason": nullable_string(), "created_at": nullable_string(), "expires_at": nullable_string(),
             "decided_at": nullable_string(), "decided_by": nullable_string()
         })),
@@ -286,6 +287,7 @@ fn audit_schemas() -> Value {
                 "at_ms": {"type": "integer"}, "request_id": string(), "tenant": string(),
                 "token_id": string(), "agent": string(), "secret": string(), "provider": string(),
                 "method": string(), "path": string(), "model": string(),
+                "capability": string(), "arguments": string(),
                 "usage_tokens": {"type": "integer"}, "status": {"type": "integer"},
                 "decision": {"type": "string",
                     "enum": ["allowed", "approved", "denied", "upstream_error", "failed",

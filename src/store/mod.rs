@@ -185,6 +185,21 @@ pub struct PolicyRecord {
     pub updated_at: i64,
 }
 
+/// A stored capability definition (`seks capability add`).
+#[derive(Debug, Clone)]
+pub struct CapabilityRecord {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Its name, unique per tenant.
+    pub name: String,
+    /// The definition (JSON of `CapabilitySpec`).
+    pub spec: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
 /// Where a held request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -399,6 +414,19 @@ pub trait Store: Send + Sync {
     async fn all_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
     /// Remove a named policy; `Conflict` while tokens use it, false if there is none.
     async fn delete_policy(&self, tenant: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Create or replace a capability definition; true if it replaced one.
+    async fn put_capability(
+        &self,
+        tenant: &str,
+        name: &str,
+        spec: &str,
+        at: i64,
+    ) -> Result<bool, StoreError>;
+    /// A tenant's capability definitions, by name.
+    async fn list_capabilities(&self, tenant: &str) -> Result<Vec<CapabilityRecord>, StoreError>;
+    /// Remove a capability definition; false if there is none.
+    async fn delete_capability(&self, tenant: &str, name: &str) -> Result<bool, StoreError>;
 
     /// Record a held request.
     async fn insert_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError>;

@@ -12,9 +12,9 @@ use sqlx::{Row, SqlitePool};
 
 use super::audit_batch::{self, Batch};
 use super::{
-    AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, NewSecret, NewToken,
-    PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord, UsageDelta,
-    UsageRecord, audit_checkpoint_key, audit_head_key,
+    AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
+    NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord,
+    UsageDelta, UsageRecord, audit_checkpoint_key, audit_head_key,
 };
 use crate::audit::{self, AuditSigner, Head, StoredRecord};
 use crate::tokens::TokenHash;
@@ -572,6 +572,62 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn put_capability(
+        &self,
+        tenant: &str,
+        name: &str,
+        spec: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let existed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM capabilities WHERE tenant_id = ? AND name = ?",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO capabilities (tenant_id, name, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant_id, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(spec)
+        .bind(at)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(existed > 0)
+    }
+
+    async fn list_capabilities(&self, tenant: &str) -> Result<Vec<CapabilityRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM capabilities WHERE tenant_id = ? ORDER BY name")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        let record = |row: &SqliteRow| -> Result<CapabilityRecord, sqlx::Error> {
+            Ok(CapabilityRecord {
+                tenant: row.try_get("tenant_id")?,
+                name: row.try_get("name")?,
+                spec: row.try_get("spec")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        };
+        Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
+    }
+
+    async fn delete_capability(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM capabilities WHERE tenant_id = ? AND name = ?")
+            .bind(tenant)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

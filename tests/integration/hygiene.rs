@@ -1,29 +1,15 @@
 //! The canary: run the broker through success, denial, upstream errors and a panic with a
 //! canary secret, then search everything it produced for the canary in every form.
 
-use std::path::Path;
 use std::time::Duration;
 
-use crate::support::Env;
 use crate::support::forms::found_in;
 use crate::support::http::send;
 use crate::support::mock::MockUpstream;
+use crate::support::{Env, files_under};
 
 const CANARY: &str = "sk-proj-CANARY/7f3a+91bd=e2c4~55aa";
 const OTHER: &str = "sk-ant-SECOND-canary-0099887766";
-
-fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
-        }
-    }
-    out
-}
 
 #[tokio::test]
 async fn the_canary_is_nowhere_in_what_the_broker_produced() {

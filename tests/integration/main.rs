@@ -5,6 +5,7 @@ mod support;
 
 mod admin_api;
 mod audit;
+mod capabilities;
 mod cli;
 mod failures;
 mod hygiene;

@@ -338,6 +338,43 @@ impl Broker {
     }
 }
 
+/// Every file under `dir`, with its bytes.
+pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+/// The canary check: `secret`, in any form, is not in what the broker's processes printed,
+/// in `responses`, or in any file of the data directory (database included).
+pub fn assert_never_leaked(env: &Env, secret: &str, responses: &[u8]) {
+    let transcript = env.transcript();
+    assert_eq!(
+        forms::found_in(secret, transcript.as_bytes()),
+        Vec::<String>::new(),
+        "in the output:\n{transcript}"
+    );
+    assert_eq!(
+        forms::found_in(secret, responses),
+        Vec::<String>::new(),
+        "in the responses"
+    );
+    for (path, bytes) in files_under(env.data_dir()) {
+        assert_eq!(
+            forms::found_in(secret, &bytes),
+            Vec::<String>::new(),
+            "in {path}"
+        );
+    }
+}
+
 /// The Python interpreter of the test venv (set up by `scripts/test.sh`).
 pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("SEKS_TEST_PYTHON") {

@@ -9,6 +9,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 pub struct TestCa {
     pub ca_pem: String,
     pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The server certificate and its key, as PEM, for servers that aren't ours (SMTP).
+    pub leaf_pem: String,
+    pub leaf_key_pem: String,
 }
 
 impl TestCa {
@@ -41,6 +44,8 @@ impl TestCa {
         TestCa {
             ca_pem: ca_cert.pem(),
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            leaf_pem: leaf.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
         }
     }
 }

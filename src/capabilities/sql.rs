@@ -1,0 +1,555 @@
+//! `kind = "sql"`: one named statement, written by the operator, run with the stored
+//! connection string. Arguments are only ever bound as parameters, never put in the text.
+//!
+//! Read-only (the default) means, on PostgreSQL, a `READ ONLY` transaction that is always
+//! rolled back; on SQLite, a connection opened read-only (`SQLITE_OPEN_READONLY`) and a
+//! transaction that is always rolled back. A read-write capability commits. Either way at
+//! most `max_rows` rows come back (the statement is stopped after one more, and the answer
+//! says it was cut), and the statement is stopped at `timeout` (PostgreSQL
+//! `statement_timeout`; SQLite through its progress handler).
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_util::TryStreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteQueryResult, SqliteRow};
+use sqlx::{
+    AssertSqlSafe, Column, ConnectOptions, Connection, Database, Either, Encode, Executor,
+    IntoArguments, Row, Type, TypeInfo, ValueRef,
+};
+use time::format_description::well_known::Rfc3339;
+
+use super::params::{self, Param, ParamType};
+use super::{RunError, duration_opt};
+
+/// Longest a statement may run when the capability sets no `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows returned at most when `max_rows` is not set.
+const DEFAULT_MAX_ROWS: usize = 100;
+/// The most `max_rows` may be: answers go to a model, not to a bulk export.
+const MAX_ROWS_LIMIT: usize = 10_000;
+/// SQLite virtual-machine steps between deadline checks.
+const SQLITE_STEPS_PER_CHECK: i32 = 1000;
+/// PostgreSQL's SQLSTATE for a write in a read-only transaction.
+const PG_READ_ONLY: &str = "25006";
+/// PostgreSQL's SQLSTATE for a statement cancelled (by `statement_timeout`).
+const PG_CANCELED: &str = "57014";
+/// SQLite's primary result codes (the low byte of its extended codes).
+const SQLITE_READONLY: i64 = 8;
+const SQLITE_INTERRUPT: i64 = 9;
+
+/// An SQL capability as written in the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSpec {
+    /// What it does, for the model.
+    pub description: String,
+    /// The stored connection string (`seks secret add NAME --provider sql`):
+    /// `postgres://…` or `sqlite:///path/to.db`.
+    pub secret: String,
+    /// Hold every call until an operator approves it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_approval: bool,
+    /// Longest the statement may run (default 10s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration_opt"
+    )]
+    pub timeout: Option<Duration>,
+    /// The statement, with placeholders (`$1`, `$2`… or `?`) bound to `params` in order.
+    pub statement: String,
+    /// The arguments, in placeholder order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Param>,
+    /// Run read-only and roll back (default true).
+    #[serde(default = "read_only_default")]
+    pub read_only: bool,
+    /// Most rows returned (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<usize>,
+}
+
+fn read_only_default() -> bool {
+    true
+}
+
+/// Rows read from a statement.
+struct Fetched<R> {
+    rows: Vec<R>,
+    /// More rows were there than `max_rows`.
+    truncated: bool,
+    /// Reported when the statement ran to its end.
+    affected: Option<u64>,
+}
+
+impl SqlSpec {
+    fn max_rows(&self) -> usize {
+        self.max_rows.unwrap_or(DEFAULT_MAX_ROWS)
+    }
+
+    /// Check the definition.
+    pub fn check(&self) -> Result<(), String> {
+        if self.statement.trim().is_empty() {
+            return Err("`statement` is empty".to_owned());
+        }
+        if !(1..=MAX_ROWS_LIMIT).contains(&self.max_rows()) {
+            return Err(format!("`max_rows` must be 1 to {MAX_ROWS_LIMIT}"));
+        }
+        params::check(&self.params)
+    }
+
+    /// Run the statement with `values` (one per parameter) on the database `url` names.
+    pub async fn run(
+        &self,
+        url: &SecretString,
+        values: &[Value],
+        timeout: Duration,
+    ) -> Result<Value, RunError> {
+        let url = url.expose_secret();
+        let deadline = Instant::now() + timeout;
+        let ran = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            tokio::time::timeout(timeout, self.postgres(url, values, timeout)).await
+        } else if url.starts_with("sqlite:") {
+            tokio::time::timeout(timeout, self.sqlite(url, values, deadline)).await
+        } else {
+            return Err(RunError::Misconfigured(
+                "the stored connection string is neither postgres:// nor sqlite:".to_owned(),
+            ));
+        };
+        ran.map_err(|_| RunError::Timeout(timeout))?
+            .map_err(|e| self.error(e, timeout))
+    }
+
+    async fn postgres(
+        &self,
+        url: &str,
+        values: &[Value],
+        timeout: Duration,
+    ) -> Result<Value, Failure> {
+        let options = PgConnectOptions::from_str(url).map_err(|_| {
+            Failure::Config("the stored connection string is not a PostgreSQL URL".to_owned())
+        })?;
+        let mut conn = options.connect().await.map_err(Failure::Connect)?;
+        let mut tx = conn.begin().await?;
+        if self.read_only {
+            tx.execute("SET TRANSACTION READ ONLY").await?;
+        }
+        let millis = timeout.as_millis().max(1);
+        tx.execute(AssertSqlSafe(format!(
+            "SET LOCAL statement_timeout = {millis}"
+        )))
+        .await?;
+        let fetched = fetch(
+            self.bound(values),
+            &mut *tx,
+            self.max_rows(),
+            PgQueryResult::rows_affected,
+        )
+        .await?;
+        let rows = rows_to_json(&fetched.rows, pg_value)?;
+        if self.read_only {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        conn.close().await.ok();
+        Ok(self.answer(rows, &fetched))
+    }
+
+    async fn sqlite(
+        &self,
+        url: &str,
+        values: &[Value],
+        deadline: Instant,
+    ) -> Result<Value, Failure> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|_| {
+                Failure::Config("the stored connection string is not an SQLite URL".to_owned())
+            })?
+            .read_only(self.read_only)
+            .busy_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut conn = options.connect().await.map_err(Failure::Connect)?;
+        // SQLite runs in the caller's thread and can't be cancelled by dropping the future:
+        // it checks the deadline itself, and stops (SQLITE_INTERRUPT) once it has passed.
+        conn.lock_handle()
+            .await?
+            .set_progress_handler(SQLITE_STEPS_PER_CHECK, move || Instant::now() < deadline);
+        let mut tx = conn.begin().await?;
+        let fetched = fetch(
+            self.bound(values),
+            &mut *tx,
+            self.max_rows(),
+            SqliteQueryResult::rows_affected,
+        )
+        .await?;
+        let rows = rows_to_json(&fetched.rows, sqlite_value)?;
+        if self.read_only {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        conn.close().await.ok();
+        Ok(self.answer(rows, &fetched))
+    }
+
+    /// The statement with every value bound as a typed parameter (a null for an absent
+    /// optional one), in declaration order.
+    fn bound<'q, DB: Database>(&self, values: &[Value]) -> Query<'q, DB, DB::Arguments>
+    where
+        for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+        for<'t> Option<f64>: Encode<'t, DB> + Type<DB>,
+        for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+        for<'t> Option<bool>: Encode<'t, DB> + Type<DB>,
+    {
+        // The statement is the operator's text from the definition; nothing the agent sends
+        // is ever part of it.
+        let mut query = sqlx::query(AssertSqlSafe(self.statement.clone()));
+        for (p, v) in self.params.iter().zip(values) {
+            query = match p.kind {
+                ParamType::Integer => query.bind(v.as_i64()),
+                ParamType::Number => query.bind(v.as_f64()),
+                ParamType::String => query.bind(v.as_str().map(str::to_owned)),
+                ParamType::Boolean => query.bind(v.as_bool()),
+            };
+        }
+        query
+    }
+
+    fn answer<R>(&self, rows: (Vec<String>, Vec<Value>), fetched: &Fetched<R>) -> Value {
+        let (columns, rows) = rows;
+        let mut answer = json!({
+            "columns": columns,
+            "row_count": rows.len(),
+            "rows": rows,
+            "truncated": fetched.truncated,
+        });
+        if !self.read_only
+            && let Some(n) = fetched.affected
+        {
+            answer["rows_affected"] = n.into();
+        }
+        answer
+    }
+
+    fn error(&self, failure: Failure, timeout: Duration) -> RunError {
+        match failure {
+            Failure::Config(why) => RunError::Misconfigured(why),
+            // The server refused the login: the stored connection string is wrong.
+            Failure::Connect(sqlx::Error::Database(e)) => RunError::Misconfigured(format!(
+                "the database refused the connection: {}",
+                e.message()
+            )),
+            Failure::Connect(e) => {
+                tracing::warn!(error = %e, "could not connect to a capability's database");
+                RunError::Unreachable("the database could not be reached".to_owned())
+            }
+            Failure::Db(sqlx::Error::Database(e)) => {
+                let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
+                let sqlite_code = code.parse::<i64>().ok().map(|c| c & 0xff);
+                if code == PG_READ_ONLY || sqlite_code == Some(SQLITE_READONLY) {
+                    RunError::ReadOnly
+                } else if code == PG_CANCELED || sqlite_code == Some(SQLITE_INTERRUPT) {
+                    RunError::Timeout(timeout)
+                } else {
+                    RunError::Refused(format!(
+                        "the database refused the statement ({code}): {}",
+                        e.message()
+                    ))
+                }
+            }
+            Failure::Db(e) => {
+                tracing::warn!(error = %e, "a capability's statement failed");
+                RunError::Unreachable("the database connection failed".to_owned())
+            }
+        }
+    }
+}
+
+/// Why a statement didn't run, before it is told to the agent.
+enum Failure {
+    /// The connection string is unusable.
+    Config(String),
+    /// Connecting failed (its text may name hosts: logged, not shown).
+    Connect(sqlx::Error),
+    /// The database or the connection failed while running.
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure::Config(why)
+    }
+}
+
+/// Run `query`, keeping at most `max_rows` rows and reading one more to know whether
+/// there were more.
+async fn fetch<'c, DB: Database>(
+    query: Query<'c, DB, DB::Arguments>,
+    executor: impl Executor<'c, Database = DB>,
+    max_rows: usize,
+    rows_affected: fn(&DB::QueryResult) -> u64,
+) -> Result<Fetched<DB::Row>, sqlx::Error>
+where
+    DB::Arguments: IntoArguments<DB>,
+{
+    let mut stream = executor.fetch_many(query);
+    let mut rows = Vec::new();
+    let mut affected = None;
+    while let Some(item) = stream.try_next().await? {
+        match item {
+            Either::Left(done) => {
+                affected = Some(affected.unwrap_or(0) + rows_affected(&done));
+            }
+            Either::Right(_) if rows.len() == max_rows => {
+                return Ok(Fetched {
+                    rows,
+                    truncated: true,
+                    affected: None,
+                });
+            }
+            Either::Right(row) => rows.push(row),
+        }
+    }
+    Ok(Fetched {
+        rows,
+        truncated: false,
+        affected,
+    })
+}
+
+/// Column names and one JSON object per row.
+fn rows_to_json<R: Row>(
+    rows: &[R],
+    value: fn(&R, usize) -> Result<Value, String>,
+) -> Result<(Vec<String>, Vec<Value>), String> {
+    let columns: Vec<String> = rows
+        .first()
+        .map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect())
+        .unwrap_or_default();
+    let rows = rows
+        .iter()
+        .map(|row| {
+            let mut object = Map::new();
+            for (i, name) in columns.iter().enumerate() {
+                object.insert(name.clone(), value(row, i)?);
+            }
+            Ok(Value::Object(object))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok((columns, rows))
+}
+
+fn unconvertible(column: &str, ty: &str) -> String {
+    format!(
+        "column `{column}` has type {ty}, which a capability can't return; cast it in the \
+         statement (e.g. `{column}::text`)"
+    )
+}
+
+/// One PostgreSQL value as JSON: numbers as numbers (NUMERIC as an exact string), text as
+/// text, times in RFC 3339, bytes in base64.
+fn pg_value(row: &PgRow, i: usize) -> Result<Value, String> {
+    let name = row.columns()[i].name().to_owned();
+    let ty = {
+        let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+        if raw.is_null() {
+            return Ok(Value::Null);
+        }
+        raw.type_info().name().to_owned()
+    };
+    let get_err = |e: sqlx::Error| format!("column `{name}`: {e}");
+    Ok(match ty.as_str() {
+        "BOOL" => json!(row.try_get_unchecked::<bool, _>(i).map_err(get_err)?),
+        "INT2" => json!(row.try_get_unchecked::<i16, _>(i).map_err(get_err)?),
+        "INT4" => json!(row.try_get_unchecked::<i32, _>(i).map_err(get_err)?),
+        "INT8" => json!(row.try_get_unchecked::<i64, _>(i).map_err(get_err)?),
+        "FLOAT4" => json!(row.try_get_unchecked::<f32, _>(i).map_err(get_err)?),
+        "FLOAT8" => json!(row.try_get_unchecked::<f64, _>(i).map_err(get_err)?),
+        "NUMERIC" => json!(
+            row.try_get_unchecked::<sqlx::types::Decimal, _>(i)
+                .map_err(get_err)?
+                .to_string()
+        ),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
+            json!(row.try_get_unchecked::<String, _>(i).map_err(get_err)?)
+        }
+        "JSON" | "JSONB" => row
+            .try_get_unchecked::<sqlx::types::JsonValue, _>(i)
+            .map_err(get_err)?,
+        "UUID" => json!(
+            row.try_get_unchecked::<sqlx::types::Uuid, _>(i)
+                .map_err(get_err)?
+                .to_string()
+        ),
+        "TIMESTAMPTZ" => json!(
+            row.try_get_unchecked::<time::OffsetDateTime, _>(i)
+                .map_err(get_err)?
+                .format(&Rfc3339)
+                .map_err(|e| e.to_string())?
+        ),
+        "TIMESTAMP" => json!(
+            row.try_get_unchecked::<time::PrimitiveDateTime, _>(i)
+                .map_err(get_err)?
+                .assume_utc()
+                .format(&Rfc3339)
+                .map_err(|e| e.to_string())?
+                .trim_end_matches('Z')
+        ),
+        "DATE" => json!(
+            row.try_get_unchecked::<time::Date, _>(i)
+                .map_err(get_err)?
+                .to_string()
+        ),
+        "BYTEA" => json!(BASE64.encode(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(get_err)?)),
+        other => return Err(unconvertible(&name, other)),
+    })
+}
+
+/// One SQLite value as JSON, by the storage class it actually has.
+fn sqlite_value(row: &SqliteRow, i: usize) -> Result<Value, String> {
+    let name = row.columns()[i].name().to_owned();
+    let ty = {
+        let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+        if raw.is_null() {
+            return Ok(Value::Null);
+        }
+        raw.type_info().name().to_owned()
+    };
+    let get_err = |e: sqlx::Error| format!("column `{name}`: {e}");
+    Ok(match ty.as_str() {
+        "INTEGER" | "BOOLEAN" => json!(row.try_get_unchecked::<i64, _>(i).map_err(get_err)?),
+        "REAL" => json!(row.try_get_unchecked::<f64, _>(i).map_err(get_err)?),
+        "BLOB" => json!(BASE64.encode(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(get_err)?)),
+        _ => json!(row.try_get_unchecked::<String, _>(i).map_err(get_err)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> SqlSpec {
+        toml::from_str(&format!("description = \"d\"\nsecret = \"db\"\n{extra}")).unwrap()
+    }
+
+    async fn database() -> (tempfile::TempDir, SecretString) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shop.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        conn.execute(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, total REAL, note TEXT, paid BOOLEAN, raw BLOB); \
+             INSERT INTO orders VALUES (1, 7, 10.5, 'first', 1, x'00ff'), (2, 7, 20.0, NULL, 0, NULL), (3, 8, 1.0, 'other', 1, NULL);",
+        )
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        (
+            dir,
+            SecretString::from(format!("sqlite://{}", path.display())),
+        )
+    }
+
+    #[tokio::test]
+    async fn sqlite_rows_come_back_as_json_and_injection_is_just_a_value() {
+        let (_dir, url) = database().await;
+        let s = spec(
+            "statement = \"select id, total, note, paid, raw from orders where customer_id = ?1 order by id\"\n\
+             params = [{ name = \"customer_id\", type = \"string\" }]\n",
+        );
+        s.check().unwrap();
+        let out = s.run(&url, &[json!("7")], DEFAULT_TIMEOUT).await.unwrap();
+        assert_eq!(out["row_count"], 2);
+        assert_eq!(
+            out["rows"][0],
+            json!({"id": 1, "total": 10.5, "note": "first", "paid": 1, "raw": "AP8="})
+        );
+        assert_eq!(out["rows"][1]["note"], Value::Null);
+        let out = s
+            .run(&url, &[json!("7 or 1=1")], DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(out["row_count"], 0, "{out}");
+        let out = s
+            .run(
+                &url,
+                &[json!("7'; delete from orders; --")],
+                DEFAULT_TIMEOUT,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out["row_count"], 0, "{out}");
+        let all = spec("statement = \"select count(*) as n from orders\"\n");
+        let out = all.run(&url, &[], DEFAULT_TIMEOUT).await.unwrap();
+        assert_eq!(out["rows"][0]["n"], 3);
+    }
+
+    #[tokio::test]
+    async fn sqlite_read_only_refuses_writes_and_rows_are_capped() {
+        let (_dir, url) = database().await;
+        let write = spec("statement = \"delete from orders\"\n");
+        let err = write.run(&url, &[], DEFAULT_TIMEOUT).await.unwrap_err();
+        assert!(matches!(err, RunError::ReadOnly), "{err:?}");
+        let capped = spec("statement = \"select id from orders order by id\"\nmax_rows = 2\n");
+        let out = capped.run(&url, &[], DEFAULT_TIMEOUT).await.unwrap();
+        assert_eq!(
+            (out["row_count"].clone(), out["truncated"].clone()),
+            (json!(2), json!(true))
+        );
+        let writer = spec(
+            "statement = \"update orders set note = 'x' where id = ?\"\nread_only = false\nparams = [{ name = \"id\", type = \"integer\" }]\n",
+        );
+        let out = writer
+            .run(&url, &[json!(3)], DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(out["rows_affected"], 1, "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_runaway_sqlite_statement_is_stopped_at_its_timeout() {
+        let (_dir, url) = database().await;
+        let slow = spec(
+            "statement = \"with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c\"\n",
+        );
+        let started = Instant::now();
+        let err = slow
+            .run(&url, &[], Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::Timeout(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn other_connection_strings_are_the_operators_problem() {
+        let s = spec("statement = \"select 1\"\n");
+        let err = s
+            .run(
+                &SecretString::from("mysql://u:p@h/db"),
+                &[],
+                DEFAULT_TIMEOUT,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::Misconfigured(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,240 @@
+//! `kind = "email"` against a real SMTP server (aiosmtpd) that requires STARTTLS and checks
+//! the stored login.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::{audit_records, call, code};
+use crate::support::tls::TestCa;
+use crate::support::{Env, assert_never_leaked, python};
+
+const SMTP_USER: &str = "bot@example.com";
+const SMTP_PASSWORD: &str = "smtp-CANARY/pass+7f3a~e2c4=91bd";
+
+/// aiosmtpd on loopback, serving STARTTLS with the test CA's certificate.
+struct SmtpServer {
+    _child: Child,
+    port: u16,
+    events: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    async fn start(ca: &TestCa) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, events) = (
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("events.jsonl"),
+        );
+        std::fs::write(&cert, &ca.leaf_pem).unwrap();
+        std::fs::write(&key, &ca.leaf_key_pem).unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/smtp_server.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args([&events, &cert, &key])
+            .args([SMTP_USER, SMTP_PASSWORD])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the SMTP server did not start")
+            .unwrap()
+            .expect("the SMTP server exited");
+        let port = ready.strip_prefix("READY ").unwrap().parse().unwrap();
+        SmtpServer {
+            _child: child,
+            port,
+            events,
+            _dir: dir,
+        }
+    }
+
+    fn events(&self, kind: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["event"] == kind)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn email_is_sent_through_a_real_smtp_server_and_only_to_allowed_recipients() {
+    let ca = TestCa::new();
+    let smtp = SmtpServer::start(&ca).await;
+    let files = tempfile::tempdir().unwrap();
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let server = format!(
+        "{{ host = \"127.0.0.1\", port = {}, username = \"{SMTP_USER}\", tls = \"starttls\" }}",
+        smtp.port
+    );
+    let env = Env::new(&format!(
+        r#"
+[upstream]
+extra_ca_file = "{ca}"
+
+[capabilities.email_ops]
+kind = "email"
+description = "Send an email to someone at example.com"
+secret = "smtp-ops"
+smtp = {server}
+from = "bot@example.com"
+allowed_to = ["*@example.com"]
+
+[capabilities.email_wrong_password]
+kind = "email"
+description = "The same server, with a password it doesn't take"
+secret = "smtp-wrong"
+smtp = {server}
+from = "bot@example.com"
+to = ["ops@example.com"]
+"#,
+        ca = ca_file.display()
+    ));
+    env.add_secret("smtp-ops", "smtp", SMTP_PASSWORD).await;
+    env.add_secret("smtp-wrong", "smtp", "not-the-password-0000")
+        .await;
+    // The agent's token is for another provider: a policy, not a provider, grants capabilities.
+    env.add_secret("main", "openai", "sk-openai-unused-1234567")
+        .await;
+    let token = env
+        .create_token(
+            "main",
+            &[
+                "--agent",
+                "mailer",
+                "--capability",
+                "email_ops",
+                "--capability",
+                "email_wrong_password",
+            ],
+        )
+        .await;
+    let bystander = env.create_token("main", &["--agent", "bystander"]).await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+
+    let sent = call(
+        &broker,
+        &token,
+        "email_ops",
+        &json!({"subject": "Disk full on db-1", "body": "db-1 is at 95%.", "to": ["ops@example.com"]}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    assert_eq!(sent.json()["sent"], true);
+    assert_eq!(sent.json()["to"], json!(["ops@example.com"]));
+    let messages = smtp.events("message");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(m["from"], "bot@example.com");
+    assert_eq!(m["to"], json!(["ops@example.com"]));
+    let data = m["data"].as_str().unwrap();
+    assert!(
+        data.contains("Subject: Disk full on db-1") && data.contains("db-1 is at 95%."),
+        "{data}"
+    );
+
+    // Recipients outside the allow-list, and malformed arguments, never reach the server.
+    let greetings = smtp.events("ehlo").len();
+    for to in ["evil@attacker.example", "ops@example.com.attacker.example"] {
+        let refused = call(
+            &broker,
+            &token,
+            "email_ops",
+            &json!({"subject": "s", "body": "b", "to": [to]}),
+            &mut responses,
+        )
+        .await;
+        assert_eq!(
+            (refused.status, code(&refused).as_str()),
+            (403, "argument_not_allowed"),
+            "{to}"
+        );
+        assert!(
+            refused.body.contains(to),
+            "the agent is told which: {refused:?}"
+        );
+    }
+    let bad = call(
+        &broker,
+        &token,
+        "email_ops",
+        &json!({"body": "b", "to": ["ops@example.com"]}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!((bad.status, code(&bad).as_str()), (400, "bad_arguments"));
+    assert!(bad.body.contains("/subject"), "{bad:?}");
+    assert_eq!(
+        smtp.events("ehlo").len(),
+        greetings,
+        "no SMTP connection was made"
+    );
+
+    // The server checks the login: a wrong stored password is refused by it.
+    let wrong = call(
+        &broker,
+        &token,
+        "email_wrong_password",
+        &json!({"subject": "s", "body": "b"}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(
+        (wrong.status, code(&wrong).as_str()),
+        (502, "backend_refused"),
+        "{wrong:?}"
+    );
+    assert!(!smtp.events("auth_failed").is_empty());
+    assert_eq!(smtp.events("message").len(), 1);
+
+    // A token whose policy doesn't list the capability can't use it.
+    let denied = call(
+        &broker,
+        &bystander,
+        "email_ops",
+        &json!({"subject": "s", "body": "b", "to": ["ops@example.com"]}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(
+        (denied.status, code(&denied).as_str()),
+        (403, "policy_denied")
+    );
+
+    let records = audit_records(&env, |r| {
+        r.iter().filter(|r| r["capability"].is_string()).count() >= 6
+    })
+    .await;
+    let first = records
+        .iter()
+        .find(|r| r["capability"] == "email_ops" && r["status"] == 200)
+        .expect("the sent message is audited");
+    assert_eq!(first["agent"], "mailer");
+    assert_eq!(first["path"], "/v1/capabilities/email_ops");
+    let arguments = first["arguments"].as_str().unwrap();
+    assert!(
+        arguments.contains("Disk full on db-1") && arguments.contains("ops@example.com"),
+        "{arguments}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["error"] == "argument_not_allowed" && r["decision"] == "denied")
+    );
+    broker.stop().await;
+    assert_never_leaked(&env, SMTP_PASSWORD, &responses);
+}

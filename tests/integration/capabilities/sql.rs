@@ -1,0 +1,382 @@
+//! `kind = "sql"` against a real PostgreSQL (the cluster `scripts/test.sh` starts) and a real
+//! SQLite file: named queries return rows, arguments are only ever values, read-only
+//! capabilities can't write, limits hold, and the connection string never leaks.
+
+use std::str::FromStr;
+
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor};
+
+use super::{audit_records, call, code, full_suite};
+use crate::support::{Env, assert_never_leaked};
+
+const SETUP: &str = "CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer NOT NULL, \
+     total numeric(10,2) NOT NULL, note text, paid boolean NOT NULL DEFAULT false); \
+     INSERT INTO orders VALUES (1, 7, 10.50, 'first', false), (2, 7, 20.00, NULL, false), \
+     (3, 8, 99.99, 'someone else', false);";
+
+/// A fresh database and login role on the test cluster: (the role's connection string,
+/// the superuser's), or `None` when there is no cluster outside `scripts/test.sh`.
+async fn pg_database() -> Option<(String, String)> {
+    let Some(admin) = std::env::var("SEKS_TEST_PG_URL").ok() else {
+        assert!(
+            !full_suite(),
+            "SEKS_TEST_PG_URL is not set: scripts/test.sh starts PostgreSQL (scripts/pg-test-cluster.sh)"
+        );
+        eprintln!(
+            "skipped: no PostgreSQL (run scripts/test.sh, or source scripts/pg-test-cluster.sh)"
+        );
+        return None;
+    };
+    let suffix = seks::tokens::random_base62(12).to_lowercase();
+    let (db, role) = (format!("shop_{suffix}"), format!("agent_{suffix}"));
+    // The role's password is the secret that must never leak; it has a canary's shape.
+    let password = format!("pg-CANARY-{suffix}");
+    let mut conn = PgConnectOptions::from_str(&admin)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN PASSWORD '{password}'"
+    )))
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let db_admin = format!("{base}/{db}");
+    let mut conn = PgConnectOptions::from_str(&db_admin)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    conn.execute(SETUP).await.unwrap();
+    // The role may write: read-only is the capability's doing, not the database's.
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {role}"
+    )))
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let host = base.rsplit_once('@').unwrap().1;
+    Some((
+        format!("postgres://{role}:{password}@{host}/{db}"),
+        db_admin,
+    ))
+}
+
+async fn pg_orders(admin: &str) -> Vec<(i32, String, bool)> {
+    let mut conn = PgConnectOptions::from_str(admin)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let rows: Vec<(i32, Option<String>, bool)> =
+        sqlx::query_as("SELECT id, note, paid FROM orders ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(id, note, paid)| (id, note.unwrap_or_default(), paid))
+        .collect()
+}
+
+/// The capabilities both backends are tested with, over the secret `db`.
+const CAPABILITIES: &str = r#"
+[capabilities.customer_orders]
+kind = "sql"
+description = "The orders of one customer"
+secret = "db"
+statement = "select id, total, note from orders where customer_id = $1 order by id"
+params = [{ name = "customer_id", type = "integer", min = 1 }]
+
+[capabilities.orders_by_note]
+kind = "sql"
+description = "Orders with this note"
+secret = "db"
+statement = "select id from orders where note = $1 order by id"
+params = [{ name = "note", type = "string" }]
+
+[capabilities.forget_customer]
+kind = "sql"
+description = "Delete a customer's orders (read-only, so it can't)"
+secret = "db"
+statement = "delete from orders where customer_id = $1"
+params = [{ name = "customer_id", type = "integer" }]
+
+[capabilities.mark_paid]
+kind = "sql"
+description = "Mark an order paid"
+secret = "db"
+statement = "update orders set paid = true where id = $1 returning id, paid"
+params = [{ name = "id", type = "integer" }]
+read_only = false
+
+[capabilities.numbers]
+kind = "sql"
+description = "Many rows"
+secret = "db"
+statement = "select id from orders order by id"
+max_rows = 2
+"#;
+
+/// What both backends must do the same way; returns the replies for the leak check.
+async fn exercise(
+    env: &Env,
+    secret: &str,
+    orders: impl AsyncFn() -> Vec<(i32, String, bool)>,
+) -> Vec<u8> {
+    env.add_secret("db", "sql", secret).await;
+    env.add_secret("main", "openai", "sk-openai-unused-1234567")
+        .await;
+    let token = env
+        .create_token(
+            "main",
+            &[
+                "--agent",
+                "analyst",
+                "--capability",
+                "customer_orders",
+                "--capability",
+                "orders_by_note",
+                "--capability",
+                "forget_customer",
+                "--capability",
+                "mark_paid",
+                "--capability",
+                "numbers",
+            ],
+        )
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+    let before = orders().await;
+
+    let rows = call(
+        &broker,
+        &token,
+        "customer_orders",
+        &json!({"customer_id": 7}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(rows.status, 200, "{rows:?}");
+    let answer = rows.json();
+    assert_eq!(answer["columns"], json!(["id", "total", "note"]));
+    assert_eq!(answer["row_count"], 2);
+    assert_eq!(answer["truncated"], false);
+    assert_eq!(answer["rows"][0]["id"], 1);
+    assert_eq!(answer["rows"][1]["note"], Value::Null);
+
+    // Injection through arguments: a value is only ever a value.
+    for note in [
+        "first' or '1'='1",
+        "x'; delete from orders; --",
+        "first\" or 1=1 --",
+        "' union select id from orders --",
+    ] {
+        let r = call(
+            &broker,
+            &token,
+            "orders_by_note",
+            &json!({"note": note}),
+            &mut responses,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["row_count"], 0, "{note}: {r:?}");
+    }
+    let exact = call(
+        &broker,
+        &token,
+        "orders_by_note",
+        &json!({"note": "first"}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(exact.json()["rows"], json!([{"id": 1}]));
+    for bad in [
+        json!({"customer_id": "7 or 1=1"}),
+        json!({"customer_id": 0}),
+        json!({"customer_id": 7, "extra": 1}),
+    ] {
+        let r = call(&broker, &token, "customer_orders", &bad, &mut responses).await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (400, "bad_arguments"),
+            "{bad}"
+        );
+    }
+    assert_eq!(orders().await, before, "nothing changed");
+
+    // A read-only capability can't write, whatever its statement says.
+    let write = call(
+        &broker,
+        &token,
+        "forget_customer",
+        &json!({"customer_id": 7}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(
+        (write.status, code(&write).as_str()),
+        (403, "read_only"),
+        "{write:?}"
+    );
+    assert_eq!(orders().await, before);
+
+    // A read-write one can.
+    let paid = call(
+        &broker,
+        &token,
+        "mark_paid",
+        &json!({"id": 2}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(paid.status, 200, "{paid:?}");
+    assert_eq!(paid.json()["rows_affected"], 1);
+    assert!(orders().await.iter().any(|(id, _, paid)| *id == 2 && *paid));
+
+    let capped = call(&broker, &token, "numbers", &json!({}), &mut responses).await;
+    assert_eq!(
+        (
+            capped.json()["row_count"].clone(),
+            capped.json()["truncated"].clone()
+        ),
+        (json!(2), json!(true))
+    );
+
+    let records = audit_records(env, |r| {
+        r.iter().filter(|r| r["capability"].is_string()).count() >= 12
+    })
+    .await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["capability"] == "forget_customer" && r["error"] == "read_only")
+    );
+    broker.stop().await;
+    responses
+}
+
+#[tokio::test]
+async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
+    let Some((url, admin)) = pg_database().await else {
+        return;
+    };
+    let env = Env::new(&format!(
+        "{CAPABILITIES}\n\
+         [capabilities.slow]\nkind = \"sql\"\ndescription = \"Too slow\"\nsecret = \"db\"\n\
+         statement = \"select 1 as n from pg_sleep(5)\"\ntimeout = \"300ms\"\n\
+         [capabilities.whoami]\nkind = \"sql\"\ndescription = \"Who runs it\"\nsecret = \"db\"\n\
+         statement = \"select current_user::text as name, current_setting('transaction_read_only') as ro\"\n\
+         [capabilities.wrong_login]\nkind = \"sql\"\ndescription = \"A password the server refuses\"\n\
+         secret = \"db-wrong\"\nstatement = \"select 1 as n\"\n"
+    ));
+    let admin_for = admin.clone();
+    let mut responses = exercise(&env, &url, async || pg_orders(&admin_for).await).await;
+    let wrong = url.replace("pg-CANARY", "pg-WRONG");
+    env.add_secret("db-wrong", "sql", &wrong).await;
+    let token = env
+        .create_token(
+            "main",
+            &[
+                "--capability",
+                "wrong_login",
+                "--capability",
+                "slow",
+                "--capability",
+                "whoami",
+                "--capability",
+                "customer_orders",
+            ],
+        )
+        .await;
+    let broker = env.serve().await;
+    let who = call(&broker, &token, "whoami", &json!({}), &mut responses).await;
+    let row = &who.json()["rows"][0];
+    assert!(
+        row["name"].as_str().unwrap().starts_with("agent_"),
+        "{who:?}"
+    );
+    assert_eq!(row["ro"], "on", "a READ ONLY transaction");
+    let orders = call(
+        &broker,
+        &token,
+        "customer_orders",
+        &json!({"customer_id": 7}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(
+        orders.json()["rows"][0]["total"],
+        "10.50",
+        "NUMERIC comes back exact"
+    );
+    // The server checks the stored login; the agent learns only that the capability can't
+    // run, the operator finds why in the log.
+    let refused = call(&broker, &token, "wrong_login", &json!({}), &mut responses).await;
+    assert_eq!(
+        (refused.status, code(&refused).as_str()),
+        (503, "capability_unavailable"),
+        "{refused:?}"
+    );
+    let slow = call(&broker, &token, "slow", &json!({}), &mut responses).await;
+    assert_eq!(
+        (slow.status, code(&slow).as_str()),
+        (504, "backend_timeout"),
+        "{slow:?}"
+    );
+    broker.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(env.transcript().contains("password authentication failed"));
+    assert_never_leaked(&env, &url, &responses);
+    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    assert_never_leaked(&env, password, &responses);
+    assert_never_leaked(&env, &wrong, &responses);
+}
+
+#[tokio::test]
+async fn sqlite_queries_bind_arguments_and_read_only_means_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    conn.execute(sqlx::AssertSqlSafe(
+        SETUP
+            .replace("numeric(10,2)", "real")
+            .replace("boolean", "integer"),
+    ))
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let url = format!("sqlite://{}", path.display());
+    let orders = async || -> Vec<(i32, String, bool)> {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        let rows: Vec<(i32, Option<String>, bool)> =
+            sqlx::query_as("SELECT id, note, paid FROM orders ORDER BY id")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        rows.into_iter()
+            .map(|(id, note, paid)| (id, note.unwrap_or_default(), paid))
+            .collect()
+    };
+    let env = Env::new(CAPABILITIES);
+    let responses = exercise(&env, &url, orders).await;
+    assert_never_leaked(&env, &url, &responses);
+}

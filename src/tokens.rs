@@ -224,6 +224,16 @@ pub fn is_provider_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// `n` in exactly `N` base62 digits (the highest ones dropped if it needs more).
+pub fn base62_digits<const N: usize>(mut n: u64) -> [u8; N] {
+    let mut out = [b'0'; N];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
 /// A random base62 identifier, used for tokens and row ids.
 pub fn random_base62(len: usize) -> String {
     // Rejection sampling keeps every character uniform: 248 = 4 × 62.
@@ -249,13 +259,8 @@ pub fn fill_random(buf: &mut [u8]) {
 
 fn checksum_of(text: &str) -> [u8; CHECKSUM_LEN] {
     let d = digest(&SHA256, text.as_bytes());
-    let mut n = u32::from_be_bytes([d.as_ref()[0], d.as_ref()[1], d.as_ref()[2], d.as_ref()[3]]);
-    let mut out = [b'0'; CHECKSUM_LEN];
-    for slot in out.iter_mut().rev() {
-        *slot = BASE62[(n % 62) as usize];
-        n /= 62;
-    }
-    out
+    let n = u32::from_be_bytes([d.as_ref()[0], d.as_ref()[1], d.as_ref()[2], d.as_ref()[3]]);
+    base62_digits(u64::from(n))
 }
 
 /// Lower-case hex of `bytes`.

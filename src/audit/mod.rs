@@ -123,6 +123,17 @@ impl AuditRecord {
     }
 }
 
+/// A fresh request id: `req_`, a random prefix drawn once per process, and a counter, so ids
+/// are unique across restarts without asking the system for randomness on every request.
+pub fn new_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| crate::tokens::random_base62(8));
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let counter = crate::tokens::base62_digits::<8>(n);
+    format!("req_{prefix}{}", String::from_utf8_lossy(&counter))
+}
+
 /// A status filter: `4xx` for a class, `404` for one status.
 pub fn status_range(text: &str) -> Option<(u16, u16)> {
     if let Some(class) = text.strip_suffix("xx") {

@@ -17,10 +17,10 @@ use crate::audit::{self, AuditRecord, Auditor, Decision};
 use crate::capabilities::invoke::CALL_PATH;
 use crate::capabilities::params::summarise;
 use crate::capabilities::{Capability, CapabilitySpec, Catalog};
+use crate::clock;
 use crate::keyring::Keyring;
 use crate::proxy::Upstreams;
 use crate::store::DEFAULT_TENANT;
-use crate::{clock, tokens};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum CapabilityCommand {
@@ -229,7 +229,7 @@ async fn test(ctx: Context, catalog: &Catalog, name: &str, args: &str) -> anyhow
     let result = runner.run(DEFAULT_TENANT, &capability, validated).await;
     let mut record = AuditRecord {
         at_ms: clock::now_ms(),
-        request_id: format!("req_{}", tokens::random_base62(16)),
+        request_id: crate::audit::new_request_id(),
         tenant: DEFAULT_TENANT.to_owned(),
         agent: Some("operator (seks capability test)".to_owned()),
         secret: Some(capability.spec.common().secret.to_owned()),

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::scrub::BoxError;
 
@@ -83,6 +85,51 @@ impl Usage {
     }
 }
 
+/// The members of a response document that [`Usage::absorb`] reads, borrowed as raw JSON:
+/// serde skips the rest without building it, which matters on the path of every response.
+#[derive(Deserialize)]
+struct UsageMembers<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "modelVersion")]
+    model_version: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "usageMetadata")]
+    usage_metadata: Option<&'a RawValue>,
+}
+
+/// A JSON document reduced to what usage is read from; `None` if it isn't JSON. Arrays
+/// (Gemini's unframed streams) and documents the narrow reading refuses (a repeated member)
+/// are read whole, so nothing odd elsewhere in a document can hide its usage.
+fn usage_fields(json: &[u8]) -> Option<Value> {
+    if !json.starts_with(b"[")
+        && let Ok(members) = serde_json::from_slice::<UsageMembers>(json)
+    {
+        let fields = [
+            ("model", members.model),
+            ("message", members.message),
+            ("modelVersion", members.model_version),
+            ("response", members.response),
+            ("usage", members.usage),
+            ("usageMetadata", members.usage_metadata),
+        ];
+        let doc = fields
+            .into_iter()
+            .filter_map(|(name, raw)| {
+                let value = serde_json::from_str::<Value>(raw?.get()).ok()?;
+                Some((name.to_owned(), value))
+            })
+            .collect();
+        return Some(Value::Object(doc));
+    }
+    serde_json::from_slice::<Value>(json).ok()
+}
+
 /// Reads usage out of a response as it passes.
 #[derive(Debug)]
 pub struct UsageMeter {
@@ -135,7 +182,7 @@ impl UsageMeter {
 
     fn event_line(&mut self, line: &[u8]) {
         if let Some(data) = line.strip_prefix(b"data:")
-            && let Ok(doc) = serde_json::from_slice::<Value>(data.trim_ascii())
+            && let Some(doc) = usage_fields(data.trim_ascii())
         {
             self.usage.absorb(&doc);
         }
@@ -152,7 +199,7 @@ impl UsageMeter {
         if self.sse {
             let rest = std::mem::take(&mut self.buf);
             self.event_line(&rest);
-        } else if let Ok(doc) = serde_json::from_slice::<Value>(&self.buf) {
+        } else if let Some(doc) = usage_fields(&self.buf) {
             self.usage.absorb(&doc);
         }
         self.usage
@@ -313,6 +360,22 @@ mod tests {
         let gemini = json!({"usageMetadata": {"totalTokenCount": 12}}).to_string();
         assert_eq!(meter("application/json", &[&gemini]), 12);
         assert_eq!(meter("application/json", &["not json"]), 0);
+    }
+
+    #[test]
+    fn odd_documents_still_give_up_their_usage() {
+        let read = |text: &str| {
+            let mut m = UsageMeter::new(Some("application/json"), None);
+            m.observe(text.as_bytes());
+            m.finish()
+        };
+        // A repeated member is refused by the narrow reading and read whole instead.
+        let repeated = r#"{"usage":{"total_tokens":1},"usage":{"total_tokens":40}}"#;
+        assert_eq!(read(repeated).tokens(), 40);
+        let odd_model = r#"{"model":{"id":7},"choices":[{"x":[1,2,{"y":null}]}],"usage":{"total_tokens":12}}"#;
+        let usage = read(odd_model);
+        assert_eq!((usage.tokens(), usage.model()), (12, None));
+        assert_eq!(read("not json").tokens(), 0);
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Proxy {
     /// Every request gets exactly one audit record, written when its response ends.
     pub async fn handle(&self, client: SocketAddr, request: Request<Body>) -> Response {
         let started = Instant::now();
-        let request_id = format!("req_{}", tokens::random_base62(16));
+        let request_id = crate::audit::new_request_id();
         let bytes_in = Arc::new(AtomicU64::new(0));
         let pending = PendingRecord::new(
             // What stands if the client leaves before the response: filled in as the

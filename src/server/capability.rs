@@ -20,10 +20,10 @@ use crate::audit::{AuditRecord, Decision};
 use crate::capabilities::invoke::{CALL_PATH, CallError, Capabilities};
 use crate::capabilities::params::BadArgument;
 use crate::capabilities::{ArgumentError, valid_name};
+use crate::clock;
 use crate::providers::ErrorShape;
 use crate::proxy::{AuditedBody, PendingRecord, ProxyError, REQUEST_ID_HEADER, SEKS_ERROR_HEADER};
 use crate::store::DEFAULT_TENANT;
-use crate::{clock, tokens};
 
 /// Where agents list and invoke capabilities.
 pub const CAPABILITIES_PATH: &str = CALL_PATH;
@@ -44,7 +44,7 @@ where
     F: FnOnce(Arc<PendingRecord>, Arc<AtomicU64>) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let request_id = format!("req_{}", tokens::random_base62(16));
+    let request_id = crate::audit::new_request_id();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = PendingRecord::new(
         AuditRecord {

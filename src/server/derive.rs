@@ -97,7 +97,7 @@ pub async fn derive(
     let started = Instant::now();
     let mut record = AuditRecord {
         at_ms: clock::now_ms(),
-        request_id: format!("req_{}", tokens::random_base62(16)),
+        request_id: crate::audit::new_request_id(),
         tenant: DEFAULT_TENANT.to_owned(),
         method: method.to_string(),
         path: DERIVE_PATH.to_owned(),

@@ -11,6 +11,10 @@
 
 pg_test_cluster_start() {
   local bindir port password
+  if ! command -v pg_config >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # A clean CI machine: PostgreSQL from the Debian packages.
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
   if ! command -v pg_config >/dev/null 2>&1; then
     echo "pg-test-cluster: pg_config not found; install PostgreSQL (e.g. apt-get install postgresql)" >&2
     return 1

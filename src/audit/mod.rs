@@ -113,7 +113,26 @@ pub struct AuditRecord {
     pub client: String,
 }
 
+/// The status recorded for a request whose client left before the response (as nginx logs it).
+pub const CLIENT_CLOSED: u16 = 499;
+
 impl AuditRecord {
+    /// The record of a request that has just arrived, as it stands if its client leaves
+    /// before the response; the request fills it in as it goes.
+    pub fn arriving(method: &str, path: String, client: std::net::SocketAddr) -> AuditRecord {
+        AuditRecord {
+            at_ms: crate::clock::now_ms(),
+            request_id: new_request_id(),
+            tenant: crate::store::DEFAULT_TENANT.to_owned(),
+            method: method.to_owned(),
+            path,
+            client: client.to_string(),
+            status: CLIENT_CLOSED,
+            decision: Decision::ClientClosed,
+            ..AuditRecord::default()
+        }
+    }
+
     /// Attribute the request to the token that made it: its tenant, id, agent and secret.
     pub fn attribute_to(&mut self, token: &TokenRecord) {
         self.tenant = token.tenant.clone();

@@ -372,7 +372,8 @@ mod tests {
         // A repeated member is refused by the narrow reading and read whole instead.
         let repeated = r#"{"usage":{"total_tokens":1},"usage":{"total_tokens":40}}"#;
         assert_eq!(read(repeated).tokens(), 40);
-        let odd_model = r#"{"model":{"id":7},"choices":[{"x":[1,2,{"y":null}]}],"usage":{"total_tokens":12}}"#;
+        let odd_model =
+            r#"{"model":{"id":7},"choices":[{"x":[1,2,{"y":null}]}],"usage":{"total_tokens":12}}"#;
         let usage = read(odd_model);
         assert_eq!((usage.tokens(), usage.model()), (12, None));
         assert_eq!(read("not json").tokens(), 0);

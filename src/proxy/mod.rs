@@ -36,7 +36,6 @@ use crate::policy::limits::Limits;
 use crate::providers::{AuthScheme, ErrorShape, Provider, Providers};
 use crate::sigv4::chunked::ChunkError;
 use crate::sigv4::replay::ReplayGuard;
-use crate::store::DEFAULT_TENANT;
 use crate::tokens::SigningTokens;
 use crate::{clock, tokens};
 pub use audited::{AuditedBody, CountedBody, PendingRecord};
@@ -85,9 +84,6 @@ struct Seen {
 
 /// Response header naming the request in the audit log.
 pub const REQUEST_ID_HEADER: &str = "x-seks-request-id";
-/// The status audited for a request whose client left before the response (as nginx
-/// logs it).
-const CLIENT_CLOSED: u16 = 499;
 
 impl Proxy {
     /// A proxy over these providers, credentials, counters, approvals, upstream clients
@@ -136,26 +132,14 @@ impl Proxy {
     /// Every request gets exactly one audit record, written when its response ends.
     pub async fn handle(&self, client: SocketAddr, request: Request<Body>) -> Response {
         let started = Instant::now();
-        let request_id = crate::audit::new_request_id();
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let pending = PendingRecord::new(
-            // What stands if the client leaves before the response: filled in as the
-            // request goes, overwritten once there is an answer.
-            AuditRecord {
-                at_ms: clock::now_ms(),
-                request_id: request_id.clone(),
-                tenant: DEFAULT_TENANT.to_owned(),
-                method: request.method().to_string(),
-                path: request.uri().path().to_owned(),
-                client: client.to_string(),
-                status: CLIENT_CLOSED,
-                decision: Decision::ClientClosed,
-                ..AuditRecord::default()
-            },
-            self.auditor.clone(),
-            started,
-            bytes_in.clone(),
+        let arrived = AuditRecord::arriving(
+            request.method().as_str(),
+            request.uri().path().to_owned(),
+            client,
         );
+        let request_id = arrived.request_id.clone();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let pending = PendingRecord::new(arrived, self.auditor.clone(), started, bytes_in.clone());
         let method = request.method().clone();
         let request = request.map(|body| Body::new(CountedBody::new(body, bytes_in)));
         let mut seen = Seen::default();

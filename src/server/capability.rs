@@ -20,15 +20,11 @@ use crate::audit::{AuditRecord, Decision};
 use crate::capabilities::invoke::{CALL_PATH, CallError, Capabilities};
 use crate::capabilities::params::BadArgument;
 use crate::capabilities::{ArgumentError, valid_name};
-use crate::clock;
 use crate::providers::ErrorShape;
 use crate::proxy::{AuditedBody, PendingRecord, ProxyError, REQUEST_ID_HEADER, SEKS_ERROR_HEADER};
-use crate::store::DEFAULT_TENANT;
 
 /// Where agents list and invoke capabilities.
 pub const CAPABILITIES_PATH: &str = CALL_PATH;
-/// The status recorded for a request whose client left before the answer.
-const CLIENT_CLOSED: u16 = 499;
 
 /// Serve one agent request with exactly one audit record: `handle` gets the pending
 /// record (to attribute and fill) and the request body; the record is written when the
@@ -44,20 +40,11 @@ where
     F: FnOnce(Arc<PendingRecord>, Arc<AtomicU64>) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let request_id = crate::audit::new_request_id();
+    let arrived = AuditRecord::arriving(method.as_str(), path, client);
+    let request_id = arrived.request_id.clone();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = PendingRecord::new(
-        AuditRecord {
-            at_ms: clock::now_ms(),
-            request_id: request_id.clone(),
-            tenant: DEFAULT_TENANT.to_owned(),
-            method: method.to_string(),
-            path,
-            client: client.to_string(),
-            status: CLIENT_CLOSED,
-            decision: Decision::ClientClosed,
-            ..AuditRecord::default()
-        },
+        arrived,
         state.auditor.clone(),
         Instant::now(),
         bytes_in.clone(),

@@ -162,6 +162,10 @@ impl ServerHandler for McpHandler {
             .call(&caller.entry, name, &args, &caller.record)
             .await
         {
+            // An HTTP capability's provider refusing (4xx/5xx) is a failed call to the model.
+            Ok(answer) if answer["status"].as_u64().is_some_and(|s| s >= 400) => {
+                Ok(CallToolResult::structured_error(answer).into())
+            }
             Ok(answer) => Ok(CallToolResult::structured(answer).into()),
             // This token has no such tool, whether the capability exists or not.
             Err(

@@ -36,7 +36,7 @@ pub const STALE_AFTER: Duration = Duration::from_millis(750);
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often last-use times are written back to the store.
 const USE_FLUSH_EVERY: u32 = 20;
-/// Cached tokens kept at most; past this the token cache starts over.
+/// Cached tokens kept at most; past this a tenth of them make room.
 const MAX_TOKENS: usize = 100_000;
 /// Learned values kept at most; past this the oldest are forgotten.
 const MAX_LEARNED: usize = 4096;
@@ -229,7 +229,13 @@ impl Keyring {
         let mut cache = self.write_cache();
         if cache.generation == generation {
             if cache.tokens.len() >= MAX_TOKENS {
-                cache.tokens.clear();
+                // Evicting an arbitrary tenth (hash order) rather than everything keeps a
+                // store with more live tokens than the cache from reloading them all at once.
+                let evicted: Vec<TokenHash> =
+                    cache.tokens.keys().take(MAX_TOKENS / 10).copied().collect();
+                for hash in evicted {
+                    cache.tokens.remove(&hash);
+                }
             }
             cache.tokens.insert(hash, Arc::clone(&entry));
         }

@@ -8,6 +8,8 @@ Scenarios:
   stream MODEL              one streamed chat completion (reads it to the end)
   files                     list files (GET /v1/files)
   burst N PATH              N concurrent GET requests to PATH (e.g. /sleep) on threads
+  chats MODEL TOKEN...      one chat completion per TOKEN, in order, in this one process
+                            (so a rate limit's window isn't spent starting Pythons)
 """
 import concurrent.futures
 import json
@@ -16,7 +18,11 @@ import sys
 
 import openai
 
-client = openai.OpenAI(base_url=os.environ["SEKS_BASE_URL"], api_key=os.environ["SEKS_TOKEN"], max_retries=0, timeout=60)
+def client_for(token):
+    return openai.OpenAI(base_url=os.environ["SEKS_BASE_URL"], api_key=token, max_retries=0, timeout=60)
+
+
+client = client_for(os.environ["SEKS_TOKEN"])
 messages = [{"role": "user", "content": "Say hello"}]
 
 
@@ -35,9 +41,9 @@ def outcome(call):
         }
 
 
-def chat(model, max_tokens=None):
+def chat(model, max_tokens=None, using=client):
     extra = {"max_tokens": int(max_tokens)} if max_tokens else {}
-    reply = client.chat.completions.create(model=model, messages=messages, **extra)
+    reply = using.chat.completions.create(model=model, messages=messages, **extra)
     return {"content": reply.choices[0].message.content, "tokens": reply.usage.total_tokens}
 
 
@@ -62,5 +68,10 @@ elif scenario == "burst":
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
         for result in pool.map(lambda _: outcome(lambda: get(path)), range(n)):
             print(json.dumps(result))
+elif scenario == "chats":
+    model, tokens = args[0], args[1:]
+    for token in tokens:
+        as_token = client_for(token)
+        print(json.dumps(outcome(lambda: chat(model, using=as_token))))
 else:
     sys.exit(f"unknown scenario {scenario}")

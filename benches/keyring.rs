@@ -64,7 +64,7 @@ impl Fixture {
                     policy: None,
                     policy_name: None,
                 };
-                texts.push(ops.create_token(&request).await.unwrap().token);
+                texts.push(ops.create_token(&vault, &request).await.unwrap().token);
             }
             let keyring = Arc::new(Keyring::new(store, vault, Arc::new(Redactor::default())));
             keyring.sync().await.unwrap();

@@ -78,6 +78,9 @@ pub struct AuditRecord {
     pub method: String,
     /// Path below the provider's base, with credential-carrying query parameters removed.
     pub path: String,
+    /// The destination (`host:port`) of a request through the forward proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Model, when the request or its answer named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

@@ -4,6 +4,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod backend;
+mod ca;
 mod output;
 mod policy;
 mod provider;
@@ -86,6 +87,9 @@ enum Command {
     /// The providers this broker serves (built-in and from the config file).
     #[command(subcommand)]
     Provider(provider::ProviderCommand),
+    /// The forward proxy's certificate authority, for agents' trust stores.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 /// Entry point of the `seks` binary.
@@ -133,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             overrides.listen = args.listen;
             overrides.admin_listen = args.admin_listen;
             overrides.log_format = args.log_format;
+            overrides.proxy_listen = args.proxy_listen;
             let ctx = Context::open(overrides, "info", redactor).await?;
             serve::run(ctx).await
         }
@@ -140,6 +145,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Provider(cmd) => {
             local_only("provider")?;
             provider::run(&Context::prepare(overrides, "warn", redactor)?, cmd)
+        }
+        Command::Ca(cmd) => {
+            local_only("ca")?;
+            ca::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
         Command::Admin(cmd) => {
             local_only("admin")?;

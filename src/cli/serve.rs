@@ -12,6 +12,7 @@ use super::Context;
 use crate::approvals::Approvals;
 use crate::audit::{self, Auditor};
 use crate::config::{AdminListen, LogFormat};
+use crate::forward::{self, ForwardProxy, ca::BrokerCa};
 use crate::keyring::Keyring;
 use crate::ops::Ops;
 use crate::policy::limits::Limits;
@@ -36,6 +37,9 @@ pub(super) struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "SEKS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address of the forward proxy for HTTPS_PROXY clients [default: off]
+    #[arg(long, env = "SEKS_PROXY_LISTEN", value_name = "ADDR")]
+    pub proxy_listen: Option<SocketAddr>,
 }
 
 pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
@@ -79,7 +83,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         .map(|days| tokio::spawn(audit::run_retention(ctx.store.clone(), retention_key, days)));
     let auditor = Arc::new(auditor);
     let proxy = Arc::new(Proxy::new(
-        providers,
+        providers.clone(),
         keyring.clone(),
         vault.signing_tokens(),
         counters.clone(),
@@ -130,8 +134,39 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut stopped = stop_rx.clone();
     let (cut_off, cut_off_rx) = tokio::sync::watch::channel(false);
+    let forward = match ctx.settings.forward.listen {
+        Some(forward_addr) => {
+            let ca = BrokerCa::load_or_create(ctx.store.as_ref(), &vault)
+                .await
+                .context("loading the forward proxy's CA")?;
+            let forward_proxy = Arc::new(ForwardProxy::new(
+                proxy.clone(),
+                keyring.clone(),
+                providers,
+                Arc::new(ca),
+                &ctx.settings,
+                cut_off_rx.clone(),
+            )?);
+            let forward_listener = TcpListener::bind(forward_addr)
+                .await
+                .with_context(|| format!("binding the forward proxy on {forward_addr}"))?;
+            tracing::info!(
+                "forward proxy on http://{} (agents: HTTPS_PROXY=http://agent:<token>@{0}, CA from `seks ca export`)",
+                forward_listener.local_addr()?
+            );
+            let mut stopped = stop_rx.clone();
+            Some(tokio::spawn(forward::run(
+                forward_listener,
+                forward_proxy,
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let mut stopped = stop_rx.clone();
     let state = Arc::new(server::AppState {
         proxy,
         keyring: keyring.clone(),
@@ -140,9 +175,19 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         auditor,
         cut_off: cut_off_rx,
     });
-    let mut server = tokio::spawn(server::run(listener, state, async move {
+    let server = tokio::spawn(server::run(listener, state, async move {
         let _ = stopped.changed().await;
     }));
+    // Both listeners drain within the same grace.
+    let mut server = tokio::spawn(async move {
+        let agents = server.await;
+        if let Some(forward) = forward
+            && let Ok(Err(e)) = forward.await
+        {
+            tracing::error!(error = %e, "the forward proxy failed");
+        }
+        agents
+    });
     shutdown_signal().await;
     tracing::info!("shutting down; open requests get {SHUTDOWN_GRACE:?} to finish");
     let _ = stop_tx.send(true);
@@ -150,7 +195,10 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         admin.abort();
     }
     if let Ok(joined) = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-        joined.context("server task")?.context("serving")?;
+        joined
+            .context("server task")?
+            .context("server task")?
+            .context("serving")?;
     } else {
         tracing::warn!("open requests did not finish in time; cutting them off");
         let _ = cut_off.send(true);

@@ -2,7 +2,7 @@
 
 pub mod admin;
 mod conn;
-mod cutoff;
+pub(crate) mod cutoff;
 pub mod derive;
 pub mod openapi;
 

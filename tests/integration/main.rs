@@ -7,6 +7,7 @@ mod admin_api;
 mod audit;
 mod cli;
 mod failures;
+mod forward_proxy;
 mod hygiene;
 mod oauth2;
 mod observability;

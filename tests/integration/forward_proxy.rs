@@ -15,9 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
+use crate::support::git::GitServer;
 use crate::support::mock::MockUpstream;
 use crate::support::tls::TestCa;
-use crate::support::{Broker, Env, run_python};
+use crate::support::{Broker, CliOutput, Env, run_python};
 
 /// The real key behind the test's OpenAI token.
 const OPENAI_KEY: &str = "sk-REAL-openai-key-0123456789";
@@ -37,7 +38,12 @@ struct Setup {
 }
 
 async fn setup(extra_toml: &str) -> Setup {
-    let test_ca = TestCa::for_names(&MOCK_NAMES);
+    setup_with(TestCa::for_names(&MOCK_NAMES), extra_toml).await
+}
+
+/// [`setup`] with the upstreams' CA given; `extra_toml` follows the `[resolve]` table (so
+/// its first lines may add to it).
+async fn setup_with(test_ca: TestCa, extra_toml: &str) -> Setup {
     let mock = MockUpstream::start_tls(test_ca.acceptor.clone()).await;
     let env = Env::new("");
     let upstream_ca = env.data_dir().join("upstream-ca.pem");
@@ -59,7 +65,6 @@ allow_addresses = ["127.0.0.1"]
 [resolve]
 "api.openai.com" = "127.0.0.1:{port}"
 "echo.example.test" = "127.0.0.1:{port}"
-"github.com" = "127.0.0.1:{port}"
 "internal.example.test" = "10.255.255.1"
 "metadata.example.test" = "169.254.169.254"
 {extra_toml}
@@ -611,5 +616,146 @@ async fn absolute_form_http_requests_are_relayed_and_credentials_stay_off_plain_
     assert!(refused.ends_with("\n403"), "{refused}");
     assert!(refused.contains("destination_not_allowed"), "{refused}");
     assert_eq!(plain.requests().len(), 1);
+    s.broker.stop().await;
+}
+
+/// The real key behind the test's GitHub token.
+const GITHUB_KEY: &str = "ghp_REALgithubKey0123456789abcdef";
+
+/// Run git in `dir` with a clean configuration and `env`.
+async fn git(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Agent")
+        .env("GIT_AUTHOR_EMAIL", "agent@example.test")
+        .env("GIT_COMMITTER_NAME", "Agent")
+        .env("GIT_COMMITTER_EMAIL", "agent@example.test")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run git");
+    CliOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn git_clones_and_pushes_through_the_proxy_with_a_github_token_in_the_url() {
+    // A bare repository with one commit, served as github.com/acme/repo.git.
+    let work = tempfile::tempdir().unwrap();
+    let (srv, seed, agent) = (
+        work.path().join("srv"),
+        work.path().join("seed"),
+        work.path().join("agent"),
+    );
+    for dir in [&srv, &seed, &agent] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let bare = srv.join("acme/repo.git");
+    let bare_text = bare.display().to_string();
+    git(
+        &srv,
+        &["init", "-q", "--bare", "-b", "main", &bare_text],
+        &[],
+    )
+    .await
+    .ok();
+    git(&seed, &["init", "-q", "-b", "main"], &[]).await.ok();
+    std::fs::write(seed.join("README"), "hello\n").unwrap();
+    git(&seed, &["add", "README"], &[]).await.ok();
+    git(&seed, &["commit", "-q", "-m", "first"], &[]).await.ok();
+    git(&seed, &["push", "-q", &bare_text, "main"], &[])
+        .await
+        .ok();
+
+    let test_ca = TestCa::for_names(&MOCK_NAMES);
+    let server = GitServer::start(&srv, test_ca.acceptor.clone(), GITHUB_KEY).await;
+    let s = setup_with(
+        test_ca,
+        &format!("\"github.com\" = \"127.0.0.1:{}\"\n", server.addr.port()),
+    )
+    .await;
+    s.env.add_secret("gh", "github", GITHUB_KEY).await;
+    let token = s.env.create_token("gh", &["--agent", "coder"]).await;
+    let proxy = format!("http://agent:{token}@{}", s.proxy);
+    let ca = s.ca_file.display().to_string();
+    let env = [
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("GIT_SSL_CAINFO", ca.as_str()),
+    ];
+
+    let url = format!("https://x-access-token:{token}@github.com/acme/repo.git");
+    let cloned = git(&agent, &["clone", "-q", &url, "repo"], &env).await;
+    assert!(cloned.status.success(), "{cloned:#?}");
+    let repo = agent.join("repo");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("README")).unwrap(),
+        "hello\n"
+    );
+
+    std::fs::write(repo.join("CHANGES"), "from the agent\n").unwrap();
+    git(&repo, &["add", "CHANGES"], &[]).await.ok();
+    git(&repo, &["commit", "-q", "-m", "second"], &[])
+        .await
+        .ok();
+    let pushed = git(&repo, &["push", "-q", "origin", "main"], &env).await;
+    assert!(pushed.status.success(), "{pushed:#?}");
+    let log = git(
+        &srv,
+        &["--git-dir", &bare_text, "log", "--format=%s", "main"],
+        &[],
+    )
+    .await
+    .ok();
+    assert_eq!(log.stdout, "second\nfirst\n");
+
+    // git asked without credentials first, got GitHub's 401, and retried with Basic: the
+    // retries carried the real key, and nothing ever carried the token.
+    let seen = server.requests();
+    assert!(seen.iter().any(|r| r.authorization.is_none()), "{seen:#?}");
+    let expected = format!(
+        "Basic {}",
+        BASE64.encode(format!("x-access-token:{GITHUB_KEY}"))
+    );
+    let authed: Vec<_> = seen.iter().filter(|r| r.authorization.is_some()).collect();
+    assert!(
+        authed
+            .iter()
+            .any(|r| r.method == "POST" && r.target.ends_with("/git-receive-pack")),
+        "{seen:#?}"
+    );
+    assert!(
+        authed
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(expected.as_str()))
+    );
+    assert!(seen.iter().all(|r| !format!("{r:?}").contains(&token)));
+    let push = "/acme/repo.git/git-receive-pack";
+    let mut records = audit(&s.env).await;
+    for _ in 0..50 {
+        if records.iter().any(|r| r["path"] == push) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        records = audit(&s.env).await;
+    }
+    let pushes: Vec<_> = records.iter().filter(|r| r["path"] == push).collect();
+    assert!(!pushes.is_empty(), "{records:#?}");
+    assert!(pushes.iter().all(|r| r["provider"] == "github"
+        && r["agent"] == "coder"
+        && r["host"] == "github.com:443"
+        && r["decision"] == "allowed"));
+    let transcript = s.env.transcript();
+    assert!(!transcript.contains(GITHUB_KEY) && !transcript.contains(&token));
     s.broker.stop().await;
 }

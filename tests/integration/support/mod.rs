@@ -1,6 +1,7 @@
 //! Test support: a real `seks` process on a real socket, a real mock upstream, HTTP helpers.
 
 pub mod forms;
+pub mod git;
 pub mod http;
 pub mod mock;
 pub mod tls;

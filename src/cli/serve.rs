@@ -16,7 +16,7 @@ use crate::forward::{self, ForwardProxy, ca::BrokerCa};
 use crate::keyring::Keyring;
 use crate::ops::Ops;
 use crate::policy::limits::Limits;
-use crate::proxy::{Proxy, ProxyLimits, Upstreams};
+use crate::proxy::{Proxy, ProxyLimits, Resolver, Upstreams};
 use crate::server;
 use crate::store::DEFAULT_TENANT;
 
@@ -45,7 +45,8 @@ pub(super) struct ServeArgs {
 pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let providers = ctx.providers()?;
     let vault = Arc::new(ctx.unlock_vault().await?);
-    let upstreams = Upstreams::new(&ctx.settings.upstream)?;
+    let resolver = Resolver::new(&ctx.settings.resolve, None)?;
+    let upstreams = Upstreams::with_resolver(&ctx.settings.upstream, resolver)?;
     let (audit_key, retention_key) = (vault.audit_key(), vault.audit_key());
     let keyring = Arc::new(Keyring::new(
         ctx.store.clone(),

@@ -10,6 +10,7 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri, header};
 use http_body_util::Limited;
+use hyper::upgrade::OnUpgrade;
 use secrecy::ExposeSecret;
 
 use super::connect::{Route, with_challenge};
@@ -18,7 +19,7 @@ use super::{ForwardProxy, Refusal};
 use crate::metrics;
 use crate::proxy::{
     FORWARDED_METHODS, Metering, Outgoing, PendingRecord, ProxyError, Seen, declared_length,
-    minted, rewrite, target,
+    minted, rewrite, target, websocket,
 };
 use crate::server::cutoff::CutOffBody;
 use crate::tokens;
@@ -43,7 +44,8 @@ impl ForwardProxy {
         seen: &mut Seen,
         pending: &Arc<PendingRecord>,
     ) -> Result<Response, ProxyError> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let upgrade = websocket::take_upgrade(&mut parts);
         pending.update(|r| r.host = Some(route.dest.to_string()));
         let caller_token = route.caller.as_ref().map_err(Clone::clone)?;
         let caller = self.caller(caller_token).await?;
@@ -52,6 +54,10 @@ impl ForwardProxy {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
         }
         check_host(&parts, route).inspect_err(|r| metrics::get().egress_refused(r.code()))?;
+        let max_body = self.proxy.limits().max_body_bytes;
+        if declared_length(&parts.headers).is_some_and(|len| len > max_body) {
+            return Err(ProxyError::BodyTooLarge(max_body));
+        }
         let path = parts.uri.path();
         let query = parts.uri.query();
         // What would go upstream is searched: hop-by-hop headers (Proxy-Authorization) never do.
@@ -68,7 +74,16 @@ impl ForwardProxy {
         }
         let [(provider_name, rest)] = placed[..] else {
             return if placed.is_empty() {
-                self.pass_through(route, parts, headers, body, seen, pending)
+                let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+                let body = Body::new(Limited::new(body, limit));
+                let upstream = Upstream {
+                    route,
+                    path,
+                    query,
+                    websocket: upgrade.is_some(),
+                }
+                .request(parts.method.clone(), headers, body)?;
+                self.pass_through(route, upstream, upgrade, seen, pending)
                     .await
             } else {
                 Err(ProxyError::AmbiguousToken)
@@ -102,30 +117,28 @@ impl ForwardProxy {
             };
         });
         let entry = self.proxy.token_for(token, &provider, pending).await?;
-        let max_body = self.proxy.limits().max_body_bytes;
-        if declared_length(&parts.headers).is_some_and(|len| len > max_body) {
-            return Err(ProxyError::BodyTooLarge(max_body));
-        }
         let (admitted, unlocked) = self
             .proxy
             .admit_and_unlock(&entry, &provider, &parts, &policy_path, body, seen)
             .await?;
         let credential = unlocked.secret.expose_secret();
         let (path, query) = placeholder::replace_in_target(path, query, token, credential);
-        let uri = upstream_uri(route, &path, query.as_deref())?;
         placeholder::replace_in_headers(&mut headers, token, credential).map_err(|_| {
             tracing::error!(token_id = %entry.record.id, "stored credential can't take the token's place");
             ProxyError::CredentialUnavailable
         })?;
-        set_host(&mut headers, route)?;
         let body = self.proxy.upstream_body(admitted.body, &mut headers);
-        let mut upstream = Request::new(body);
-        *upstream.method_mut() = parts.method;
-        *upstream.uri_mut() = uri;
-        *upstream.headers_mut() = headers;
+        let upstream = Upstream {
+            route,
+            path: &path,
+            query: query.as_deref(),
+            websocket: upgrade.is_some(),
+        }
+        .request(parts.method, headers, body)?;
         let outgoing = Outgoing {
             request: upstream,
-            client: self.upstreams.client(provider.http2),
+            // WebSocket handshakes are HTTP/1.1 only.
+            client: self.upstreams.client(provider.http2 && upgrade.is_none()),
             upstream: &provider.name,
             minted: minted(&provider, &entry.record, &unlocked),
             scrubber: &unlocked.scrubber,
@@ -134,35 +147,24 @@ impl ForwardProxy {
                 llm: provider.model_in.reads_body(),
                 record: pending.clone(),
             },
+            upgrade,
         };
         self.proxy.send_upstream(outgoing, seen).await
     }
 
-    /// A request with no token: relayed to the allowed destination with `headers` (the
-    /// agent's, hop-by-hop ones aside), its response scrubbed of every secret like any other.
+    /// A request with no token, relayed to the allowed destination with the agent's headers
+    /// (hop-by-hop ones aside); its response is scrubbed of every secret like any other.
     async fn pass_through(
         &self,
         route: &Route,
-        parts: Parts,
-        mut headers: http::HeaderMap,
-        body: Body,
+        request: Request<Body>,
+        upgrade: Option<OnUpgrade>,
         seen: &mut Seen,
         pending: &Arc<PendingRecord>,
     ) -> Result<Response, ProxyError> {
-        let max_body = self.proxy.limits().max_body_bytes;
-        if declared_length(&parts.headers).is_some_and(|len| len > max_body) {
-            return Err(ProxyError::BodyTooLarge(max_body));
-        }
-        let uri = upstream_uri(route, parts.uri.path(), parts.uri.query())?;
-        set_host(&mut headers, route)?;
-        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-        let mut upstream = Request::new(Body::new(Limited::new(body, limit)));
-        *upstream.method_mut() = parts.method;
-        *upstream.uri_mut() = uri;
-        *upstream.headers_mut() = headers;
         let scrubber = self.keyring.scrubber();
         let outgoing = Outgoing {
-            request: upstream,
+            request,
             client: self.upstreams.client(false),
             upstream: &route.dest.host,
             minted: None,
@@ -172,6 +174,7 @@ impl ForwardProxy {
                 llm: false,
                 record: pending.clone(),
             },
+            upgrade,
         };
         self.proxy.send_upstream(outgoing, seen).await
     }
@@ -231,26 +234,45 @@ fn check_host(parts: &Parts, route: &Route) -> Result<(), Refusal> {
     }
 }
 
-/// The upstream URI: the route's scheme and destination, the given path and query.
-fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
-    let path_and_query = match query {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
-    };
-    let path_and_query = PathAndQuery::try_from(path_and_query)
-        .map_err(|_| ProxyError::BadPath("the path does not form a valid upstream URL"))?;
-    Uri::builder()
-        .scheme(route.scheme.clone())
-        .authority(route.dest.authority(&route.scheme))
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::BadPath("the path does not form a valid upstream URL"))
+/// Where a relayed request goes: the route's destination, this path and query.
+struct Upstream<'a> {
+    route: &'a Route,
+    path: &'a str,
+    query: Option<&'a str>,
+    /// The request is a WebSocket handshake.
+    websocket: bool,
 }
 
-/// Host is the destination's, as the agent meant it.
-fn set_host(headers: &mut http::HeaderMap, route: &Route) -> Result<(), ProxyError> {
-    let host = HeaderValue::from_str(&route.dest.authority(&route.scheme))
-        .map_err(|_| ProxyError::Forward(Refusal::BadTarget(route.dest.to_string())))?;
-    headers.insert(header::HOST, host);
-    Ok(())
+impl Upstream<'_> {
+    /// The upstream request, with `headers` (Host set to the destination's).
+    fn request(
+        &self,
+        method: http::Method,
+        mut headers: http::HeaderMap,
+        body: Body,
+    ) -> Result<Request<Body>, ProxyError> {
+        let bad_path = || ProxyError::BadPath("the path does not form a valid upstream URL");
+        let path_and_query = match self.query {
+            Some(query) => format!("{}?{query}", self.path),
+            None => self.path.to_owned(),
+        };
+        let authority = self.route.dest.authority(&self.route.scheme);
+        let uri = Uri::builder()
+            .scheme(self.route.scheme.clone())
+            .authority(authority.as_str())
+            .path_and_query(PathAndQuery::try_from(path_and_query).map_err(|_| bad_path())?)
+            .build()
+            .map_err(|_| bad_path())?;
+        let host = HeaderValue::from_str(&authority)
+            .map_err(|_| ProxyError::Forward(Refusal::BadTarget(self.route.dest.to_string())))?;
+        headers.insert(header::HOST, host);
+        if self.websocket {
+            websocket::prepare_request(&mut headers);
+        }
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
 }

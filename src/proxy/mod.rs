@@ -10,6 +10,7 @@ mod response;
 pub(crate) mod rewrite;
 pub mod target;
 mod upstream;
+pub(crate) mod websocket;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -102,6 +103,8 @@ pub(crate) struct Outgoing<'a> {
     pub scrubber: &'a Arc<Scrubber>,
     /// Usage metering and the audit record.
     pub metering: Metering,
+    /// The agent's side of a WebSocket handshake, switched once the upstream has.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// Response header naming the request in the audit log.
@@ -268,7 +271,8 @@ impl Proxy {
         pending: &Arc<PendingRecord>,
     ) -> Result<Response, ProxyError> {
         check_request_line(&request)?;
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let upgrade = websocket::take_upgrade(&mut parts);
         let route = target::route(parts.uri.path()).map_err(|e| match e {
             target::TargetError::NoRoute => ProxyError::NoRoute,
             target::TargetError::BadPath(why) => ProxyError::BadPath(why),
@@ -349,6 +353,9 @@ impl Proxy {
             }
         })?;
         let mut headers = rewrite::forwardable_headers(&provider, &parts.headers);
+        if upgrade.is_some() {
+            websocket::prepare_request(&mut headers);
+        }
         let body = self.upstream_body(admitted.body, &mut headers);
         let mut upstream_request = Request::new(body);
         *upstream_request.method_mut() = parts.method;
@@ -368,7 +375,8 @@ impl Proxy {
         }
         let outgoing = Outgoing {
             request: upstream_request,
-            client: self.upstreams.client(provider.http2),
+            // WebSocket handshakes are HTTP/1.1 only.
+            client: self.upstreams.client(provider.http2 && upgrade.is_none()),
             upstream: &provider.name,
             minted: minted(&provider, token, &unlocked),
             scrubber: &unlocked.scrubber,
@@ -377,6 +385,7 @@ impl Proxy {
                 llm: provider.model_in.reads_body(),
                 record: pending.clone(),
             },
+            upgrade,
         };
         self.send_upstream(outgoing, seen).await
     }
@@ -487,6 +496,7 @@ impl Proxy {
             minted,
             scrubber,
             metering,
+            upgrade,
         } = outgoing;
         let method_has_body = request.method() != Method::HEAD;
         let forwarded = Instant::now();
@@ -508,6 +518,12 @@ impl Proxy {
             && let Some((secret_id, access)) = minted
         {
             self.minter.forget(secret_id, access);
+        }
+        if let Some(agent) = upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let max_message = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+            return websocket::switch(agent, response, scrubber, max_message);
         }
         response::to_agent(
             response,

@@ -18,12 +18,18 @@ use tokio::process::Command;
 use crate::support::git::GitServer;
 use crate::support::mock::MockUpstream;
 use crate::support::tls::TestCa;
+use crate::support::ws::WsEcho;
 use crate::support::{Broker, CliOutput, Env, run_python};
 
 /// The real key behind the test's OpenAI token.
 const OPENAI_KEY: &str = "sk-REAL-openai-key-0123456789";
 /// Host names the TLS mock answers for (resolved to it by `[resolve]`).
-const MOCK_NAMES: [&str; 3] = ["api.openai.com", "echo.example.test", "github.com"];
+const MOCK_NAMES: [&str; 4] = [
+    "api.openai.com",
+    "echo.example.test",
+    "github.com",
+    "ws.example.test",
+];
 
 /// A broker with its forward proxy, a TLS mock standing in for api.openai.com and for
 /// echo.example.test (an allowed host that is no provider's), and an OpenAI token.
@@ -757,5 +763,64 @@ async fn git_clones_and_pushes_through_the_proxy_with_a_github_token_in_the_url(
         && r["decision"] == "allowed"));
     let transcript = s.env.transcript();
     assert!(!transcript.contains(GITHUB_KEY) && !transcript.contains(&token));
+    s.broker.stop().await;
+}
+
+#[tokio::test]
+async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scrubbed() {
+    const KEY: &str = "ws-REAL-key-0123456789";
+    let test_ca = TestCa::for_names(&MOCK_NAMES);
+    let echo = WsEcho::start(test_ca.acceptor.clone()).await;
+    let s = setup_with(
+        test_ca,
+        &format!(
+            "\"ws.example.test\" = \"127.0.0.1:{}\"\n\
+             [providers.wsecho]\n\
+             base_url = \"https://ws.example.test\"\n\
+             auth = {{ scheme = \"header\", name = \"authorization\", template = \"Bearer {{}}\" }}\n",
+            echo.addr.port()
+        ),
+    )
+    .await;
+    s.env.add_secret("ws", "wsecho", KEY).await;
+    let token = s.env.create_token("ws", &["--agent", "socket"]).await;
+    let proxy = format!("http://agent:{token}@{}", s.proxy);
+    let ca = s.ca_file.display().to_string();
+    let base_url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
+    let modes: [(&str, Vec<(&str, &str)>); 2] = [
+        // Base-URL mode: the broker's agent listener.
+        (base_url.as_str(), vec![("SEKS_TOKEN", token.as_str())]),
+        // Proxy mode: the provider's own URL, through HTTPS_PROXY.
+        (
+            "wss://ws.example.test/socket",
+            vec![
+                ("SEKS_TOKEN", token.as_str()),
+                ("HTTPS_PROXY", proxy.as_str()),
+                ("SSL_CERT_FILE", ca.as_str()),
+            ],
+        ),
+    ];
+    for (url, env) in modes {
+        let out = run_python("ws_client.py", &[url], &env).await;
+        assert!(out.status.success(), "{url}: {out:#?}");
+        // The upstream said the key; the agent got it masked.
+        let answer = out.stdout.trim();
+        assert!(answer.starts_with("the key is *"), "{url}: {answer}");
+        assert!(!answer.contains(KEY), "{url}: {answer}");
+    }
+    let handshakes = echo.handshakes();
+    assert_eq!(handshakes.len(), 2);
+    for headers in handshakes {
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("authorization"), Some(format!("Bearer {KEY}").as_str()));
+        assert_eq!(get("host"), Some("ws.example.test"));
+        assert!(get("sec-websocket-extensions").is_none(), "{headers:?}");
+        assert!(!format!("{headers:?}").contains(&token));
+    }
     s.broker.stop().await;
 }

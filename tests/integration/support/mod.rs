@@ -5,6 +5,7 @@ pub mod git;
 pub mod http;
 pub mod mock;
 pub mod tls;
+pub mod ws;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

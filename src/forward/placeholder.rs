@@ -1,7 +1,8 @@
 //! Agent tokens as placeholders: where tools put credentials (an `Authorization` or API-key
 //! header, Basic credentials, a key or token query parameter, a path segment such as
-//! Telegram's `/bot<token>`), an agent's `seks_` token is found and replaced by the real
-//! credential in the same place, when the request may carry it.
+//! Telegram's `/bot<token>`, and for providers that take one there a key or token field of a
+//! form or JSON body), an agent's `seks_` token is found and replaced by the real credential
+//! in the same place, when the request may carry it.
 //!
 //! Finding is broader than replacing: a token counts wherever it is, percent-encoded too, so
 //! a token headed to the wrong host is refused however it is spelled. A copy anywhere else
@@ -46,6 +47,9 @@ pub struct Found {
     pub token: String,
     /// Every copy is as it is, where credentials go, so each can be replaced in place.
     pub replaceable: bool,
+    /// A copy is in the body (replaceable there only for providers that take credentials
+    /// in the body).
+    pub in_body: bool,
 }
 
 /// Every well-formed token in `text`: where it starts, and its text.
@@ -97,6 +101,7 @@ impl Finds {
             None => self.0.push(Found {
                 token: token.to_owned(),
                 replaceable,
+                in_body: false,
             }),
         }
     }
@@ -162,6 +167,171 @@ pub fn find(headers: &HeaderMap, path: &str, query: Option<&str>) -> Vec<Found> 
         finds.note_encoded(query);
     }
     finds.0
+}
+
+/// How a request body is searched for tokens, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json` and `…+json`: string values of key or token fields are replaceable.
+    Json,
+    /// `application/x-www-form-urlencoded`: values of key or token fields are replaceable.
+    Form,
+    /// Any `text/*`: searched, never replaced.
+    Text,
+}
+
+/// How a body with these headers is searched; `None`: it isn't (binary, multipart).
+pub fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .trim()
+        .to_ascii_lowercase();
+    if content_type == "application/json" || content_type.ends_with("+json") {
+        Some(BodyKind::Json)
+    } else if content_type == "application/x-www-form-urlencoded" {
+        Some(BodyKind::Form)
+    } else if content_type.starts_with("text/") {
+        Some(BodyKind::Text)
+    } else {
+        None
+    }
+}
+
+/// A form body's fields, decoded (`+` is a space).
+fn form_fields(body: &str) -> impl Iterator<Item = (&str, String, String)> {
+    body.split('&').map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |text: &str| {
+            percent_decode_str(&text.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (pair, decode(key), decode(value))
+    })
+}
+
+/// Every token in a body of `kind`: replaceable where it is the whole value of a field
+/// named like a credential (`"token": "<token>"`, `api_key=<token>`).
+pub fn find_in_body(kind: BodyKind, body: &[u8]) -> Vec<Found> {
+    let mut finds = Finds::default();
+    let parsed = match kind {
+        BodyKind::Json => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .map(|json| json_tokens(&json, None, &mut finds)),
+        BodyKind::Form => std::str::from_utf8(body).ok().map(|text| {
+            for (_, key, value) in form_fields(text) {
+                for (_, token) in tokens_in(key.as_bytes()) {
+                    finds.note(token, false);
+                }
+                for (_, token) in tokens_in(value.as_bytes()) {
+                    finds.note(token, value == token && is_credential_name(&key));
+                }
+            }
+        }),
+        BodyKind::Text => None,
+    };
+    // Whatever can't be read as its type is only searched.
+    if parsed.is_none() {
+        for (_, token) in tokens_in(body) {
+            finds.note(token, false);
+        }
+    }
+    let mut found = finds.0;
+    for f in &mut found {
+        f.in_body = true;
+    }
+    found
+}
+
+fn json_tokens(value: &serde_json::Value, key: Option<&str>, finds: &mut Finds) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => {
+            for (_, token) in tokens_in(text.as_bytes()) {
+                finds.note(token, text == token && key.is_some_and(is_credential_name));
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| json_tokens(v, None, finds)),
+        Value::Object(fields) => {
+            for (name, v) in fields {
+                for (_, token) in tokens_in(name.as_bytes()) {
+                    finds.note(token, false);
+                }
+                json_tokens(v, Some(name), finds);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Merge tokens found in the body into those found elsewhere.
+pub fn merge(found: &mut Vec<Found>, in_body: Vec<Found>) {
+    for f in in_body {
+        match found.iter_mut().find(|seen| seen.token == f.token) {
+            Some(seen) => {
+                seen.replaceable &= f.replaceable;
+                seen.in_body = true;
+            }
+            None => found.push(f),
+        }
+    }
+}
+
+/// The body with `credential` as the value of every field whose whole value is `token`
+/// (re-serialised for JSON, percent-encoded for forms).
+pub fn replace_in_body(
+    kind: BodyKind,
+    body: &[u8],
+    token: &str,
+    credential: &str,
+) -> Result<Vec<u8>, ReplaceError> {
+    match kind {
+        BodyKind::Json => {
+            let mut json: serde_json::Value =
+                serde_json::from_slice(body).map_err(|_| ReplaceError)?;
+            replace_json(&mut json, token, credential);
+            serde_json::to_vec(&json).map_err(|_| ReplaceError)
+        }
+        BodyKind::Form => {
+            let text = std::str::from_utf8(body).map_err(|_| ReplaceError)?;
+            let pairs: Vec<String> = form_fields(text)
+                .map(|(pair, key, value)| {
+                    if value == token && is_credential_name(&key) {
+                        let raw_key = pair.split('=').next().unwrap_or("");
+                        format!("{raw_key}={}", utf8_percent_encode(credential, QUERY_VALUE))
+                    } else {
+                        pair.to_owned()
+                    }
+                })
+                .collect();
+            Ok(pairs.join("&").into_bytes())
+        }
+        BodyKind::Text => Err(ReplaceError),
+    }
+}
+
+fn replace_json(value: &mut serde_json::Value, token: &str, credential: &str) {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| replace_json(v, token, credential)),
+        Value::Object(fields) => {
+            for (name, v) in fields.iter_mut() {
+                match v {
+                    Value::String(text) if text == token && is_credential_name(name) => {
+                        *v = Value::String(credential.to_owned());
+                    }
+                    _ => replace_json(v, token, credential),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A credential can't go where the token was.
@@ -322,6 +492,62 @@ mod tests {
         typo.pop();
         typo.push(if a.ends_with('A') { 'B' } else { 'A' });
         assert!(find(&headers(&[("x", &typo)]), "/", None).is_empty());
+    }
+
+    #[test]
+    fn bodies_are_searched_and_credential_fields_replaced() {
+        let a = token("slack");
+        let json = format!(r#"{{"token":"{a}","text":"hi","list":["{a}"]}}"#);
+        let found = find_in_body(BodyKind::Json, json.as_bytes());
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].in_body && !found[0].replaceable,
+            "the copy in a list is no field"
+        );
+        let json = format!(r#"{{"token":"{a}","nested":{{"api_key":"{a}"}}}}"#);
+        assert!(find_in_body(BodyKind::Json, json.as_bytes())[0].replaceable);
+        let replaced =
+            replace_in_body(BodyKind::Json, json.as_bytes(), &a, "xoxb-\"real\"").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&replaced).unwrap();
+        assert_eq!(v["token"], "xoxb-\"real\"");
+        assert_eq!(v["nested"]["api_key"], "xoxb-\"real\"");
+        let escaped = format!(r#"{{"note":"{}"}}"#, a.replace('_', "\\u005f"));
+        let found = find_in_body(BodyKind::Json, escaped.as_bytes());
+        assert_eq!(found[0].token, a, "JSON escapes don't hide a token");
+        assert!(!found[0].replaceable);
+
+        let form = format!("channel=C1&token={a}&text=hello+there");
+        assert!(find_in_body(BodyKind::Form, form.as_bytes())[0].replaceable);
+        let replaced = replace_in_body(BodyKind::Form, form.as_bytes(), &a, "xoxb 1/2").unwrap();
+        assert_eq!(
+            String::from_utf8(replaced).unwrap(),
+            "channel=C1&token=xoxb%201%2F2&text=hello+there"
+        );
+        let text = format!("text={a}");
+        assert!(!find_in_body(BodyKind::Form, text.as_bytes())[0].replaceable);
+        assert!(!find_in_body(BodyKind::Text, a.as_bytes())[0].replaceable);
+        assert!(find_in_body(BodyKind::Json, b"{\"token\": 1}").is_empty());
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(body_kind(&h), Some(BodyKind::Json));
+        h.insert(
+            "content-type",
+            "multipart/form-data; boundary=x".parse().unwrap(),
+        );
+        assert_eq!(body_kind(&h), None);
+
+        let mut found = find(
+            &headers(&[("authorization", &format!("Bearer {a}"))]),
+            "/",
+            None,
+        );
+        merge(&mut found, find_in_body(BodyKind::Form, form.as_bytes()));
+        assert_eq!(found.len(), 1);
+        assert!(found[0].replaceable && found[0].in_body);
     }
 
     #[test]

@@ -6,20 +6,21 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
+use bytes::Bytes;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri, header};
-use http_body_util::Limited;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::upgrade::OnUpgrade;
 use secrecy::ExposeSecret;
 
 use super::connect::{Route, with_challenge};
-use super::placeholder;
+use super::placeholder::{self, BodyKind};
 use super::{ForwardProxy, Refusal};
 use crate::metrics;
 use crate::proxy::{
-    FORWARDED_METHODS, Metering, Outgoing, PendingRecord, ProxyError, Seen, declared_length,
-    minted, rewrite, target, websocket,
+    FORWARDED_METHODS, ForwardBody, Metering, Outgoing, PendingRecord, ProxyError, Seen,
+    declared_length, minted, rewrite, target, websocket,
 };
 use crate::server::cutoff::CutOffBody;
 use crate::tokens;
@@ -62,7 +63,11 @@ impl ForwardProxy {
         let query = parts.uri.query();
         // What would go upstream is searched: hop-by-hop headers (Proxy-Authorization) never do.
         let mut headers = rewrite::relayed_headers(&parts.headers);
-        let found = placeholder::find(&headers, path, query);
+        let (body, scanned) = self.read_body(&parts.headers, body).await?;
+        let mut found = placeholder::find(&headers, path, query);
+        if let Some((kind, bytes)) = &scanned {
+            placeholder::merge(&mut found, placeholder::find_in_body(*kind, bytes));
+        }
         // Every token must be headed to its own provider's host, whatever else is in the request.
         let mut placed = Vec::with_capacity(found.len());
         for f in &found {
@@ -90,14 +95,14 @@ impl ForwardProxy {
             };
         };
         let token = &found[0].token;
-        if !found[0].replaceable {
-            return Err(Refusal::MisplacedToken.into());
-        }
         let provider = self
             .providers
             .get(provider_name)
             .ok_or_else(|| ProxyError::UnknownProvider(provider_name.to_owned(), String::new()))?
             .clone();
+        if !found[0].replaceable || (found[0].in_body && !provider.body_placeholders) {
+            return Err(Refusal::MisplacedToken.into());
+        }
         seen.provider = Some(provider.clone());
         if provider.auth.signs_requests() {
             return Err(Refusal::Unsupported(
@@ -127,7 +132,20 @@ impl ForwardProxy {
             tracing::error!(token_id = %entry.record.id, "stored credential can't take the token's place");
             ProxyError::CredentialUnavailable
         })?;
-        let body = self.proxy.upstream_body(admitted.body, &mut headers);
+        let body = match (&scanned, found[0].in_body) {
+            (Some((kind, original)), true) => {
+                // Policy may have amended a body it read; otherwise the body is as read.
+                let current = match admitted.body {
+                    ForwardBody::Buffered(bytes) => bytes,
+                    ForwardBody::Streamed(_) => original.clone(),
+                };
+                let replaced = placeholder::replace_in_body(*kind, &current, token, credential)
+                    .map_err(|_| ProxyError::CredentialUnavailable)?;
+                ForwardBody::Buffered(Bytes::from(replaced))
+            }
+            _ => admitted.body,
+        };
+        let body = self.proxy.upstream_body(body, &mut headers);
         let upstream = Upstream {
             route,
             path: &path,
@@ -150,6 +168,34 @@ impl ForwardProxy {
             upgrade,
         };
         self.proxy.send_upstream(outgoing, seen).await
+    }
+
+    /// The body, and for a text, form or JSON one within the policy read limit its bytes,
+    /// read so it can be searched for tokens. Other bodies (binary, multipart, compressed,
+    /// larger) stream unsearched.
+    async fn read_body(
+        &self,
+        headers: &http::HeaderMap,
+        body: Body,
+    ) -> Result<(Body, Option<(BodyKind, Bytes)>), ProxyError> {
+        let limit = self.proxy.limits().max_policy_body_bytes;
+        let Some(kind) = placeholder::body_kind(headers) else {
+            return Ok((body, None));
+        };
+        if headers.contains_key(header::CONTENT_ENCODING)
+            || declared_length(headers).is_some_and(|len| len > limit)
+        {
+            return Ok((body, None));
+        }
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                Ok((Body::from(bytes.clone()), Some((kind, bytes))))
+            }
+            Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge(limit as u64)),
+            Err(_) => Err(ProxyError::BadBody("the request body could not be read")),
+        }
     }
 
     /// A request with no token, relayed to the allowed destination with the agent's headers

@@ -118,6 +118,9 @@ pub struct Provider {
     /// Further https hosts where the forward proxy may put the credential in place of the
     /// token (any path there), besides the base URL's host.
     pub extra_hosts: Vec<Authority>,
+    /// Whether the forward proxy may replace a token in a key or token field of a form or
+    /// JSON body.
+    pub body_placeholders: bool,
 }
 
 impl Provider {

@@ -29,6 +29,9 @@ pub struct ProviderSpec {
     /// Further hosts (`host` or `host:port`, https) where the forward proxy may put the
     /// credential in place of the token, besides the base URL's (e.g. `github.com` for git).
     pub hosts: Option<Vec<String>>,
+    /// Whether the forward proxy may put the credential in place of a token in a key or
+    /// token field of a form or JSON body (as Slack takes `token=`).
+    pub body_placeholders: Option<bool>,
 }
 
 impl ProviderSpec {
@@ -43,6 +46,7 @@ impl ProviderSpec {
             model_in: over.model_in.or(self.model_in),
             stream_usage_opt_in: over.stream_usage_opt_in.or(self.stream_usage_opt_in),
             hosts: over.hosts.or(self.hosts),
+            body_placeholders: over.body_placeholders.or(self.body_placeholders),
         }
     }
 
@@ -135,6 +139,7 @@ impl ProviderSpec {
             model_in: self.model_in.unwrap_or(ModelIn::Nowhere),
             stream_usage_opt_in: self.stream_usage_opt_in.unwrap_or(false),
             extra_hosts,
+            body_placeholders: self.body_placeholders.unwrap_or(false),
         })
     }
 }

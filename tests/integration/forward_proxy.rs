@@ -24,11 +24,12 @@ use crate::support::{Broker, CliOutput, Env, run_python};
 /// The real key behind the test's OpenAI token.
 const OPENAI_KEY: &str = "sk-REAL-openai-key-0123456789";
 /// Host names the TLS mock answers for (resolved to it by `[resolve]`).
-const MOCK_NAMES: [&str; 4] = [
+const MOCK_NAMES: [&str; 5] = [
     "api.openai.com",
     "echo.example.test",
     "github.com",
     "ws.example.test",
+    "slack.com",
 ];
 
 /// A broker with its forward proxy, a TLS mock standing in for api.openai.com and for
@@ -71,6 +72,7 @@ allow_addresses = ["127.0.0.1"]
 [resolve]
 "api.openai.com" = "127.0.0.1:{port}"
 "echo.example.test" = "127.0.0.1:{port}"
+"slack.com" = "127.0.0.1:{port}"
 "internal.example.test" = "10.255.255.1"
 "metadata.example.test" = "169.254.169.254"
 {extra_toml}
@@ -822,5 +824,88 @@ async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scr
         assert!(get("sec-websocket-extensions").is_none(), "{headers:?}");
         assert!(!format!("{headers:?}").contains(&token));
     }
+    s.broker.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_in_bodies_are_replaced_only_in_credential_fields_for_providers_that_take_them() {
+    const SLACK_KEY: &str = "xoxb-REAL-slack-0123456789";
+    let s = setup("").await;
+    s.env.add_secret("slack", "slack", SLACK_KEY).await;
+    let slack = s.env.create_token("slack", &["--agent", "proxied"]).await;
+
+    let form = format!("channel=C1&token={slack}&text=hello+there");
+    let sent = curl(&s, &["-d", &form, "https://slack.com/api/chat.postMessage"]).await;
+    assert_eq!(sent.status, 200, "{sent:#?}");
+    let seen = s.mock.requests();
+    let upstream = seen.last().unwrap();
+    assert_eq!(upstream.target, "/api/chat.postMessage");
+    assert_eq!(
+        String::from_utf8_lossy(&upstream.body),
+        format!("channel=C1&token={SLACK_KEY}&text=hello+there")
+    );
+    let json = format!(r#"{{"token":"{slack}","channel":"C1"}}"#);
+    let sent = curl(
+        &s,
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &json,
+            "https://slack.com/api/chat.postMessage",
+        ],
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{sent:#?}");
+    let body: Value = serde_json::from_slice(&s.mock.requests().last().unwrap().body).unwrap();
+    assert_eq!(body["token"], SLACK_KEY);
+
+    let before = s.mock.requests().len();
+    let text_field = format!("channel=C1&text={slack}");
+    let openai_json = format!(r#"{{"model":"gpt-4o-mini","api_key":"{}"}}"#, s.token);
+    let bearer = format!("authorization: Bearer {}", s.token);
+    for (args, code) in [
+        // A token in a field that is no credential: a provider could publish it.
+        (
+            vec![
+                "-d",
+                text_field.as_str(),
+                "https://slack.com/api/chat.postMessage",
+            ],
+            "token_misplaced",
+        ),
+        // OpenAI takes no credential in bodies.
+        (
+            vec![
+                "-H",
+                bearer.as_str(),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                openai_json.as_str(),
+                "https://api.openai.com/v1/chat/completions",
+            ],
+            "token_misplaced",
+        ),
+        // Any token in a body to another host.
+        (
+            vec!["-d", form.as_str(), "https://echo.example.test/collect"],
+            "token_to_foreign_host",
+        ),
+        (
+            vec![
+                "-H",
+                "content-type: application/json",
+                "-d",
+                openai_json.as_str(),
+                "https://echo.example.test/collect",
+            ],
+            "token_to_foreign_host",
+        ),
+    ] {
+        let refused = curl(&s, &args).await;
+        assert_eq!(refused.seks_error(), Some(code), "{args:?}: {refused:#?}");
+    }
+    assert_eq!(s.mock.requests().len(), before);
     s.broker.stop().await;
 }

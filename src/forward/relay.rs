@@ -98,7 +98,10 @@ impl ForwardProxy {
         let provider = self
             .providers
             .get(provider_name)
-            .ok_or_else(|| ProxyError::UnknownProvider(provider_name.to_owned(), String::new()))?
+            .ok_or_else(|| {
+                let known = self.providers.names().join(", ");
+                ProxyError::UnknownProvider(provider_name.to_owned(), known)
+            })?
             .clone();
         if !found[0].replaceable || (found[0].in_body && !provider.body_placeholders) {
             return Err(Refusal::MisplacedToken.into());

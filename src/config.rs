@@ -118,6 +118,27 @@ pub struct FileConfig {
     /// Capabilities agents may invoke, keyed by name.
     #[serde(default)]
     pub capabilities: BTreeMap<String, CapabilitySpec>,
+    /// The forward proxy (HTTPS_PROXY mode).
+    #[serde(default)]
+    pub forward: ForwardConfig,
+    /// Host names resolved to fixed addresses instead of asking DNS (`"api.github.com" =
+    /// "127.0.0.1:8443"`): for tests that stand a local server in for a provider.
+    #[serde(default)]
+    pub resolve: BTreeMap<String, String>,
+}
+
+/// Forward proxy settings (`[forward]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Address of the forward proxy; off when unset.
+    pub listen: Option<SocketAddr>,
+    /// Destinations agents may reach besides the providers' hosts: `host`, `host:port`,
+    /// `*.domain[:port]` (port 443 unless given).
+    pub allow: Vec<String>,
+    /// Non-public address ranges the proxy may dial (`10.0.0.0/8`, `127.0.0.1`); cloud
+    /// metadata addresses only when named exactly.
+    pub allow_addresses: Vec<String>,
 }
 
 /// Audit log settings (`[audit]`).
@@ -223,6 +244,8 @@ pub struct CliOverrides {
     pub admin_listen: Option<AdminListen>,
     /// `--log-format` / `SEKS_LOG_FORMAT`.
     pub log_format: Option<LogFormat>,
+    /// `--proxy-listen` / `SEKS_PROXY_LISTEN`.
+    pub proxy_listen: Option<SocketAddr>,
 }
 
 /// The effective settings after merging flags, environment, file and defaults.
@@ -256,6 +279,10 @@ pub struct Settings {
     pub audit: AuditConfig,
     /// Capabilities defined in the config file.
     pub capabilities: BTreeMap<String, CapabilitySpec>,
+    /// Forward proxy settings; `forward.listen` holds the flag's value when given.
+    pub forward: ForwardConfig,
+    /// Fixed addresses for host names.
+    pub resolve: BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -271,6 +298,8 @@ impl Settings {
         let master_key_file = file
             .master_key_file
             .unwrap_or_else(|| data_dir.join("master.key"));
+        let mut forward = file.forward;
+        forward.listen = cli.proxy_listen.or(forward.listen);
         let default_listen: SocketAddr = DEFAULT_LISTEN
             .parse()
             .expect("default listen address is valid");
@@ -299,6 +328,8 @@ impl Settings {
             approvals: file.approvals,
             audit: file.audit,
             capabilities: file.capabilities,
+            forward,
+            resolve: file.resolve,
         })
     }
 }

@@ -8,6 +8,8 @@
 //! - [`config`]: flags, environment and the TOML config file.
 //! - [`server`]: the agent listener and routes.
 //! - [`proxy`]: request checks, rewrite, upstream clients, streaming.
+//! - [`forward`]: the forward proxy (HTTPS_PROXY mode): CONNECT, TLS interception with the
+//!   broker's CA, tokens as placeholders, the egress guard.
 //! - [`providers`]: the provider table, token sources, auth schemes, error shapes.
 //! - [`keyring`]: token → record → credential, cached and kept in step with the store.
 //! - [`policy`]: whether a token may make a request now: rules, limits, usage.
@@ -34,6 +36,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod forward;
 pub mod grants;
 pub mod hygiene;
 pub mod keyring;

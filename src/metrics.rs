@@ -26,6 +26,11 @@ struct ProviderLabel {
     provider: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// Latency buckets from 100 µs to about 13 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -48,6 +53,8 @@ pub struct Metrics {
     /// Audit records lost (queue full, or unwritable at shutdown).
     pub audit_lost: Counter,
     audit_write: Histogram,
+    foreign_tokens: Family<ProviderLabel, Counter>,
+    egress_refusals: Family<ReasonLabel, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -118,6 +125,18 @@ impl Metrics {
             "Time to commit one batch of audit records",
             audit_write.clone(),
         );
+        let foreign_tokens = Family::<ProviderLabel, Counter>::default();
+        registry.register(
+            "tokens_to_foreign_hosts",
+            "Requests refused because an agent token was headed to a host not its provider's",
+            foreign_tokens.clone(),
+        );
+        let egress_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "egress_refused",
+            "Forward-proxy destinations refused, by reason",
+            egress_refusals.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -129,7 +148,26 @@ impl Metrics {
             audit_queue,
             audit_lost,
             audit_write,
+            foreign_tokens,
+            egress_refusals,
         }
+    }
+
+    /// Count a request refused because a token of `provider` (a name from the provider table,
+    /// or `unknown`) was headed to another host.
+    pub fn token_to_foreign_host(&self, provider: &str) {
+        self.foreign_tokens
+            .get_or_create(&ProviderLabel {
+                provider: provider.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a forward-proxy destination refused for `reason` (a refusal code).
+    pub fn egress_refused(&self, reason: &'static str) {
+        self.egress_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Count a finished request.

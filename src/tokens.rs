@@ -20,6 +20,8 @@ pub const TOKEN_PREFIX: &str = "seks_";
 const RANDOM_LEN: usize = 32;
 /// Base62 characters of checksum (62^6 > 2^32).
 const CHECKSUM_LEN: usize = 6;
+/// Characters after `seks_<provider>_`: the random part and the checksum.
+pub const TOKEN_BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
 /// Random characters shown in listings to tell tokens apart; 166 bits stay unknown.
 const HINT_LEN: usize = 4;
 

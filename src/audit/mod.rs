@@ -84,6 +84,9 @@ pub struct AuditRecord {
     /// A capability call's arguments, shortened (long text cut, never a secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<String>,
+    /// The destination (`host:port`) of a request through the forward proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Model, when the request or its answer named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

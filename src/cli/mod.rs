@@ -4,6 +4,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod backend;
+mod ca;
 mod capability;
 mod output;
 mod policy;
@@ -93,6 +94,9 @@ enum Command {
     /// Actions agents may invoke without the credential: list, add, remove, test.
     #[command(subcommand)]
     Capability(capability::CapabilityCommand),
+    /// The forward proxy's certificate authority, for agents' trust stores.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 /// Entry point of the `seks` binary.
@@ -140,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             overrides.listen = args.listen;
             overrides.admin_listen = args.admin_listen;
             overrides.log_format = args.log_format;
+            overrides.proxy_listen = args.proxy_listen;
             let ctx = Context::open(overrides, "info", redactor).await?;
             serve::run(ctx).await
         }
@@ -151,6 +156,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Capability(cmd) => {
             local_only("capability")?;
             capability::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Ca(cmd) => {
+            local_only("ca")?;
+            ca::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
         Command::Admin(cmd) => {
             local_only("admin")?;

@@ -14,10 +14,11 @@ use crate::audit::{self, Auditor};
 use crate::capabilities::Catalog;
 use crate::capabilities::invoke::Capabilities;
 use crate::config::{AdminListen, LogFormat};
+use crate::forward::{self, ForwardProxy, ca::BrokerCa};
 use crate::keyring::Keyring;
 use crate::ops::Ops;
 use crate::policy::limits::Limits;
-use crate::proxy::{Proxy, ProxyLimits, Upstreams};
+use crate::proxy::{Proxy, ProxyLimits, Resolver, Upstreams};
 use crate::server;
 use crate::store::DEFAULT_TENANT;
 
@@ -38,12 +39,16 @@ pub(super) struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "SEKS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address of the forward proxy for HTTPS_PROXY clients [default: off]
+    #[arg(long, env = "SEKS_PROXY_LISTEN", value_name = "ADDR")]
+    pub proxy_listen: Option<SocketAddr>,
 }
 
 pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let providers = ctx.providers()?;
     let vault = Arc::new(ctx.unlock_vault().await?);
-    let upstreams = Upstreams::new(&ctx.settings.upstream)?;
+    let resolver = Resolver::new(&ctx.settings.resolve, None)?;
+    let upstreams = Upstreams::with_resolver(&ctx.settings.upstream, resolver)?;
     let (audit_key, retention_key) = (vault.audit_key(), vault.audit_key());
     let keyring = Arc::new(Keyring::new(
         ctx.store.clone(),
@@ -87,7 +92,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     )?;
     let runner = ctx.runner(keyring.clone(), providers.clone(), upstreams.clone())?;
     let proxy = Arc::new(Proxy::new(
-        providers,
+        providers.clone(),
         keyring.clone(),
         vault.signing_tokens(),
         counters.clone(),
@@ -138,8 +143,39 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut stopped = stop_rx.clone();
     let (cut_off, cut_off_rx) = tokio::sync::watch::channel(false);
+    let forward = match ctx.settings.forward.listen {
+        Some(forward_addr) => {
+            let ca = BrokerCa::load_or_create(ctx.store.as_ref(), &vault)
+                .await
+                .context("loading the forward proxy's CA")?;
+            let forward_proxy = Arc::new(ForwardProxy::new(
+                proxy.clone(),
+                keyring.clone(),
+                providers,
+                Arc::new(ca),
+                &ctx.settings,
+                cut_off_rx.clone(),
+            )?);
+            let forward_listener = TcpListener::bind(forward_addr)
+                .await
+                .with_context(|| format!("binding the forward proxy on {forward_addr}"))?;
+            tracing::info!(
+                "forward proxy on http://{} (agents: HTTPS_PROXY=http://agent:<token>@{0}, CA from `seks ca export`)",
+                forward_listener.local_addr()?
+            );
+            let mut stopped = stop_rx.clone();
+            Some(tokio::spawn(forward::run(
+                forward_listener,
+                forward_proxy,
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let mut stopped = stop_rx.clone();
     let max_arguments_bytes =
         usize::try_from(ctx.settings.max_policy_body_bytes).unwrap_or(usize::MAX);
     let capabilities = Arc::new(Capabilities::new(
@@ -159,9 +195,19 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         capabilities,
         max_arguments_bytes,
     });
-    let mut server = tokio::spawn(server::run(listener, state, async move {
+    let server = tokio::spawn(server::run(listener, state, async move {
         let _ = stopped.changed().await;
     }));
+    // Both listeners drain within the same grace.
+    let mut server = tokio::spawn(async move {
+        let agents = server.await;
+        if let Some(forward) = forward
+            && let Ok(Err(e)) = forward.await
+        {
+            tracing::error!(error = %e, "the forward proxy failed");
+        }
+        agents
+    });
     shutdown_signal().await;
     tracing::info!("shutting down; open requests get {SHUTDOWN_GRACE:?} to finish");
     let _ = stop_tx.send(true);
@@ -169,7 +215,10 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         admin.abort();
     }
     if let Ok(joined) = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-        joined.context("server task")?.context("serving")?;
+        joined
+            .context("server task")?
+            .context("server task")?
+            .context("serving")?;
     } else {
         tracing::warn!("open requests did not finish in time; cutting them off");
         let _ = cut_off.send(true);

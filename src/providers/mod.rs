@@ -115,6 +115,28 @@ pub struct Provider {
     /// OpenAI-style APIs report usage in a stream only when the request asks for it
     /// (`stream_options.include_usage`); the broker asks when a token budget needs it.
     pub stream_usage_opt_in: bool,
+    /// Further https hosts where the forward proxy may put the credential in place of the
+    /// token (any path there), besides the base URL's host.
+    pub extra_hosts: Vec<Authority>,
+    /// Whether the forward proxy may replace a token in a key or token field of a form or
+    /// JSON body.
+    pub body_placeholders: bool,
+}
+
+impl Provider {
+    /// Every scheme and host the credential may go to: the base URL's, then the extra hosts.
+    pub fn hosts(&self) -> Vec<(Scheme, Authority)> {
+        std::iter::once((
+            self.upstream.scheme.clone(),
+            self.upstream.authority.clone(),
+        ))
+        .chain(
+            self.extra_hosts
+                .iter()
+                .map(|host| (Scheme::HTTPS, host.clone())),
+        )
+        .collect()
+    }
 }
 
 /// A provider definition could not be used.

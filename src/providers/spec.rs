@@ -26,6 +26,12 @@ pub struct ProviderSpec {
     pub model_in: Option<ModelIn>,
     /// Whether streamed requests must ask for usage (`stream_options.include_usage`).
     pub stream_usage_opt_in: Option<bool>,
+    /// Further hosts (`host` or `host:port`, https) where the forward proxy may put the
+    /// credential in place of the token, besides the base URL's (e.g. `github.com` for git).
+    pub hosts: Option<Vec<String>>,
+    /// Whether the forward proxy may put the credential in place of a token in a key or
+    /// token field of a form or JSON body (as Slack takes `token=`).
+    pub body_placeholders: Option<bool>,
 }
 
 impl ProviderSpec {
@@ -39,6 +45,8 @@ impl ProviderSpec {
             errors: over.errors.or(self.errors),
             model_in: over.model_in.or(self.model_in),
             stream_usage_opt_in: over.stream_usage_opt_in.or(self.stream_usage_opt_in),
+            hosts: over.hosts.or(self.hosts),
+            body_placeholders: over.body_placeholders.or(self.body_placeholders),
         }
     }
 
@@ -110,6 +118,17 @@ impl ProviderSpec {
                 "may have only one `path` source (a token has one place in the path)".to_owned(),
             ));
         }
+        let extra_hosts = self
+            .hosts
+            .unwrap_or_default()
+            .iter()
+            .map(|host| {
+                host.parse::<http::uri::Authority>()
+                    .ok()
+                    .filter(|a| !a.as_str().contains('@') && !a.host().is_empty())
+                    .ok_or_else(|| invalid("hosts", format!("`{host}` is not a host or host:port")))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Provider {
             name: name.to_owned(),
             upstream,
@@ -119,6 +138,8 @@ impl ProviderSpec {
             http2: self.http2.unwrap_or(false),
             model_in: self.model_in.unwrap_or(ModelIn::Nowhere),
             stream_usage_opt_in: self.stream_usage_opt_in.unwrap_or(false),
+            extra_hosts,
+            body_placeholders: self.body_placeholders.unwrap_or(false),
         })
     }
 }

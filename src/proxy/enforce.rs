@@ -250,7 +250,7 @@ impl Enforcer {
 }
 
 /// Check that the token and each of its ancestors is alive.
-fn check_lifetimes(entry: &TokenEntry, now: i64) -> Result<(), ProxyError> {
+pub(super) fn check_lifetimes(entry: &TokenEntry, now: i64) -> Result<(), ProxyError> {
     for link in entry.chain() {
         let own = link.record.id == entry.record.id;
         policy::check_lifetime(&link.record, now).map_err(|d| match d {

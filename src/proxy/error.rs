@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::audit::Decision;
+use crate::forward::Refusal;
 use crate::policy::Denial;
 use crate::policy::limits::{self as l, Limited};
 use crate::providers::ErrorShape;
@@ -126,6 +127,10 @@ pub enum ProxyError {
     /// An AWS SigV4 request's signature is malformed, wrong, stale or replayed.
     #[error(transparent)]
     Signature(#[from] SigError),
+    /// The forward proxy refused the request on its own grounds (caller, destination,
+    /// address, a token headed elsewhere).
+    #[error(transparent)]
+    Forward(#[from] Refusal),
 }
 
 impl ProxyError {
@@ -164,6 +169,7 @@ impl ProxyError {
             Signature(SigError::Mismatch | SigError::Skewed(_) | SigError::Replayed) => {
                 StatusCode::FORBIDDEN
             }
+            Forward(refusal) => refusal.status(),
         }
     }
 
@@ -225,6 +231,7 @@ impl ProxyError {
             Signature(SigError::Skewed(_)) => "request_time_skewed",
             Signature(SigError::Replayed) => "replayed_signature",
             Signature(SigError::Overloaded) => "replay_guard_full",
+            Forward(refusal) => refusal.code(),
         }
     }
 

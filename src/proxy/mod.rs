@@ -8,9 +8,10 @@ mod error;
 pub mod oauth2;
 mod resign;
 mod response;
-mod rewrite;
+pub(crate) mod rewrite;
 pub mod target;
 mod upstream;
+pub(crate) mod websocket;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -20,26 +21,30 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
+use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version, header};
 use http_body_util::{LengthLimitError, Limited};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::Instrument;
 
 pub use calls::send_built;
 pub use error::{ProxyError, SEKS_ERROR_HEADER};
-pub use upstream::{UpstreamClient, UpstreamError, Upstreams};
+pub use upstream::{Resolver, UpstreamClient, UpstreamError, Upstreams};
 
 use crate::approvals::Approvals;
 use crate::audit::{AuditRecord, Auditor, Decision};
-use crate::keyring::{Keyring, KeyringError};
+use crate::keyring::{Keyring, KeyringError, TokenEntry, Unlocked};
 use crate::policy::limits::Limits;
 use crate::providers::{AuthScheme, ErrorShape, Provider, Providers};
+use crate::scrub::Scrubber;
 use crate::sigv4::chunked::ChunkError;
 use crate::sigv4::replay::ReplayGuard;
 use crate::tokens::SigningTokens;
 use crate::{clock, tokens};
 pub use audited::{AuditedBody, CountedBody, PendingRecord};
-use enforce::{Enforcer, ForwardBody};
+use enforce::Enforcer;
+pub(crate) use enforce::{Admitted, ForwardBody};
+pub(crate) use response::Metering;
 
 /// Limits and timeouts the proxy applies to every request.
 #[derive(Debug, Clone)]
@@ -72,14 +77,34 @@ pub struct Proxy {
 
 /// What the request resolved to so far, for the audit record.
 #[derive(Default)]
-struct Seen {
-    provider: Option<Arc<Provider>>,
+pub(crate) struct Seen {
+    /// The provider the request is for; its error shape is the response's.
+    pub provider: Option<Arc<Provider>>,
     /// Model named by the request, when policy read it.
-    model: Option<String>,
+    pub model: Option<String>,
     /// Held for approval and approved.
-    approved: bool,
+    pub approved: bool,
     /// Time until the upstream's response headers.
-    upstream_us: Option<u64>,
+    pub upstream_us: Option<u64>,
+}
+
+/// A request ready to go upstream, and what its answer needs.
+pub(crate) struct Outgoing<'a> {
+    /// The upstream request, credential in place.
+    pub request: Request<Body>,
+    /// The client that sends it.
+    pub client: &'a UpstreamClient,
+    /// Names the upstream in errors: the provider, or the destination host.
+    pub upstream: &'a str,
+    /// An OAuth2 access token the request carries and the secret it was minted from: if the
+    /// upstream refuses it, it is not used again.
+    pub minted: Option<(&'a str, &'a Arc<SecretString>)>,
+    /// Masks every secret in the response.
+    pub scrubber: &'a Arc<Scrubber>,
+    /// Usage metering and the audit record.
+    pub metering: Metering,
+    /// The agent's side of a WebSocket handshake, switched once the upstream has.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// Response header naming the request in the audit log.
@@ -131,6 +156,25 @@ impl Proxy {
     /// Serve one agent request; never fails, errors become provider-shaped responses.
     /// Every request gets exactly one audit record, written when its response ends.
     pub async fn handle(&self, client: SocketAddr, request: Request<Body>) -> Response {
+        self.audited(client, request, async |request, seen, pending| {
+            self.forward(request, seen, pending).await
+        })
+        .await
+    }
+
+    /// Serve one request with `forward`, which resolves and sends it, inside what every
+    /// request gets: a request id, one audit record, the audit log's admission check and
+    /// errors as provider-shaped responses.
+    pub(crate) async fn audited(
+        &self,
+        client: SocketAddr,
+        request: Request<Body>,
+        forward: impl AsyncFnOnce(
+            Request<Body>,
+            &mut Seen,
+            &Arc<PendingRecord>,
+        ) -> Result<Response, ProxyError>,
+    ) -> Response {
         let started = Instant::now();
         let arrived = AuditRecord::arriving(
             request.method().as_str(),
@@ -146,11 +190,7 @@ impl Proxy {
         // Everything logged while serving the request carries its id.
         let span = tracing::info_span!("request", request_id = %request_id);
         let result = match self.auditor.admit() {
-            Ok(()) => {
-                self.forward(request, &mut seen, &pending)
-                    .instrument(span)
-                    .await
-            }
+            Ok(()) => forward(request, &mut seen, &pending).instrument(span).await,
             Err(e) => Err(ProxyError::AuditUnavailable(e.to_string())),
         };
         let shape = seen
@@ -216,7 +256,8 @@ impl Proxy {
         pending: &Arc<PendingRecord>,
     ) -> Result<Response, ProxyError> {
         check_request_line(&request)?;
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let upgrade = websocket::take_upgrade(&mut parts);
         let route = target::route(parts.uri.path()).map_err(|e| match e {
             target::TargetError::NoRoute => ProxyError::NoRoute,
             target::TargetError::BadPath(why) => ProxyError::BadPath(why),
@@ -260,7 +301,89 @@ impl Proxy {
                 .map_err(|_| ProxyError::AmbiguousToken)?
                 .ok_or_else(|| ProxyError::MissingToken(rewrite::token_locations(&provider)))?,
         };
-        let parsed = tokens::parse(&token_text)?;
+        let entry = self.token_for(&token_text, &provider, pending).await?;
+        let token = &entry.record;
+        if declared_length(&parts.headers).is_some_and(|len| len > self.limits.max_body_bytes) {
+            return Err(ProxyError::BodyTooLarge(self.limits.max_body_bytes));
+        }
+        let max_body = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+        let (body, signed) = match signature {
+            Some(signature) => {
+                let (body, checked) = signature
+                    .check(&parts, body, max_body, &self.replay, clock::now())
+                    .await?;
+                (body, Some(checked))
+            }
+            None => (body, None),
+        };
+        let (admitted, unlocked) = self
+            .admit_and_unlock(&entry, &provider, &parts, &rest, body, seen)
+            .await?;
+        #[cfg(debug_assertions)]
+        panic_if_asked(&rest, &unlocked.secret);
+
+        let uri = rewrite::upstream_uri(
+            &provider,
+            &token_path,
+            upstream_query.as_deref(),
+            &unlocked.secret,
+        )
+        .map_err(|e| match e {
+            rewrite::UriError::Path => {
+                ProxyError::BadPath("the path does not form a valid upstream URL")
+            }
+            rewrite::UriError::Credential => {
+                tracing::error!(token_id = %token.id, "stored credential can't go in a URL path");
+                ProxyError::CredentialUnavailable
+            }
+        })?;
+        let mut headers = rewrite::forwardable_headers(&provider, &parts.headers);
+        if upgrade.is_some() {
+            websocket::prepare_request(&mut headers);
+        }
+        let body = self.upstream_body(admitted.body, &mut headers);
+        let mut upstream_request = Request::new(body);
+        *upstream_request.method_mut() = parts.method;
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.headers_mut() = headers;
+        rewrite::inject(&provider, &mut upstream_request, &unlocked.secret).map_err(|_| {
+            tracing::error!(token_id = %token.id, "stored credential is not a valid header value");
+            ProxyError::CredentialUnavailable
+        })?;
+        if let Some(signed) = signed {
+            signed.sign_upstream(
+                &provider,
+                &mut upstream_request,
+                &unlocked.secret,
+                clock::now(),
+            )?;
+        }
+        let outgoing = Outgoing {
+            request: upstream_request,
+            // WebSocket handshakes are HTTP/1.1 only.
+            client: self.upstreams.client(provider.http2 && upgrade.is_none()),
+            upstream: &provider.name,
+            minted: minted(&provider, token, &unlocked),
+            scrubber: &unlocked.scrubber,
+            metering: Metering {
+                admission: admitted.admission,
+                llm: provider.model_in.reads_body(),
+                record: pending.clone(),
+            },
+            upgrade,
+        };
+        self.send_upstream(outgoing, seen).await
+    }
+
+    /// The entry of `token_text`, which must be a token for `provider`; the request's record
+    /// is attributed to it.
+    pub(crate) async fn token_for(
+        &self,
+        token_text: &str,
+        provider: &Provider,
+        pending: &PendingRecord,
+    ) -> Result<Arc<TokenEntry>, ProxyError> {
+        let parsed = tokens::parse(token_text)?;
         if parsed.provider() != provider.name {
             return Err(ProxyError::WrongProvider {
                 token: parsed.provider().to_owned(),
@@ -277,23 +400,34 @@ impl Proxy {
                 route: provider.name.clone(),
             });
         }
-        if declared_length(&parts.headers).is_some_and(|len| len > self.limits.max_body_bytes) {
-            return Err(ProxyError::BodyTooLarge(self.limits.max_body_bytes));
-        }
-        let max_body = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let (body, signed) = match signature {
-            Some(signature) => {
-                let (body, checked) = signature
-                    .check(&parts, body, max_body, &self.replay, clock::now())
-                    .await?;
-                (body, Some(checked))
-            }
-            None => (body, None),
-        };
+        Ok(entry)
+    }
+
+    /// The entry of a token that identifies its holder (the forward proxy's caller): any
+    /// provider's, but alive, as are its ancestors.
+    pub(crate) async fn caller(&self, token_text: &str) -> Result<Arc<TokenEntry>, ProxyError> {
+        let parsed = tokens::parse(token_text)?;
+        let entry = self.keyring.token(&parsed).await.map_err(keyring_error)?;
+        enforce::check_lifetimes(&entry, clock::now())?;
+        Ok(entry)
+    }
+
+    /// Apply the token's policy to a request for `provider` (`rest` is the path its rules
+    /// see), then unlock the credential it may carry (for OAuth2, a minted access token).
+    pub(crate) async fn admit_and_unlock(
+        &self,
+        entry: &TokenEntry,
+        provider: &Provider,
+        parts: &Parts,
+        rest: &str,
+        body: Body,
+        seen: &mut Seen,
+    ) -> Result<(Admitted, Unlocked), ProxyError> {
         let admitted = self
             .enforcer
-            .admit(&entry, &provider, &parts, &rest, body, seen)
+            .admit(entry, provider, parts, rest, body, seen)
             .await?;
+        let token = &entry.record;
         let unlocked = self
             .keyring
             .credential(token)
@@ -314,93 +448,85 @@ impl Proxy {
             _ => unlocked,
         };
         self.keyring.note_use(&token.id, clock::now());
-        #[cfg(debug_assertions)]
-        panic_if_asked(&rest, &unlocked.secret);
+        Ok((admitted, unlocked))
+    }
 
-        let uri = rewrite::upstream_uri(
-            &provider,
-            &token_path,
-            upstream_query.as_deref(),
-            &unlocked.secret,
-        )
-        .map_err(|e| match e {
-            rewrite::UriError::Path => {
-                ProxyError::BadPath("the path does not form a valid upstream URL")
+    /// The request body for the upstream: streamed within the body limit, or as policy read
+    /// it, whose length then comes from the buffer (policy may have amended it).
+    pub(crate) fn upstream_body(&self, body: ForwardBody, headers: &mut HeaderMap) -> Body {
+        match body {
+            ForwardBody::Streamed(body) => {
+                let max_body = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+                Body::new(Limited::new(body, max_body))
             }
-            rewrite::UriError::Credential => {
-                tracing::error!(token_id = %token.id, "stored credential can't go in a URL path");
-                ProxyError::CredentialUnavailable
-            }
-        })?;
-        let mut headers = rewrite::forwardable_headers(&provider, &parts.headers);
-        let body = match admitted.body {
-            ForwardBody::Streamed(body) => Body::new(Limited::new(body, max_body)),
             ForwardBody::Buffered(bytes) => {
-                // The length comes from the buffered body, which policy may have amended.
                 headers.remove(header::CONTENT_LENGTH);
                 headers.remove(header::TRANSFER_ENCODING);
                 Body::from(bytes)
             }
-        };
-        let method_has_body = parts.method != Method::HEAD;
-        let mut upstream_request = Request::new(body);
-        *upstream_request.method_mut() = parts.method;
-        *upstream_request.uri_mut() = uri;
-        *upstream_request.headers_mut() = headers;
-        rewrite::inject(&provider, &mut upstream_request, &unlocked.secret).map_err(|_| {
-            tracing::error!(token_id = %token.id, "stored credential is not a valid header value");
-            ProxyError::CredentialUnavailable
-        })?;
-        if let Some(signed) = signed {
-            signed.sign_upstream(
-                &provider,
-                &mut upstream_request,
-                &unlocked.secret,
-                clock::now(),
-            )?;
         }
-        let scrubber = unlocked.scrubber;
+    }
 
-        let client = self.upstreams.client(provider.http2);
+    /// Send a request upstream within the response timeout and turn the answer into the
+    /// agent's response: scrubbed, metered, its upstream time noted.
+    pub(crate) async fn send_upstream(
+        &self,
+        outgoing: Outgoing<'_>,
+        seen: &mut Seen,
+    ) -> Result<Response, ProxyError> {
+        let Outgoing {
+            request,
+            client,
+            upstream,
+            minted,
+            scrubber,
+            metering,
+            upgrade,
+        } = outgoing;
+        let method_has_body = request.method() != Method::HEAD;
         let forwarded = Instant::now();
-        let sent = tokio::time::timeout(
-            self.limits.response_timeout,
-            client.request(upstream_request),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(self.limits.response_timeout, client.request(request)).await;
         seen.upstream_us = Some(u64::try_from(forwarded.elapsed().as_micros()).unwrap_or(u64::MAX));
         let response = match sent {
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout(
-                    provider.name.clone(),
+                    upstream.to_owned(),
                     self.limits.response_timeout,
                 ));
             }
-            Ok(Err(e)) => return Err(self.upstream_error(&provider, &e)),
+            Ok(Err(e)) => return Err(self.upstream_error(upstream, &e)),
             Ok(Ok(response)) => response,
         };
         // OAuth2: a refused access token (revoked, or dead before its time) is not reused.
         if response.status() == StatusCode::UNAUTHORIZED
-            && let AuthScheme::Oauth2(_) = provider.auth
+            && let Some((secret_id, access)) = minted
         {
-            self.minter.forget(&token.secret_id, &unlocked.secret);
+            self.minter.forget(secret_id, access);
+        }
+        if let Some(agent) = upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let max_message = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+            return websocket::switch(agent, response, scrubber, max_message);
         }
         response::to_agent(
             response,
-            &scrubber,
+            scrubber,
             self.limits.read_timeout,
             method_has_body,
-            response::Metering {
-                admission: admitted.admission,
-                llm: provider.model_in.reads_body(),
-                record: pending.clone(),
-            },
+            metering,
         )
+    }
+
+    /// The proxy's limits.
+    pub(crate) fn limits(&self) -> &ProxyLimits {
+        &self.limits
     }
 
     fn upstream_error(
         &self,
-        provider: &Provider,
+        upstream: &str,
         error: &hyper_util::client::legacy::Error,
     ) -> ProxyError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -411,20 +537,34 @@ impl Proxy {
             if let Some(refusal) = e.downcast_ref::<ChunkError>().and_then(resign::chunk_error) {
                 return refusal;
             }
+            // The forward proxy's resolver refused every address of the host.
+            if let Some(refusal) = e.downcast_ref::<crate::forward::Refusal>() {
+                return ProxyError::Forward(refusal.clone());
+            }
             source = e.source();
         }
-        tracing::warn!(provider = %provider.name, error = %error, "upstream request failed");
+        tracing::warn!(upstream, error = %error, "upstream request failed");
         if error.is_connect() {
-            ProxyError::UpstreamUnreachable(provider.name.clone())
+            ProxyError::UpstreamUnreachable(upstream.to_owned())
         } else {
-            ProxyError::UpstreamFailed(provider.name.clone())
+            ProxyError::UpstreamFailed(upstream.to_owned())
         }
     }
 }
 
+/// The OAuth2 access token a request carries and the secret it was minted from.
+pub(crate) fn minted<'a>(
+    provider: &Provider,
+    token: &'a crate::store::TokenRecord,
+    unlocked: &'a Unlocked,
+) -> Option<(&'a str, &'a Arc<SecretString>)> {
+    matches!(provider.auth, AuthScheme::Oauth2(_))
+        .then_some((token.secret_id.as_str(), &unlocked.secret))
+}
+
 /// Methods an API client uses. Anything else (CONNECT, TRACE, `trace`, TRACK, WebDAV…) could
 /// tunnel or reflect the injected credential, so it is refused rather than forwarded.
-const FORWARDED_METHODS: [Method; 7] = [
+pub(crate) const FORWARDED_METHODS: [Method; 7] = [
     Method::GET,
     Method::HEAD,
     Method::POST,
@@ -468,7 +608,8 @@ fn panic_if_asked(rest: &str, credential: &secrecy::SecretString) {
     }
 }
 
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
+/// The body length a request declares in `Content-Length`.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()

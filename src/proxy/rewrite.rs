@@ -308,6 +308,25 @@ pub fn upstream_uri(
 
 /// Copy the agent's headers that may go upstream.
 pub fn forwardable_headers(provider: &Provider, agent: &HeaderMap) -> HeaderMap {
+    copy_headers(agent, |n| {
+        CREDENTIAL_HEADERS.contains(&n)
+            || provider
+                .token_sources
+                .iter()
+                .any(|s| matches!(s, TokenSource::Header { name: h } if h == n))
+            || matches!(&provider.auth, AuthScheme::Header { name: h, .. } if h == n)
+    })
+}
+
+/// Copy the headers of a request the forward proxy relays: as [`forwardable_headers`], but
+/// the agent's credentials stay (a token among them is replaced in place).
+pub fn relayed_headers(agent: &HeaderMap) -> HeaderMap {
+    copy_headers(agent, |_| false)
+}
+
+/// Copy the agent's headers but Host, Expect, hop-by-hop and routing headers, the broker's
+/// markers and those `also_drop` names; ask for an uncompressed answer.
+fn copy_headers(agent: &HeaderMap, also_drop: impl Fn(&str) -> bool) -> HeaderMap {
     let named_in_connection = connection_tokens(agent);
     let mut out = HeaderMap::with_capacity(agent.len() + 2);
     for (name, value) in agent {
@@ -315,15 +334,10 @@ pub fn forwardable_headers(provider: &Provider, agent: &HeaderMap) -> HeaderMap 
         let drop = name == header::HOST
             || name == header::EXPECT
             || HOP_BY_HOP.contains(&n)
-            || CREDENTIAL_HEADERS.contains(&n)
             || ROUTING_OVERRIDES.contains(&n)
             || DROPPED_PREFIXES.iter().any(|p| n.starts_with(p))
             || named_in_connection.iter().any(|c| c == n)
-            || provider
-                .token_sources
-                .iter()
-                .any(|s| matches!(s, TokenSource::Header { name: h } if h == n))
-            || matches!(&provider.auth, AuthScheme::Header { name: h, .. } if h == n);
+            || also_drop(n);
         if !drop {
             out.append(name.clone(), value.clone());
         }

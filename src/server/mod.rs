@@ -4,7 +4,7 @@
 pub mod admin;
 pub mod capability;
 mod conn;
-mod cutoff;
+pub(crate) mod cutoff;
 pub mod derive;
 pub mod mcp;
 pub mod openapi;

@@ -286,7 +286,7 @@ fn audit_schemas() -> Value {
                 "seq": {"type": "integer"}, "time": {"type": "string", "format": "date-time"},
                 "at_ms": {"type": "integer"}, "request_id": string(), "tenant": string(),
                 "token_id": string(), "agent": string(), "secret": string(), "provider": string(),
-                "method": string(), "path": string(), "model": string(),
+                "method": string(), "path": string(), "host": string(), "model": string(),
                 "capability": string(), "arguments": string(),
                 "usage_tokens": {"type": "integer"}, "status": {"type": "integer"},
                 "decision": {"type": "string",

@@ -8,6 +8,7 @@ mod audit;
 mod capabilities;
 mod cli;
 mod failures;
+mod forward_proxy;
 mod hygiene;
 mod oauth2;
 mod observability;

@@ -1,6 +1,7 @@
 """Drive the broker with the official OpenAI Python SDK.
 
-Usage: openai_client.py SCENARIO   (env: SEKS_BASE_URL, SEKS_TOKEN)
+Usage: openai_client.py SCENARIO   (env: SEKS_TOKEN, and SEKS_BASE_URL unless the SDK's
+default base URL is meant: through a forward proxy, with HTTPS_PROXY and SSL_CERT_FILE)
 Scenarios: chat, stream, unauthorized. Exits non-zero with a message on any mismatch.
 """
 import os
@@ -8,7 +9,7 @@ import sys
 
 import openai
 
-base_url = os.environ["SEKS_BASE_URL"]
+base_url = os.environ.get("SEKS_BASE_URL")
 token = os.environ["SEKS_TOKEN"]
 client = openai.OpenAI(base_url=base_url, api_key=token, max_retries=0, timeout=20)
 messages = [{"role": "user", "content": "Say hello"}]

@@ -272,6 +272,13 @@ async fn handle(
             .header("content-type", "text/plain")
             .body(full(String::from_utf8_lossy(&body).into_owned()))
             .unwrap()
+    } else if path.ends_with("/redirect") {
+        // `?to=<url>`: a redirect to wherever the test says.
+        Response::builder()
+            .status(302)
+            .header("location", query.strip_prefix("to=").unwrap_or("/"))
+            .body(full(String::new()))
+            .unwrap()
     } else if path.ends_with("/echo-url") {
         echo_url(&target)
     } else if path.ends_with("/spoof") {

@@ -1,9 +1,11 @@
 //! Test support: a real `seks` process on a real socket, a real mock upstream, HTTP helpers.
 
 pub mod forms;
+pub mod git;
 pub mod http;
 pub mod mock;
 pub mod tls;
+pub mod ws;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -176,6 +178,8 @@ impl Env {
         let transcript = self.transcript.clone();
         let admin: Arc<Mutex<Option<String>>> = Arc::default();
         let admin_seen = admin.clone();
+        let forward: Arc<Mutex<Option<String>>> = Arc::default();
+        let forward_seen = forward.clone();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
@@ -197,6 +201,9 @@ impl Env {
                 if let Some(addr) = address_after(&line, "admin API on http://") {
                     *admin_seen.lock().unwrap() = Some(format!("http://{addr}"));
                 }
+                if let Some(addr) = address_after(&line, "forward proxy on http://") {
+                    *forward_seen.lock().unwrap() = Some(addr);
+                }
                 let mut t = transcript.lock().unwrap();
                 t.push_str(&line);
                 t.push('\n');
@@ -217,6 +224,7 @@ impl Env {
             base: format!("http://{addr}"),
             addr: addr.parse().expect("listen address"),
             admin,
+            forward,
         }
     }
 
@@ -303,6 +311,8 @@ pub struct Broker {
     pub addr: std::net::SocketAddr,
     /// The admin API's base URL, once the broker has logged it.
     admin: Arc<Mutex<Option<String>>>,
+    /// The forward proxy's address, once the broker has logged it.
+    forward: Arc<Mutex<Option<String>>>,
 }
 
 impl Broker {
@@ -320,6 +330,17 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the broker never logged its admin API address");
+    }
+
+    /// The forward proxy's address (`--proxy-listen`), as the broker logged it.
+    pub async fn proxy_addr(&self) -> std::net::SocketAddr {
+        for _ in 0..200 {
+            if let Some(addr) = self.forward.lock().unwrap().clone() {
+                return addr.parse().expect("forward proxy address");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the broker never logged its forward proxy address");
     }
 
     /// Kill the broker (SIGKILL) and wait.

@@ -1,4 +1,5 @@
-//! A throwaway CA and a TLS acceptor for `localhost`/`127.0.0.1`, for HTTPS upstream tests.
+//! A throwaway CA and a TLS acceptor for `localhost`/`127.0.0.1` (or any names), for HTTPS
+//! upstream tests.
 
 use std::sync::Arc;
 
@@ -16,6 +17,12 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> Self {
+        Self::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and an acceptor whose certificate names `names` (e.g. a provider's real host,
+    /// resolved to loopback by the broker's `[resolve]`).
+    pub fn for_names(names: &[&str]) -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -27,7 +34,8 @@ impl TestCa {
 
         let leaf_key = KeyPair::generate().unwrap();
         let leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
 
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

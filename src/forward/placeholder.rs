@@ -1,0 +1,580 @@
+//! Agent tokens as placeholders: where tools put credentials (an `Authorization` or API-key
+//! header, Basic credentials, a key or token query parameter, a path segment such as
+//! Telegram's `/bot<token>`, and for providers that take one there a key or token field of a
+//! form or JSON body), an agent's `seks_` token is found and replaced by the real credential
+//! in the same place, when the request may carry it.
+//!
+//! Finding is broader than replacing: a token counts wherever it is, percent-encoded too, so
+//! a token headed to the wrong host is refused however it is spelled. A copy anywhere else
+//! (a `User-Agent`, a `description=` parameter, an encoded copy) is never replaced: a
+//! provider could store it where others read it, so such a request is refused instead.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::header::{HeaderMap, HeaderValue};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+use crate::proxy::rewrite::QUERY_VALUE;
+use crate::tokens::{self, TOKEN_PREFIX};
+
+/// A credential put in a path segment keeps only unreserved characters and `:`, so it can't
+/// add a segment, a query or a fragment (Telegram's `123:ABC` stays as it is).
+const PATH_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':');
+/// Longest text before a token in its path segment (`bot` in Telegram's `/bot<token>`).
+const MAX_SEGMENT_PREFIX: usize = 16;
+/// Words in the names of headers and query parameters that carry credentials.
+const CREDENTIAL_WORDS: [&str; 7] = [
+    "auth",
+    "key",
+    "token",
+    "secret",
+    "password",
+    "credential",
+    "cookie",
+];
+
+/// A token found in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The token's text (its checksum is valid).
+    pub token: String,
+    /// Every copy is as it is, where credentials go, so each can be replaced in place.
+    pub replaceable: bool,
+    /// A copy is in the body (replaceable there only for providers that take credentials
+    /// in the body).
+    pub in_body: bool,
+}
+
+/// Every well-formed token in `text`: where it starts, and its text.
+fn tokens_in(text: &[u8]) -> impl Iterator<Item = (usize, &str)> {
+    memchr::memmem::find_iter(text, TOKEN_PREFIX.as_bytes()).filter_map(move |at| {
+        let rest = &text[at + TOKEN_PREFIX.len()..];
+        let provider = rest
+            .iter()
+            .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || **b == b'-')
+            .count();
+        if rest.get(provider) != Some(&b'_') {
+            return None;
+        }
+        let body = rest[provider + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        // A token followed by more letters is still that token: trailing junk must not hide it.
+        let len = TOKEN_PREFIX.len() + provider + 1 + body.min(tokens::TOKEN_BODY_LEN);
+        let candidate = std::str::from_utf8(&text[at..at + len]).ok()?;
+        tokens::parse(candidate).ok().map(|_| (at, candidate))
+    })
+}
+
+/// Whether a header or query parameter with this name carries a credential.
+pub fn is_credential_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    CREDENTIAL_WORDS.iter().any(|word| name.contains(word))
+}
+
+/// The decoded `user:password` of a `Basic` header value.
+fn basic_pair(value: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, encoded) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    BASE64.decode(encoded.trim()).ok()
+}
+
+/// The tokens found so far, and whether each copy could be replaced.
+#[derive(Default)]
+struct Finds(Vec<Found>);
+
+impl Finds {
+    fn note(&mut self, token: &str, replaceable: bool) {
+        match self.0.iter_mut().find(|f| f.token == token) {
+            Some(seen) => seen.replaceable &= replaceable,
+            None => self.0.push(Found {
+                token: token.to_owned(),
+                replaceable,
+                in_body: false,
+            }),
+        }
+    }
+
+    /// Note the tokens of a URL part, or a header value, that only a percent-decoded view
+    /// shows: copies that can't be replaced.
+    fn note_encoded(&mut self, text: &str) {
+        if !text.contains('%') {
+            return;
+        }
+        let decoded = percent_decode_str(text).collect::<Vec<u8>>();
+        for (_, token) in tokens_in(&decoded) {
+            let as_is = text.matches(token).count();
+            let decoded_copies = tokens_in(&decoded).filter(|(_, t)| *t == token).count();
+            if decoded_copies > as_is {
+                self.note(token, false);
+            }
+        }
+    }
+}
+
+/// Whether the token at `at..end` of `path` ends its segment after a short prefix of letters.
+fn is_path_credential(path: &str, at: usize, end: usize) -> bool {
+    let segment_start = path[..at].rfind('/').map_or(0, |i| i + 1);
+    let prefix = &path[segment_start..at];
+    prefix.len() <= MAX_SEGMENT_PREFIX
+        && prefix.bytes().all(|b| b.is_ascii_alphabetic())
+        && matches!(path.as_bytes().get(end), None | Some(b'/'))
+}
+
+/// Every token in what would go upstream: headers (as they are, inside Basic credentials,
+/// percent-decoded), path and query (as they are and percent-decoded).
+pub fn find(headers: &HeaderMap, path: &str, query: Option<&str>) -> Vec<Found> {
+    let mut finds = Finds::default();
+    for (name, value) in headers {
+        let bytes = value.as_bytes();
+        let credential = is_credential_name(name.as_str());
+        for (_, token) in tokens_in(bytes) {
+            finds.note(token, credential);
+        }
+        if let Some(pair) = basic_pair(bytes) {
+            for (_, token) in tokens_in(&pair) {
+                finds.note(token, credential);
+            }
+        }
+        if let Ok(text) = value.to_str() {
+            finds.note_encoded(text);
+        }
+    }
+    for (at, token) in tokens_in(path.as_bytes()) {
+        finds.note(token, is_path_credential(path, at, at + token.len()));
+    }
+    finds.note_encoded(path);
+    if let Some(query) = query {
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode_str(key).decode_utf8_lossy();
+            for (at, token) in tokens_in(pair.as_bytes()) {
+                let whole_value = value == token && at == pair.len() - token.len();
+                finds.note(token, whole_value && is_credential_name(&key));
+            }
+        }
+        finds.note_encoded(query);
+    }
+    finds.0
+}
+
+/// How a request body is searched for tokens, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json` and `…+json`: string values of key or token fields are replaceable.
+    Json,
+    /// `application/x-www-form-urlencoded`: values of key or token fields are replaceable.
+    Form,
+    /// Any `text/*`: searched, never replaced.
+    Text,
+}
+
+/// How a body with these headers is searched; `None`: it isn't (binary, multipart).
+pub fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .trim()
+        .to_ascii_lowercase();
+    if content_type == "application/json" || content_type.ends_with("+json") {
+        Some(BodyKind::Json)
+    } else if content_type == "application/x-www-form-urlencoded" {
+        Some(BodyKind::Form)
+    } else if content_type.starts_with("text/") {
+        Some(BodyKind::Text)
+    } else {
+        None
+    }
+}
+
+/// A form body's fields, decoded (`+` is a space).
+fn form_fields(body: &str) -> impl Iterator<Item = (&str, String, String)> {
+    body.split('&').map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |text: &str| {
+            percent_decode_str(&text.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (pair, decode(key), decode(value))
+    })
+}
+
+/// Every token in a body of `kind`: replaceable where it is the whole value of a field
+/// named like a credential (`"token": "<token>"`, `api_key=<token>`).
+pub fn find_in_body(kind: BodyKind, body: &[u8]) -> Vec<Found> {
+    let mut finds = Finds::default();
+    let parsed = match kind {
+        BodyKind::Json => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .map(|json| json_tokens(&json, None, &mut finds)),
+        BodyKind::Form => std::str::from_utf8(body).ok().map(|text| {
+            for (_, key, value) in form_fields(text) {
+                for (_, token) in tokens_in(key.as_bytes()) {
+                    finds.note(token, false);
+                }
+                for (_, token) in tokens_in(value.as_bytes()) {
+                    finds.note(token, value == token && is_credential_name(&key));
+                }
+            }
+        }),
+        BodyKind::Text => None,
+    };
+    // Whatever can't be read as its type is only searched.
+    if parsed.is_none() {
+        for (_, token) in tokens_in(body) {
+            finds.note(token, false);
+        }
+    }
+    let mut found = finds.0;
+    for f in &mut found {
+        f.in_body = true;
+    }
+    found
+}
+
+fn json_tokens(value: &serde_json::Value, key: Option<&str>, finds: &mut Finds) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => {
+            for (_, token) in tokens_in(text.as_bytes()) {
+                finds.note(token, text == token && key.is_some_and(is_credential_name));
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| json_tokens(v, None, finds)),
+        Value::Object(fields) => {
+            for (name, v) in fields {
+                for (_, token) in tokens_in(name.as_bytes()) {
+                    finds.note(token, false);
+                }
+                json_tokens(v, Some(name), finds);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Merge tokens found in the body into those found elsewhere.
+pub fn merge(found: &mut Vec<Found>, in_body: Vec<Found>) {
+    for f in in_body {
+        match found.iter_mut().find(|seen| seen.token == f.token) {
+            Some(seen) => {
+                seen.replaceable &= f.replaceable;
+                seen.in_body = true;
+            }
+            None => found.push(f),
+        }
+    }
+}
+
+/// The body with `credential` as the value of every field whose whole value is `token`
+/// (re-serialised for JSON, percent-encoded for forms).
+pub fn replace_in_body(
+    kind: BodyKind,
+    body: &[u8],
+    token: &str,
+    credential: &str,
+) -> Result<Vec<u8>, ReplaceError> {
+    match kind {
+        BodyKind::Json => {
+            let mut json: serde_json::Value =
+                serde_json::from_slice(body).map_err(|_| ReplaceError)?;
+            replace_json(&mut json, token, credential);
+            serde_json::to_vec(&json).map_err(|_| ReplaceError)
+        }
+        BodyKind::Form => {
+            let text = std::str::from_utf8(body).map_err(|_| ReplaceError)?;
+            let pairs: Vec<String> = form_fields(text)
+                .map(|(pair, key, value)| {
+                    if value == token && is_credential_name(&key) {
+                        let raw_key = pair.split('=').next().unwrap_or("");
+                        format!("{raw_key}={}", utf8_percent_encode(credential, QUERY_VALUE))
+                    } else {
+                        pair.to_owned()
+                    }
+                })
+                .collect();
+            Ok(pairs.join("&").into_bytes())
+        }
+        BodyKind::Text => Err(ReplaceError),
+    }
+}
+
+fn replace_json(value: &mut serde_json::Value, token: &str, credential: &str) {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| replace_json(v, token, credential)),
+        Value::Object(fields) => {
+            for (name, v) in fields.iter_mut() {
+                match v {
+                    Value::String(text) if text == token && is_credential_name(name) => {
+                        *v = Value::String(credential.to_owned());
+                    }
+                    _ => replace_json(v, token, credential),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A credential can't go where the token was.
+#[derive(Debug, thiserror::Error)]
+#[error("the credential can't be sent in place of the token")]
+pub struct ReplaceError;
+
+/// Put `credential` wherever `token` is in a credential header: as it is, or inside Basic
+/// credentials (re-encoded). Replaced values are marked sensitive.
+pub fn replace_in_headers(
+    headers: &mut HeaderMap,
+    token: &str,
+    credential: &str,
+) -> Result<(), ReplaceError> {
+    for (name, value) in headers.iter_mut() {
+        if !is_credential_name(name.as_str()) {
+            continue;
+        }
+        let bytes = value.as_bytes();
+        let replaced = if memchr::memmem::find(bytes, token.as_bytes()).is_some() {
+            let text = std::str::from_utf8(bytes).map_err(|_| ReplaceError)?;
+            Some(text.replace(token, credential))
+        } else if let Some(pair) = basic_pair(bytes)
+            && memchr::memmem::find(&pair, token.as_bytes()).is_some()
+        {
+            let pair = String::from_utf8(pair).map_err(|_| ReplaceError)?;
+            let scheme = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().split_once(' '))
+                .map_or("Basic", |(scheme, _)| scheme);
+            Some(format!(
+                "{scheme} {}",
+                BASE64.encode(pair.replace(token, credential))
+            ))
+        } else {
+            None
+        };
+        if let Some(text) = replaced {
+            let mut new = HeaderValue::from_str(&text).map_err(|_| ReplaceError)?;
+            new.set_sensitive(true);
+            *value = new;
+        }
+    }
+    Ok(())
+}
+
+/// The path and query with `credential` (percent-encoded for where it goes) in place of
+/// every plain `token`.
+pub fn replace_in_target<'a>(
+    path: &'a str,
+    query: Option<&'a str>,
+    token: &str,
+    credential: &str,
+) -> (Cow<'a, str>, Option<Cow<'a, str>>) {
+    let swap = |text: &'a str, encoded: &dyn Fn() -> String| -> Cow<'a, str> {
+        if text.contains(token) {
+            Cow::Owned(text.replace(token, &encoded()))
+        } else {
+            Cow::Borrowed(text)
+        }
+    };
+    let path = swap(path, &|| {
+        utf8_percent_encode(credential, PATH_VALUE).to_string()
+    });
+    let query = query.map(|q| {
+        swap(q, &|| {
+            utf8_percent_encode(credential, QUERY_VALUE).to_string()
+        })
+    });
+    (path, query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn token(provider: &str) -> String {
+        secrecy::ExposeSecret::expose_secret(&tokens::generate(provider)).to_owned()
+    }
+
+    #[test]
+    fn tokens_are_found_anywhere_but_replaceable_only_where_credentials_go() {
+        let (a, g, t) = (token("openai"), token("github"), token("telegram"));
+        let basic = BASE64.encode(format!("x-access-token:{g}"));
+        let h = headers(&[
+            ("authorization", &format!("Basic {basic}")),
+            ("x-api-key", &a),
+            ("content-type", "application/json"),
+        ]);
+        let found = find(&h, &format!("/bot{t}/sendMessage"), Some("q=1"));
+        let names: Vec<&str> = found.iter().map(|f| f.token.as_str()).collect();
+        assert_eq!(names, [g.as_str(), a.as_str(), t.as_str()]);
+        assert!(found.iter().all(|f| f.replaceable));
+        let query = format!("api_key={a}&q=1");
+        assert!(find(&HeaderMap::new(), "/x", Some(&query))[0].replaceable);
+        assert!(find(&HeaderMap::new(), &format!("/x/{a}"), None)[0].replaceable);
+
+        let encoded = a.replace('_', "%5F");
+        for (h, path, query) in [
+            (headers(&[("user-agent", &a)]), "/".to_owned(), None),
+            (
+                headers(&[("x-other", &format!("Basic {basic}"))]),
+                "/".to_owned(),
+                None,
+            ),
+            (HeaderMap::new(), format!("/v1/files-{a}"), None),
+            (HeaderMap::new(), format!("/v1/{a}.json"), None),
+            (
+                HeaderMap::new(),
+                "/x".to_owned(),
+                Some(format!("description={a}")),
+            ),
+            (
+                HeaderMap::new(),
+                "/x".to_owned(),
+                Some(format!("key=pre{a}")),
+            ),
+            (HeaderMap::new(), "/x".to_owned(), Some(format!("{a}=1"))),
+            (
+                HeaderMap::new(),
+                "/x".to_owned(),
+                Some(format!("key={encoded}")),
+            ),
+            (HeaderMap::new(), format!("/bot{encoded}/x"), None),
+            (
+                headers(&[("cookie", &format!("k={encoded}"))]),
+                "/".to_owned(),
+                None,
+            ),
+            // One copy in its place does not excuse another elsewhere.
+            (
+                headers(&[("authorization", &format!("Bearer {a}")), ("x-note", &a)]),
+                "/".to_owned(),
+                None,
+            ),
+        ] {
+            let found = find(&h, &path, query.as_deref());
+            assert_eq!(found.len(), 1, "{h:?} {path} {query:?}");
+            assert!(!found[0].replaceable, "{h:?} {path} {query:?}");
+        }
+        // Trailing junk doesn't hide a token; a wrong checksum is no token.
+        let junk = format!("/v1/{a}XYZ");
+        assert_eq!(find(&HeaderMap::new(), &junk, None)[0].token, a);
+        let mut typo = a.clone();
+        typo.pop();
+        typo.push(if a.ends_with('A') { 'B' } else { 'A' });
+        assert!(find(&headers(&[("x", &typo)]), "/", None).is_empty());
+    }
+
+    #[test]
+    fn bodies_are_searched_and_credential_fields_replaced() {
+        let a = token("slack");
+        let json = format!(r#"{{"token":"{a}","text":"hi","list":["{a}"]}}"#);
+        let found = find_in_body(BodyKind::Json, json.as_bytes());
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].in_body && !found[0].replaceable,
+            "the copy in a list is no field"
+        );
+        let json = format!(r#"{{"token":"{a}","nested":{{"api_key":"{a}"}}}}"#);
+        assert!(find_in_body(BodyKind::Json, json.as_bytes())[0].replaceable);
+        let replaced =
+            replace_in_body(BodyKind::Json, json.as_bytes(), &a, "xoxb-\"real\"").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&replaced).unwrap();
+        assert_eq!(v["token"], "xoxb-\"real\"");
+        assert_eq!(v["nested"]["api_key"], "xoxb-\"real\"");
+        let escaped = format!(r#"{{"note":"{}"}}"#, a.replace('_', "\\u005f"));
+        let found = find_in_body(BodyKind::Json, escaped.as_bytes());
+        assert_eq!(found[0].token, a, "JSON escapes don't hide a token");
+        assert!(!found[0].replaceable);
+
+        let form = format!("channel=C1&token={a}&text=hello+there");
+        assert!(find_in_body(BodyKind::Form, form.as_bytes())[0].replaceable);
+        let replaced = replace_in_body(BodyKind::Form, form.as_bytes(), &a, "xoxb 1/2").unwrap();
+        assert_eq!(
+            String::from_utf8(replaced).unwrap(),
+            "channel=C1&token=xoxb%201%2F2&text=hello+there"
+        );
+        let text = format!("text={a}");
+        assert!(!find_in_body(BodyKind::Form, text.as_bytes())[0].replaceable);
+        assert!(!find_in_body(BodyKind::Text, a.as_bytes())[0].replaceable);
+        assert!(find_in_body(BodyKind::Json, b"{\"token\": 1}").is_empty());
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(body_kind(&h), Some(BodyKind::Json));
+        h.insert(
+            "content-type",
+            "multipart/form-data; boundary=x".parse().unwrap(),
+        );
+        assert_eq!(body_kind(&h), None);
+
+        let mut found = find(
+            &headers(&[("authorization", &format!("Bearer {a}"))]),
+            "/",
+            None,
+        );
+        merge(&mut found, find_in_body(BodyKind::Form, form.as_bytes()));
+        assert_eq!(found.len(), 1);
+        assert!(found[0].replaceable && found[0].in_body);
+    }
+
+    #[test]
+    fn the_credential_takes_the_tokens_place() {
+        let (a, g) = (token("openai"), token("github"));
+        let basic = BASE64.encode(format!("x-access-token:{g}"));
+        let mut h = headers(&[
+            ("authorization", &format!("Basic {basic}")),
+            ("x-api-key", &a),
+            ("accept", "*/*"),
+        ]);
+        replace_in_headers(&mut h, &g, "ghp_real").unwrap();
+        assert_eq!(
+            h["authorization"],
+            format!("Basic {}", BASE64.encode("x-access-token:ghp_real")).as_str()
+        );
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(h["x-api-key"], a.as_str());
+        replace_in_headers(&mut h, &a, "sk-real").unwrap();
+        assert_eq!(h["x-api-key"], "sk-real");
+        assert!(replace_in_headers(&mut h, "sk-real", "bad\nvalue").is_err());
+
+        let (path, query) = (format!("/bot{a}/send"), format!("key={a}&q=1"));
+        let (path, query) = replace_in_target(&path, Some(&query), &a, "12:ab/c d");
+        assert_eq!(path, "/bot12:ab%2Fc%20d/send");
+        assert_eq!(query.as_deref(), Some("key=12%3Aab%2Fc%20d&q=1"));
+        let (path, query) = replace_in_target("/plain", None, &a, "x");
+        assert!(matches!(path, Cow::Borrowed("/plain")) && query.is_none());
+    }
+}

@@ -1,0 +1,190 @@
+//! WebSocket upgrades, in base-URL and proxy mode alike: the handshake goes upstream like
+//! any request (policy applied, credential injected), and once both sides have switched
+//! protocols, messages are relayed; what comes from upstream is scrubbed like a body.
+//!
+//! No extension is offered upstream: a compressed message could hide a secret from the
+//! scrubber. Messages are relayed whole (up to the body limit), so a secret split across
+//! the frames of one message is still found.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use super::{ProxyError, rewrite};
+use crate::scrub::{self, Scrubber};
+
+/// The header naming negotiated extensions, which are never offered upstream.
+const EXTENSIONS: &str = "sec-websocket-extensions";
+
+/// Whether a request asks to switch to WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    let has = |name, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// The agent's side of a WebSocket handshake (HTTP/1.1), taken from its request so the
+/// connection can switch once the upstream has.
+pub fn take_upgrade(parts: &mut http::request::Parts) -> Option<OnUpgrade> {
+    (parts.version == http::Version::HTTP_11 && is_upgrade(&parts.headers))
+        .then(|| parts.extensions.remove::<OnUpgrade>())
+        .flatten()
+}
+
+/// Make the upstream request (whose hop-by-hop headers were dropped) a WebSocket handshake
+/// again, without extensions.
+pub fn prepare_request(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.remove(EXTENSIONS);
+}
+
+/// Answer the agent's handshake with the upstream's 101 (headers cleaned and scrubbed), and
+/// relay messages between the two connections once both have switched.
+pub fn switch(
+    agent: OnUpgrade,
+    mut response: http::Response<Incoming>,
+    scrubber: &Arc<Scrubber>,
+    max_message: usize,
+) -> Result<Response, ProxyError> {
+    let upstream = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    // An extension the broker did not offer would carry messages it can't read.
+    if parts.headers.contains_key(EXTENSIONS) {
+        return Err(ProxyError::UnsupportedEncoding);
+    }
+    parts.extensions = http::Extensions::new();
+    rewrite::clean_response_headers(&mut parts.headers);
+    scrub::scrub_headers(scrubber, &mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    parts.status = StatusCode::SWITCHING_PROTOCOLS;
+    let scrubber = scrubber.clone();
+    tokio::spawn(async move {
+        let (agent, upstream) = match tokio::try_join!(agent, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket: a side did not switch protocols");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message));
+        let agent =
+            WebSocketStream::from_raw_socket(TokioIo::new(agent), Role::Server, Some(config)).await;
+        let upstream =
+            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config))
+                .await;
+        relay(agent, upstream, &scrubber).await;
+    });
+    Ok(Response::from_parts(parts, Body::empty()))
+}
+
+/// Relay messages both ways until either side closes: the agent's as they are, the
+/// upstream's scrubbed.
+async fn relay<A, U>(agent: WebSocketStream<A>, upstream: WebSocketStream<U>, scrubber: &Scrubber)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut to_agent, mut from_agent) = agent.split();
+    let (mut to_upstream, mut from_upstream) = upstream.split();
+    let outbound = async {
+        while let Some(Ok(message)) = from_agent.next().await {
+            if to_upstream.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_upstream.close().await;
+    };
+    let inbound = async {
+        while let Some(Ok(message)) = from_upstream.next().await {
+            if to_agent.send(scrubbed(message, scrubber)).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_agent.close().await;
+    };
+    // When one direction ends, so does the session.
+    tokio::select! {
+        () = outbound => {}
+        () = inbound => {}
+    }
+}
+
+/// A message from upstream with every secret masked (lengths stay, as in bodies).
+fn scrubbed(message: Message, scrubber: &Scrubber) -> Message {
+    let masked = |bytes: &[u8]| {
+        let mut buf = bytes.to_vec();
+        scrubber.scrub_all(&mut buf);
+        buf
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(&masked(bytes)).into_owned();
+    match message {
+        Message::Text(t) => Message::text(text(t.as_bytes())),
+        Message::Binary(b) => Message::Binary(Bytes::from(masked(&b))),
+        Message::Close(Some(frame)) => Message::Close(Some(CloseFrame {
+            code: frame.code,
+            reason: text(frame.reason.as_bytes()).into(),
+        })),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_are_recognised_and_go_upstream_without_extensions() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "WebSocket".parse().unwrap());
+        assert!(is_upgrade(&h));
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        assert!(!is_upgrade(&h));
+        let mut up = HeaderMap::new();
+        up.insert(EXTENSIONS, "permessage-deflate".parse().unwrap());
+        prepare_request(&mut up);
+        assert!(is_upgrade(&up) && !up.contains_key(EXTENSIONS));
+    }
+
+    #[test]
+    fn upstream_messages_are_scrubbed() {
+        let scrubber = Scrubber::new([b"sk-secret-value".as_slice()]).unwrap();
+        let Message::Text(t) = scrubbed(Message::text("key=sk-secret-value!"), &scrubber) else {
+            panic!("text stays text");
+        };
+        assert_eq!(t.as_str(), "key=***************!");
+        let Message::Binary(b) = scrubbed(Message::binary(&b"sk-secret-value"[..]), &scrubber)
+        else {
+            panic!("binary stays binary");
+        };
+        assert_eq!(&b[..], b"***************");
+        assert_eq!(
+            scrubbed(Message::Ping(Bytes::from_static(b"p")), &scrubber),
+            Message::Ping(Bytes::from_static(b"p"))
+        );
+    }
+}

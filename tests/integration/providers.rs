@@ -397,6 +397,13 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
     assert_eq!(mock.requests().len(), 3);
 
     // The audit log records the paths without the token segment.
+    let paths = [
+        "/echo-url?chat_id=1",
+        "/file/documents/file_1.pdf",
+        "/file/documents/echo-url",
+        "/sendMessage",
+    ];
+    // Records are written in batches: wait for all of them, not just the first.
     let mut records = String::new();
     for _ in 0..50 {
         records = env
@@ -404,17 +411,12 @@ async fn telegrams_real_token_never_comes_back_even_when_the_upstream_quotes_the
             .await
             .ok()
             .stdout;
-        if records.contains("/file/documents/echo-url") {
+        if paths.iter().all(|p| records.contains(&format!("\"{p}\""))) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for path in [
-        "/echo-url?chat_id=1",
-        "/file/documents/file_1.pdf",
-        "/file/documents/echo-url",
-        "/sendMessage",
-    ] {
+    for path in paths {
         assert!(
             records.contains(&format!("\"{path}\"")),
             "{path}: {records}"

@@ -94,6 +94,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Master key file; default `<data_dir>/master.key`.
     pub master_key_file: Option<PathBuf>,
+    /// Where the store lives.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Largest request body forwarded upstream, in bytes.
     pub max_body_bytes: Option<u64>,
     /// Largest request body read to check it against a token's policy, in bytes.
@@ -118,6 +121,15 @@ pub struct FileConfig {
     /// Capabilities agents may invoke, keyed by name.
     #[serde(default)]
     pub capabilities: BTreeMap<String, CapabilitySpec>,
+}
+
+/// Store settings (`[store]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://user:password@host/db[?sslmode=verify-full]`;
+    /// default SQLite in the data directory.
+    pub url: Option<String>,
 }
 
 /// Audit log settings (`[audit]`).
@@ -223,6 +235,8 @@ pub struct CliOverrides {
     pub admin_listen: Option<AdminListen>,
     /// `--log-format` / `SEKS_LOG_FORMAT`.
     pub log_format: Option<LogFormat>,
+    /// `SEKS_STORE_URL` (environment only: the URL may hold a password).
+    pub store_url: Option<String>,
 }
 
 /// The effective settings after merging flags, environment, file and defaults.
@@ -238,6 +252,8 @@ pub struct Settings {
     pub data_dir_is_default: bool,
     /// Master key file.
     pub master_key_file: PathBuf,
+    /// The store's URL; `None`: SQLite in the data directory.
+    pub store_url: Option<String>,
     /// Request body limit in bytes.
     pub max_body_bytes: u64,
     /// Limit on bodies read for policy, in bytes.
@@ -288,6 +304,7 @@ impl Settings {
             data_dir,
             data_dir_is_default,
             master_key_file,
+            store_url: cli.store_url.or(file.store.url),
             max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             max_policy_body_bytes: file
                 .max_policy_body_bytes

@@ -27,9 +27,11 @@ const AUDIT_BATCHES_PER_PAGE: i64 = 16;
 const MAX_CONNECTIONS: u32 = 8;
 /// Longest wait for a pooled connection (a new one includes connecting and TLS).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a statement may run, and wait for a row lock: the counterpart of SQLite's busy
-/// timeout, so a stuck database fails requests instead of hanging them.
-const STATEMENT_TIMEOUT: &str = "5s";
+/// Longest wait for a lock (a row another replica is changing, the audit lock): the
+/// counterpart of SQLite's 5 s busy timeout, so contention fails a write instead of hanging it.
+const LOCK_TIMEOUT: &str = "5s";
+/// Longest a statement may run: a runaway query fails rather than holding a connection.
+const STATEMENT_TIMEOUT: &str = "30s";
 /// Longest wait to connect for migrations (they wait as long as needed for the migration
 /// lock another replica holds, once connected).
 const MIGRATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +68,7 @@ impl PgStore {
         }
         let options = options.options([
             ("statement_timeout", STATEMENT_TIMEOUT),
-            ("lock_timeout", STATEMENT_TIMEOUT),
+            ("lock_timeout", LOCK_TIMEOUT),
         ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)

@@ -294,12 +294,19 @@ impl Store for SqliteStore {
 
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
-        let tokens = sqlx::query("DELETE FROM tokens WHERE tenant_id = ? AND secret_id = ?")
+        // Counted first: SQLite's change count leaves out derived tokens that the
+        // ON DELETE CASCADE of their parent removed before the statement reached them.
+        let tokens: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE tenant_id = ? AND secret_id = ?")
+                .bind(tenant)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM tokens WHERE tenant_id = ? AND secret_id = ?")
             .bind(tenant)
             .bind(id)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .await?;
         let secrets = sqlx::query("DELETE FROM secrets WHERE tenant_id = ? AND id = ?")
             .bind(tenant)
             .bind(id)
@@ -310,7 +317,7 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound(format!("secret {id}")));
         }
         tx.commit().await?;
-        Ok(tokens)
+        Ok(rows::to_u64(tokens))
     }
 
     async fn insert_token(&self, t: &NewToken) -> Result<(), StoreError> {

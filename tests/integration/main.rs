@@ -19,4 +19,5 @@ mod providers;
 mod scrubbing;
 mod sdk;
 mod sigv4;
+mod store;
 mod tls_upstream;

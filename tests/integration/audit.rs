@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use crate::support::http::{Reply, send, send_streaming, try_send};
 use crate::support::mock::MockUpstream;
-use crate::support::pg::skip_on_postgres;
 use crate::support::{CliOutput, Env, config_for, list_models, openai_token, run_python};
 
 const KEY: &str = "sk-proj-AUDIT-real-key-0123456789abcdef";
@@ -297,21 +296,27 @@ async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
     assert!(table.contains("denied:rate_limited"), "{table}");
 }
 
-/// `seks audit verify` run on a copy of `env`'s data directory after `tamper` (arguments
-/// of `audit_tamper.py`; none for an untouched copy).
+/// `seks audit verify` run on a copy of `env`'s data directory (and PostgreSQL database)
+/// after `tamper` (arguments of `audit_tamper.py`; none for an untouched copy).
 async fn verify_after(env: &Env, tamper: &[&str]) -> CliOutput {
     let copy = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(env.data_dir()).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
     }
+    let pg_copy = env.pg.as_ref().map(|db| db.copy());
     if !tamper.is_empty() {
+        // On PostgreSQL the log goes through a scratch SQLite file, so one tool tampers
+        // with both backends.
         let db = copy.path().join("seks.db");
+        if let Some(pg) = &pg_copy {
+            pg.export_audit(&db).await;
+        }
         let out = run_python(
             "sqlite_exec.py",
             &[
                 db.to_str().unwrap(),
-                "DROP TRIGGER audit_batches_are_append_only",
+                "DROP TRIGGER IF EXISTS audit_batches_are_append_only",
             ],
             &[],
         )
@@ -321,23 +326,21 @@ async fn verify_after(env: &Env, tamper: &[&str]) -> CliOutput {
         args.extend_from_slice(tamper);
         let out = run_python("audit_tamper.py", &args, &[]).await;
         assert!(out.status.success(), "{out:#?}");
+        if let Some(pg) = &pg_copy {
+            pg.import_audit(&db).await;
+        }
     }
-    env.cli_with_env(
-        &["audit", "verify"],
-        "",
-        &[("SEKS_DATA_DIR", copy.path().to_str().unwrap())],
-    )
-    .await
+    let mut vars = vec![("SEKS_DATA_DIR", copy.path().to_str().unwrap())];
+    vars.extend(
+        pg_copy
+            .as_ref()
+            .map(|db| ("SEKS_STORE_URL", db.url.as_str())),
+    );
+    env.cli_with_env(&["audit", "verify"], "", &vars).await
 }
 
 #[tokio::test]
 async fn verify_names_the_record_that_was_altered_removed_or_swapped() {
-    if skip_on_postgres(
-        "tampers with a copy of the SQLite file (audit_tamper.py); the checks it exercises \
-         read records through the Store trait and are the same on both backends",
-    ) {
-        return;
-    }
     let (_mock, env, token) = openai_token(KEY, &[]).await;
     let broker = env.serve().await;
     list_models(&broker, &token, 5).await;

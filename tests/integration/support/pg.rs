@@ -5,22 +5,16 @@
 //! [`Env`]: super::Env
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, Row};
 
 /// Whether this run uses PostgreSQL as the store (`SEKS_TEST_STORE=postgres`).
 pub fn on_postgres() -> bool {
     std::env::var("SEKS_TEST_STORE").is_ok_and(|s| s == "postgres")
-}
-
-/// Skip a test that can't run against PostgreSQL, saying why; true when skipped.
-pub fn skip_on_postgres(why: &str) -> bool {
-    if on_postgres() {
-        eprintln!("skipped on PostgreSQL: {why}");
-    }
-    on_postgres()
 }
 
 /// Run `work` on a runtime of its own: `Env` is created and dropped in sync code, often
@@ -36,6 +30,9 @@ fn block_on<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -
     .join()
     .expect("database set-up thread")
 }
+
+/// An `audit_batches` row, in column order.
+type Batch = (String, i64, i64, i64, i64, String, String);
 
 fn server() -> PgConnectOptions {
     let url = std::env::var("SEKS_TEST_PG_URL")
@@ -54,6 +51,19 @@ pub struct TestDb {
 impl TestDb {
     /// Create a fresh, empty database.
     pub fn create() -> TestDb {
+        let db = TestDb::named();
+        let create = format!("CREATE DATABASE {}", db.name);
+        block_on(async move {
+            let mut conn = server().connect().await.expect("connect to PostgreSQL");
+            conn.execute(sqlx::AssertSqlSafe(create))
+                .await
+                .expect("create test database");
+        });
+        db
+    }
+
+    /// A new database name, and its URL (the database doesn't exist yet).
+    fn named() -> TestDb {
         static CREATED: AtomicU32 = AtomicU32::new(0);
         // Unique among the tests running at once: nextest gives each its own process.
         let name = format!(
@@ -61,13 +71,6 @@ impl TestDb {
             std::process::id(),
             CREATED.fetch_add(1, Ordering::Relaxed)
         );
-        let create = format!("CREATE DATABASE {name}");
-        block_on(async move {
-            let mut conn = server().connect().await.expect("connect to PostgreSQL");
-            conn.execute(sqlx::AssertSqlSafe(create))
-                .await
-                .expect("create test database");
-        });
         let server_url = std::env::var("SEKS_TEST_PG_URL").expect("checked in server()");
         let (base, query) = server_url
             .split_once('?')
@@ -78,6 +81,124 @@ impl TestDb {
             None => format!("{origin}/{name}"),
         };
         TestDb { name, url }
+    }
+
+    /// A copy of this database (`CREATE DATABASE … TEMPLATE`), dropped with the copy.
+    pub fn copy(&self) -> TestDb {
+        let copy = TestDb::named();
+        let create = format!("CREATE DATABASE {} TEMPLATE {}", copy.name, self.name);
+        block_on(async move {
+            let mut conn = server().connect().await.expect("connect to PostgreSQL");
+            // The template must have no sessions; the broker's may take a moment to end.
+            for _ in 0..50 {
+                match conn.execute(sqlx::AssertSqlSafe(create.clone())).await {
+                    Ok(_) => return,
+                    Err(e) if e.to_string().contains("being accessed by other users") => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("copy test database: {e}"),
+                }
+            }
+            panic!("the test database stayed in use");
+        });
+        copy
+    }
+
+    /// Write the audit log (batches and `audit…` meta rows) into a new SQLite file with the
+    /// same two tables, for tools that edit it there (`audit_tamper.py`).
+    pub async fn export_audit(&self, file: &Path) {
+        let mut pg = self.connect().await;
+        let mut lite = SqliteConnectOptions::new()
+            .filename(file)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .expect("scratch SQLite file");
+        for ddl in [
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE audit_batches (tenant_id TEXT NOT NULL, first_seq INTEGER NOT NULL, \
+             last_seq INTEGER NOT NULL, min_at_ms INTEGER NOT NULL, max_at_ms INTEGER NOT NULL, \
+             last_hash TEXT NOT NULL, records TEXT NOT NULL, PRIMARY KEY (tenant_id, first_seq))",
+        ] {
+            lite.execute(ddl).await.expect("scratch schema");
+        }
+        let meta: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, value FROM meta WHERE key LIKE 'audit%'")
+                .fetch_all(&mut pg)
+                .await
+                .expect("read meta");
+        for (key, value) in meta {
+            sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?)")
+                .bind(key)
+                .bind(value)
+                .execute(&mut lite)
+                .await
+                .expect("write meta");
+        }
+        let batches: Vec<Batch> = sqlx::query_as("SELECT * FROM audit_batches")
+            .fetch_all(&mut pg)
+            .await
+            .expect("read batches");
+        for b in batches {
+            sqlx::query("INSERT INTO audit_batches VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(b.0)
+                .bind(b.1)
+                .bind(b.2)
+                .bind(b.3)
+                .bind(b.4)
+                .bind(b.5)
+                .bind(b.6)
+                .execute(&mut lite)
+                .await
+                .expect("write batch");
+        }
+    }
+
+    /// Replace the audit log with what [`TestDb::export_audit`]'s file now holds.
+    pub async fn import_audit(&self, file: &Path) {
+        let mut lite = SqliteConnectOptions::new()
+            .filename(file)
+            .connect()
+            .await
+            .expect("scratch SQLite file");
+        let meta: Vec<(String, String)> = sqlx::query_as("SELECT key, value FROM meta")
+            .fetch_all(&mut lite)
+            .await
+            .expect("read meta");
+        let batches: Vec<Batch> = sqlx::query_as("SELECT * FROM audit_batches")
+            .fetch_all(&mut lite)
+            .await
+            .expect("read batches");
+        let mut pg = self.connect().await;
+        let mut tx = pg.begin().await.expect("begin");
+        tx.execute("DELETE FROM audit_batches")
+            .await
+            .expect("clear");
+        tx.execute("DELETE FROM meta WHERE key LIKE 'audit%'")
+            .await
+            .expect("clear");
+        for (key, value) in meta {
+            sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2)")
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .expect("write meta");
+        }
+        for b in batches {
+            sqlx::query("INSERT INTO audit_batches VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(b.0)
+                .bind(b.1)
+                .bind(b.2)
+                .bind(b.3)
+                .bind(b.4)
+                .bind(b.5)
+                .bind(b.6)
+                .execute(&mut *tx)
+                .await
+                .expect("write batch");
+        }
+        tx.commit().await.expect("commit");
     }
 
     async fn connect(&self) -> PgConnection {

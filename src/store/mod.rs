@@ -540,12 +540,13 @@ fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
-        Some((credentials, host)) if !credentials.contains('/') => {
+    // Up to the last `@`: a password may hold one; masking too much is the safe mistake.
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
             let user = credentials.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
-        _ => url.to_owned(),
+        None => url.to_owned(),
     }
 }
 
@@ -590,6 +591,8 @@ mod tests {
             "postgres://seks:***@db:5432/seks?sslmode=require"
         );
         assert!(!format!("{pg:?}").contains("hunter2"));
+        let odd = Location::parse(Some("postgres://seks:hun@ter2@db/seks"), dir).unwrap();
+        assert_eq!(odd.to_string(), "postgres://seks:***@db/seks");
         let err = Location::parse(Some("mysql://u:hunter2@h/db"), dir).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }

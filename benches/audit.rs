@@ -52,7 +52,11 @@ fn append_batch(bencher: divan::Bencher, batch: usize) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = runtime
-        .block_on(seks::store::open_default(dir.path()))
+        .block_on(
+            seks::store::Location::parse(None, dir.path())
+                .unwrap()
+                .open(),
+        )
         .unwrap();
     let key = ChainKey::new(Key::from_bytes([7; 32]));
     let mut n = 0;

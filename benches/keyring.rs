@@ -42,7 +42,11 @@ impl Fixture {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (keyring, texts) = runtime.block_on(async {
-            let store = seks::store::open_default(dir.path()).await.unwrap();
+            let store = seks::store::Location::parse(None, dir.path())
+                .unwrap()
+                .open()
+                .await
+                .unwrap();
             let vault = Arc::new(Vault::new(Key::from_bytes([7; 32])));
             let ops = Ops::new(store.clone(), Providers::load(&Default::default()).unwrap());
             for i in 0..secrets {

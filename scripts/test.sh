@@ -2,7 +2,7 @@
 # The whole SEKS test suite, from a fresh clone: installs the official provider SDKs, an
 # SMTP server and the MCP client (Python) into .venv, starts a throwaway PostgreSQL, checks
 # formatting and lints, then runs every Rust test (unit tests, property tests, and
-# end-to-end tests over real sockets).
+# end-to-end tests over real sockets), the end-to-end ones on both stores (SQLite, PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,8 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 export SEKS_TEST_PYTHON="$PWD/.venv/bin/python"
 
-# A throwaway PostgreSQL for the SQL capability tests (SEKS_TEST_PG_URL), stopped on exit.
+# A throwaway PostgreSQL for the SQL capability tests and the PostgreSQL store pass
+# (SEKS_TEST_PG_URL), stopped on exit.
 # shellcheck source=scripts/pg-test-cluster.sh
 source scripts/pg-test-cluster.sh
 pg_test_cluster_start
@@ -21,8 +22,14 @@ export SEKS_TEST_FULL=1
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+# Every test on the embedded SQLite store, then the end-to-end tests (the only ones that
+# open a store) again with PostgreSQL as the store: a database per test on the cluster.
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --no-fail-fast
+  cargo nextest run --locked --no-fail-fast || status=1
+  SEKS_TEST_STORE=postgres cargo nextest run --locked --no-fail-fast --test integration || status=1
 else
-  cargo test --locked --no-fail-fast
+  cargo test --locked --no-fail-fast || status=1
+  SEKS_TEST_STORE=postgres cargo test --locked --no-fail-fast --test integration || status=1
 fi
+exit "$status"

@@ -94,6 +94,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Master key file; default `<data_dir>/master.key`.
     pub master_key_file: Option<PathBuf>,
+    /// Where the store lives.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Largest request body forwarded upstream, in bytes.
     pub max_body_bytes: Option<u64>,
     /// Largest request body read to check it against a token's policy, in bytes.
@@ -139,6 +142,15 @@ pub struct ForwardConfig {
     /// Non-public address ranges the proxy may dial (`10.0.0.0/8`, `127.0.0.1`); cloud
     /// metadata addresses only when named exactly.
     pub allow_addresses: Vec<String>,
+}
+
+/// Store settings (`[store]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://user:password@host/db[?sslmode=verify-full]`;
+    /// default SQLite in the data directory.
+    pub url: Option<String>,
 }
 
 /// Audit log settings (`[audit]`).
@@ -246,6 +258,8 @@ pub struct CliOverrides {
     pub log_format: Option<LogFormat>,
     /// `--proxy-listen` / `SEKS_PROXY_LISTEN`.
     pub proxy_listen: Option<SocketAddr>,
+    /// `SEKS_STORE_URL` (environment only: the URL may hold a password).
+    pub store_url: Option<String>,
 }
 
 /// The effective settings after merging flags, environment, file and defaults.
@@ -261,6 +275,8 @@ pub struct Settings {
     pub data_dir_is_default: bool,
     /// Master key file.
     pub master_key_file: PathBuf,
+    /// The store's URL; `None`: SQLite in the data directory.
+    pub store_url: Option<String>,
     /// Request body limit in bytes.
     pub max_body_bytes: u64,
     /// Limit on bodies read for policy, in bytes.
@@ -317,6 +333,7 @@ impl Settings {
             data_dir,
             data_dir_is_default,
             master_key_file,
+            store_url: cli.store_url.or(file.store.url),
             max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             max_policy_body_bytes: file
                 .max_policy_body_bytes

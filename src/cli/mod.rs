@@ -38,6 +38,9 @@ use crate::vault::{KeySource, Vault, master_key};
 use backend::Backend;
 use remote::Remote;
 
+/// Environment variable naming the store (`store.url` in the config file).
+const STORE_URL_ENV: &str = "SEKS_STORE_URL";
+
 /// SEKS: a credential broker for AI agents.
 #[derive(Debug, Parser)]
 #[command(name = "seks", version, about, long_about = None)]
@@ -127,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut overrides = CliOverrides {
         config: cli.global.config,
         data_dir: cli.global.data_dir,
+        store_url: std::env::var(STORE_URL_ENV).ok(),
         ..CliOverrides::default()
     };
     let remote = cli.global.remote;
@@ -235,9 +239,11 @@ impl Context {
         redactor: Arc<Redactor>,
     ) -> anyhow::Result<Context> {
         let settings = Self::prepare(overrides, default_log_level, redactor.clone())?;
-        let store = store::open_default(&settings.data_dir)
+        let location = store::Location::parse(settings.store_url.as_deref(), &settings.data_dir)?;
+        let store = location
+            .open()
             .await
-            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+            .with_context(|| format!("opening the store {location}"))?;
         Ok(Context {
             settings,
             store,

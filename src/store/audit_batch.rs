@@ -66,6 +66,36 @@ pub fn chain(tenant: &str, head: &mut Head, entries: &[&AuditEntry]) -> Vec<Batc
         .collect()
 }
 
+/// `entries` grouped by tenant, each group in its original order.
+pub fn by_tenant(entries: &[AuditEntry]) -> Vec<(&str, Vec<&AuditEntry>)> {
+    let mut tenants: Vec<(&str, Vec<&AuditEntry>)> = Vec::new();
+    for entry in entries {
+        match tenants.iter_mut().find(|(t, _)| *t == entry.tenant) {
+            Some((_, list)) => list.push(entry),
+            None => tenants.push((&entry.tenant, vec![entry])),
+        }
+    }
+    tenants
+}
+
+/// Where a tenant's chain continues when it has no stored batch: the head of its pruned
+/// history (the stored checkpoint), or genesis.
+pub fn head_after_checkpoint(checkpoint: Option<&str>) -> Head {
+    checkpoint
+        .and_then(|c| serde_json::from_str::<audit::SignedHead>(c).ok())
+        .map_or_else(Head::genesis, |c| c.head)
+}
+
+/// The stored list of tenants with an audit chain (signed JSON, if any) with `tenant` added.
+pub fn tenants_with(listed: Option<&str>, tenant: &str) -> Vec<String> {
+    let mut tenants = listed
+        .and_then(|l| serde_json::from_str::<audit::SignedTenants>(l).ok())
+        .map(|l| l.tenants)
+        .unwrap_or_default();
+    tenants.push(tenant.to_owned());
+    tenants
+}
+
 #[derive(Deserialize)]
 struct Facets<'a> {
     at_ms: i64,

@@ -5,9 +5,11 @@
 //! proxy only ever sees `Arc<dyn Store>`.
 
 mod audit_batch;
+mod postgres;
+mod rows;
 mod sqlite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use crate::audit::{AuditSigner, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The tenant every row belongs to until multi-tenancy arrives.
@@ -51,6 +54,9 @@ pub enum StoreError {
     /// The row to change does not exist (or changed under us).
     #[error("{0} not found")]
     NotFound(String),
+    /// `store.url` names no backend this build has.
+    #[error("store.url `{0}`: expected sqlite://PATH or postgres://…")]
+    UnknownUrl(String),
 }
 
 /// A secret to insert.
@@ -492,7 +498,102 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<UsageRecord>, StoreError>;
 }
 
-/// Open the embedded store in `data_dir`, creating it and applying migrations as needed.
-pub async fn open_default(data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open(data_dir).await?))
+/// Where the store lives, from `store.url` / `SEKS_STORE_URL`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (the URL may hold a password: never print it, see `Display`).
+    Postgres(String),
+}
+
+impl Location {
+    /// The store `url` names; with none, SQLite in `data_dir` (the zero-setup default).
+    pub fn parse(url: Option<&str>, data_dir: &Path) -> Result<Location, StoreError> {
+        let Some(url) = url.filter(|u| !u.is_empty()) else {
+            return Ok(Location::Sqlite(data_dir.join(sqlite::DB_FILE)));
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Location::Postgres(url.to_owned()));
+        }
+        match url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            Some("") => Ok(Location::Sqlite(data_dir.join(sqlite::DB_FILE))),
+            Some(path) => Ok(Location::Sqlite(PathBuf::from(path))),
+            None => Err(StoreError::UnknownUrl(redacted(url))),
+        }
+    }
+
+    /// Open the store here, creating it and applying migrations as needed.
+    pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            Location::Sqlite(file) => Arc::new(SqliteStore::open(file).await?),
+            Location::Postgres(url) => Arc::new(PgStore::open(url).await?),
+        })
+    }
+}
+
+/// A URL with its password (if any) replaced by `***`, for messages.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // Up to the last `@`: a password may hold one; masking too much is the safe mistake.
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(file) => write!(f, "{}", file.display()),
+            Location::Postgres(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Location({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_pick_the_backend_and_never_show_a_password() {
+        let dir = Path::new("/data");
+        assert_eq!(
+            Location::parse(None, dir).unwrap(),
+            Location::Sqlite("/data/seks.db".into())
+        );
+        assert_eq!(
+            Location::parse(Some("sqlite:///tmp/x.db"), dir).unwrap(),
+            Location::Sqlite("/tmp/x.db".into())
+        );
+        let pg = Location::parse(
+            Some("postgres://seks:hunter2@db:5432/seks?sslmode=require"),
+            dir,
+        )
+        .unwrap();
+        assert!(matches!(pg, Location::Postgres(_)));
+        assert_eq!(
+            pg.to_string(),
+            "postgres://seks:***@db:5432/seks?sslmode=require"
+        );
+        assert!(!format!("{pg:?}").contains("hunter2"));
+        let odd = Location::parse(Some("postgres://seks:hun@ter2@db/seks"), dir).unwrap();
+        assert_eq!(odd.to_string(), "postgres://seks:***@db/seks");
+        let err = Location::parse(Some("mysql://u:hunter2@h/db"), dir).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
 }

@@ -5,18 +5,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::audit_batch::{self, Batch};
+use super::audit_batch;
+use super::rows;
 use super::{
     AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
     NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord,
     UsageDelta, UsageRecord, audit_checkpoint_key, audit_head_key,
 };
-use crate::audit::{self, AuditSigner, Head, StoredRecord};
+use crate::audit::{AuditSigner, Head, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
 
@@ -33,8 +32,13 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Open (creating if needed) `seks.db` in `data_dir` and apply migrations.
-    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+    /// Open (creating if needed) the database file `db_file` (`seks.db` in the data
+    /// directory by default) and apply migrations.
+    pub async fn open(db_file: &Path) -> Result<Self, StoreError> {
+        let data_dir = db_file
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -43,7 +47,6 @@ impl SqliteStore {
                 path: data_dir.display().to_string(),
                 source,
             })?;
-        let db_file = data_dir.join(DB_FILE);
         // SQLite gives its -wal and -shm files the database file's mode, so creating it
         // 0600 keeps all three private.
         std::fs::OpenOptions::new()
@@ -51,13 +54,13 @@ impl SqliteStore {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&db_file)
+            .open(db_file)
             .map_err(|source| StoreError::DataDir {
                 path: db_file.display().to_string(),
                 source,
             })?;
         let options = SqliteConnectOptions::new()
-            .filename(&db_file)
+            .filename(db_file)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed revocation or rotation survives a power cut.
             .synchronous(SqliteSynchronous::Full)
@@ -106,9 +109,7 @@ async fn audit_head(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Result<H
         .bind(audit_checkpoint_key(tenant))
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(checkpoint
-        .and_then(|c| serde_json::from_str::<audit::SignedHead>(&c).ok())
-        .map_or_else(Head::genesis, |c| c.head))
+    Ok(audit_batch::head_after_checkpoint(checkpoint.as_deref()))
 }
 
 // Macros rather than consts so `concat!` keeps every query a `&'static str`.
@@ -128,90 +129,6 @@ macro_rules! token_select {
     };
 }
 
-fn secret_from_row(row: &SqliteRow) -> Result<SecretRecord, sqlx::Error> {
-    Ok(SecretRecord {
-        id: row.try_get("id")?,
-        tenant: row.try_get("tenant_id")?,
-        name: row.try_get("name")?,
-        provider: row.try_get("provider")?,
-        version: row.try_get("version")?,
-        sealed: SealedSecret {
-            ciphertext: row.try_get("ciphertext")?,
-            nonce: row.try_get("nonce")?,
-            wrapped_key: row.try_get("wrapped_key")?,
-            wrap_nonce: row.try_get("wrap_nonce")?,
-            key_version: row.try_get("key_version")?,
-        },
-        created_at: row.try_get("created_at")?,
-        rotated_at: row.try_get("rotated_at")?,
-    })
-}
-
-fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, sqlx::Error> {
-    Ok(TokenRecord {
-        id: row.try_get("id")?,
-        tenant: row.try_get("tenant_id")?,
-        agent: row.try_get("agent")?,
-        secret_id: row.try_get("secret_id")?,
-        secret_name: row.try_get("secret_name")?,
-        provider: row.try_get("provider")?,
-        hint: row.try_get("hint")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        created_at: row.try_get("created_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-        parent_id: row.try_get("parent_id")?,
-        policy: row.try_get("policy")?,
-        policy_name: row.try_get("policy_name")?,
-    })
-}
-
-fn policy_from_row(row: &SqliteRow) -> Result<PolicyRecord, sqlx::Error> {
-    Ok(PolicyRecord {
-        tenant: row.try_get("tenant_id")?,
-        name: row.try_get("name")?,
-        spec: row.try_get("spec")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn approval_from_row(row: &SqliteRow) -> Result<ApprovalRecord, sqlx::Error> {
-    let state: String = row.try_get("state")?;
-    Ok(ApprovalRecord {
-        id: row.try_get("id")?,
-        tenant: row.try_get("tenant_id")?,
-        token_id: row.try_get("token_id")?,
-        summary: row.try_get("summary")?,
-        state: ApprovalState::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: "state".into(),
-            source: format!("unknown approval state {state}").into(),
-        })?,
-        reason: row.try_get("reason")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        decided_at: row.try_get("decided_at")?,
-        decided_by: row.try_get("decided_by")?,
-    })
-}
-
-/// Counters are stored as SQLite integers (i64); they never get near the limit.
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn batch_row(row: &SqliteRow) -> Result<Batch, sqlx::Error> {
-    Ok(Batch {
-        tenant: row.try_get("tenant_id")?,
-        first_seq: row.try_get("first_seq")?,
-        last_seq: row.try_get("last_seq")?,
-        min_at_ms: row.try_get("min_at_ms")?,
-        max_at_ms: row.try_get("max_at_ms")?,
-        last_hash: row.try_get("last_hash")?,
-        records: row.try_get("records")?,
-    })
-}
-
 async fn put_meta(
     conn: &mut sqlx::SqliteConnection,
     key: &str,
@@ -226,10 +143,6 @@ async fn put_meta(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[async_trait]
@@ -287,7 +200,7 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(|e| {
-            if is_unique_violation(&e) {
+            if rows::is_unique_violation(&e) {
                 StoreError::Conflict(format!("secret `{}`", s.name))
             } else {
                 e.into()
@@ -309,7 +222,7 @@ impl Store for SqliteStore {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(secret_from_row).transpose()?)
+        Ok(row.as_ref().map(rows::secret).transpose()?)
     }
 
     async fn secret_by_id(
@@ -322,12 +235,12 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(secret_from_row).transpose()?)
+        Ok(row.as_ref().map(rows::secret).transpose()?)
     }
 
     async fn all_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
         let rows = sqlx::query(secret_select!()).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(secret_from_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(rows::secret).collect::<Result<_, _>>()?)
     }
 
     async fn list_secrets(&self, tenant: &str) -> Result<Vec<SecretSummary>, StoreError> {
@@ -339,20 +252,10 @@ impl Store for SqliteStore {
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SecretSummary {
-                    id: row.try_get("id")?,
-                    name: row.try_get("name")?,
-                    provider: row.try_get("provider")?,
-                    version: row.try_get("version")?,
-                    created_at: row.try_get("created_at")?,
-                    rotated_at: row.try_get("rotated_at")?,
-                    tokens: row.try_get("tokens")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(rows
+            .iter()
+            .map(rows::secret_summary)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn rotate_secret(
@@ -391,12 +294,19 @@ impl Store for SqliteStore {
 
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
-        let tokens = sqlx::query("DELETE FROM tokens WHERE tenant_id = ? AND secret_id = ?")
+        // Counted first: SQLite's change count leaves out derived tokens that the
+        // ON DELETE CASCADE of their parent removed before the statement reached them.
+        let tokens: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE tenant_id = ? AND secret_id = ?")
+                .bind(tenant)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM tokens WHERE tenant_id = ? AND secret_id = ?")
             .bind(tenant)
             .bind(id)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .await?;
         let secrets = sqlx::query("DELETE FROM secrets WHERE tenant_id = ? AND id = ?")
             .bind(tenant)
             .bind(id)
@@ -407,7 +317,7 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound(format!("secret {id}")));
         }
         tx.commit().await?;
-        Ok(tokens)
+        Ok(rows::to_u64(tokens))
     }
 
     async fn insert_token(&self, t: &NewToken) -> Result<(), StoreError> {
@@ -436,7 +346,7 @@ impl Store for SqliteStore {
             .bind(&hash.0[..])
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(token_from_row).transpose()?)
+        Ok(row.as_ref().map(rows::token).transpose()?)
     }
 
     async fn list_tokens(&self, tenant: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -447,7 +357,7 @@ impl Store for SqliteStore {
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(token_from_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(rows::token).collect::<Result<_, _>>()?)
     }
 
     async fn token_by_id(&self, tenant: &str, id: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -459,7 +369,7 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(token_from_row).transpose()?)
+        Ok(row.as_ref().map(rows::token).transpose()?)
     }
 
     async fn revoke_token(&self, tenant: &str, id: &str, at: i64) -> Result<u64, StoreError> {
@@ -534,7 +444,7 @@ impl Store for SqliteStore {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(policy_from_row).transpose()?)
+        Ok(row.as_ref().map(rows::policy).transpose()?)
     }
 
     async fn list_policies(&self, tenant: &str) -> Result<Vec<PolicyRecord>, StoreError> {
@@ -542,14 +452,14 @@ impl Store for SqliteStore {
             .bind(tenant)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(policy_from_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(rows::policy).collect::<Result<_, _>>()?)
     }
 
     async fn all_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM policies")
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(policy_from_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(rows::policy).collect::<Result<_, _>>()?)
     }
 
     async fn delete_policy(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
@@ -610,16 +520,10 @@ impl Store for SqliteStore {
             .bind(tenant)
             .fetch_all(&self.pool)
             .await?;
-        let record = |row: &SqliteRow| -> Result<CapabilityRecord, sqlx::Error> {
-            Ok(CapabilityRecord {
-                tenant: row.try_get("tenant_id")?,
-                name: row.try_get("name")?,
-                spec: row.try_get("spec")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-            })
-        };
-        Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(rows::capability)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn delete_capability(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
@@ -657,7 +561,7 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(approval_from_row).transpose()?)
+        Ok(row.as_ref().map(rows::approval).transpose()?)
     }
 
     async fn list_approvals(
@@ -673,10 +577,7 @@ impl Store for SqliteStore {
         .bind(all)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(approval_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(rows::approval).collect::<Result<_, _>>()?)
     }
 
     async fn decide_approval(
@@ -711,7 +612,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         let (requests, tokens) = row.unwrap_or_default();
-        Ok((requests.max(0).unsigned_abs(), tokens.max(0).unsigned_abs()))
+        Ok((rows::to_u64(requests), rows::to_u64(tokens)))
     }
 
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
@@ -724,8 +625,8 @@ impl Store for SqliteStore {
             )
             .bind(&d.token_id)
             .bind(d.day)
-            .bind(to_i64(d.requests))
-            .bind(to_i64(d.tokens))
+            .bind(rows::to_i64(d.requests))
+            .bind(rows::to_i64(d.tokens))
             .execute(&mut *tx)
             .await?;
         }
@@ -753,15 +654,8 @@ impl Store for SqliteStore {
         entries: &[AuditEntry],
         sign: &dyn AuditSigner,
     ) -> Result<(), StoreError> {
-        let mut tenants: Vec<(&str, Vec<&AuditEntry>)> = Vec::new();
-        for entry in entries {
-            match tenants.iter_mut().find(|(t, _)| *t == entry.tenant) {
-                Some((_, list)) => list.push(entry),
-                None => tenants.push((&entry.tenant, vec![entry])),
-            }
-        }
         let mut tx = self.write().await?;
-        for (tenant, list) in tenants {
+        for (tenant, list) in audit_batch::by_tenant(entries) {
             let mut head = audit_head(&mut tx, tenant).await?;
             for batch in audit_batch::chain(tenant, &mut head, &list) {
                 sqlx::query(
@@ -792,11 +686,7 @@ impl Store for SqliteStore {
                         .bind(AUDIT_TENANTS_KEY)
                         .fetch_optional(&mut *tx)
                         .await?;
-                let mut tenants = listed
-                    .and_then(|l| serde_json::from_str::<audit::SignedTenants>(&l).ok())
-                    .map(|l| l.tenants)
-                    .unwrap_or_default();
-                tenants.push(tenant.to_owned());
+                let tenants = audit_batch::tenants_with(listed.as_deref(), tenant);
                 put_meta(&mut tx, AUDIT_TENANTS_KEY, &sign.tenants(tenants)).await?;
             }
             put_meta(&mut tx, &audit_head_key(tenant), &sign.newest(tenant, head)).await?;
@@ -836,7 +726,7 @@ impl Store for SqliteStore {
                 break;
             }
             for row in &page {
-                let batch = batch_row(row)?;
+                let batch = rows::batch(row)?;
                 cursor = Some(batch.first_seq);
                 let mut records = audit_batch::records(&batch);
                 if filter.newest {
@@ -876,7 +766,7 @@ impl Store for SqliteStore {
         let mut records = Vec::new();
         let mut cursor = None;
         for row in &rows {
-            let batch = batch_row(row)?;
+            let batch = rows::batch(row)?;
             cursor = Some(batch.first_seq);
             records.extend(audit_batch::records(&batch));
         }
@@ -963,8 +853,8 @@ impl Store for SqliteStore {
                 token_id,
                 agent,
                 day,
-                requests: requests.max(0).unsigned_abs(),
-                tokens: tokens.max(0).unsigned_abs(),
+                requests: rows::to_u64(requests),
+                tokens: rows::to_u64(tokens),
             })
             .collect())
     }

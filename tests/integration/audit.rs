@@ -36,13 +36,6 @@ fn id_of(reply: &Reply) -> String {
         .to_owned()
 }
 
-async fn sql(db: &std::path::Path, statements: &[&str]) {
-    let mut args = vec![db.to_str().unwrap()];
-    args.extend_from_slice(statements);
-    let out = run_python("sqlite_exec.py", &args, &[]).await;
-    assert!(out.status.success(), "{out:#?}");
-}
-
 #[tokio::test]
 async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
     let mock = MockUpstream::start().await;
@@ -303,28 +296,47 @@ async fn every_outcome_leaves_exactly_one_record_with_the_right_fields() {
     assert!(table.contains("denied:rate_limited"), "{table}");
 }
 
-/// `seks audit verify` run on a copy of `env`'s data directory after `tamper` (arguments
-/// of `audit_tamper.py`; none for an untouched copy).
+/// `seks audit verify` run on a copy of `env`'s data directory (and PostgreSQL database)
+/// after `tamper` (arguments of `audit_tamper.py`; none for an untouched copy).
 async fn verify_after(env: &Env, tamper: &[&str]) -> CliOutput {
     let copy = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(env.data_dir()).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
     }
+    let pg_copy = env.pg.as_ref().map(|db| db.copy());
     if !tamper.is_empty() {
+        // On PostgreSQL the log goes through a scratch SQLite file, so one tool tampers
+        // with both backends.
         let db = copy.path().join("seks.db");
-        sql(&db, &["DROP TRIGGER audit_batches_are_append_only"]).await;
+        if let Some(pg) = &pg_copy {
+            pg.export_audit(&db).await;
+        }
+        let out = run_python(
+            "sqlite_exec.py",
+            &[
+                db.to_str().unwrap(),
+                "DROP TRIGGER IF EXISTS audit_batches_are_append_only",
+            ],
+            &[],
+        )
+        .await;
+        assert!(out.status.success(), "{out:#?}");
         let mut args = vec![db.to_str().unwrap()];
         args.extend_from_slice(tamper);
         let out = run_python("audit_tamper.py", &args, &[]).await;
         assert!(out.status.success(), "{out:#?}");
+        if let Some(pg) = &pg_copy {
+            pg.import_audit(&db).await;
+        }
     }
-    env.cli_with_env(
-        &["audit", "verify"],
-        "",
-        &[("SEKS_DATA_DIR", copy.path().to_str().unwrap())],
-    )
-    .await
+    let mut vars = vec![("SEKS_DATA_DIR", copy.path().to_str().unwrap())];
+    vars.extend(
+        pg_copy
+            .as_ref()
+            .map(|db| ("SEKS_STORE_URL", db.url.as_str())),
+    );
+    env.cli_with_env(&["audit", "verify"], "", &vars).await
 }
 
 #[tokio::test]
@@ -390,18 +402,9 @@ async fn the_log_is_append_only_through_sql_too() {
     let broker = env.serve().await;
     list_models(&broker, &token, 1).await;
     broker.terminate().await;
-    let db = env.data_dir().join("seks.db");
-    let out = run_python(
-        "sqlite_exec.py",
-        &[
-            db.to_str().unwrap(),
-            "UPDATE audit_batches SET min_at_ms = 0",
-        ],
-        &[],
-    )
-    .await;
-    assert!(!out.status.success());
-    assert!(out.stderr.contains("append-only"), "{out:#?}");
+    let update = "UPDATE audit_batches SET min_at_ms = 0";
+    let refused = env.store_sql(&[update], &[update]).await.unwrap_err();
+    assert!(refused.contains("append-only"), "{refused}");
 }
 
 /// Drive `workers` concurrent clients and `kill -9` the broker after `kill_after`, in the
@@ -506,12 +509,7 @@ async fn when_the_log_cannot_be_written_requests_are_refused_until_it_can() {
     let get = || send("GET", &url, &headers, "");
     assert_eq!(get().await.status, 200);
 
-    let db = env.data_dir().join("seks.db");
-    sql(
-        &db,
-        &["CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"],
-    )
-    .await;
+    env.break_audit_writes().await;
     let until = |want: u16| async move {
         let start = Instant::now();
         loop {
@@ -548,7 +546,7 @@ async fn when_the_log_cannot_be_written_requests_are_refused_until_it_can() {
     assert_eq!(until(503).await.status, 503);
     assert_eq!(mock.requests().len(), upstream_before);
 
-    sql(&db, &["DROP TRIGGER full_disk"]).await;
+    env.heal_audit_writes().await;
     until(200).await;
     broker.terminate().await;
     // The records queued meanwhile were written once the log worked again, refusals too.
@@ -604,12 +602,7 @@ async fn strict_mode_refuses_promptly_while_the_log_cannot_be_written() {
     let auth = format!("Bearer {token}");
     let headers = [("authorization", auth.as_str())];
     assert_eq!(send("GET", &url, &headers, "").await.status, 200);
-    let db = env.data_dir().join("seks.db");
-    sql(
-        &db,
-        &["CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"],
-    )
-    .await;
+    env.break_audit_writes().await;
     // The first answer after the failure may break off (its record never commits); after
     // that the broker says why, at once, instead of holding responses.
     let start = Instant::now();
@@ -623,7 +616,7 @@ async fn strict_mode_refuses_promptly_while_the_log_cannot_be_written() {
         assert!(start.elapsed() < Duration::from_secs(10), "never refused");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    sql(&db, &["DROP TRIGGER full_disk"]).await;
+    env.heal_audit_writes().await;
     broker.terminate().await;
 }
 

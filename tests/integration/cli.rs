@@ -200,6 +200,11 @@ async fn on_a_terminal_the_secret_is_read_from_a_hidden_prompt() {
     let env = Env::with_upstream(&mock.url());
     let data_dir = env.data_dir().display().to_string();
     let config = env.config.display().to_string();
+    let mut vars = vec![
+        ("SEKS_DATA_DIR", data_dir.as_str()),
+        ("SEKS_CONFIG", config.as_str()),
+    ];
+    vars.extend(env.store_url().map(|url| ("SEKS_STORE_URL", url)));
     let out = crate::support::run_python(
         "tty_secret.py",
         &[
@@ -207,7 +212,7 @@ async fn on_a_terminal_the_secret_is_read_from_a_hidden_prompt() {
             "typed",
             "sk-typed-at-the-prompt",
         ],
-        &[("SEKS_DATA_DIR", &data_dir), ("SEKS_CONFIG", &config)],
+        &vars,
     )
     .await;
     assert!(out.status.success(), "{out:#?}");

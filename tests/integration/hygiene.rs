@@ -171,11 +171,19 @@ async fn the_canary_is_nowhere_in_what_the_broker_produced() {
         );
     }
     assert!(String::from_utf8_lossy(&responses).contains("intact-after"));
-    let files = files_under(env.data_dir());
+    let mut files = files_under(env.data_dir());
+    if let Some(db) = &env.pg {
+        files.push(("the PostgreSQL database".into(), db.dump()));
+    }
+    let database = if env.pg.is_some() {
+        "the PostgreSQL database"
+    } else {
+        "seks.db"
+    };
     assert!(
         files
             .iter()
-            .any(|(p, b)| p.ends_with("seks.db") && b.len() > 4096),
+            .any(|(p, b)| p.ends_with(database) && b.len() > 4096),
         "no database to search"
     );
 

@@ -20,4 +20,5 @@ mod providers;
 mod scrubbing;
 mod sdk;
 mod sigv4;
+mod store;
 mod tls_upstream;

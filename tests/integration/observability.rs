@@ -169,10 +169,7 @@ async fn readiness_follows_the_store_and_the_audit_log() {
         (200, "ready".into())
     );
 
-    let db = env.data_dir().join("seks.db");
-    let trigger = "CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END";
-    let out = run_python("sqlite_exec.py", &[db.to_str().unwrap(), trigger], &[]).await;
-    assert!(out.status.success(), "{out:#?}");
+    env.break_audit_writes().await;
     // A request whose record can't be written makes the broker not ready.
     list_models(&broker, &token, 1).await;
     let start = Instant::now();
@@ -194,13 +191,7 @@ async fn readiness_follows_the_store_and_the_audit_log() {
         200
     );
 
-    let out = run_python(
-        "sqlite_exec.py",
-        &[db.to_str().unwrap(), "DROP TRIGGER full_disk"],
-        &[],
-    )
-    .await;
-    assert!(out.status.success(), "{out:#?}");
+    env.heal_audit_writes().await;
     let start = Instant::now();
     while ready().await.status != 200 {
         assert!(

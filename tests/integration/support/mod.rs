@@ -4,6 +4,7 @@ pub mod forms;
 pub mod git;
 pub mod http;
 pub mod mock;
+pub mod pg;
 pub mod tls;
 pub mod ws;
 
@@ -42,10 +43,13 @@ pub struct Env {
     pub config: PathBuf,
     /// Everything any process printed (except `token create` stdout), for leak checks.
     pub transcript: Arc<Mutex<String>>,
+    /// The test's own PostgreSQL database when the suite runs against PostgreSQL.
+    pub pg: Option<pg::TestDb>,
 }
 
 impl Env {
-    /// A fresh data directory with a config file containing `config_toml`.
+    /// A fresh data directory with a config file containing `config_toml`, and a fresh
+    /// PostgreSQL database when the suite runs against PostgreSQL.
     pub fn new(config_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("seks.toml");
@@ -54,7 +58,59 @@ impl Env {
             dir,
             config,
             transcript: Arc::default(),
+            pg: pg::on_postgres().then(pg::TestDb::create),
         }
+    }
+
+    /// The store URL the broker and the CLI get in `SEKS_STORE_URL`, if not the default.
+    pub fn store_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|db| db.url.as_str())
+    }
+
+    /// Run SQL against the store as an intruder with database access would, all in one
+    /// transaction: `sqlite` statements on the SQLite file, or `postgres` ones on the
+    /// PostgreSQL database. The error message if it failed.
+    pub async fn store_sql(&self, sqlite: &[&str], postgres: &[&str]) -> Result<(), String> {
+        match &self.pg {
+            Some(db) => db.execute(postgres).await,
+            None => {
+                let db = self.data_dir().join("seks.db");
+                let mut args = vec![db.to_str().expect("utf-8 path")];
+                args.extend_from_slice(sqlite);
+                let out = run_python("sqlite_exec.py", &args, &[]).await;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(out.stderr)
+                }
+            }
+        }
+    }
+
+    /// Make every audit write fail ("disk full") until [`Env::heal_audit_writes`].
+    pub async fn break_audit_writes(&self) {
+        self.store_sql(
+            &["CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"],
+            &[
+                "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$",
+                "CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches FOR EACH ROW EXECUTE FUNCTION full_disk()",
+            ],
+        )
+        .await
+        .expect("break audit writes");
+    }
+
+    /// Undo [`Env::break_audit_writes`].
+    pub async fn heal_audit_writes(&self) {
+        self.store_sql(
+            &["DROP TRIGGER full_disk"],
+            &[
+                "DROP TRIGGER full_disk ON audit_batches",
+                "DROP FUNCTION full_disk()",
+            ],
+        )
+        .await
+        .expect("heal audit writes");
     }
 
     /// A config pointing every built-in provider at `upstream` (with short timeouts).
@@ -75,10 +131,14 @@ impl Env {
             .env_remove("SEKS_LOG")
             .env_remove("SEKS_REMOTE")
             .env_remove("SEKS_ADMIN_TOKEN")
+            .env_remove("SEKS_STORE_URL")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(url) = self.store_url() {
+            cmd.env("SEKS_STORE_URL", url);
+        }
         cmd
     }
 
@@ -374,7 +434,8 @@ pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// The canary check: `secret`, in any form, is not in what the broker's processes printed,
-/// in `responses`, or in any file of the data directory (database included).
+/// in `responses`, in any file of the data directory (SQLite database included), or in any
+/// row of the PostgreSQL database.
 pub fn assert_never_leaked(env: &Env, secret: &str, responses: &[u8]) {
     let transcript = env.transcript();
     assert_eq!(
@@ -392,6 +453,13 @@ pub fn assert_never_leaked(env: &Env, secret: &str, responses: &[u8]) {
             forms::found_in(secret, &bytes),
             Vec::<String>::new(),
             "in {path}"
+        );
+    }
+    if let Some(db) = &env.pg {
+        assert_eq!(
+            forms::found_in(secret, &db.dump()),
+            Vec::<String>::new(),
+            "in the PostgreSQL database"
         );
     }
 }

@@ -301,7 +301,11 @@ mod tests {
     #[tokio::test]
     async fn the_ca_is_made_once_sealed_and_signs_leaves_clients_accept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open_default(dir.path()).await.unwrap();
+        let store = crate::store::Location::parse(None, dir.path())
+            .unwrap()
+            .open()
+            .await
+            .unwrap();
         let vault = Vault::new(Key::from_bytes([3; 32]));
         let ca = BrokerCa::load_or_create(store.as_ref(), &vault)
             .await

@@ -155,11 +155,7 @@ impl SqlSpec {
         )
         .await?;
         let rows = rows_to_json(&fetched.rows, pg_value)?;
-        if self.read_only {
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
-        }
+        self.end(tx).await?;
         conn.close().await.ok();
         Ok(self.answer(rows, &fetched))
     }
@@ -191,11 +187,7 @@ impl SqlSpec {
         )
         .await?;
         let rows = rows_to_json(&fetched.rows, sqlite_value)?;
-        if self.read_only {
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
-        }
+        self.end(tx).await?;
         conn.close().await.ok();
         Ok(self.answer(rows, &fetched))
     }
@@ -221,6 +213,15 @@ impl SqlSpec {
             };
         }
         query
+    }
+
+    /// End a call's transaction: a read-only call keeps nothing, whatever it ran.
+    async fn end<DB: Database>(&self, tx: sqlx::Transaction<'_, DB>) -> Result<(), sqlx::Error> {
+        if self.read_only {
+            tx.rollback().await
+        } else {
+            tx.commit().await
+        }
     }
 
     fn answer<R>(&self, rows: (Vec<String>, Vec<Value>), fetched: &Fetched<R>) -> Value {

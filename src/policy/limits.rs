@@ -1,22 +1,26 @@
 //! Rate, concurrency and daily budgets, enforced in memory per token.
 //!
-//! Daily counters are seeded from the store when a token is first seen and their increments
-//! written back every few seconds, so a restart doesn't reset a budget.
+//! Daily counters are seeded from the store when a token is first seen; every second their
+//! increments are written back and the day's totals read, so a restart doesn't reset a
+//! budget and replicas sharing a store see each other's use. Across replicas a daily budget
+//! can be overrun by what the others admitted within that second. Rate and concurrency
+//! limits are leased from a shared store ([`super::leases`]) and never overrun.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 
 use super::PolicySpec;
-use crate::store::{Store, StoreError, UsageDelta};
+use super::leases::{self, Held};
+use crate::store::{Store, StoreError, UsageDelta, UsageTotal};
 
 const DAY_SECS: i64 = 86_400;
-/// How often usage counters are written back to the store.
-const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// How often usage counters are written back to the store (and slot leases renewed).
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Idle time after which a token's counters are dropped from memory.
 const FORGET_AFTER_SECS: i64 = 300;
 
@@ -133,12 +137,16 @@ struct Day {
 
 /// The counters of one token.
 pub struct TokenLimits {
-    id: String,
+    pub(super) id: String,
     rate: Mutex<Option<(NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
-    in_flight: Arc<AtomicU32>,
+    pub(super) in_flight: Arc<AtomicU32>,
     day: Mutex<Day>,
     /// Unix time of the last admission, to forget idle tokens.
     last_seen: AtomicI64,
+    /// What this replica leased of the token's limits, when the store is shared.
+    held: Mutex<Held>,
+    /// Taken while leasing, so one request leases for those arriving with it.
+    pub(super) leasing: tokio::sync::Mutex<()>,
 }
 
 /// Releases a concurrency slot when dropped (when the response body ends).
@@ -163,6 +171,20 @@ impl TokenLimits {
         }
     }
 
+    /// Take in the day's totals from the store, keeping what was counted since they were read.
+    fn take_in(&self, total: &UsageTotal) {
+        let mut day = self.day.lock().unwrap_or_else(PoisonError::into_inner);
+        if day.day == total.day {
+            day.requests = total.requests + day.unsaved_requests;
+            day.tokens = total.tokens + day.unsaved_tokens;
+        }
+    }
+
+    /// What this replica leased of the token's limits.
+    pub(super) fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn roll(day: &mut Day, today: i64) {
         if day.day != today {
             *day = Day {
@@ -176,6 +198,8 @@ impl TokenLimits {
 /// Counters for every token seen, shared by all requests.
 pub struct Limits {
     store: Arc<dyn Store>,
+    /// This process's name in slot leases.
+    replica: String,
     tokens: Mutex<HashMap<String, Arc<TokenLimits>>>,
     /// Serialises admissions, so concurrent requests can't all pass a budget's last unit.
     admitting: Mutex<()>,
@@ -206,6 +230,7 @@ impl Limits {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Limits {
             store,
+            replica: crate::tokens::random_base62(16),
             tokens: Mutex::default(),
             admitting: Mutex::default(),
         }
@@ -234,9 +259,23 @@ impl Limits {
                 ..Day::default()
             }),
             last_seen: AtomicI64::new(now),
+            held: Mutex::default(),
+            leasing: tokio::sync::Mutex::const_new(()),
         });
         let mut map = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(Arc::clone(map.entry(id.to_owned()).or_insert(fresh)))
+    }
+
+    /// Lease from a shared store what the links' rate and concurrency limits need for one
+    /// more request; nothing to do when the store isn't shared.
+    pub async fn lease(&self, links: &[(Arc<TokenLimits>, LimitSet)]) -> Result<(), StoreError> {
+        let Some(store) = self.store.leases() else {
+            return Ok(());
+        };
+        for (counters, spec) in links {
+            leases::top_up(store, &self.replica, counters, spec.rpm, spec.concurrency).await?;
+        }
+        Ok(())
     }
 
     /// Admit one request against every link of a token's chain (one `(counters, limits)`
@@ -278,16 +317,25 @@ impl Limits {
             counts_tokens: links.iter().any(|(_, spec)| spec.daily_tokens.is_some()),
             ..Admission::default()
         };
+        let shared = self.store.leases().is_some();
+        let instant = Instant::now();
         for (counters, spec) in links {
             if let Some(max) = spec.concurrency {
+                let mut held = counters.held();
+                let cap = if shared {
+                    held.slots(instant).min(max.get())
+                } else {
+                    max.get()
+                };
                 let taken =
                     counters
                         .in_flight
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                            (n < max.get()).then_some(n + 1)
+                            (n < cap).then_some(n + 1)
                         });
-                if taken.is_err() {
-                    return Err(Limited::Concurrency { max: max.get() });
+                match taken {
+                    Ok(before) => held.note_in_flight(before + 1),
+                    Err(_) => return Err(Limited::Concurrency { max: max.get() }),
                 }
                 admission
                     .in_flight
@@ -295,7 +343,17 @@ impl Limits {
             }
         }
         for (counters, spec) in links {
-            if let Some(rpm) = spec.rpm {
+            if let Some(rpm) = spec.rpm
+                && shared
+            {
+                if !counters.held().take_permit(instant) {
+                    return Err(Limited::Rate {
+                        rpm: rpm.get(),
+                        retry_after: (Duration::from_secs(60) / rpm.get())
+                            .max(Duration::from_secs(1)),
+                    });
+                }
+            } else if let Some(rpm) = spec.rpm {
                 let limiter = counters.rate_limiter(rpm);
                 if let Err(not_until) = limiter.check() {
                     let clock = governor::clock::DefaultClock::default();
@@ -339,6 +397,9 @@ impl Limits {
                 Ok(()) => self.forget_idle(crate::clock::now()),
                 Err(e) => tracing::warn!(error = %e, "could not record usage counters; will retry"),
             }
+            if let Err(e) = self.renew_leases().await {
+                tracing::warn!(error = %e, "could not renew concurrency leases; they will lapse");
+            }
         }
     }
 
@@ -353,22 +414,20 @@ impl Limits {
                 Arc::strong_count(counters) > 1
                     || now - counters.last_seen.load(Ordering::Relaxed) < FORGET_AFTER_SECS
                     || day.unsaved_requests + day.unsaved_tokens > 0
+                    || !leases::holds_nothing(counters)
             });
     }
 
-    /// Write unsaved usage to the store; on failure it is kept for the next try.
+    /// Write unsaved usage to the store and take in the day's totals, which include other
+    /// replicas' use; on failure the unsaved usage is kept for the next try.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let all: Vec<Arc<TokenLimits>> = self
-            .tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let all = self.all();
+        // With a shared store, tokens with nothing unsaved are read too: others may use them.
+        let shared = self.store.leases().is_some();
         let mut deltas = Vec::new();
         for counters in &all {
             let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
-            if day.unsaved_requests + day.unsaved_tokens > 0 {
+            if shared || day.unsaved_requests + day.unsaved_tokens > 0 {
                 deltas.push(UsageDelta {
                     token_id: counters.id.clone(),
                     day: day.day,
@@ -380,20 +439,46 @@ impl Limits {
         if deltas.is_empty() {
             return Ok(());
         }
-        let result = self.store.add_usage(&deltas).await;
-        if result.is_err() {
-            let by_id: HashMap<&str, &Arc<TokenLimits>> =
-                all.iter().map(|c| (c.id.as_str(), c)).collect();
-            for delta in &deltas {
-                if let Some(counters) = by_id.get(delta.token_id.as_str()) {
-                    let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
-                    if day.day == delta.day {
-                        day.unsaved_requests += delta.requests;
-                        day.unsaved_tokens += delta.tokens;
+        let by_id: HashMap<&str, &Arc<TokenLimits>> =
+            all.iter().map(|c| (c.id.as_str(), c)).collect();
+        match self.store.add_usage(&deltas).await {
+            Ok(totals) => {
+                for total in totals {
+                    if let Some(counters) = by_id.get(total.token_id.as_str()) {
+                        counters.take_in(&total);
                     }
                 }
+                Ok(())
+            }
+            Err(e) => {
+                for delta in &deltas {
+                    if let Some(counters) = by_id.get(delta.token_id.as_str()) {
+                        let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
+                        if day.day == delta.day {
+                            day.unsaved_requests += delta.requests;
+                            day.unsaved_tokens += delta.tokens;
+                        }
+                    }
+                }
+                Err(e)
             }
         }
-        result
+    }
+
+    /// Give back unused concurrency slots leased from a shared store and renew the rest.
+    async fn renew_leases(&self) -> Result<(), StoreError> {
+        match self.store.leases() {
+            Some(store) => leases::renew(store, &self.replica, &self.all()).await,
+            None => Ok(()),
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<TokenLimits>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 }

@@ -5,6 +5,7 @@
 //! child token can only ever narrow what its parent may do.
 
 mod body;
+mod leases;
 pub mod limits;
 mod rules;
 pub mod usage;

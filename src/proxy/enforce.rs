@@ -242,6 +242,10 @@ impl Enforcer {
         if links.is_empty() {
             return Ok(None);
         }
+        self.counters.lease(&links).await.map_err(|e| {
+            tracing::error!(error = %e, "limits could not be leased; refusing the request");
+            ProxyError::StoreUnavailable
+        })?;
         self.counters
             .admit(&links, clock::now())
             .map(Some)

@@ -11,6 +11,7 @@ mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -281,6 +282,39 @@ pub struct UsageDelta {
     pub tokens: u64,
 }
 
+impl UsageDelta {
+    /// The deltas with those of one token and day summed into one, in (token, day) order.
+    pub fn summed(deltas: &[UsageDelta]) -> Vec<UsageDelta> {
+        let mut sums: std::collections::BTreeMap<(&str, i64), (u64, u64)> = Default::default();
+        for d in deltas {
+            let sum = sums.entry((&d.token_id, d.day)).or_default();
+            sum.0 += d.requests;
+            sum.1 += d.tokens;
+        }
+        sums.into_iter()
+            .map(|((token_id, day), (requests, tokens))| UsageDelta {
+                token_id: token_id.to_owned(),
+                day,
+                requests,
+                tokens,
+            })
+            .collect()
+    }
+}
+
+/// A token's counters for one day after an [`Store::add_usage`], as every broker added them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageTotal {
+    /// The token.
+    pub token_id: String,
+    /// Day number (Unix days, UTC).
+    pub day: i64,
+    /// Requests counted.
+    pub requests: u64,
+    /// LLM tokens counted.
+    pub tokens: u64,
+}
+
 /// An audit record to append; the store numbers and chains it.
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -352,6 +386,10 @@ pub trait Store: Send + Sync {
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// The change counter that invalidates broker caches.
     async fn revision(&self) -> Result<i64, StoreError>;
+    /// Leases of limits shared by several brokers, if this store can be shared by them.
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
 
     /// Insert a secret; `Conflict` if the name is taken in its tenant.
     async fn insert_secret(&self, secret: &NewSecret) -> Result<(), StoreError>;
@@ -457,8 +495,9 @@ pub trait Store: Send + Sync {
 
     /// A token's (requests, LLM tokens) counted so far on `day`.
     async fn usage(&self, token_id: &str, day: i64) -> Result<(u64, u64), StoreError>;
-    /// Add to daily counters.
-    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
+    /// Add to daily counters (a zero delta only reads) and return the totals of each token
+    /// and day the deltas name.
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<Vec<UsageTotal>, StoreError>;
     /// Record when tokens were last used: `(token id, unix time)` pairs.
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError>;
 
@@ -563,6 +602,38 @@ impl std::fmt::Debug for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Location({self})")
     }
+}
+
+/// Limits shared by the brokers on one store, leased in chunks so that counting stays local.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Take up to `want` requests of `key`'s rate, one per `interval` with up to `burst`
+    /// of them early; how many were granted.
+    async fn lease_rate(
+        &self,
+        key: &str,
+        want: u32,
+        interval: Duration,
+        burst: Duration,
+    ) -> Result<u32, StoreError>;
+    /// Raise what `replica` holds of `key`'s `max` concurrency slots towards `want`, for
+    /// `ttl`; what it holds now (less than `want` when the other replicas hold the rest).
+    async fn lease_slots(
+        &self,
+        key: &str,
+        replica: &str,
+        want: u32,
+        max: u32,
+        ttl: Duration,
+    ) -> Result<u32, StoreError>;
+    /// Set what `replica` holds to `held` (zero releases) and extend those leases by `ttl`;
+    /// the keys whose lease was still alive to extend.
+    async fn renew_slots(
+        &self,
+        replica: &str,
+        held: &[(String, u32)],
+        ttl: Duration,
+    ) -> Result<Vec<String>, StoreError>;
 }
 
 #[cfg(test)]

@@ -9,12 +9,14 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
+mod leases;
+
 use super::audit_batch;
 use super::rows;
 use super::{
     AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
     NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord,
-    UsageDelta, UsageRecord, audit_checkpoint_key, audit_head_key,
+    UsageDelta, UsageRecord, UsageTotal, audit_checkpoint_key, audit_head_key,
 };
 use crate::audit::{AuditSigner, Head, StoredRecord};
 use crate::tokens::TokenHash;
@@ -163,6 +165,10 @@ impl Store for PgStore {
         let mut conn = self.pool.acquire().await?;
         put_meta(&mut conn, key, value).await?;
         Ok(())
+    }
+
+    fn leases(&self) -> Option<&dyn super::Leases> {
+        Some(self)
     }
 
     async fn revision(&self) -> Result<i64, StoreError> {
@@ -598,23 +604,47 @@ impl Store for PgStore {
         Ok((rows::to_u64(requests), rows::to_u64(tokens)))
     }
 
-    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for d in deltas {
-            sqlx::query(
-                "INSERT INTO usage (token_id, day, requests, tokens) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (token_id, day) DO UPDATE SET requests = usage.requests + excluded.requests, \
-                 tokens = usage.tokens + excluded.tokens",
-            )
-            .bind(&d.token_id)
-            .bind(d.day)
-            .bind(rows::to_i64(d.requests))
-            .bind(rows::to_i64(d.tokens))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<Vec<UsageTotal>, StoreError> {
+        // One statement for all, as several replicas flush every second; summed first, as an
+        // upsert may not touch a row twice.
+        let deltas = UsageDelta::summed(deltas);
+        let ids: Vec<&str> = deltas.iter().map(|d| d.token_id.as_str()).collect();
+        let days: Vec<i64> = deltas.iter().map(|d| d.day).collect();
+        let requests: Vec<i64> = deltas.iter().map(|d| rows::to_i64(d.requests)).collect();
+        let tokens: Vec<i64> = deltas.iter().map(|d| rows::to_i64(d.tokens)).collect();
+        // Zero deltas only read: a day without usage gets no row.
+        let found: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "WITH delta AS (SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[]) \
+             AS d (token_id, day, requests, tokens)), \
+             added AS (INSERT INTO usage (token_id, day, requests, tokens) \
+             SELECT * FROM delta WHERE requests + tokens > 0 \
+             ON CONFLICT (token_id, day) DO UPDATE SET requests = usage.requests + excluded.requests, \
+             tokens = usage.tokens + excluded.tokens RETURNING token_id, day, requests, tokens) \
+             SELECT * FROM added UNION ALL SELECT u.token_id, u.day, u.requests, u.tokens \
+             FROM usage u JOIN delta d USING (token_id, day) WHERE d.requests + d.tokens = 0",
+        )
+        .bind(&ids)
+        .bind(&days)
+        .bind(&requests)
+        .bind(&tokens)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found: std::collections::HashMap<(String, i64), (i64, i64)> = found
+            .into_iter()
+            .map(|(id, day, r, t)| ((id, day), (r, t)))
+            .collect();
+        Ok(deltas
+            .into_iter()
+            .map(|d| {
+                let (r, t) = found.remove(&(d.token_id.clone(), d.day)).unwrap_or_default();
+                UsageTotal {
+                    token_id: d.token_id,
+                    day: d.day,
+                    requests: rows::to_u64(r),
+                    tokens: rows::to_u64(t),
+                }
+            })
+            .collect())
     }
 
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {

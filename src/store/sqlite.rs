@@ -13,7 +13,7 @@ use super::rows;
 use super::{
     AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
     NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord,
-    UsageDelta, UsageRecord, audit_checkpoint_key, audit_head_key,
+    UsageDelta, UsageRecord, UsageTotal, audit_checkpoint_key, audit_head_key,
 };
 use crate::audit::{AuditSigner, Head, StoredRecord};
 use crate::tokens::TokenHash;
@@ -615,23 +615,38 @@ impl Store for SqliteStore {
         Ok((rows::to_u64(requests), rows::to_u64(tokens)))
     }
 
-    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<Vec<UsageTotal>, StoreError> {
         let mut tx = self.write().await?;
-        for d in deltas {
-            sqlx::query(
-                "INSERT INTO usage (token_id, day, requests, tokens) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (token_id, day) DO UPDATE SET requests = requests + excluded.requests, \
-                 tokens = tokens + excluded.tokens",
-            )
-            .bind(&d.token_id)
-            .bind(d.day)
-            .bind(rows::to_i64(d.requests))
-            .bind(rows::to_i64(d.tokens))
-            .execute(&mut *tx)
-            .await?;
+        let deltas = UsageDelta::summed(deltas);
+        let mut totals = Vec::with_capacity(deltas.len());
+        for d in &deltas {
+            // Zero is only a read: no row for a day without usage.
+            let query = if d.requests + d.tokens == 0 {
+                sqlx::query_as("SELECT requests, tokens FROM usage WHERE token_id = ? AND day = ?")
+                    .bind(&d.token_id)
+                    .bind(d.day)
+            } else {
+                sqlx::query_as(
+                    "INSERT INTO usage (token_id, day, requests, tokens) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (token_id, day) DO UPDATE SET requests = requests + excluded.requests, \
+                     tokens = tokens + excluded.tokens RETURNING requests, tokens",
+                )
+                .bind(&d.token_id)
+                .bind(d.day)
+                .bind(rows::to_i64(d.requests))
+                .bind(rows::to_i64(d.tokens))
+            };
+            let row: Option<(i64, i64)> = query.fetch_optional(&mut *tx).await?;
+            let (requests, tokens) = row.unwrap_or_default();
+            totals.push(UsageTotal {
+                token_id: d.token_id.clone(),
+                day: d.day,
+                requests: rows::to_u64(requests),
+                tokens: rows::to_u64(tokens),
+            });
         }
         tx.commit().await?;
-        Ok(())
+        Ok(totals)
     }
 
     async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::mock::MockUpstream;
-use crate::support::{Env, run_python};
+use crate::support::{Env, pg, run_python};
 
 const KEY: &str = "sk-proj-POLICY-real-key-0123456789";
 
@@ -138,6 +138,74 @@ async fn rpm_and_concurrency_hold_under_concurrent_load() {
     );
     assert_eq!(mock.requests().len(), 5 + passed);
     broker.stop().await;
+}
+
+/// Three brokers on one PostgreSQL store share each token's limits: together they admit
+/// what one broker alone would, where unshared they would admit three times as much.
+#[tokio::test]
+async fn rpm_concurrency_and_daily_budgets_hold_across_replicas_sharing_a_store() {
+    if !pg::on_postgres() {
+        eprintln!("skipped: replicas share a store on PostgreSQL (SEKS_TEST_STORE=postgres)");
+        return;
+    }
+    let (mock, env) = setup("").await;
+    let limited = env
+        .create_token("main", &["--rpm", "30", "--agent", "rpm"])
+        .await;
+    let narrow = env
+        .create_token("main", &["--concurrency", "2", "--agent", "narrow"])
+        .await;
+    let budget = env
+        .create_token("main", &["--daily-requests", "10", "--agent", "daily"])
+        .await;
+    let replicas = [env.serve().await, env.serve().await, env.serve().await];
+    let spread = replicas
+        .iter()
+        .map(|r| r.url("/api/openai/v1"))
+        .collect::<Vec<_>>()
+        .join(" ");
+
+    // rpm 30 allows a burst of 30, then one more every 2 s while the burst lasts.
+    let results = sdk(&spread, &limited, &["burst", "90", "/models"]).await;
+    let passed = results.iter().filter(|r| r["status"] == 200).count();
+    assert!((30..=33).contains(&passed), "{passed} passed: {results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == 200 || r["code"] == "rate_limited"),
+        "{results:?}"
+    );
+    assert_eq!(mock.requests().len(), passed);
+
+    let results = sdk(&spread, &narrow, &["burst", "9", "/sleep"]).await;
+    let slept = results.iter().filter(|r| r["status"] == 200).count();
+    assert!((1..=2).contains(&slept), "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == 200 || r["code"] == "concurrency_limited"),
+        "{results:?}"
+    );
+    assert!(
+        mock.max_in_flight() <= 2,
+        "the upstream saw {} at once",
+        mock.max_in_flight()
+    );
+
+    // Daily budgets are reconciled every second: calls five a second overrun 10 by what the
+    // other replicas admitted in the last second or two (unshared, all 30 would pass).
+    let results = sdk(&spread, &budget, &["paced", "30", "/models", "200"]).await;
+    let admitted = results.iter().filter(|r| r["status"] == 200).count();
+    assert!((10..=18).contains(&admitted), "{admitted} admitted: {results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == 200 || r["code"] == "budget_exhausted"),
+        "{results:?}"
+    );
+    for replica in replicas {
+        replica.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! the audit chain.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use seks::audit::ChainKey;
 use seks::store::{
@@ -14,7 +15,7 @@ use seks::store::{
 use seks::tokens::TokenHash;
 use seks::vault::{Key, SealedSecret};
 
-use crate::support::Env;
+use crate::support::{Env, pg};
 
 const T: &str = "default";
 
@@ -218,8 +219,26 @@ async fn the_store_contract_holds_on_this_backend() {
         requests: 2,
         tokens: 30,
     };
-    store.add_usage(&[delta.clone(), delta]).await.unwrap();
+    let totals = store.add_usage(&[delta.clone(), delta]).await.unwrap();
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    assert_eq!((totals[0].requests, totals[0].tokens), (4, 60));
     assert_eq!(store.usage("tok_p", 20_000).await.unwrap(), (4, 60));
+    // A zero delta reads what another broker added, and creates no row for an unused token.
+    let read = |id: &str| UsageDelta {
+        token_id: id.into(),
+        day: 20_000,
+        requests: 0,
+        tokens: 0,
+    };
+    let totals = again
+        .add_usage(&[read("tok_p"), read("tok_unused")])
+        .await
+        .unwrap();
+    let seen: Vec<_> = totals
+        .iter()
+        .map(|t| (t.token_id.as_str(), t.requests, t.tokens))
+        .collect();
+    assert_eq!(seen, [("tok_p", 4, 60), ("tok_unused", 0, 0)]);
     assert_eq!(store.usage_since(T, 19_999).await.unwrap().len(), 1);
 
     // The audit chain: appended in order, read back filtered, pruned behind a checkpoint.
@@ -263,4 +282,70 @@ async fn the_store_contract_holds_on_this_backend() {
     // Deleting a secret takes its tokens with it.
     assert_eq!(store.delete_secret(T, "sec_a").await.unwrap(), 3);
     assert!(store.all_secrets().await.unwrap().is_empty());
+}
+
+/// Only a store several brokers can share leases limits, and its leases never grant more
+/// than the limit, however many replicas ask at once.
+#[tokio::test]
+async fn a_shared_store_leases_rates_and_slots_without_going_over() {
+    let env = Env::new("");
+    let store = open(&env).await;
+    let Some(leases) = store.leases() else {
+        assert!(!pg::on_postgres(), "the PostgreSQL store is the shared one");
+        return;
+    };
+    // One request per 10 min with 50 min of burst: 6 now, then none for 10 min.
+    let (interval, burst) = (Duration::from_secs(600), Duration::from_secs(3000));
+    let mut granted = Vec::new();
+    for _ in 0..4 {
+        granted.push(leases.lease_rate("tok_r", 4, interval, burst).await.unwrap());
+    }
+    assert_eq!(granted, [4, 2, 0, 0]);
+
+    // Five slots across replicas a, b and c.
+    let ttl = Duration::from_secs(30);
+    assert_eq!(leases.lease_slots("tok_c", "a", 3, 5, ttl).await.unwrap(), 3);
+    assert_eq!(leases.lease_slots("tok_c", "b", 4, 5, ttl).await.unwrap(), 2);
+    assert_eq!(leases.lease_slots("tok_c", "c", 1, 5, ttl).await.unwrap(), 0);
+    // a gives one back and releases nothing else; b can then have it.
+    let renewed = leases
+        .renew_slots("a", &[("tok_c".into(), 2), ("tok_none".into(), 0)], ttl)
+        .await
+        .unwrap();
+    assert_eq!(renewed, ["tok_c"]);
+    assert_eq!(leases.lease_slots("tok_c", "b", 4, 5, ttl).await.unwrap(), 3);
+    // Releasing all frees them for c.
+    leases
+        .renew_slots("a", &[("tok_c".into(), 0)], ttl)
+        .await
+        .unwrap();
+    assert_eq!(leases.lease_slots("tok_c", "c", 5, 5, ttl).await.unwrap(), 2);
+
+    // A lease that ran out isn't renewed: its slots may be someone else's by then.
+    let short = Duration::from_millis(200);
+    assert_eq!(leases.lease_slots("tok_x", "a", 2, 2, short).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        leases
+            .renew_slots("a", &[("tok_x".into(), 2)], ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(leases.lease_slots("tok_x", "b", 2, 2, ttl).await.unwrap(), 2);
+
+    // Twenty replicas asking at once for one slot each of seven get seven between them.
+    let mut asks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        asks.spawn(async move {
+            let leases = store.leases().expect("shared");
+            leases
+                .lease_slots("tok_race", &format!("r{i}"), 1, 7, ttl)
+                .await
+                .unwrap()
+        });
+    }
+    let got: u32 = asks.join_all().await.into_iter().sum();
+    assert_eq!(got, 7);
 }

@@ -1,6 +1,8 @@
 """Drive the broker's policy enforcement with the official OpenAI Python SDK.
 
 Usage: policy_client.py SCENARIO [ARGS]   (env: SEKS_BASE_URL, SEKS_TOKEN)
+SEKS_BASE_URL may name several brokers (replicas), separated by spaces: `burst` spreads its
+calls across them in turn, as does `paced`; everything else uses the first.
 Prints one JSON object per call on stdout: {"status": 200|4xx, "code": ..., "message": ...,
 "retry_after": ...}, so the test can check what the SDK saw.
 Scenarios:
@@ -8,6 +10,7 @@ Scenarios:
   stream MODEL              one streamed chat completion (reads it to the end)
   files                     list files (GET /v1/files)
   burst N PATH              N concurrent GET requests to PATH (e.g. /sleep) on threads
+  paced N PATH MS           N GET requests to PATH, one every MS milliseconds
   chats MODEL TOKEN...      one chat completion per TOKEN, in order, in this one process
                             (so a rate limit's window isn't spent starting Pythons)
 """
@@ -15,14 +18,19 @@ import concurrent.futures
 import json
 import os
 import sys
+import time
 
 import openai
 
-def client_for(token):
-    return openai.OpenAI(base_url=os.environ["SEKS_BASE_URL"], api_key=token, max_retries=0, timeout=60)
+BASES = os.environ["SEKS_BASE_URL"].split()
 
 
-client = client_for(os.environ["SEKS_TOKEN"])
+def client_for(token, base=BASES[0]):
+    return openai.OpenAI(base_url=base, api_key=token, max_retries=0, timeout=60)
+
+
+spread = [client_for(os.environ["SEKS_TOKEN"], base) for base in BASES]
+client = spread[0]
 messages = [{"role": "user", "content": "Say hello"}]
 
 
@@ -52,8 +60,8 @@ def stream(model):
     return {"content": "".join(parts)}
 
 
-def get(path):
-    return client.get(path, cast_to=object)
+def get(path, using=client):
+    return using.get(path, cast_to=object)
 
 
 scenario, args = sys.argv[1], sys.argv[2:]
@@ -66,8 +74,14 @@ elif scenario == "files":
 elif scenario == "burst":
     n, path = int(args[0]), args[1]
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
-        for result in pool.map(lambda _: outcome(lambda: get(path)), range(n)):
+        calls = pool.map(lambda i: outcome(lambda: get(path, spread[i % len(spread)])), range(n))
+        for result in calls:
             print(json.dumps(result))
+elif scenario == "paced":
+    n, path, pause = int(args[0]), args[1], int(args[2]) / 1000
+    for i in range(n):
+        print(json.dumps(outcome(lambda: get(path, spread[i % len(spread)]))), flush=True)
+        time.sleep(pause)
 elif scenario == "chats":
     model, tokens = args[0], args[1:]
     for token in tokens:

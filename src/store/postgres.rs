@@ -636,7 +636,9 @@ impl Store for PgStore {
         Ok(deltas
             .into_iter()
             .map(|d| {
-                let (r, t) = found.remove(&(d.token_id.clone(), d.day)).unwrap_or_default();
+                let (r, t) = found
+                    .remove(&(d.token_id.clone(), d.day))
+                    .unwrap_or_default();
                 UsageTotal {
                     token_id: d.token_id,
                     day: d.day,

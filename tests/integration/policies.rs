@@ -196,7 +196,10 @@ async fn rpm_concurrency_and_daily_budgets_hold_across_replicas_sharing_a_store(
     // other replicas admitted in the last second or two (unshared, all 30 would pass).
     let results = sdk(&spread, &budget, &["paced", "30", "/models", "200"]).await;
     let admitted = results.iter().filter(|r| r["status"] == 200).count();
-    assert!((10..=18).contains(&admitted), "{admitted} admitted: {results:?}");
+    assert!(
+        (10..=18).contains(&admitted),
+        "{admitted} admitted: {results:?}"
+    );
     assert!(
         results
             .iter()

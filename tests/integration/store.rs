@@ -298,32 +298,55 @@ async fn a_shared_store_leases_rates_and_slots_without_going_over() {
     let (interval, burst) = (Duration::from_secs(600), Duration::from_secs(3000));
     let mut granted = Vec::new();
     for _ in 0..4 {
-        granted.push(leases.lease_rate("tok_r", 4, interval, burst).await.unwrap());
+        granted.push(
+            leases
+                .lease_rate("tok_r", 4, interval, burst)
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(granted, [4, 2, 0, 0]);
 
     // Five slots across replicas a, b and c.
     let ttl = Duration::from_secs(30);
-    assert_eq!(leases.lease_slots("tok_c", "a", 3, 5, ttl).await.unwrap(), 3);
-    assert_eq!(leases.lease_slots("tok_c", "b", 4, 5, ttl).await.unwrap(), 2);
-    assert_eq!(leases.lease_slots("tok_c", "c", 1, 5, ttl).await.unwrap(), 0);
+    assert_eq!(
+        leases.lease_slots("tok_c", "a", 3, 5, ttl).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        leases.lease_slots("tok_c", "b", 4, 5, ttl).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        leases.lease_slots("tok_c", "c", 1, 5, ttl).await.unwrap(),
+        0
+    );
     // a gives one back and releases nothing else; b can then have it.
     let renewed = leases
         .renew_slots("a", &[("tok_c".into(), 2), ("tok_none".into(), 0)], ttl)
         .await
         .unwrap();
     assert_eq!(renewed, ["tok_c"]);
-    assert_eq!(leases.lease_slots("tok_c", "b", 4, 5, ttl).await.unwrap(), 3);
+    assert_eq!(
+        leases.lease_slots("tok_c", "b", 4, 5, ttl).await.unwrap(),
+        3
+    );
     // Releasing all frees them for c.
     leases
         .renew_slots("a", &[("tok_c".into(), 0)], ttl)
         .await
         .unwrap();
-    assert_eq!(leases.lease_slots("tok_c", "c", 5, 5, ttl).await.unwrap(), 2);
+    assert_eq!(
+        leases.lease_slots("tok_c", "c", 5, 5, ttl).await.unwrap(),
+        2
+    );
 
     // A lease that ran out isn't renewed: its slots may be someone else's by then.
     let short = Duration::from_millis(200);
-    assert_eq!(leases.lease_slots("tok_x", "a", 2, 2, short).await.unwrap(), 2);
+    assert_eq!(
+        leases.lease_slots("tok_x", "a", 2, 2, short).await.unwrap(),
+        2
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         leases
@@ -332,7 +355,10 @@ async fn a_shared_store_leases_rates_and_slots_without_going_over() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(leases.lease_slots("tok_x", "b", 2, 2, ttl).await.unwrap(), 2);
+    assert_eq!(
+        leases.lease_slots("tok_x", "b", 2, 2, ttl).await.unwrap(),
+        2
+    );
 
     // Twenty replicas asking at once for one slot each of seven get seven between them.
     let mut asks = tokio::task::JoinSet::new();

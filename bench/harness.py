@@ -213,12 +213,15 @@ def seks_cli(env, *args, stdin=None):
     return out.stdout.strip()
 
 
-def seks_store(data, upstream_port, secrets=1, extra_config=""):
+def seks_store(data, upstream_port, secrets=1, extra_config="", store_url=None):
     """A fresh data dir with `secrets` openai secrets pointing at the upstream, one of them
-    ('main') holding KEY; returns the env for seks commands."""
+    ('main') holding KEY, in the store at `store_url` (default: SQLite in the data dir);
+    returns the env for seks commands."""
     data.mkdir()
     (data / "seks.toml").write_text(f'[providers.openai]\nbase_url = "http://127.0.0.1:{upstream_port}"\n{extra_config}')
     env = seks_env(data)
+    if store_url:
+        env["SEKS_STORE_URL"] = store_url
     seks_cli(env, "secret", "add", "main", "--provider", "openai", stdin=KEY)
     add_fillers(env, secrets - 1)
     return env
@@ -262,6 +265,31 @@ def bulk_tokens(data, count):
         marks = ", ".join(f":{c}" for c in columns)
         db.executemany(f"INSERT INTO tokens ({', '.join(columns)}) VALUES ({marks})", rows)
     db.close()
+
+
+def start_postgres(procs, work):
+    """A throwaway PostgreSQL cluster in `work` on the server CPU (as the `postgres` user
+    when run as root: initdb refuses root); returns (its server process, its URL)."""
+    bindir = Path(subprocess.run(["pg_config", "--bindir"], check=True, capture_output=True, text=True).stdout.strip())
+    data = work / "pg"
+    data.mkdir()
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+        # setpriv execs (runuser forks), so stopping the process stops PostgreSQL.
+        as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+    subprocess.run([*as_user, bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust"], check=True, capture_output=True)
+    port = free_port()
+    server = procs.start(
+        [*as_user, bindir / "postgres", "-D", data, "-p", port, "-k", data, "-c", "listen_addresses=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 20
+    while subprocess.run([bindir / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
+        if time.time() > deadline:
+            sys.exit("PostgreSQL did not start")
+        time.sleep(0.1)
+    return server, f"postgres://postgres@127.0.0.1:{port}/postgres"
 
 
 def start_seks(procs, env, admin="off"):

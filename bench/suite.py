@@ -23,12 +23,13 @@ itself, nginx, seks), back to back, in --rounds rounds (medians reported):
 Each load run records the load average and the CPU used by the servers, the load
 generator and everything else (in % of a core): repeat a run where others were busy.
 --big-store adds a broker over 1,000 secrets and 100,000 tokens: its start-up, idle RSS and
-p50/p99 at 2,000 req/s against the small store's, alternating. --soak SECONDS runs seks at
+p50/p99 at 2,000 req/s against the small store's, alternating. --postgres does the same for
+a broker whose store is PostgreSQL (a throwaway cluster on the server CPU). --soak SECONDS runs seks at
 80% of its 32-connection max and samples its RSS every second.
 Prints one table (each figure per target, seks/nginx, overhead over direct, the issue's
 targets met or missed, the conditions) and writes it as JSON and as Markdown.
 
-Usage: bench/suite.py [--seconds 10] [--rounds 1] [--big-store] [--soak 600]
+Usage: bench/suite.py [--seconds 10] [--rounds 1] [--big-store] [--postgres] [--soak 600]
                       [--out bench/out/suite.json]
 (as root: installs nginx, its echo module and curl from Debian if missing, oha from
 crates.io, and builds seks in release mode if it isn't built)
@@ -51,7 +52,7 @@ from pathlib import Path
 from harness import (
     CLIENT_CPU, ECHO_MODULE, KEY, ROOT, Meter, Processes, bulk_tokens, cpu_seconds,
     ensure_tools, free_port, load_average, nginx_proxy_conf, rss_mib, seks_cli, seks_store,
-    start_nginx, start_seks, wait_port,
+    start_nginx, start_postgres, start_seks, wait_port,
 )
 
 REQUEST = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]})
@@ -68,6 +69,7 @@ OPEN_STREAMS = 1000
 TTFB_SAMPLES = 200
 DOWNLOADS = 3
 BIG_SECRETS, BIG_TOKENS = 1000, 100_000
+BIG_STORE, POSTGRES = "seks big store", "seks on PostgreSQL"
 
 
 @dataclass
@@ -286,19 +288,43 @@ def big_store(run, procs, work, upstream_port, small, args):
     bulk_tokens(data, BIG_TOKENS - 1)
     filled = time.perf_counter() - started
     proc, port, startup = start_seks(procs, env)
-    big = Target("seks big store", port, "/api/openai", token, [proc.pid], [proc.pid])
+    big = Target(BIG_STORE, port, "/api/openai", token, [proc.pid], [proc.pid])
     run.add("start-up ms", big.name, 1000 * startup)
     warm_up(run, big)
-    for r in range(max(2, args.rounds)):
-        for t in (small, big) if r % 2 == 0 else (big, small):
-            with Meter(run.servers + [proc.pid]) as meter:
-                out = oha(t, args.seconds, RATE_CONNECTIONS, 2000)
-            run.conditions.setdefault("small vs big store", {}).setdefault(t.name, []).append(meter.reading)
-            for p in ("p50", "p99"):
-                run.add(f"{p} µs @2,000/s, small vs big store", t.name, 1e6 * out["latencyPercentiles"][p])
-            run.add("errors, small vs big store", t.name, out["errors"])
+    alternate(run, small, big, [proc.pid], args, "small vs big store")
     procs.stop(proc)
     return {"secrets": BIG_SECRETS, "tokens": BIG_TOKENS, "fill_seconds": round(filled, 1)}
+
+
+def postgres_store(run, procs, work, upstream_port, small, args):
+    """A broker over a PostgreSQL store with the same secret and token, against SQLite's."""
+    server, url = start_postgres(procs, work)
+    env = seks_store(work / "seks-pg", upstream_port, store_url=url)
+    token = seks_cli(env, "token", "create", "--secret", "main")
+    proc, port, startup = start_seks(procs, env)
+    pg = Target(POSTGRES, port, "/api/openai", token, [proc.pid], [proc.pid])
+    run.add("start-up ms", pg.name, 1000 * startup)
+    warm_up(run, pg)
+    alternate(run, small, pg, [proc.pid, server.pid], args, "SQLite vs PostgreSQL store")
+    procs.stop(proc)
+    procs.stop(server)
+    return {"server": subprocess.run(["pg_config", "--version"], capture_output=True, text=True).stdout.strip()}
+
+
+def alternate(run, small, other, pids, args, label):
+    """p50/p99 and CPU per request at 2,000 req/s of `small` and `other` (whose processes
+    are `pids`), taken in turns, at least twice each."""
+    for r in range(max(2, args.rounds)):
+        for t in (small, other) if r % 2 == 0 else (other, small):
+            with Meter(run.servers + pids) as meter:
+                cpu_before = cpu_seconds(*t.cpu_pids)
+                out = oha(t, args.seconds, RATE_CONNECTIONS, 2000)
+                cpu = cpu_seconds(*t.cpu_pids) - cpu_before
+            run.conditions.setdefault(label, {}).setdefault(t.name, []).append(meter.reading)
+            for p in ("p50", "p99"):
+                run.add(f"{p} µs @2,000/s, {label}", t.name, 1e6 * out["latencyPercentiles"][p])
+            run.add(f"CPU µs/req @2,000/s, {label}", t.name, 1e6 * cpu / max(1, out["ok"]))
+            run.add(f"errors, {label}", t.name, out["errors"])
 
 
 def soak(target, servers, rate, seconds):
@@ -356,10 +382,15 @@ def check(results):
     if "big_store" in results:
         for p in ("p50", "p99"):
             v = f[f"{p} µs @2,000/s, small vs big store"]
-            ratio = v["seks big store"] / v["seks"]
+            ratio = v[BIG_STORE] / v["seks"]
             add(f"{p} @2,000/s, big store / small store", ratio, "≤ 1.1", ratio <= 1.1)
-        startup = f["start-up ms"]["seks big store"]
+        startup = f["start-up ms"][BIG_STORE]
         add("start-up to ready with the big store, ms", startup, "≤ 200", startup <= 200)
+    if "postgres" in results:
+        for p in ("p50", "p99"):
+            v = f[f"{p} µs @2,000/s, SQLite vs PostgreSQL store"]
+            ratio = v[POSTGRES] / v["seks"]
+            add(f"{p} @2,000/s, PostgreSQL / SQLite store (issue 8)", ratio, "≤ 1.1", ratio <= 1.1)
     return checks
 
 
@@ -405,7 +436,7 @@ def vs_direct(figure, values, name):
 
 def table(results):
     """Header and rows: each figure per target, seks/nginx, overheads over direct."""
-    names = ["direct", "nginx", "seks"] + (["seks big store"] if "big_store" in results else [])
+    names = ["direct", "nginx", "seks"] + [BIG_STORE] * ("big_store" in results) + [POSTGRES] * ("postgres" in results)
     header = ["figure", *names, "seks/nginx", "nginx−direct", "seks−direct"]
     rows = []
     for figure, values in results["figures"].items():
@@ -472,6 +503,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every measurement; medians reported")
     parser.add_argument("--big-store", action="store_true", help=f"also {BIG_SECRETS:,} secrets and {BIG_TOKENS:,} tokens")
+    parser.add_argument("--postgres", action="store_true", help="also a broker on a PostgreSQL store")
     parser.add_argument("--soak", type=int, metavar="SECONDS", help="RSS over a run this long at 80%% of seks's max")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "suite.json"))
     args = parser.parse_args()
@@ -520,6 +552,8 @@ def run_suite(args, work, procs):
     measure(run, targets, args, args.rounds)
     if args.big_store:
         results["big_store"] = big_store(run, procs, work, upstream_port, targets[2], args)
+    if args.postgres:
+        results["postgres"] = postgres_store(run, procs, work, upstream_port, targets[2], args)
     if args.soak:
         rate = int(0.8 * statistics.median(run.samples["max req/s, 32 conns"]["seks"]))
         results["soak"] = soak(targets[2], run.servers, rate, args.soak)

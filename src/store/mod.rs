@@ -421,7 +421,7 @@ pub trait Store: Send + Sync {
     /// Delete a secret and every token that uses it; returns how many tokens went with it.
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError>;
 
-    /// Insert a token.
+    /// Insert a token; `NotFound` if the named policy it follows doesn't exist.
     async fn insert_token(&self, token: &NewToken) -> Result<(), StoreError>;
     /// Find a token by the hash of its text.
     async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
@@ -432,7 +432,8 @@ pub trait Store: Send + Sync {
     /// Mark a token and every token derived from it revoked; returns how many were, 0 if
     /// there is no such active token.
     async fn revoke_token(&self, tenant: &str, id: &str, at: i64) -> Result<u64, StoreError>;
-    /// Replace a token's policy, named policy and expiry; false if there is no such token.
+    /// Replace a token's policy, named policy and expiry; false if there is no such token,
+    /// `NotFound` if there is no such named policy.
     async fn update_token_policy(
         &self,
         tenant: &str,

@@ -321,9 +321,12 @@ impl Store for SqliteStore {
     }
 
     async fn insert_token(&self, t: &NewToken) -> Result<(), StoreError> {
-        sqlx::query(
+        // The named policy is checked (and, on PostgreSQL, locked) in the same statement, so a
+        // policy deleted meanwhile can't be left named by a new token.
+        let done = sqlx::query(
             "INSERT INTO tokens (id, tenant_id, agent, secret_id, token_hash, hint, expires_at, created_at, \
-             parent_id, policy, policy_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             parent_id, policy, policy_name) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 \
+             WHERE ?11 IS NULL OR EXISTS (SELECT 1 FROM policies WHERE tenant_id = ?2 AND name = ?11)",
         )
         .bind(&t.id)
         .bind(&t.tenant)
@@ -338,7 +341,10 @@ impl Store for SqliteStore {
         .bind(&t.policy_name)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        match (&t.policy_name, done.rows_affected()) {
+            (Some(name), 0) => Err(StoreError::NotFound(format!("policy `{name}`"))),
+            _ => Ok(()),
+        }
     }
 
     async fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
@@ -406,15 +412,27 @@ impl Store for SqliteStore {
         policy_name: Option<&str>,
         expires_at: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE tokens SET policy = ?, policy_name = ?, expires_at = ? WHERE tenant_id = ? AND id = ?")
-            .bind(policy)
-            .bind(policy_name)
-            .bind(expires_at)
-            .bind(tenant)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let done = sqlx::query(
+            "UPDATE tokens SET policy = ?1, policy_name = ?2, expires_at = ?3 \
+             WHERE tenant_id = ?4 AND id = ?5 AND (?2 IS NULL OR EXISTS \
+             (SELECT 1 FROM policies WHERE tenant_id = ?4 AND name = ?2))",
+        )
+        .bind(policy)
+        .bind(policy_name)
+        .bind(expires_at)
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        match policy_name {
+            Some(name) if self.policy(tenant, name).await?.is_none() => {
+                Err(StoreError::NotFound(format!("policy `{name}`")))
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn put_policy(

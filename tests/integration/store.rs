@@ -160,6 +160,25 @@ async fn the_store_contract_holds_on_this_backend() {
         store.delete_policy(T, "chat").await,
         Err(StoreError::InUse(_))
     ));
+    // A policy that doesn't exist can't be named.
+    assert!(matches!(
+        store
+            .update_token_policy(T, "tok_p", None, Some("nope"), None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        !store
+            .update_token_policy(T, "tok_none", None, Some("chat"), None)
+            .await
+            .unwrap()
+    );
+    let mut follows_nothing = token("tok_n", 40, None);
+    follows_nothing.policy_name = Some("nope".into());
+    assert!(matches!(
+        store.insert_token(&follows_nothing).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert!(!store.put_capability(T, "b", "{}", 1).await.unwrap());
     assert!(store.put_capability(T, "b", "{\"x\":1}", 2).await.unwrap());
     assert!(!store.put_capability(T, "A", "{}", 3).await.unwrap());
@@ -374,4 +393,36 @@ async fn a_shared_store_leases_rates_and_slots_without_going_over() {
     }
     let got: u32 = asks.join_all().await.into_iter().sum();
     assert_eq!(got, 7);
+}
+
+/// A policy deleted while a token naming it is created (through two replicas, say): either
+/// the token is refused or the delete is, never a token left following a deleted policy.
+#[tokio::test]
+async fn deleting_a_policy_and_creating_a_token_that_names_it_never_both_succeed() {
+    let env = Env::new("");
+    let store = open(&env).await;
+    let other = open(&env).await;
+    store
+        .insert_secret(&NewSecret {
+            id: "sec_a".into(),
+            tenant: T.into(),
+            name: "main".into(),
+            provider: "openai".into(),
+            sealed: sealed(1),
+            created_at: 100,
+        })
+        .await
+        .unwrap();
+    for i in 0..40u8 {
+        let name = format!("p{i}");
+        store.put_policy(T, &name, "{}", 100).await.unwrap();
+        let mut new = token(&format!("tok_{i}"), i, None);
+        new.policy_name = Some(name.clone());
+        let (deleted, inserted) =
+            tokio::join!(store.delete_policy(T, &name), other.insert_token(&new));
+        match (deleted, inserted) {
+            (Ok(true), Err(StoreError::NotFound(_))) | (Err(StoreError::InUse(_)), Ok(())) => {}
+            outcome => panic!("round {i}: {outcome:?}"),
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Persistent state behind one [`Store`] trait: secrets (sealed), tokens (hashed), and the
-//! revision counter that tells running brokers to drop their caches.
+//! revision counter that tells running brokers to drop their caches (announced as it moves
+//! where the backend can, see [`Store::changes`]).
 //!
 //! SQLite is the embedded default; a PostgreSQL backend implements the same trait. The
 //! proxy only ever sees `Arc<dyn Store>`.
@@ -352,6 +353,13 @@ pub trait Store: Send + Sync {
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// The change counter that invalidates broker caches.
     async fn revision(&self) -> Result<i64, StoreError>;
+    /// A feed whose value moves whenever [`Store::revision`] may have moved, for backends
+    /// that announce changes (PostgreSQL's LISTEN/NOTIFY): a broker then reloads at once
+    /// instead of at its next poll. `None`: poll. Announcements can be missed (a dropped
+    /// connection), so they only ever add to polling.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     /// Insert a secret; `Conflict` if the name is taken in its tenant.
     async fn insert_secret(&self, secret: &NewSecret) -> Result<(), StoreError>;

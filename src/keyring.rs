@@ -265,7 +265,13 @@ impl Keyring {
         let record = match timed(self.store.token_by_hash(&hash)).await {
             Ok(record) => record.ok_or(KeyringError::UnknownToken)?,
             // The store went away since the last sync, which hasn't noticed yet.
-            Err(e) if e.is_outage() && self.within_grace() => return cached.ok_or(e),
+            Err(e) if e.is_outage() && self.within_grace() => {
+                // Unless a sync meanwhile found something changed and dropped the cache.
+                return match cached {
+                    Some(hit) if self.read_cache().generation == generation => Ok(hit),
+                    _ => Err(e),
+                };
+            }
             Err(e) => return Err(e),
         };
         let entry = Arc::new(self.entry(record).await?);
@@ -662,4 +668,113 @@ async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T
         .await
         .map_err(|_| KeyringError::Timeout)?
         .map_err(KeyringError::Store)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Executor, SqliteConnection};
+
+    use super::*;
+    use crate::ops::Ops;
+    use crate::ops::views::NewTokenRequest;
+    use crate::providers::Providers;
+    use crate::store::Location;
+    use crate::vault::Key;
+
+    /// A keyring with `grace` over a fresh SQLite store holding an openai secret and tokens
+    /// for `agents`, synced; the tokens' texts, and a connection to break the store with.
+    async fn fixture(
+        dir: &std::path::Path,
+        grace: Duration,
+        agents: &[&str],
+    ) -> (Keyring, Vec<String>, SqliteConnection) {
+        let location = Location::parse(None, dir).unwrap();
+        let store = location.open().await.unwrap();
+        let vault = Arc::new(Vault::new(Key::from_bytes([7; 32])));
+        let ops = Ops::new(store.clone(), Providers::load(&Default::default()).unwrap());
+        let value = SecretString::from("sk-keyring-test-0123456789abcdef".to_owned());
+        ops.add_secret(&vault, "main", "openai", &value)
+            .await
+            .unwrap();
+        let mut texts = Vec::new();
+        for agent in agents {
+            let request = NewTokenRequest {
+                secret: "main".into(),
+                agent: (*agent).into(),
+                policy: None,
+                policy_name: None,
+            };
+            texts.push(ops.create_token(&vault, &request).await.unwrap().token);
+        }
+        let keyring =
+            Keyring::new(store, vault, Arc::new(Redactor::default())).with_outage_grace(grace);
+        keyring.sync().await.unwrap();
+        let Location::Sqlite(file) = &location else {
+            panic!("the default store is SQLite");
+        };
+        let conn = SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        (keyring, texts, conn)
+    }
+
+    async fn resolve(keyring: &Keyring, text: &str) -> Result<Arc<TokenEntry>, KeyringError> {
+        keyring.token(&crate::tokens::parse(text).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn in_an_outage_cached_tokens_are_served_for_the_grace_and_others_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_secs(3);
+        let (keyring, texts, mut conn) = fixture(dir.path(), grace, &["known", "new"]).await;
+        let known = resolve(&keyring, &texts[0]).await.unwrap();
+        let synced = Instant::now();
+        // The store stops answering the revision: the sync fails, as on a lost server.
+        conn.execute("ALTER TABLE revision RENAME TO revision_gone")
+            .await
+            .unwrap();
+        assert!(keyring.sync().await.is_err());
+
+        tokio::time::sleep(STALE_AFTER + Duration::from_millis(250)).await;
+        let served = resolve(&keyring, &texts[0]).await.unwrap();
+        assert!(Arc::ptr_eq(&served, &known));
+        assert!(keyring.credential(&known.record).await.is_ok());
+        assert!(matches!(
+            resolve(&keyring, &texts[1]).await,
+            Err(KeyringError::StoreDown)
+        ));
+
+        tokio::time::sleep_until((synced + grace).into()).await;
+        assert!(matches!(
+            resolve(&keyring, &texts[0]).await,
+            Err(KeyringError::StoreDown)
+        ));
+
+        conn.execute("ALTER TABLE revision_gone RENAME TO revision")
+            .await
+            .unwrap();
+        keyring.sync().await.unwrap();
+        assert!(resolve(&keyring, &texts[0]).await.is_ok());
+        assert!(resolve(&keyring, &texts[1]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_change_the_store_announced_but_could_not_deliver_drops_cached_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyring, texts, mut conn) =
+            fixture(dir.path(), Duration::from_secs(600), &["known"]).await;
+        resolve(&keyring, &texts[0]).await.unwrap();
+        // The revision moves (a revocation, say), then reading what changed fails.
+        conn.execute("UPDATE revision SET value = value + 1")
+            .await
+            .unwrap();
+        conn.execute("ALTER TABLE secrets RENAME TO secrets_gone")
+            .await
+            .unwrap();
+        assert!(keyring.sync().await.is_err());
+        assert!(matches!(
+            resolve(&keyring, &texts[0]).await,
+            Err(KeyringError::StoreDown)
+        ));
+    }
 }

@@ -250,20 +250,25 @@ impl Auditor {
         slot: Option<Slot>,
         ack: Option<oneshot::Sender<bool>>,
     ) -> bool {
-        let request_id = record.request_id.clone();
-        let queued = slot
-            .or_else(|| self.reserve())
-            .map(|slot| Queued { record, ack, slot });
-        let sent = match queued {
-            Some(queued) => self.queue.send(queued).is_ok(),
-            None => false,
+        let Some(slot) = slot.or_else(|| self.reserve()) else {
+            self.lose(&record);
+            return false;
         };
-        if !sent {
-            metrics::get().audit_lost.inc();
-            let lost = self.health.lost.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::error!(%request_id, lost, "no room in the audit queue: a record was lost");
+        match self.queue.send(Queued { record, ack, slot }) {
+            Ok(()) => true,
+            // The writer has stopped (shutdown).
+            Err(unsent) => {
+                self.lose(&unsent.0.record);
+                false
+            }
         }
-        sent
+    }
+
+    fn lose(&self, record: &AuditRecord) {
+        metrics::get().audit_lost.inc();
+        let lost = self.health.lost.fetch_add(1, Ordering::Relaxed) + 1;
+        let request_id = &record.request_id;
+        tracing::error!(%request_id, lost, "an audit record was lost: no room in the queue, or the writer has stopped");
     }
 
     /// Count a finished request, queue its record (in `slot`, as for

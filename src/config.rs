@@ -151,6 +151,10 @@ pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://user:password@host/db[?sslmode=verify-full]`;
     /// default SQLite in the data directory.
     pub url: Option<String>,
+    /// How long tokens already validated keep being served (and audit records queued) while
+    /// the store doesn't answer; default 0: refuse within a second, as for a revocation.
+    #[serde(default, deserialize_with = "duration")]
+    pub outage_grace: Duration,
 }
 
 /// Audit log settings (`[audit]`).
@@ -277,6 +281,8 @@ pub struct Settings {
     pub master_key_file: PathBuf,
     /// The store's URL; `None`: SQLite in the data directory.
     pub store_url: Option<String>,
+    /// How long cached tokens are served while the store doesn't answer.
+    pub store_outage_grace: Duration,
     /// Request body limit in bytes.
     pub max_body_bytes: u64,
     /// Limit on bodies read for policy, in bytes.
@@ -334,6 +340,7 @@ impl Settings {
             data_dir_is_default,
             master_key_file,
             store_url: cli.store_url.or(file.store.url),
+            store_outage_grace: file.store.outage_grace,
             max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             max_policy_body_bytes: file
                 .max_policy_body_bytes
@@ -397,6 +404,8 @@ mod tests {
             listen = "127.0.0.1:9999"
             data_dir = "/tmp/from-file"
             max_body_bytes = 1024
+            [store]
+            outage_grace = "30s"
             [upstream]
             connect_timeout = "2s"
             [providers.openai]
@@ -417,6 +426,7 @@ mod tests {
             PathBuf::from("/tmp/from-flag/master.key")
         );
         assert_eq!(s.max_body_bytes, 1024);
+        assert_eq!(s.store_outage_grace, Duration::from_secs(30));
         assert_eq!(s.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(s.upstream.read_timeout, Duration::from_secs(300));
         assert!(s.providers.contains_key("openai"));
@@ -446,6 +456,17 @@ mod tests {
         .unwrap();
         assert_eq!(flag.admin_listen, Some("127.0.0.1:0".parse().unwrap()));
         assert!("nonsense".parse::<AdminListen>().is_err());
+    }
+
+    #[test]
+    fn a_store_outage_refuses_tokens_unless_a_grace_is_chosen() {
+        let defaults = Settings::resolve(CliOverrides::default()).unwrap();
+        assert_eq!(defaults.store_outage_grace, Duration::ZERO);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seks.toml");
+        std::fs::write(&path, "[store]\noutage_grace = \"soon\"\n").unwrap();
+        let err = FileConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("outage_grace"), "{err}");
     }
 
     #[test]

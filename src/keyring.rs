@@ -8,12 +8,16 @@
 //! lazily and cached.
 //!
 //! Running brokers learn about changes made by other processes (the CLI, other replicas) by
-//! polling the store's revision counter; any change reloads the secrets and drops cached
-//! tokens. If the store stops answering, cached entries go stale after [`STALE_AFTER`] and
-//! requests go to the store, which then refuses: fail closed.
+//! polling the store's revision counter, and at once where the store announces changes
+//! ([`Store::changes`]); any change reloads the secrets and drops cached tokens. If the store
+//! stops answering, cached entries go stale after [`STALE_AFTER`] and tokens not cached are
+//! refused: fail closed. An operator may choose an outage grace instead
+//! ([`Keyring::with_outage_grace`]): cached tokens keep being served for that long after the
+//! last sync, as long as the store fails to answer (not once it has answered that something
+//! changed).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +31,8 @@ use crate::store::{Store, StoreError, TokenRecord};
 use crate::tokens::{ParsedToken, TokenHash};
 use crate::vault::{SecretIdentity, Vault, VaultError};
 
-/// How often the store's revision counter is polled.
+/// How often the store's revision counter is polled. Announced changes are picked up at
+/// once, but announcements can be missed, so polling stays what the bound rests on.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// Cached entries are not trusted once the last successful sync is older than this, so a
 /// revocation is honoured within a second even when polls fail or stall.
@@ -35,7 +40,7 @@ pub const STALE_AFTER: Duration = Duration::from_millis(750);
 /// Longest wait for any store call made on behalf of a request or a sync.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often last-use times are written back to the store.
-const USE_FLUSH_EVERY: u32 = 20;
+const USE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Cached tokens kept at most; past this a tenth of them make room.
 const MAX_TOKENS: usize = 100_000;
 /// Learned values kept at most; past this the oldest are forgotten.
@@ -53,6 +58,9 @@ pub enum KeyringError {
     /// The store did not answer within [`STORE_TIMEOUT`].
     #[error("the store did not answer within {STORE_TIMEOUT:?}")]
     Timeout,
+    /// The last sync found the store not answering, so a token not cached isn't asked for.
+    #[error("the store is not answering")]
+    StoreDown,
     /// The secret's provider is not the token's: the store was tampered with.
     #[error("secret {0} does not belong to the token's provider")]
     ProviderMismatch(String),
@@ -68,6 +76,19 @@ pub enum KeyringError {
     /// A new version of a secret could not be sealed.
     #[error(transparent)]
     Seal(#[from] VaultError),
+}
+
+impl KeyringError {
+    /// Whether the store failed to answer at all (as opposed to answering no, or answering
+    /// something that can't be used).
+    fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            KeyringError::Timeout
+                | KeyringError::StoreDown
+                | KeyringError::Store(StoreError::Database(_))
+        )
+    }
 }
 
 /// A token ready to be checked: its record, its policies, and its parent's entry.
@@ -188,6 +209,10 @@ pub struct Keyring {
     started: Instant,
     /// Milliseconds after `started` of the last successful sync, plus one (0: never).
     last_sync_ms: AtomicU64,
+    /// The last sync failed because the store did not answer.
+    store_down: AtomicBool,
+    /// How long after the last sync cached tokens are still served while the store is down.
+    outage_grace: Duration,
     uses: Mutex<HashMap<String, i64>>,
     /// Changed only under `reload`, so every scrubber built includes all of it.
     learned: Mutex<Vec<Learned>>,
@@ -206,25 +231,49 @@ impl Keyring {
             revision: AtomicI64::new(i64::MIN),
             started: Instant::now(),
             last_sync_ms: AtomicU64::new(0),
+            store_down: AtomicBool::new(false),
+            outage_grace: Duration::ZERO,
             uses: Mutex::default(),
             learned: Mutex::default(),
         }
     }
 
+    /// Keep serving cached tokens while the store doesn't answer, for up to `grace` after
+    /// the last successful sync (`store.outage_grace`). Zero, the default, fails closed
+    /// after [`STALE_AFTER`].
+    pub fn with_outage_grace(mut self, grace: Duration) -> Self {
+        self.outage_grace = grace;
+        self
+    }
+
     /// Resolve a well-formed token to its entry (revoked and expired ones included: policy decides).
     pub async fn token(&self, parsed: &ParsedToken<'_>) -> Result<Arc<TokenEntry>, KeyringError> {
         let hash = parsed.hash();
-        let fresh = self.is_fresh();
-        let generation = {
+        let (cached, generation) = {
             let cache = self.read_cache();
-            if fresh && let Some(hit) = cache.tokens.get(&hash) {
-                return Ok(Arc::clone(hit));
-            }
-            cache.generation
+            (cache.tokens.get(&hash).cloned(), cache.generation)
         };
-        let record = timed(self.store.token_by_hash(&hash))
-            .await?
-            .ok_or(KeyringError::UnknownToken)?;
+        if let Some(hit) = &cached
+            && self.is_trusted()
+        {
+            return Ok(Arc::clone(hit));
+        }
+        if self.store_down.load(Ordering::Acquire) {
+            // Asking would only hold the request until the store call times out.
+            return Err(KeyringError::StoreDown);
+        }
+        let record = match timed(self.store.token_by_hash(&hash)).await {
+            Ok(record) => record.ok_or(KeyringError::UnknownToken)?,
+            // The store went away since the last sync, which hasn't noticed yet.
+            Err(e) if e.is_outage() && self.within_grace() => {
+                // Unless a sync meanwhile found something changed and dropped the cache.
+                return match cached {
+                    Some(hit) if self.read_cache().generation == generation => Ok(hit),
+                    _ => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let entry = Arc::new(self.entry(record).await?);
         let mut cache = self.write_cache();
         if cache.generation == generation {
@@ -266,7 +315,7 @@ impl Keyring {
 
     /// The decrypted credential for a token's secret, and the scrubber for its response.
     pub async fn credential(&self, token: &TokenRecord) -> Result<Unlocked, KeyringError> {
-        if self.is_fresh()
+        if self.is_trusted()
             && let Some(found) = self.loaded_credential(token)
         {
             return found;
@@ -304,7 +353,7 @@ impl Keyring {
         // Unlike a token's secret, a name can stay missing (a capability defined before its
         // secret): that must not make every call reload all secrets, so only a stale cache
         // is brought up to date first.
-        if !self.is_fresh() {
+        if !self.is_trusted() {
             self.sync_now(false).await?;
         }
         self.loaded_named(tenant, name)
@@ -345,14 +394,51 @@ impl Keyring {
 
     async fn sync_now(&self, force: bool) -> Result<(), KeyringError> {
         let _one_at_a_time = self.reload.lock().await;
+        let synced = self.sync_locked(force).await;
+        match &synced {
+            Ok(()) => {
+                if self.store_down.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the store answers again");
+                }
+            }
+            Err(e) if e.is_outage() => {
+                if !self.store_down.swap(true, Ordering::AcqRel) {
+                    self.report_outage(e);
+                }
+            }
+            Err(_) => {}
+        }
+        synced
+    }
+
+    /// One sync; called under `reload`.
+    async fn sync_locked(&self, force: bool) -> Result<(), KeyringError> {
         let revision = timed(self.store.revision()).await?;
-        if force || self.revision.load(Ordering::Acquire) != revision {
-            self.load_secrets().await?;
+        let changed = self.revision.load(Ordering::Acquire) != revision;
+        if force || changed {
+            if let Err(e) = self.load_secrets().await {
+                if changed {
+                    // The store said something changed (a revocation, say) and then failed:
+                    // no cached token may be served on the strength of the outage grace.
+                    let mut cache = self.write_cache();
+                    cache.generation += 1;
+                    cache.tokens.clear();
+                }
+                return Err(e);
+            }
             self.revision.store(revision, Ordering::Release);
         }
         self.last_sync_ms
             .store(self.millis_since_start() + 1, Ordering::Release);
         Ok(())
+    }
+
+    fn report_outage(&self, e: &KeyringError) {
+        if self.outage_grace > STALE_AFTER {
+            tracing::warn!(error = %e, grace = ?self.outage_grace, "the store is not answering; cached tokens are served until the outage grace after the last sync ends, others are refused");
+        } else {
+            tracing::warn!(error = %e, "the store is not answering; tokens are refused once cached ones go stale in {STALE_AFTER:?}");
+        }
     }
 
     async fn load_secrets(&self) -> Result<(), KeyringError> {
@@ -500,28 +586,55 @@ impl Keyring {
         result
     }
 
-    /// Keep the caches in step with the store until the task is dropped.
+    /// Keep the caches in step with the store until the task is dropped: every
+    /// [`SYNC_INTERVAL`], and at once when the store announces a change.
     pub async fn run_sync_loop(self: Arc<Self>) {
+        let mut changes = self.store.changes();
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for round in 1u32.. {
-            tick.tick().await;
-            if let Err(e) = self.sync().await {
+        let mut flushed = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                announced = next_change(&mut changes) => {
+                    if !announced {
+                        changes = None;
+                    }
+                }
+            }
+            if let Err(e) = self.sync().await
+                && !e.is_outage()
+            {
+                // Outages are reported once, when they start and end.
                 tracing::warn!(error = %e, "store sync failed; cached tokens go stale in {STALE_AFTER:?}");
             }
-            if round % USE_FLUSH_EVERY == 0
-                && let Err(e) = self.flush_uses().await
-            {
-                tracing::warn!(error = %e, "could not record token use times");
+            if flushed.elapsed() >= USE_FLUSH_INTERVAL {
+                flushed = Instant::now();
+                if let Err(e) = self.flush_uses().await {
+                    tracing::warn!(error = %e, "could not record token use times");
+                }
             }
         }
     }
 
-    /// Whether cached entries may be trusted: the last sync is recent enough.
-    fn is_fresh(&self) -> bool {
-        let last = self.last_sync_ms.load(Ordering::Acquire);
-        last != 0
-            && (self.millis_since_start() + 1).saturating_sub(last) < STALE_AFTER.as_millis() as u64
+    /// Whether cached entries may be served: the last sync is recent, or the store is down
+    /// and the outage grace has not run out.
+    fn is_trusted(&self) -> bool {
+        self.since_last_sync() < STALE_AFTER
+            || (self.store_down.load(Ordering::Acquire) && self.within_grace())
+    }
+
+    /// Whether the last successful sync is within the outage grace.
+    fn within_grace(&self) -> bool {
+        self.since_last_sync() < self.outage_grace
+    }
+
+    /// Time since the last successful sync; `Duration::MAX` before the first.
+    fn since_last_sync(&self) -> Duration {
+        match self.last_sync_ms.load(Ordering::Acquire) {
+            0 => Duration::MAX,
+            last => Duration::from_millis((self.millis_since_start() + 1).saturating_sub(last)),
+        }
     }
 
     fn millis_since_start(&self) -> u64 {
@@ -541,10 +654,127 @@ fn as_bytes(secret: &SecretString) -> &[u8] {
     secret.expose_secret().as_bytes()
 }
 
+/// The next announced change; `false` once the store stops announcing.
+async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match changes {
+        Some(feed) => feed.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 /// Bound a store call by [`STORE_TIMEOUT`], so a locked or unreachable store fails fast.
 async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, KeyringError> {
     tokio::time::timeout(STORE_TIMEOUT, call)
         .await
         .map_err(|_| KeyringError::Timeout)?
         .map_err(KeyringError::Store)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Executor, SqliteConnection};
+
+    use super::*;
+    use crate::ops::Ops;
+    use crate::ops::views::NewTokenRequest;
+    use crate::providers::Providers;
+    use crate::store::Location;
+    use crate::vault::Key;
+
+    /// A keyring with `grace` over a fresh SQLite store holding an openai secret and tokens
+    /// for `agents`, synced; the tokens' texts, and a connection to break the store with.
+    async fn fixture(
+        dir: &std::path::Path,
+        grace: Duration,
+        agents: &[&str],
+    ) -> (Keyring, Vec<String>, SqliteConnection) {
+        let location = Location::parse(None, dir).unwrap();
+        let store = location.open().await.unwrap();
+        let vault = Arc::new(Vault::new(Key::from_bytes([7; 32])));
+        let ops = Ops::new(store.clone(), Providers::load(&Default::default()).unwrap());
+        let value = SecretString::from("sk-keyring-test-0123456789abcdef".to_owned());
+        ops.add_secret(&vault, "main", "openai", &value)
+            .await
+            .unwrap();
+        let mut texts = Vec::new();
+        for agent in agents {
+            let request = NewTokenRequest {
+                secret: "main".into(),
+                agent: (*agent).into(),
+                policy: None,
+                policy_name: None,
+            };
+            texts.push(ops.create_token(&vault, &request).await.unwrap().token);
+        }
+        let keyring =
+            Keyring::new(store, vault, Arc::new(Redactor::default())).with_outage_grace(grace);
+        keyring.sync().await.unwrap();
+        let Location::Sqlite(file) = &location else {
+            panic!("the default store is SQLite");
+        };
+        let conn = SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        (keyring, texts, conn)
+    }
+
+    async fn resolve(keyring: &Keyring, text: &str) -> Result<Arc<TokenEntry>, KeyringError> {
+        keyring.token(&crate::tokens::parse(text).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn in_an_outage_cached_tokens_are_served_for_the_grace_and_others_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_secs(3);
+        let (keyring, texts, mut conn) = fixture(dir.path(), grace, &["known", "new"]).await;
+        let known = resolve(&keyring, &texts[0]).await.unwrap();
+        let synced = Instant::now();
+        // The store stops answering the revision: the sync fails, as on a lost server.
+        conn.execute("ALTER TABLE revision RENAME TO revision_gone")
+            .await
+            .unwrap();
+        assert!(keyring.sync().await.is_err());
+
+        tokio::time::sleep(STALE_AFTER + Duration::from_millis(250)).await;
+        let served = resolve(&keyring, &texts[0]).await.unwrap();
+        assert!(Arc::ptr_eq(&served, &known));
+        assert!(keyring.credential(&known.record).await.is_ok());
+        assert!(matches!(
+            resolve(&keyring, &texts[1]).await,
+            Err(KeyringError::StoreDown)
+        ));
+
+        tokio::time::sleep_until((synced + grace).into()).await;
+        assert!(matches!(
+            resolve(&keyring, &texts[0]).await,
+            Err(KeyringError::StoreDown)
+        ));
+
+        conn.execute("ALTER TABLE revision_gone RENAME TO revision")
+            .await
+            .unwrap();
+        keyring.sync().await.unwrap();
+        assert!(resolve(&keyring, &texts[0]).await.is_ok());
+        assert!(resolve(&keyring, &texts[1]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_change_the_store_announced_but_could_not_deliver_drops_cached_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyring, texts, mut conn) =
+            fixture(dir.path(), Duration::from_secs(600), &["known"]).await;
+        resolve(&keyring, &texts[0]).await.unwrap();
+        // The revision moves (a revocation, say), then reading what changed fails.
+        conn.execute("UPDATE revision SET value = value + 1")
+            .await
+            .unwrap();
+        conn.execute("ALTER TABLE secrets RENAME TO secrets_gone")
+            .await
+            .unwrap();
+        assert!(keyring.sync().await.is_err());
+        assert!(matches!(
+            resolve(&keyring, &texts[0]).await,
+            Err(KeyringError::StoreDown)
+        ));
+    }
 }

@@ -18,7 +18,7 @@ pub use chain::{
     StoredRecord, Verifier, VerifyError, extend, link, verify,
 };
 pub use retention::{prune, run_retention};
-pub use writer::{AuditUnavailable, Auditor, Durability, Writer, run_writer};
+pub use writer::{AuditUnavailable, Auditor, Durability, Slot, Writer, run_writer};
 
 /// What the broker made of a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

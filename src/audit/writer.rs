@@ -4,13 +4,19 @@
 //! A crash loses at most what is queued plus the batch being written: a batch gathers
 //! records for 20 ms, then commits, normally within milliseconds. In strict mode a response
 //! ends only once its record is committed, and batches don't wait.
+//!
+//! The queue's bound (`[audit] queue`) counts every record not yet committed, the batch
+//! being written included. A request is admitted only with room reserved for its record, so
+//! no admitted request's record is ever dropped: when the queue is full, requests are
+//! refused instead. While writes fail, requests are refused too, except in batched mode
+//! during the store's outage grace, when their records wait in the queue for the store.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::{AuditRecord, ChainKey};
 use crate::config::AuditConfig;
@@ -43,48 +49,81 @@ pub enum Durability {
 #[error("the audit log can't be written ({0}), so requests are refused until it can")]
 pub struct AuditUnavailable(String);
 
+/// Room in the queue for one record, held from admission until the record is committed.
+pub struct Slot {
+    /// Given back to the queue when dropped.
+    _room: OwnedSemaphorePermit,
+}
+
 /// A record on its way to the store.
 struct Queued {
     record: AuditRecord,
     /// Told whether the record was committed (strict mode).
     ack: Option<oneshot::Sender<bool>>,
+    /// Its room in the queue, given back once it is committed.
+    slot: Slot,
 }
 
 /// Whether writing works, shared between the writer and the request path.
 #[derive(Default)]
 struct Health {
     failing: AtomicBool,
-    why: Mutex<String>,
+    /// Since when, and why, while failing.
+    failure: Mutex<Option<(Instant, String)>>,
     lost: AtomicU64,
 }
 
 impl Health {
     fn fail(&self, why: String) {
-        *self.why.lock().unwrap_or_else(PoisonError::into_inner) = why;
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = failure
+            .as_ref()
+            .map_or_else(Instant::now, |(since, _)| *since);
+        *failure = Some((since, why));
         self.failing.store(true, Ordering::Release);
     }
 
     fn recover(&self) {
         if self.failing.swap(false, Ordering::AcqRel) {
+            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
             tracing::info!("the audit log is being written again");
         }
+    }
+
+    /// How long writes have been failing, and why; `None` while they work.
+    fn failure(&self) -> Option<(Duration, String)> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        let failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        failure
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
     }
 }
 
 /// The request path's handle on the audit log.
 pub struct Auditor {
-    queue: mpsc::Sender<Queued>,
+    queue: mpsc::UnboundedSender<Queued>,
+    /// One permit per record the queue may hold: what bounds it.
+    room: Arc<Semaphore>,
+    /// The queue's bound.
+    capacity: usize,
     health: Arc<Health>,
     durability: Durability,
     /// Keep serving when the log can't be written (records are lost meanwhile).
     fail_open: bool,
     /// Records are kept at all (off only for measuring the log's cost).
     enabled: bool,
+    /// How long batched mode keeps admitting requests while writes fail.
+    outage_grace: Duration,
 }
 
 /// The writer's side of the queue; run it with [`run_writer`].
 pub struct Writer {
-    queue: mpsc::Receiver<Queued>,
+    queue: mpsc::UnboundedReceiver<Queued>,
+    room: Arc<Semaphore>,
+    capacity: usize,
     health: Arc<Health>,
     store: Arc<dyn Store>,
     key: ChainKey,
@@ -101,17 +140,25 @@ impl Auditor {
         redactor: Arc<Redactor>,
         config: &AuditConfig,
     ) -> (Auditor, Writer) {
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        // Every queued record holds a permit of `room`, which bounds the channel.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = config.queue.clamp(1, Semaphore::MAX_PERMITS);
+        let room = Arc::new(Semaphore::new(capacity));
         let health = Arc::new(Health::default());
         let auditor = Auditor {
             queue: tx,
+            room: room.clone(),
+            capacity,
             health: health.clone(),
             durability: config.durability,
             fail_open: config.fail_open,
             enabled: config.enabled,
+            outage_grace: Duration::ZERO,
         };
         let writer = Writer {
             queue: rx,
+            room,
+            capacity,
             health,
             store,
             key,
@@ -125,79 +172,128 @@ impl Auditor {
         (auditor, writer)
     }
 
+    /// Admit requests while writes fail, in batched mode, for up to `grace` (the store's
+    /// `outage_grace`): their records wait in the queue.
+    pub fn with_outage_grace(mut self, grace: Duration) -> Self {
+        self.outage_grace = grace;
+        self
+    }
+
     /// Whether responses wait for their records.
     pub fn is_strict(&self) -> bool {
         self.enabled && self.durability == Durability::Strict
     }
 
-    /// Records waiting to be written.
-    pub fn queue_depth(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
-    }
-
-    /// Whether a new request may be served: refused while the log can't be written,
-    /// unless configured to fail open.
-    pub fn admit(&self) -> Result<(), AuditUnavailable> {
-        if self.fail_open {
-            return Ok(());
+    /// Whether a new request may be served, with room for its record: refused while the
+    /// log can't be written (in batched mode, once that has lasted the outage grace) or its
+    /// queue is full, unless configured to fail open.
+    pub fn admit(&self) -> Result<Option<Slot>, AuditUnavailable> {
+        if !self.enabled {
+            return Ok(None);
         }
-        self.healthy()
+        if !self.fail_open
+            && let Some((failing_for, why)) = self.health.failure()
+            && (self.durability == Durability::Strict || failing_for >= self.outage_grace)
+        {
+            return Err(AuditUnavailable(why));
+        }
+        match self.reserve() {
+            Some(slot) => Ok(Some(slot)),
+            None if self.fail_open => Ok(None),
+            None => Err(self.full()),
+        }
     }
 
-    /// Whether records are being written (for readiness, whatever `fail_open` says).
+    /// Whether records are being written and can be queued (for readiness, whatever
+    /// `fail_open` says).
     pub fn healthy(&self) -> Result<(), AuditUnavailable> {
-        if !self.health.failing.load(Ordering::Acquire) {
-            return Ok(());
+        if let Some((_, why)) = self.health.failure() {
+            return Err(AuditUnavailable(why));
         }
-        let why = self
-            .health
-            .why
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        Err(AuditUnavailable(why))
+        if self.room.available_permits() == 0 {
+            return Err(self.full());
+        }
+        Ok(())
     }
 
-    /// Count a finished request and queue its record; if the queue is full the record is
-    /// lost, counted, and new requests are refused until the writer catches up.
-    pub fn submit(&self, record: AuditRecord) {
+    fn full(&self) -> AuditUnavailable {
+        AuditUnavailable(format!(
+            "its queue holds {} records not yet written, its limit",
+            self.capacity
+        ))
+    }
+
+    fn reserve(&self) -> Option<Slot> {
+        self.room
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|room| Slot { _room: room })
+    }
+
+    /// Count a finished request and queue its record, in the room `slot` reserved for it at
+    /// admission or, without one (a request refused before), in room found now; with no
+    /// room left the record is lost, and counted.
+    pub fn submit(&self, record: AuditRecord, slot: Option<Slot>) {
         metrics::get().request(&record);
         if !self.enabled {
             return;
         }
         log(&record);
-        let queued = Queued { record, ack: None };
-        if let Err(full) = self.queue.try_send(queued) {
-            metrics::get().audit_lost.inc();
-            let lost = self.health.lost.fetch_add(1, Ordering::Relaxed) + 1;
-            self.health
-                .fail(format!("its queue is full; {lost} records lost so far"));
-            let request_id = full.into_inner().record.request_id;
-            tracing::error!(%request_id, "audit queue full: a record was lost");
+        self.enqueue(record, slot, None);
+    }
+
+    /// Queue `record` (see [`Auditor::submit`]); whether it was.
+    fn enqueue(
+        &self,
+        record: AuditRecord,
+        slot: Option<Slot>,
+        ack: Option<oneshot::Sender<bool>>,
+    ) -> bool {
+        let Some(slot) = slot.or_else(|| self.reserve()) else {
+            self.lose(&record);
+            return false;
+        };
+        match self.queue.send(Queued { record, ack, slot }) {
+            Ok(()) => true,
+            // The writer has stopped (shutdown).
+            Err(unsent) => {
+                self.lose(&unsent.0.record);
+                false
+            }
         }
     }
 
-    /// Count a finished request, queue its record and wait until it is committed.
-    pub async fn submit_durable(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
-        if let Err(failing) = self.healthy() {
+    fn lose(&self, record: &AuditRecord) {
+        metrics::get().audit_lost.inc();
+        let lost = self.health.lost.fetch_add(1, Ordering::Relaxed) + 1;
+        let request_id = &record.request_id;
+        tracing::error!(%request_id, lost, "an audit record was lost: no room in the queue, or the writer has stopped");
+    }
+
+    /// Count a finished request, queue its record (in `slot`, as for
+    /// [`Auditor::submit`]) and wait until it is committed.
+    pub async fn submit_durable(
+        &self,
+        record: AuditRecord,
+        slot: Option<Slot>,
+    ) -> Result<(), AuditUnavailable> {
+        if let Some((_, why)) = self.health.failure() {
             // Nothing commits until the store is back: keep the record queued for then and
             // say so now, rather than hold the response.
-            self.submit(record);
-            return Err(failing);
+            self.submit(record, slot);
+            return Err(AuditUnavailable(why));
         }
         metrics::get().request(&record);
         let (ack, committed) = oneshot::channel();
         log(&record);
-        let queued = Queued {
-            record,
-            ack: Some(ack),
-        };
-        let unavailable = || AuditUnavailable("the writer has stopped".to_owned());
-        self.queue.send(queued).await.map_err(|_| unavailable())?;
+        if !self.enqueue(record, slot, Some(ack)) {
+            return Err(self.full());
+        }
         match committed.await {
             Ok(true) => Ok(()),
             Ok(false) => Err(AuditUnavailable("a write failed".to_owned())),
-            Err(_) => Err(unavailable()),
+            Err(_) => Err(AuditUnavailable("the writer has stopped".to_owned())),
         }
     }
 }
@@ -242,7 +338,8 @@ pub async fn run_writer(mut writer: Writer, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        metrics::get().audit_queue.set(writer.queue.len() as i64);
+        let held = writer.capacity - writer.room.available_permits();
+        metrics::get().audit_queue.set(held as i64);
         if stopping {
             while let Ok(queued) = writer.queue.try_recv() {
                 batch.push(queued);
@@ -260,10 +357,18 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let (entries, mut acks): (Vec<AuditEntry>, Vec<Option<oneshot::Sender<bool>>>) = batch
+        let mut acks = Vec::with_capacity(batch.len());
+        // The records' room in the queue is given back only once they are committed (or
+        // given up), so the queue's bound counts this batch too.
+        let mut slots = Vec::with_capacity(batch.len());
+        let entries: Vec<AuditEntry> = batch
             .drain(..)
-            .map(|queued| (self.entry(queued.record), queued.ack))
-            .unzip();
+            .map(|queued| {
+                acks.push(queued.ack);
+                slots.push(queued.slot);
+                self.entry(queued.record)
+            })
+            .collect();
         let mut backoff = Duration::from_millis(50);
         let committed = loop {
             let started = Instant::now();
@@ -299,6 +404,7 @@ impl Writer {
         for ack in acks.into_iter().flatten() {
             let _ = ack.send(committed);
         }
+        drop(slots);
     }
 
     /// A record as stored: its JSON, redacted, with its tenant and time for the index.
@@ -314,6 +420,141 @@ impl Writer {
             tenant: record.tenant,
             at_ms: record.at_ms,
             record: json,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Executor, SqliteConnection};
+
+    use super::*;
+    use crate::store::{AuditFilter, SqliteStore};
+    use crate::vault::Key;
+
+    /// An auditor on a SQLite store in `dir`, with its writer running, and a connection to
+    /// break and heal the store's audit writes with.
+    async fn auditor(
+        dir: &std::path::Path,
+        config: AuditConfig,
+        grace: Duration,
+    ) -> (Auditor, Arc<dyn Store>, SqliteConnection) {
+        let file = dir.join("seks.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&file).await.unwrap());
+        let key = ChainKey::new(Key::from_bytes([7; 32]));
+        let (auditor, writer) =
+            Auditor::new(store.clone(), key, Arc::new(Redactor::default()), &config);
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            run_writer(writer, stopped).await;
+            // Dropping it earlier would stop the writer.
+            drop(stop);
+        });
+        let conn = SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        (auditor.with_outage_grace(grace), store, conn)
+    }
+
+    fn record(n: u32) -> AuditRecord {
+        AuditRecord {
+            request_id: format!("req_{n}"),
+            tenant: "default".into(),
+            status: 200,
+            ..AuditRecord::default()
+        }
+    }
+
+    async fn stored(store: &dyn Store) -> usize {
+        let filter = AuditFilter {
+            tenant: "default".into(),
+            after_seq: 0,
+            since_ms: None,
+            agent: None,
+            provider: None,
+            status: None,
+            limit: 1000,
+            newest: false,
+        };
+        store.audit_records(&filter).await.unwrap().len()
+    }
+
+    /// Poll `check` for up to 10 s.
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    const BREAK: &str = "CREATE TRIGGER full_disk BEFORE INSERT ON audit_batches \
+                         BEGIN SELECT RAISE(ABORT, 'disk full'); END";
+
+    #[tokio::test]
+    async fn during_an_outage_grace_records_wait_within_the_queue_bound_and_none_admitted_is_lost()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            queue: 3,
+            ..AuditConfig::default()
+        };
+        let (auditor, store, mut conn) =
+            auditor(dir.path(), config, Duration::from_secs(600)).await;
+        conn.execute(BREAK).await.unwrap();
+
+        let first = auditor.admit().unwrap();
+        auditor.submit(record(1), first);
+        eventually("the failed write is noticed", || auditor.healthy().is_err()).await;
+        // Writes fail, yet within the grace requests are admitted while their records fit.
+        for n in 2..=3 {
+            let slot = auditor.admit().expect("room in the queue");
+            auditor.submit(record(n), slot);
+        }
+        let refused = auditor.admit().err().expect("the queue is full");
+        assert!(refused.to_string().contains("3 records"), "{refused}");
+        // A refusal's record finds no room: it is the one record lost, and the queue
+        // doesn't grow past its bound.
+        auditor.submit(record(4), None);
+        assert_eq!(auditor.health.lost.load(Ordering::Relaxed), 1);
+        assert_eq!(auditor.room.available_permits(), 0);
+
+        conn.execute("DROP TRIGGER full_disk").await.unwrap();
+        let start = Instant::now();
+        while stored(store.as_ref()).await < 3 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "records never written"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stored(store.as_ref()).await, 3);
+        eventually("the queue empties", || {
+            auditor.room.available_permits() == 3
+        })
+        .await;
+        assert!(auditor.healthy().is_ok());
+        assert!(auditor.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn without_a_grace_or_in_strict_mode_failing_writes_refuse_requests() {
+        for (durability, grace) in [
+            (Durability::Batched, Duration::ZERO),
+            (Durability::Strict, Duration::from_secs(600)),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = AuditConfig {
+                durability,
+                ..AuditConfig::default()
+            };
+            let (auditor, _store, mut conn) = auditor(dir.path(), config, grace).await;
+            conn.execute(BREAK).await.unwrap();
+            let slot = auditor.admit().unwrap();
+            auditor.submit(record(1), slot);
+            eventually("the failed write is noticed", || auditor.healthy().is_err()).await;
+            let refused = auditor.admit().err().expect("refused");
+            assert!(refused.to_string().contains("disk full"), "{refused}");
         }
     }
 }

@@ -250,7 +250,7 @@ async fn test(ctx: Context, catalog: &Catalog, name: &str, args: &str) -> anyhow
         record.error = Some(e.code().to_owned());
         record.reason = Some(e.to_string());
     }
-    let written = auditor.submit_durable(record).await;
+    let written = auditor.submit_durable(record, None).await;
     let _ = stop.send(true);
     let _ = writing.await;
     written.context("the audit log could not be written")?;

@@ -50,11 +50,11 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let resolver = Resolver::new(&ctx.settings.resolve, None)?;
     let upstreams = Upstreams::with_resolver(&ctx.settings.upstream, resolver)?;
     let (audit_key, retention_key) = (vault.audit_key(), vault.audit_key());
-    let keyring = Arc::new(Keyring::new(
-        ctx.store.clone(),
-        vault.clone(),
-        ctx.redactor.clone(),
-    ));
+    let outage_grace = ctx.settings.store_outage_grace;
+    let keyring = Arc::new(
+        Keyring::new(ctx.store.clone(), vault.clone(), ctx.redactor.clone())
+            .with_outage_grace(outage_grace),
+    );
     keyring.sync().await.context("reading the store")?;
     let sync_task = tokio::spawn(keyring.clone().run_sync_loop());
 
@@ -84,7 +84,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let retention_task = audit
         .retain_days
         .map(|days| tokio::spawn(audit::run_retention(ctx.store.clone(), retention_key, days)));
-    let auditor = Arc::new(auditor);
+    let auditor = Arc::new(auditor.with_outage_grace(outage_grace));
     let catalog = Catalog::new(
         &ctx.settings.capabilities,
         providers.clone(),

@@ -11,7 +11,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use crate::audit::{AuditRecord, AuditUnavailable, Auditor, Decision};
+use crate::audit::{AuditRecord, AuditUnavailable, Auditor, Decision, Slot};
 use crate::metrics;
 use crate::scrub::BoxError;
 
@@ -19,6 +19,8 @@ use crate::scrub::BoxError;
 /// if the client leaves before there is a response, when the last holder lets go.
 pub struct PendingRecord {
     record: Mutex<Option<AuditRecord>>,
+    /// Room in the audit queue, reserved when the request was admitted.
+    slot: Mutex<Option<Slot>>,
     auditor: Arc<Auditor>,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
@@ -35,6 +37,7 @@ impl PendingRecord {
     ) -> Arc<Self> {
         Arc::new(PendingRecord {
             record: Mutex::new(Some(record)),
+            slot: Mutex::default(),
             auditor,
             started,
             bytes_in,
@@ -53,11 +56,18 @@ impl PendingRecord {
         }
     }
 
+    /// Ask the audit log to admit the request, keeping the room it reserves for the record.
+    pub fn admit(&self) -> Result<(), AuditUnavailable> {
+        let slot = self.auditor.admit()?;
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = slot;
+        Ok(())
+    }
+
     /// The response has no body to hold back (HEAD, 204, 304): commit the record now.
     pub async fn commit(&self) -> Result<(), AuditUnavailable> {
         self.response_over(0);
         match self.take() {
-            Some(record) => self.auditor.submit_durable(record).await,
+            Some((record, slot)) => self.auditor.submit_durable(record, slot).await,
             None => Ok(()),
         }
     }
@@ -65,16 +75,24 @@ impl PendingRecord {
     /// The response is over: queue the record now rather than when the last holder lets go
     /// (a usage meter may read on for minutes after a client hangs up).
     fn submit(&self) {
-        if let Some(record) = self.take() {
-            self.auditor.submit(record);
+        if let Some((record, slot)) = self.take() {
+            self.auditor.submit(record, slot);
         }
     }
 
-    fn take(&self) -> Option<AuditRecord> {
-        self.record
+    /// The record, once, with the room reserved for it.
+    fn take(&self) -> Option<(AuditRecord, Option<Slot>)> {
+        let record = self
+            .record
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
+            .take()?;
+        let slot = self
+            .slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        Some((record, slot))
     }
 
     /// The response is over (ended or dropped): its size and duration are final.
@@ -91,9 +109,7 @@ impl PendingRecord {
 
 impl Drop for PendingRecord {
     fn drop(&mut self) {
-        if let Some(record) = self.take() {
-            self.auditor.submit(record);
-        }
+        self.submit();
     }
 }
 
@@ -167,12 +183,11 @@ impl http_body::Body for AuditedBody {
                         this.pending.submit();
                         return Poll::Ready(None);
                     }
-                    if let Some(record) = this.pending.take() {
+                    if let Some((record, slot)) = this.pending.take() {
                         let auditor = this.pending.auditor.clone();
-                        this.commit =
-                            Some(Box::pin(
-                                async move { auditor.submit_durable(record).await },
-                            ));
+                        this.commit = Some(Box::pin(async move {
+                            auditor.submit_durable(record, slot).await
+                        }));
                     }
                 }
             }

@@ -189,7 +189,7 @@ impl Proxy {
         let mut seen = Seen::default();
         // Everything logged while serving the request carries its id.
         let span = tracing::info_span!("request", request_id = %request_id);
-        let result = match self.auditor.admit() {
+        let result = match pending.admit() {
             Ok(()) => forward(request, &mut seen, &pending).instrument(span).await,
             Err(e) => Err(ProxyError::AuditUnavailable(e.to_string())),
         };
@@ -626,6 +626,8 @@ fn keyring_error(e: KeyringError) -> ProxyError {
             tracing::error!(error = %e, "store lookup failed; refusing the request");
             ProxyError::StoreUnavailable
         }
+        // Logged once, when the sync found the store down; not again for every request.
+        KeyringError::StoreDown => ProxyError::StoreUnavailable,
         KeyringError::SecretMissing(_)
         | KeyringError::ProviderMismatch(_)
         | KeyringError::Scrubber(_)

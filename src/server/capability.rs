@@ -49,7 +49,7 @@ where
         Instant::now(),
         bytes_in.clone(),
     );
-    let (mut response, refused_for_audit) = match state.auditor.admit() {
+    let (mut response, refused_for_audit) = match pending.admit() {
         Ok(()) => (handle(pending.clone(), bytes_in).await, false),
         Err(e) => (
             ProxyError::AuditUnavailable(e.to_string()).into_response(ErrorShape::OpenAi),

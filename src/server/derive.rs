@@ -107,7 +107,8 @@ pub async fn derive(
     let mut caller = None;
     // Every way this can end is audited, so the method and the size are checked here
     // rather than by the router.
-    let mut response = if let Err(e) = state.auditor.admit() {
+    let admitted = state.auditor.admit();
+    let mut response = if let Err(e) = &admitted {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit_unavailable",
@@ -161,9 +162,10 @@ pub async fn derive(
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }
     let refused_for_audit = record.error.as_deref() == Some("audit_unavailable");
+    let slot = admitted.ok().flatten();
     if state.auditor.is_strict() && !refused_for_audit {
         // A minted token must not reach the agent before its record is durable.
-        if let Err(e) = state.auditor.submit_durable(record).await {
+        if let Err(e) = state.auditor.submit_durable(record, slot).await {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -171,7 +173,7 @@ pub async fn derive(
             );
         }
     } else {
-        state.auditor.submit(record);
+        state.auditor.submit(record, slot);
     }
     response
 }

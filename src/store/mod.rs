@@ -1,5 +1,6 @@
 //! Persistent state behind one [`Store`] trait: secrets (sealed), tokens (hashed), and the
-//! revision counter that tells running brokers to drop their caches.
+//! revision counter that tells running brokers to drop their caches (announced as it moves
+//! where the backend can, see [`Store::changes`]).
 //!
 //! SQLite is the embedded default; a PostgreSQL backend implements the same trait. The
 //! proxy only ever sees `Arc<dyn Store>`.
@@ -388,6 +389,13 @@ pub trait Store: Send + Sync {
     async fn revision(&self) -> Result<i64, StoreError>;
     /// Leases of limits shared by several brokers, if this store can be shared by them.
     fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+    /// A feed whose value moves whenever [`Store::revision`] may have moved, for backends
+    /// that announce changes (PostgreSQL's LISTEN/NOTIFY): a broker then reloads at once
+    /// instead of at its next poll. `None`: poll. Announcements can be missed (a dropped
+    /// connection), so they only ever add to polling.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
 

@@ -3,11 +3,13 @@
 //! shared (`rows.rs`, `audit_batch.rs`).
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio::sync::watch;
 
 mod leases;
 
@@ -40,11 +42,20 @@ const MIGRATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Advisory lock key serialising audit appends and pruning across replicas (what SQLite's
 /// `BEGIN IMMEDIATE` does there): two writers must not extend the same chain head.
 const AUDIT_LOCK: i64 = 0x5345_4b53_4155_4454; // "SEKSAUDT"
+/// The channel `bump_revision()` notifies on (migration 0002).
+const CHANGES_CHANNEL: &str = "seks_changes";
+/// Longest wait to (re)connect the change listener; the poll covers for it meanwhile.
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before the change listener tries again after a failure.
+const LISTEN_RETRY: Duration = Duration::from_millis(500);
 
 /// PostgreSQL-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The change feed, started by the first [`Store::changes`] call (a CLI command never
+    /// makes one, so it never holds a listening connection).
+    changes: Arc<OnceLock<watch::Receiver<u64>>>,
 }
 
 impl PgStore {
@@ -77,7 +88,68 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            changes: Arc::default(),
+        })
+    }
+
+    /// A pool of one connection, apart from the main pool, for the change listener: it holds
+    /// its connection for good and reconnects through this pool.
+    fn listener_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(LISTEN_CONNECT_TIMEOUT)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*self.pool.connect_options()).clone())
+    }
+}
+
+/// Move `feed` on every change notification, and on every (re)connection since those
+/// sent while disconnected are lost, until nobody watches it any more.
+async fn listen_for_changes(pool: PgPool, feed: watch::Sender<u64>) {
+    let mut listener = None;
+    let mut failing = false;
+    loop {
+        let next = tokio::select! {
+            () = feed.closed() => return,
+            next = next_change(&pool, &mut listener) => next,
+        };
+        match next {
+            Ok(()) => {
+                if failing {
+                    failing = false;
+                    tracing::info!("receiving the store's change notifications again");
+                }
+                feed.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "lost the store's change notifications; polling until they are back");
+                }
+                listener = None;
+                tokio::select! {
+                    () = feed.closed() => return,
+                    () = tokio::time::sleep(LISTEN_RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Wait for the next change notification, connecting first if need be (which counts as one).
+async fn next_change(pool: &PgPool, listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        // `None` from `try_recv`: the connection was lost and has been made again.
+        Some(listening) => listening.try_recv().await.map(|_| ()),
+        None => {
+            let mut listening = PgListener::connect_with(pool).await?;
+            listening.listen(CHANGES_CHANNEL).await?;
+            *listener = Some(listening);
+            Ok(())
+        }
     }
 }
 
@@ -177,6 +249,21 @@ impl Store for PgStore {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        // Outside a runtime there is nothing to run the listener on: the caller polls.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let mut changes = self
+            .changes
+            .get_or_init(|| {
+                let (feed, changes) = watch::channel(0);
+                runtime.spawn(listen_for_changes(self.listener_pool(), feed));
+                changes
+            })
+            .clone();
+        changes.mark_unchanged();
+        Some(changes)
     }
 
     async fn insert_secret(&self, s: &NewSecret) -> Result<(), StoreError> {

@@ -15,7 +15,7 @@ const KEY: &str = "sk-proj-AUDIT-real-key-0123456789abcdef";
 const REQUEST_ID: &str = "x-seks-request-id";
 
 /// Every record in the log, by request id (each id must appear once).
-async fn records(env: &Env) -> HashMap<String, Value> {
+pub async fn records(env: &Env) -> HashMap<String, Value> {
     let out = env.cli(&["audit", "export"], "").await.ok();
     let mut by_id = HashMap::new();
     for line in out.stdout.lines() {

@@ -17,6 +17,7 @@ mod path_escape;
 mod policies;
 mod policy_bypasses;
 mod providers;
+mod replicas;
 mod scrubbing;
 mod sdk;
 mod sigv4;

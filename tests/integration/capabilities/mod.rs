@@ -73,9 +73,3 @@ pub async fn audit_records(env: &Env, enough: impl Fn(&[Value]) -> bool) -> Vec<
     }
     panic!("the audit log never had the records expected");
 }
-
-/// Whether tests that need outside services must run (under `scripts/test.sh`) rather than
-/// be skipped.
-pub fn full_suite() -> bool {
-    std::env::var_os("SEKS_TEST_FULL").is_some()
-}

@@ -9,8 +9,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
-use super::{audit_records, call, code, full_suite};
-use crate::support::{Env, assert_never_leaked};
+use super::{audit_records, call, code};
+use crate::support::{Env, assert_never_leaked, pg};
 
 const SETUP: &str = "CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer NOT NULL, \
      total numeric(10,2) NOT NULL, note text, paid boolean NOT NULL DEFAULT false); \
@@ -20,16 +20,7 @@ const SETUP: &str = "CREATE TABLE orders (id integer PRIMARY KEY, customer_id in
 /// A fresh database and login role on the test cluster: (the role's connection string,
 /// the superuser's), or `None` when there is no cluster outside `scripts/test.sh`.
 async fn pg_database() -> Option<(String, String)> {
-    let Some(admin) = std::env::var("SEKS_TEST_PG_URL").ok() else {
-        assert!(
-            !full_suite(),
-            "SEKS_TEST_PG_URL is not set: scripts/test.sh starts PostgreSQL (scripts/pg-test-cluster.sh)"
-        );
-        eprintln!(
-            "skipped: no PostgreSQL (run scripts/test.sh, or source scripts/pg-test-cluster.sh)"
-        );
-        return None;
-    };
+    let admin = pg::shared_cluster()?;
     let suffix = seks::tokens::random_base62(12).to_lowercase();
     let (db, role) = (format!("shop_{suffix}"), format!("agent_{suffix}"));
     // The role's password is the secret that must never leak; it has a canary's shape.

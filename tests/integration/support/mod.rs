@@ -5,6 +5,7 @@ pub mod git;
 pub mod http;
 pub mod mock;
 pub mod pg;
+pub mod replicas;
 pub mod tls;
 pub mod ws;
 
@@ -15,6 +16,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// Whether tests that need outside services must run (under `scripts/test.sh`) rather than
+/// be skipped.
+pub fn full_suite() -> bool {
+    std::env::var_os("SEKS_TEST_FULL").is_some()
+}
 
 /// Path of the `seks` binary under test.
 pub fn seks_bin() -> &'static str {
@@ -51,6 +58,16 @@ impl Env {
     /// A fresh data directory with a config file containing `config_toml`, and a fresh
     /// PostgreSQL database when the suite runs against PostgreSQL.
     pub fn new(config_toml: &str) -> Self {
+        Env::with_store(config_toml, pg::on_postgres().then(pg::TestDb::create))
+    }
+
+    /// A fresh data directory with a config file containing `config_toml`, and the store in
+    /// `db` whichever store the suite runs on (for tests that are about PostgreSQL).
+    pub fn on_database(config_toml: &str, db: pg::TestDb) -> Self {
+        Env::with_store(config_toml, Some(db))
+    }
+
+    fn with_store(config_toml: &str, pg: Option<pg::TestDb>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("seks.toml");
         std::fs::write(&config, config_toml).expect("write config");
@@ -58,7 +75,7 @@ impl Env {
             dir,
             config,
             transcript: Arc::default(),
-            pg: pg::on_postgres().then(pg::TestDb::create),
+            pg,
         }
     }
 

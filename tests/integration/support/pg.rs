@@ -5,7 +5,8 @@
 //! [`Env`]: super::Env
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::postgres::PgConnectOptions;
@@ -34,10 +35,26 @@ fn block_on<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -
 /// An `audit_batches` row, in column order.
 type Batch = (String, i64, i64, i64, i64, String, String);
 
-fn server() -> PgConnectOptions {
-    let url = std::env::var("SEKS_TEST_PG_URL")
-        .expect("SEKS_TEST_STORE=postgres needs SEKS_TEST_PG_URL (scripts/pg-test-cluster.sh)");
-    url.parse().expect("SEKS_TEST_PG_URL")
+/// The shared cluster's superuser URL.
+fn shared_server() -> String {
+    std::env::var("SEKS_TEST_PG_URL")
+        .expect("SEKS_TEST_STORE=postgres needs SEKS_TEST_PG_URL (scripts/pg-test-cluster.sh)")
+}
+
+/// The shared cluster's URL, or `None` when there is none outside the full suite (the
+/// caller skips).
+pub fn shared_cluster() -> Option<String> {
+    let url = std::env::var("SEKS_TEST_PG_URL").ok();
+    if url.is_none() {
+        assert!(
+            !super::full_suite(),
+            "SEKS_TEST_PG_URL is not set: scripts/test.sh starts PostgreSQL (scripts/pg-test-cluster.sh)"
+        );
+        eprintln!(
+            "skipped: no PostgreSQL (run scripts/test.sh, or source scripts/pg-test-cluster.sh)"
+        );
+    }
+    url
 }
 
 /// A database of one test.
@@ -46,15 +63,23 @@ pub struct TestDb {
     pub name: String,
     /// Its URL, with credentials.
     pub url: String,
+    /// The superuser URL of its server, which creates and drops it.
+    server: String,
 }
 
 impl TestDb {
-    /// Create a fresh, empty database.
+    /// Create a fresh, empty database on the shared cluster.
     pub fn create() -> TestDb {
-        let db = TestDb::named();
+        TestDb::create_on(&shared_server())
+    }
+
+    /// Create a fresh, empty database on the server at `server` (a superuser URL).
+    pub fn create_on(server: &str) -> TestDb {
+        let db = TestDb::named(server);
         let create = format!("CREATE DATABASE {}", db.name);
+        let options = db.server();
         block_on(async move {
-            let mut conn = server().connect().await.expect("connect to PostgreSQL");
+            let mut conn = options.connect().await.expect("connect to PostgreSQL");
             conn.execute(sqlx::AssertSqlSafe(create))
                 .await
                 .expect("create test database");
@@ -62,8 +87,8 @@ impl TestDb {
         db
     }
 
-    /// A new database name, and its URL (the database doesn't exist yet).
-    fn named() -> TestDb {
+    /// A new database name on `server`, and its URL (the database doesn't exist yet).
+    fn named(server: &str) -> TestDb {
         static CREATED: AtomicU32 = AtomicU32::new(0);
         // Unique among the tests running at once: nextest gives each its own process.
         let name = format!(
@@ -71,24 +96,32 @@ impl TestDb {
             std::process::id(),
             CREATED.fetch_add(1, Ordering::Relaxed)
         );
-        let server_url = std::env::var("SEKS_TEST_PG_URL").expect("checked in server()");
-        let (base, query) = server_url
+        let (base, query) = server
             .split_once('?')
-            .map_or((server_url.as_str(), None), |(b, q)| (b, Some(q)));
+            .map_or((server, None), |(b, q)| (b, Some(q)));
         let (origin, _database) = base.rsplit_once('/').expect("a database in the URL");
         let url = match query {
             Some(query) => format!("{origin}/{name}?{query}"),
             None => format!("{origin}/{name}"),
         };
-        TestDb { name, url }
+        TestDb {
+            name,
+            url,
+            server: server.to_owned(),
+        }
+    }
+
+    fn server(&self) -> PgConnectOptions {
+        self.server.parse().expect("PostgreSQL server URL")
     }
 
     /// A copy of this database (`CREATE DATABASE … TEMPLATE`), dropped with the copy.
     pub fn copy(&self) -> TestDb {
-        let copy = TestDb::named();
+        let copy = TestDb::named(&self.server);
         let create = format!("CREATE DATABASE {} TEMPLATE {}", copy.name, self.name);
+        let options = self.server();
         block_on(async move {
-            let mut conn = server().connect().await.expect("connect to PostgreSQL");
+            let mut conn = options.connect().await.expect("connect to PostgreSQL");
             // The template must have no sessions; the broker's may take a moment to end.
             for _ in 0..50 {
                 match conn.execute(sqlx::AssertSqlSafe(create.clone())).await {
@@ -202,7 +235,7 @@ impl TestDb {
     }
 
     async fn connect(&self) -> PgConnection {
-        PgConnection::connect_with(&server().database(&self.name))
+        PgConnection::connect_with(&self.server().database(&self.name))
             .await
             .expect("connect to the test database")
     }
@@ -221,7 +254,7 @@ impl TestDb {
 
     /// Every row of every table, as text: what a stolen dump would hold.
     pub fn dump(&self) -> Vec<u8> {
-        let options = server().database(&self.name);
+        let options = self.server().database(&self.name);
         block_on(async move {
             let mut conn = PgConnection::connect_with(&options).await.expect("connect");
             let tables: Vec<String> = sqlx::query_scalar(
@@ -253,10 +286,153 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         // FORCE: a broker of the test may still be connected.
         let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let options = self.server();
         block_on(async move {
-            if let Ok(mut conn) = server().connect().await {
+            if let Ok(mut conn) = options.connect().await {
                 let _ = conn.execute(sqlx::AssertSqlSafe(drop)).await;
             }
         });
+    }
+}
+
+/// A PostgreSQL server of one test's own on a free loopback port, for tests that stop and
+/// start it (the shared cluster's other users must never see that). Made like
+/// `scripts/pg-test-cluster.sh` does, as the `postgres` user when the tests run as root
+/// (`initdb` refuses root); stopped and deleted on drop.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bindir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PgCluster {
+    /// Create the cluster and start its server.
+    pub async fn start() -> PgCluster {
+        let bindir = std::process::Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .expect("pg_config (PostgreSQL) is needed");
+        let bindir = PathBuf::from(String::from_utf8_lossy(&bindir.stdout).trim());
+        let uid = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .expect("id -u");
+        let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let dir = tempfile::tempdir().expect("tempdir");
+        if as_postgres {
+            let owned = std::process::Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(owned.success(), "chown the cluster directory to postgres");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let cluster = PgCluster {
+            dir,
+            bindir,
+            port,
+            as_postgres,
+        };
+        let data = cluster.data();
+        let initdb = cluster
+            .run("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
+            .output()
+            .await
+            .expect("run initdb");
+        assert!(
+            initdb.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        cluster.resume().await;
+        cluster
+    }
+
+    /// Its superuser URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Start the server (again), once it accepts connections.
+    pub async fn resume(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        let started = self
+            .run("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-o", &options, "start"])
+            .status()
+            .await
+            .expect("run pg_ctl start");
+        assert!(
+            started.success(),
+            "pg_ctl start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stop the server as an operator in a hurry does (`pg_ctl stop -m fast`): sessions are
+    /// ended, no new ones are accepted.
+    pub async fn stop(&self) {
+        let stopped = self
+            .run("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-m", "fast", "stop"])
+            .status()
+            .await
+            .expect("run pg_ctl stop");
+        assert!(stopped.success(), "pg_ctl stop");
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A PostgreSQL program, run as `postgres` when we are root. Its output is not piped: the
+    /// server `pg_ctl` leaves running would hold a pipe open.
+    fn command(&self, program: &str) -> std::process::Command {
+        let program = self.bindir.join(program);
+        let mut command = if self.as_postgres {
+            let mut runuser = std::process::Command::new("runuser");
+            runuser.args(["-u", "postgres", "--"]).arg(program);
+            runuser
+        } else {
+            std::process::Command::new(program)
+        };
+        command.stdin(Stdio::null()).stdout(Stdio::null());
+        command
+    }
+
+    /// [`PgCluster::command`], to await.
+    fn run(&self, program: &str) -> tokio::process::Command {
+        self.command(program).into()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-m", "immediate", "stop"])
+            .stderr(Stdio::null())
+            .status();
     }
 }

@@ -81,7 +81,7 @@ pub(super) async fn run(settings: &Settings, args: MigrateArgs) -> anyhow::Resul
             let vault = Vault::new(key);
             vault
                 .verify_key_check(&check)
-                .with_context(|| format!("the master key is not the one of {from}"))?;
+                .with_context(|| format!("checking the master key against {from}"))?;
             Some(vault)
         }
         None => None,

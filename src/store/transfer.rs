@@ -369,6 +369,7 @@ fn insert_sql(table: &Table, rows: usize) -> String {
         let set: Vec<String> = table
             .columns
             .iter()
+            .filter(|(c, _)| *c != key)
             .map(|(c, _)| format!("{c} = excluded.{c}"))
             .collect();
         sql.push_str(&format!(
@@ -518,5 +519,46 @@ where
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         self.tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Row};
+
+    use super::*;
+    use crate::store::SqliteStore;
+
+    #[tokio::test]
+    async fn every_table_and_column_of_the_schema_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seks.db");
+        SqliteStore::open(&file).await.unwrap();
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&file)
+            .connect()
+            .await
+            .unwrap();
+        let mut schema: Vec<String> = sqlx::query(
+            "SELECT m.name || '.' || c.name AS col FROM sqlite_master m, pragma_table_info(m.name) c \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+             AND m.name NOT IN ('_sqlx_migrations', 'revision')",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get("col"))
+        .collect();
+        let mut copied: Vec<String> = TABLES
+            .iter()
+            .flat_map(|t| t.columns.iter().map(|(c, _)| format!("{}.{c}", t.name)))
+            .collect();
+        schema.sort();
+        copied.sort();
+        // A new table or column must join TABLES, or `seks migrate` would leave it behind
+        // (PostgreSQL's schema is the same, plus approvals' `ord`, which it assigns itself).
+        assert_eq!(copied, schema);
     }
 }

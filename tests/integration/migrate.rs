@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde_json::Value;
 
+use seks::audit::{self, AuditRecord, ChainKey};
+use seks::store::{AuditEntry, DEFAULT_TENANT, Location, NewSecret, NewToken, transfer};
+use seks::tokens::TokenHash;
+use seks::vault::{Key, SealedSecret};
+
 use crate::capabilities::full_suite;
 use crate::support::http::{Reply, send};
 use crate::support::mock::MockUpstream;
@@ -359,4 +364,99 @@ async fn refused_migrations_leave_the_destination_as_it_was() {
         "{again:?}"
     );
     assert_eq!(dest.dump().await, migrated);
+}
+
+#[tokio::test]
+async fn a_long_history_copies_page_by_page_with_parents_before_children() {
+    const N: usize = 150;
+    let env = Env::new("");
+    let Some(dest) = Destination::other_than(&env) else {
+        return;
+    };
+    let from = Location::parse(env.store_url(), env.data_dir())
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    let to = Location::parse(Some(&dest.url()), env.data_dir())
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    let t = DEFAULT_TENANT;
+    from.insert_secret(&NewSecret {
+        id: "sec_a".into(),
+        tenant: t.into(),
+        name: "main".into(),
+        provider: "openai".into(),
+        sealed: SealedSecret {
+            ciphertext: vec![1; 40],
+            nonce: vec![2; 12],
+            wrapped_key: vec![3; 48],
+            wrap_nonce: vec![4; 12],
+            key_version: 1,
+        },
+        created_at: 100,
+    })
+    .await
+    .unwrap();
+    // Each token derived from the one before, with ids sorting the other way round: only
+    // parents-first order inserts them.
+    for i in 0..N {
+        from.insert_token(&NewToken {
+            id: format!("tok_{:04}", N - i),
+            tenant: t.into(),
+            agent: format!("agent-{i}"),
+            secret_id: "sec_a".into(),
+            hash: TokenHash::of(&format!("token-{i}")),
+            hint: "seks_openai_x".into(),
+            expires_at: None,
+            created_at: 100,
+            parent_id: (i > 0).then(|| format!("tok_{:04}", N - i + 1)),
+            policy: None,
+            policy_name: None,
+        })
+        .await
+        .unwrap();
+    }
+    // One stored batch per append: more batches than a page holds.
+    let sign = ChainKey::new(Key::from_bytes([7; 32]));
+    for i in 0..N as i64 {
+        let record = AuditRecord {
+            at_ms: 1_000 + i,
+            tenant: t.into(),
+            method: "GET".into(),
+            path: "/v1/models".into(),
+            status: 200,
+            ..AuditRecord::default()
+        };
+        let entry = AuditEntry {
+            tenant: t.into(),
+            at_ms: record.at_ms,
+            record: serde_json::to_string(&record).unwrap(),
+        };
+        from.append_audit(&[entry], &sign).await.unwrap();
+    }
+
+    let moved = transfer::copy(from.as_ref(), to.as_ref()).await.unwrap();
+    let rows = |table: &str| moved.iter().find(|c| c.table == table).unwrap().rows;
+    assert_eq!(
+        (rows("tokens"), rows("audit_batches")),
+        (N as u64, N as u64)
+    );
+    let listed = |tokens: Vec<seks::store::TokenRecord>| serde_json::to_value(tokens).unwrap();
+    assert_eq!(
+        listed(to.list_tokens(t).await.unwrap()),
+        listed(from.list_tokens(t).await.unwrap())
+    );
+    let last = TokenHash::of(&format!("token-{}", N - 1));
+    let found = to.token_by_hash(&last).await.unwrap().unwrap();
+    assert_eq!(found.parent_id.as_deref(), Some("tok_0002"));
+    let checked = audit::verify(to.as_ref(), &sign).await.unwrap();
+    assert_eq!(checked, [(t.to_owned(), N as u64)]);
+    // A second copy finds the destination taken.
+    assert!(matches!(
+        transfer::copy(from.as_ref(), to.as_ref()).await,
+        Err(transfer::TransferError::NotEmpty(_))
+    ));
 }

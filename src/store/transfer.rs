@@ -276,7 +276,13 @@ pub async fn copy(from: &dyn Store, to: &dyn Store) -> Result<Vec<TableRows>, Tr
     }
     let mut read = Counting {
         import: import.as_mut(),
-        rows: TABLES.iter().map(|t| (t.name, 0)).collect(),
+        rows: TABLES
+            .iter()
+            .map(|t| TableRows {
+                table: t.name,
+                rows: 0,
+            })
+            .collect(),
     };
     let source = from.export(&mut read).await?;
     let read = read.rows;
@@ -287,10 +293,6 @@ pub async fn copy(from: &dyn Store, to: &dyn Store) -> Result<Vec<TableRows>, Tr
     {
         return Err(TransferError::EmptySource);
     }
-    let read: Vec<TableRows> = read
-        .into_iter()
-        .map(|(table, rows)| TableRows { table, rows })
-        .collect();
     same_counts(&source, &read)?;
     // Counted inside the transaction: a row another writer slipped in shows up here, and
     // nothing is committed.
@@ -316,7 +318,7 @@ fn same_counts(source: &[TableRows], copied: &[TableRows]) -> Result<(), Transfe
 /// Passes pages on to an import, counting the rows read per table.
 struct Counting<'a> {
     import: &'a mut dyn Import,
-    rows: Vec<(&'static str, u64)>,
+    rows: Vec<TableRows>,
 }
 
 #[async_trait::async_trait]
@@ -326,8 +328,8 @@ impl RowSink for Counting<'_> {
         table: &'static Table,
         rows: Vec<Vec<Value>>,
     ) -> Result<(), StoreError> {
-        if let Some((_, n)) = self.rows.iter_mut().find(|(name, _)| *name == table.name) {
-            *n += rows.len() as u64;
+        if let Some(read) = self.rows.iter_mut().find(|c| c.table == table.name) {
+            read.rows += rows.len() as u64;
         }
         self.import.write(table, rows).await
     }

@@ -57,7 +57,8 @@ pub struct Table {
 }
 
 /// Every table with data, parents before the tables referring to them. Not copied:
-/// `revision` (each store counts its own changes) and the migrations' bookkeeping.
+/// `revision` (each store counts its own changes), the migrations' bookkeeping, and
+/// PostgreSQL's limit leases (replicas take them afresh within seconds).
 pub static TABLES: &[Table] = &[
     Table {
         name: "meta",

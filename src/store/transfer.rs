@@ -96,6 +96,18 @@ pub static TABLES: &[Table] = &[
         seeded_on: None,
     },
     Table {
+        name: "policies",
+        columns: &[
+            ("tenant_id", Kind::Text),
+            ("name", Kind::Text),
+            ("spec", Kind::Text),
+            ("created_at", Kind::Int),
+            ("updated_at", Kind::Int),
+        ],
+        order: Order::By("tenant_id, name"),
+        seeded_on: None,
+    },
+    Table {
         name: "tokens",
         columns: &[
             ("id", Kind::Text),
@@ -113,18 +125,6 @@ pub static TABLES: &[Table] = &[
             ("policy_name", Kind::Text),
         ],
         order: Order::Lineage,
-        seeded_on: None,
-    },
-    Table {
-        name: "policies",
-        columns: &[
-            ("tenant_id", Kind::Text),
-            ("name", Kind::Text),
-            ("spec", Kind::Text),
-            ("created_at", Kind::Int),
-            ("updated_at", Kind::Int),
-        ],
-        order: Order::By("tenant_id, name"),
         seeded_on: None,
     },
     Table {

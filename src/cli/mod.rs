@@ -6,6 +6,7 @@ mod audit;
 mod backend;
 mod ca;
 mod capability;
+mod migrate;
 mod output;
 mod policy;
 mod provider;
@@ -34,7 +35,7 @@ use crate::providers::Providers;
 use crate::proxy::Upstreams;
 use crate::scrub::Redactor;
 use crate::store::{self, Store};
-use crate::vault::{KeySource, Vault, master_key};
+use crate::vault::{Key, KeySource, Vault, master_key};
 use backend::Backend;
 use remote::Remote;
 
@@ -100,6 +101,8 @@ enum Command {
     /// The forward proxy's certificate authority, for agents' trust stores.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Copy this installation into a new store (SQLite to PostgreSQL, or back), verbatim.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Entry point of the `seks` binary.
@@ -164,6 +167,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(cmd) => {
             local_only("ca")?;
             ca::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Migrate(args) => {
+            local_only("migrate")?;
+            migrate::run(&Context::prepare(overrides, "warn", redactor)?, args).await
         }
         Command::Admin(cmd) => {
             local_only("admin")?;
@@ -260,14 +267,7 @@ impl Context {
     /// key and with no key configured, generate one and say where it is.
     async fn unlock_vault(&self) -> anyhow::Result<Vault> {
         let recorded = self.store.meta(store::META_KEY_CHECK).await?;
-        let env_value = std::env::var(master_key::MASTER_KEY_ENV)
-            .ok()
-            .map(SecretString::from);
-        let (key, source) = master_key::load(
-            env_value,
-            &self.settings.master_key_file,
-            recorded.is_none(),
-        )?;
+        let (key, source) = load_master_key(&self.settings, recorded.is_none())?;
         let vault = Vault::new(key);
         let expected = match recorded {
             Some(check) => check,
@@ -316,6 +316,19 @@ impl Context {
             format!("--data-dir {} ", self.settings.data_dir.display())
         }
     }
+}
+
+/// The master key from `SEKS_MASTER_KEY` or the key file; with neither, a key generated into
+/// the key file if `may_generate`.
+fn load_master_key(settings: &Settings, may_generate: bool) -> anyhow::Result<(Key, KeySource)> {
+    let env_value = std::env::var(master_key::MASTER_KEY_ENV)
+        .ok()
+        .map(SecretString::from);
+    Ok(master_key::load(
+        env_value,
+        &settings.master_key_file,
+        may_generate,
+    )?)
 }
 
 fn init_logging(format: LogFormat, default_level: &str, redactor: Arc<Redactor>) {

@@ -9,6 +9,7 @@ mod audit_batch;
 mod postgres;
 mod rows;
 mod sqlite;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use crate::audit::{AuditSigner, StoredRecord};
 use crate::tokens::TokenHash;
 use crate::vault::SealedSecret;
+use transfer::{Import, RowSink, TableRows};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -544,6 +546,12 @@ pub trait Store: Send + Sync {
         tenant: &str,
         since_day: i64,
     ) -> Result<Vec<UsageRecord>, StoreError>;
+
+    /// Every row of every table ([`transfer::TABLES`]) into `sink`, read in one snapshot;
+    /// the row counts of that snapshot. Writes nothing.
+    async fn export(&self, sink: &mut dyn RowSink) -> Result<Vec<TableRows>, StoreError>;
+    /// Begin an import ([`transfer::copy`]): one write transaction on this store.
+    async fn import(&self) -> Result<Box<dyn Import>, StoreError>;
 }
 
 /// Where the store lives, from `store.url` / `SEKS_STORE_URL`.

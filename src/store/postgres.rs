@@ -15,6 +15,7 @@ mod leases;
 
 use super::audit_batch;
 use super::rows;
+use super::transfer::{self, Import, RowSink, TableRows};
 use super::{
     AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
     NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord,
@@ -975,5 +976,24 @@ impl Store for PgStore {
                 tokens: rows::to_u64(tokens),
             })
             .collect())
+    }
+
+    async fn export(&self, sink: &mut dyn RowSink) -> Result<Vec<TableRows>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        // Streaming a long audit log to a slower destination may take longer than the
+        // statement timeout that guards the request path.
+        sqlx::query("SET LOCAL statement_timeout = 0")
+            .execute(&mut *tx)
+            .await?;
+        let counts = transfer::export(&mut tx, "ord", sink).await?;
+        tx.rollback().await?;
+        Ok(counts)
+    }
+
+    async fn import(&self) -> Result<Box<dyn Import>, StoreError> {
+        Ok(Box::new(transfer::Importer::new(self.pool.begin().await?)))
     }
 }

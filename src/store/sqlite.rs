@@ -10,6 +10,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::audit_batch;
 use super::rows;
+use super::transfer::{self, Import, RowSink, TableRows};
 use super::{
     AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
     NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord,
@@ -890,5 +891,18 @@ impl Store for SqliteStore {
                 tokens: rows::to_u64(tokens),
             })
             .collect())
+    }
+
+    async fn export(&self, sink: &mut dyn RowSink) -> Result<Vec<TableRows>, StoreError> {
+        // A deferred transaction reads one WAL snapshot from its first statement on, while
+        // brokers keep writing.
+        let mut tx = self.pool.begin().await?;
+        let counts = transfer::export(&mut tx, "rowid", sink).await?;
+        tx.rollback().await?;
+        Ok(counts)
+    }
+
+    async fn import(&self) -> Result<Box<dyn Import>, StoreError> {
+        Ok(Box::new(transfer::Importer::new(self.write().await?)))
     }
 }

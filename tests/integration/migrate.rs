@@ -15,10 +15,9 @@ use seks::store::{AuditEntry, DEFAULT_TENANT, Location, NewSecret, NewToken, tra
 use seks::tokens::TokenHash;
 use seks::vault::{Key, SealedSecret};
 
-use crate::capabilities::full_suite;
 use crate::support::http::{Reply, send};
 use crate::support::mock::MockUpstream;
-use crate::support::pg::TestDb;
+use crate::support::pg::{self, TestDb};
 use crate::support::{Broker, Env, assert_never_leaked, config_for, forms, run_python};
 
 const KEY: &str = "sk-proj-MIGRATE-real-key-0123456789abcdef";
@@ -39,14 +38,7 @@ impl Destination {
         if env.pg.is_some() {
             return Some(Destination::File(env.data_dir().join("moved/seks.db")));
         }
-        if std::env::var_os("SEKS_TEST_PG_URL").is_none() {
-            assert!(
-                !full_suite(),
-                "SEKS_TEST_PG_URL is not set: scripts/test.sh starts PostgreSQL"
-            );
-            eprintln!("skipped: no PostgreSQL (source scripts/pg-test-cluster.sh first)");
-            return None;
-        }
+        pg::shared_cluster()?;
         Some(Destination::Db(TestDb::create()))
     }
 

@@ -1,28 +1,29 @@
 -- Limits shared by broker replicas (src/policy/leases.rs). Replicas lease from these rows in
 -- chunks and count locally, so a request rarely waits on the database. Times are the
--- database's clock in Unix milliseconds, so the replicas' clocks need not agree.
+-- database's clock (Unix microseconds for rates, milliseconds for slots), so the replicas'
+-- clocks need not agree.
 
--- A generic cell rate (GCRA) per key: `tat_ms` is the theoretical arrival time of the next
+-- A generic cell rate (GCRA) per key: `tat_us` is the theoretical arrival time of the next
 -- request.
 CREATE TABLE rate_leases (
     key    TEXT PRIMARY KEY,
-    tat_ms BIGINT NOT NULL
+    tat_us BIGINT NOT NULL
 );
 
--- Take up to `want` requests of a rate of one per `interval_ms`, of which up to `burst_ms`
+-- Take up to `want` requests of a rate of one per `interval_us`, of which up to `burst_us`
 -- worth may come early; returns how many were granted.
-CREATE FUNCTION lease_rate(lease_key TEXT, want BIGINT, interval_ms BIGINT, burst_ms BIGINT)
+CREATE FUNCTION lease_rate(lease_key TEXT, want BIGINT, interval_us BIGINT, burst_us BIGINT)
 RETURNS BIGINT LANGUAGE plpgsql AS $$
 DECLARE
-    now_ms  BIGINT := (extract(epoch FROM now()) * 1000)::BIGINT;
+    now_us  BIGINT := (extract(epoch FROM now()) * 1000000)::BIGINT;
     base    BIGINT;
     granted BIGINT;
 BEGIN
-    INSERT INTO rate_leases (key, tat_ms) VALUES (lease_key, now_ms) ON CONFLICT (key) DO NOTHING;
-    SELECT GREATEST(tat_ms, now_ms) INTO base FROM rate_leases WHERE key = lease_key FOR UPDATE;
-    granted := CASE WHEN now_ms + burst_ms < base THEN 0
-                    ELSE LEAST(want, (now_ms + burst_ms - base) / interval_ms + 1) END;
-    UPDATE rate_leases SET tat_ms = base + granted * interval_ms WHERE key = lease_key;
+    INSERT INTO rate_leases (key, tat_us) VALUES (lease_key, now_us) ON CONFLICT (key) DO NOTHING;
+    SELECT GREATEST(tat_us, now_us) INTO base FROM rate_leases WHERE key = lease_key FOR UPDATE;
+    granted := CASE WHEN now_us + burst_us < base THEN 0
+                    ELSE LEAST(want, (now_us + burst_us - base) / interval_us + 1) END;
+    UPDATE rate_leases SET tat_us = base + granted * interval_us WHERE key = lease_key;
     RETURN granted;
 END;
 $$;

@@ -58,7 +58,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     keyring.sync().await.context("reading the store")?;
     let sync_task = tokio::spawn(keyring.clone().run_sync_loop());
 
-    let counters = Arc::new(Limits::new(ctx.store.clone()));
+    let counters = Arc::new(Limits::new(ctx.store.clone()).with_outage_grace(outage_grace));
     let flush_task = tokio::spawn(counters.clone().run_flush_loop());
     let webhook = match &ctx.settings.approvals.webhook_url {
         Some(url) => Some((webhook_uri(url)?, upstreams.client(false).clone())),

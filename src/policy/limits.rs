@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,10 @@ use crate::store::{Store, StoreError, UsageDelta, UsageTotal};
 const DAY_SECS: i64 = 86_400;
 /// How often usage counters are written back to the store (and slot leases renewed).
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait for a lease.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long after a failed lease requests don't try the store again.
+const RETRY_LEASES_AFTER: Duration = Duration::from_secs(1);
 /// Idle time after which a token's counters are dropped from memory.
 const FORGET_AFTER_SECS: i64 = 300;
 
@@ -135,6 +139,29 @@ struct Day {
     unsaved_tokens: u64,
 }
 
+/// Why a request's shared limits could not be counted; it is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Unleased {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store did not answer in time.
+    #[error("the store did not grant a lease within {LEASE_TIMEOUT:?}")]
+    Timeout,
+    /// A lease failed moments ago.
+    #[error("the store failed to grant a lease moments ago")]
+    StoreDown,
+}
+
+/// How a request's rate and concurrency limits are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    /// Against leases from the store the replicas share.
+    Shared,
+    /// In this process alone.
+    Local,
+}
+
 /// The counters of one token.
 pub struct TokenLimits {
     pub(super) id: String,
@@ -200,6 +227,13 @@ pub struct Limits {
     store: Arc<dyn Store>,
     /// This process's name in slot leases.
     replica: String,
+    /// How long after the store last answered limits may be counted locally instead.
+    outage_grace: Duration,
+    /// When the store last answered, in ms since `started`.
+    answered_ms: AtomicU64,
+    started: Instant,
+    /// When a lease last failed, unless the store has answered since.
+    lease_failed: Mutex<Option<Instant>>,
     tokens: Mutex<HashMap<String, Arc<TokenLimits>>>,
     /// Serialises admissions, so concurrent requests can't all pass a budget's last unit.
     admitting: Mutex<()>,
@@ -231,9 +265,21 @@ impl Limits {
         Limits {
             store,
             replica: crate::tokens::random_base62(16),
+            outage_grace: Duration::ZERO,
+            answered_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            lease_failed: Mutex::default(),
             tokens: Mutex::default(),
             admitting: Mutex::default(),
         }
+    }
+
+    /// While the store doesn't answer, count limits that are shared through it in this
+    /// replica alone, for up to `grace` after it last answered (`store.outage_grace`); each
+    /// replica then enforces the whole limit on its own. Zero, the default, refuses.
+    pub fn with_outage_grace(mut self, grace: Duration) -> Self {
+        self.outage_grace = grace;
+        self
     }
 
     /// The counters of token `id`, loading today's usage from the store the first time.
@@ -267,15 +313,58 @@ impl Limits {
     }
 
     /// Lease from a shared store what the links' rate and concurrency limits need for one
-    /// more request; nothing to do when the store isn't shared.
-    pub async fn lease(&self, links: &[(Arc<TokenLimits>, LimitSet)]) -> Result<(), StoreError> {
+    /// more request. Says how the request is to be counted: [`Counting::Local`] when the
+    /// store isn't shared, or is down within the outage grace.
+    pub async fn lease(
+        &self,
+        links: &[(Arc<TokenLimits>, LimitSet)],
+    ) -> Result<Counting, Unleased> {
         let Some(store) = self.store.leases() else {
-            return Ok(());
+            return Ok(Counting::Local);
         };
-        for (counters, spec) in links {
-            leases::top_up(store, &self.replica, counters, spec.rpm, spec.concurrency).await?;
+        let failed_at = *self
+            .lease_failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Right after a failure, requests don't each wait on a store that is probably down.
+        if failed_at.is_some_and(|at| at.elapsed() < RETRY_LEASES_AFTER) {
+            return self.unleased(Unleased::StoreDown);
         }
-        Ok(())
+        for (counters, spec) in links {
+            let top_up = leases::top_up(store, &self.replica, counters, spec.rpm, spec.concurrency);
+            let failure = match tokio::time::timeout(LEASE_TIMEOUT, top_up).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => Unleased::Store(e),
+                Err(_) => Unleased::Timeout,
+            };
+            *self
+                .lease_failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            return self.unleased(failure);
+        }
+        Ok(Counting::Shared)
+    }
+
+    /// Count locally within the outage grace; refuse otherwise.
+    fn unleased(&self, why: Unleased) -> Result<Counting, Unleased> {
+        let answered = Duration::from_millis(self.answered_ms.load(Ordering::Acquire));
+        let silent = self.started.elapsed().saturating_sub(answered);
+        if silent < self.outage_grace {
+            tracing::warn!(error = %why, "limits can't be leased; counting them here alone meanwhile");
+            Ok(Counting::Local)
+        } else {
+            Err(why)
+        }
+    }
+
+    fn store_answered(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.answered_ms.store(ms, Ordering::Release);
+        *self
+            .lease_failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Admit one request against every link of a token's chain (one `(counters, limits)`
@@ -283,6 +372,7 @@ impl Limits {
     pub fn admit(
         &self,
         links: &[(Arc<TokenLimits>, LimitSet)],
+        counting: Counting,
         now: i64,
     ) -> Result<Admission, Limited> {
         let _admitting = self
@@ -317,7 +407,7 @@ impl Limits {
             counts_tokens: links.iter().any(|(_, spec)| spec.daily_tokens.is_some()),
             ..Admission::default()
         };
-        let shared = self.store.leases().is_some();
+        let shared = counting == Counting::Shared;
         let instant = Instant::now();
         for (counters, spec) in links {
             if let Some(max) = spec.concurrency {
@@ -443,6 +533,7 @@ impl Limits {
             all.iter().map(|c| (c.id.as_str(), c)).collect();
         match self.store.add_usage(&deltas).await {
             Ok(totals) => {
+                self.store_answered();
                 for total in totals {
                     if let Some(counters) = by_id.get(total.token_id.as_str()) {
                         counters.take_in(&total);
@@ -468,7 +559,11 @@ impl Limits {
     /// Give back unused concurrency slots leased from a shared store and renew the rest.
     async fn renew_leases(&self) -> Result<(), StoreError> {
         match self.store.leases() {
-            Some(store) => leases::renew(store, &self.replica, &self.all()).await,
+            Some(store) => {
+                leases::renew(store, &self.replica, &self.all()).await?;
+                self.store_answered();
+                Ok(())
+            }
             None => Ok(()),
         }
     }

@@ -242,12 +242,12 @@ impl Enforcer {
         if links.is_empty() {
             return Ok(None);
         }
-        self.counters.lease(&links).await.map_err(|e| {
+        let counting = self.counters.lease(&links).await.map_err(|e| {
             tracing::error!(error = %e, "limits could not be leased; refusing the request");
             ProxyError::StoreUnavailable
         })?;
         self.counters
-            .admit(&links, clock::now())
+            .admit(&links, counting, clock::now())
             .map(Some)
             .map_err(ProxyError::Limited)
     }

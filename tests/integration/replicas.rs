@@ -261,11 +261,27 @@ async fn a_postgresql_outage_under_load_serves_known_tokens_for_the_grace_and_lo
     let (mock, env) = setup(&cluster.url(), &grace).await;
     let known = env.create_token("main", &["--agent", "steady"]).await;
     let fresh = env.create_token("main", &["--agent", "fresh"]).await;
+    // Limits leased from the store are counted by each replica alone during the grace.
+    let limited = env
+        .create_token(
+            "main",
+            &[
+                "--agent",
+                "limited",
+                "--rpm",
+                "100000",
+                "--concurrency",
+                "8",
+            ],
+        )
+        .await;
     let replicas = Replicas::start(&env, 3, &[]).await;
     let known_call = Call::get(MODELS, Some(&known));
     let fresh_call = Call::get(MODELS, Some(&fresh));
+    let limited_call = Call::get(MODELS, Some(&limited));
     let mut checked: Vec<Reply> = replicas.each(&known_call).await;
-    assert!(checked.iter().all(|r| r.status == 200));
+    checked.extend(replicas.each(&limited_call).await);
+    assert!(checked.iter().all(|r| r.status == 200), "{checked:#?}");
 
     let load = Load::start(&replicas, &known_call, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -276,7 +292,10 @@ async fn a_postgresql_outage_under_load_serves_known_tokens_for_the_grace_and_lo
     // Past the moment cached tokens normally go stale, within the grace: the known token is
     // served by every replica, a token none has seen is refused, and none says it is ready.
     tokio::time::sleep_until((stopped + Duration::from_secs(1)).into()).await;
-    let during = replicas.each(&known_call).await;
+    let mut during = replicas.each(&known_call).await;
+    // Past the 2 s a leased rate permit lasts: leasing fails, local counting takes over.
+    tokio::time::sleep_until((stopped + Duration::from_millis(2500)).into()).await;
+    during.extend(replicas.each(&limited_call).await);
     assert!(during.iter().all(|r| r.status == 200), "{during:#?}");
     let refused = replicas.each(&fresh_call).await;
     for reply in &refused {
@@ -299,7 +318,8 @@ async fn a_postgresql_outage_under_load_serves_known_tokens_for_the_grace_and_lo
 
     // Once the grace is over, the known token is refused too.
     tokio::time::sleep_until((stopped + GRACE).into()).await;
-    let after = replicas.each(&known_call).await;
+    let mut after = replicas.each(&known_call).await;
+    after.extend(replicas.each(&limited_call).await);
     assert!(after.iter().all(|r| r.status == 503), "{after:#?}");
     checked.extend(after);
     tokio::time::sleep(Duration::from_secs(1)).await;

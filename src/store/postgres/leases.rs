@@ -11,6 +11,10 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 fn count(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
@@ -27,8 +31,8 @@ impl Leases for PgStore {
         let granted: i64 = sqlx::query_scalar("SELECT lease_rate($1, $2, $3, $4)")
             .bind(key)
             .bind(i64::from(want))
-            .bind(millis(interval))
-            .bind(i64::try_from(burst.as_millis()).unwrap_or(i64::MAX))
+            .bind(micros(interval).max(1))
+            .bind(micros(burst))
             .fetch_one(&self.pool)
             .await?;
         Ok(count(granted))

@@ -148,8 +148,8 @@ class Processes:
     def __enter__(self):
         return self
 
-    def start(self, cmd, **kwargs):
-        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *map(str, cmd)], **kwargs)
+    def start(self, cmd, cpu=SERVER_CPU, **kwargs):
+        proc = subprocess.Popen(["taskset", "-c", cpu, *map(str, cmd)], **kwargs)
         self.procs.append(proc)
         return proc
 
@@ -268,8 +268,9 @@ def bulk_tokens(data, count):
 
 
 def start_postgres(procs, work):
-    """A throwaway PostgreSQL cluster in `work` on the server CPU (as the `postgres` user
-    when run as root: initdb refuses root); returns (its server process, its URL)."""
+    """A throwaway PostgreSQL cluster in `work` (as the `postgres` user when run as root:
+    initdb refuses root) on the load generator's CPU, as a database on another machine
+    wouldn't take the broker's; returns (its server process, its URL)."""
     bindir = Path(subprocess.run(["pg_config", "--bindir"], check=True, capture_output=True, text=True).stdout.strip())
     data = work / "pg"
     data.mkdir()
@@ -282,7 +283,7 @@ def start_postgres(procs, work):
     port = free_port()
     server = procs.start(
         [*as_user, bindir / "postgres", "-D", data, "-p", port, "-k", data, "-c", "listen_addresses=127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cpu=CLIENT_CPU, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 20
     while subprocess.run([bindir / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:

@@ -24,7 +24,8 @@ Each load run records the load average and the CPU used by the servers, the load
 generator and everything else (in % of a core): repeat a run where others were busy.
 --big-store adds a broker over 1,000 secrets and 100,000 tokens: its start-up, idle RSS and
 p50/p99 at 2,000 req/s against the small store's, alternating. --postgres does the same for
-a broker whose store is PostgreSQL (a throwaway cluster on the server CPU). --soak SECONDS runs seks at
+a broker whose store is PostgreSQL (a throwaway cluster on the load generator's CPU, as a
+database on another machine wouldn't share the broker's). --soak SECONDS runs seks at
 80% of its 32-connection max and samples its RSS every second.
 Prints one table (each figure per target, seks/nginx, overhead over direct, the issue's
 targets met or missed, the conditions) and writes it as JSON and as Markdown.

@@ -337,6 +337,8 @@ impl Limits {
                 Ok(Err(e)) => Unleased::Store(e),
                 Err(_) => Unleased::Timeout,
             };
+            // Logged here, at most once a second, rather than for every request it touches.
+            tracing::warn!(error = %failure, "limits can't be leased from the store");
             *self
                 .lease_failed
                 .lock()
@@ -346,12 +348,12 @@ impl Limits {
         Ok(Counting::Shared)
     }
 
-    /// Count locally within the outage grace; refuse otherwise.
+    /// Count locally within the outage grace (each replica then enforces the whole limit on
+    /// its own); refuse otherwise.
     fn unleased(&self, why: Unleased) -> Result<Counting, Unleased> {
         let answered = Duration::from_millis(self.answered_ms.load(Ordering::Acquire));
         let silent = self.started.elapsed().saturating_sub(answered);
         if silent < self.outage_grace {
-            tracing::warn!(error = %why, "limits can't be leased; counting them here alone meanwhile");
             Ok(Counting::Local)
         } else {
             Err(why)

@@ -16,13 +16,7 @@ const KEY2: &str = "sk-proj-ADMIN-rotated-key-9876543210";
 async fn setup() -> (MockUpstream, Env, Broker, String) {
     let mock = MockUpstream::start().await;
     let env = Env::with_upstream(&mock.url());
-    let admin_token = env
-        .cli(&["admin", "token", "create"], "")
-        .await
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let admin_token = env.admin_token().await;
     assert!(admin_token.starts_with("seks_admin_"), "{admin_token}");
     let broker = env.serve().await;
     (mock, env, broker, admin_token)

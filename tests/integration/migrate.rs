@@ -166,13 +166,7 @@ async fn an_installation_moves_to_the_other_store_and_keeps_working_there() {
     let gone = env.create_token("gh", &["--agent", "gone"]).await;
     let gone_id = env.token_id("gone").await;
     env.cli(&["token", "revoke", &gone_id], "").await.ok();
-    let admin = env
-        .cli(&["admin", "token", "create"], "")
-        .await
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let admin = env.admin_token().await;
     // Makes the forward proxy's CA, sealed in the store.
     env.cli(&["ca", "export"], "").await.ok();
 

@@ -25,6 +25,23 @@ async fn sdk(base: &str, token: &str, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// A burst under `concurrency = 2`: one or two calls passed, the rest were refused for
+/// concurrency, and the upstream never saw more than two at once.
+fn assert_at_most_two_in_flight(results: &[Value], passed: usize, mock: &MockUpstream) {
+    assert!((1..=2).contains(&passed), "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == 200 || r["code"] == "concurrency_limited"),
+        "{results:?}"
+    );
+    assert!(
+        mock.max_in_flight() <= 2,
+        "the upstream saw {} at once",
+        mock.max_in_flight()
+    );
+}
+
 async fn setup(extra_config: &str) -> (MockUpstream, Env) {
     let mock = MockUpstream::start().await;
     let env = Env::new(&crate::support::config_for(&mock.url(), extra_config));
@@ -124,18 +141,7 @@ async fn rpm_and_concurrency_hold_under_concurrent_load() {
 
     let results = sdk(&base, &narrow, &["burst", "6", "/sleep"]).await;
     let passed = results.iter().filter(|r| r["status"] == 200).count();
-    assert!((1..=2).contains(&passed), "{results:?}");
-    assert!(
-        results
-            .iter()
-            .all(|r| r["status"] == 200 || r["code"] == "concurrency_limited"),
-        "{results:?}"
-    );
-    assert!(
-        mock.max_in_flight() <= 2,
-        "the upstream saw {} at once",
-        mock.max_in_flight()
-    );
+    assert_at_most_two_in_flight(&results, passed, &mock);
     assert_eq!(mock.requests().len(), 5 + passed);
     broker.stop().await;
 }
@@ -179,18 +185,7 @@ async fn rpm_concurrency_and_daily_budgets_hold_across_replicas_sharing_a_store(
 
     let results = sdk(&spread, &narrow, &["burst", "9", "/sleep"]).await;
     let slept = results.iter().filter(|r| r["status"] == 200).count();
-    assert!((1..=2).contains(&slept), "{results:?}");
-    assert!(
-        results
-            .iter()
-            .all(|r| r["status"] == 200 || r["code"] == "concurrency_limited"),
-        "{results:?}"
-    );
-    assert!(
-        mock.max_in_flight() <= 2,
-        "the upstream saw {} at once",
-        mock.max_in_flight()
-    );
+    assert_at_most_two_in_flight(&results, slept, &mock);
 
     // Daily budgets are reconciled every second: calls five a second overrun 10 by what the
     // other replicas admitted in the last second or two (unshared, all 30 would pass).

@@ -112,13 +112,7 @@ async fn a_change_through_any_replica_or_the_cli_reaches_every_replica_within_a_
         return;
     };
     let (mock, env) = setup(&server, "").await;
-    let admin_token = env
-        .cli(&["admin", "token", "create"], "")
-        .await
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let admin_token = env.admin_token().await;
     let mut tokens = HashMap::new();
     for agent in ["rescoped", "cli-revoked", "api-revoked", "created"] {
         tokens.insert(agent, env.create_token("main", &["--agent", agent]).await);

@@ -37,6 +37,18 @@ fn sealed(byte: u8) -> SealedSecret {
     }
 }
 
+/// Secret `sec_a` ("main"), which the tokens below use.
+fn main_secret() -> NewSecret {
+    NewSecret {
+        id: "sec_a".into(),
+        tenant: T.into(),
+        name: "main".into(),
+        provider: "openai".into(),
+        sealed: sealed(1),
+        created_at: 100,
+    }
+}
+
 fn token(id: &str, hash: u8, parent: Option<&str>) -> NewToken {
     NewToken {
         id: id.into(),
@@ -61,17 +73,7 @@ async fn the_store_contract_holds_on_this_backend() {
     let again = open(&env).await;
 
     let rev = store.revision().await.unwrap();
-    store
-        .insert_secret(&NewSecret {
-            id: "sec_a".into(),
-            tenant: T.into(),
-            name: "main".into(),
-            provider: "openai".into(),
-            sealed: sealed(1),
-            created_at: 100,
-        })
-        .await
-        .unwrap();
+    store.insert_secret(&main_secret()).await.unwrap();
     let after_secret = again.revision().await.unwrap();
     assert!(after_secret > rev, "a new secret must reach every broker");
     let duplicate = NewSecret {
@@ -402,17 +404,7 @@ async fn deleting_a_policy_and_creating_a_token_that_names_it_never_both_succeed
     let env = Env::new("");
     let store = open(&env).await;
     let other = open(&env).await;
-    store
-        .insert_secret(&NewSecret {
-            id: "sec_a".into(),
-            tenant: T.into(),
-            name: "main".into(),
-            provider: "openai".into(),
-            sealed: sealed(1),
-            created_at: 100,
-        })
-        .await
-        .unwrap();
+    store.insert_secret(&main_secret()).await.unwrap();
     for i in 0..40u8 {
         let name = format!("p{i}");
         store.put_policy(T, &name, "{}", 100).await.unwrap();

@@ -203,6 +203,12 @@ impl Env {
             .ok();
     }
 
+    /// `seks admin token create` → the admin token.
+    pub async fn admin_token(&self) -> String {
+        let out = self.cli(&["admin", "token", "create"], "").await.ok();
+        out.stdout.trim().to_owned()
+    }
+
     /// `seks token create` → the token.
     pub async fn create_token(&self, secret: &str, extra: &[&str]) -> String {
         let mut args = vec!["token", "create", "--secret", secret];

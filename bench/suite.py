@@ -26,11 +26,14 @@ generator and everything else (in % of a core): repeat a run where others were b
 p50/p99 at 2,000 req/s against the small store's, alternating. --postgres does the same for
 a broker whose store is PostgreSQL (a throwaway cluster on the load generator's CPU, as a
 database on another machine wouldn't share the broker's). --soak SECONDS runs seks at
-80% of its 32-connection max and samples its RSS every second.
+80% of its 32-connection max and samples its RSS every second. --floor adds, as a fourth
+target measured like the others, the least proxy seks's stack can be (examples/hyper_floor.rs:
+tokio's one-thread runtime, hyper's server and pooled client, a fixed key injected, nothing
+else), so that the gap to nginx splits into the stack's part and seks's own work.
 Prints one table (each figure per target, seks/nginx, overhead over direct, the issue's
 targets met or missed, the conditions) and writes it as JSON and as Markdown.
 
-Usage: bench/suite.py [--seconds 10] [--rounds 1] [--big-store] [--postgres] [--soak 600]
+Usage: bench/suite.py [--seconds 10] [--rounds 1] [--big-store] [--postgres] [--floor] [--soak 600]
                       [--out bench/out/suite.json]
 (as root: installs nginx, its echo module and curl from Debian if missing, oha from
 crates.io, and builds seks in release mode if it isn't built)
@@ -71,6 +74,8 @@ TTFB_SAMPLES = 200
 DOWNLOADS = 3
 BIG_SECRETS, BIG_TOKENS = 1000, 100_000
 BIG_STORE, POSTGRES = "seks big store", "seks on PostgreSQL"
+FLOOR = "hyper floor"
+FLOOR_BINARY = ROOT / "target" / "release" / "examples" / "hyper_floor"
 
 
 @dataclass
@@ -437,14 +442,18 @@ def vs_direct(figure, values, name):
 
 def table(results):
     """Header and rows: each figure per target, seks/nginx, overheads over direct."""
-    names = ["direct", "nginx", "seks"] + [BIG_STORE] * ("big_store" in results) + [POSTGRES] * ("postgres" in results)
-    header = ["figure", *names, "seks/nginx", "nginx−direct", "seks−direct"]
+    floor = [FLOOR] * results["settings"]["floor"]
+    names = ["direct", "nginx", *floor, "seks"] + [BIG_STORE] * ("big_store" in results) + [POSTGRES] * ("postgres" in results)
+    header = ["figure", *names, "seks/nginx", *(["floor/nginx"] * len(floor)), "nginx−direct", "seks−direct"]
     rows = []
+
+    def ratio(values, name):
+        return fmt(values[name] / values["nginx"]) if values.get("nginx") and name in values else ""
+
     for figure, values in results["figures"].items():
-        ratio = values["seks"] / values["nginx"] if values.get("nginx") and "seks" in values else None
         rows.append([
-            figure, *(fmt(values.get(n)) for n in names), "" if ratio is None else fmt(ratio),
-            vs_direct(figure, values, "nginx"), vs_direct(figure, values, "seks"),
+            figure, *(fmt(values.get(n)) for n in names), ratio(values, "seks"),
+            *(ratio(values, n) for n in floor), vs_direct(figure, values, "nginx"), vs_direct(figure, values, "seks"),
         ])
     return header, rows
 
@@ -454,8 +463,10 @@ def notes(results):
     lines = [
         "CPU µs/req: the upstream's for direct; the proxy's own (upstream not counted) for nginx and seks.",
         "RSS: master + worker for nginx. nginx−direct, seks−direct: added µs for latencies, % for rates.",
-        "Targets:",
     ]
+    if results["settings"]["floor"]:
+        lines.append(f"{FLOOR}: examples/hyper_floor.rs, seks's stack (tokio, hyper) forwarding with a fixed key and nothing else.")
+    lines.append("Targets:")
     for c in results["targets"]:
         verdict = {True: "ok", False: "MISS", None: "n/a"}[c["met"]]
         lines.append(f"  {verdict:4} {c['target']}: {fmt(c['value'])} (target {c['limit']})")
@@ -505,10 +516,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="repeat every measurement; medians reported")
     parser.add_argument("--big-store", action="store_true", help=f"also {BIG_SECRETS:,} secrets and {BIG_TOKENS:,} tokens")
     parser.add_argument("--postgres", action="store_true", help="also a broker on a PostgreSQL store")
+    parser.add_argument("--floor", action="store_true", help="also a bare hyper proxy, the stack's floor")
     parser.add_argument("--soak", type=int, metavar="SECONDS", help="RSS over a run this long at 80%% of seks's max")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "suite.json"))
     args = parser.parse_args()
     ensure_tools(["nginx", "curl", str(ECHO_MODULE)], oha=True)
+    if args.floor:
+        subprocess.run(["cargo", "build", "--release", "--locked", "--example", "hyper_floor"], cwd=ROOT, check=True)
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
     work = Path(tempfile.mkdtemp(prefix="seks-suite-"))
     work.chmod(0o755)  # nginx workers run unprivileged
@@ -526,7 +540,7 @@ def main():
 
 
 def run_suite(args, work, procs):
-    """Start the three targets, measure everything, return the results."""
+    """Start the targets, measure everything, return the results."""
     results = {"machine": machine(), "settings": vars(args)}
     files = work / "files"
     (files / "v1" / "files").mkdir(parents=True)
@@ -546,18 +560,23 @@ def run_suite(args, work, procs):
         Target("nginx", proxy_port, "", token, [ng_worker], [ng_master.pid, ng_worker]),
         Target("seks", seks_port, "/api/openai", token, [seks_proc.pid], [seks_proc.pid]),
     ]
-    run = Run([up_worker, ng_worker, seks_proc.pid])
+    if args.floor:
+        floor_port = free_port()
+        floor_proc = procs.start([FLOOR_BINARY, floor_port, upstream_port])
+        wait_port(floor_port)
+        targets.insert(2, Target(FLOOR, floor_port, "/api/openai", token, [floor_proc.pid], [floor_proc.pid]))
+    run = Run([t.cpu_pids[0] for t in targets])
     run.add("start-up ms", "seks", 1000 * startup)
     for t in targets:
         warm_up(run, t)
     measure(run, targets, args, args.rounds)
     if args.big_store:
-        results["big_store"] = big_store(run, procs, work, upstream_port, targets[2], args)
+        results["big_store"] = big_store(run, procs, work, upstream_port, targets[-1], args)
     if args.postgres:
-        results["postgres"] = postgres_store(run, procs, work, upstream_port, targets[2], args)
+        results["postgres"] = postgres_store(run, procs, work, upstream_port, targets[-1], args)
     if args.soak:
         rate = int(0.8 * statistics.median(run.samples["max req/s, 32 conns"]["seks"]))
-        results["soak"] = soak(targets[2], run.servers, rate, args.soak)
+        results["soak"] = soak(targets[-1], run.servers, rate, args.soak)
     many_streams(run, targets)  # last: the upstream holds the streams for 30 s more
     results["figures"] = run.medians()
     results["samples"] = run.samples

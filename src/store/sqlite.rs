@@ -30,6 +30,9 @@ pub const DB_FILE: &str = "seks.db";
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// A connection of its own for audit batches: its page cache stays warm, and each
+    /// batch wakes one worker thread rather than whichever the pool hands out.
+    audit: SqlitePool,
 }
 
 impl SqliteStore {
@@ -70,7 +73,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(2))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let migrator = sqlx::migrate!("migrations/sqlite");
         if migrator.run(&pool).await.is_err() {
@@ -78,7 +81,12 @@ impl SqliteStore {
             tokio::time::sleep(Duration::from_millis(200)).await;
             migrator.run(&pool).await?;
         }
-        Ok(SqliteStore { pool })
+        let audit = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool, audit })
     }
 }
 
@@ -688,7 +696,7 @@ impl Store for SqliteStore {
         entries: &[AuditEntry],
         sign: &dyn AuditSigner,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write().await?;
+        let mut tx = self.audit.begin_with("BEGIN IMMEDIATE").await?;
         for (tenant, list) in audit_batch::by_tenant(entries) {
             let mut head = audit_head(&mut tx, tenant).await?;
             for batch in audit_batch::chain(tenant, &mut head, &list) {

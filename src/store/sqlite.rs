@@ -91,12 +91,19 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// A write transaction. IMMEDIATE takes the write lock at once: a transaction that
-    /// reads first and upgrades later fails at once (no busy wait) if another process wrote
-    /// in between, and two writers can't both extend the same audit head.
+    /// A write transaction on the shared pool (see [`begin_immediate`]).
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        begin_immediate(&self.pool).await
     }
+}
+
+/// A write transaction. IMMEDIATE takes the write lock at once: a transaction that reads
+/// first and upgrades later fails at once (no busy wait) if another connection wrote in
+/// between, and two writers can't both extend the same audit head.
+async fn begin_immediate(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
 }
 
 /// The newest record of `tenant`'s chain, or the checkpoint of pruned history, or genesis.
@@ -696,7 +703,7 @@ impl Store for SqliteStore {
         entries: &[AuditEntry],
         sign: &dyn AuditSigner,
     ) -> Result<(), StoreError> {
-        let mut tx = self.audit.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_immediate(&self.audit).await?;
         for (tenant, list) in audit_batch::by_tenant(entries) {
             let mut head = audit_head(&mut tx, tenant).await?;
             for batch in audit_batch::chain(tenant, &mut head, &list) {

@@ -5,8 +5,8 @@
 //! scrubber for its response. Stores of 1 and 10,000 tokens, 1 and 1,000 secrets.
 //! Run: `cargo bench --bench keyring`.
 //!
-//! Writing the credential into the upstream request (`proxy::rewrite::inject`) is private
-//! to the proxy, so it is measured only end to end (`bench/suite.py`).
+//! Writing the credential into the upstream request has a bench of its own
+//! (`cargo bench --bench inject`).
 
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ mod error;
 pub mod oauth2;
 mod resign;
 mod response;
-pub(crate) mod rewrite;
+pub mod rewrite;
 pub mod target;
 mod upstream;
 pub(crate) mod websocket;

@@ -505,3 +505,96 @@ async fn an_upstream_cannot_forge_the_brokers_error_marker() {
     assert_eq!(reply.header("x-upstream"), Some("kept"));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn one_agent_connection_reaches_each_upstream_with_its_own_key_across_reconnects() {
+    let openai = MockUpstream::start().await;
+    let anthropic = MockUpstream::start().await;
+    let env = Env::new(&format!(
+        "[upstream]\nresponse_timeout = \"5s\"\n\
+         [providers.openai]\nbase_url = \"{}/v1\"\n\
+         [providers.anthropic]\nbase_url = \"{}\"\n",
+        openai.url(),
+        anthropic.url()
+    ));
+    env.add_secret("openai-main", "openai", OPENAI_KEY).await;
+    env.add_secret("anthropic-main", "anthropic", "sk-ant-REAL")
+        .await;
+    let openai_token = env.create_token("openai-main", &[]).await;
+    let anthropic_token = env.create_token("anthropic-main", &[]).await;
+    let broker = env.serve().await;
+
+    // One keep-alive agent connection, requests in turn.
+    let stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let (mut agent, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let openai_auth = format!("Bearer {openai_token}");
+    let mut call = async |path: &str, auth: (&str, &str)| {
+        agent
+            .ready()
+            .await
+            .expect("the agent connection stays open");
+        let request = hyper::Request::post(path)
+            .header("host", broker.addr.to_string())
+            .header(auth.0, auth.1)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        let response = agent.send_request(request).await.expect("a response");
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    };
+    let chat = "/api/openai/chat/completions";
+    for _ in 0..3 {
+        call(chat, ("authorization", &openai_auth)).await;
+    }
+    assert_eq!(
+        openai.connections(),
+        1,
+        "upstream connections are kept alive"
+    );
+
+    // Another provider on the same agent connection goes to its own upstream, with its key.
+    call(
+        "/api/anthropic/v1/messages",
+        ("x-api-key", &anthropic_token),
+    )
+    .await;
+    let seen = anthropic.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-api-key"), Some("sk-ant-REAL"));
+    assert_eq!(
+        seen[0].header("host"),
+        Some(anthropic.addr.to_string().as_str())
+    );
+    call(chat, ("authorization", &openai_auth)).await;
+    assert_eq!(
+        anthropic.requests().len(),
+        1,
+        "nothing crossed to the other upstream"
+    );
+
+    // An upstream that ends keep-alive costs the agent nothing: the next request goes on a
+    // new connection.
+    let before = openai.connections();
+    call("/api/openai/close", ("authorization", &openai_auth)).await;
+    call(chat, ("authorization", &openai_auth)).await;
+    assert_eq!(openai.connections(), before + 1);
+    let seen = openai.requests();
+    assert_eq!(seen.len(), 6);
+    for request in &seen {
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {OPENAI_KEY}").as_str())
+        );
+        assert_eq!(
+            request.header("host"),
+            Some(openai.addr.to_string().as_str())
+        );
+        assert!(request.target.starts_with("/v1/"), "{}", request.target);
+    }
+    broker.stop().await;
+}

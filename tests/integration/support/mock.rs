@@ -256,6 +256,12 @@ async fn handle(
         stalled()
     } else if path.ends_with("/drip") {
         drip()
+    } else if path.ends_with("/close") {
+        // Answers, then closes the connection, as a server ending keep-alive does.
+        Response::builder()
+            .header("connection", "close")
+            .body(full("{}".to_owned()))
+            .unwrap()
     } else if path.ends_with("/reset") {
         reset_mid_stream()
     } else if path.ends_with("/reflect") {

@@ -21,16 +21,16 @@ pub fn all_forms(secret: &[u8], min_len: usize) -> Vec<Zeroizing<Vec<u8>>> {
     out
 }
 
-/// Forms that survive lowercasing (header names are lowercased by HTTP): the raw value,
-/// its core and its hex, matched case-insensitively. Lowercased base64 can't be decoded.
-pub fn case_insensitive_forms(secret: &[u8], min_len: usize) -> Vec<Zeroizing<Vec<u8>>> {
+/// Forms that survive lowercasing (header names are lowercased by HTTP), lowercased: the
+/// raw value, its core and its hex. Lowercased base64 can't be decoded.
+pub fn lowercase_forms(secret: &[u8], min_len: usize) -> Vec<Zeroizing<Vec<u8>>> {
     let mut out = vec![
-        Zeroizing::new(secret.to_vec()),
+        Zeroizing::new(secret.to_ascii_lowercase()),
         Zeroizing::new(hex(secret, b"0123456789abcdef")),
     ];
     if secret.len() >= min_len + 2 * CORE_TRIM {
         out.push(Zeroizing::new(
-            secret[CORE_TRIM..secret.len() - CORE_TRIM].to_vec(),
+            secret[CORE_TRIM..secret.len() - CORE_TRIM].to_ascii_lowercase(),
         ));
     }
     out

@@ -316,6 +316,23 @@ fn header_names_that_carry_a_secret_are_dropped_in_any_case() {
 }
 
 #[test]
+fn names_match_the_raw_core_and_hex_forms_in_any_letter_case() {
+    let secret = b"sk-proj-AbCdEfGhIjKlMnOp";
+    let s = sc(&[secret]);
+    let upper_hex: String = secret.iter().map(|b| format!("{b:02X}")).collect();
+    for name in [
+        "x-SK-PROJ-abcdefghijklmnop".to_owned(),
+        "x--PROJ-ABCDEFGHIJKLMN-y".to_owned(),
+        format!("x-{upper_hex}"),
+        format!("x-{}", upper_hex.to_lowercase()),
+    ] {
+        assert!(s.name_leaks(name.as_bytes()), "{name}");
+    }
+    assert!(!s.name_leaks(b"X-Request-Id"));
+    assert!(!s.name_leaks(b"sk-proj-AbCdEf"));
+}
+
+#[test]
 fn a_match_found_early_never_hides_a_longer_one_completing_later() {
     let esc = br#"{"k":"\u0073\u006b-proj-S3cr3t/Value+With=Special~Chars"}"#;
     let s = sc(&[SECRET]);

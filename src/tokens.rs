@@ -256,7 +256,7 @@ pub fn random_base62(len: usize) -> String {
 /// Fill `buf` from the operating system's CSPRNG.
 pub fn fill_random(buf: &mut [u8]) {
     // The kernel's generator directly, not aws-lc's: aws-lc seeds its own with CPU-jitter
-    // entropy on first use, some 25 ms that `serve` would otherwise spend starting up.
+    // entropy on first use, some 30 ms that `serve` would otherwise spend starting up.
     // The system RNG failing means the process can't do any crypto safely; stopping is right.
     getrandom::fill(buf).expect("operating system random number generator failed");
 }

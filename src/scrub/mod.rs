@@ -108,8 +108,9 @@ impl Scrubber {
             .match_kind(MatchKind::Standard)
             .prefilter(false)
             .build(patterns.iter().map(|p| p.as_slice()))?;
-        // Matching lowercased forms in lowercased text is ASCII case-insensitive matching;
-        // the automaton builds in a third of the time `ascii_case_insensitive` takes.
+        // Matching lowercased forms in lowercased text is ASCII case-insensitive matching,
+        // and builds much faster than `ascii_case_insensitive`, which doubles every letter's
+        // transitions.
         let name_patterns: Vec<_> = secrets
             .iter()
             .flat_map(|s| forms::lowercase_forms(s, MIN_SECRET_LEN))

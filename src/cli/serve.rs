@@ -198,6 +198,10 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let server = tokio::spawn(server::run(listener, state, async move {
         let _ = stopped.changed().await;
     }));
+    // aws-lc seeds its random generator with CPU-jitter entropy, some 30 ms, the first time
+    // it is asked for bytes; asking now, off the runtime, keeps the first TLS handshake to an
+    // upstream from stalling every request on it.
+    tokio::task::spawn_blocking(|| aws_lc_rs::rand::fill(&mut [0u8; 1]));
     // Both listeners drain within the same grace.
     let mut server = tokio::spawn(async move {
         let agents = server.await;

@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use crate::clock;
 use crate::policy::PolicySpec;
 use crate::scrub::{Redactor, ScrubError, Scrubber};
-use crate::store::{Store, StoreError, TokenRecord};
+use crate::store::{Leases, Store, StoreError, TokenRecord};
 use crate::tokens::{ParsedToken, TokenHash};
 use crate::vault::{SecretIdentity, Vault, VaultError};
 
@@ -539,6 +539,11 @@ impl Keyring {
     /// The scrubber in force: it knows every loaded secret and every value learned so far.
     pub fn scrubber(&self) -> Arc<Scrubber> {
         Arc::clone(&self.read_cache().scrubber)
+    }
+
+    /// Leases on the store, when other brokers share it: what they coordinate through.
+    pub fn leases(&self) -> Option<&dyn Leases> {
+        self.store.leases()
     }
 
     /// Seal `value` as the next version of `token`'s secret and store it, if the secret is

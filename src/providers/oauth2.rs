@@ -56,8 +56,21 @@ impl Oauth2Grant {
     }
 }
 
+/// The stored key that marks a version written back after the provider rotated the refresh
+/// token.
+const ROTATED_BY_PROVIDER: &str = "rotated_by_provider";
+/// Every key a stored value may hold.
+const KEYS: [&str; 4] = [
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    ROTATED_BY_PROVIDER,
+];
+
 /// The stored value of an OAuth2 secret:
-/// `{"client_id": "…", "client_secret": "…" (optional), "refresh_token": "…"}`.
+/// `{"client_id": "…", "client_secret": "…" (optional), "refresh_token": "…"}`, and
+/// `"rotated_by_provider": true` when a broker sealed a refresh token the provider issued in
+/// place of the previous version's.
 #[derive(Debug, Clone)]
 pub struct Oauth2Secret {
     /// The OAuth2 client's id.
@@ -66,6 +79,9 @@ pub struct Oauth2Secret {
     pub client_secret: Option<SecretString>,
     /// The long-lived token access tokens are minted from.
     pub refresh_token: SecretString,
+    /// This version differs from the one before only by a refresh token the provider
+    /// rotated, so access tokens minted from that one are still good.
+    pub rotated_by_provider: bool,
 }
 
 impl Oauth2Secret {
@@ -77,14 +93,16 @@ impl Oauth2Secret {
                 r#"an oauth2 secret must be JSON {"client_id": "…", "client_secret": "…", "refresh_token": "…"} (client_secret optional)"#,
             );
         };
-        if map
-            .keys()
-            .any(|k| !["client_id", "client_secret", "refresh_token"].contains(&k.as_str()))
-        {
+        if map.keys().any(|k| !KEYS.contains(&k.as_str())) {
             return Err(
                 "an oauth2 secret may only hold the keys client_id, client_secret and refresh_token",
             );
         }
+        let rotated_by_provider = match map.get(ROTATED_BY_PROVIDER) {
+            None => false,
+            Some(Value::Bool(rotated)) => *rotated,
+            Some(_) => return Err("rotated_by_provider must be true or false"),
+        };
         let field = |key: &str| -> Result<Option<SecretString>, &'static str> {
             match map.get(key) {
                 None => Ok(None),
@@ -118,6 +136,7 @@ impl Oauth2Secret {
             client_id,
             client_secret,
             refresh_token,
+            rotated_by_provider,
         })
     }
 
@@ -126,6 +145,7 @@ impl Oauth2Secret {
         let mut stored = serde_json::json!({
             "client_id": self.client_id.expose_secret(),
             "refresh_token": refresh_token.expose_secret(),
+            ROTATED_BY_PROVIDER: true,
         });
         if let Some(client_secret) = &self.client_secret {
             stored["client_secret"] = client_secret.expose_secret().into();
@@ -159,6 +179,7 @@ mod tests {
             r#"{"client_id": "c", "refresh_token": "has space 123"}"#,
             r#"{"client_id": "c", "refresh_token": "short"}"#,
             r#"{"client_id": "c", "client_secret": "short", "refresh_token": "1//0g-refresh"}"#,
+            r#"{"client_id": "c", "refresh_token": "1//0g-refresh", "rotated_by_provider": 1}"#,
         ] {
             // The reason names keys, never the value.
             let why = Oauth2Secret::parse(bad).unwrap_err();
@@ -183,6 +204,7 @@ mod tests {
             Some("csecret-1")
         );
         assert_eq!(reread.refresh_token.expose_secret(), "refresh-new");
+        assert!(!secret.rotated_by_provider && reread.rotated_by_provider);
         assert!(!format!("{reread:?}").contains("refresh-new"));
     }
 

@@ -7,6 +7,11 @@
 //! timeout after another. A refresh token the provider rotates is sealed into a new version
 //! of the secret, so a restarted broker uses it. Each access token, and each refresh token
 //! the provider replaces, is learned by the scrubber before it is used or forgotten.
+//!
+//! Brokers sharing a store refresh a secret one at a time, under a lease from the store, and
+//! each reads the secret again once it holds the lease: a provider that rotates refresh
+//! tokens takes each one once, and may revoke every token of the grant if one comes back.
+//! A version sealed after a rotation leaves the other brokers' access tokens in use.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +33,7 @@ use super::upstream::UpstreamClient;
 use crate::keyring::{Keyring, KeyringError, Unlocked};
 use crate::providers::oauth2::{ClientAuth, Oauth2Grant, Oauth2Secret};
 use crate::scrub::MIN_SECRET_LEN;
-use crate::store::{StoreError, TokenRecord};
+use crate::store::{Leases, StoreError, TokenRecord};
 
 /// Longest a token exchange may take, whatever the upstream response timeout: requests for
 /// the secret wait on it.
@@ -42,6 +47,14 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long past its expiry an access token stays known to the scrubber (late log lines).
 const SCRUB_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
+/// How long a broker's refresh lease outlives it, should it die while refreshing: longer
+/// than any refresh, since the next holder must not start while it may still be going.
+const LEASE_TTL: Duration = Duration::from_secs(2 * MAX_EXCHANGE.as_secs());
+/// How often a broker asks for a lease another one holds.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+/// Beyond its own exchange timeout, how long a broker waits for another's refresh: time
+/// enough for that one to store what it got.
+const LEASE_PATIENCE: Duration = Duration::from_secs(5);
 /// RFC 6749 §5.2 error codes: the only part of a refusal repeated, since the rest of the
 /// endpoint's body may quote what it was sent.
 const OAUTH_ERRORS: &[&str] = &[
@@ -78,6 +91,9 @@ pub enum RefreshError {
     /// A 2xx answer without a usable access token.
     #[error("the token endpoint's answer can't be used: {0}")]
     BadAnswer(&'static str),
+    /// Another broker on the store has been refreshing for longer than a refresh may take.
+    #[error("another broker has been refreshing this secret's access token for too long")]
+    Busy,
 }
 
 /// Why no access token could be had.
@@ -142,6 +158,8 @@ struct Refresher {
     keyring: Arc<Keyring>,
     client: UpstreamClient,
     timeout: Duration,
+    /// Names this broker's refresh leases in a store other brokers share.
+    holder: String,
 }
 
 impl Minter {
@@ -153,6 +171,7 @@ impl Minter {
                 keyring,
                 client,
                 timeout: timeout.min(MAX_EXCHANGE),
+                holder: crate::tokens::random_base62(16),
             }),
             slots: Mutex::default(),
         }
@@ -167,12 +186,12 @@ impl Minter {
         stored: &Unlocked,
     ) -> Result<Unlocked, MintError> {
         let slot = self.slot(&token.secret_id);
-        if let Some(minted) = slot.usable(stored.version) {
+        if let Some(minted) = slot.usable(stored) {
             return Ok(self.unlocked(&minted, stored.version));
         }
         let finished = slot.finished.load(Ordering::Acquire);
         let mut refreshing = Arc::clone(&slot.refreshing).lock_owned().await;
-        if let Some(minted) = slot.usable(stored.version) {
+        if let Some(minted) = slot.usable(stored) {
             return Ok(self.unlocked(&minted, stored.version));
         }
         if slot.finished.load(Ordering::Acquire) != finished
@@ -191,7 +210,7 @@ impl Minter {
         );
         let task = tokio::spawn(async move {
             let result = refresher
-                .refresh(&grant, &token, &secret, version, &mut refreshing)
+                .refresh_shared(&grant, &token, secret, version, &mut refreshing)
                 .await;
             refreshing.failed = match &result {
                 Err(MintError::Refresh(e)) => Some(e.clone()),
@@ -243,6 +262,79 @@ impl Minter {
 }
 
 impl Refresher {
+    /// [`Refresher::refresh`], under the store's lease for the secret when other brokers
+    /// share the store, from the secret as stored once the lease is held: another broker may
+    /// have rotated the refresh token meanwhile. If the store can't be asked, it refreshes
+    /// alone from `stored` rather than refuse while the store is down.
+    async fn refresh_shared(
+        &self,
+        grant: &Oauth2Grant,
+        token: &TokenRecord,
+        stored: Arc<SecretString>,
+        version: i64,
+        refreshing: &mut Refreshing,
+    ) -> Result<Minted, MintError> {
+        let Some(leases) = self.keyring.leases() else {
+            return self
+                .refresh(grant, token, &stored, version, refreshing)
+                .await;
+        };
+        let key = format!("oauth2 refresh {}", token.secret_id);
+        let held = self.take_lease(leases, &key).await?;
+        let newest = if held && self.keyring.sync().await.is_ok() {
+            self.keyring.credential(token).await.ok()
+        } else {
+            None
+        };
+        let (secret, from) = match &newest {
+            Some(newest) => (&newest.secret, newest.version),
+            None => (&stored, version),
+        };
+        let mut result = self.refresh(grant, token, secret, from, refreshing).await;
+        if let Ok(minted) = &mut result
+            && from != version
+        {
+            // Requests that saw the older version take this token too, not one each.
+            minted.versions.push(version);
+        }
+        if held
+            && let Err(e) = leases
+                .renew_slots(&self.holder, &[(key, 0)], LEASE_TTL)
+                .await
+        {
+            tracing::warn!(secret = %token.secret_name, error = %e, "an OAuth2 refresh lease could not be given back; it lapses by itself");
+        }
+        result
+    }
+
+    /// Hold `key` in the store, waiting while another broker does; false when the store
+    /// can't be asked.
+    async fn take_lease(&self, leases: &dyn Leases, key: &str) -> Result<bool, RefreshError> {
+        let give_up = Instant::now() + self.timeout + LEASE_PATIENCE;
+        loop {
+            let asked = tokio::time::timeout(
+                LEASE_PATIENCE,
+                leases.lease_slots(key, &self.holder, 1, 1, LEASE_TTL),
+            )
+            .await;
+            match asked {
+                Ok(Ok(0)) if Instant::now() < give_up => tokio::time::sleep(LEASE_POLL).await,
+                Ok(Ok(0)) => return Err(RefreshError::Busy),
+                Ok(Ok(_)) => return Ok(true),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the store gave no OAuth2 refresh lease; refreshing alone");
+                    return Ok(false);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the store gave no OAuth2 refresh lease in time; refreshing alone"
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
     /// Mint from `stored` (the secret at `version`), learn what the scrubber must know, and
     /// write a rotated refresh token back.
     async fn refresh(
@@ -385,13 +477,30 @@ impl Refresher {
 }
 
 impl Slot {
-    /// The cached token, if it is fresh and minted from this version of the secret.
-    fn usable(&self, version: i64) -> Option<Arc<Minted>> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current
-            .as_ref()
-            .filter(|m| Instant::now() < m.refresh_at && m.versions.contains(&version))
-            .map(Arc::clone)
+    /// The cached token, if it is fresh and answers for this version of the secret: one it
+    /// was minted from, or one another broker sealed after its provider rotated the refresh
+    /// token of a version the token answers for.
+    fn usable(&self, stored: &Unlocked) -> Option<Arc<Minted>> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let minted = current.as_ref().filter(|m| Instant::now() < m.refresh_at)?;
+        if minted.versions.contains(&stored.version) {
+            return Some(Arc::clone(minted));
+        }
+        let rotated = minted.versions.contains(&(stored.version - 1))
+            && Oauth2Secret::parse(stored.secret.expose_secret())
+                .is_ok_and(|secret| secret.rotated_by_provider);
+        if !rotated {
+            return None;
+        }
+        let mut versions = minted.versions.clone();
+        versions.push(stored.version);
+        let adopted = Arc::new(Minted {
+            access: Arc::clone(&minted.access),
+            versions,
+            refresh_at: minted.refresh_at,
+        });
+        *current = Some(Arc::clone(&adopted));
+        Some(adopted)
     }
 }
 
@@ -582,6 +691,7 @@ mod tests {
             client_id: SecretString::from("id:1"),
             client_secret: Some(SecretString::from("s/cret?x")),
             refresh_token: SecretString::from("refresh-1"),
+            rotated_by_provider: false,
         };
         let header = basic_client(&secret).unwrap();
         assert!(header.is_sensitive());

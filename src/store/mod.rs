@@ -389,7 +389,8 @@ pub trait Store: Send + Sync {
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// The change counter that invalidates broker caches.
     async fn revision(&self) -> Result<i64, StoreError>;
-    /// Leases of limits shared by several brokers, if this store can be shared by them.
+    /// Leases of limits and turns shared by several brokers, if this store can be shared
+    /// by them.
     fn leases(&self) -> Option<&dyn Leases> {
         None
     }
@@ -621,7 +622,8 @@ impl std::fmt::Debug for Location {
     }
 }
 
-/// Limits shared by the brokers on one store, leased in chunks so that counting stays local.
+/// Limits shared by the brokers on one store, leased in chunks so that counting stays local;
+/// a slot with a limit of one is also how they take turns (an OAuth2 refresh).
 #[async_trait]
 pub trait Leases: Send + Sync {
     /// Take up to `want` requests of `key`'s rate, one per `interval` with up to `burst`

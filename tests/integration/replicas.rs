@@ -1,7 +1,8 @@
 //! Several brokers on one PostgreSQL database: the official OpenAI SDK spread over three
 //! replicas, a change made through any of them (or the CLI) reaching all of them within a
 //! second, and PostgreSQL stopped under load and started again, with counts of what was
-//! served, refused and audited. Always on PostgreSQL, whichever store the suite runs on.
+//! served, refused and audited; and a rotating OAuth2 refresh token shared by two replicas.
+//! Always on PostgreSQL, whichever store the suite runs on.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::audit::records;
 use crate::support::http::{Reply, send};
 use crate::support::mock::MockUpstream;
+use crate::support::mock::token_endpoint::default_secret;
 use crate::support::pg::{self, PgCluster, TestDb};
 use crate::support::replicas::{Call, Load, Outcome, Replicas};
 use crate::support::{Env, assert_never_leaked, config_for, run_python};
@@ -21,6 +23,8 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 /// The outage test's `store.outage_grace`: long enough to check what it should while it
 /// lasts on a busy machine, short enough to wait out.
 const GRACE: Duration = Duration::from_secs(8);
+/// The access tokens' lifetime in the OAuth2 test: a few refreshes in a short run.
+const LIFETIME: Duration = Duration::from_secs(3);
 
 /// A mock upstream, and an environment on a fresh database of the server at `server`
 /// (superuser URL) with secret `main` (openai, [`KEY`]); `top_level` TOML opens the config.
@@ -420,5 +424,62 @@ async fn a_postgresql_outage_under_load_serves_known_tokens_for_the_grace_and_lo
         tally(&sent_within(&outcomes, stopping, stopping + GRACE)),
         tally(&sent_within(&outcomes, stopping + GRACE, restarting)),
         stored.len(),
+    );
+}
+
+#[tokio::test]
+async fn replicas_refresh_a_rotating_oauth2_secret_one_at_a_time_and_keep_each_others_tokens() {
+    let Some(server) = pg::shared_cluster() else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        "[providers.gmail]\nbase_url = \"{0}\"\nauth = {{ scheme = \"oauth2\", token_url = \"{0}/oauth2/token\" }}\n",
+        mock.url()
+    );
+    let env = Env::on_database(&config, TestDb::create_on(&server));
+    env.add_secret("google", "gmail", &default_secret()).await;
+    let token = env.create_token("google", &[]).await;
+    // Every grant replaces the refresh token and the old one stops working, as with
+    // providers that rotate them; a slow endpoint makes the replicas' refreshes overlap.
+    mock.oauth.set_rotate(true);
+    mock.oauth.set_expires_in(Some(LIFETIME.as_secs()));
+    mock.oauth.set_delay(Duration::from_millis(300));
+    let replicas = Replicas::start(&env, 2, &[]).await;
+
+    // Both replicas need an access token at once, then again as each one's expires.
+    let call = Call::get("/api/gmail/oauth-api/users/me/profile", Some(&token));
+    let load = Load::start(&replicas, &call, Duration::from_millis(20));
+    tokio::time::sleep(LIFETIME * 2 + LIFETIME / 2).await;
+    let outcomes = load.finish().await;
+
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.status != 200).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    for replica in 0..2 {
+        assert!(outcomes.iter().filter(|o| o.replica == replica).count() > 20);
+    }
+    // No refresh token was sent twice: a provider that detects reuse would revoke them all.
+    let sent: Vec<String> = mock
+        .oauth
+        .requests()
+        .iter()
+        .filter_map(|(body, _)| {
+            serde_urlencoded::from_str::<Vec<(String, String)>>(body)
+                .ok()?
+                .into_iter()
+                .find(|(k, _)| k == "refresh_token")
+                .map(|(_, v)| v)
+        })
+        .collect();
+    let distinct: HashSet<&String> = sent.iter().collect();
+    assert_eq!(distinct.len(), sent.len(), "{sent:#?}");
+    // Each replica refreshes once per lifetime (nine tenths of it): one replica's rotation
+    // doesn't make the other drop a token that is still good, which would have them refresh
+    // in turn without end (dozens of times in this run). Three refreshes each, and slack.
+    assert!(
+        (2..=8).contains(&sent.len()),
+        "{} refreshes in {:?}",
+        sent.len(),
+        LIFETIME * 2 + LIFETIME / 2
     );
 }

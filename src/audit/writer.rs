@@ -370,15 +370,28 @@ impl Writer {
             })
             .collect();
         let mut backoff = Duration::from_millis(50);
+        // After a failure: it may have been only the acknowledgement that failed.
+        let mut maybe_written = false;
         let committed = loop {
             let started = Instant::now();
-            match self.store.append_audit(&entries, &self.key).await {
+            let written = async {
+                // One transaction wrote every record of the batch, or none.
+                if maybe_written
+                    && let Some(first) = entries.first()
+                    && self.store.audit_holds(first).await?
+                {
+                    return Ok(());
+                }
+                self.store.append_audit(&entries, &self.key).await
+            };
+            match written.await {
                 Ok(()) => {
                     metrics::get().audit_write(started.elapsed());
                     self.health.recover();
                     break true;
                 }
                 Err(e) => {
+                    maybe_written = true;
                     tracing::error!(error = %e, records = entries.len(), "audit records could not be written; retrying");
                     self.health.fail(e.to_string());
                     // Strict-mode responses can't wait forever: they fail now, while
@@ -535,6 +548,53 @@ mod tests {
         .await;
         assert!(auditor.healthy().is_ok());
         assert!(auditor.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_store_tells_whether_it_holds_a_record_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auditor, store, _conn) =
+            auditor(dir.path(), AuditConfig::default(), Duration::ZERO).await;
+        for n in [1, 2] {
+            auditor.submit(record(n), auditor.admit().unwrap());
+        }
+        let filter = AuditFilter {
+            tenant: "default".into(),
+            after_seq: 0,
+            since_ms: None,
+            agent: None,
+            provider: None,
+            status: None,
+            limit: 10,
+            newest: false,
+        };
+        let mut found = Vec::new();
+        while found.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            found = store.audit_records(&filter).await.unwrap();
+        }
+        let held = |record: &str, at_ms: i64| AuditEntry {
+            tenant: "default".into(),
+            at_ms,
+            record: record.to_owned(),
+        };
+        for stored in &found {
+            assert!(
+                store
+                    .audit_holds(&held(&stored.record, stored.at_ms))
+                    .await
+                    .unwrap()
+            );
+            let other = stored.record.replace("req_", "req_0");
+            assert!(
+                !store
+                    .audit_holds(&held(&other, stored.at_ms))
+                    .await
+                    .unwrap()
+            );
+            let later = held(&stored.record, stored.at_ms + 60_000);
+            assert!(!store.audit_holds(&later).await.unwrap());
+        }
     }
 
     #[tokio::test]

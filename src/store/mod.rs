@@ -520,6 +520,9 @@ pub trait Store: Send + Sync {
         entries: &[AuditEntry],
         sign: &dyn AuditSigner,
     ) -> Result<(), StoreError>;
+    /// Whether the log holds `entry`, its record text exactly: a batch whose commit went
+    /// unacknowledged may have been written all the same.
+    async fn audit_holds(&self, entry: &AuditEntry) -> Result<bool, StoreError>;
     /// Audit records matching `filter`, oldest first.
     async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>, StoreError>;
     /// For verification: every record of `tenant`, unfiltered and in storage order, from

@@ -744,6 +744,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn audit_holds(&self, entry: &AuditEntry) -> Result<bool, StoreError> {
+        // A record's text, with its unique request id, appears whole only as itself: inside
+        // another record every quote of it would be escaped.
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_batches WHERE tenant_id = ? \
+             AND max_at_ms >= ? AND instr(records, ?) > 0)",
+        )
+        .bind(&entry.tenant)
+        .bind(entry.at_ms)
+        .bind(&entry.record)
+        .fetch_one(&self.audit)
+        .await?)
+    }
+
     async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>, StoreError> {
         let order = if filter.newest { "DESC" } else { "ASC" };
         let beyond = if filter.newest { "<" } else { ">" };

@@ -1,5 +1,6 @@
 //! The audit log through a running broker: one record per request whatever its outcome,
-//! a chain that names tampering, durability across `kill -9`, and failing closed.
+//! a chain that names tampering, durability across `kill -9`, failing closed, and a commit
+//! whose acknowledgement was lost written once.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use serde_json::Value;
 
 use crate::support::http::{Reply, send, send_streaming, try_send};
 use crate::support::mock::MockUpstream;
+use crate::support::pg::{self, LostCommit, TestDb};
 use crate::support::{CliOutput, Env, config_for, list_models, openai_token, run_python};
 
 const KEY: &str = "sk-proj-AUDIT-real-key-0123456789abcdef";
@@ -690,4 +692,59 @@ async fn streams_still_open_at_shutdown_are_cut_off_and_recorded() {
         (&Value::from(200), &Value::from("lingering"))
     );
     assert!(cut["bytes_out"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn a_batch_committed_without_acknowledgement_is_not_written_again() {
+    let Some(server) = pg::shared_cluster() else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let env = Env::on_database(&config_for(&mock.url(), ""), TestDb::create_on(&server));
+    env.add_secret("main", "openai", KEY).await;
+    let token = env.create_token("main", &[]).await;
+    let relay = LostCommit::start(env.store_url().expect("a PostgreSQL store")).await;
+    let broker = env.serve_with(&[("SEKS_STORE_URL", &relay.url)]).await;
+
+    relay.arm();
+    let auth = format!("Bearer {token}");
+    let reply = send(
+        "GET",
+        &broker.url("/api/openai/v1/models"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let id = id_of(&reply);
+    // The writer's commit reaches PostgreSQL but its answer never reaches the writer, which
+    // retries: the retry finds the batch already there. `records` fails on a second copy.
+    let start = Instant::now();
+    while !records(&env).await.contains_key(&id) || relay.cuts() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no record of {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(relay.cuts(), 1);
+    // Later batches go on the same chain, once each.
+    let later = send(
+        "GET",
+        &broker.url("/api/openai/v1/models"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    let later = id_of(&later);
+    while !records(&env).await.contains_key(&later) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no record of {later}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(records(&env).await.len(), 2);
+    let verified = env.cli(&["audit", "verify"], "").await.ok();
+    assert!(verified.stdout.contains("chain intact"), "{verified:#?}");
 }

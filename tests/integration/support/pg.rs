@@ -7,7 +7,8 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -435,4 +436,117 @@ impl Drop for PgCluster {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// A relay to a PostgreSQL database that, once armed, lets the next COMMIT of audit records
+/// through to the server and then cuts the connection before the answer comes back: a
+/// commit that took effect but whose acknowledgement was lost.
+pub struct LostCommit {
+    /// The database's URL through the relay.
+    pub url: String,
+    armed: Arc<AtomicBool>,
+    cut: Arc<AtomicU32>,
+}
+
+/// A simple-protocol `COMMIT`, as sqlx ends a transaction: `Q`, its length, the text.
+const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+/// What the bytes of an audit batch hold, among a transaction's parameters.
+const AUDIT_RECORD: &[u8] = br#""request_id":""#;
+
+impl LostCommit {
+    /// Relay to the database at `url`.
+    pub async fn start(url: &str) -> LostCommit {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("relay port");
+        let relay = listener.local_addr().expect("relay address");
+        let options: PgConnectOptions = url.parse().expect("PostgreSQL URL");
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let (head, tail) = url.split_once('@').expect("a URL with a user");
+        let (_, path) = tail.split_once('/').expect("a database in the URL");
+        let lost = LostCommit {
+            url: format!("{head}@{relay}/{path}"),
+            armed: Arc::default(),
+            cut: Arc::default(),
+        };
+        let (armed, cut) = (lost.armed.clone(), lost.cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(&server)
+                    .await
+                    .expect("connect to PostgreSQL");
+                tokio::spawn(relay_connection(
+                    client,
+                    upstream,
+                    armed.clone(),
+                    cut.clone(),
+                ));
+            }
+        });
+        lost
+    }
+
+    /// Lose the acknowledgement of the next commit of audit records.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Commits whose acknowledgement was lost so far.
+    pub fn cuts(&self) -> u32 {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay_connection(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    armed: Arc<AtomicBool>,
+    cut: Arc<AtomicU32>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut server_in, mut server_out) = server.into_split();
+    let cutting = Arc::new(AtomicBool::new(false));
+    let answers = {
+        let cutting = cutting.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0; 64 * 1024];
+            while let Ok(n @ 1..) = server_in.read(&mut buf).await {
+                if cutting.load(Ordering::SeqCst) || client_out.write_all(&buf[..n]).await.is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let mut buf = vec![0; 64 * 1024];
+    // Bytes sent since the last commit (a batch's records arrive split across reads).
+    let mut since_commit: Vec<u8> = Vec::new();
+    while let Ok(n @ 1..) = client_in.read(&mut buf).await {
+        let chunk = &buf[..n];
+        since_commit.extend_from_slice(chunk);
+        let commits = contains(chunk, COMMIT);
+        let lose =
+            commits && contains(&since_commit, AUDIT_RECORD) && armed.swap(false, Ordering::SeqCst);
+        if lose {
+            cutting.store(true, Ordering::SeqCst);
+        }
+        if server_out.write_all(chunk).await.is_err() {
+            break;
+        }
+        if lose {
+            // Time for the server to commit and answer, to nobody.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            cut.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if commits {
+            since_commit.clear();
+        }
+    }
+    answers.abort();
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

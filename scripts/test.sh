@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole SEKS test suite, from a fresh clone: installs the official provider SDKs, an
-# SMTP server and the MCP client (Python) into .venv, starts a throwaway PostgreSQL, checks
-# formatting and lints, then runs every Rust test (unit tests, property tests, and
-# end-to-end tests over real sockets), the end-to-end ones on both stores (SQLite, PostgreSQL).
+# SMTP server and the MCP client (Python) into .venv, starts a throwaway PostgreSQL and
+# MariaDB, checks formatting and lints, then runs every Rust test (unit tests, property
+# tests, and end-to-end tests over real sockets), the end-to-end ones on both stores
+# (SQLite, PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,10 +22,15 @@ fi
 export SEKS_TEST_PYTHON="$PWD/.venv/bin/python"
 
 # A throwaway PostgreSQL for the SQL capability tests and the PostgreSQL store pass
-# (SEKS_TEST_PG_URL), stopped on exit.
+# (SEKS_TEST_PG_URL), and a throwaway MariaDB for the MySQL capability tests
+# (SEKS_TEST_MYSQL_URL), both stopped on exit.
 # shellcheck source=scripts/pg-test-cluster.sh
 source scripts/pg-test-cluster.sh
+# shellcheck source=scripts/mysql-test-server.sh
+source scripts/mysql-test-server.sh
 pg_test_cluster_start
+mysql_test_server_start
+trap 'pg_test_cluster_stop; mysql_test_server_stop' EXIT
 # Tests that need the cluster fail, rather than skip, when it is missing.
 export SEKS_TEST_FULL=1
 

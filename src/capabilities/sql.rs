@@ -2,11 +2,14 @@
 //! connection string. Arguments are only ever bound as parameters, never put in the text.
 //!
 //! Read-only (the default) means, on PostgreSQL, a `READ ONLY` transaction that is always
-//! rolled back; on SQLite, a connection opened read-only (`SQLITE_OPEN_READONLY`) and a
-//! transaction that is always rolled back. A read-write capability commits. Either way at
-//! most `max_rows` rows come back (the statement is stopped after one more, and the answer
-//! says it was cut), and the statement is stopped at `timeout` (PostgreSQL
-//! `statement_timeout`; SQLite through its progress handler).
+//! rolled back; on MySQL and MariaDB, a session whose transactions are all `READ ONLY` (so
+//! DDL, which commits implicitly, is refused too), rolled back; on SQLite, a connection
+//! opened read-only (`SQLITE_OPEN_READONLY`) and a transaction that is always rolled back. A
+//! read-write capability commits. Either way at most `max_rows` rows come back (the
+//! statement is stopped after one more, and the answer says it was cut), and the statement
+//! is stopped at `timeout` (PostgreSQL `statement_timeout`; MariaDB `max_statement_time`,
+//! MySQL `max_execution_time`, which covers `SELECT` only; SQLite through its progress
+//! handler), and abandoned by the broker then in any case.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -17,6 +20,9 @@ use futures_util::TryStreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sqlx::mysql::{
+    MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlQueryResult, MySqlRow,
+};
 use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteQueryResult, SqliteRow};
@@ -44,6 +50,13 @@ const PG_CANCELED: &str = "57014";
 /// SQLite's primary result codes (the low byte of its extended codes).
 const SQLITE_READONLY: i64 = 8;
 const SQLITE_INTERRUPT: i64 = 9;
+/// MySQL's and MariaDB's error numbers: a write in a read-only transaction, a statement past
+/// MariaDB's `max_statement_time` or MySQL's `max_execution_time`, and a server variable
+/// this server doesn't have.
+const MYSQL_READ_ONLY: u16 = 1792;
+const MARIADB_STATEMENT_TIMEOUT: u16 = 1969;
+const MYSQL_QUERY_TIMEOUT: u16 = 3024;
+const MYSQL_UNKNOWN_VARIABLE: u16 = 1193;
 
 /// An SQL capability as written in the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +65,7 @@ pub struct SqlSpec {
     /// What it does, for the model.
     pub description: String,
     /// The stored connection string (`seks secret add NAME --provider sql`):
-    /// `postgres://…` or `sqlite:///path/to.db`.
+    /// `postgres://…`, `mysql://…` or `sqlite:///path/to.db`.
     pub secret: String,
     /// Hold every call until an operator approves it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -117,11 +130,14 @@ impl SqlSpec {
         let deadline = Instant::now() + timeout;
         let ran = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             tokio::time::timeout(timeout, self.postgres(url, values, timeout)).await
+        } else if url.starts_with("mysql://") {
+            tokio::time::timeout(timeout, self.mysql(url, values, timeout)).await
         } else if url.starts_with("sqlite:") {
             tokio::time::timeout(timeout, self.sqlite(url, values, deadline)).await
         } else {
             return Err(RunError::Misconfigured(
-                "the stored connection string is neither postgres:// nor sqlite:".to_owned(),
+                "the stored connection string is none of postgres://, mysql:// and sqlite:"
+                    .to_owned(),
             ));
         };
         ran.map_err(|_| RunError::Timeout(timeout))?
@@ -155,6 +171,36 @@ impl SqlSpec {
         )
         .await?;
         let rows = rows_to_json(&fetched.rows, pg_value)?;
+        self.end(tx).await?;
+        conn.close().await.ok();
+        Ok(self.answer(rows, &fetched))
+    }
+
+    async fn mysql(
+        &self,
+        url: &str,
+        values: &[Value],
+        timeout: Duration,
+    ) -> Result<Value, Failure> {
+        let options = MySqlConnectOptions::from_str(url).map_err(|_| {
+            Failure::Config("the stored connection string is not a MySQL URL".to_owned())
+        })?;
+        let mut conn = options.connect().await.map_err(Failure::Connect)?;
+        if self.read_only {
+            // For the session, not just one transaction: a DDL statement commits the
+            // transaction it is in and would run outside it.
+            conn.execute("SET SESSION TRANSACTION READ ONLY").await?;
+        }
+        mysql_statement_timeout(&mut conn, timeout).await?;
+        let mut tx = conn.begin().await?;
+        let fetched = fetch(
+            self.bound(values),
+            &mut *tx,
+            self.max_rows(),
+            MySqlQueryResult::rows_affected,
+        )
+        .await?;
+        let rows = rows_to_json(&fetched.rows, mysql_value)?;
         self.end(tx).await?;
         conn.close().await.ok();
         Ok(self.answer(rows, &fetched))
@@ -255,9 +301,19 @@ impl SqlSpec {
             Failure::Db(sqlx::Error::Database(e)) => {
                 let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
                 let sqlite_code = code.parse::<i64>().ok().map(|c| c & 0xff);
-                if code == PG_READ_ONLY || sqlite_code == Some(SQLITE_READONLY) {
+                let mysql_number = e
+                    .try_downcast_ref::<MySqlDatabaseError>()
+                    .map(MySqlDatabaseError::number);
+                if code == PG_READ_ONLY
+                    || sqlite_code == Some(SQLITE_READONLY)
+                    || mysql_number == Some(MYSQL_READ_ONLY)
+                {
                     RunError::ReadOnly
-                } else if code == PG_CANCELED || sqlite_code == Some(SQLITE_INTERRUPT) {
+                } else if code == PG_CANCELED
+                    || sqlite_code == Some(SQLITE_INTERRUPT)
+                    || mysql_number
+                        .is_some_and(|n| n == MARIADB_STATEMENT_TIMEOUT || n == MYSQL_QUERY_TIMEOUT)
+                {
                     RunError::Timeout(timeout)
                 } else {
                     RunError::Refused(format!(
@@ -356,9 +412,35 @@ fn rows_to_json<R: Row>(
 
 fn unconvertible(column: &str, ty: &str) -> String {
     format!(
-        "column `{column}` has type {ty}, which a capability can't return; cast it in the \
-         statement (e.g. `{column}::text`)"
+        "column `{column}` has type {ty}, which a capability can't return; cast it to text in \
+         the statement"
     )
+}
+
+/// Have the server stop a statement at `timeout`: MariaDB's `max_statement_time` covers
+/// every statement, MySQL's `max_execution_time` only `SELECT`.
+async fn mysql_statement_timeout(
+    conn: &mut MySqlConnection,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    let mariadb = format!(
+        "SET SESSION max_statement_time = {:.3}",
+        timeout.as_secs_f64().max(0.001)
+    );
+    match conn.execute(AssertSqlSafe(mariadb)).await {
+        Err(sqlx::Error::Database(e))
+            if e.try_downcast_ref::<MySqlDatabaseError>()
+                .is_some_and(|e| e.number() == MYSQL_UNKNOWN_VARIABLE) =>
+        {
+            let millis = timeout.as_millis().max(1);
+            conn.execute(AssertSqlSafe(format!(
+                "SET SESSION max_execution_time = {millis}"
+            )))
+            .await?;
+            Ok(())
+        }
+        set => set.map(drop),
+    }
 }
 
 /// One PostgreSQL value as JSON: numbers as numbers (NUMERIC as an exact string), text as
@@ -416,6 +498,59 @@ fn pg_value(row: &PgRow, i: usize) -> Result<Value, String> {
                 .to_string()
         ),
         "BYTEA" => json!(BASE64.encode(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(get_err)?)),
+        other => return Err(unconvertible(&name, other)),
+    })
+}
+
+/// One MySQL or MariaDB value as JSON, as [`pg_value`] renders PostgreSQL's.
+fn mysql_value(row: &MySqlRow, i: usize) -> Result<Value, String> {
+    let name = row.columns()[i].name().to_owned();
+    let ty = {
+        let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+        if raw.is_null() {
+            return Ok(Value::Null);
+        }
+        raw.type_info().name().to_owned()
+    };
+    let get_err = |e: sqlx::Error| format!("column `{name}`: {e}");
+    Ok(match ty.as_str() {
+        "BOOLEAN" => json!(row.try_get_unchecked::<bool, _>(i).map_err(get_err)?),
+        "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => {
+            json!(row.try_get_unchecked::<i64, _>(i).map_err(get_err)?)
+        }
+        "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "INT UNSIGNED"
+        | "BIGINT UNSIGNED" | "YEAR" => {
+            json!(row.try_get_unchecked::<u64, _>(i).map_err(get_err)?)
+        }
+        "FLOAT" => json!(row.try_get_unchecked::<f32, _>(i).map_err(get_err)?),
+        "DOUBLE" => json!(row.try_get_unchecked::<f64, _>(i).map_err(get_err)?),
+        "DECIMAL" => json!(
+            row.try_get_unchecked::<sqlx::types::Decimal, _>(i)
+                .map_err(get_err)?
+                .to_string()
+        ),
+        "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" | "SET" => {
+            json!(row.try_get_unchecked::<String, _>(i).map_err(get_err)?)
+        }
+        "JSON" => row
+            .try_get_unchecked::<sqlx::types::JsonValue, _>(i)
+            .map_err(get_err)?,
+        "DATETIME" | "TIMESTAMP" => json!(
+            row.try_get_unchecked::<time::PrimitiveDateTime, _>(i)
+                .map_err(get_err)?
+                .assume_utc()
+                .format(&Rfc3339)
+                .map_err(|e| e.to_string())?
+                .trim_end_matches('Z')
+        ),
+        "DATE" => json!(
+            row.try_get_unchecked::<time::Date, _>(i)
+                .map_err(get_err)?
+                .to_string()
+        ),
+        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
+            json!(BASE64.encode(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(get_err)?))
+        }
         other => return Err(unconvertible(&name, other)),
     })
 }
@@ -543,14 +678,12 @@ mod tests {
     #[tokio::test]
     async fn other_connection_strings_are_the_operators_problem() {
         let s = spec("statement = \"select 1\"\n");
-        let err = s
-            .run(
-                &SecretString::from("mysql://u:p@h/db"),
-                &[],
-                DEFAULT_TIMEOUT,
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RunError::Misconfigured(_)), "{err:?}");
+        for url in ["mssql://u:p@h/db", "mysql://u:p@[bad/db"] {
+            let err = s
+                .run(&SecretString::from(url), &[], DEFAULT_TIMEOUT)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RunError::Misconfigured(_)), "{url}: {err:?}");
+        }
     }
 }

@@ -1,16 +1,18 @@
-//! `kind = "sql"` against a real PostgreSQL (the cluster `scripts/test.sh` starts) and a real
-//! SQLite file: named queries return rows, arguments are only ever values, read-only
-//! capabilities can't write, limits hold, and the connection string never leaks.
+//! `kind = "sql"` against a real PostgreSQL and a real MariaDB (the servers `scripts/test.sh`
+//! starts) and a real SQLite file: named queries return rows, arguments are only ever
+//! values, read-only capabilities can't write, limits hold, and the connection string never
+//! leaks.
 
 use std::str::FromStr;
 
 use serde_json::{Value, json};
+use sqlx::mysql::MySqlConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use super::{audit_records, call, code};
-use crate::support::{Env, assert_never_leaked, pg};
+use crate::support::{Env, assert_never_leaked, full_suite, pg};
 
 const SETUP: &str = "CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer NOT NULL, \
      total numeric(10,2) NOT NULL, note text, paid boolean NOT NULL DEFAULT false); \
@@ -77,7 +79,74 @@ async fn pg_orders(admin: &str) -> Vec<(i32, String, bool)> {
         .collect()
 }
 
-/// The capabilities both backends are tested with, over the secret `db`.
+/// A fresh database and account on the test MariaDB server (`SEKS_TEST_MYSQL_URL`): (the
+/// account's connection string, the administrator's for that database), or `None` when
+/// there is no server outside `scripts/test.sh`.
+async fn mysql_database() -> Option<(String, String)> {
+    let Ok(admin) = std::env::var("SEKS_TEST_MYSQL_URL") else {
+        assert!(
+            !full_suite(),
+            "SEKS_TEST_MYSQL_URL is not set: scripts/test.sh starts MariaDB (scripts/mysql-test-server.sh)"
+        );
+        eprintln!(
+            "skipped: no MariaDB (run scripts/test.sh, or source scripts/mysql-test-server.sh)"
+        );
+        return None;
+    };
+    let suffix = seks::tokens::random_base62(12).to_lowercase();
+    let (db, account) = (format!("shop_{suffix}"), format!("agent_{suffix}"));
+    let password = format!("my-CANARY-{suffix}");
+    let mut conn = MySqlConnectOptions::from_str(&admin)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for statement in [
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE USER '{account}'@'127.0.0.1' IDENTIFIED BY '{password}'"),
+        // Every right on its database, DDL included: read-only is the capability's doing.
+        format!("GRANT ALL ON {db}.* TO '{account}'@'127.0.0.1'"),
+    ] {
+        conn.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let db_admin = format!("{base}/{db}");
+    let mut conn = MySqlConnectOptions::from_str(&db_admin)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for statement in SETUP.split_inclusive(';') {
+        conn.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+            .await
+            .unwrap();
+    }
+    conn.close().await.unwrap();
+    let host = base.rsplit_once('@').unwrap().1;
+    Some((
+        format!("mysql://{account}:{password}@{host}/{db}"),
+        db_admin,
+    ))
+}
+
+async fn mysql_orders(admin: &str) -> Vec<(i32, String, bool)> {
+    let mut conn = MySqlConnectOptions::from_str(admin)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let rows: Vec<(i32, Option<String>, bool)> =
+        sqlx::query_as("SELECT id, note, paid FROM orders ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(id, note, paid)| (id, note.unwrap_or_default(), paid))
+        .collect()
+}
+
+/// The capabilities every backend is tested with, over the secret `db`.
 const CAPABILITIES: &str = r#"
 [capabilities.customer_orders]
 kind = "sql"
@@ -370,4 +439,96 @@ async fn sqlite_queries_bind_arguments_and_read_only_means_read_only() {
     let env = Env::new(CAPABILITIES);
     let responses = exercise(&env, &url, orders).await;
     assert_never_leaked(&env, &url, &responses);
+}
+
+#[tokio::test]
+async fn mysql_queries_bind_arguments_and_read_only_means_read_only() {
+    let Some((url, admin)) = mysql_database().await else {
+        return;
+    };
+    // MySQL's placeholders are `?`, and MariaDB's UPDATE returns no rows.
+    let capabilities = CAPABILITIES
+        .replace("$1", "?")
+        .replace(" returning id, paid", "");
+    let env = Env::new(&format!(
+        "{capabilities}\n\
+         [capabilities.slow]\nkind = \"sql\"\ndescription = \"Too slow\"\nsecret = \"db\"\n\
+         statement = \"select sleep(5) as n\"\ntimeout = \"300ms\"\n\
+         [capabilities.drop_orders]\nkind = \"sql\"\ndescription = \"DDL (read-only, so it can't)\"\n\
+         secret = \"db\"\nstatement = \"drop table orders\"\n\
+         [capabilities.whoami]\nkind = \"sql\"\ndescription = \"Who runs it\"\nsecret = \"db\"\n\
+         statement = \"select current_user() as name, @@session.tx_read_only as ro\"\n\
+         [capabilities.wrong_login]\nkind = \"sql\"\ndescription = \"A password the server refuses\"\n\
+         secret = \"db-wrong\"\nstatement = \"select 1 as n\"\n"
+    ));
+    let admin_for = admin.clone();
+    let mut responses = exercise(&env, &url, async || mysql_orders(&admin_for).await).await;
+    let wrong = url.replace("my-CANARY", "my-WRONG");
+    env.add_secret("db-wrong", "sql", &wrong).await;
+    let token = env
+        .create_token(
+            "main",
+            &[
+                "--capability",
+                "wrong_login",
+                "--capability",
+                "slow",
+                "--capability",
+                "drop_orders",
+                "--capability",
+                "whoami",
+                "--capability",
+                "customer_orders",
+            ],
+        )
+        .await;
+    let broker = env.serve().await;
+    let who = call(&broker, &token, "whoami", &json!({}), &mut responses).await;
+    let row = &who.json()["rows"][0];
+    assert!(
+        row["name"].as_str().unwrap().starts_with("agent_"),
+        "{who:?}"
+    );
+    assert_eq!(row["ro"], 1, "a READ ONLY session");
+    let orders = call(
+        &broker,
+        &token,
+        "customer_orders",
+        &json!({"customer_id": 7}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(
+        orders.json()["rows"][0]["total"],
+        "10.50",
+        "DECIMAL comes back exact"
+    );
+    // DDL commits whatever transaction it is in; the session's read-only mode still holds.
+    let before = mysql_orders(&admin).await;
+    let dropped = call(&broker, &token, "drop_orders", &json!({}), &mut responses).await;
+    assert_eq!(
+        (dropped.status, code(&dropped).as_str()),
+        (403, "read_only"),
+        "{dropped:?}"
+    );
+    assert_eq!(mysql_orders(&admin).await, before);
+    let refused = call(&broker, &token, "wrong_login", &json!({}), &mut responses).await;
+    assert_eq!(
+        (refused.status, code(&refused).as_str()),
+        (503, "capability_unavailable"),
+        "{refused:?}"
+    );
+    let slow = call(&broker, &token, "slow", &json!({}), &mut responses).await;
+    assert_eq!(
+        (slow.status, code(&slow).as_str()),
+        (504, "backend_timeout"),
+        "{slow:?}"
+    );
+    broker.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(env.transcript().contains("Access denied for user"));
+    assert_never_leaked(&env, &url, &responses);
+    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    assert_never_leaked(&env, password, &responses);
+    assert_never_leaked(&env, &wrong, &responses);
 }

@@ -9,7 +9,8 @@
 //!
 //! - [`params`]: declared parameters, their JSON Schema, validation and audit summaries.
 //! - [`email`]: SMTP with fixed or allow-listed senders and recipients.
-//! - [`sql`]: one parameterised statement on PostgreSQL or SQLite, read-only by default.
+//! - [`sql`]: one parameterised statement on PostgreSQL, MySQL (or MariaDB) or SQLite,
+//!   read-only by default.
 //! - [`http`]: a templated request to a provider, its credential injected as the proxy does.
 //! - [`invoke`]: the path every call takes, over HTTP or MCP: token, policy, arguments,
 //!   limits, approval, secret, backend, audit.

@@ -478,7 +478,8 @@ mod tests {
         }
     }
 
-    async fn stored(store: &dyn Store) -> usize {
+    /// Every record of the default tenant, oldest first.
+    async fn records(store: &dyn Store) -> Vec<crate::audit::StoredRecord> {
         let filter = AuditFilter {
             tenant: "default".into(),
             after_seq: 0,
@@ -489,7 +490,11 @@ mod tests {
             limit: 1000,
             newest: false,
         };
-        store.audit_records(&filter).await.unwrap().len()
+        store.audit_records(&filter).await.unwrap()
+    }
+
+    async fn stored(store: &dyn Store) -> usize {
+        records(store).await.len()
     }
 
     /// Poll `check` for up to 10 s.
@@ -558,20 +563,10 @@ mod tests {
         for n in [1, 2] {
             auditor.submit(record(n), auditor.admit().unwrap());
         }
-        let filter = AuditFilter {
-            tenant: "default".into(),
-            after_seq: 0,
-            since_ms: None,
-            agent: None,
-            provider: None,
-            status: None,
-            limit: 10,
-            newest: false,
-        };
         let mut found = Vec::new();
         while found.len() < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            found = store.audit_records(&filter).await.unwrap();
+            found = records(store.as_ref()).await;
         }
         let held = |record: &str, at_ms: i64| AuditEntry {
             tenant: "default".into(),

@@ -163,17 +163,11 @@ impl SqlSpec {
             "SET LOCAL statement_timeout = {millis}"
         )))
         .await?;
-        let fetched = fetch(
-            self.bound(values),
-            &mut *tx,
-            self.max_rows(),
-            PgQueryResult::rows_affected,
-        )
-        .await?;
-        let rows = rows_to_json(&fetched.rows, pg_value)?;
-        self.end(tx).await?;
+        let answer = self
+            .run_in(tx, values, PgQueryResult::rows_affected, pg_value)
+            .await?;
         conn.close().await.ok();
-        Ok(self.answer(rows, &fetched))
+        Ok(answer)
     }
 
     async fn mysql(
@@ -192,18 +186,12 @@ impl SqlSpec {
             conn.execute("SET SESSION TRANSACTION READ ONLY").await?;
         }
         mysql_statement_timeout(&mut conn, timeout).await?;
-        let mut tx = conn.begin().await?;
-        let fetched = fetch(
-            self.bound(values),
-            &mut *tx,
-            self.max_rows(),
-            MySqlQueryResult::rows_affected,
-        )
-        .await?;
-        let rows = rows_to_json(&fetched.rows, mysql_value)?;
-        self.end(tx).await?;
+        let tx = conn.begin().await?;
+        let answer = self
+            .run_in(tx, values, MySqlQueryResult::rows_affected, mysql_value)
+            .await?;
         conn.close().await.ok();
-        Ok(self.answer(rows, &fetched))
+        Ok(answer)
     }
 
     async fn sqlite(
@@ -224,18 +212,12 @@ impl SqlSpec {
         conn.lock_handle()
             .await?
             .set_progress_handler(SQLITE_STEPS_PER_CHECK, move || Instant::now() < deadline);
-        let mut tx = conn.begin().await?;
-        let fetched = fetch(
-            self.bound(values),
-            &mut *tx,
-            self.max_rows(),
-            SqliteQueryResult::rows_affected,
-        )
-        .await?;
-        let rows = rows_to_json(&fetched.rows, sqlite_value)?;
-        self.end(tx).await?;
+        let tx = conn.begin().await?;
+        let answer = self
+            .run_in(tx, values, SqliteQueryResult::rows_affected, sqlite_value)
+            .await?;
         conn.close().await.ok();
-        Ok(self.answer(rows, &fetched))
+        Ok(answer)
     }
 
     /// The statement with every value bound as a typed parameter (a null for an absent
@@ -259,6 +241,29 @@ impl SqlSpec {
             };
         }
         query
+    }
+
+    /// Run the statement with `values` in `tx` and end it; the answer, its rows rendered by
+    /// `value`.
+    async fn run_in<DB: Database>(
+        &self,
+        mut tx: sqlx::Transaction<'_, DB>,
+        values: &[Value],
+        rows_affected: fn(&DB::QueryResult) -> u64,
+        value: fn(&DB::Row, usize) -> Result<Value, String>,
+    ) -> Result<Value, Failure>
+    where
+        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+        DB::Arguments: IntoArguments<DB>,
+        for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+        for<'t> Option<f64>: Encode<'t, DB> + Type<DB>,
+        for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+        for<'t> Option<bool>: Encode<'t, DB> + Type<DB>,
+    {
+        let fetched = fetch(self.bound(values), &mut *tx, self.max_rows(), rows_affected).await?;
+        let rows = rows_to_json(&fetched.rows, value)?;
+        self.end(tx).await?;
+        Ok(self.answer(rows, &fetched))
     }
 
     /// End a call's transaction: a read-only call keeps nothing, whatever it ran.

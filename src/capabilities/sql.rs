@@ -415,6 +415,25 @@ fn rows_to_json<R: Row>(
     Ok((columns, rows))
 }
 
+/// Column `i`'s name and the type of its value in `row`; `None` for a NULL.
+fn name_and_type<R: Row>(row: &R, i: usize) -> Result<Option<(String, String)>, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+    if raw.is_null() {
+        return Ok(None);
+    }
+    let ty = raw.type_info().name().to_owned();
+    Ok(Some((row.columns()[i].name().to_owned(), ty)))
+}
+
+/// A time without a zone, in RFC 3339 less the offset.
+fn local_time(t: time::PrimitiveDateTime) -> Result<Value, String> {
+    let text = t.assume_utc().format(&Rfc3339).map_err(|e| e.to_string())?;
+    Ok(json!(text.trim_end_matches('Z')))
+}
+
 fn unconvertible(column: &str, ty: &str) -> String {
     format!(
         "column `{column}` has type {ty}, which a capability can't return; cast it to text in \
@@ -451,13 +470,8 @@ async fn mysql_statement_timeout(
 /// One PostgreSQL value as JSON: numbers as numbers (NUMERIC as an exact string), text as
 /// text, times in RFC 3339, bytes in base64.
 fn pg_value(row: &PgRow, i: usize) -> Result<Value, String> {
-    let name = row.columns()[i].name().to_owned();
-    let ty = {
-        let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
-        if raw.is_null() {
-            return Ok(Value::Null);
-        }
-        raw.type_info().name().to_owned()
+    let Some((name, ty)) = name_and_type(row, i)? else {
+        return Ok(Value::Null);
     };
     let get_err = |e: sqlx::Error| format!("column `{name}`: {e}");
     Ok(match ty.as_str() {
@@ -489,14 +503,7 @@ fn pg_value(row: &PgRow, i: usize) -> Result<Value, String> {
                 .format(&Rfc3339)
                 .map_err(|e| e.to_string())?
         ),
-        "TIMESTAMP" => json!(
-            row.try_get_unchecked::<time::PrimitiveDateTime, _>(i)
-                .map_err(get_err)?
-                .assume_utc()
-                .format(&Rfc3339)
-                .map_err(|e| e.to_string())?
-                .trim_end_matches('Z')
-        ),
+        "TIMESTAMP" => local_time(row.try_get_unchecked(i).map_err(get_err)?)?,
         "DATE" => json!(
             row.try_get_unchecked::<time::Date, _>(i)
                 .map_err(get_err)?
@@ -509,13 +516,8 @@ fn pg_value(row: &PgRow, i: usize) -> Result<Value, String> {
 
 /// One MySQL or MariaDB value as JSON, as [`pg_value`] renders PostgreSQL's.
 fn mysql_value(row: &MySqlRow, i: usize) -> Result<Value, String> {
-    let name = row.columns()[i].name().to_owned();
-    let ty = {
-        let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
-        if raw.is_null() {
-            return Ok(Value::Null);
-        }
-        raw.type_info().name().to_owned()
+    let Some((name, ty)) = name_and_type(row, i)? else {
+        return Ok(Value::Null);
     };
     let get_err = |e: sqlx::Error| format!("column `{name}`: {e}");
     Ok(match ty.as_str() {
@@ -540,14 +542,7 @@ fn mysql_value(row: &MySqlRow, i: usize) -> Result<Value, String> {
         "JSON" => row
             .try_get_unchecked::<sqlx::types::JsonValue, _>(i)
             .map_err(get_err)?,
-        "DATETIME" | "TIMESTAMP" => json!(
-            row.try_get_unchecked::<time::PrimitiveDateTime, _>(i)
-                .map_err(get_err)?
-                .assume_utc()
-                .format(&Rfc3339)
-                .map_err(|e| e.to_string())?
-                .trim_end_matches('Z')
-        ),
+        "DATETIME" | "TIMESTAMP" => local_time(row.try_get_unchecked(i).map_err(get_err)?)?,
         "DATE" => json!(
             row.try_get_unchecked::<time::Date, _>(i)
                 .map_err(get_err)?
@@ -562,13 +557,8 @@ fn mysql_value(row: &MySqlRow, i: usize) -> Result<Value, String> {
 
 /// One SQLite value as JSON, by the storage class it actually has.
 fn sqlite_value(row: &SqliteRow, i: usize) -> Result<Value, String> {
-    let name = row.columns()[i].name().to_owned();
-    let ty = {
-        let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
-        if raw.is_null() {
-            return Ok(Value::Null);
-        }
-        raw.type_info().name().to_owned()
+    let Some((name, ty)) = name_and_type(row, i)? else {
+        return Ok(Value::Null);
     };
     let get_err = |e: sqlx::Error| format!("column `{name}`: {e}");
     Ok(match ty.as_str() {

@@ -706,15 +706,14 @@ async fn a_batch_committed_without_acknowledgement_is_not_written_again() {
     let relay = LostCommit::start(env.store_url().expect("a PostgreSQL store")).await;
     let broker = env.serve_with(&[("SEKS_STORE_URL", &relay.url)]).await;
 
+    let (url, auth) = (
+        broker.url("/api/openai/v1/models"),
+        format!("Bearer {token}"),
+    );
+    let models = async || send("GET", &url, &[("authorization", &auth)], "").await;
+
     relay.arm();
-    let auth = format!("Bearer {token}");
-    let reply = send(
-        "GET",
-        &broker.url("/api/openai/v1/models"),
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let reply = models().await;
     assert_eq!(reply.status, 200, "{reply:?}");
     let id = id_of(&reply);
     // The writer's commit reaches PostgreSQL but its answer never reaches the writer, which
@@ -729,14 +728,7 @@ async fn a_batch_committed_without_acknowledgement_is_not_written_again() {
     }
     assert_eq!(relay.cuts(), 1);
     // Later batches go on the same chain, once each.
-    let later = send(
-        "GET",
-        &broker.url("/api/openai/v1/models"),
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
-    let later = id_of(&later);
+    let later = id_of(&models().await);
     while !records(&env).await.contains_key(&later) {
         assert!(
             start.elapsed() < Duration::from_secs(20),

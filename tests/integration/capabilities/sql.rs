@@ -63,22 +63,6 @@ async fn pg_database() -> Option<(String, String)> {
     ))
 }
 
-async fn pg_orders(admin: &str) -> Vec<(i32, String, bool)> {
-    let mut conn = PgConnectOptions::from_str(admin)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let rows: Vec<(i32, Option<String>, bool)> =
-        sqlx::query_as("SELECT id, note, paid FROM orders ORDER BY id")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    rows.into_iter()
-        .map(|(id, note, paid)| (id, note.unwrap_or_default(), paid))
-        .collect()
-}
-
 /// A fresh database and account on the test MariaDB server (`SEKS_TEST_MYSQL_URL`): (the
 /// account's connection string, the administrator's for that database), or `None` when
 /// there is no server outside `scripts/test.sh`.
@@ -130,12 +114,14 @@ async fn mysql_database() -> Option<(String, String)> {
     ))
 }
 
-async fn mysql_orders(admin: &str) -> Vec<(i32, String, bool)> {
-    let mut conn = MySqlConnectOptions::from_str(admin)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+/// Every order as (id, note, paid), read through `url` (the administrator's).
+async fn orders_at<DB: sqlx::Database>(url: &str) -> Vec<(i32, String, bool)>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> (i32, Option<String>, bool): sqlx::FromRow<'r, DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let mut conn = DB::Connection::connect(url).await.unwrap();
     let rows: Vec<(i32, Option<String>, bool)> =
         sqlx::query_as("SELECT id, note, paid FROM orders ORDER BY id")
             .fetch_all(&mut conn)
@@ -325,39 +311,62 @@ async fn exercise(
     responses
 }
 
-#[tokio::test]
-async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
-    let Some((url, admin)) = pg_database().await else {
-        return;
-    };
+/// A database server's dialect, for [`server_checks`].
+struct Dialect {
+    /// The shared capabilities, as this server takes them.
+    capabilities: String,
+    /// A statement that runs for seconds.
+    slow: &'static str,
+    /// A statement naming the login (`name`) and whether the transaction is read-only (`ro`).
+    whoami: &'static str,
+    /// `ro` in a read-only call.
+    read_only: Value,
+    /// What the server's refusal of a wrong password says (in the broker's log).
+    refused: &'static str,
+}
+
+/// What a database server must do beyond [`exercise`], for the login in `url` (whose
+/// password holds `canary`): run as that login, read-only, DDL included; refuse a wrong
+/// password, the agent learning only that the capability can't run and the log why; stop a
+/// slow statement at its timeout; and leak no connection string, password or wrong password.
+async fn server_checks(
+    dialect: Dialect,
+    url: &str,
+    canary: &str,
+    orders: impl AsyncFn() -> Vec<(i32, String, bool)>,
+) {
+    let Dialect {
+        capabilities,
+        slow,
+        whoami,
+        read_only,
+        refused,
+    } = dialect;
     let env = Env::new(&format!(
-        "{CAPABILITIES}\n\
+        "{capabilities}\n\
          [capabilities.slow]\nkind = \"sql\"\ndescription = \"Too slow\"\nsecret = \"db\"\n\
-         statement = \"select 1 as n from pg_sleep(5)\"\ntimeout = \"300ms\"\n\
+         statement = \"{slow}\"\ntimeout = \"300ms\"\n\
          [capabilities.whoami]\nkind = \"sql\"\ndescription = \"Who runs it\"\nsecret = \"db\"\n\
-         statement = \"select current_user::text as name, current_setting('transaction_read_only') as ro\"\n\
+         statement = \"{whoami}\"\n\
+         [capabilities.drop_orders]\nkind = \"sql\"\ndescription = \"DDL (read-only, so it can't)\"\n\
+         secret = \"db\"\nstatement = \"drop table orders\"\n\
          [capabilities.wrong_login]\nkind = \"sql\"\ndescription = \"A password the server refuses\"\n\
          secret = \"db-wrong\"\nstatement = \"select 1 as n\"\n"
     ));
-    let admin_for = admin.clone();
-    let mut responses = exercise(&env, &url, async || pg_orders(&admin_for).await).await;
-    let wrong = url.replace("pg-CANARY", "pg-WRONG");
+    let mut responses = exercise(&env, url, &orders).await;
+    let wrong = url.replace(canary, "WRONG");
     env.add_secret("db-wrong", "sql", &wrong).await;
-    let token = env
-        .create_token(
-            "main",
-            &[
-                "--capability",
-                "wrong_login",
-                "--capability",
-                "slow",
-                "--capability",
-                "whoami",
-                "--capability",
-                "customer_orders",
-            ],
-        )
-        .await;
+    let mut args = Vec::new();
+    for name in [
+        "wrong_login",
+        "slow",
+        "whoami",
+        "drop_orders",
+        "customer_orders",
+    ] {
+        args.extend(["--capability", name]);
+    }
+    let token = env.create_token("main", &args).await;
     let broker = env.serve().await;
     let who = call(&broker, &token, "whoami", &json!({}), &mut responses).await;
     let row = &who.json()["rows"][0];
@@ -365,8 +374,8 @@ async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
         row["name"].as_str().unwrap().starts_with("agent_"),
         "{who:?}"
     );
-    assert_eq!(row["ro"], "on", "a READ ONLY transaction");
-    let orders = call(
+    assert_eq!(row["ro"], read_only, "a READ ONLY transaction");
+    let listed = call(
         &broker,
         &token,
         "customer_orders",
@@ -375,17 +384,26 @@ async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
     )
     .await;
     assert_eq!(
-        orders.json()["rows"][0]["total"],
+        listed.json()["rows"][0]["total"],
         "10.50",
-        "NUMERIC comes back exact"
+        "NUMERIC and DECIMAL come back exact"
     );
+    // DDL too: MySQL's commits the transaction it is in, and must be refused all the same.
+    let before = orders().await;
+    let dropped = call(&broker, &token, "drop_orders", &json!({}), &mut responses).await;
+    assert_eq!(
+        (dropped.status, code(&dropped).as_str()),
+        (403, "read_only"),
+        "{dropped:?}"
+    );
+    assert_eq!(orders().await, before);
     // The server checks the stored login; the agent learns only that the capability can't
     // run, the operator finds why in the log.
-    let refused = call(&broker, &token, "wrong_login", &json!({}), &mut responses).await;
+    let refused_call = call(&broker, &token, "wrong_login", &json!({}), &mut responses).await;
     assert_eq!(
-        (refused.status, code(&refused).as_str()),
+        (refused_call.status, code(&refused_call).as_str()),
         (503, "capability_unavailable"),
-        "{refused:?}"
+        "{refused_call:?}"
     );
     let slow = call(&broker, &token, "slow", &json!({}), &mut responses).await;
     assert_eq!(
@@ -395,11 +413,46 @@ async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
     );
     broker.stop().await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(env.transcript().contains("password authentication failed"));
-    assert_never_leaked(&env, &url, &responses);
+    assert!(env.transcript().contains(refused), "{refused}");
+    assert_never_leaked(&env, url, &responses);
     let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
     assert_never_leaked(&env, password, &responses);
     assert_never_leaked(&env, &wrong, &responses);
+}
+
+#[tokio::test]
+async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
+    let Some((url, admin)) = pg_database().await else {
+        return;
+    };
+    let dialect = Dialect {
+        capabilities: CAPABILITIES.to_owned(),
+        slow: "select 1 as n from pg_sleep(5)",
+        whoami: "select current_user::text as name, current_setting('transaction_read_only') as ro",
+        read_only: json!("on"),
+        refused: "password authentication failed",
+    };
+    let orders = async || orders_at::<sqlx::Postgres>(&admin).await;
+    server_checks(dialect, &url, "pg-CANARY", orders).await;
+}
+
+#[tokio::test]
+async fn mysql_queries_bind_arguments_and_read_only_means_read_only() {
+    let Some((url, admin)) = mysql_database().await else {
+        return;
+    };
+    let dialect = Dialect {
+        // MySQL's placeholders are `?`, and MariaDB's UPDATE returns no rows.
+        capabilities: CAPABILITIES
+            .replace("$1", "?")
+            .replace(" returning id, paid", ""),
+        slow: "select sleep(5) as n",
+        whoami: "select current_user() as name, @@session.tx_read_only as ro",
+        read_only: json!(1),
+        refused: "Access denied for user",
+    };
+    let orders = async || orders_at::<sqlx::MySql>(&admin).await;
+    server_checks(dialect, &url, "my-CANARY", orders).await;
 }
 
 #[tokio::test]
@@ -421,114 +474,7 @@ async fn sqlite_queries_bind_arguments_and_read_only_means_read_only() {
     .unwrap();
     conn.close().await.unwrap();
     let url = format!("sqlite://{}", path.display());
-    let orders = async || -> Vec<(i32, String, bool)> {
-        let mut conn = SqliteConnectOptions::new()
-            .filename(&path)
-            .connect()
-            .await
-            .unwrap();
-        let rows: Vec<(i32, Option<String>, bool)> =
-            sqlx::query_as("SELECT id, note, paid FROM orders ORDER BY id")
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
-        rows.into_iter()
-            .map(|(id, note, paid)| (id, note.unwrap_or_default(), paid))
-            .collect()
-    };
     let env = Env::new(CAPABILITIES);
-    let responses = exercise(&env, &url, orders).await;
+    let responses = exercise(&env, &url, async || orders_at::<sqlx::Sqlite>(&url).await).await;
     assert_never_leaked(&env, &url, &responses);
-}
-
-#[tokio::test]
-async fn mysql_queries_bind_arguments_and_read_only_means_read_only() {
-    let Some((url, admin)) = mysql_database().await else {
-        return;
-    };
-    // MySQL's placeholders are `?`, and MariaDB's UPDATE returns no rows.
-    let capabilities = CAPABILITIES
-        .replace("$1", "?")
-        .replace(" returning id, paid", "");
-    let env = Env::new(&format!(
-        "{capabilities}\n\
-         [capabilities.slow]\nkind = \"sql\"\ndescription = \"Too slow\"\nsecret = \"db\"\n\
-         statement = \"select sleep(5) as n\"\ntimeout = \"300ms\"\n\
-         [capabilities.drop_orders]\nkind = \"sql\"\ndescription = \"DDL (read-only, so it can't)\"\n\
-         secret = \"db\"\nstatement = \"drop table orders\"\n\
-         [capabilities.whoami]\nkind = \"sql\"\ndescription = \"Who runs it\"\nsecret = \"db\"\n\
-         statement = \"select current_user() as name, @@session.tx_read_only as ro\"\n\
-         [capabilities.wrong_login]\nkind = \"sql\"\ndescription = \"A password the server refuses\"\n\
-         secret = \"db-wrong\"\nstatement = \"select 1 as n\"\n"
-    ));
-    let admin_for = admin.clone();
-    let mut responses = exercise(&env, &url, async || mysql_orders(&admin_for).await).await;
-    let wrong = url.replace("my-CANARY", "my-WRONG");
-    env.add_secret("db-wrong", "sql", &wrong).await;
-    let token = env
-        .create_token(
-            "main",
-            &[
-                "--capability",
-                "wrong_login",
-                "--capability",
-                "slow",
-                "--capability",
-                "drop_orders",
-                "--capability",
-                "whoami",
-                "--capability",
-                "customer_orders",
-            ],
-        )
-        .await;
-    let broker = env.serve().await;
-    let who = call(&broker, &token, "whoami", &json!({}), &mut responses).await;
-    let row = &who.json()["rows"][0];
-    assert!(
-        row["name"].as_str().unwrap().starts_with("agent_"),
-        "{who:?}"
-    );
-    assert_eq!(row["ro"], 1, "a READ ONLY session");
-    let orders = call(
-        &broker,
-        &token,
-        "customer_orders",
-        &json!({"customer_id": 7}),
-        &mut responses,
-    )
-    .await;
-    assert_eq!(
-        orders.json()["rows"][0]["total"],
-        "10.50",
-        "DECIMAL comes back exact"
-    );
-    // DDL commits whatever transaction it is in; the session's read-only mode still holds.
-    let before = mysql_orders(&admin).await;
-    let dropped = call(&broker, &token, "drop_orders", &json!({}), &mut responses).await;
-    assert_eq!(
-        (dropped.status, code(&dropped).as_str()),
-        (403, "read_only"),
-        "{dropped:?}"
-    );
-    assert_eq!(mysql_orders(&admin).await, before);
-    let refused = call(&broker, &token, "wrong_login", &json!({}), &mut responses).await;
-    assert_eq!(
-        (refused.status, code(&refused).as_str()),
-        (503, "capability_unavailable"),
-        "{refused:?}"
-    );
-    let slow = call(&broker, &token, "slow", &json!({}), &mut responses).await;
-    assert_eq!(
-        (slow.status, code(&slow).as_str()),
-        (504, "backend_timeout"),
-        "{slow:?}"
-    );
-    broker.stop().await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(env.transcript().contains("Access denied for user"));
-    assert_never_leaked(&env, &url, &responses);
-    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
-    assert_never_leaked(&env, password, &responses);
-    assert_never_leaked(&env, &wrong, &responses);
 }

@@ -29,8 +29,8 @@ source scripts/pg-test-cluster.sh
 # shellcheck source=scripts/mysql-test-server.sh
 source scripts/mysql-test-server.sh
 pg_test_cluster_start
-mysql_test_server_start
 trap 'pg_test_cluster_stop; mysql_test_server_stop' EXIT
+mysql_test_server_start
 # Tests that need the cluster fail, rather than skip, when it is missing.
 export SEKS_TEST_FULL=1
 

@@ -520,14 +520,16 @@ async fn relay_connection(
         })
     };
     let mut buf = vec![0; 64 * 1024];
-    // Bytes sent since the last commit (a batch's records arrive split across reads).
-    let mut since_commit: Vec<u8> = Vec::new();
+    // Whether audit records went by since the last commit, and the end of the last read
+    // (the marker may straddle two).
+    let (mut records, mut tail) = (false, Vec::new());
     while let Ok(n @ 1..) = client_in.read(&mut buf).await {
         let chunk = &buf[..n];
-        since_commit.extend_from_slice(chunk);
+        tail.extend_from_slice(chunk);
+        records |= contains(&tail, AUDIT_RECORD);
+        tail.drain(..tail.len().saturating_sub(AUDIT_RECORD.len()));
         let commits = contains(chunk, COMMIT);
-        let lose =
-            commits && contains(&since_commit, AUDIT_RECORD) && armed.swap(false, Ordering::SeqCst);
+        let lose = commits && records && armed.swap(false, Ordering::SeqCst);
         if lose {
             cutting.store(true, Ordering::SeqCst);
         }
@@ -541,7 +543,7 @@ async fn relay_connection(
             break;
         }
         if commits {
-            since_commit.clear();
+            records = false;
         }
     }
     answers.abort();

@@ -1,7 +1,8 @@
 //! Several brokers on one PostgreSQL database: the official OpenAI SDK spread over three
 //! replicas, a change made through any of them (or the CLI) reaching all of them within a
 //! second, and PostgreSQL stopped under load and started again, with counts of what was
-//! served, refused and audited; and a rotating OAuth2 refresh token shared by two replicas.
+//! served, refused and audited; and a rotating OAuth2 refresh token shared by two replicas,
+//! one of which may die mid-refresh.
 //! Always on PostgreSQL, whichever store the suite runs on.
 
 use std::collections::{HashMap, HashSet};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::audit::records;
 use crate::support::http::{Reply, send};
 use crate::support::mock::MockUpstream;
-use crate::support::mock::token_endpoint::default_secret;
+use crate::support::mock::token_endpoint::{TokenMode, default_secret};
 use crate::support::pg::{self, PgCluster, TestDb};
 use crate::support::replicas::{Call, Load, Outcome, Replicas};
 use crate::support::{Env, assert_never_leaked, config_for, run_python};
@@ -482,4 +483,59 @@ async fn replicas_refresh_a_rotating_oauth2_secret_one_at_a_time_and_keep_each_o
         sent.len(),
         LIFETIME * 2 + LIFETIME / 2
     );
+}
+
+#[tokio::test]
+async fn a_replica_that_dies_mid_refresh_holds_the_others_off_only_for_a_bounded_wait() {
+    let Some(server) = pg::shared_cluster() else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        "[upstream]\nresponse_timeout = \"1s\"\n\
+         [providers.gmail]\nbase_url = \"{0}\"\nauth = {{ scheme = \"oauth2\", token_url = \"{0}/oauth2/token\" }}\n",
+        mock.url()
+    );
+    let env = Env::on_database(&config, TestDb::create_on(&server));
+    env.add_secret("google", "gmail", &default_secret()).await;
+    let token = env.create_token("google", &[]).await;
+    let call = Call::get("/api/gmail/oauth-api/users/me/profile", Some(&token));
+    let (first, second) = (env.serve().await, env.serve().await);
+
+    // The first replica takes the secret's refresh lease and is killed while its token
+    // endpoint call hangs: the lease outlives it.
+    mock.oauth.set_mode(TokenMode::Hang);
+    let base = first.base.clone();
+    let hung = {
+        let call = call.clone();
+        tokio::spawn(async move { call.send(&base).await })
+    };
+    let start = Instant::now();
+    while mock.oauth.hits() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no refresh began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.stop().await;
+    let _ = hung.await;
+    mock.oauth.set_mode(TokenMode::Grant);
+
+    // The other waits for the lease at most its own exchange timeout (1 s) and 5 s more,
+    // then says why, without calling the endpoint with the refresh token meanwhile.
+    let asked = Instant::now();
+    let reply = call.send(&second.base).await.unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (502, Some("credential_refresh_failed")),
+        "{reply:?}"
+    );
+    assert!(reply.body.contains("another broker"), "{}", reply.body);
+    assert!(
+        (Duration::from_secs(5)..Duration::from_secs(20)).contains(&waited),
+        "{waited:?}"
+    );
+    assert_eq!(mock.oauth.hits(), 1);
 }

@@ -428,19 +428,28 @@ async fn a_postgresql_outage_under_load_serves_known_tokens_for_the_grace_and_lo
     );
 }
 
+/// A mock token endpoint and API, an environment on a fresh database of `server` with the
+/// mock's client stored for `gmail` (`top_level` TOML opens the config), and a call to the
+/// API with a token for it.
+async fn gmail_on(server: &str, top_level: &str) -> (MockUpstream, Env, Call) {
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        "{top_level}[providers.gmail]\nbase_url = \"{0}\"\nauth = {{ scheme = \"oauth2\", token_url = \"{0}/oauth2/token\" }}\n",
+        mock.url()
+    );
+    let env = Env::on_database(&config, TestDb::create_on(server));
+    env.add_secret("google", "gmail", &default_secret()).await;
+    let token = env.create_token("google", &[]).await;
+    let call = Call::get("/api/gmail/oauth-api/users/me/profile", Some(&token));
+    (mock, env, call)
+}
+
 #[tokio::test]
 async fn replicas_refresh_a_rotating_oauth2_secret_one_at_a_time_and_keep_each_others_tokens() {
     let Some(server) = pg::shared_cluster() else {
         return;
     };
-    let mock = MockUpstream::start().await;
-    let config = format!(
-        "[providers.gmail]\nbase_url = \"{0}\"\nauth = {{ scheme = \"oauth2\", token_url = \"{0}/oauth2/token\" }}\n",
-        mock.url()
-    );
-    let env = Env::on_database(&config, TestDb::create_on(&server));
-    env.add_secret("google", "gmail", &default_secret()).await;
-    let token = env.create_token("google", &[]).await;
+    let (mock, env, call) = gmail_on(&server, "").await;
     // Every grant replaces the refresh token and the old one stops working, as with
     // providers that rotate them; a slow endpoint makes the replicas' refreshes overlap.
     mock.oauth.set_rotate(true);
@@ -449,7 +458,6 @@ async fn replicas_refresh_a_rotating_oauth2_secret_one_at_a_time_and_keep_each_o
     let replicas = Replicas::start(&env, 2, &[]).await;
 
     // Both replicas need an access token at once, then again as each one's expires.
-    let call = Call::get("/api/gmail/oauth-api/users/me/profile", Some(&token));
     let load = Load::start(&replicas, &call, Duration::from_millis(20));
     tokio::time::sleep(LIFETIME * 2 + LIFETIME / 2).await;
     let outcomes = load.finish().await;
@@ -490,16 +498,7 @@ async fn a_replica_that_dies_mid_refresh_holds_the_others_off_only_for_a_bounded
     let Some(server) = pg::shared_cluster() else {
         return;
     };
-    let mock = MockUpstream::start().await;
-    let config = format!(
-        "[upstream]\nresponse_timeout = \"1s\"\n\
-         [providers.gmail]\nbase_url = \"{0}\"\nauth = {{ scheme = \"oauth2\", token_url = \"{0}/oauth2/token\" }}\n",
-        mock.url()
-    );
-    let env = Env::on_database(&config, TestDb::create_on(&server));
-    env.add_secret("google", "gmail", &default_secret()).await;
-    let token = env.create_token("google", &[]).await;
-    let call = Call::get("/api/gmail/oauth-api/users/me/profile", Some(&token));
+    let (mock, env, call) = gmail_on(&server, "[upstream]\nresponse_timeout = \"1s\"\n").await;
     let (first, second) = (env.serve().await, env.serve().await);
 
     // The first replica takes the secret's refresh lease and is killed while its token

@@ -12,9 +12,10 @@ use lettre::transport::smtp::client::Certificate;
 use serde_json::{Value, json};
 
 use super::params::summarise;
+use super::trial::Trial;
 use super::{ArgumentError, Capability, CapabilitySpec, Catalog, RunError, Validated};
 use crate::approvals::Summary;
-use crate::audit::{AuditRecord, Decision};
+use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError, TokenEntry};
 use crate::policy::{self, RequestPath};
 use crate::providers::{ErrorShape, Providers};
@@ -250,6 +251,16 @@ impl Capabilities {
         &self.proxy
     }
 
+    /// An operator's trial run of these capabilities, recorded in `auditor`.
+    pub fn trial<'a>(&'a self, auditor: &'a Auditor) -> Trial<'a> {
+        Trial {
+            catalog: &self.catalog,
+            runner: &self.runner,
+            auditor,
+            redactor: &self.redactor,
+        }
+    }
+
     /// The capabilities `entry` may invoke now (none once it is revoked or expired).
     pub async fn allowed_for(&self, entry: &TokenEntry) -> Result<Vec<Arc<Capability>>, CallError> {
         let all = self.catalog.all().await.map_err(store_down)?;
@@ -384,13 +395,18 @@ impl Capabilities {
     }
 }
 
-fn store_down(e: crate::store::StoreError) -> CallError {
+/// The refusal for a store that can't list capabilities; the cause goes to the log.
+pub(super) fn store_down(e: crate::store::StoreError) -> CallError {
     tracing::error!(error = %e, "capabilities could not be read from the store");
     CallError::Refused(ProxyError::StoreUnavailable)
 }
 
 /// Fill a record's outcome (decision, error code and reason) from a call's result.
-fn note_outcome(record: &mut AuditRecord, result: &Result<Value, CallError>, approved: bool) {
+pub(super) fn note_outcome(
+    record: &mut AuditRecord,
+    result: &Result<Value, CallError>,
+    approved: bool,
+) {
     match result {
         Ok(_) => {
             record.decision = if approved {

@@ -14,12 +14,14 @@
 //! - [`http`]: a templated request to a provider, its credential injected as the proxy does.
 //! - [`invoke`]: the path every call takes, over HTTP or MCP: token, policy, arguments,
 //!   limits, approval, secret, backend, audit.
+//! - [`trial`]: an operator's run of a capability, from the CLI or the admin API.
 
 pub mod email;
 pub mod http;
 pub mod invoke;
 pub mod params;
 pub mod sql;
+pub mod trial;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};

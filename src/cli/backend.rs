@@ -7,14 +7,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::Context;
 use super::remote::{Remote, encode};
+use super::{Context, capability};
 use crate::ops::Ops;
 use crate::ops::audit::{AuditQuery, AuditView, VerifyReport};
 use crate::ops::views::{
-    ApprovalView, DenyRequest, DeriveTokenRequest, MintedView, NewTokenRequest, PolicyView,
-    Revoked, SecretRemoved, SecretView, TokenDetail, TokenView, UpdateTokenRequest, UsageQuery,
-    UsageReport,
+    ApprovalView, CapabilityAdded, CapabilityView, DenyRequest, DeriveTokenRequest, MintedView,
+    NewCapabilities, NewTokenRequest, PolicyView, Revoked, SecretRemoved, SecretView,
+    TestCapabilityRequest, TokenDetail, TokenView, UpdateTokenRequest, UsageQuery, UsageReport,
 };
 use crate::policy::PolicySpec;
 use crate::store::ApprovalState;
@@ -228,6 +228,68 @@ impl Backend {
             Backend::Remote(r) => {
                 let path = format!("/admin/v1/policies/{}", encode(name));
                 r.call_empty(Method::DELETE, &path).await
+            }
+        }
+    }
+
+    /// Every capability the broker serves.
+    pub async fn list_capabilities(&self) -> anyhow::Result<Vec<CapabilityView>> {
+        match self {
+            Backend::Local { ctx, ops } => Ok(ops.list_capabilities(&ctx.catalog()?).await?),
+            Backend::Remote(r) => r.call(Method::GET, "/admin/v1/capabilities", None).await,
+        }
+    }
+
+    /// One capability.
+    pub async fn show_capability(&self, name: &str) -> anyhow::Result<CapabilityView> {
+        match self {
+            Backend::Local { ctx, ops } => Ok(ops.show_capability(&ctx.catalog()?, name).await?),
+            Backend::Remote(r) => {
+                let path = format!("/admin/v1/capabilities/{}", encode(name));
+                r.call(Method::GET, &path, None).await
+            }
+        }
+    }
+
+    /// Store capabilities, all or none.
+    pub async fn add_capabilities(
+        &self,
+        new: &NewCapabilities,
+    ) -> anyhow::Result<Vec<CapabilityAdded>> {
+        match self {
+            Backend::Local { ctx, ops } => Ok(ops.add_capabilities(&ctx.catalog()?, new).await?),
+            Backend::Remote(r) => {
+                r.call(Method::POST, "/admin/v1/capabilities", json(new)?)
+                    .await
+            }
+        }
+    }
+
+    /// Remove a stored capability.
+    pub async fn remove_capability(&self, name: &str) -> anyhow::Result<()> {
+        match self {
+            Backend::Local { ctx, ops } => Ok(ops.remove_capability(&ctx.catalog()?, name).await?),
+            Backend::Remote(r) => {
+                let path = format!("/admin/v1/capabilities/{}", encode(name));
+                r.call_empty(Method::DELETE, &path).await
+            }
+        }
+    }
+
+    /// Run a capability as the operator, where the backend is; its answer.
+    pub async fn test_capability(
+        &self,
+        name: &str,
+        args: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        match self {
+            Backend::Local { ctx, .. } => capability::test_here(ctx, name, args).await,
+            Backend::Remote(r) => {
+                let path = format!("/admin/v1/capabilities/{}/test", encode(name));
+                let body = TestCapabilityRequest {
+                    arguments: args.clone(),
+                };
+                r.call(Method::POST, &path, json(&body)?).await
             }
         }
     }

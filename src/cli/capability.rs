@@ -1,26 +1,22 @@
 //! `seks capability …`: the capabilities agents may invoke — list them, add or remove those
-//! kept in the store, and run one as the operator to try it.
+//! kept in the store, and run one as the operator to try it; on this machine's store or,
+//! with `--remote`, through a broker's admin API.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Context;
+use super::backend::Backend;
 use super::output::{print_json, print_table};
-use crate::audit::{self, AuditRecord, Auditor, Decision};
-use crate::capabilities::invoke::CALL_PATH;
-use crate::capabilities::params::summarise;
-use crate::capabilities::{Capability, CapabilitySpec, Catalog};
-use crate::clock;
+use crate::audit::{self, Auditor};
+use crate::capabilities::trial::Trial;
 use crate::keyring::Keyring;
+use crate::ops::views::NewCapabilities;
 use crate::proxy::Upstreams;
-use crate::store::DEFAULT_TENANT;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum CapabilityCommand {
@@ -29,6 +25,11 @@ pub(super) enum CapabilityCommand {
         /// Print JSON, with each capability's argument schema.
         #[arg(long)]
         json: bool,
+    },
+    /// One capability as JSON, with its argument schema.
+    Show {
+        /// Its name.
+        name: String,
     },
     /// Add the capabilities FILE defines (`[capabilities.NAME]` tables, as in the config
     /// file), replacing stored ones of the same name; running brokers serve them within a
@@ -53,77 +54,39 @@ pub(super) enum CapabilityCommand {
     },
 }
 
-/// A file of capability definitions.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CapabilityFile {
-    capabilities: BTreeMap<String, CapabilitySpec>,
-}
-
-/// One row of `capability list`.
-#[derive(Debug, Serialize)]
-struct CapabilityRow<'a> {
-    name: &'a str,
-    kind: &'static str,
-    description: &'a str,
-    secret: &'a str,
-    /// `config` or `store`.
-    source: &'static str,
-    require_approval: bool,
-    input_schema: &'a Value,
-}
-
-impl<'a> CapabilityRow<'a> {
-    fn new(c: &'a Capability) -> Self {
-        let common = c.spec.common();
-        CapabilityRow {
-            name: &c.name,
-            kind: c.spec.kind(),
-            description: common.description,
-            secret: common.secret,
-            source: if c.from_config { "config" } else { "store" },
-            require_approval: common.require_approval,
-            input_schema: &c.schema,
-        }
-    }
-}
-
-pub(super) async fn run(ctx: Context, cmd: CapabilityCommand) -> anyhow::Result<()> {
-    let providers = ctx.providers()?;
-    let catalog = Catalog::new(&ctx.settings.capabilities, providers, ctx.store.clone())?;
+pub(super) async fn run(backend: &Backend, cmd: CapabilityCommand) -> anyhow::Result<()> {
     match cmd {
-        CapabilityCommand::List { json } => list(&catalog, json).await,
-        CapabilityCommand::Add { file } => add(&ctx, &catalog, &file).await,
+        CapabilityCommand::List { json } => list(backend, json).await,
+        CapabilityCommand::Show { name } => print_json(&backend.show_capability(&name).await?),
+        CapabilityCommand::Add { file } => add(backend, &file).await,
         CapabilityCommand::Rm { name } => {
-            if catalog.is_configured(&name) {
-                bail!("capability `{name}` is defined in the config file; remove it there");
-            }
-            if !ctx.store.delete_capability(DEFAULT_TENANT, &name).await? {
-                bail!("no stored capability named `{name}`");
-            }
+            backend.remove_capability(&name).await?;
             eprintln!("removed capability `{name}`");
             Ok(())
         }
-        CapabilityCommand::Test { name, args } => test(ctx, &catalog, &name, &args).await,
+        CapabilityCommand::Test { name, args } => {
+            let args: Value =
+                serde_json::from_str(&args).context("--args must be a JSON object")?;
+            print_json(&backend.test_capability(&name, &args).await?)
+        }
     }
 }
 
-async fn list(catalog: &Catalog, json: bool) -> anyhow::Result<()> {
-    let all = catalog.all().await?;
-    let rows: Vec<CapabilityRow> = all.iter().map(|c| CapabilityRow::new(c)).collect();
+async fn list(backend: &Backend, json: bool) -> anyhow::Result<()> {
+    let rows = backend.list_capabilities().await?;
     if json {
         return print_json(&rows);
     }
     let table: Vec<Vec<String>> = rows
-        .iter()
+        .into_iter()
         .map(|r| {
             vec![
-                r.name.to_owned(),
-                r.kind.to_owned(),
-                r.secret.to_owned(),
-                r.source.to_owned(),
+                r.name,
+                r.kind,
+                r.secret,
+                r.source,
                 if r.require_approval { "yes" } else { "no" }.to_owned(),
-                r.description.to_owned(),
+                r.description,
             ]
         })
         .collect();
@@ -141,55 +104,24 @@ async fn list(catalog: &Catalog, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn add(ctx: &Context, catalog: &Catalog, file: &std::path::Path) -> anyhow::Result<()> {
+async fn add(backend: &Backend, file: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed: CapabilityFile =
+    let parsed: NewCapabilities =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     if parsed.capabilities.is_empty() {
         bail!("{} defines no [capabilities.NAME]", file.display());
     }
-    // Check them all before storing any.
-    let mut checked = Vec::new();
-    for (name, spec) in parsed.capabilities {
-        if catalog.is_configured(&name) {
-            bail!("capability `{name}` is defined in the config file, which would hide it");
+    for c in backend.add_capabilities(&parsed).await? {
+        if !c.secret_exists {
+            eprintln!(
+                "note: secret `{}` does not exist yet; store it with `seks secret add {} --provider {}`",
+                c.secret, c.secret, c.secret_provider
+            );
         }
-        let capability = catalog.check(&name, spec)?;
-        let common = capability.spec.common();
-        let wanted = capability.spec.secret_provider();
-        match ctx
-            .store
-            .secret_by_name(DEFAULT_TENANT, common.secret)
-            .await?
-        {
-            Some(secret) if secret.provider != wanted => bail!(
-                "capability `{name}`: secret `{}` is stored for `{}`, but a {} capability needs a `{wanted}` secret",
-                common.secret,
-                secret.provider,
-                capability.spec.kind()
-            ),
-            Some(_) => {}
-            None => eprintln!(
-                "note: secret `{}` does not exist yet; store it with `seks secret add {} --provider {wanted}`",
-                common.secret, common.secret
-            ),
-        }
-        checked.push(capability);
-    }
-    for c in checked {
-        let replaced = ctx
-            .store
-            .put_capability(
-                DEFAULT_TENANT,
-                &c.name,
-                &serde_json::to_string(&c.spec)?,
-                clock::now(),
-            )
-            .await?;
         eprintln!(
             "{} capability `{}`; grant it in a token's policy with `capabilities = [\"{}\"]` (or `--capability {}`)",
-            if replaced { "replaced" } else { "added" },
+            if c.replaced { "replaced" } else { "added" },
             c.name,
             c.name,
             c.name
@@ -198,13 +130,10 @@ async fn add(ctx: &Context, catalog: &Catalog, file: &std::path::Path) -> anyhow
     Ok(())
 }
 
-/// Run a capability as the operator and audit it like an agent's call.
-async fn test(ctx: Context, catalog: &Catalog, name: &str, args: &str) -> anyhow::Result<()> {
-    let args: Value = serde_json::from_str(args).context("--args must be a JSON object")?;
-    let Some(capability) = catalog.get(name).await? else {
-        bail!("no capability named `{name}` (see `seks capability list`)");
-    };
-    let validated = capability.validate(&args)?;
+/// Run a capability as the operator on this machine: its secret from the local store, its
+/// audit record into the local log.
+pub(super) async fn test_here(ctx: &Context, name: &str, args: &Value) -> anyhow::Result<Value> {
+    let catalog = ctx.catalog()?;
     let vault = Arc::new(ctx.unlock_vault().await?);
     let keyring = Arc::new(Keyring::new(
         ctx.store.clone(),
@@ -225,45 +154,14 @@ async fn test(ctx: Context, catalog: &Catalog, name: &str, args: &str) -> anyhow
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let writing = tokio::spawn(audit::run_writer(writer, stopped));
-    let started = Instant::now();
-    let result = runner.run(DEFAULT_TENANT, &capability, validated).await;
-    let mut record = AuditRecord {
-        at_ms: clock::now_ms(),
-        request_id: crate::audit::new_request_id(),
-        tenant: DEFAULT_TENANT.to_owned(),
-        agent: Some("operator (seks capability test)".to_owned()),
-        secret: Some(capability.spec.common().secret.to_owned()),
-        provider: capability.spec.provider().map(str::to_owned),
-        method: "TEST".to_owned(),
-        path: format!("{CALL_PATH}/{name}"),
-        capability: Some(name.to_owned()),
-        arguments: Some(summarise(&args)),
-        status: 200,
-        decision: Decision::Allowed,
-        total_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        client: "cli".to_owned(),
-        ..AuditRecord::default()
+    let trial = Trial {
+        catalog: &catalog,
+        runner: &runner,
+        auditor: &auditor,
+        redactor: &ctx.redactor,
     };
-    if let Err(e) = &result {
-        record.status = e.status().as_u16();
-        record.decision = e.decision();
-        record.error = Some(e.code().to_owned());
-        record.reason = Some(e.to_string());
-    }
-    let written = auditor.submit_durable(record, None).await;
+    let result = trial.run(name, args, "cli").await;
     let _ = stop.send(true);
     let _ = writing.await;
-    written.context("the audit log could not be written")?;
-    match result {
-        Ok(answer) => print_json(&answer),
-        Err(e) => {
-            // A backend's words can quote anything, even a secret: masked like a log line.
-            let shown = ctx.redactor.redact_text(e.to_string().as_bytes());
-            bail!(
-                "capability `{name}` failed ({}): {}",
-                e.code(),
-                String::from_utf8_lossy(&shown)
-            )
-        }
-    }
+    result.map_err(|e| anyhow::anyhow!("capability `{name}` failed ({}): {}", e.code, e.message))
 }

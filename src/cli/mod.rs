@@ -26,6 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
 
+use crate::capabilities::Catalog;
 use crate::capabilities::invoke::Runner;
 use crate::config::{CliOverrides, LogFormat, Settings};
 use crate::hygiene;
@@ -164,10 +165,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             local_only("provider")?;
             provider::run(&Context::prepare(overrides, "warn", redactor)?, cmd)
         }
-        Command::Capability(cmd) => {
-            local_only("capability")?;
-            capability::run(Context::open(overrides, "warn", redactor).await?, cmd).await
-        }
         Command::Ca(cmd) => {
             local_only("ca")?;
             ca::run(Context::open(overrides, "warn", redactor).await?, cmd).await
@@ -194,6 +191,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Approvals(cmd) => {
             approvals::run(&Backend::open(remote, overrides, redactor).await?, cmd).await
+        }
+        Command::Capability(cmd) => {
+            capability::run(&Backend::open(remote, overrides, redactor).await?, cmd).await
         }
         Command::Usage(args) => {
             usage::run(&Backend::open(remote, overrides, redactor).await?, &args).await
@@ -265,6 +265,15 @@ impl Context {
     /// The provider table with config overrides.
     fn providers(&self) -> anyhow::Result<Providers> {
         Ok(Providers::load(&self.settings.providers)?)
+    }
+
+    /// The capabilities the config file and the store define.
+    fn catalog(&self) -> anyhow::Result<Catalog> {
+        Ok(Catalog::new(
+            &self.settings.capabilities,
+            self.providers()?,
+            self.store.clone(),
+        )?)
     }
 
     /// Load the master key and check it against the store; on a store that has never seen a

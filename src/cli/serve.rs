@@ -101,6 +101,12 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         limits,
         auditor.clone(),
     ));
+    let capabilities = Arc::new(Capabilities::new(
+        catalog,
+        runner,
+        proxy.clone(),
+        ctx.redactor.clone(),
+    ));
     let listener = TcpListener::bind(ctx.settings.listen)
         .await
         .with_context(|| format!("binding {}", ctx.settings.listen))?;
@@ -131,6 +137,8 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
                 ops: Ops::new(ctx.store.clone(), ctx.providers()?),
                 vault: vault.clone(),
                 store: ctx.store.clone(),
+                capabilities: capabilities.clone(),
+                auditor: auditor.clone(),
             });
             let mut stopped = stop_rx.clone();
             Some(tokio::spawn(server::run_admin(
@@ -178,12 +186,6 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let mut stopped = stop_rx.clone();
     let max_arguments_bytes =
         usize::try_from(ctx.settings.max_policy_body_bytes).unwrap_or(usize::MAX);
-    let capabilities = Arc::new(Capabilities::new(
-        catalog,
-        runner,
-        proxy.clone(),
-        ctx.redactor.clone(),
-    ));
     let state = Arc::new(server::AppState {
         proxy,
         keyring: keyring.clone(),

@@ -1,8 +1,9 @@
-//! Operator operations — secrets, tokens, named policies, approvals, usage, the audit
-//! log — shared by the
-//! CLI (on the local store) and the admin API, so both check and do exactly the same.
+//! Operator operations — secrets, tokens, named policies, capabilities, approvals, usage,
+//! the audit log — shared by the CLI (on the local store) and the admin API, so both check
+//! and do exactly the same.
 
 pub mod audit;
+mod capabilities;
 mod secrets;
 pub mod views;
 

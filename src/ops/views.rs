@@ -1,9 +1,13 @@
 //! What operator operations take and return: the admin API's JSON bodies and the CLI's
 //! `--json` output, one shape for both (and for `--remote`, which reads them back).
 
+use std::collections::BTreeMap;
+
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
+use crate::capabilities::{Capability, CapabilitySpec};
 use crate::clock;
 use crate::policy::{self, PolicySpec};
 use crate::store::{
@@ -252,6 +256,77 @@ impl PolicyView {
             updated_at: when(Some(p.updated_at)),
         })
     }
+}
+
+/// A capability agents may invoke, as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CapabilityView {
+    /// Its name (also its MCP tool name).
+    pub name: String,
+    /// `email`, `sql` or `http`.
+    pub kind: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// The secret it runs with.
+    pub secret: String,
+    /// `config` (the config file's, read-only here) or `store` (`capability add`).
+    pub source: String,
+    /// Whether every call waits for an operator's approval.
+    pub require_approval: bool,
+    /// JSON Schema of its arguments, as shown to models.
+    pub input_schema: Value,
+}
+
+impl From<&Capability> for CapabilityView {
+    fn from(c: &Capability) -> Self {
+        let common = c.spec.common();
+        CapabilityView {
+            name: c.name.clone(),
+            kind: c.spec.kind().to_owned(),
+            description: common.description.to_owned(),
+            secret: common.secret.to_owned(),
+            source: if c.from_config { "config" } else { "store" }.to_owned(),
+            require_approval: common.require_approval,
+            input_schema: c.schema.clone(),
+        }
+    }
+}
+
+/// `POST /admin/v1/capabilities`: definitions to store, all or none, by name (the JSON of
+/// a `[capabilities.NAME]` table).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCapabilities {
+    /// The definitions.
+    pub capabilities: BTreeMap<String, CapabilitySpec>,
+}
+
+/// A capability stored by `capability add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CapabilityAdded {
+    /// Its name.
+    pub name: String,
+    /// Whether it replaced a stored one of that name.
+    pub replaced: bool,
+    /// The secret it runs with.
+    pub secret: String,
+    /// The provider that secret must be stored for.
+    pub secret_provider: String,
+    /// Whether that secret exists yet (calls fail until it does).
+    pub secret_exists: bool,
+}
+
+/// `POST /admin/v1/capabilities/{name}/test`: the arguments to run it with.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCapabilityRequest {
+    /// The arguments, a JSON object (`{}` when absent).
+    #[serde(default = "empty_object")]
+    pub arguments: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
 }
 
 /// A request held for approval.

@@ -170,8 +170,12 @@ fn object(required: &[&str], properties: Value) -> Value {
 
 fn schemas() -> Value {
     let mut all = operator_schemas();
-    if let (Some(all), Value::Object(audit)) = (all.as_object_mut(), audit_schemas()) {
-        all.extend(audit);
+    if let Some(all) = all.as_object_mut() {
+        for more in [capability_schemas(), audit_schemas()] {
+            if let Value::Object(more) = more {
+                all.extend(more);
+            }
+        }
     }
     all
 }
@@ -275,6 +279,39 @@ fn operator_schemas() -> Value {
     })
 }
 
+/// Capabilities: as listed, as added, and a trial run's arguments.
+fn capability_schemas() -> Value {
+    json!({
+        "CapabilityView": object(&["name", "kind", "description", "secret", "source",
+            "require_approval", "input_schema"], json!({
+            "name": string(), "kind": {"type": "string", "enum": ["email", "sql", "http"]},
+            "description": string(), "secret": string(),
+            "source": {"type": "string", "enum": ["config", "store"]},
+            "require_approval": {"type": "boolean"},
+            "input_schema": {"type": "object", "description": "JSON Schema of the arguments"}
+        })),
+        "NewCapabilities": {
+            "type": "object", "required": ["capabilities"], "additionalProperties": false,
+            "properties": {"capabilities": {
+                "type": "object",
+                "description": "by name, the fields of a [capabilities.NAME] table of the config file",
+                "additionalProperties": {"type": "object", "required": ["kind"],
+                    "properties": {"kind": {"type": "string", "enum": ["email", "sql", "http"]}}}
+            }}
+        },
+        "CapabilityAdded": object(&["name", "replaced", "secret", "secret_provider",
+            "secret_exists"], json!({
+            "name": string(), "replaced": {"type": "boolean"}, "secret": string(),
+            "secret_provider": string(),
+            "secret_exists": {"type": "boolean", "description": "calls fail until it exists"}
+        })),
+        "TestCapabilityRequest": {
+            "type": "object", "additionalProperties": false,
+            "properties": {"arguments": {"type": "object", "description": "default {}"}}
+        }
+    })
+}
+
 /// The audit log's records and verification.
 fn audit_schemas() -> Value {
     json!({
@@ -320,7 +357,7 @@ pub fn document<'a>(endpoints: impl IntoIterator<Item = (&'a str, Verb, &'a Doc)
         "info": {
             "title": "SEKS admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Operate a SEKS broker: secrets, agent tokens, named policies, approvals and usage. \
+            "description": "Operate a SEKS broker: secrets, agent tokens, named policies, capabilities, approvals, usage and the audit log. \
                 Send the admin token (`seks admin token create`) as `Authorization: Bearer <token>`."
         },
         "components": {

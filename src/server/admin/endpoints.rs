@@ -18,15 +18,15 @@ use super::{AdminState, Body, Refusal, SecretBody, error, parse};
 use crate::ops::OpsError;
 use crate::ops::audit::AuditQuery;
 use crate::ops::views::{
-    DenyRequest, DeriveTokenRequest, NewSecretRequest, NewTokenRequest, RotateSecretRequest,
-    UpdateTokenRequest, UsageQuery,
+    DenyRequest, DeriveTokenRequest, NewCapabilities, NewSecretRequest, NewTokenRequest,
+    RotateSecretRequest, TestCapabilityRequest, UpdateTokenRequest, UsageQuery,
 };
 use crate::policy::PolicySpec;
 use crate::server::openapi::{Doc, Verb, array_of, path_param, query_param, schema};
 use crate::store::ApprovalState;
 
-/// Who the admin API records as the decider.
-const DECIDER: &str = "admin-api";
+/// Who the admin API says it is: the decider of an approval, the client of a trial run.
+const ADMIN_API: &str = "admin-api";
 
 /// One routed, documented endpoint.
 pub struct Endpoint {
@@ -60,6 +60,7 @@ pub fn all() -> Vec<Endpoint> {
     let token = || path_param("id", "the token's id (tok_…)");
     let policy = || path_param("name", "the policy's name");
     let approval = || path_param("id", "the approval's id (apr_…)");
+    let capability = || path_param("name", "the capability's name");
     vec![
         endpoint(
             Get,
@@ -181,6 +182,62 @@ pub fn all() -> Vec<Endpoint> {
                 .param(policy())
                 .no_content()
                 .errors(&[404, 409]),
+        ),
+        endpoint(
+            Get,
+            "/admin/v1/capabilities",
+            list_capabilities,
+            Doc::new(
+                "List the capabilities agents may invoke (config file and store)",
+                "capabilities",
+            )
+            .ok(200, array_of("CapabilityView")),
+        ),
+        endpoint(
+            Post,
+            "/admin/v1/capabilities",
+            add_capabilities,
+            Doc::new(
+                "Store capabilities, all or none, replacing stored ones of the same name",
+                "capabilities",
+            )
+            .body("NewCapabilities")
+            .ok(201, array_of("CapabilityAdded"))
+            .errors(&[400, 409, 413]),
+        ),
+        endpoint(
+            Get,
+            "/admin/v1/capabilities/{name}",
+            show_capability,
+            Doc::new("Show a capability", "capabilities")
+                .param(capability())
+                .ok(200, schema("CapabilityView"))
+                .errors(&[404]),
+        ),
+        endpoint(
+            Delete,
+            "/admin/v1/capabilities/{name}",
+            remove_capability,
+            Doc::new("Remove a stored capability", "capabilities")
+                .param(capability())
+                .no_content()
+                .errors(&[404, 409]),
+        ),
+        endpoint(
+            Post,
+            "/admin/v1/capabilities/{name}/test",
+            test_capability,
+            Doc::new(
+                "Run a capability as the operator (no token, policy or approval; audited)",
+                "capabilities",
+            )
+            .param(capability())
+            .optional_body("TestCapabilityRequest")
+            .ok(
+                200,
+                json!({"description": "the capability's answer, scrubbed of every secret"}),
+            )
+            .errors(&[400, 403, 404, 413, 502, 504]),
         ),
         endpoint(
             Get,
@@ -401,6 +458,40 @@ async fn remove_policy(State(s): Shared, Path(name): Path<String>) -> Answer {
         .map_err(Refusal::from)
 }
 
+async fn list_capabilities(State(s): Shared) -> Answer {
+    let listed = s.ops.list_capabilities(&s.capabilities.catalog).await;
+    ok(StatusCode::OK, listed)
+}
+
+async fn add_capabilities(State(s): Shared, Body(req): Body<NewCapabilities>) -> Answer {
+    let added = s.ops.add_capabilities(&s.capabilities.catalog, &req).await;
+    ok(StatusCode::CREATED, added)
+}
+
+async fn show_capability(State(s): Shared, Path(name): Path<String>) -> Answer {
+    let shown = s.ops.show_capability(&s.capabilities.catalog, &name).await;
+    ok(StatusCode::OK, shown)
+}
+
+async fn remove_capability(State(s): Shared, Path(name): Path<String>) -> Answer {
+    s.ops
+        .remove_capability(&s.capabilities.catalog, &name)
+        .await
+        .map(|()| StatusCode::NO_CONTENT.into_response())
+        .map_err(Refusal::from)
+}
+
+async fn test_capability(State(s): Shared, Path(name): Path<String>, body: Bytes) -> Answer {
+    // The arguments are optional, and so is the body.
+    let req: TestCapabilityRequest = parse(if body.is_empty() { b"{}" } else { &body }, true)?;
+    let answer = s
+        .capabilities
+        .trial(&s.auditor)
+        .run(&name, &req.arguments, ADMIN_API)
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -420,7 +511,7 @@ async fn show_approval(State(s): Shared, Path(id): Path<String>) -> Answer {
 async fn approve(State(s): Shared, Path(id): Path<String>) -> Answer {
     let decided = s
         .ops
-        .decide(&id, ApprovalState::Approved, None, DECIDER)
+        .decide(&id, ApprovalState::Approved, None, ADMIN_API)
         .await;
     ok(StatusCode::OK, decided)
 }
@@ -434,7 +525,7 @@ async fn deny(State(s): Shared, Path(id): Path<String>, body: Bytes) -> Answer {
     };
     let decided = s
         .ops
-        .decide(&id, ApprovalState::Denied, req.reason.as_deref(), DECIDER)
+        .decide(&id, ApprovalState::Denied, req.reason.as_deref(), ADMIN_API)
         .await;
     ok(StatusCode::OK, decided)
 }

@@ -1,6 +1,6 @@
 //! The admin API, on its own listener and behind the admin token: everything the operator
-//! CLI does (secrets, tokens, named policies, approvals, usage), through [`Ops`] so both
-//! behave the same. Mint the token with `seks admin token create`; only its SHA-256 is stored.
+//! CLI does (secrets, tokens, named policies, capabilities, approvals, usage, the audit
+//! log), through [`Ops`] so both behave the same. Mint the token with `seks admin token create`; only its SHA-256 is stored.
 //! `/openapi.json` describes it and is served without the token (it holds nothing secret).
 
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::openapi;
+use crate::audit::Auditor;
+use crate::capabilities::invoke::Capabilities;
+use crate::capabilities::trial::TrialFailure;
 use crate::ops::{Ops, OpsError};
 use crate::store::{META_ADMIN_TOKEN, Store};
 use crate::tokens::{TokenHash, hex};
@@ -35,6 +38,10 @@ pub struct AdminState {
     pub vault: Arc<Vault>,
     /// Where the admin token's hash lives.
     pub store: Arc<dyn Store>,
+    /// The capabilities the broker serves, to list, change and try.
+    pub capabilities: Arc<Capabilities>,
+    /// Where operators' trial runs of capabilities are recorded.
+    pub auditor: Arc<Auditor>,
 }
 
 /// A refused request, answered in the admin API's shape: `{"error": {"message", "code"}}`.
@@ -66,6 +73,12 @@ impl From<OpsError> for Refusal {
             tracing::warn!(error = %e, "admin API operation failed");
         }
         error(status, e.code(), &e.to_string())
+    }
+}
+
+impl From<TrialFailure> for Refusal {
+    fn from(e: TrialFailure) -> Self {
+        error(e.status, e.code, &e.message)
     }
 }
 

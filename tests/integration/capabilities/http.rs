@@ -333,3 +333,187 @@ path = "/v1/ping"
     assert!(denied.body.contains("not now"));
     assert_eq!(mock.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn the_admin_api_and_remote_cli_add_show_try_and_remove_capabilities() {
+    let mock = MockUpstream::start().await;
+    let env = Env::new(&format!(
+        "{}\n{}",
+        config_for(&mock.url(), ""),
+        r#"
+[capabilities.pinned]
+kind = "http"
+description = "Defined in the config file"
+secret = "main"
+provider = "openai"
+method = "GET"
+path = "/v1/models"
+"#
+    ));
+    env.add_secret("main", "openai", KEY).await;
+    let token = env.create_token("main", &["--capability", "reflect"]).await;
+    let admin_token = env.admin_token().await;
+    let broker = env.serve().await;
+    let admin = broker.admin_url().await;
+    let mut responses = Vec::new();
+    // Another machine: an empty data directory, so everything goes through the admin API.
+    let elsewhere = Env::new("");
+    let remote_env = [("SEKS_ADMIN_TOKEN", admin_token.as_str())];
+    let remote = |args: &[&str]| {
+        let mut all = vec!["--remote".to_owned(), admin.clone(), "capability".to_owned()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let elsewhere = &elsewhere;
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            elsewhere.cli_with_env(&all, "", &remote_env).await
+        }
+    };
+    let api = |method: &'static str, path: &str, body: serde_json::Value| {
+        let url = format!("{admin}{path}");
+        let bearer = format!("Bearer {admin_token}");
+        async move {
+            let body = if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            };
+            send(method, &url, &[("authorization", bearer.as_str())], body).await
+        }
+    };
+
+    let file = elsewhere.data_dir().join("reflect.toml");
+    std::fs::write(
+        &file,
+        "[capabilities.reflect]\nkind = \"http\"\ndescription = \"Quotes the key back\"\n\
+         secret = \"main\"\nprovider = \"openai\"\nmethod = \"POST\"\npath = \"/v1/reflect\"\n\
+         params = [{ name = \"note\", type = \"string\", required = false }]\n",
+    )
+    .unwrap();
+    let added = remote(&["add", file.to_str().unwrap()]).await.ok();
+    assert!(
+        added.stderr.contains("added capability `reflect`") && !added.stderr.contains("note:"),
+        "{added:?}"
+    );
+    let listed = remote(&["list", "--json"]).await.ok();
+    let rows: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let sources: Vec<(&str, &str)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(sources, [("pinned", "config"), ("reflect", "store")]);
+    let shown = remote(&["show", "reflect"]).await.ok();
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["input_schema"]["properties"]["note"]["type"], "string");
+
+    // The running broker serves it to the agent.
+    let mut served = false;
+    for _ in 0..40 {
+        if call(&broker, &token, "reflect", &json!({}), &mut responses)
+            .await
+            .status
+            == 200
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(served);
+
+    // A trial run goes out with the key and comes back scrubbed, and is audited.
+    let tried = remote(&["test", "reflect", "--args", "{\"note\": \"hi\"}"])
+        .await
+        .ok();
+    let answer: serde_json::Value = serde_json::from_str(&tried.stdout).unwrap();
+    assert_eq!(answer["status"], 200, "{tried:?}");
+    assert!(tried.stdout.contains("****"), "{tried:?}");
+    let seen = mock.requests().pop().unwrap();
+    assert_eq!(
+        (seen.target.as_str(), seen.header("authorization")),
+        ("/v1/reflect", Some(format!("Bearer {KEY}").as_str()))
+    );
+    let records = env
+        .cli(&["audit", "query", "--agent", "operator", "--json"], "")
+        .await
+        .ok();
+    let lines: Vec<&str> = records.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{records:?}");
+    let record: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(
+        (
+            &record["method"],
+            &record["capability"],
+            &record["client"],
+            &record["status"]
+        ),
+        (&json!("TEST"), &json!("reflect"), &json!("admin-api"), &json!(200)),
+        "{record}"
+    );
+    let refused = remote(&["test", "reflect", "--args", "{\"x\": 1}"]).await;
+    assert!(
+        !refused.status.success() && refused.stderr.contains("/x") && refused.stderr.contains("400"),
+        "{refused:?}"
+    );
+    let unknown = api("POST", "/admin/v1/capabilities/nope/test", json!(null)).await;
+    assert_eq!(
+        (unknown.status, unknown.json()["error"]["code"].as_str()),
+        (404, Some("unknown_capability")),
+        "{unknown:?}"
+    );
+
+    // Definitions are checked, all before any is stored.
+    let http = |secret: &str| {
+        json!({"kind": "http", "description": "d", "secret": secret, "provider": "openai",
+            "method": "GET", "path": "/v1/models"})
+    };
+    let sql = json!({"kind": "sql", "description": "d", "secret": "main", "statement": "SELECT 1"});
+    for (body, status, says) in [
+        (json!({"capabilities": {"pinned": http("main")}}), 409, "config file"),
+        (
+            json!({"capabilities": {"fine": http("main"), "wrong": sql}}),
+            400,
+            "needs a `sql` secret",
+        ),
+        (json!({"capabilities": {"Bad Name": http("main")}}), 400, "names are"),
+        (json!({"capabilities": {}}), 400, "no capabilities"),
+        (json!({"capabilities": {"x": {"kind": "ftp"}}}), 400, "ftp"),
+    ] {
+        let r = api("POST", "/admin/v1/capabilities", body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {r:?}");
+        assert!(r.body.contains(says), "{body}: {r:?}");
+    }
+    let fine = api("GET", "/admin/v1/capabilities/fine", json!(null)).await;
+    assert_eq!(fine.status, 404, "nothing of a refused batch is stored");
+    let missing_secret = api(
+        "POST",
+        "/admin/v1/capabilities",
+        json!({"capabilities": {"later": http("not-yet")}}),
+    )
+    .await;
+    assert_eq!(missing_secret.status, 201, "{missing_secret:?}");
+    assert_eq!(missing_secret.json()[0]["secret_exists"], false);
+    for (name, status) in [("pinned", 409), ("nope", 404), ("later", 204)] {
+        let path = format!("/admin/v1/capabilities/{name}");
+        assert_eq!(api("DELETE", &path, json!(null)).await.status, status, "{name}");
+    }
+
+    remote(&["rm", "reflect"]).await.ok();
+    let mut gone = false;
+    for _ in 0..40 {
+        if call(&broker, &token, "reflect", &json!({}), &mut responses)
+            .await
+            .status
+            == 404
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone);
+    broker.stop().await;
+    assert_never_leaked(&env, KEY, &responses);
+    assert_never_leaked(&elsewhere, KEY, &[]);
+}

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::Value;
 
@@ -109,9 +109,6 @@ async fn add(backend: &Backend, file: &Path) -> anyhow::Result<()> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let parsed: NewCapabilities =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    if parsed.capabilities.is_empty() {
-        bail!("{} defines no [capabilities.NAME]", file.display());
-    }
     for c in backend.add_capabilities(&parsed).await? {
         if !c.secret_exists {
             eprintln!(

@@ -42,7 +42,7 @@ impl Ops {
     ) -> Result<Vec<CapabilityAdded>, OpsError> {
         if new.capabilities.is_empty() {
             return Err(OpsError::Invalid(
-                "no capabilities given ([capabilities.NAME] tables)".to_owned(),
+                "no capabilities given: define them as [capabilities.NAME] tables".to_owned(),
             ));
         }
         let mut checked = Vec::new();

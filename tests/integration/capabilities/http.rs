@@ -360,7 +360,11 @@ path = "/v1/models"
     let elsewhere = Env::new("");
     let remote_env = [("SEKS_ADMIN_TOKEN", admin_token.as_str())];
     let remote = |args: &[&str]| {
-        let mut all = vec!["--remote".to_owned(), admin.clone(), "capability".to_owned()];
+        let mut all = vec![
+            "--remote".to_owned(),
+            admin.clone(),
+            "capability".to_owned(),
+        ];
         all.extend(args.iter().map(|a| (*a).to_owned()));
         let elsewhere = &elsewhere;
         async move {
@@ -405,7 +409,10 @@ path = "/v1/models"
     assert_eq!(sources, [("pinned", "config"), ("reflect", "store")]);
     let shown = remote(&["show", "reflect"]).await.ok();
     let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
-    assert_eq!(shown["input_schema"]["properties"]["note"]["type"], "string");
+    assert_eq!(
+        shown["input_schema"]["properties"]["note"]["type"],
+        "string"
+    );
 
     // The running broker serves it to the agent.
     let mut served = false;
@@ -448,12 +455,19 @@ path = "/v1/models"
             &record["client"],
             &record["status"]
         ),
-        (&json!("TEST"), &json!("reflect"), &json!("admin-api"), &json!(200)),
+        (
+            &json!("TEST"),
+            &json!("reflect"),
+            &json!("admin-api"),
+            &json!(200)
+        ),
         "{record}"
     );
     let refused = remote(&["test", "reflect", "--args", "{\"x\": 1}"]).await;
     assert!(
-        !refused.status.success() && refused.stderr.contains("/x") && refused.stderr.contains("400"),
+        !refused.status.success()
+            && refused.stderr.contains("/x")
+            && refused.stderr.contains("400"),
         "{refused:?}"
     );
     let unknown = api("POST", "/admin/v1/capabilities/nope/test", json!(null)).await;
@@ -470,14 +484,22 @@ path = "/v1/models"
     };
     let sql = json!({"kind": "sql", "description": "d", "secret": "main", "statement": "SELECT 1"});
     for (body, status, says) in [
-        (json!({"capabilities": {"pinned": http("main")}}), 409, "config file"),
+        (
+            json!({"capabilities": {"pinned": http("main")}}),
+            409,
+            "config file",
+        ),
         (
             json!({"capabilities": {"fine": http("main"), "wrong": sql}}),
             400,
             "needs a `sql` secret",
         ),
-        (json!({"capabilities": {"Bad Name": http("main")}}), 400, "names are"),
-        (json!({"capabilities": {}}), 400, "no capabilities"),
+        (
+            json!({"capabilities": {"Bad Name": http("main")}}),
+            400,
+            "names are",
+        ),
+        (json!({"capabilities": {}}), 400, "no capabilities given"),
         (json!({"capabilities": {"x": {"kind": "ftp"}}}), 400, "ftp"),
     ] {
         let r = api("POST", "/admin/v1/capabilities", body.clone()).await;
@@ -496,7 +518,11 @@ path = "/v1/models"
     assert_eq!(missing_secret.json()[0]["secret_exists"], false);
     for (name, status) in [("pinned", 409), ("nope", 404), ("later", 204)] {
         let path = format!("/admin/v1/capabilities/{name}");
-        assert_eq!(api("DELETE", &path, json!(null)).await.status, status, "{name}");
+        assert_eq!(
+            api("DELETE", &path, json!(null)).await.status,
+            status,
+            "{name}"
+        );
     }
 
     remote(&["rm", "reflect"]).await.ok();

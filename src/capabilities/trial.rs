@@ -3,7 +3,6 @@
 //! operator holds the secrets anyway, but validated, scrubbed and audited like an agent's
 //! call — and its answer is withheld unless the audit record is durably written.
 
-use std::fmt;
 use std::time::Instant;
 
 use http::StatusCode;
@@ -41,14 +40,6 @@ pub struct TrialFailure {
     /// What went wrong, with the backend's words (the operator's to read), masked.
     pub message: String,
 }
-
-impl fmt::Display for TrialFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
-    }
-}
-
-impl std::error::Error for TrialFailure {}
 
 impl Trial<'_> {
     /// Run capability `name` with `args` for the operator, recorded as coming from `client`

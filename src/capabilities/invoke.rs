@@ -324,12 +324,7 @@ impl Capabilities {
     ) -> Result<Value, CallError> {
         // Lifetimes first, so a revoked token learns only that.
         self.proxy.check_call(entry, |_| Ok(()))?;
-        let capability = self
-            .catalog
-            .get(name)
-            .await
-            .map_err(store_down)?
-            .ok_or_else(|| CallError::Unknown(name.to_owned()))?;
+        let capability = find(&self.catalog, name).await?;
         record.update(|r| r.provider = capability.spec.provider().map(str::to_owned));
         let policy_hold = self.check(entry, name)?;
         let validated = capability.validate(args)?;
@@ -395,8 +390,17 @@ impl Capabilities {
     }
 }
 
+/// The capability named `name`, or why there is none to call.
+pub(super) async fn find(catalog: &Catalog, name: &str) -> Result<Arc<Capability>, CallError> {
+    catalog
+        .get(name)
+        .await
+        .map_err(store_down)?
+        .ok_or_else(|| CallError::Unknown(name.to_owned()))
+}
+
 /// The refusal for a store that can't list capabilities; the cause goes to the log.
-pub(super) fn store_down(e: crate::store::StoreError) -> CallError {
+fn store_down(e: crate::store::StoreError) -> CallError {
     tracing::error!(error = %e, "capabilities could not be read from the store");
     CallError::Refused(ProxyError::StoreUnavailable)
 }

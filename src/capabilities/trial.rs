@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde_json::Value;
 
 use super::Catalog;
-use super::invoke::{CALL_PATH, CallError, Runner, note_outcome, store_down};
+use super::invoke::{CALL_PATH, CallError, Runner, find, note_outcome};
 use super::params::summarise;
 use crate::audit::{self, AuditRecord, Auditor};
 use crate::clock;
@@ -86,12 +86,7 @@ impl Trial<'_> {
         args: &Value,
         record: &mut AuditRecord,
     ) -> Result<Value, CallError> {
-        let capability = self
-            .catalog
-            .get(name)
-            .await
-            .map_err(store_down)?
-            .ok_or_else(|| CallError::Unknown(name.to_owned()))?;
+        let capability = find(self.catalog, name).await?;
         let common = capability.spec.common();
         record.secret = Some(common.secret.to_owned());
         record.provider = capability.spec.provider().map(str::to_owned);

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{call, code};
+use super::{call, call_until, code};
 use crate::support::http::send;
 use crate::support::mock::MockUpstream;
 use crate::support::{Env, assert_never_leaked, config_for};
@@ -171,16 +171,8 @@ async fn operators_add_list_test_and_remove_capabilities_and_running_brokers_fol
     let rows: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(rows[0]["name"], "models");
     assert_eq!(rows[0]["source"], "store");
-    let mut served = None;
-    for _ in 0..40 {
-        let r = call(&broker, &token, "models", &json!({}), &mut responses).await;
-        if r.status == 200 {
-            served = Some(r);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(served.expect("served within seconds").json()["status"], 200);
+    let served = call_until(&broker, &token, "models", 200, &mut responses).await;
+    assert_eq!(served.json()["status"], 200);
 
     let tested = env
         .cli(&["capability", "test", "models", "--args", "{}"], "")
@@ -215,19 +207,7 @@ async fn operators_add_list_test_and_remove_capabilities_and_running_brokers_fol
     );
 
     env.cli(&["capability", "rm", "models"], "").await.ok();
-    let mut gone = false;
-    for _ in 0..40 {
-        if call(&broker, &token, "models", &json!({}), &mut responses)
-            .await
-            .status
-            == 404
-        {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(gone);
+    call_until(&broker, &token, "models", 404, &mut responses).await;
     broker.stop().await;
     assert_never_leaked(&env, KEY, &responses);
 }
@@ -415,19 +395,7 @@ path = "/v1/models"
     );
 
     // The running broker serves it to the agent.
-    let mut served = false;
-    for _ in 0..40 {
-        if call(&broker, &token, "reflect", &json!({}), &mut responses)
-            .await
-            .status
-            == 200
-        {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(served);
+    call_until(&broker, &token, "reflect", 200, &mut responses).await;
 
     // A trial run goes out with the key and comes back scrubbed, and is audited.
     let tried = remote(&["test", "reflect", "--args", "{\"note\": \"hi\"}"])
@@ -526,19 +494,7 @@ path = "/v1/models"
     }
 
     remote(&["rm", "reflect"]).await.ok();
-    let mut gone = false;
-    for _ in 0..40 {
-        if call(&broker, &token, "reflect", &json!({}), &mut responses)
-            .await
-            .status
-            == 404
-        {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(gone);
+    call_until(&broker, &token, "reflect", 404, &mut responses).await;
     broker.stop().await;
     assert_never_leaked(&env, KEY, &responses);
     assert_never_leaked(&elsewhere, KEY, &[]);

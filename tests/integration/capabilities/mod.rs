@@ -40,6 +40,32 @@ pub async fn call(
     reply
 }
 
+/// Call capability `name` with `{}` until the answer has `status` (a definition the store
+/// changed reaches a running broker within a second); that answer, or a panic after 4 s.
+pub async fn call_until(
+    broker: &Broker,
+    token: &str,
+    name: &str,
+    status: u16,
+    responses: &mut Vec<u8>,
+) -> Reply {
+    for _ in 0..40 {
+        let reply = call(
+            broker,
+            token,
+            name,
+            &Value::Object(Default::default()),
+            responses,
+        )
+        .await;
+        if reply.status == status {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("`{name}` never answered {status}");
+}
+
 /// The error code of a broker error reply, checked against its `x-seks-error` header.
 pub fn code(reply: &Reply) -> String {
     let code = reply.json()["error"]["code"]

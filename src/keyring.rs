@@ -180,21 +180,42 @@ struct Cache {
 }
 
 /// A secret stored as a JSON object (an AWS key pair, OAuth client credentials) travels
-/// piece by piece, so each string in it is scrubbed on its own as well.
+/// piece by piece, so each string in it is scrubbed on its own as well; so does the password
+/// of one stored as a URL (an SMTP server, a database connection string), as written and
+/// decoded.
 fn scrubbed_parts(value: &str) -> Vec<Zeroizing<String>> {
-    if !value.starts_with('{') {
-        return Vec::new();
+    if value.starts_with('{') {
+        return match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(value) {
+            Ok(fields) => fields
+                .into_iter()
+                .filter_map(|(_, v)| match v {
+                    serde_json::Value::String(text) => Some(Zeroizing::new(text)),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
     }
-    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(value) {
-        Ok(fields) => fields
-            .into_iter()
-            .filter_map(|(_, v)| match v {
-                serde_json::Value::String(text) => Some(Zeroizing::new(text)),
-                _ => None,
-            })
-            .collect(),
-        Err(_) => Vec::new(),
+    match url_password(value) {
+        Some(password) => vec![
+            Zeroizing::new(password.to_owned()),
+            Zeroizing::new(
+                percent_encoding::percent_decode_str(password)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            ),
+        ],
+        None => Vec::new(),
     }
+}
+
+/// The password in `scheme://user:password@host…`, as written; read in place so that no
+/// other copy of the value is made.
+fn url_password(value: &str) -> Option<&str> {
+    let (_, rest) = value.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo.split_once(':').map(|(_, password)| password)
 }
 
 /// Token and credential resolution with caching and store synchronisation.
@@ -680,6 +701,20 @@ mod tests {
     use sqlx::{Connection, Executor, SqliteConnection};
 
     use super::*;
+
+    #[test]
+    fn the_password_of_a_url_secret_is_scrubbed_as_written_and_decoded() {
+        let parts = scrubbed_parts("smtps://bot%40example.com:p%2Fss-w0rd@mail.example.com:465");
+        let parts: Vec<&str> = parts.iter().map(|p| p.as_str()).collect();
+        assert_eq!(parts, ["p%2Fss-w0rd", "p/ss-w0rd"]);
+        assert_eq!(
+            url_password("postgres://app:s3cret@db:5432/shop?sslmode=require"),
+            Some("s3cret")
+        );
+        for none in ["sk-plain-key", "mysql://app@db/shop", "https://host/a:b@c"] {
+            assert_eq!(url_password(none), None, "{none}");
+        }
+    }
     use crate::ops::Ops;
     use crate::ops::views::NewTokenRequest;
     use crate::providers::Providers;

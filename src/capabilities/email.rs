@@ -31,9 +31,8 @@ const MAX_SUBJECT: usize = 998;
 const MAX_FILENAME: usize = 255;
 
 /// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SmtpTls {
     /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
     Starttls,
     /// TLS from the first byte (port 465).
@@ -42,27 +41,80 @@ pub enum SmtpTls {
     None,
 }
 
-/// The mail server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpSpec {
-    /// Host name (also the name its certificate must carry).
-    pub host: String,
-    /// Port; default 587 for STARTTLS, 465 for TLS, 25 without.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// The user the stored password belongs to.
-    pub username: String,
-    /// `starttls`, `tls` or `none` (loopback only).
-    pub tls: SmtpTls,
+/// The mail server and the account on it, read from the stored secret:
+/// `smtp://USER:PASSWORD@HOST[:PORT]` (STARTTLS, port 587 by default),
+/// `smtps://USER:PASSWORD@HOST[:PORT]` (TLS from the first byte, 465), or
+/// `smtp://…?tls=none` (clear text, port 25; loopback hosts only). The server is sealed with
+/// the password, so no capability definition can send the password anywhere else.
+pub struct SmtpServer {
+    host: String,
+    port: u16,
+    username: String,
+    password: SecretString,
+    tls: SmtpTls,
 }
 
-impl SmtpSpec {
-    fn port(&self) -> u16 {
-        self.port.unwrap_or(match self.tls {
+impl SmtpServer {
+    /// Read a stored SMTP secret. Errors describe the expected shape and never quote the
+    /// value (the host aside, which is not secret).
+    pub fn parse(secret: &str) -> Result<SmtpServer, String> {
+        const SHAPE: &str = "an SMTP secret is smtp://USER:PASSWORD@HOST[:PORT] (STARTTLS) or \
+            smtps://USER:PASSWORD@HOST[:PORT] (TLS), with `@`, `:` and `/` in USER or PASSWORD \
+            percent-encoded";
+        let url = url::Url::parse(secret).map_err(|_| SHAPE.to_owned())?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| SHAPE.to_owned())?
+            .to_owned();
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|p| p.into_owned())
+                .map_err(|_| SHAPE.to_owned())
+        };
+        let username = decode(url.username())?;
+        let password = SecretString::from(decode(url.password().unwrap_or_default())?);
+        if username.is_empty() || password.expose_secret().is_empty() {
+            return Err(SHAPE.to_owned());
+        }
+        if !url.path().trim_start_matches('/').is_empty() || url.fragment().is_some() {
+            return Err(SHAPE.to_owned());
+        }
+        let mut clear_text = false;
+        for (key, value) in url.query_pairs() {
+            match (&*key, &*value) {
+                ("tls", "none") => clear_text = true,
+                _ => {
+                    return Err(format!(
+                        "{SHAPE}; the only option is `?tls=none` (loopback hosts only)"
+                    ));
+                }
+            }
+        }
+        let tls = match (url.scheme(), clear_text) {
+            ("smtp", false) => SmtpTls::Starttls,
+            ("smtps", false) => SmtpTls::Tls,
+            ("smtp", true) => SmtpTls::None,
+            _ => return Err(SHAPE.to_owned()),
+        };
+        if tls == SmtpTls::None && !is_loopback(&host) {
+            return Err(format!(
+                "`tls=none` would send the password in clear text; it is allowed only to a \
+                 loopback address, not `{host}`"
+            ));
+        }
+        let port = url.port().unwrap_or(match tls {
             SmtpTls::Starttls => 587,
             SmtpTls::Tls => 465,
             SmtpTls::None => 25,
+        });
+        Ok(SmtpServer {
+            host,
+            port,
+            username,
+            password,
+            tls,
         })
     }
 }
@@ -83,7 +135,8 @@ pub enum Senders {
 pub struct EmailSpec {
     /// What it does, for the model.
     pub description: String,
-    /// The stored SMTP password (`seks secret add NAME --provider smtp`).
+    /// The stored SMTP server and account (`seks secret add NAME --provider smtp`, see
+    /// [`SmtpServer`]).
     pub secret: String,
     /// Hold every message until an operator approves it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -95,8 +148,6 @@ pub struct EmailSpec {
         with = "duration_opt"
     )]
     pub timeout: Option<Duration>,
-    /// The mail server.
-    pub smtp: SmtpSpec,
     /// The sender address, or the addresses the agent may choose from.
     pub from: Senders,
     /// Fixed recipients: the agent can't choose any.
@@ -196,19 +247,8 @@ impl EmailSpec {
         self.max_recipients.unwrap_or(DEFAULT_MAX_RECIPIENTS)
     }
 
-    /// Check the definition: server, addresses and patterns.
+    /// Check the definition: addresses and patterns (the server is the secret's).
     pub fn check(&self) -> Result<(), String> {
-        let smtp = &self.smtp;
-        if smtp.host.is_empty() || smtp.username.is_empty() {
-            return Err("`smtp.host` and `smtp.username` are required".to_owned());
-        }
-        if smtp.tls == SmtpTls::None && !is_loopback(&smtp.host) {
-            return Err(format!(
-                "`smtp.tls = \"none\"` would send the password in clear text; it is allowed only \
-                 to a loopback address, not `{}`",
-                smtp.host
-            ));
-        }
         let senders = self.senders();
         if senders.is_empty() {
             return Err("`from` needs at least one address".to_owned());
@@ -459,16 +499,18 @@ impl EmailSpec {
         Ok(out)
     }
 
-    /// Send `message` with the stored password, trusting the Mozilla roots plus `extra_ca`.
+    /// Send `message` through the server and account in `secret`, trusting the Mozilla
+    /// roots plus `extra_ca`.
     pub async fn send(
         &self,
         message: Message,
-        password: &SecretString,
+        secret: &SecretString,
         extra_ca: &[Certificate],
         timeout: Duration,
     ) -> Result<Value, RunError> {
-        let smtp = &self.smtp;
         let misconfigured = |why: String| RunError::Misconfigured(why);
+        let smtp = SmtpServer::parse(secret.expose_secret())
+            .map_err(|why| misconfigured(format!("secret `{}`: {why}", self.secret)))?;
         let tls = if smtp.tls == SmtpTls::None {
             Tls::None
         } else {
@@ -511,15 +553,15 @@ impl EmailSpec {
         }
         .map_err(|e| misconfigured(format!("the message could not be built: {e}")))?;
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
-            .port(smtp.port())
+            .port(smtp.port)
             .tls(tls)
             .credentials(Credentials::new(
                 smtp.username.clone(),
-                password.expose_secret().to_owned(),
+                smtp.password.expose_secret().to_owned(),
             ))
             .timeout(Some(timeout))
             .build();
-        let server = format!("{}:{}", smtp.host, smtp.port());
+        let server = format!("{}:{}", smtp.host, smtp.port);
         match tokio::time::timeout(timeout, transport.send(email)).await {
             Err(_) => Err(RunError::Timeout(timeout)),
             Ok(Err(e)) if e.is_timeout() => Err(RunError::Timeout(timeout)),
@@ -556,8 +598,7 @@ mod tests {
 
     fn spec(extra: &str) -> EmailSpec {
         toml::from_str(&format!(
-            "description = \"d\"\nsecret = \"smtp-ops\"\n\
-             smtp = {{ host = \"127.0.0.1\", port = 2525, username = \"bot\", tls = \"none\" }}\n{extra}"
+            "description = \"d\"\nsecret = \"smtp-ops\"\n{extra}"
         ))
         .unwrap()
     }
@@ -640,13 +681,54 @@ mod tests {
     }
 
     #[test]
-    fn clear_text_smtp_is_for_loopback_only() {
-        let s: EmailSpec = toml::from_str(
-            "description = \"d\"\nsecret = \"s\"\nfrom = \"a@b.c\"\nto = [\"a@b.c\"]\n\
-             smtp = { host = \"smtp.example.com\", username = \"u\", tls = \"none\" }\n",
-        )
-        .unwrap();
-        assert!(s.check().unwrap_err().contains("clear text"));
+    fn the_server_comes_from_the_secret_and_clear_text_is_for_loopback_only() {
+        let server =
+            SmtpServer::parse("smtps://bot%40example.com:p%40ss%2Fw0rd@mail.example.com").unwrap();
+        assert_eq!(
+            (
+                server.host.as_str(),
+                server.port,
+                server.username.as_str(),
+                server.password.expose_secret(),
+                server.tls
+            ),
+            (
+                "mail.example.com",
+                465,
+                "bot@example.com",
+                "p@ss/w0rd",
+                SmtpTls::Tls
+            )
+        );
+        let server = SmtpServer::parse("smtp://u:pw@127.0.0.1:2525?tls=none").unwrap();
+        assert_eq!((server.port, server.tls), (2525, SmtpTls::None));
+        assert_eq!(
+            SmtpServer::parse("smtp://u:pw@mail.example.com")
+                .unwrap()
+                .tls,
+            SmtpTls::Starttls
+        );
+        let refused = [
+            (
+                "smtp://u:hunter2-secret@mail.example.com?tls=none",
+                "clear text",
+            ),
+            ("hunter2-secret", "smtp://USER"),
+            ("smtp://u@mail.example.com", "smtp://USER"),
+            ("smtp://u:hunter2-secret@mail.example.com/x", "smtp://USER"),
+            (
+                "smtp://u:hunter2-secret@mail.example.com?tls=maybe",
+                "only option",
+            ),
+            ("https://u:hunter2-secret@mail.example.com", "smtp://USER"),
+        ];
+        for (secret, says) in refused {
+            let why = SmtpServer::parse(secret).err().unwrap();
+            assert!(
+                why.contains(says) && !why.contains("hunter2"),
+                "{secret}: {why}"
+            );
+        }
         assert!(spec("from = \"a@b.c\"\n").check().is_err(), "no recipients");
     }
 }

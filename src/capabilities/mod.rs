@@ -417,7 +417,6 @@ mod tests {
 kind = "email"
 description = "Send an email to the ops team"
 secret = "smtp-ops"
-smtp = { host = "smtp.example.com", port = 587, username = "bot@example.com", tls = "starttls" }
 from = "bot@example.com"
 to = ["ops@example.com"]
 

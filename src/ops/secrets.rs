@@ -4,7 +4,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::views::{SecretRemoved, SecretView};
 use super::{Ops, OpsError};
-use crate::capabilities::SECRET_KINDS;
+use crate::capabilities::email::SmtpServer;
+use crate::capabilities::{SECRET_KINDS, SMTP_SECRETS};
 use crate::providers::Provider;
 use crate::scrub::MIN_SECRET_LEN;
 use crate::store::{DEFAULT_TENANT, NewSecret, SecretRecord, StoreError};
@@ -27,22 +28,25 @@ pub fn check_secret_name(name: &str) -> Result<(), OpsError> {
     }
 }
 
-/// A value must be long enough to scrub reliably and, for a provider (rather than a
-/// capability-only kind such as `smtp`), injectable the provider's way.
-fn check_secret_value(provider: Option<&Provider>, value: &SecretString) -> Result<(), OpsError> {
+/// A value must be long enough to scrub reliably and, for a provider, injectable the
+/// provider's way; an `smtp` secret must name its server.
+fn check_secret_value(
+    kind: &str,
+    provider: Option<&Provider>,
+    value: &SecretString,
+) -> Result<(), OpsError> {
     let value = value.expose_secret();
     if value.len() < MIN_SECRET_LEN {
         return Err(OpsError::Invalid(format!(
             "refusing to store this value: shorter than {MIN_SECRET_LEN} characters, it could not be scrubbed reliably"
         )));
     }
-    match provider {
-        Some(provider) => provider
-            .auth
-            .accepts(value)
-            .map_err(|why| OpsError::Invalid(format!("refusing to store this value: {why}"))),
+    let checked = match provider {
+        Some(provider) => provider.auth.accepts(value).map_err(str::to_owned),
+        None if kind == SMTP_SECRETS => SmtpServer::parse(value).map(drop),
         None => Ok(()),
-    }
+    };
+    checked.map_err(|why| OpsError::Invalid(format!("refusing to store this value: {why}")))
 }
 
 impl Ops {
@@ -86,7 +90,7 @@ impl Ops {
                 "secret `{name}` already exists; rotate it to change its value"
             )));
         }
-        check_secret_value(provider.map(|p| &**p), value)?;
+        check_secret_value(provider_name, provider.map(|p| &**p), value)?;
         let id = format!("sec_{}", tokens::random_base62(16));
         let identity = SecretIdentity {
             tenant: DEFAULT_TENANT,
@@ -114,7 +118,11 @@ impl Ops {
         value: &SecretString,
     ) -> Result<SecretView, OpsError> {
         let secret = self.secret(name).await?;
-        check_secret_value(self.providers.get(&secret.provider).map(|p| &**p), value)?;
+        check_secret_value(
+            &secret.provider,
+            self.providers.get(&secret.provider).map(|p| &**p),
+            value,
+        )?;
         let version = secret.version + 1;
         let identity = SecretIdentity {
             tenant: &secret.tenant,

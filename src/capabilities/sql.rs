@@ -94,6 +94,44 @@ fn read_only_default() -> bool {
     true
 }
 
+/// The databases a connection string can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+impl Dialect {
+    /// The database `url` is for, by its scheme.
+    fn of(url: &str) -> Result<Dialect, &'static str> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Dialect::Postgres)
+        } else if url.starts_with("mysql://") {
+            Ok(Dialect::Mysql)
+        } else if url.starts_with("sqlite:") {
+            Ok(Dialect::Sqlite)
+        } else {
+            Err("the connection string is none of postgres://, mysql:// and sqlite:")
+        }
+    }
+}
+
+/// Check a connection string before it is stored: a database seks speaks, in a form its
+/// driver reads. Errors never quote it.
+pub fn check_connection_string(url: &str) -> Result<(), String> {
+    let readable = match Dialect::of(url)? {
+        Dialect::Postgres => PgConnectOptions::from_str(url).is_ok(),
+        Dialect::Mysql => MySqlConnectOptions::from_str(url).is_ok(),
+        Dialect::Sqlite => SqliteConnectOptions::from_str(url).is_ok(),
+    };
+    if readable {
+        Ok(())
+    } else {
+        Err("the connection string can't be read (check its form and percent-encode `@`, `:` and `/` in the user and password)".to_owned())
+    }
+}
+
 /// Rows read from a statement.
 struct Fetched<R> {
     rows: Vec<R>,
@@ -128,17 +166,15 @@ impl SqlSpec {
     ) -> Result<Value, RunError> {
         let url = url.expose_secret();
         let deadline = Instant::now() + timeout;
-        let ran = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            tokio::time::timeout(timeout, self.postgres(url, values, timeout)).await
-        } else if url.starts_with("mysql://") {
-            tokio::time::timeout(timeout, self.mysql(url, values, timeout)).await
-        } else if url.starts_with("sqlite:") {
-            tokio::time::timeout(timeout, self.sqlite(url, values, deadline)).await
-        } else {
-            return Err(RunError::Misconfigured(
-                "the stored connection string is none of postgres://, mysql:// and sqlite:"
-                    .to_owned(),
-            ));
+        let dialect = Dialect::of(url).map_err(|why| RunError::Misconfigured(why.to_owned()))?;
+        let ran = match dialect {
+            Dialect::Postgres => {
+                tokio::time::timeout(timeout, self.postgres(url, values, timeout)).await
+            }
+            Dialect::Mysql => tokio::time::timeout(timeout, self.mysql(url, values, timeout)).await,
+            Dialect::Sqlite => {
+                tokio::time::timeout(timeout, self.sqlite(url, values, deadline)).await
+            }
         };
         ran.map_err(|_| RunError::Timeout(timeout))?
             .map_err(|e| self.error(e, timeout))
@@ -668,6 +704,27 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, RunError::Timeout(_)), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn connection_strings_are_checked_before_they_are_stored() {
+        for fine in [
+            "postgres://app:pw@db:5432/shop?sslmode=require",
+            "postgresql://app@db/shop",
+            "mysql://app:p%40ss@db/shop",
+            "sqlite:///var/lib/shop.db",
+        ] {
+            assert_eq!(check_connection_string(fine), Ok(()), "{fine}");
+        }
+        for bad in [
+            "mssql://app:hunter2-pw@db/shop",
+            "postgres://app:hunter2-pw@[db/shop",
+            "mysql://app:hunter2-pw@db:99999/shop",
+            "hunter2-pw",
+        ] {
+            let why = check_connection_string(bad).unwrap_err();
+            assert!(!why.contains("hunter2"), "{bad}: {why}");
+        }
     }
 
     #[tokio::test]

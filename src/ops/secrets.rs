@@ -5,7 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::views::{SecretRemoved, SecretView};
 use super::{Ops, OpsError};
 use crate::capabilities::email::SmtpServer;
-use crate::capabilities::{SECRET_KINDS, SMTP_SECRETS};
+use crate::capabilities::{SECRET_KINDS, SMTP_SECRETS, SQL_SECRETS, sql};
 use crate::providers::Provider;
 use crate::scrub::MIN_SECRET_LEN;
 use crate::store::{DEFAULT_TENANT, NewSecret, SecretRecord, StoreError};
@@ -29,7 +29,7 @@ pub fn check_secret_name(name: &str) -> Result<(), OpsError> {
 }
 
 /// A value must be long enough to scrub reliably and, for a provider, injectable the
-/// provider's way; an `smtp` secret must name its server.
+/// provider's way; an `smtp` secret must name its server, a `sql` one a database.
 fn check_secret_value(
     kind: &str,
     provider: Option<&Provider>,
@@ -44,6 +44,7 @@ fn check_secret_value(
     let checked = match provider {
         Some(provider) => provider.auth.accepts(value).map_err(str::to_owned),
         None if kind == SMTP_SECRETS => SmtpServer::parse(value).map(drop),
+        None if kind == SQL_SECRETS => sql::check_connection_string(value),
         None => Ok(()),
     };
     checked.map_err(|why| OpsError::Invalid(format!("refusing to store this value: {why}")))

@@ -178,6 +178,21 @@ async fn exercise(
     orders: impl AsyncFn() -> Vec<(i32, String, bool)>,
 ) -> Vec<u8> {
     env.add_secret("db", "sql", secret).await;
+    // A connection string no driver here reads is refused when stored, and not quoted.
+    for bad in [
+        "mssql://app:pw-NOT-STORED-0042@db/shop",
+        "postgres://app:pw-NOT-STORED-0042@[db/shop",
+    ] {
+        let refused = env
+            .cli(&["secret", "add", "db-bad", "--provider", "sql"], bad)
+            .await;
+        assert!(
+            !refused.status.success()
+                && refused.stderr.contains("connection string")
+                && !refused.stderr.contains("NOT-STORED"),
+            "{refused:?}"
+        );
+    }
     env.add_secret("main", "openai", "sk-openai-unused-1234567")
         .await;
     let token = env

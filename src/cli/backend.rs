@@ -2,6 +2,8 @@
 //! admin API (`--remote`). Both return the same views, so every command prints the same
 //! tables and JSON either way.
 
+use std::time::Duration;
+
 use http::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -18,6 +20,10 @@ use crate::ops::views::{
 };
 use crate::policy::PolicySpec;
 use crate::store::ApprovalState;
+
+/// Longest a remote trial run is waited for: a capability's own `timeout` bounds it, and
+/// can be long.
+const TRIAL_WAIT: Duration = Duration::from_secs(3600);
 
 /// The local store or a remote admin API.
 pub(super) enum Backend {
@@ -289,7 +295,8 @@ impl Backend {
                 let body = TestCapabilityRequest {
                     arguments: args.clone(),
                 };
-                r.call(Method::POST, &path, json(&body)?).await
+                r.call_waiting(Method::POST, &path, json(&body)?, TRIAL_WAIT)
+                    .await
             }
         }
     }

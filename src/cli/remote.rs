@@ -69,13 +69,25 @@ impl Remote {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<T> {
-        let bytes = self.send(method, path, body).await?;
+        self.call_waiting(method, path, body, TIMEOUT).await
+    }
+
+    /// Like [`Remote::call`], waiting up to `wait` for the answer (a capability's trial run
+    /// lasts as long as the capability's own timeout allows).
+    pub async fn call_waiting<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        wait: Duration,
+    ) -> anyhow::Result<T> {
+        let bytes = self.send(method, path, body, wait).await?;
         serde_json::from_slice(&bytes).context("the admin API's answer is not the expected JSON")
     }
 
     /// Like [`Remote::call`], for answers without content.
     pub async fn call_empty(&self, method: Method, path: &str) -> anyhow::Result<()> {
-        self.send(method, path, None).await.map(drop)
+        self.send(method, path, None, TIMEOUT).await.map(drop)
     }
 
     async fn send(
@@ -83,6 +95,7 @@ impl Remote {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        wait: Duration,
     ) -> anyhow::Result<bytes::Bytes> {
         let url = format!("{}{path}", self.base);
         let mut request = Request::builder().method(method).uri(&url).header(
@@ -95,14 +108,14 @@ impl Remote {
         let request = request
             .body(body.map_or_else(Body::empty, Body::from))
             .context("building the admin API request")?;
-        let response = tokio::time::timeout(TIMEOUT, self.client.request(request))
+        let response = tokio::time::timeout(wait, self.client.request(request))
             .await
-            .with_context(|| format!("{url}: no answer within {TIMEOUT:?}"))?
+            .with_context(|| format!("{url}: no answer within {wait:?}"))?
             .with_context(|| format!("{url}: cannot reach the admin API"))?;
         let status = response.status();
-        let bytes = tokio::time::timeout(TIMEOUT, response.into_body().collect())
+        let bytes = tokio::time::timeout(wait, response.into_body().collect())
             .await
-            .with_context(|| format!("{url}: the answer did not finish within {TIMEOUT:?}"))?
+            .with_context(|| format!("{url}: the answer did not finish within {wait:?}"))?
             .with_context(|| format!("{url}: reading the answer"))?
             .to_bytes();
         if status.is_success() {

@@ -1,6 +1,6 @@
-//! `kind = "email"`: send a plain-text message (with attachments, if allowed) through SMTP
-//! with the password from the vault. The sender is fixed or chosen from a list, the
-//! recipients fixed or checked against an allow-list before any connection is made.
+//! `kind = "email"`: send a plain-text message (with attachments, if allowed) through the
+//! SMTP server and account sealed in the vault. The sender is fixed or chosen from a list,
+//! the recipients fixed or checked against an allow-list before any connection is made.
 
 use std::time::Duration;
 

@@ -34,7 +34,7 @@ use crate::providers::Providers;
 use crate::store::{DEFAULT_TENANT, Store, StoreError};
 use params::BadArgument;
 
-/// Provider name of secrets that hold an SMTP password (not a proxied provider).
+/// Provider name of secrets that hold an SMTP server and its password (not a proxied provider).
 pub const SMTP_SECRETS: &str = "smtp";
 /// Provider name of secrets that hold a database connection string (not a proxied provider).
 pub const SQL_SECRETS: &str = "sql";

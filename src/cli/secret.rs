@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::backend::Backend;
 use super::output::{dash, print_json, print_table};
+use crate::capabilities::{SMTP_SECRETS, SQL_SECRETS};
 use crate::ops::check_secret_name;
 
 #[derive(Debug, Subcommand)]
@@ -44,7 +45,12 @@ pub(super) async fn run(backend: &Backend, cmd: SecretCommand) -> anyhow::Result
         SecretCommand::Add { name, provider } => {
             // Refuse a bad name before anyone types a key.
             check_secret_name(&name)?;
-            let value = read_value(&format!("Value for secret `{name}` ({provider}): "))?;
+            let form = match provider.as_str() {
+                SMTP_SECRETS => ", smtp[s]://USER:PASSWORD@HOST[:PORT]",
+                SQL_SECRETS => ", a postgres://, mysql:// or sqlite: connection string",
+                _ => "",
+            };
+            let value = read_value(&format!("Value for secret `{name}` ({provider}{form}): "))?;
             backend.add_secret(&name, &provider, &value).await?;
             eprintln!(
                 "stored secret `{name}` for {provider}. Mint an agent token with:\n  seks {}token create --secret {name} --agent <agent-name>",

@@ -257,7 +257,7 @@ impl Backend {
         }
     }
 
-    /// Store capabilities, all checked before any is stored.
+    /// Store capabilities, all or none.
     pub async fn add_capabilities(
         &self,
         new: &NewCapabilities,

@@ -33,8 +33,8 @@ impl Ops {
             .ok_or_else(|| OpsError::NotFound(format!("no capability named `{name}`")))
     }
 
-    /// Check every definition, then store them all, replacing stored ones of the same
-    /// name; running brokers serve them within a second.
+    /// Check every definition, then store them all in one transaction, replacing stored
+    /// ones of the same name; running brokers serve them within a second.
     pub async fn add_capabilities(
         &self,
         catalog: &Catalog,
@@ -73,25 +73,30 @@ impl Ops {
             }
             checked.push((capability, secret.is_some()));
         }
-        let mut added = Vec::new();
-        for (c, secret_exists) in checked {
-            let replaced = self
-                .store
-                .put_capability(
-                    DEFAULT_TENANT,
-                    &c.name,
-                    &serde_json::to_string(&c.spec)?,
-                    clock::now(),
-                )
-                .await?;
-            added.push(CapabilityAdded {
+        let specs = checked
+            .iter()
+            .map(|(c, _)| serde_json::to_string(&c.spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        let definitions: Vec<(&str, &str)> = checked
+            .iter()
+            .zip(&specs)
+            .map(|((c, _), spec)| (c.name.as_str(), spec.as_str()))
+            .collect();
+        let replaced = self
+            .store
+            .put_capabilities(DEFAULT_TENANT, &definitions, clock::now())
+            .await?;
+        let added = checked
+            .iter()
+            .zip(replaced)
+            .map(|((c, secret_exists), replaced)| CapabilityAdded {
                 name: c.name.clone(),
                 replaced,
                 secret: c.spec.common().secret.to_owned(),
                 secret_provider: c.spec.secret_provider().to_owned(),
-                secret_exists,
-            });
-        }
+                secret_exists: *secret_exists,
+            })
+            .collect();
         Ok(added)
     }
 

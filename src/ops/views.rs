@@ -292,8 +292,8 @@ impl From<&Capability> for CapabilityView {
     }
 }
 
-/// `POST /admin/v1/capabilities`: definitions to store, all checked first, by name (each
-/// the JSON of a `[capabilities.NAME]` table).
+/// `POST /admin/v1/capabilities`: definitions to store, all or none, by name (each the
+/// JSON of a `[capabilities.NAME]` table).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewCapabilities {

@@ -471,14 +471,14 @@ pub trait Store: Send + Sync {
     /// Remove a named policy; `Conflict` while tokens use it, false if there is none.
     async fn delete_policy(&self, tenant: &str, name: &str) -> Result<bool, StoreError>;
 
-    /// Create or replace a capability definition; true if it replaced one.
-    async fn put_capability(
+    /// Create or replace capability definitions, `(name, spec)`, all in one transaction;
+    /// for each, true if it replaced one.
+    async fn put_capabilities(
         &self,
         tenant: &str,
-        name: &str,
-        spec: &str,
+        definitions: &[(&str, &str)],
         at: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Vec<bool>, StoreError>;
     /// A tenant's capability definitions, by name.
     async fn list_capabilities(&self, tenant: &str) -> Result<Vec<CapabilityRecord>, StoreError>;
     /// Remove a capability definition; false if there is none.

@@ -584,26 +584,31 @@ impl Store for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn put_capability(
+    async fn put_capabilities(
         &self,
         tenant: &str,
-        name: &str,
-        spec: &str,
+        definitions: &[(&str, &str)],
         at: i64,
-    ) -> Result<bool, StoreError> {
-        // `xmax` is 0 on a freshly inserted row and set on one the upsert updated: whether
-        // it replaced one, from the same statement.
-        let replaced: bool = sqlx::query_scalar(
-            "INSERT INTO capabilities (tenant_id, name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
-             ON CONFLICT (tenant_id, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at \
-             RETURNING xmax <> 0",
-        )
-        .bind(tenant)
-        .bind(name)
-        .bind(spec)
-        .bind(at)
-        .fetch_one(&self.pool)
-        .await?;
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut replaced = Vec::with_capacity(definitions.len());
+        for (name, spec) in definitions {
+            // `xmax` is 0 on a freshly inserted row and set on one the upsert updated:
+            // whether it replaced one, from the same statement.
+            let was: bool = sqlx::query_scalar(
+                "INSERT INTO capabilities (tenant_id, name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+                 ON CONFLICT (tenant_id, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at \
+                 RETURNING xmax <> 0",
+            )
+            .bind(tenant)
+            .bind(name)
+            .bind(spec)
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await?;
+            replaced.push(was);
+        }
+        tx.commit().await?;
         Ok(replaced)
     }
 

@@ -519,34 +519,37 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn put_capability(
+    async fn put_capabilities(
         &self,
         tenant: &str,
-        name: &str,
-        spec: &str,
+        definitions: &[(&str, &str)],
         at: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.write().await?;
-        let existed: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM capabilities WHERE tenant_id = ? AND name = ?",
-        )
-        .bind(tenant)
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO capabilities (tenant_id, name, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (tenant_id, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
-        )
-        .bind(tenant)
-        .bind(name)
-        .bind(spec)
-        .bind(at)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
+        let mut replaced = Vec::with_capacity(definitions.len());
+        for (name, spec) in definitions {
+            let existed: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM capabilities WHERE tenant_id = ? AND name = ?",
+            )
+            .bind(tenant)
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO capabilities (tenant_id, name, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant_id, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            )
+            .bind(tenant)
+            .bind(name)
+            .bind(spec)
+            .bind(at)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            replaced.push(existed > 0);
+        }
         tx.commit().await?;
-        Ok(existed > 0)
+        Ok(replaced)
     }
 
     async fn list_capabilities(&self, tenant: &str) -> Result<Vec<CapabilityRecord>, StoreError> {

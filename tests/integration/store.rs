@@ -181,9 +181,17 @@ async fn the_store_contract_holds_on_this_backend() {
         store.insert_token(&follows_nothing).await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(!store.put_capability(T, "b", "{}", 1).await.unwrap());
-    assert!(store.put_capability(T, "b", "{\"x\":1}", 2).await.unwrap());
-    assert!(!store.put_capability(T, "A", "{}", 3).await.unwrap());
+    assert_eq!(
+        store.put_capabilities(T, &[("b", "{}")], 1).await.unwrap(),
+        [false]
+    );
+    assert_eq!(
+        store
+            .put_capabilities(T, &[("b", "{\"x\":1}"), ("A", "{}")], 2)
+            .await
+            .unwrap(),
+        [true, false]
+    );
     let names: Vec<_> = store
         .list_capabilities(T)
         .await

@@ -198,7 +198,7 @@ pub fn all() -> Vec<Endpoint> {
             "/admin/v1/capabilities",
             add_capabilities,
             Doc::new(
-                "Store capabilities, all checked before any is stored, replacing those of the same name",
+                "Store capabilities, all or none, replacing stored ones of the same name",
                 "capabilities",
             )
             .body("NewCapabilities")

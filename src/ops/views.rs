@@ -366,7 +366,7 @@ impl From<&ApprovalRecord> for ApprovalView {
 }
 
 /// `POST /admin/v1/approvals/{id}/deny`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DenyRequest {
     /// Why, for the agent.

@@ -728,6 +728,18 @@ async fn the_admin_api_decides_held_requests_behind_its_token() {
         "{decided:?}"
     );
     assert_eq!(call.await.unwrap()[0]["status"], 200);
+    // An oversized body is refused in the API's own shape, like every other body.
+    let too_big = crate::support::http::send(
+        "POST",
+        &format!("{admin}/admin/v1/approvals/{id}/deny"),
+        &[("authorization", &bearer)],
+        format!("{{\"reason\": \"{}\"}}", "r".repeat(2 << 20)),
+    )
+    .await;
+    assert_eq!(
+        (too_big.status, too_big.json()["error"]["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
     let again = send(
         "POST",
         &format!("{admin}/admin/v1/approvals/{id}/deny"),

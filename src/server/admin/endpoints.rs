@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +13,7 @@ use axum::routing::{MethodRouter, on};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AdminState, Body, Refusal, SecretBody, error, parse};
+use super::{AdminState, Body, OptionalBody, PathParam, Refusal, SecretBody, error};
 use crate::ops::OpsError;
 use crate::ops::audit::AuditQuery;
 use crate::ops::views::{
@@ -383,7 +382,7 @@ async fn add_secret(State(s): Shared, SecretBody(req): SecretBody<NewSecretReque
 
 async fn rotate_secret(
     State(s): Shared,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     SecretBody(req): SecretBody<RotateSecretRequest>,
 ) -> Answer {
     ok(
@@ -392,7 +391,7 @@ async fn rotate_secret(
     )
 }
 
-async fn remove_secret(State(s): Shared, Path(name): Path<String>) -> Answer {
+async fn remove_secret(State(s): Shared, PathParam(name): PathParam) -> Answer {
     ok(StatusCode::OK, s.ops.remove_secret(&name).await)
 }
 
@@ -407,25 +406,25 @@ async fn create_token(State(s): Shared, Body(req): Body<NewTokenRequest>) -> Ans
     )
 }
 
-async fn show_token(State(s): Shared, Path(id): Path<String>) -> Answer {
+async fn show_token(State(s): Shared, PathParam(id): PathParam) -> Answer {
     ok(StatusCode::OK, s.ops.show_token(&id).await)
 }
 
 async fn update_token(
     State(s): Shared,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     Body(req): Body<UpdateTokenRequest>,
 ) -> Answer {
     ok(StatusCode::OK, s.ops.update_token(&id, &req).await)
 }
 
-async fn revoke_token(State(s): Shared, Path(id): Path<String>) -> Answer {
+async fn revoke_token(State(s): Shared, PathParam(id): PathParam) -> Answer {
     ok(StatusCode::OK, s.ops.revoke_token(&id).await)
 }
 
 async fn derive_token(
     State(s): Shared,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     Body(req): Body<DeriveTokenRequest>,
 ) -> Answer {
     ok(
@@ -438,19 +437,19 @@ async fn list_policies(State(s): Shared) -> Answer {
     ok(StatusCode::OK, s.ops.list_policies().await)
 }
 
-async fn show_policy(State(s): Shared, Path(name): Path<String>) -> Answer {
+async fn show_policy(State(s): Shared, PathParam(name): PathParam) -> Answer {
     ok(StatusCode::OK, s.ops.show_policy(&name).await)
 }
 
 async fn set_policy(
     State(s): Shared,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     Body(spec): Body<PolicySpec>,
 ) -> Answer {
     ok(StatusCode::OK, s.ops.set_policy(&name, &spec).await)
 }
 
-async fn remove_policy(State(s): Shared, Path(name): Path<String>) -> Answer {
+async fn remove_policy(State(s): Shared, PathParam(name): PathParam) -> Answer {
     s.ops
         .remove_policy(&name)
         .await
@@ -468,12 +467,12 @@ async fn add_capabilities(State(s): Shared, Body(req): Body<NewCapabilities>) ->
     ok(StatusCode::CREATED, added)
 }
 
-async fn show_capability(State(s): Shared, Path(name): Path<String>) -> Answer {
+async fn show_capability(State(s): Shared, PathParam(name): PathParam) -> Answer {
     let shown = s.ops.show_capability(&s.capabilities.catalog, &name).await;
     ok(StatusCode::OK, shown)
 }
 
-async fn remove_capability(State(s): Shared, Path(name): Path<String>) -> Answer {
+async fn remove_capability(State(s): Shared, PathParam(name): PathParam) -> Answer {
     s.ops
         .remove_capability(&s.capabilities.catalog, &name)
         .await
@@ -481,9 +480,11 @@ async fn remove_capability(State(s): Shared, Path(name): Path<String>) -> Answer
         .map_err(Refusal::from)
 }
 
-async fn test_capability(State(s): Shared, Path(name): Path<String>, body: Bytes) -> Answer {
-    // The arguments are optional, and so is the body.
-    let req: TestCapabilityRequest = parse(if body.is_empty() { b"{}" } else { &body }, true)?;
+async fn test_capability(
+    State(s): Shared,
+    PathParam(name): PathParam,
+    OptionalBody(req): OptionalBody<TestCapabilityRequest>,
+) -> Answer {
     let answer = s
         .capabilities
         .trial(&s.auditor)
@@ -504,11 +505,11 @@ async fn list_approvals(State(s): Shared, q: Result<Query<ListQuery>, QueryRejec
     ok(StatusCode::OK, s.ops.list_approvals(q.all).await)
 }
 
-async fn show_approval(State(s): Shared, Path(id): Path<String>) -> Answer {
+async fn show_approval(State(s): Shared, PathParam(id): PathParam) -> Answer {
     ok(StatusCode::OK, s.ops.approval(&id).await)
 }
 
-async fn approve(State(s): Shared, Path(id): Path<String>) -> Answer {
+async fn approve(State(s): Shared, PathParam(id): PathParam) -> Answer {
     let decided = s
         .ops
         .decide(&id, ApprovalState::Approved, None, ADMIN_API)
@@ -516,13 +517,11 @@ async fn approve(State(s): Shared, Path(id): Path<String>) -> Answer {
     ok(StatusCode::OK, decided)
 }
 
-async fn deny(State(s): Shared, Path(id): Path<String>, body: Bytes) -> Answer {
-    // The reason is optional, and so is the body.
-    let req: DenyRequest = if body.is_empty() {
-        DenyRequest::default()
-    } else {
-        parse(&body, true)?
-    };
+async fn deny(
+    State(s): Shared,
+    PathParam(id): PathParam,
+    OptionalBody(req): OptionalBody<DenyRequest>,
+) -> Answer {
     let decided = s
         .ops
         .decide(&id, ApprovalState::Denied, req.reason.as_deref(), ADMIN_API)

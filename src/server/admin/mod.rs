@@ -8,7 +8,8 @@ use std::sync::Arc;
 mod endpoints;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -89,12 +90,34 @@ struct Body<T>(T);
 /// serde quotes what it could not read.
 struct SecretBody<T>(T);
 
+/// A path parameter (`{name}`, `{id}`); errors keep the API's shape.
+struct PathParam(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Refusal> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| PathParam(value))
+            .map_err(|e| error(e.status(), "bad_path", &e.body_text()))
+    }
+}
+
+/// A JSON body that may be left out, read as `{}` then.
+struct OptionalBody<T>(T);
+
 async fn read_body<T: DeserializeOwned, S: Send + Sync>(
     req: Request,
     state: &S,
     echo: bool,
 ) -> Result<T, Refusal> {
-    let bytes = Bytes::from_request(req, state)
+    parse(&read_bytes(req, state).await?, echo)
+}
+
+/// The raw body; errors keep the API's shape (413 when too large).
+async fn read_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Refusal> {
+    Bytes::from_request(req, state)
         .await
         .map_err(|e| match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => error(
@@ -103,8 +126,7 @@ async fn read_body<T: DeserializeOwned, S: Send + Sync>(
                 &format!("the body is larger than {MAX_BODY_BYTES} bytes"),
             ),
             status => error(status, "bad_body", &e.body_text()),
-        })?;
-    parse(&bytes, echo)
+        })
 }
 
 /// Parse a JSON body; with `echo`, the error quotes serde's reason.
@@ -124,6 +146,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Refusal> {
         read_body(req, state, true).await.map(Body)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalBody<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Refusal> {
+        let bytes = read_bytes(req, state).await?;
+        let json: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        parse(json, true).map(OptionalBody)
     }
 }
 
@@ -152,6 +184,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no_endpoint", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint doesn't take that method (see /openapi.json)",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -438,6 +438,29 @@ path = "/v1/models"
             && refused.stderr.contains("400"),
         "{refused:?}"
     );
+    let too_big = api(
+        "POST",
+        "/admin/v1/capabilities/reflect/test",
+        json!({"arguments": {"note": "n".repeat(2 << 20)}}),
+    )
+    .await;
+    assert_eq!(
+        (too_big.status, too_big.json()["error"]["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{}",
+        too_big.body.get(..200).unwrap_or(&too_big.body)
+    );
+    let wrong_method = api("PATCH", "/admin/v1/capabilities", json!(null)).await;
+    assert_eq!(
+        (
+            wrong_method.status,
+            wrong_method.json()["error"]["code"].as_str()
+        ),
+        (405, Some("method_not_allowed"))
+    );
+    let garbled = api("GET", "/admin/v1/capabilities/%FF", json!(null)).await;
+    assert_eq!(garbled.status, 400);
+    assert!(garbled.json()["error"]["code"].is_string(), "{garbled:?}");
     let unknown = api("POST", "/admin/v1/capabilities/nope/test", json!(null)).await;
     assert_eq!(
         (unknown.status, unknown.json()["error"]["code"].as_str()),

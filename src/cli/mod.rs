@@ -96,7 +96,7 @@ enum Command {
     /// The providers this broker serves (built-in and from the config file).
     #[command(subcommand)]
     Provider(provider::ProviderCommand),
-    /// Actions agents may invoke without the credential: list, add, remove, test.
+    /// Actions agents may invoke without the credential: list, show, add, remove, test.
     #[command(subcommand)]
     Capability(capability::CapabilityCommand),
     /// The forward proxy's certificate authority, for agents' trust stores.

@@ -701,6 +701,11 @@ mod tests {
     use sqlx::{Connection, Executor, SqliteConnection};
 
     use super::*;
+    use crate::ops::Ops;
+    use crate::ops::views::NewTokenRequest;
+    use crate::providers::Providers;
+    use crate::store::Location;
+    use crate::vault::Key;
 
     #[test]
     fn the_password_of_a_url_secret_is_scrubbed_as_written_and_decoded() {
@@ -715,11 +720,6 @@ mod tests {
             assert_eq!(url_password(none), None, "{none}");
         }
     }
-    use crate::ops::Ops;
-    use crate::ops::views::NewTokenRequest;
-    use crate::providers::Providers;
-    use crate::store::Location;
-    use crate::vault::Key;
 
     /// A keyring with `grace` over a fresh SQLite store holding an openai secret and tokens
     /// for `agents`, synced; the tokens' texts, and a connection to break the store with.

@@ -1,7 +1,8 @@
-//! The admin API, on its own listener and behind the admin token: everything the operator
-//! CLI does (secrets, tokens, named policies, capabilities, approvals, usage, the audit
-//! log), through [`Ops`] so both behave the same. Mint the token with `seks admin token create`; only its SHA-256 is stored.
-//! `/openapi.json` describes it and is served without the token (it holds nothing secret).
+//! The admin API, on its own listener and behind the admin token: what the operator CLI
+//! does (secrets, tokens, named policies, capabilities, approvals, usage, the audit log),
+//! through [`Ops`] so both behave the same. Mint the token with `seks admin token create`;
+//! only its SHA-256 is stored. `/openapi.json` describes it and is served without the token
+//! (it holds nothing secret).
 
 use std::sync::Arc;
 

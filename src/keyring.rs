@@ -179,43 +179,51 @@ struct Cache {
     scrubber: Arc<Scrubber>,
 }
 
-/// A secret stored as a JSON object (an AWS key pair, OAuth client credentials) travels
-/// piece by piece, so each string in it is scrubbed on its own as well; so does the password
-/// of one stored as a URL (an SMTP server, a database connection string), as written and
-/// decoded.
-fn scrubbed_parts(value: &str) -> Vec<Zeroizing<String>> {
-    if value.starts_with('{') {
-        return match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(value) {
-            Ok(fields) => fields
-                .into_iter()
-                .filter_map(|(_, v)| match v {
-                    serde_json::Value::String(text) => Some(Zeroizing::new(text)),
-                    _ => None,
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+/// What the scrubber looks for of one stored secret: the value, and the parts that travel
+/// on their own. A JSON object (an AWS key pair, OAuth client credentials) gives each of
+/// its strings, and itself written compactly rather than as stored: line breaks or spaces
+/// of a pretty-printed value would make the scrubber hold back every streamed event that
+/// ends in one. A URL (an SMTP server, a database connection string) gives its passwords,
+/// as written and decoded.
+fn scrubbed_values(value: &str) -> Vec<Zeroizing<String>> {
+    if let Ok(fields) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(value) {
+        let compact = serde_json::to_string(&fields).unwrap_or_default();
+        return std::iter::once(Zeroizing::new(compact))
+            .chain(fields.into_iter().filter_map(|(_, v)| match v {
+                serde_json::Value::String(text) => Some(Zeroizing::new(text)),
+                _ => None,
+            }))
+            .collect();
     }
-    match url_password(value) {
-        Some(password) => vec![
-            Zeroizing::new(password.to_owned()),
-            Zeroizing::new(
-                percent_encoding::percent_decode_str(password)
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            ),
-        ],
-        None => Vec::new(),
+    let mut values = vec![Zeroizing::new(value.to_owned())];
+    for password in url_passwords(value) {
+        values.push(Zeroizing::new(password.to_owned()));
+        values.push(Zeroizing::new(
+            percent_encoding::percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned(),
+        ));
     }
+    values
 }
 
-/// The password in `scheme://user:password@host…`, as written; read in place so that no
-/// other copy of the value is made.
-fn url_password(value: &str) -> Option<&str> {
-    let (_, rest) = value.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    userinfo.split_once(':').map(|(_, password)| password)
+/// The passwords in `scheme://user:password@host/…?password=…`, as written; read in place
+/// so that no other copy of the value is made.
+fn url_passwords(value: &str) -> impl Iterator<Item = &str> {
+    let rest = value.split_once("://").map_or("", |(_, rest)| rest);
+    let (before_fragment, _) = rest.split_once('#').unwrap_or((rest, ""));
+    let (address, query) = before_fragment
+        .split_once('?')
+        .unwrap_or((before_fragment, ""));
+    let authority = address.split('/').next().unwrap_or("");
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password);
+    let in_query = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("password="));
+    in_userinfo.into_iter().chain(in_query)
 }
 
 /// Token and credential resolution with caching and store synchronisation.
@@ -518,16 +526,15 @@ impl Keyring {
         &self,
         credentials: &HashMap<String, Credential>,
     ) -> Result<Scrubber, ScrubError> {
-        let parts: Vec<Zeroizing<String>> = credentials
+        let values: Vec<Zeroizing<String>> = credentials
             .values()
-            .flat_map(|c| scrubbed_parts(c.value.expose_secret()))
+            .flat_map(|c| scrubbed_values(c.value.expose_secret()))
             .collect();
         let learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
         Scrubber::new(
-            credentials
-                .values()
-                .map(|c| c.value.expose_secret().as_bytes())
-                .chain(parts.iter().map(|p| p.as_bytes()))
+            values
+                .iter()
+                .map(|v| v.as_bytes())
                 .chain(learned.iter().map(|l| as_bytes(&l.value))),
         )
     }
@@ -707,18 +714,37 @@ mod tests {
     use crate::store::Location;
     use crate::vault::Key;
 
+    fn values(secret: &str) -> Vec<String> {
+        scrubbed_values(secret)
+            .iter()
+            .map(|v| v.to_string())
+            .collect()
+    }
+
     #[test]
-    fn the_password_of_a_url_secret_is_scrubbed_as_written_and_decoded() {
-        let parts = scrubbed_parts("smtps://bot%40example.com:p%2Fss-w0rd@mail.example.com:465");
-        let parts: Vec<&str> = parts.iter().map(|p| p.as_str()).collect();
-        assert_eq!(parts, ["p%2Fss-w0rd", "p/ss-w0rd"]);
-        assert_eq!(
-            url_password("postgres://app:s3cret@db:5432/shop?sslmode=require"),
-            Some("s3cret")
-        );
+    fn the_passwords_of_a_url_secret_are_scrubbed_as_written_and_decoded() {
+        let secret = "smtps://bot%40example.com:p%2Fss-w0rd@mail.example.com:465";
+        assert_eq!(values(secret), [secret, "p%2Fss-w0rd", "p/ss-w0rd"]);
+        let secret = "postgres://app@db/shop?sslmode=require&password=s3cr%3Ft";
+        assert_eq!(values(secret), [secret, "s3cr%3Ft", "s3cr?t"]);
+        let secret = "postgres://app:one@db:5432/shop?password=two";
+        assert_eq!(url_passwords(secret).collect::<Vec<_>>(), ["one", "two"]);
         for none in ["sk-plain-key", "mysql://app@db/shop", "https://host/a:b@c"] {
-            assert_eq!(url_password(none), None, "{none}");
+            assert_eq!(url_passwords(none).count(), 0, "{none}");
         }
+    }
+
+    #[test]
+    fn a_json_secret_is_scrubbed_compact_and_string_by_string_however_it_was_written() {
+        let pretty = " {\n  \"access_key_id\": \"AKIAEXAMPLE\",\n  \"secret_access_key\": \"wJalrXUt/K7MDENG\",\n  \"ttl\": 3600\n}\n";
+        assert_eq!(
+            values(pretty),
+            [
+                r#"{"access_key_id":"AKIAEXAMPLE","secret_access_key":"wJalrXUt/K7MDENG","ttl":3600}"#,
+                "AKIAEXAMPLE",
+                "wJalrXUt/K7MDENG",
+            ]
+        );
     }
 
     /// A keyring with `grace` over a fresh SQLite store holding an openai secret and tokens

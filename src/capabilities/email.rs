@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::params::{BadArgument, pointer};
-use super::{ArgumentError, RunError, duration_opt, is_loopback};
+use super::{ArgumentError, RunError, duration_opt};
+use crate::providers::is_loopback;
 use crate::tokens;
 
 /// Longest an email capability may take when it sets no `timeout`.
@@ -713,6 +714,8 @@ mod tests {
                 "smtp://u:hunter2-secret@mail.example.com?tls=none",
                 "clear text",
             ),
+            // A name, even this one, is only as loopback as its resolution.
+            ("smtp://u:hunter2-secret@localhost?tls=none", "clear text"),
             ("hunter2-secret", "smtp://USER"),
             ("smtp://u@mail.example.com", "smtp://USER"),
             ("smtp://u:hunter2-secret@mail.example.com/x", "smtp://USER"),

@@ -398,16 +398,6 @@ mod duration_opt {
     }
 }
 
-/// Whether `host` is a loopback name or address, where a plain connection can't be read
-/// by anyone else.
-pub fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,7 +467,5 @@ params = [{ name = "text", type = "string", max_length = 3000 }]
         for bad in ["", "Orders", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad}");
         }
-        assert!(is_loopback("127.0.0.1") && is_loopback("[::1]") && is_loopback("localhost"));
-        assert!(!is_loopback("smtp.example.com"));
     }
 }

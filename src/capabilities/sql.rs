@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::mysql::{
     MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlQueryResult, MySqlRow,
+    MySqlSslMode,
 };
-use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgSslMode};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteQueryResult, SqliteRow};
 use sqlx::{
@@ -34,6 +35,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::params::{self, Param, ParamType};
 use super::{RunError, duration_opt};
+use crate::providers::is_loopback;
 
 /// Longest a statement may run when the capability sets no `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,19 +120,56 @@ impl Dialect {
 }
 
 /// Check a connection string before it is stored: a database seks speaks, in a form its
-/// driver reads. Errors never quote it.
+/// driver reads, reached so that the password can't be read on the way. Errors never quote
+/// it.
 pub fn check_connection_string(url: &str) -> Result<(), String> {
-    let readable = match Dialect::of(url)? {
-        Dialect::Postgres => PgConnectOptions::from_str(url).is_ok(),
-        Dialect::Mysql => MySqlConnectOptions::from_str(url).is_ok(),
-        Dialect::Sqlite => SqliteConnectOptions::from_str(url).is_ok(),
-    };
-    if readable {
-        Ok(())
-    } else {
-        Err("the connection string can't be read (check its form and percent-encode `@`, `:` and `/` in the user and password)".to_owned())
+    match Dialect::of(url)? {
+        Dialect::Postgres => pg_options(url).map(drop),
+        Dialect::Mysql => mysql_options(url).map(drop),
+        Dialect::Sqlite => SqliteConnectOptions::from_str(url)
+            .map(drop)
+            .map_err(|_| UNREADABLE.to_owned()),
     }
 }
+
+const UNREADABLE: &str = "the connection string can't be read (check its form and percent-encode `@`, `:` and `/` in the user and password)";
+
+/// A PostgreSQL connection string's options, if TLS is required or the server is local.
+fn pg_options(url: &str) -> Result<PgConnectOptions, String> {
+    let options = PgConnectOptions::from_str(url).map_err(|_| UNREADABLE.to_owned())?;
+    let tls = matches!(
+        options.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    let local = options.get_socket().is_some() || is_loopback(options.get_host());
+    if tls || local {
+        Ok(options)
+    } else {
+        Err(format!(
+            "{CLEAR_TEXT} (`sslmode=verify-full`, or `require`)"
+        ))
+    }
+}
+
+/// A MySQL connection string's options, if TLS is required or the server is local.
+fn mysql_options(url: &str) -> Result<MySqlConnectOptions, String> {
+    let options = MySqlConnectOptions::from_str(url).map_err(|_| UNREADABLE.to_owned())?;
+    let tls = matches!(
+        options.get_ssl_mode(),
+        MySqlSslMode::Required | MySqlSslMode::VerifyCa | MySqlSslMode::VerifyIdentity
+    );
+    let local = options.get_socket().is_some() || is_loopback(options.get_host());
+    if tls || local {
+        Ok(options)
+    } else {
+        Err(format!(
+            "{CLEAR_TEXT} (`ssl-mode=VERIFY_IDENTITY`, or `REQUIRED`)"
+        ))
+    }
+}
+
+/// Drivers fall back to clear text by default, and some servers ask for the password in it.
+const CLEAR_TEXT: &str = "a database that is not on a loopback address or a Unix socket must be reached over TLS: the connection string has to require it";
 
 /// Rows read from a statement.
 struct Fetched<R> {
@@ -186,9 +225,7 @@ impl SqlSpec {
         values: &[Value],
         timeout: Duration,
     ) -> Result<Value, Failure> {
-        let options = PgConnectOptions::from_str(url).map_err(|_| {
-            Failure::Config("the stored connection string is not a PostgreSQL URL".to_owned())
-        })?;
+        let options = pg_options(url).map_err(Failure::Config)?;
         let mut conn = options.connect().await.map_err(Failure::Connect)?;
         let mut tx = conn.begin().await?;
         if self.read_only {
@@ -212,9 +249,7 @@ impl SqlSpec {
         values: &[Value],
         timeout: Duration,
     ) -> Result<Value, Failure> {
-        let options = MySqlConnectOptions::from_str(url).map_err(|_| {
-            Failure::Config("the stored connection string is not a MySQL URL".to_owned())
-        })?;
+        let options = mysql_options(url).map_err(Failure::Config)?;
         let mut conn = options.connect().await.map_err(Failure::Connect)?;
         if self.read_only {
             // For the session, not just one transaction: a DDL statement commits the
@@ -710,8 +745,11 @@ mod tests {
     fn connection_strings_are_checked_before_they_are_stored() {
         for fine in [
             "postgres://app:pw@db:5432/shop?sslmode=require",
-            "postgresql://app@db/shop",
-            "mysql://app:p%40ss@db/shop",
+            "postgresql://app@db/shop?sslmode=verify-full",
+            "postgres://app:pw@127.0.0.1/shop",
+            "postgres://app:pw@%2Fvar%2Frun%2Fpostgresql/shop",
+            "mysql://app:p%40ss@db/shop?ssl-mode=VERIFY_IDENTITY",
+            "mysql://app:pw@[::1]:3306/shop",
             "sqlite:///var/lib/shop.db",
         ] {
             assert_eq!(check_connection_string(fine), Ok(()), "{fine}");
@@ -724,6 +762,20 @@ mod tests {
         ] {
             let why = check_connection_string(bad).unwrap_err();
             assert!(!why.contains("hunter2"), "{bad}: {why}");
+        }
+        // The drivers would fall back to clear text, where the password can be read.
+        for clear in [
+            "postgres://app:hunter2-pw@db/shop",
+            "postgres://app:hunter2-pw@db/shop?sslmode=prefer",
+            "postgres://app:hunter2-pw@localhost/shop",
+            "mysql://app:hunter2-pw@db/shop",
+            "mysql://app:hunter2-pw@db/shop?ssl-mode=PREFERRED",
+        ] {
+            let why = check_connection_string(clear).unwrap_err();
+            assert!(
+                why.contains("TLS") && !why.contains("hunter2"),
+                "{clear}: {why}"
+            );
         }
     }
 

@@ -242,8 +242,9 @@ fn parse_base_url(url: &str) -> Result<Upstream, String> {
     })
 }
 
-/// Only literal loopback addresses count: a name like `localhost` depends on resolution.
-fn is_loopback(host: &str) -> bool {
+/// Whether `host` is a literal loopback address, where a plain connection can't be read by
+/// anyone else. A name like `localhost` doesn't count: it depends on resolution.
+pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

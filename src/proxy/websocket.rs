@@ -144,6 +144,9 @@ fn scrubbed(message: Message, scrubber: &Scrubber) -> Message {
     match message {
         Message::Text(t) => Message::text(text(t.as_bytes())),
         Message::Binary(b) => Message::Binary(Bytes::from(masked(&b))),
+        // Control frames carry up to 125 bytes of the upstream's choosing: room for a key.
+        Message::Ping(b) => Message::Ping(Bytes::from(masked(&b))),
+        Message::Pong(b) => Message::Pong(Bytes::from(masked(&b))),
         Message::Close(Some(frame)) => Message::Close(Some(CloseFrame {
             code: frame.code,
             reason: text(frame.reason.as_bytes()).into(),
@@ -182,9 +185,11 @@ mod tests {
             panic!("binary stays binary");
         };
         assert_eq!(&b[..], b"***************");
-        assert_eq!(
-            scrubbed(Message::Ping(Bytes::from_static(b"p")), &scrubber),
-            Message::Ping(Bytes::from_static(b"p"))
-        );
+        for control in [Message::Ping, Message::Pong] {
+            assert_eq!(
+                scrubbed(control(Bytes::from_static(b"p:sk-secret-value")), &scrubber),
+                control(Bytes::from_static(b"p:***************"))
+            );
+        }
     }
 }

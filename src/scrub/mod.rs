@@ -8,9 +8,9 @@
 //! masked, overlapping ones included, by overwriting it in place with `*`: lengths stay,
 //! so `Content-Length` stays true.
 //!
-//! Streams are scrubbed chunk by chunk ([`StreamScrubber`]): only a tail that could still be
-//! the start of a secret is held back, so an SSE event is released as soon as its last byte
-//! can no longer begin a match. Held bytes are kept as they arrived and masked only when
+//! Streams are scrubbed chunk by chunk ([`StreamScrubber`]): a chunk's final run of bytes
+//! that occur in secrets is held back, as it could be the start of one, so an SSE event,
+//! whose blank line can't be part of a secret, is released at once. Held bytes are kept as they arrived and masked only when
 //! released, so a match found early never hides a longer one that completes later.
 
 mod body;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use aho_corasick::automaton::Automaton;
 use aho_corasick::nfa::contiguous::NFA;
-use aho_corasick::{Anchored, Input, MatchKind};
+use aho_corasick::{Input, MatchKind};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 
@@ -231,7 +231,7 @@ impl Scrubber {
         let live = if at_end {
             hay.len()
         } else {
-            self.live_tail(nfa, hay)
+            self.live_tail(hay)
         };
         pos_to_input(live)
     }
@@ -269,26 +269,16 @@ impl Scrubber {
         })
     }
 
-    /// The earliest position whose remaining bytes are a prefix of some pattern: from there
-    /// on, a match may still complete with the next chunk. Only the final run of alphabet
-    /// bytes can be such a prefix.
-    fn live_tail(&self, nfa: &NFA, hay: &[u8]) -> usize {
+    /// Where the held tail starts: the final run of alphabet bytes, at most one byte short of
+    /// the longest pattern, whether or not it begins a secret. Holding only a true prefix of
+    /// one would make the release time an oracle: an upstream that echoes the agent's text
+    /// and pauses would show, guess by guess, which texts begin a secret.
+    fn live_tail(&self, hay: &[u8]) -> usize {
         let run_start = hay
             .iter()
             .rposition(|&b| !self.alphabet[usize::from(b)])
             .map_or(0, |i| i + 1);
-        let from = run_start.max(hay.len().saturating_sub(self.max_len.saturating_sub(1)));
-        (from..hay.len())
-            .find(|&q| {
-                let Ok(mut state) = nfa.start_state(Anchored::Yes) else {
-                    return true;
-                };
-                hay[q..].iter().all(|&b| {
-                    state = nfa.next_state(Anchored::Yes, state, b);
-                    !nfa.is_dead(state)
-                })
-            })
-            .unwrap_or(hay.len())
+        run_start.max(hay.len().saturating_sub(self.max_len.saturating_sub(1)))
     }
 
     /// A scrubber for one streamed body.
@@ -342,7 +332,7 @@ fn apply(buf: &mut [u8], masks: &[Range<usize>], upto: usize) -> bool {
     !masks.is_empty()
 }
 
-/// Scrubs one body chunk by chunk, holding back only a possible start of a secret.
+/// Scrubs one body chunk by chunk, holding back a tail that could start a secret.
 pub struct StreamScrubber {
     scrubber: Arc<Scrubber>,
     /// Held-back bytes, exactly as they arrived.

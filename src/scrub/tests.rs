@@ -139,7 +139,7 @@ fn an_sse_event_is_released_as_soon_as_it_cannot_start_a_secret() {
         st.push(Bytes::from_static(b"data: {\"a\":1}\n\n")).as_ref(),
         b"data: {\"a\":1}\n\n"
     );
-    // `sk-pr` could begin the secret: it waits for the next chunk.
+    // `sk-pr` could begin a secret: it waits for the next chunk.
     assert_eq!(
         st.push(Bytes::from_static(b"data: sk-pr")).as_ref(),
         b"data: "
@@ -150,6 +150,25 @@ fn an_sse_event_is_released_as_soon_as_it_cannot_start_a_secret() {
     let expected = [vec![MASK; SECRET.len()], b"\n\n".to_vec()].concat();
     assert_eq!(rest.as_ref(), expected.as_slice());
     assert_eq!(st.finish().len(), 0);
+}
+
+#[test]
+fn what_is_held_back_does_not_tell_whether_it_begins_a_secret() {
+    let s = scrubber();
+    // Each guess is a run of bytes that occur in the secrets' forms; only the first one
+    // begins a secret, yet all of them are held alike until more arrives.
+    for guess in [
+        &b"sk-proj-S3"[..],
+        b"sk-proj-S4",
+        b"Value+With",
+        b"abcdef0123",
+    ] {
+        let mut st = s.stream();
+        let mut chunk = b"echo: ".to_vec();
+        chunk.extend_from_slice(guess);
+        assert_eq!(st.push(Bytes::from(chunk)).as_ref(), b"echo: ", "{guess:?}");
+        assert_eq!(st.finish().as_ref(), guess);
+    }
 }
 
 #[test]

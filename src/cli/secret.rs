@@ -47,7 +47,9 @@ pub(super) async fn run(backend: &Backend, cmd: SecretCommand) -> anyhow::Result
             check_secret_name(&name)?;
             let form = match provider.as_str() {
                 SMTP_SECRETS => ", smtp[s]://USER:PASSWORD@HOST[:PORT]",
-                SQL_SECRETS => ", a postgres://, mysql:// (requiring TLS unless local) or sqlite: connection string",
+                SQL_SECRETS => {
+                    ", a postgres://, mysql:// (requiring TLS unless local) or sqlite: connection string"
+                }
                 _ => "",
             };
             let value = read_value(&format!("Value for secret `{name}` ({provider}{form}): "))?;

@@ -1,13 +1,15 @@
 //! Agent tokens as placeholders: where tools put credentials (an `Authorization` or API-key
-//! header, Basic credentials, a key or token query parameter, a path segment such as
-//! Telegram's `/bot<token>`, and for providers that take one there a key or token field of a
-//! form or JSON body), an agent's `seks_` token is found and replaced by the real credential
-//! in the same place, when the request may carry it.
+//! header, Basic credentials; a query parameter or path segment only where the token's
+//! provider takes its key, such as Gemini's `?key=` or Telegram's `/bot<token>`; for
+//! providers that take one there, a top-level key or token field of a form or JSON body), an
+//! agent's `seks_` token is found and replaced by the real credential in the same place, when
+//! the request may carry it.
 //!
 //! Finding is broader than replacing: a token counts wherever it is, percent-encoded too, so
 //! a token headed to the wrong host is refused however it is spelled. A copy anywhere else
-//! (a `User-Agent`, a `description=` parameter, an encoded copy) is never replaced: a
-//! provider could store it where others read it, so such a request is refused instead.
+//! (a `User-Agent`, a `description=` parameter, a webhook's `token=`, a file name, a nested
+//! field, an encoded copy) is never replaced: the provider could store it where others read
+//! it, or hand it to a URL of the agent's choosing, so such a request is refused instead.
 
 use std::borrow::Cow;
 
@@ -16,6 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::header::{HeaderMap, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use crate::providers::{Providers, TokenSource};
 use crate::proxy::rewrite::QUERY_VALUE;
 use crate::tokens::{self, TOKEN_PREFIX};
 
@@ -27,12 +30,14 @@ const PATH_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~')
     .remove(b':');
-/// Longest text before a token in its path segment (`bot` in Telegram's `/bot<token>`).
-const MAX_SEGMENT_PREFIX: usize = 16;
-/// Words in the names of headers and query parameters that carry credentials.
-const CREDENTIAL_WORDS: [&str; 7] = [
+/// Words that make a header or body field name one that carries credentials
+/// (`x-api-key`, `private-token`, `client_secret`), matched whole so that `author` or
+/// `keyboard` don't count.
+const CREDENTIAL_WORDS: [&str; 9] = [
+    "authorization",
     "auth",
     "key",
+    "apikey",
     "token",
     "secret",
     "password",
@@ -74,10 +79,21 @@ fn tokens_in(text: &[u8]) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
-/// Whether a header or query parameter with this name carries a credential.
-pub fn is_credential_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    CREDENTIAL_WORDS.iter().any(|word| name.contains(word))
+/// Whether a header or body field with this name carries a credential.
+fn is_credential_name(name: &str) -> bool {
+    name.split(['-', '_', '.']).any(|word| {
+        CREDENTIAL_WORDS
+            .iter()
+            .any(|w| word.eq_ignore_ascii_case(w))
+    })
+}
+
+/// The token sources of the provider a token is for (none if it is unknown).
+fn sources<'p>(providers: &'p Providers, token: &str) -> &'p [TokenSource] {
+    tokens::parse(token)
+        .ok()
+        .and_then(|t| providers.get(t.provider()))
+        .map_or(&[], |p| p.token_sources.as_slice())
 }
 
 /// The decoded `user:password` of a `Basic` header value.
@@ -123,18 +139,33 @@ impl Finds {
     }
 }
 
-/// Whether the token at `at..end` of `path` ends its segment after a short prefix of letters.
-fn is_path_credential(path: &str, at: usize, end: usize) -> bool {
+/// Whether the token at `at..end` of `path` fills a segment where its provider takes the
+/// key (`/bot<token>`).
+fn is_path_credential(path: &str, at: usize, end: usize, sources: &[TokenSource]) -> bool {
     let segment_start = path[..at].rfind('/').map_or(0, |i| i + 1);
     let prefix = &path[segment_start..at];
-    prefix.len() <= MAX_SEGMENT_PREFIX
-        && prefix.bytes().all(|b| b.is_ascii_alphabetic())
-        && matches!(path.as_bytes().get(end), None | Some(b'/'))
+    matches!(path.as_bytes().get(end), None | Some(b'/'))
+        && sources
+            .iter()
+            .any(|s| matches!(s, TokenSource::Path { prefix: p, .. } if p == prefix))
+}
+
+/// Whether a query parameter with this (decoded) name is where the provider takes its key.
+fn is_query_credential(key: &str, sources: &[TokenSource]) -> bool {
+    sources
+        .iter()
+        .any(|s| matches!(s, TokenSource::Query { param } if param == key))
 }
 
 /// Every token in what would go upstream: headers (as they are, inside Basic credentials,
-/// percent-decoded), path and query (as they are and percent-decoded).
-pub fn find(headers: &HeaderMap, path: &str, query: Option<&str>) -> Vec<Found> {
+/// percent-decoded), path and query (as they are and percent-decoded). Path and query
+/// copies are replaceable only where the token's provider (in `providers`) takes its key.
+pub fn find(
+    headers: &HeaderMap,
+    path: &str,
+    query: Option<&str>,
+    providers: &Providers,
+) -> Vec<Found> {
     let mut finds = Finds::default();
     for (name, value) in headers {
         let bytes = value.as_bytes();
@@ -152,7 +183,8 @@ pub fn find(headers: &HeaderMap, path: &str, query: Option<&str>) -> Vec<Found> 
         }
     }
     for (at, token) in tokens_in(path.as_bytes()) {
-        finds.note(token, is_path_credential(path, at, at + token.len()));
+        let slot = is_path_credential(path, at, at + token.len(), sources(providers, token));
+        finds.note(token, slot);
     }
     finds.note_encoded(path);
     if let Some(query) = query {
@@ -161,7 +193,10 @@ pub fn find(headers: &HeaderMap, path: &str, query: Option<&str>) -> Vec<Found> 
             let key = percent_decode_str(key).decode_utf8_lossy();
             for (at, token) in tokens_in(pair.as_bytes()) {
                 let whole_value = value == token && at == pair.len() - token.len();
-                finds.note(token, whole_value && is_credential_name(&key));
+                finds.note(
+                    token,
+                    whole_value && is_query_credential(&key, sources(providers, token)),
+                );
             }
         }
         finds.note_encoded(query);
@@ -172,7 +207,8 @@ pub fn find(headers: &HeaderMap, path: &str, query: Option<&str>) -> Vec<Found> 
 /// How a request body is searched for tokens, by its content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
-    /// `application/json` and `…+json`: string values of key or token fields are replaceable.
+    /// `application/json` and `…+json`: string values of top-level key or token fields are
+    /// replaceable.
     Json,
     /// `application/x-www-form-urlencoded`: values of key or token fields are replaceable.
     Form,
@@ -214,14 +250,14 @@ fn form_fields(body: &str) -> impl Iterator<Item = (&str, String, String)> {
     })
 }
 
-/// Every token in a body of `kind`: replaceable where it is the whole value of a field
-/// named like a credential (`"token": "<token>"`, `api_key=<token>`).
+/// Every token in a body of `kind`: replaceable where it is the whole value of a top-level
+/// field named like a credential (`"token": "<token>"`, `api_key=<token>`).
 pub fn find_in_body(kind: BodyKind, body: &[u8]) -> Vec<Found> {
     let mut finds = Finds::default();
     let parsed = match kind {
         BodyKind::Json => serde_json::from_slice::<serde_json::Value>(body)
             .ok()
-            .map(|json| json_tokens(&json, None, &mut finds)),
+            .map(|json| json_tokens(&json, None, true, &mut finds)),
         BodyKind::Form => std::str::from_utf8(body).ok().map(|text| {
             for (_, key, value) in form_fields(text) {
                 for (_, token) in tokens_in(key.as_bytes()) {
@@ -247,21 +283,26 @@ pub fn find_in_body(kind: BodyKind, body: &[u8]) -> Vec<Found> {
     found
 }
 
-fn json_tokens(value: &serde_json::Value, key: Option<&str>, finds: &mut Finds) {
+/// Tokens in a JSON value: replaceable only as the whole string of a credential-named field
+/// of the top-level object (`key`, when `top` says the value is one).
+fn json_tokens(value: &serde_json::Value, key: Option<&str>, top: bool, finds: &mut Finds) {
     use serde_json::Value;
     match value {
         Value::String(text) => {
             for (_, token) in tokens_in(text.as_bytes()) {
-                finds.note(token, text == token && key.is_some_and(is_credential_name));
+                let slot = top && text == token && key.is_some_and(is_credential_name);
+                finds.note(token, slot);
             }
         }
-        Value::Array(items) => items.iter().for_each(|v| json_tokens(v, None, finds)),
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| json_tokens(v, None, false, finds)),
         Value::Object(fields) => {
             for (name, v) in fields {
                 for (_, token) in tokens_in(name.as_bytes()) {
                     finds.note(token, false);
                 }
-                json_tokens(v, Some(name), finds);
+                json_tokens(v, Some(name), top && key.is_none(), finds);
             }
         }
         _ => {}
@@ -281,8 +322,8 @@ pub fn merge(found: &mut Vec<Found>, in_body: Vec<Found>) {
     }
 }
 
-/// The body with `credential` as the value of every field whose whole value is `token`
-/// (re-serialised for JSON, percent-encoded for forms).
+/// The body with `credential` as the value of every top-level credential field whose whole
+/// value is `token` (re-serialised for JSON, percent-encoded for forms).
 pub fn replace_in_body(
     kind: BodyKind,
     body: &[u8],
@@ -314,23 +355,17 @@ pub fn replace_in_body(
     }
 }
 
+/// Replace `token` in the top-level credential-named fields, the only copies `find_in_body`
+/// lets through.
 fn replace_json(value: &mut serde_json::Value, token: &str, credential: &str) {
     use serde_json::Value;
-    match value {
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| replace_json(v, token, credential)),
-        Value::Object(fields) => {
-            for (name, v) in fields.iter_mut() {
-                match v {
-                    Value::String(text) if text == token && is_credential_name(name) => {
-                        *v = Value::String(credential.to_owned());
-                    }
-                    _ => replace_json(v, token, credential),
-                }
-            }
+    let Value::Object(fields) = value else {
+        return;
+    };
+    for (name, v) in fields.iter_mut() {
+        if v.as_str() == Some(token) && is_credential_name(name) {
+            *v = Value::String(credential.to_owned());
         }
-        _ => {}
     }
 }
 
@@ -425,6 +460,11 @@ mod tests {
         secrecy::ExposeSecret::expose_secret(&tokens::generate(provider)).to_owned()
     }
 
+    fn find(headers: &HeaderMap, path: &str, query: Option<&str>) -> Vec<Found> {
+        let providers = Providers::load(&Default::default()).unwrap();
+        super::find(headers, path, query, &providers)
+    }
+
     #[test]
     fn tokens_are_found_anywhere_but_replaceable_only_where_credentials_go() {
         let (a, g, t) = (token("openai"), token("github"), token("telegram"));
@@ -438,9 +478,14 @@ mod tests {
         let names: Vec<&str> = found.iter().map(|f| f.token.as_str()).collect();
         assert_eq!(names, [g.as_str(), a.as_str(), t.as_str()]);
         assert!(found.iter().all(|f| f.replaceable));
-        let query = format!("api_key={a}&q=1");
+        let gemini = token("gemini");
+        let query = format!("key={gemini}&q=1");
         assert!(find(&HeaderMap::new(), "/x", Some(&query))[0].replaceable);
-        assert!(find(&HeaderMap::new(), &format!("/x/{a}"), None)[0].replaceable);
+        let file = format!("/file/bot{t}/photos/1.jpg");
+        assert!(find(&HeaderMap::new(), &file, None)[0].replaceable);
+        let (gl, sl) = (token("gitlab"), token("slack"));
+        let h = headers(&[("private-token", &gl), ("x-auth-token", &sl)]);
+        assert!(find(&h, "/", None).iter().all(|f| f.replaceable));
 
         let encoded = a.replace('_', "%5F");
         for (h, path, query) in [
@@ -452,6 +497,23 @@ mod tests {
             ),
             (HeaderMap::new(), format!("/v1/files-{a}"), None),
             (HeaderMap::new(), format!("/v1/{a}.json"), None),
+            // Only where the provider takes its key: not a file name, not another prefix,
+            // not a query parameter the provider doesn't read its key from (a webhook's
+            // `token=` is handed to the hook's URL).
+            (HeaderMap::new(), format!("/v1/{a}"), None),
+            (HeaderMap::new(), format!("/repos/o/r/contents/{g}"), None),
+            (HeaderMap::new(), format!("/key{t}/x"), None),
+            (
+                HeaderMap::new(),
+                "/api/v4/projects/1/hooks".to_owned(),
+                Some(format!("url=https://x.example/&token={gl}")),
+            ),
+            (
+                HeaderMap::new(),
+                "/x".to_owned(),
+                Some(format!("api_key={a}")),
+            ),
+            (headers(&[("x-author", &sl)]), "/".to_owned(), None),
             (
                 HeaderMap::new(),
                 "/x".to_owned(),
@@ -504,13 +566,23 @@ mod tests {
             found[0].in_body && !found[0].replaceable,
             "the copy in a list is no field"
         );
-        let json = format!(r#"{{"token":"{a}","nested":{{"api_key":"{a}"}}}}"#);
+        let json = format!(r#"{{"token":"{a}","api_key":"{a}","n":{{"k":1}}}}"#);
         assert!(find_in_body(BodyKind::Json, json.as_bytes())[0].replaceable);
         let replaced =
             replace_in_body(BodyKind::Json, json.as_bytes(), &a, "xoxb-\"real\"").unwrap();
         let v: serde_json::Value = serde_json::from_slice(&replaced).unwrap();
         assert_eq!(v["token"], "xoxb-\"real\"");
-        assert_eq!(v["nested"]["api_key"], "xoxb-\"real\"");
+        assert_eq!(v["api_key"], "xoxb-\"real\"");
+        // Nested fields are the provider's data (message metadata, attachments) and a name
+        // that merely contains `auth` is no credential's.
+        for json in [
+            format!(r#"{{"metadata":{{"event_payload":{{"api_key":"{a}"}}}}}}"#),
+            format!(r#"{{"attachments":[{{"token":"{a}"}}]}}"#),
+            format!(r#"{{"author_name":"{a}"}}"#),
+        ] {
+            let found = find_in_body(BodyKind::Json, json.as_bytes());
+            assert!(!found[0].replaceable, "{json}");
+        }
         let escaped = format!(r#"{{"note":"{}"}}"#, a.replace('_', "\\u005f"));
         let found = find_in_body(BodyKind::Json, escaped.as_bytes());
         assert_eq!(found[0].token, a, "JSON escapes don't hide a token");

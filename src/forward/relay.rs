@@ -64,7 +64,7 @@ impl ForwardProxy {
         // What would go upstream is searched: hop-by-hop headers (Proxy-Authorization) never do.
         let mut headers = rewrite::relayed_headers(&parts.headers);
         let (body, scanned) = self.read_body(&parts.headers, body).await?;
-        let mut found = placeholder::find(&headers, path, query);
+        let mut found = placeholder::find(&headers, path, query, &self.providers);
         if let Some((kind, bytes)) = &scanned {
             placeholder::merge(&mut found, placeholder::find_in_body(*kind, bytes));
         }

@@ -864,6 +864,9 @@ async fn tokens_in_bodies_are_replaced_only_in_credential_fields_for_providers_t
     let text_field = format!("channel=C1&text={slack}");
     let openai_json = format!(r#"{{"model":"gpt-4o-mini","api_key":"{}"}}"#, s.token);
     let bearer = format!("authorization: Bearer {}", s.token);
+    let nested = format!(r#"{{"channel":"C1","attachments":[{{"author_name":"{slack}"}}]}}"#);
+    let in_query = format!("https://slack.com/api/chat.postMessage?token={slack}");
+    let in_path = format!("https://api.openai.com/v1/files/{}", s.token);
     for (args, code) in [
         // A token in a field that is no credential: a provider could publish it.
         (
@@ -874,6 +877,22 @@ async fn tokens_in_bodies_are_replaced_only_in_credential_fields_for_providers_t
             ],
             "token_misplaced",
         ),
+        // Nor is a nested field (an attachment's `author_name` here, shown in the channel).
+        (
+            vec![
+                "-H",
+                "content-type: application/json",
+                "-d",
+                nested.as_str(),
+                "https://slack.com/api/chat.postMessage",
+            ],
+            "token_misplaced",
+        ),
+        // A query parameter or a path segment is a credential's place only for a provider
+        // that takes its key there (a webhook's `token=` goes to the hook's URL; a file
+        // name is published).
+        (vec![in_query.as_str()], "token_misplaced"),
+        (vec![in_path.as_str()], "token_misplaced"),
         // OpenAI takes no credential in bodies.
         (
             vec![

@@ -2,8 +2,9 @@
 //! log line or a panic message.
 //!
 //! One Aho-Corasick automaton holds every encoded form of every secret ([`forms`]). It runs
-//! over the bytes as they are and over decoding views ([`views`]): percent-decoded and
-//! JSON-unescaped, and each of those decoded once more, so escaped copies are caught in
+//! over the bytes as they are and over decoding views ([`views`]): percent-decoded,
+//! JSON-unescaped and with the line breaks of wrapped base64 left out, and each of those
+//! decoded once more, so escaped copies are caught in
 //! any mix of escaped and literal characters, also when escaped twice. Every match is
 //! masked, overlapping ones included, by overwriting it in place with `*`: lengths stay,
 //! so `Content-Length` stays true.
@@ -167,9 +168,10 @@ impl Scrubber {
     }
 
     /// Scan `hay` (whose positions map to the input through `to_input`/`pos_to_input`), then
-    /// each decoding view of it, `depth` layers deep. A view is only built when an escape
-    /// decodes to a byte some pattern contains, or is cut off at the end: other escapes
-    /// (`\n`, `\"`…) can't be part of a match.
+    /// each decoding view of it, `depth` layers deep. A view is only built when it could
+    /// change what matches: an escape decodes to a byte some pattern contains or is cut off
+    /// at the end (other escapes, `\n`, `\"`…, can't be part of a match), or a line break
+    /// follows a run of base64.
     #[allow(
         clippy::too_many_arguments,
         reason = "the recursion carries the position maps of every layer"
@@ -188,7 +190,11 @@ impl Scrubber {
         if depth == 0 {
             return hold;
         }
-        for view in [views::View::Percent, views::View::Json] {
+        for view in [
+            views::View::Percent,
+            views::View::Json,
+            views::View::Wrapped,
+        ] {
             if !view.matters(hay, &self.alphabet) {
                 continue;
             }

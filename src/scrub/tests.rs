@@ -172,6 +172,47 @@ fn what_is_held_back_does_not_tell_whether_it_begins_a_secret() {
 }
 
 #[test]
+fn wrapped_base64_is_masked_at_every_offset_and_width() {
+    use base64::engine::general_purpose::STANDARD;
+    let s = scrubber();
+    for width in [64, 76] {
+        for offset in 0..width {
+            let mut data = vec![b'.'; offset];
+            data.extend_from_slice(SECRET);
+            data.extend_from_slice(b" and more text after the secret");
+            let encoded = STANDARD.encode(&data);
+            let lines: Vec<&str> = encoded
+                .as_bytes()
+                .chunks(width)
+                .map(|l| std::str::from_utf8(l).unwrap())
+                .collect();
+            for newline in ["\n", "\r\n"] {
+                let body = format!(
+                    "-----BEGIN X-----\n{}\n-----END X-----\n",
+                    lines.join(newline)
+                );
+                let cut = body.len() / 2;
+                let out = stream_through(&s, body.as_bytes(), &[cut]);
+                assert_eq!(out.len(), body.len());
+                // Every base64 character the secret alone determines is masked.
+                let joined: Vec<u8> = out
+                    .iter()
+                    .filter(|b| !matches!(b, b'\r' | b'\n'))
+                    .copied()
+                    .collect();
+                let at = "-----BEGIN X-----".len();
+                let (start, end) = ((8 * offset).div_ceil(6), 8 * (offset + SECRET.len()) / 6);
+                assert!(
+                    joined[at + start..at + end].iter().all(|&b| b == MASK),
+                    "width {width}, offset {offset}: {}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn text_redaction_cuts_tokens_and_masks_secrets() {
     let r = Redactor::default();
     r.set(Arc::new(Scrubber::new([SECRET]).unwrap()));

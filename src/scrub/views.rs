@@ -1,6 +1,6 @@
-//! Decoding views: the body as a percent-decoding or JSON-unescaping reader would see it,
-//! with each decoded byte mapped back to the input bytes it came from, so a match found in
-//! a view masks exactly the escaped text in the body.
+//! Decoding views: the body as a percent-decoding, JSON-unescaping or line-joining reader
+//! would see it, with each decoded byte mapped back to the input bytes it came from, so a
+//! match found in a view masks exactly the escaped text in the body.
 
 /// The decodings the scrubber looks through.
 #[derive(Debug, Clone, Copy)]
@@ -9,7 +9,12 @@ pub enum View {
     Percent,
     /// JSON string escapes.
     Json,
+    /// Line breaks in wrapped text: base64 cut at 64 or 76 columns, as PEM and MIME write it.
+    Wrapped,
 }
+
+/// Base64 (or hex) characters a line must end with for its line break to be read as a wrap.
+const WRAPPED_LINE_MIN: usize = 16;
 
 impl View {
     /// Whether decoding could change what matches in `input`.
@@ -17,6 +22,7 @@ impl View {
         match self {
             View::Percent => percent_matters(input, alphabet),
             View::Json => json_matters(input, alphabet),
+            View::Wrapped => wrapped_matters(input),
         }
     }
 
@@ -25,6 +31,7 @@ impl View {
         match self {
             View::Percent => percent(input, at_end),
             View::Json => json(input, at_end),
+            View::Wrapped => unwrapped(input),
         }
     }
 }
@@ -127,6 +134,26 @@ fn json(input: &[u8], at_end: bool) -> Decoded {
         i += 1;
     }
     out
+}
+
+/// Line breaks left out; everything else literal.
+fn unwrapped(input: &[u8]) -> Decoded {
+    let mut out = Decoded::with_capacity(input.len());
+    for (i, &b) in input.iter().enumerate() {
+        if b != b'\r' && b != b'\n' {
+            out.push(&[b], i, i + 1);
+        }
+    }
+    out
+}
+
+/// Whether `input` has a line break after at least [`WRAPPED_LINE_MIN`] base64 characters
+/// (an SSE event or a JSON line, ending in punctuation, has none).
+fn wrapped_matters(input: &[u8]) -> bool {
+    let is_base64 =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_');
+    memchr::memchr2_iter(b'\r', b'\n', input)
+        .any(|i| i >= WRAPPED_LINE_MIN && input[i - WRAPPED_LINE_MIN..i].iter().all(is_base64))
 }
 
 /// Whether decoding percent escapes could change what matches in `input`: some escape

@@ -141,14 +141,14 @@ fn pg_options(url: &str) -> Result<PgConnectOptions, String> {
         options.get_ssl_mode(),
         PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
     );
-    let local = options.get_socket().is_some() || is_loopback(options.get_host());
-    if tls || local {
-        Ok(options)
-    } else {
-        Err(format!(
-            "{CLEAR_TEXT} (`sslmode=verify-full`, or `require`)"
-        ))
-    }
+    let socket = options.get_socket().is_some();
+    tls_or_local(
+        tls,
+        socket,
+        options.get_host(),
+        "`sslmode=verify-full`, or `require`",
+    )?;
+    Ok(options)
 }
 
 /// A MySQL connection string's options, if TLS is required or the server is local.
@@ -158,13 +158,22 @@ fn mysql_options(url: &str) -> Result<MySqlConnectOptions, String> {
         options.get_ssl_mode(),
         MySqlSslMode::Required | MySqlSslMode::VerifyCa | MySqlSslMode::VerifyIdentity
     );
-    let local = options.get_socket().is_some() || is_loopback(options.get_host());
-    if tls || local {
-        Ok(options)
+    let socket = options.get_socket().is_some();
+    tls_or_local(
+        tls,
+        socket,
+        options.get_host(),
+        "`ssl-mode=VERIFY_IDENTITY`, or `REQUIRED`",
+    )?;
+    Ok(options)
+}
+
+/// Refuse a database off this machine unless TLS is required (`option` says how).
+fn tls_or_local(tls: bool, socket: bool, host: &str, option: &str) -> Result<(), String> {
+    if tls || socket || is_loopback(host) {
+        Ok(())
     } else {
-        Err(format!(
-            "{CLEAR_TEXT} (`ssl-mode=VERIFY_IDENTITY`, or `REQUIRED`)"
-        ))
+        Err(format!("{CLEAR_TEXT} ({option})"))
     }
 }
 

@@ -81,7 +81,17 @@ fn tokens_in(text: &[u8]) -> impl Iterator<Item = (usize, &str)> {
 
 /// Whether a header or body field with this name carries a credential.
 fn is_credential_name(name: &str) -> bool {
-    name.split(['-', '_', '.']).any(|word| {
+    // `accessToken` is the words `access` and `Token`.
+    let mut words = String::with_capacity(name.len() + 4);
+    let mut after_lowercase = false;
+    for c in name.chars() {
+        if c.is_ascii_uppercase() && after_lowercase {
+            words.push('-');
+        }
+        after_lowercase = c.is_ascii_lowercase();
+        words.push(c);
+    }
+    words.split(['-', '_', '.']).any(|word| {
         CREDENTIAL_WORDS
             .iter()
             .any(|w| word.eq_ignore_ascii_case(w))
@@ -575,7 +585,10 @@ mod tests {
         assert_eq!(v["api_key"], "xoxb-\"real\"");
         // Nested fields are the provider's data (message metadata, attachments) and a name
         // that merely contains `auth` is no credential's.
+        let camel = format!(r#"{{"accessToken":"{a}"}}"#);
+        assert!(find_in_body(BodyKind::Json, camel.as_bytes())[0].replaceable);
         for json in [
+            format!(r#"{{"authorName":"{a}"}}"#),
             format!(r#"{{"metadata":{{"event_payload":{{"api_key":"{a}"}}}}}}"#),
             format!(r#"{{"attachments":[{{"token":"{a}"}}]}}"#),
             format!(r#"{{"author_name":"{a}"}}"#),

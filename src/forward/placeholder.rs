@@ -1,6 +1,7 @@
 //! Agent tokens as placeholders: where tools put credentials (an `Authorization` or API-key
-//! header, Basic credentials; a query parameter or path segment only where the token's
-//! provider takes its key, such as Gemini's `?key=` or Telegram's `/bot<token>`; for
+//! header, or the header the token's provider takes its key in; Basic credentials; a query
+//! parameter or path segment only where that provider takes its key, such as Gemini's `?key=`
+//! or Telegram's `/bot<token>`; for
 //! providers that take one there, a top-level key or token field of a form or JSON body), an
 //! agent's `seks_` token is found and replaced by the real credential in the same place, when
 //! the request may carry it.
@@ -160,6 +161,14 @@ fn is_path_credential(path: &str, at: usize, end: usize, sources: &[TokenSource]
             .any(|s| matches!(s, TokenSource::Path { prefix: p, .. } if p == prefix))
 }
 
+/// Whether a header with this name is where the provider takes its key (a custom provider's
+/// `X-Acme-Sig`, whose name has no credential word in it).
+fn is_header_credential(name: &http::header::HeaderName, sources: &[TokenSource]) -> bool {
+    sources
+        .iter()
+        .any(|s| matches!(s, TokenSource::Header { name: n } if n == name.as_str()))
+}
+
 /// Whether a query parameter with this (decoded) name is where the provider takes its key.
 fn is_query_credential(key: &str, sources: &[TokenSource]) -> bool {
     sources
@@ -179,13 +188,15 @@ pub fn find(
     let mut finds = Finds::default();
     for (name, value) in headers {
         let bytes = value.as_bytes();
-        let credential = is_credential_name(name.as_str());
+        let named = is_credential_name(name.as_str());
+        let credential =
+            |token: &str| named || is_header_credential(name, sources(providers, token));
         for (_, token) in tokens_in(bytes) {
-            finds.note(token, credential);
+            finds.note(token, credential(token));
         }
         if let Some(pair) = basic_pair(bytes) {
             for (_, token) in tokens_in(&pair) {
-                finds.note(token, credential);
+                finds.note(token, credential(token));
             }
         }
         if let Ok(text) = value.to_str() {
@@ -564,6 +575,26 @@ mod tests {
         typo.pop();
         typo.push(if a.ends_with('A') { 'B' } else { 'A' });
         assert!(find(&headers(&[("x", &typo)]), "/", None).is_empty());
+    }
+
+    #[test]
+    fn a_custom_providers_own_header_takes_its_token_whatever_its_name() {
+        let config = toml::from_str(
+            r#"
+            [acme]
+            base_url = "https://api.acme.example"
+            token_in = [{ in = "header", name = "X-Acme-Sig" }]
+            auth = { scheme = "header", name = "X-Acme-Sig" }
+            "#,
+        )
+        .unwrap();
+        let providers = Providers::load(&config).unwrap();
+        let (acme, openai) = (token("acme"), token("openai"));
+        let own = super::find(&headers(&[("x-acme-sig", &acme)]), "/", None, &providers);
+        assert!(own[0].replaceable);
+        // Another provider's token in that header is just a copy in an odd place.
+        let other = super::find(&headers(&[("x-acme-sig", &openai)]), "/", None, &providers);
+        assert!(!other[0].replaceable);
     }
 
     #[test]

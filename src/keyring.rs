@@ -226,6 +226,23 @@ fn url_passwords(value: &str) -> impl Iterator<Item = &str> {
     in_userinfo.into_iter().chain(in_query)
 }
 
+/// Add `values` to `learned`, dropping those past their deadlines and, past
+/// [`MAX_LEARNED`], the oldest.
+fn remember(
+    learned: &mut Vec<Learned>,
+    values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
+) {
+    let now = Instant::now();
+    learned.retain(|l| l.until.is_none_or(|until| until > now));
+    learned.extend(
+        values
+            .into_iter()
+            .map(|(value, until)| Learned { value, until }),
+    );
+    let excess = learned.len().saturating_sub(MAX_LEARNED);
+    learned.drain(..excess);
+}
+
 /// Token and credential resolution with caching and store synchronisation.
 pub struct Keyring {
     store: Arc<dyn Store>,
@@ -507,6 +524,7 @@ impl Keyring {
                 }
             }
         }
+        self.retire_replaced(&credentials);
         let scrubber = Arc::new(self.build_scrubber(&credentials)?);
         // Logs get the new scrubber; requests get credentials and the scrubber that knows
         // them from one snapshot (`Unlocked`), so neither can run ahead of the other.
@@ -518,6 +536,23 @@ impl Keyring {
         cache.scrubber = scrubber;
         cache.policies = policies;
         Ok(())
+    }
+
+    /// Keep scrubbing the values of secrets that `loaded` rotated or removed while the broker
+    /// runs: the operator's change doesn't revoke them at the provider, and a response may
+    /// still echo one. Called under `reload`.
+    fn retire_replaced(&self, loaded: &HashMap<String, Credential>) {
+        let cache = self.read_cache();
+        let retired = cache
+            .credentials
+            .iter()
+            .filter(|(id, old)| loaded.get(*id).is_none_or(|new| new.version != old.version))
+            .flat_map(|(_, old)| scrubbed_values(old.value.expose_secret()))
+            .map(|mut value| (SecretString::from(std::mem::take(&mut *value)), None));
+        remember(
+            &mut self.learned.lock().unwrap_or_else(PoisonError::into_inner),
+            retired,
+        );
     }
 
     /// A scrubber for every loaded secret, the parts of structured ones, and every value
@@ -546,18 +581,10 @@ impl Keyring {
         values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
     ) -> Result<(), KeyringError> {
         let _one_at_a_time = self.reload.lock().await;
-        {
-            let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = Instant::now();
-            learned.retain(|l| l.until.is_none_or(|until| until > now));
-            learned.extend(
-                values
-                    .into_iter()
-                    .map(|(value, until)| Learned { value, until }),
-            );
-            let excess = learned.len().saturating_sub(MAX_LEARNED);
-            learned.drain(..excess);
-        }
+        remember(
+            &mut self.learned.lock().unwrap_or_else(PoisonError::into_inner),
+            values,
+        );
         let scrubber = Arc::new(self.build_scrubber(&self.read_cache().credentials)?);
         self.redactor.set(Arc::clone(&scrubber));
         self.write_cache().scrubber = scrubber;
@@ -786,6 +813,35 @@ mod tests {
 
     async fn resolve(keyring: &Keyring, text: &str) -> Result<Arc<TokenEntry>, KeyringError> {
         keyring.token(&crate::tokens::parse(text).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn rotated_and_removed_values_stay_scrubbed_while_the_broker_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyring, _, _conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
+        let ops = Ops::new(
+            keyring.store.clone(),
+            Providers::load(&Default::default()).unwrap(),
+        );
+        let masked = |value: &str| {
+            let mut text = format!("<{value}>").into_bytes();
+            keyring.scrubber().scrub_all(&mut text);
+            text == format!("<{}>", "*".repeat(value.len())).into_bytes()
+        };
+        let (first, second) = (
+            "sk-keyring-test-0123456789abcdef",
+            "sk-keyring-rotated-fedcba9876543210",
+        );
+        assert!(masked(first) && !masked(second));
+        let rotated = SecretString::from(second.to_owned());
+        ops.rotate_secret(&keyring.vault, "main", &rotated)
+            .await
+            .unwrap();
+        keyring.sync().await.unwrap();
+        assert!(masked(first) && masked(second));
+        ops.remove_secret("main").await.unwrap();
+        keyring.sync().await.unwrap();
+        assert!(masked(first) && masked(second));
     }
 
     #[tokio::test]

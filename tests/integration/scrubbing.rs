@@ -145,8 +145,6 @@ async fn every_secret_the_broker_holds_is_scrubbed_and_changes_apply_within_a_se
         "adding",
     )
     .await;
-    env.cli(&["secret", "rm", "added"], "").await.ok();
-    within_a_second(|| async { echo(added.into()).await == added }, "removal").await;
     env.cli(&["secret", "rotate", "other"], "ghp_RotatedValueOfTheOther")
         .await
         .ok();
@@ -159,6 +157,22 @@ async fn every_secret_the_broker_holds_is_scrubbed_and_changes_apply_within_a_se
         "rotation",
     )
     .await;
+    // Rotating or removing a secret doesn't revoke it at the provider, so its old value
+    // stays masked while the broker runs.
+    env.cli(&["secret", "rm", "added"], "").await.ok();
+    let restored = "sk-ant-SecretAddedAfterTheRemoval-7";
+    env.add_secret("restored", "anthropic", restored).await;
+    within_a_second(
+        || async { echo(restored.into()).await == "*".repeat(restored.len()) },
+        "the next change",
+    )
+    .await;
+    assert_eq!(echo(added.into()).await, "*".repeat(added.len()));
+    assert!(
+        echo("x ghp_OtherSecretHeldByTheBroker y".into())
+            .await
+            .starts_with("x ****")
+    );
     broker.stop().await;
 }
 

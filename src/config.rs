@@ -153,7 +153,7 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// How long tokens already validated keep being served (and audit records queued) while
     /// the store doesn't answer; default 0: refuse within a second, as for a revocation.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "humantime_serde::deserialize")]
     pub outage_grace: Duration,
 }
 
@@ -190,7 +190,7 @@ impl Default for AuditConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApprovalsConfig {
     /// How long a held request waits for a decision before it is refused.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "humantime_serde::deserialize")]
     pub timeout: Duration,
     /// URL that gets a JSON POST for every held request.
     pub webhook_url: Option<String>,
@@ -219,16 +219,16 @@ pub struct SecurityConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Longest wait for a TCP connection (and TLS handshake) to an upstream.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "humantime_serde::deserialize")]
     pub connect_timeout: Duration,
     /// Longest wait from sending a request to receiving the response headers.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "humantime_serde::deserialize")]
     pub response_timeout: Duration,
     /// Longest silence while a response body streams before the broker gives up.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "humantime_serde::deserialize")]
     pub read_timeout: Duration,
     /// How long an idle pooled connection is kept.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "humantime_serde::deserialize")]
     pub pool_idle_timeout: Duration,
     /// Extra PEM CA certificates to trust for upstreams (e.g. a test CA).
     pub extra_ca_file: Option<PathBuf>,
@@ -383,11 +383,6 @@ pub fn default_data_dir() -> PathBuf {
         .or_else(|| non_empty("HOME").map(|home| home.join(".local/share")))
         .map(|base| base.join("seks"))
         .unwrap_or_else(|| PathBuf::from(".seks"))
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::params::{BadArgument, pointer};
-use super::{ArgumentError, RunError, duration_opt};
+use super::{ArgumentError, RunError};
 use crate::providers::is_loopback;
 use crate::tokens;
 
@@ -146,7 +146,7 @@ pub struct EmailSpec {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "duration_opt"
+        with = "humantime_serde"
     )]
     pub timeout: Option<Duration>,
     /// The sender address, or the addresses the agent may choose from.

@@ -16,8 +16,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::RunError;
 use super::params::{self, BadArgument, Param};
-use super::{RunError, duration_opt};
 use crate::providers::{AuthScheme, Providers};
 use crate::proxy::target;
 use crate::proxy::{Upstreams, send_built};
@@ -60,7 +60,7 @@ pub struct HttpSpec {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "duration_opt"
+        with = "humantime_serde"
     )]
     pub timeout: Option<Duration>,
     /// The provider the request goes to (its base URL and auth scheme).

@@ -377,27 +377,6 @@ async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T
         .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolTimedOut)))
 }
 
-/// Serde for `Option<Duration>` as human text (`30s`).
-mod duration_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,8 +33,8 @@ use sqlx::{
 };
 use time::format_description::well_known::Rfc3339;
 
+use super::RunError;
 use super::params::{self, Param, ParamType};
-use super::{RunError, duration_opt};
 use crate::providers::is_loopback;
 
 /// Longest a statement may run when the capability sets no `timeout`.
@@ -76,7 +76,7 @@ pub struct SqlSpec {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "duration_opt"
+        with = "humantime_serde"
     )]
     pub timeout: Option<Duration>,
     /// The statement, with placeholders (`$1`, `$2`… or `?`) bound to `params` in order.

@@ -56,7 +56,7 @@ pub struct PolicySpec {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "humantime_option"
+        with = "humantime_serde"
     )]
     pub ttl: Option<Duration>,
     /// Absolute expiry (RFC 3339).
@@ -264,27 +264,6 @@ pub fn check_capability(
         Ok(())
     } else {
         Err(Denial::Capability(name.to_owned()))
-    }
-}
-
-/// Serde helpers for `Option<Duration>` as human text (`8h`).
-mod humantime_option {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("ttl `{text}`: {e}")))
     }
 }
 

@@ -32,7 +32,7 @@ use crate::{clock, tokens};
 #[serde(deny_unknown_fields)]
 pub struct DeriveRequest {
     /// Lifetime (`10m`); at most the parent's remaining lifetime, an hour by default.
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "humantime_serde")]
     ttl: Option<Duration>,
     /// Name for the sub-agent.
     agent: Option<String>,
@@ -298,19 +298,5 @@ async fn mint(
             error(StatusCode::FORBIDDEN, "derive_refused", &e.to_string())
         }
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-    }
-}
-
-/// `Option<Duration>` from human text (`10m`).
-mod humantime_serde_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("ttl `{text}`: {e}")))
     }
 }

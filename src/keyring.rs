@@ -337,6 +337,16 @@ impl Keyring {
         Ok(entry)
     }
 
+    /// The token `record` names and its ancestors as the store has them now, past the cache:
+    /// for a request that waited long (held for approval), so a revocation or expiry made
+    /// meanwhile is seen before it goes on.
+    pub async fn current(&self, record: &TokenRecord) -> Result<TokenEntry, KeyringError> {
+        let fresh = timed(self.store.token_by_id(&record.tenant, &record.id))
+            .await?
+            .ok_or(KeyringError::UnknownToken)?;
+        self.entry(fresh).await
+    }
+
     /// A token with its policies resolved and its ancestors loaded.
     async fn entry(&self, record: TokenRecord) -> Result<TokenEntry, KeyringError> {
         let mut records = vec![record];

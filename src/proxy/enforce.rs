@@ -10,10 +10,10 @@ use http::{Method, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
-use super::{ProxyError, Seen};
+use super::{ProxyError, Seen, keyring_error};
 use crate::approvals::{Approvals, MAX_PENDING_PER_TOKEN, NotApproved, Summary};
 use crate::clock;
-use crate::keyring::TokenEntry;
+use crate::keyring::{Keyring, TokenEntry};
 use crate::policy::limits::{self, Admission, LimitSet, Limits};
 use crate::policy::{self, Denial, PolicySpec, RequestFacts, RequestPath, Verdict};
 use crate::providers::{Provider, UnreadableModel};
@@ -38,6 +38,8 @@ pub struct Admitted {
 pub struct Enforcer {
     counters: Arc<Limits>,
     approvals: Approvals,
+    /// Where a held request's token is looked up again once it is approved.
+    keyring: Arc<Keyring>,
     /// Largest body read for a rule.
     policy_body_limit: usize,
     /// Largest body held for approval (the forwarding limit).
@@ -59,16 +61,19 @@ fn specs(entry: &TokenEntry) -> Result<Vec<(&TokenEntry, &PolicySpec)>, ProxyErr
 }
 
 impl Enforcer {
-    /// Policy enforcement over these counters and approvals, reading bodies up to the limits.
+    /// Policy enforcement over these counters and approvals, reading bodies up to the limits;
+    /// approved requests' tokens are checked again in `keyring`.
     pub fn new(
         counters: Arc<Limits>,
         approvals: Approvals,
+        keyring: Arc<Keyring>,
         policy_body_limit: usize,
         forward_body_limit: usize,
     ) -> Self {
         Enforcer {
             counters,
             approvals,
+            keyring,
             policy_body_limit,
             forward_body_limit,
         }
@@ -194,7 +199,8 @@ impl Enforcer {
         Ok(admission)
     }
 
-    /// Hold a request until an operator decides; `Ok` means approved.
+    /// Hold a request until an operator decides; `Ok` means approved and the token chain
+    /// still alive.
     async fn hold(&self, entry: &TokenEntry, summary: Summary) -> Result<(), ProxyError> {
         self.approvals
             .hold(&entry.record.tenant, summary)
@@ -211,7 +217,16 @@ impl Enforcer {
                     tracing::error!(error = %e, "approval could not be recorded; refusing the request");
                     ProxyError::StoreUnavailable
                 }
-            })
+            })?;
+        // The hold may have lasted minutes, and the entry was read before it: a token (or an
+        // ancestor) revoked or expired meanwhile must not be used on the strength of an
+        // approval, so the chain is read again from the store.
+        let current = self
+            .keyring
+            .current(&entry.record)
+            .await
+            .map_err(keyring_error)?;
+        check_lifetimes(&current, clock::now())
     }
 
     /// Take a slot and a charge from every token of the chain that has limits: one counter

@@ -127,6 +127,7 @@ impl Proxy {
         let enforcer = Enforcer::new(
             counters,
             approvals,
+            keyring.clone(),
             usize::try_from(limits.max_policy_body_bytes).unwrap_or(usize::MAX),
             usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
         );

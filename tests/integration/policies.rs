@@ -539,6 +539,64 @@ async fn held_requests_are_approved_denied_or_time_out_and_the_webhook_hears_of_
 }
 
 #[tokio::test]
+async fn a_request_held_when_its_token_is_revoked_is_refused_even_if_approved() {
+    let (mock, env) = setup("[approvals]\ntimeout = \"20s\"\n").await;
+    let token = env
+        .create_token(
+            "main",
+            &[
+                "--require-approval",
+                "POST /v1/chat/completions",
+                "--agent",
+                "held",
+            ],
+        )
+        .await;
+    let id = env.token_id("held").await;
+    let broker = env.serve().await;
+    let base = broker.url("/api/openai/v1");
+    let (call_base, call_token) = (base.clone(), token.clone());
+    let call =
+        tokio::spawn(async move { sdk(&call_base, &call_token, &["chat", "gpt-4o-mini"]).await });
+    let start = Instant::now();
+    let approval = loop {
+        let listed: Value = serde_json::from_str(
+            &env.cli(&["approvals", "list", "--json"], "")
+                .await
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        if let Some(first) = listed.as_array().and_then(|a| a.first()) {
+            break first["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no approval became pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The operator revokes the token while its request waits; someone approves it later.
+    env.cli(&["token", "revoke", &id], "").await.ok();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.cli(&["approvals", "approve", &approval], "").await.ok();
+    let got = call.await.unwrap()[0].clone();
+    assert_eq!(
+        (got["status"].as_u64(), got["code"].as_str()),
+        (Some(401), Some("token_revoked")),
+        "{got}"
+    );
+    assert!(
+        !mock
+            .requests()
+            .iter()
+            .any(|r| r.target.ends_with("/chat/completions")),
+        "a revoked token's request reached the upstream"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn policy_files_are_checked_and_changes_reach_a_running_broker_within_a_second() {
     let (mock, env) = setup("").await;
     let bad = write(&env, "bad.toml", "allow = [\"GET /v1/models\"]\nrpn = 5\n");

@@ -262,6 +262,9 @@ pub struct Keyring {
     uses: Mutex<HashMap<String, i64>>,
     /// Changed only under `reload`, so every scrubber built includes all of it.
     learned: Mutex<Vec<Learned>>,
+    /// Told each time cached tokens are dropped (something changed in the store), so what a
+    /// token keeps open can look it up again.
+    changes: tokio::sync::watch::Sender<()>,
 }
 
 impl Keyring {
@@ -281,6 +284,7 @@ impl Keyring {
             outage_grace: Duration::ZERO,
             uses: Mutex::default(),
             learned: Mutex::default(),
+            changes: tokio::sync::watch::Sender::new(()),
         }
     }
 
@@ -294,7 +298,11 @@ impl Keyring {
 
     /// Resolve a well-formed token to its entry (revoked and expired ones included: policy decides).
     pub async fn token(&self, parsed: &ParsedToken<'_>) -> Result<Arc<TokenEntry>, KeyringError> {
-        let hash = parsed.hash();
+        self.token_by_hash(parsed.hash()).await
+    }
+
+    /// Resolve a token by its hash, as [`Keyring::token`] does.
+    pub async fn token_by_hash(&self, hash: TokenHash) -> Result<Arc<TokenEntry>, KeyringError> {
         let (cached, generation) = {
             let cache = self.read_cache();
             (cache.tokens.get(&hash).cloned(), cache.generation)
@@ -477,8 +485,7 @@ impl Keyring {
                     // The store said something changed (a revocation, say) and then failed:
                     // no cached token may be served on the strength of the outage grace.
                     let mut cache = self.write_cache();
-                    cache.generation += 1;
-                    cache.tokens.clear();
+                    self.drop_tokens(&mut cache);
                 }
                 return Err(e);
             }
@@ -487,6 +494,19 @@ impl Keyring {
         self.last_sync_ms
             .store(self.millis_since_start() + 1, Ordering::Release);
         Ok(())
+    }
+
+    /// Forget every cached token, and say so to whoever watches one.
+    fn drop_tokens(&self, cache: &mut Cache) {
+        cache.generation += 1;
+        cache.tokens.clear();
+        self.changes.send_replace(());
+    }
+
+    /// Changes when cached tokens are dropped: a token may have been revoked, re-scoped or
+    /// removed since it was last looked up.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changes.subscribe()
     }
 
     fn report_outage(&self, e: &KeyringError) {
@@ -540,8 +560,7 @@ impl Keyring {
         // them from one snapshot (`Unlocked`), so neither can run ahead of the other.
         self.redactor.set(Arc::clone(&scrubber));
         let mut cache = self.write_cache();
-        cache.generation += 1;
-        cache.tokens.clear();
+        self.drop_tokens(&mut cache);
         cache.credentials = credentials;
         cache.scrubber = scrubber;
         cache.policies = policies;

@@ -124,7 +124,7 @@ impl ForwardProxy {
                 None => policy_path.to_string(),
             };
         });
-        let entry = self.proxy.token_for(token, &provider, pending).await?;
+        let (entry, watch) = self.proxy.token_for(token, &provider, pending).await?;
         let (admitted, unlocked) = self
             .proxy
             .admit_and_unlock(&entry, &provider, &parts, &policy_path, body, seen)
@@ -169,6 +169,7 @@ impl ForwardProxy {
                 record: pending.clone(),
             },
             upgrade,
+            watch: Some(watch),
         };
         self.proxy.send_upstream(outgoing, seen).await
     }
@@ -224,6 +225,7 @@ impl ForwardProxy {
                 record: pending.clone(),
             },
             upgrade,
+            watch: None,
         };
         self.proxy.send_upstream(outgoing, seen).await
     }

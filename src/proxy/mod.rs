@@ -5,6 +5,7 @@ mod audited;
 mod calls;
 mod enforce;
 mod error;
+mod lifetime;
 pub mod oauth2;
 mod resign;
 mod response;
@@ -29,6 +30,7 @@ use tracing::Instrument;
 
 pub use calls::send_built;
 pub use error::{ProxyError, SEKS_ERROR_HEADER};
+pub(crate) use lifetime::TokenWatch;
 pub use upstream::{Resolver, UpstreamClient, UpstreamError, Upstreams};
 
 use crate::approvals::Approvals;
@@ -105,6 +107,8 @@ pub(crate) struct Outgoing<'a> {
     pub metering: Metering,
     /// The agent's side of a WebSocket handshake, switched once the upstream has.
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The token the request carries: its response or session ends when the token does.
+    pub watch: Option<TokenWatch>,
 }
 
 /// Response header naming the request in the audit log.
@@ -302,7 +306,7 @@ impl Proxy {
                 .map_err(|_| ProxyError::AmbiguousToken)?
                 .ok_or_else(|| ProxyError::MissingToken(rewrite::token_locations(&provider)))?,
         };
-        let entry = self.token_for(&token_text, &provider, pending).await?;
+        let (entry, watch) = self.token_for(&token_text, &provider, pending).await?;
         let token = &entry.record;
         if declared_length(&parts.headers).is_some_and(|len| len > self.limits.max_body_bytes) {
             return Err(ProxyError::BodyTooLarge(self.limits.max_body_bytes));
@@ -372,18 +376,19 @@ impl Proxy {
                 record: pending.clone(),
             },
             upgrade,
+            watch: Some(watch),
         };
         self.send_upstream(outgoing, seen).await
     }
 
-    /// The entry of `token_text`, which must be a token for `provider`; the request's record
-    /// is attributed to it.
+    /// The entry of `token_text`, which must be a token for `provider`, and a watch on it
+    /// for the response; the request's record is attributed to it.
     pub(crate) async fn token_for(
         &self,
         token_text: &str,
         provider: &Provider,
         pending: &PendingRecord,
-    ) -> Result<Arc<TokenEntry>, ProxyError> {
+    ) -> Result<(Arc<TokenEntry>, TokenWatch), ProxyError> {
         let parsed = tokens::parse(token_text)?;
         if parsed.provider() != provider.name {
             return Err(ProxyError::WrongProvider {
@@ -391,7 +396,14 @@ impl Proxy {
                 route: provider.name.clone(),
             });
         }
-        let entry = self.keyring.token(&parsed).await.map_err(keyring_error)?;
+        let hash = parsed.hash();
+        // Watching starts before the lookup, so a change the entry doesn't show yet is seen.
+        let changes = self.keyring.changes();
+        let entry = self
+            .keyring
+            .token_by_hash(hash)
+            .await
+            .map_err(keyring_error)?;
         let token = &entry.record;
         pending.update(|r| r.attribute_to(token));
         // The token text names its provider, but the stored secret decides.
@@ -401,7 +413,8 @@ impl Proxy {
                 route: provider.name.clone(),
             });
         }
-        Ok(entry)
+        let watch = TokenWatch::new(&self.keyring, changes, hash, &entry);
+        Ok((entry, watch))
     }
 
     /// The entry of a token that identifies its holder (the forward proxy's caller): any
@@ -483,6 +496,7 @@ impl Proxy {
             scrubber,
             metering,
             upgrade,
+            watch,
         } = outgoing;
         let method_has_body = request.method() != Method::HEAD;
         let forwarded = Instant::now();
@@ -509,7 +523,7 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let max_message = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-            return websocket::switch(agent, response, scrubber, max_message);
+            return websocket::switch(agent, response, scrubber, max_message, watch);
         }
         response::to_agent(
             response,
@@ -517,6 +531,7 @@ impl Proxy {
             self.limits.read_timeout,
             method_has_body,
             metering,
+            watch,
         )
     }
 

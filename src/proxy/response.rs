@@ -21,6 +21,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use tower_http::timeout::TimeoutBody;
 
 use super::audited::PendingRecord;
+use super::lifetime::{TokenWatch, WatchedBody};
 use super::rewrite;
 use super::{ProxyError, enforce};
 use crate::policy::limits::Admission;
@@ -58,6 +59,7 @@ pub fn to_agent(
     read_timeout: Duration,
     has_body: bool,
     metering: Metering,
+    watch: Option<TokenWatch>,
 ) -> Result<Response, ProxyError> {
     let (mut parts, body) = response.into_parts();
     // Extensions carry hyper's copy of the status line's reason phrase, which an upstream
@@ -115,7 +117,11 @@ pub fn to_agent(
     }
     scrub::scrub_headers(scrubber, &mut parts.headers);
     let body = ScrubBody::new(body, scrubber.stream());
-    Ok(Response::from_parts(parts, Body::new(body)))
+    let body = match watch {
+        Some(token) => Body::new(WatchedBody::new(body, token)),
+        None => Body::new(body),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The response's content coding; codings the broker can't decode (and lists of several)

@@ -7,6 +7,7 @@
 //! the frames of one message is still found.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -18,13 +19,16 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-use super::{ProxyError, rewrite};
+use super::{ProxyError, TokenWatch, rewrite};
 use crate::scrub::{self, Scrubber};
 
 /// The header naming negotiated extensions, which are never offered upstream.
 const EXTENSIONS: &str = "sec-websocket-extensions";
+/// Longest wait to tell an agent its session was closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether a request asks to switch to WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -62,6 +66,7 @@ pub fn switch(
     mut response: http::Response<Incoming>,
     scrubber: &Arc<Scrubber>,
     max_message: usize,
+    watch: Option<TokenWatch>,
 ) -> Result<Response, ProxyError> {
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
@@ -96,15 +101,26 @@ pub fn switch(
         let upstream =
             WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config))
                 .await;
-        relay(agent, upstream, &scrubber).await;
+        let ended = async move {
+            match watch {
+                Some(token) => token.ended().await,
+                None => std::future::pending().await,
+            }
+        };
+        relay(agent, upstream, &scrubber, ended).await;
     });
     Ok(Response::from_parts(parts, Body::empty()))
 }
 
-/// Relay messages both ways until either side closes: the agent's as they are, the
-/// upstream's scrubbed.
-async fn relay<A, U>(agent: WebSocketStream<A>, upstream: WebSocketStream<U>, scrubber: &Scrubber)
-where
+/// Relay messages both ways until either side closes, the agent's as they are, the
+/// upstream's scrubbed; or until `ended` says the token may no longer be used, which closes
+/// both sides (the agent's with code 1008, policy violation, and the error's code).
+async fn relay<A, U>(
+    agent: WebSocketStream<A>,
+    upstream: WebSocketStream<U>,
+    scrubber: &Scrubber,
+    ended: impl Future<Output = ProxyError>,
+) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -127,9 +143,21 @@ where
         let _ = to_agent.close().await;
     };
     // When one direction ends, so does the session.
-    tokio::select! {
-        () = outbound => {}
-        () = inbound => {}
+    let revoked = tokio::select! {
+        () = outbound => None,
+        () = inbound => None,
+        reason = ended => Some(reason),
+    };
+    // Both directions have stopped, so the agent can be told why (unless it has stopped
+    // reading); the upstream's connection closes as this returns.
+    if let Some(reason) = revoked {
+        tracing::info!(%reason, "a WebSocket session was closed: its token may no longer be used");
+        let close = CloseFrame {
+            code: CloseCode::Policy,
+            // A close frame's reason has room for 123 bytes: the code, not the message.
+            reason: reason.code().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, to_agent.send(Message::Close(Some(close)))).await;
     }
 }
 

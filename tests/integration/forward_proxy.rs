@@ -828,6 +828,50 @@ async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scr
 }
 
 #[tokio::test]
+async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
+    let test_ca = TestCa::for_names(&MOCK_NAMES);
+    let echo = WsEcho::start(test_ca.acceptor.clone()).await;
+    let s = setup_with(
+        test_ca,
+        &format!(
+            "\"ws.example.test\" = \"127.0.0.1:{}\"\n\
+             [providers.wsecho]\n\
+             base_url = \"https://ws.example.test\"\n\
+             auth = {{ scheme = \"header\", name = \"authorization\", template = \"Bearer {{}}\" }}\n",
+            echo.addr.port()
+        ),
+    )
+    .await;
+    s.env
+        .add_secret("ws", "wsecho", "ws-REAL-key-0123456789")
+        .await;
+    let token = s.env.create_token("ws", &["--agent", "socket"]).await;
+    let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
+    let env = [("SEKS_TOKEN", token.as_str())];
+    let args = [url.as_str(), "--until-closed"];
+    let client = run_python("ws_client.py", &args, &env);
+    let revoke = async {
+        while echo.handshakes().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The session is open and has echoed; nothing more goes either way.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let id = s.env.token_id("socket").await;
+        s.env.cli(&["token", "revoke", &id], "").await.ok();
+        std::time::Instant::now()
+    };
+    let (out, revoked_at) = tokio::join!(client, revoke);
+    let closed_after = revoked_at.elapsed();
+    assert!(out.status.success(), "{out:#?}");
+    assert_eq!(out.stdout.trim(), "closed 1008 token_revoked");
+    assert!(
+        closed_after < Duration::from_secs(2),
+        "closed {closed_after:?} after the revocation"
+    );
+    s.broker.stop().await;
+}
+
+#[tokio::test]
 async fn tokens_in_bodies_are_replaced_only_in_credential_fields_for_providers_that_take_them() {
     const SLACK_KEY: &str = "xoxb-REAL-slack-0123456789";
     let s = setup("").await;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 
-use crate::support::http::send;
+use crate::support::http::{send, send_streaming, try_send};
 use crate::support::mock::MockUpstream;
 use crate::support::{Env, config_for};
 
@@ -329,20 +329,17 @@ async fn tokens_created_revoked_and_rotated_with_the_cli_reach_the_running_broke
     async fn status_within(url: &str, token: &str, want: u16) -> Duration {
         let start = Instant::now();
         loop {
-            let got = send(
-                "GET",
-                url,
-                &[("authorization", &format!("Bearer {token}"))],
-                "",
-            )
-            .await
-            .status;
-            if got == want {
+            let auth = format!("Bearer {token}");
+            // A response under way when its token goes is cut off: that is no answer yet.
+            let got = try_send("GET", url, &[("authorization", &auth)], "")
+                .await
+                .map(|reply| reply.status);
+            if got == Ok(want) {
                 return start.elapsed();
             }
             assert!(
                 start.elapsed() < Duration::from_secs(1),
-                "still {got}, wanted {want}, after 1s"
+                "still {got:?}, wanted {want}, after 1s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -596,5 +593,68 @@ async fn one_agent_connection_reaches_each_upstream_with_its_own_key_across_reco
         );
         assert!(request.target.starts_with("/v1/"), "{}", request.target);
     }
+    broker.stop().await;
+}
+
+/// Read `body` until it ends: whether it ended with an error, and when.
+async fn read_to_end(mut body: hyper::body::Incoming) -> (bool, Instant) {
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the stream went on for 10 s");
+    (outcome, Instant::now())
+}
+
+#[tokio::test]
+async fn a_stream_is_cut_off_once_its_token_is_revoked_or_expires() {
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&mock.url()).await;
+    let brief = env
+        .create_token("openai-main", &["--agent", "brief", "--ttl", "3s"])
+        .await;
+    let created = Instant::now();
+    let broker = env.serve().await;
+    // The upstream sends an event every 200 ms for as long as anyone listens.
+    let open = |token: String| {
+        let url = broker.url("/api/openai/v1/drip");
+        async move {
+            let auth = format!("Bearer {token}");
+            let response = send_streaming("GET", &url, &[("authorization", &auth)], "").await;
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            body.frame().await.unwrap().unwrap();
+            body
+        }
+    };
+    let revoked = tokio::spawn(read_to_end(open(token.clone()).await));
+    let expiring = tokio::spawn(read_to_end(open(brief).await));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!revoked.is_finished() && !expiring.is_finished());
+
+    let id = env.token_id("bot").await;
+    env.cli(&["token", "revoke", &id], "").await.ok();
+    let revoked_at = Instant::now();
+    let (with_error, ended) = revoked.await.unwrap();
+    assert!(with_error, "a cut-off stream must not look complete");
+    assert!(
+        ended - revoked_at < Duration::from_secs(2),
+        "ended {:?} after the revocation",
+        ended - revoked_at
+    );
+
+    let (with_error, ended) = expiring.await.unwrap();
+    assert!(with_error);
+    assert!(
+        ended - created < Duration::from_secs(6),
+        "ended {:?} after creation, with a 3 s lifetime",
+        ended - created
+    );
     broker.stop().await;
 }

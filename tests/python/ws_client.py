@@ -1,14 +1,17 @@
 """Talk to a WebSocket echo server with the `websockets` library, through the broker.
 
-Usage: ws_client.py URL   (env: SEKS_TOKEN; for proxy mode HTTPS_PROXY and SSL_CERT_FILE,
-which the library reads itself). Sends "hello" and expects it back, then "say-key" and
-prints the answer. Exits non-zero on any mismatch.
+Usage: ws_client.py URL [--until-closed]   (env: SEKS_TOKEN; for proxy mode HTTPS_PROXY and
+SSL_CERT_FILE, which the library reads itself). Sends "hello" and expects it back, then
+"say-key" and prints the answer; with --until-closed, instead of "say-key" it waits for the
+broker to close the session and prints the close code and reason. Exits non-zero on any
+mismatch.
 """
 import asyncio
 import os
 import sys
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 
 async def main() -> None:
@@ -17,6 +20,13 @@ async def main() -> None:
         await ws.send("hello")
         echoed = await asyncio.wait_for(ws.recv(), 20)
         assert echoed == "hello", echoed
+        if "--until-closed" in sys.argv:
+            try:
+                message = await asyncio.wait_for(ws.recv(), 20)
+            except ConnectionClosed as closed:
+                print(f"closed {closed.rcvd.code} {closed.rcvd.reason}")
+                return
+            sys.exit(f"got {message!r} instead of a close")
         await ws.send("say-key")
         print(await asyncio.wait_for(ws.recv(), 20))
 

@@ -260,6 +260,9 @@ impl Proxy {
         seen: &mut Seen,
         pending: &Arc<PendingRecord>,
     ) -> Result<Response, ProxyError> {
+        seen.provider = target::provider_segment(request.uri().path())
+            .and_then(|name| self.providers.get(name))
+            .cloned();
         check_request_line(&request)?;
         let (mut parts, body) = request.into_parts();
         let upgrade = websocket::take_upgrade(&mut parts);

@@ -43,6 +43,13 @@ pub fn route(path: &str) -> Result<Route<'_>, TargetError> {
     Ok(Route { provider, rest })
 }
 
+/// The provider a path names, before the path is validated: refusals of a malformed request
+/// still come in that provider's error shape, which its SDK can parse.
+pub fn provider_segment(path: &str) -> Option<&str> {
+    let after = path.strip_prefix(API_PREFIX)?;
+    after.split('/').next().filter(|name| !name.is_empty())
+}
+
 /// Validate a raw path that will be appended to an upstream base path.
 pub fn validate(rest: &str) -> Result<(), &'static str> {
     if rest.is_empty() {
@@ -116,6 +123,14 @@ fn is_path_char(b: u8) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_provider_is_named_even_in_a_path_that_is_refused() {
+        assert_eq!(provider_segment("/api/s3/bucket/..%2fx"), Some("s3"));
+        assert_eq!(provider_segment("/api/anthropic"), Some("anthropic"));
+        assert_eq!(provider_segment("/api//x"), None);
+        assert_eq!(provider_segment("/v1/models"), None);
+    }
 
     #[test]
     fn routes_split_provider_and_rest() {

@@ -84,3 +84,41 @@ async fn escape_attempts_are_refused_and_never_reach_any_upstream() {
     assert_eq!(seen[0].header("host"), Some(mock.addr.to_string().as_str()));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn refusals_of_a_malformed_request_come_in_the_routed_providers_shape() {
+    let mock = MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    let broker = env.serve().await;
+
+    // Refused before any token is looked at, but the path names the provider, whose SDK
+    // must be able to parse the refusal.
+    let cases = [
+        ("TRACE", "/api/anthropic/v1/messages", r#""type":"error""#),
+        ("GET", "/api/anthropic/v1/../x", r#""type":"error""#),
+        (
+            "GET",
+            "/api/gemini/v1beta/%2e%2e/x",
+            r#""status":"INVALID_ARGUMENT""#,
+        ),
+        (
+            "GET",
+            "/api/s3/bucket/..%2fx",
+            "<Error><Code>bad_path</Code>",
+        ),
+        (
+            "TRACE",
+            "/api/s3/bucket/key",
+            "<Error><Code>method_not_allowed</Code>",
+        ),
+    ];
+    for (method, target, shape) in cases {
+        let request =
+            format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+        let (status, body) = raw(broker.addr, request.as_bytes()).await;
+        assert_eq!(status, 400, "{method} {target} → {status} {body}");
+        assert!(body.contains(shape), "{method} {target} → {body}");
+    }
+    assert!(mock.requests().is_empty());
+    broker.stop().await;
+}

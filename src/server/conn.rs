@@ -1,17 +1,70 @@
-//! Agent connections: accepted with `TCP_NODELAY` (answers are small and latency counts)
-//! and counted for the `connections_active` metric.
+//! Serving connections: agent connections accepted with `TCP_NODELAY` (answers are small
+//! and latency counts) and counted for the `connections_active` metric, and the accept loop
+//! both listeners share.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tower_service::Service;
 
 use crate::metrics;
+
+/// Serve `router` on `listener` until `shutdown` resolves, then wait for open connections
+/// to finish. Unlike `axum::serve`, connections get hyper's timer, so a client that never
+/// finishes its request head (or sits idle between requests) is cut after hyper's header
+/// read timeout (30 s) instead of holding its connection and task forever.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let mut request = request.map(Body::new);
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(ClientAddr(addr)));
+            router.clone().call(request)
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
 
 /// A TCP listener whose connections are counted while open.
 pub struct CountedListener(pub TcpListener);
@@ -38,12 +91,6 @@ impl Listener for CountedListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, CountedListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, CountedListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
     }
 }
 

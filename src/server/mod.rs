@@ -126,9 +126,7 @@ pub async fn run_admin(
 ) -> std::io::Result<()> {
     // Metrics go to scrapers without the admin token: they hold nothing secret.
     let router = admin::router(state).route("/metrics", get(metrics_text));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    conn::serve(listener, router, shutdown).await
 }
 
 /// Serve agents on `listener` until `shutdown` resolves, then drain open requests.
@@ -137,10 +135,5 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        CountedListener(listener),
-        router(state).into_make_service_with_connect_info::<ClientAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    conn::serve(CountedListener(listener), router(state), shutdown).await
 }

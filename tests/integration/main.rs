@@ -22,5 +22,6 @@ mod replicas;
 mod scrubbing;
 mod sdk;
 mod sigv4;
+mod slow_clients;
 mod store;
 mod tls_upstream;

@@ -23,6 +23,7 @@ use super::egress::Destination;
 use super::{ForwardProxy, Refusal, stopping};
 use crate::metrics;
 use crate::proxy::ProxyError;
+use crate::server::timed_body;
 use crate::store::TokenRecord;
 use crate::tokens::TOKEN_PREFIX;
 
@@ -65,7 +66,7 @@ pub(super) async fn serve(forward: Arc<ForwardProxy>, stream: TcpStream, client:
         let forward = forward.clone();
         service_fn(move |request: Request<Incoming>| {
             let forward = forward.clone();
-            async move { Ok::<_, Infallible>(forward.outer(request.map(Body::new), client).await) }
+            async move { Ok::<_, Infallible>(forward.outer(request.map(timed_body), client).await) }
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()

@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use http::Request;
 use http::uri::Scheme;
 use hyper::body::Incoming;
@@ -19,6 +18,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::connect::Route;
 use super::{ForwardProxy, Refusal, stopping};
 use crate::metrics;
+use crate::server::timed_body;
 
 /// Longest wait for the agent's TLS handshake once the tunnel is open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,7 +70,7 @@ pub(super) async fn intercept(forward: Arc<ForwardProxy>, on_upgrade: OnUpgrade,
         let forward = forward.clone();
         service_fn(move |request: Request<Incoming>| {
             let (forward, route) = (forward.clone(), route.clone());
-            async move { Ok::<_, Infallible>(forward.relay(&route, request.map(Body::new)).await) }
+            async move { Ok::<_, Infallible>(forward.relay(&route, request.map(timed_body)).await) }
         })
     };
     let mut stop = forward.stop.subscribe();

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::upgrade::OnUpgrade;
 use secrecy::ExposeSecret;
 
@@ -197,8 +197,7 @@ impl ForwardProxy {
                 let bytes = collected.to_bytes();
                 Ok((Body::from(bytes.clone()), Some((kind, bytes))))
             }
-            Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge(limit as u64)),
-            Err(_) => Err(ProxyError::BadBody("the request body could not be read")),
+            Err(e) => Err(ProxyError::unreadable_body(e.as_ref(), limit)),
         }
     }
 

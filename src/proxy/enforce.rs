@@ -7,7 +7,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 use super::{ProxyError, Seen, keyring_error};
@@ -291,8 +291,7 @@ async fn read(body: Body, parts: &Parts, limit: usize) -> Result<Bytes, ProxyErr
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge(limit as u64)),
-        Err(_) => Err(ProxyError::BadBody("the request body could not be read")),
+        Err(e) => Err(ProxyError::unreadable_body(e.as_ref(), limit)),
     }
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use http_body_util::LengthLimitError;
+use tower_http::timeout::TimeoutError;
 
 use crate::audit::Decision;
 use crate::forward::Refusal;
@@ -12,6 +14,7 @@ use crate::policy::Denial;
 use crate::policy::limits::{self as l, Limited};
 use crate::providers::ErrorShape;
 use crate::proxy::oauth2::RefreshError;
+use crate::server::CLIENT_TIMEOUT;
 use crate::sigv4::SigError;
 use crate::tokens::TokenFormatError;
 
@@ -95,6 +98,12 @@ pub enum ProxyError {
     /// The request body is larger than allowed.
     #[error("request body exceeds the broker's limit of {0} bytes")]
     BodyTooLarge(u64),
+    /// The agent stopped sending its request body.
+    #[error(
+        "the request body stopped arriving (nothing for {} s), so the request was dropped",
+        CLIENT_TIMEOUT.as_secs()
+    )]
+    BodyStalled,
     /// The upstream could not be connected to.
     #[error("the upstream for `{0}` could not be reached")]
     UpstreamUnreachable(String),
@@ -154,6 +163,7 @@ impl ProxyError {
             | Revoked(_)
             | Expired(_) => StatusCode::UNAUTHORIZED,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyStalled => StatusCode::REQUEST_TIMEOUT,
             UpstreamUnreachable(_)
             | UpstreamFailed(_)
             | UnsupportedEncoding
@@ -217,6 +227,7 @@ impl ProxyError {
             ApprovalTimedOut(_) => "approval_timeout",
             BadBody(_) => "bad_body",
             BodyTooLarge(_) => "body_too_large",
+            BodyStalled => "body_timeout",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamFailed(_) => "upstream_failed",
             UnsupportedEncoding => "unsupported_encoding",
@@ -233,6 +244,22 @@ impl ProxyError {
             Signature(SigError::Overloaded) => "replay_guard_full",
             Forward(refusal) => refusal.code(),
         }
+    }
+
+    /// Why a request body read up to `limit` bytes could not be read: too large, stalled
+    /// (the agent stopped sending it), or broken off.
+    pub fn unreadable_body(error: &(dyn std::error::Error + 'static), limit: usize) -> Self {
+        let mut source = Some(error);
+        while let Some(e) = source {
+            if e.is::<LengthLimitError>() {
+                return ProxyError::BodyTooLarge(u64::try_from(limit).unwrap_or(u64::MAX));
+            }
+            if e.is::<TimeoutError>() {
+                return ProxyError::BodyStalled;
+            }
+            source = e.source();
+        }
+        ProxyError::BadBody("the request body could not be read")
     }
 
     /// The error as a response in `shape`, marked with `x-seks-error`.

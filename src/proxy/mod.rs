@@ -553,6 +553,10 @@ impl Proxy {
             if e.is::<LengthLimitError>() {
                 return ProxyError::BodyTooLarge(self.limits.max_body_bytes);
             }
+            // The agent stopped sending the body being streamed upstream.
+            if e.is::<tower_http::timeout::TimeoutError>() {
+                return ProxyError::BodyStalled;
+            }
             if let Some(refusal) = e.downcast_ref::<ChunkError>().and_then(resign::chunk_error) {
                 return refusal;
             }

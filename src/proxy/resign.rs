@@ -263,10 +263,7 @@ fn text_value(text: &str) -> Result<HeaderValue, ProxyError> {
 async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     match http_body_util::Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge(
-            u64::try_from(max).unwrap_or(u64::MAX),
-        )),
-        Err(_) => Err(ProxyError::BadBody("the request body could not be read")),
+        Err(e) => Err(ProxyError::unreadable_body(e.as_ref(), max)),
     }
 }
 

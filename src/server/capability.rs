@@ -172,13 +172,16 @@ pub async fn invoke(
             pending.update(|r| r.attribute_to(&entry.record));
             let bytes = match Limited::new(body, limit).collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        &format!("capability arguments are at most {limit} bytes"),
-                    );
-                }
+                Err(e) => match ProxyError::unreadable_body(e.as_ref(), limit) {
+                    ProxyError::BodyTooLarge(_) => {
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "body_too_large",
+                            &format!("capability arguments are at most {limit} bytes"),
+                        );
+                    }
+                    other => return other.into_response(ErrorShape::OpenAi),
+                },
             };
             bytes_in.store(bytes.len() as u64, Ordering::Relaxed);
             let args = if bytes.iter().all(u8::is_ascii_whitespace) {

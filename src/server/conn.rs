@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -18,14 +19,25 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tower_http::timeout::TimeoutBody;
 use tower_service::Service;
 
 use crate::metrics;
 
+/// Longest a client may leave a request unfinished: no byte of its head, or of its body
+/// once the broker reads it, for this long and the request is dropped.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request body that fails once the client has sent nothing for [`CLIENT_TIMEOUT`], so
+/// whatever reads it (policy, a capability, the upstream) gets an error, not a hang.
+pub fn timed_body(body: Incoming) -> Body {
+    Body::new(TimeoutBody::new(CLIENT_TIMEOUT, body))
+}
+
 /// Serve `router` on `listener` until `shutdown` resolves, then wait for open connections
 /// to finish. Unlike `axum::serve`, connections get hyper's timer, so a client that never
-/// finishes its request head (or sits idle between requests) is cut after hyper's header
-/// read timeout (30 s) instead of holding its connection and task forever.
+/// finishes its request head (or sits idle between requests) is cut after
+/// [`CLIENT_TIMEOUT`] instead of holding its connection and task forever.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
@@ -43,14 +55,17 @@ where
         };
         let router = router.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let mut request = request.map(Body::new);
+            let mut request = request.map(timed_body);
             request
                 .extensions_mut()
                 .insert(ConnectInfo(ClientAddr(addr)));
             router.clone().call(request)
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(CLIENT_TIMEOUT);
         builder.http2().timer(TokioTimer::new());
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -23,7 +23,7 @@ use crate::audit::{AuditRecord, Decision};
 use crate::grants::{self, GrantError};
 use crate::keyring::{KeyringError, TokenEntry};
 use crate::policy::PolicySpec;
-use crate::proxy::{REQUEST_ID_HEADER, SEKS_ERROR_HEADER};
+use crate::proxy::{ProxyError, REQUEST_ID_HEADER, SEKS_ERROR_HEADER};
 use crate::store::DEFAULT_TENANT;
 use crate::{clock, tokens};
 
@@ -130,11 +130,14 @@ pub async fn derive(
                 record.bytes_in = body.len() as u64;
                 mint(&state, &headers, &body, &mut caller).await
             }
-            Err(_) => error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &format!("a derive request is at most {MAX_DERIVE_BODY} bytes"),
-            ),
+            Err(e) => match ProxyError::unreadable_body(e.as_ref(), MAX_DERIVE_BODY) {
+                ProxyError::BodyTooLarge(_) => error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    &format!("a derive request is at most {MAX_DERIVE_BODY} bytes"),
+                ),
+                other => error(other.status(), other.code(), &other.to_string()),
+            },
         }
     };
     if let Some(entry) = caller {

@@ -28,6 +28,7 @@ use crate::keyring::Keyring;
 use crate::metrics;
 use crate::proxy::Proxy;
 use crate::store::Store;
+pub use conn::{CLIENT_TIMEOUT, timed_body};
 use conn::{ClientAddr, CountedListener};
 
 /// What the agent listener's handlers share.

@@ -11,7 +11,7 @@ use http::{Request, header};
 use serde::Serialize;
 
 use crate::proxy::UpstreamClient;
-use crate::store::{ApprovalRecord, ApprovalState, Store, StoreError};
+use crate::store::{self, ApprovalRecord, ApprovalState, Store, StoreError};
 use crate::{clock, tokens};
 
 /// How often a held request checks for a decision.
@@ -195,13 +195,13 @@ impl Approvals {
             decided_at: None,
             decided_by: None,
         };
-        self.store.insert_approval(&record).await?;
+        store::timed(self.store.insert_approval(&record)).await?;
         tracing::info!(approval = %record.id, agent = %summary.agent, rule = %summary.rule, "request held for approval");
         self.notify(&record, &summary);
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             tokio::time::sleep(POLL).await;
-            let state = self.store.approval(tenant, &record.id).await?;
+            let state = store::timed(self.store.approval(tenant, &record.id)).await?;
             match state.as_ref().map(|a| a.state) {
                 Some(ApprovalState::Approved) => return Ok(()),
                 Some(ApprovalState::Denied) => {
@@ -213,17 +213,15 @@ impl Approvals {
                     return Err(NotApproved::TimedOut(self.timeout));
                 }
                 Some(ApprovalState::Pending) if tokio::time::Instant::now() >= deadline => {
-                    let expired = self
-                        .store
-                        .decide_approval(
-                            tenant,
-                            &record.id,
-                            ApprovalState::Expired,
-                            None,
-                            "timeout",
-                            clock::now(),
-                        )
-                        .await?;
+                    let expired = store::timed(self.store.decide_approval(
+                        tenant,
+                        &record.id,
+                        ApprovalState::Expired,
+                        None,
+                        "timeout",
+                        clock::now(),
+                    ))
+                    .await?;
                     // Decided at the last moment: go by the decision.
                     if !expired {
                         continue;

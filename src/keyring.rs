@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use crate::clock;
 use crate::policy::PolicySpec;
 use crate::scrub::{Redactor, ScrubError, Scrubber};
-use crate::store::{Leases, Store, StoreError, TokenRecord};
+use crate::store::{Leases, Store, StoreError, TokenRecord, timed};
 use crate::tokens::{ParsedToken, TokenHash};
 use crate::vault::{SecretIdentity, Vault, VaultError};
 
@@ -37,8 +37,6 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// Cached entries are not trusted once the last successful sync is older than this, so a
 /// revocation is honoured within a second even when polls fail or stall.
 pub const STALE_AFTER: Duration = Duration::from_millis(750);
-/// Longest wait for any store call made on behalf of a request or a sync.
-pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often last-use times are written back to the store.
 const USE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Cached tokens kept at most; past this a tenth of them make room.
@@ -55,9 +53,6 @@ pub enum KeyringError {
     /// The store could not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The store did not answer within [`STORE_TIMEOUT`].
-    #[error("the store did not answer within {STORE_TIMEOUT:?}")]
-    Timeout,
     /// The last sync found the store not answering, so a token not cached isn't asked for.
     #[error("the store is not answering")]
     StoreDown,
@@ -84,9 +79,8 @@ impl KeyringError {
     fn is_outage(&self) -> bool {
         matches!(
             self,
-            KeyringError::Timeout
-                | KeyringError::StoreDown
-                | KeyringError::Store(StoreError::Database(_))
+            KeyringError::StoreDown
+                | KeyringError::Store(StoreError::Database(_) | StoreError::Timeout)
         )
     }
 }
@@ -316,7 +310,10 @@ impl Keyring {
             // Asking would only hold the request until the store call times out.
             return Err(KeyringError::StoreDown);
         }
-        let record = match timed(self.store.token_by_hash(&hash)).await {
+        let record = match timed(self.store.token_by_hash(&hash))
+            .await
+            .map_err(KeyringError::from)
+        {
             Ok(record) => record.ok_or(KeyringError::UnknownToken)?,
             // The store went away since the last sync, which hasn't noticed yet.
             Err(e) if e.is_outage() && self.within_grace() => {
@@ -654,7 +651,8 @@ impl Keyring {
             &sealed,
             clock::now(),
         ))
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Write buffered last-use times to the store; on failure they are kept for the next try.
@@ -672,7 +670,7 @@ impl Keyring {
                 self.note_use(&id, at);
             }
         }
-        result
+        Ok(result?)
     }
 
     /// Keep the caches in step with the store until the task is dropped: every
@@ -749,14 +747,6 @@ async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) ->
         Some(feed) => feed.changed().await.is_ok(),
         None => std::future::pending().await,
     }
-}
-
-/// Bound a store call by [`STORE_TIMEOUT`], so a locked or unreachable store fails fast.
-async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, KeyringError> {
-    tokio::time::timeout(STORE_TIMEOUT, call)
-        .await
-        .map_err(|_| KeyringError::Timeout)?
-        .map_err(KeyringError::Store)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::providers::Providers;
-use crate::store::{DEFAULT_TENANT, Store, StoreError};
+use crate::store::{DEFAULT_TENANT, Store, StoreError, timed};
 use params::BadArgument;
 
 /// Provider name of secrets that hold an SMTP server and its password (not a proxied provider).
@@ -367,14 +367,6 @@ impl Catalog {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Stored> {
         self.stored.read().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Bound a store call as the keyring does, so a stuck store refuses calls rather than
-/// holding them.
-async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    tokio::time::timeout(crate::keyring::STORE_TIMEOUT, call)
-        .await
-        .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolTimedOut)))
 }
 
 #[cfg(test)]

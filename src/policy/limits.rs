@@ -16,7 +16,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 
 use super::PolicySpec;
 use super::leases::{self, Held};
-use crate::store::{Store, StoreError, UsageDelta, UsageTotal};
+use crate::store::{self, Store, StoreError, UsageDelta, UsageTotal};
 
 const DAY_SECS: i64 = 86_400;
 /// How often usage counters are written back to the store (and slot leases renewed).
@@ -293,7 +293,7 @@ impl Limits {
             return Ok(Arc::clone(found));
         }
         let today = now.div_euclid(DAY_SECS);
-        let (requests, tokens) = self.store.usage(id, today).await?;
+        let (requests, tokens) = store::timed(self.store.usage(id, today)).await?;
         let fresh = Arc::new(TokenLimits {
             id: id.to_owned(),
             rate: Mutex::new(None),

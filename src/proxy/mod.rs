@@ -645,7 +645,7 @@ fn keyring_error(e: KeyringError) -> ProxyError {
     match e {
         KeyringError::UnknownToken => ProxyError::UnknownToken,
         KeyringError::TooDeep => ProxyError::PolicyUnavailable(e.to_string()),
-        KeyringError::Store(_) | KeyringError::Timeout => {
+        KeyringError::Store(_) => {
             tracing::error!(error = %e, "store lookup failed; refusing the request");
             ProxyError::StoreUnavailable
         }

@@ -61,6 +61,20 @@ pub enum StoreError {
     /// `store.url` names no backend this build has.
     #[error("store.url `{0}`: expected sqlite://PATH or postgres://…")]
     UnknownUrl(String),
+    /// The store did not answer within [`STORE_TIMEOUT`].
+    #[error("the store did not answer within {STORE_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Longest wait for any store call made on behalf of a request or a sync.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bound a store call, so a stuck store (a server that stopped answering) refuses the
+/// request that needed it rather than holding it.
+pub async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(STORE_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(StoreError::Timeout))
 }
 
 /// A secret to insert.
@@ -688,5 +702,12 @@ mod tests {
         assert_eq!(odd.to_string(), "postgres://seks:***@db/seks");
         let err = Location::parse(Some("mysql://u:hunter2@h/db"), dir).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_call_that_never_answers_is_a_timeout() {
+        let stuck = std::future::pending::<Result<(), StoreError>>();
+        assert!(matches!(timed(stuck).await, Err(StoreError::Timeout)));
+        assert_eq!(timed(async { Ok(7) }).await.unwrap(), 7);
     }
 }

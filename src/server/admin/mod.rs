@@ -25,7 +25,7 @@ use crate::audit::Auditor;
 use crate::capabilities::invoke::Capabilities;
 use crate::capabilities::trial::TrialFailure;
 use crate::ops::{Ops, OpsError};
-use crate::store::{META_ADMIN_TOKEN, Store};
+use crate::store::{self, META_ADMIN_TOKEN, Store};
 use crate::tokens::{TokenHash, hex};
 use crate::vault::Vault;
 
@@ -223,7 +223,7 @@ async fn authorize(
             "an agent token has no rights on the admin API",
         );
     }
-    let expected = match state.store.meta(META_ADMIN_TOKEN).await {
+    let expected = match store::timed(state.store.meta(META_ADMIN_TOKEN)).await {
         Ok(Some(hex)) if !hex.is_empty() => hex,
         Ok(_) => {
             return unauthorized(

@@ -70,7 +70,10 @@ pub enum VaultError {
 }
 
 /// Identity of one version of one secret: bound into its ciphertext as associated data, so
-/// a row can't be swapped with another, rolled back, or relabelled for another provider.
+/// a row's ciphertext can't be moved to another row, given another version number, or
+/// relabelled for another provider. (A whole older row put back, version and all, still
+/// opens: the store's integrity against someone who can write to it is outside what this
+/// binding gives.)
 #[derive(Debug, Clone, Copy)]
 pub struct SecretIdentity<'a> {
     /// Tenant owning the secret.

@@ -382,8 +382,10 @@ impl Keyring {
             return found;
         }
         // Stale, or a secret newer than the last load: reload everything, so the scrubber
-        // knows the secret before it is used.
-        self.sync_now(true).await?;
+        // knows the secret before it is used. A new secret moved the store's revision, so a
+        // secret missing at an unchanged revision stays missing (one that can't be
+        // decrypted): no reload, which an agent could otherwise ask for with every request.
+        self.sync_now().await?;
         self.loaded_credential(token)
             .unwrap_or_else(|| Err(KeyringError::SecretMissing(token.secret_id.clone())))
     }
@@ -415,7 +417,7 @@ impl Keyring {
         // secret): that must not make every call reload all secrets, so only a stale cache
         // is brought up to date first.
         if !self.is_trusted() {
-            self.sync_now(false).await?;
+            self.sync_now().await?;
         }
         self.loaded_named(tenant, name)
             .ok_or_else(|| KeyringError::SecretMissing(name.to_owned()))
@@ -450,12 +452,12 @@ impl Keyring {
 
     /// Poll the store's revision; if anything changed, reload the secrets and drop cached tokens.
     pub async fn sync(&self) -> Result<(), KeyringError> {
-        self.sync_now(false).await
+        self.sync_now().await
     }
 
-    async fn sync_now(&self, force: bool) -> Result<(), KeyringError> {
+    async fn sync_now(&self) -> Result<(), KeyringError> {
         let _one_at_a_time = self.reload.lock().await;
-        let synced = self.sync_locked(force).await;
+        let synced = self.sync_locked().await;
         match &synced {
             Ok(()) => {
                 if self.store_down.swap(false, Ordering::AcqRel) {
@@ -473,17 +475,15 @@ impl Keyring {
     }
 
     /// One sync; called under `reload`.
-    async fn sync_locked(&self, force: bool) -> Result<(), KeyringError> {
+    async fn sync_locked(&self) -> Result<(), KeyringError> {
         let revision = timed(self.store.revision()).await?;
         let changed = self.revision.load(Ordering::Acquire) != revision;
-        if force || changed {
+        if changed {
             if let Err(e) = self.load_secrets().await {
-                if changed {
-                    // The store said something changed (a revocation, say) and then failed:
-                    // no cached token may be served on the strength of the outage grace.
-                    let mut cache = self.write_cache();
-                    self.drop_tokens(&mut cache);
-                }
+                // The store said something changed (a revocation, say) and then failed: no
+                // cached token may be served on the strength of the outage grace.
+                let mut cache = self.write_cache();
+                self.drop_tokens(&mut cache);
                 return Err(e);
             }
             self.revision.store(revision, Ordering::Release);
@@ -897,6 +897,30 @@ mod tests {
         keyring.sync().await.unwrap();
         assert!(resolve(&keyring, &texts[0]).await.is_ok());
         assert!(resolve(&keyring, &texts[1]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_secret_that_cannot_be_decrypted_does_not_make_each_request_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyring, texts, mut conn) =
+            fixture(dir.path(), Duration::from_secs(1), &["bot"]).await;
+        // A tampered ciphertext: the row is there, but it no longer opens.
+        conn.execute("UPDATE secrets SET ciphertext = zeroblob(length(ciphertext))")
+            .await
+            .unwrap();
+        keyring.sync().await.unwrap();
+        let entry = resolve(&keyring, &texts[0]).await.unwrap();
+        let reloads = keyring.changes();
+        for _ in 0..3 {
+            assert!(matches!(
+                keyring.credential(&entry.record).await,
+                Err(KeyringError::SecretMissing(_))
+            ));
+        }
+        assert!(
+            !reloads.has_changed().unwrap(),
+            "a request reloaded the secrets"
+        );
     }
 
     #[tokio::test]

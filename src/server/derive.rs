@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
+use super::capability::error;
 use super::conn::ClientAddr;
 use crate::audit::{AuditRecord, Decision};
 use crate::grants::{self, GrantError};
@@ -67,18 +68,6 @@ impl DeriveLimiter {
                 .max(Duration::from_secs(1))
         })
     }
-}
-
-fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
-    let mut response = (
-        status,
-        Json(json!({"error": {"message": message, "type": "seks_error", "code": code}})),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(SEKS_ERROR_HEADER, http::HeaderValue::from_static(code));
-    response
 }
 
 /// Where agents derive tokens.

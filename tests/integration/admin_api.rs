@@ -347,7 +347,12 @@ async fn the_admin_api_refuses_missing_wrong_revoked_and_agent_tokens() {
     let agent_token = env.create_token("main", &[]).await;
     let admin = broker.admin_url().await;
     let url = format!("{admin}/admin/v1/tokens");
-    let code = |reply: &Reply| reply.json()["error"]["code"].as_str().map(str::to_owned);
+    // The code is in the body and, as on every answer the broker makes itself, in the marker.
+    let code = |reply: &Reply| {
+        let code = reply.json()["error"]["code"].as_str().map(str::to_owned);
+        assert_eq!(code.as_deref(), reply.header("x-seks-error"), "{reply:?}");
+        code
+    };
 
     let none = send("GET", &url, &[], "").await;
     assert_eq!(

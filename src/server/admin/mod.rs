@@ -25,6 +25,7 @@ use crate::audit::Auditor;
 use crate::capabilities::invoke::Capabilities;
 use crate::capabilities::trial::TrialFailure;
 use crate::ops::{Ops, OpsError};
+use crate::proxy::SEKS_ERROR_HEADER;
 use crate::store::{self, META_ADMIN_TOKEN, Store};
 use crate::tokens::{TokenHash, hex};
 use crate::vault::Vault;
@@ -64,7 +65,8 @@ fn error(status: StatusCode, code: &'static str, message: &str) -> Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "code": self.code}});
-        (self.status, Json(body)).into_response()
+        let marker = [(SEKS_ERROR_HEADER, self.code)];
+        (self.status, marker, Json(body)).into_response()
     }
 }
 

@@ -214,6 +214,20 @@ impl HttpSpec {
         Ok(())
     }
 
+    /// The JSON Schema of the arguments, for models: a path argument (a string, as nothing
+    /// else can be empty) needs at least one character, as [`HttpSpec::path_for`] checks.
+    pub fn schema(&self) -> Value {
+        let mut schema = params::schema(&self.params);
+        for name in placeholders(&self.path) {
+            if let Some(prop) = schema["properties"].get_mut(name)
+                && prop["type"] == "string"
+            {
+                prop["minLength"] = 1.into();
+            }
+        }
+        schema
+    }
+
     fn args<'a>(&'a self, values: &'a [Value]) -> BTreeMap<&'a str, &'a Value> {
         self.params
             .iter()
@@ -226,6 +240,16 @@ impl HttpSpec {
     /// segment; refused if the result could leave the provider's base URL anyway.
     pub fn path_for(&self, values: &[Value]) -> Result<String, BadArgument> {
         let args = self.args(values);
+        // An empty value is no segment at all: `/customers/{id}` would become
+        // `/customers/`, the collection rather than one item.
+        if let Some(empty) =
+            placeholders(&self.path).find(|n| args.get(n).is_some_and(|v| as_text(v).is_empty()))
+        {
+            return Err(BadArgument::at(
+                params::pointer(empty),
+                "must not be empty: it fills a path segment",
+            ));
+        }
         let path = fill(&self.path, |n| {
             args.get(n)
                 .map(|v| utf8_percent_encode(&as_text(v), PATH_VALUE).to_string())

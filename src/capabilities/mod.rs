@@ -184,7 +184,7 @@ impl Capability {
         let schema = match &spec {
             CapabilitySpec::Email(s) => s.check().map(|()| s.schema()),
             CapabilitySpec::Sql(s) => s.check().map(|()| params::schema(&s.params)),
-            CapabilitySpec::Http(s) => s.check(providers).map(|()| params::schema(&s.params)),
+            CapabilitySpec::Http(s) => s.check(providers).map(|()| s.schema()),
         }
         .map_err(invalid)?;
         Ok(Capability {

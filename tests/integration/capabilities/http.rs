@@ -142,6 +142,79 @@ path = "/v1/reflect"
 }
 
 #[tokio::test]
+async fn an_empty_path_argument_is_no_segment_and_cannot_reach_the_collection() {
+    let mock = MockUpstream::start().await;
+    let env = Env::new(&format!(
+        "{}\n{}",
+        config_for(&mock.url(), ""),
+        r##"
+[capabilities.customer]
+kind = "http"
+description = "One customer"
+secret = "main"
+provider = "openai"
+method = "GET"
+path = "/v1/customers/{id}"
+params = [{ name = "id", type = "string" }]
+"##
+    ));
+    env.add_secret("main", "openai", KEY).await;
+    let token = env
+        .create_token("main", &["--capability", "customer"])
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+
+    let one = call(
+        &broker,
+        &token,
+        "customer",
+        &json!({"id": "c7"}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(one.status, 200, "{one:?}");
+    assert_eq!(mock.requests().pop().unwrap().target, "/v1/customers/c7");
+
+    // "" would make `/v1/customers/`: the collection, not one customer.
+    let all = call(
+        &broker,
+        &token,
+        "customer",
+        &json!({"id": ""}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(
+        (all.status, code(&all).as_str()),
+        (400, "bad_arguments"),
+        "{all:?} reached {:?}",
+        mock.requests().last().map(|r| r.target.clone())
+    );
+    assert!(
+        all.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/id"),
+        "{all:?}"
+    );
+    // The schema models see says so too.
+    let listed = send(
+        "GET",
+        &broker.url("/v1/capabilities"),
+        &[("authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .await;
+    assert_eq!(
+        listed.json()["capabilities"][0]["input_schema"]["properties"]["id"]["minLength"],
+        1
+    );
+    broker.stop().await;
+    assert_never_leaked(&env, KEY, &responses);
+}
+
+#[tokio::test]
 async fn operators_add_list_test_and_remove_capabilities_and_running_brokers_follow() {
     let mock = MockUpstream::start().await;
     let env = Env::with_upstream(&mock.url());

@@ -190,6 +190,11 @@ struct Attachment {
     bytes: Vec<u8>,
 }
 
+/// Local-part characters relays read as routing (`user%host@domain`, `host!user@domain`,
+/// and a quoted `"user@host"@domain`): Postfix, for one, rewrites the percent form for its
+/// own domains by default, passing the message on to `host`.
+const ROUTING: [char; 3] = ['%', '!', '"'];
+
 /// An address pattern of `allowed_to`.
 enum Pattern {
     Exact(Address),
@@ -212,7 +217,10 @@ impl Pattern {
     fn admits(&self, address: &Address) -> bool {
         match self {
             Pattern::Exact(a) => same_address(a, address),
-            Pattern::Domain(d) => address.domain().eq_ignore_ascii_case(d),
+            // At the domain in syntax is not enough: the server must deliver it there too.
+            Pattern::Domain(d) => {
+                address.domain().eq_ignore_ascii_case(d) && !address.user().contains(ROUTING)
+            }
         }
     }
 }

@@ -270,3 +270,77 @@ to = ["ops@example.com"]
     broker.stop().await;
     assert_never_leaked(&env, SMTP_PASSWORD, &responses);
 }
+
+#[tokio::test]
+async fn a_recipient_at_the_allowed_domain_cannot_route_the_message_to_another() {
+    let ca = TestCa::new();
+    let smtp = SmtpServer::start(&ca).await;
+    let files = tempfile::tempdir().unwrap();
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let env = Env::new(&format!(
+        r#"
+[upstream]
+extra_ca_file = "{ca}"
+
+[capabilities.email_ops]
+kind = "email"
+description = "Send an email to someone at example.com"
+secret = "smtp-ops"
+from = "bot@example.com"
+allowed_to = ["*@example.com"]
+"#,
+        ca = ca_file.display()
+    ));
+    let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
+    let account = format!(
+        "smtp://{}:{}@127.0.0.1:{}",
+        encode(SMTP_USER),
+        encode(SMTP_PASSWORD),
+        smtp.port
+    );
+    env.add_secret("smtp-ops", "smtp", &account).await;
+    let token = env
+        .create_token("smtp-ops", &["--capability", "email_ops"])
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+
+    // Relays read these as "pass it on to attacker.example" (Postfix rewrites the percent
+    // form for its own domains by default): at example.com in syntax only.
+    for to in [
+        "evil%attacker.example@example.com",
+        "attacker.example!evil@example.com",
+        "\"evil@attacker.example\"@example.com",
+    ] {
+        let refused = call(
+            &broker,
+            &token,
+            "email_ops",
+            &json!({"subject": "s", "body": "b", "to": [to]}),
+            &mut responses,
+        )
+        .await;
+        assert_eq!(
+            (refused.status, code(&refused).as_str()),
+            (403, "argument_not_allowed"),
+            "{to}: {refused:?}, the server got {:?}",
+            smtp.events("message")
+        );
+    }
+    assert!(
+        smtp.events("ehlo").is_empty(),
+        "no SMTP connection was made"
+    );
+    let sent = call(
+        &broker,
+        &token,
+        "email_ops",
+        &json!({"subject": "s", "body": "b", "to": ["ops+alerts@example.com"]}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    broker.stop().await;
+    assert_never_leaked(&env, SMTP_PASSWORD, &responses);
+}

@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use lettre::transport::smtp::client::Certificate;
 use serde_json::{Value, json};
 
-use super::params::summarise;
+use super::params::{summarise, summarise_for_approval};
 use super::trial::Trial;
 use super::{ArgumentError, Capability, CapabilitySpec, Catalog, RunError, Validated};
 use crate::approvals::Summary;
@@ -345,7 +345,7 @@ impl Capabilities {
                 None,
                 rule,
             )
-            .with_arguments(&summarise(args))
+            .with_arguments(&summarise_for_approval(args))
         });
         let held = hold.is_some();
         // Held until the call ends: a concurrency slot is free again only then.

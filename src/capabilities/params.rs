@@ -276,10 +276,17 @@ pub fn pointer(name: &str) -> String {
 /// and lists cut short with their size, so a record stays small and a body is not copied
 /// whole into the log.
 pub fn summarise(args: &Value) -> String {
-    shorten(args, 0).to_string()
+    shorten(args, 0, SHOWN_ITEMS).to_string()
 }
 
-fn shorten(value: &Value, depth: usize) -> Value {
+/// What a person deciding on a held call sees: as [`summarise`], but with every item of a
+/// list, since a recipient left out of view would be approved unseen (lists are already
+/// bounded by the definition, such as `max_recipients`).
+pub fn summarise_for_approval(args: &Value) -> String {
+    shorten(args, 0, usize::MAX).to_string()
+}
+
+fn shorten(value: &Value, depth: usize, max_items: usize) -> Value {
     match value {
         Value::String(s) if s.chars().count() > SHOWN_CHARS => {
             let head: String = s.chars().take(SHOWN_CHARS).collect();
@@ -290,17 +297,17 @@ fn shorten(value: &Value, depth: usize) -> Value {
         Value::Array(items) => {
             let mut out: Vec<Value> = items
                 .iter()
-                .take(SHOWN_ITEMS)
-                .map(|v| shorten(v, depth + 1))
+                .take(max_items)
+                .map(|v| shorten(v, depth + 1, max_items))
                 .collect();
-            if items.len() > SHOWN_ITEMS {
+            if items.len() > max_items {
                 out.push(Value::String(format!("… ({} items)", items.len())));
             }
             Value::Array(out)
         }
         Value::Object(map) => Value::Object(
             map.iter()
-                .map(|(k, v)| (k.clone(), shorten(v, depth + 1)))
+                .map(|(k, v)| (k.clone(), shorten(v, depth + 1, max_items)))
                 .collect(),
         ),
         other => other.clone(),

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{audit_records, call, code};
+use super::{audit_records, call, code, pending_approval};
 use crate::support::tls::TestCa;
 use crate::support::{Env, assert_never_leaked, python};
 
@@ -343,4 +343,46 @@ allowed_to = ["*@example.com"]
     assert_eq!(sent.status, 200, "{sent:?}");
     broker.stop().await;
     assert_never_leaked(&env, SMTP_PASSWORD, &responses);
+}
+
+#[tokio::test]
+async fn the_approver_sees_every_recipient_of_a_held_email() {
+    let env = Env::new(
+        r#"
+[capabilities.email_team]
+kind = "email"
+description = "Send an email to colleagues"
+secret = "smtp-ops"
+from = "bot@example.com"
+allowed_to = ["*@example.com"]
+max_recipients = 20
+require_approval = true
+"#,
+    );
+    // Nothing is sent: the call is denied while held.
+    env.add_secret(
+        "smtp-ops",
+        "smtp",
+        "smtp://bot:never-used-password-1@127.0.0.1:9?tls=none",
+    )
+    .await;
+    let token = env
+        .create_token("smtp-ops", &["--capability", "email_team"])
+        .await;
+    let broker = std::sync::Arc::new(env.serve().await);
+    let mut to: Vec<String> = (1..=10)
+        .map(|i| format!("colleague{i}@example.com"))
+        .collect();
+    to.push("leak-target@example.com".to_owned());
+    let (b, t) = (broker.clone(), token.clone());
+    let args = json!({"subject": "Notes", "body": "Today's notes", "to": to});
+    let held =
+        tokio::spawn(async move { call(&b, &t, "email_team", &args, &mut Vec::new()).await });
+    let pending = pending_approval(&env).await;
+    let shown = pending["request"]["arguments"].as_str().unwrap().to_owned();
+    let id = pending["id"].as_str().unwrap();
+    env.cli(&["approvals", "deny", id], "").await.ok();
+    let denied = held.await.unwrap();
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert!(shown.contains("leak-target@example.com"), "{shown}");
 }

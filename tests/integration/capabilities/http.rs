@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{call, call_until, code};
+use super::{call, call_until, code, pending_approval};
 use crate::support::http::send;
 use crate::support::mock::MockUpstream;
 use crate::support::{Env, assert_never_leaked, config_for};
@@ -283,19 +283,6 @@ async fn operators_add_list_test_and_remove_capabilities_and_running_brokers_fol
     call_until(&broker, &token, "models", 404, &mut responses).await;
     broker.stop().await;
     assert_never_leaked(&env, KEY, &responses);
-}
-
-/// The first pending approval, waiting until there is one.
-async fn pending_approval(env: &Env) -> serde_json::Value {
-    for _ in 0..150 {
-        let out = env.cli(&["approvals", "list", "--json"], "").await.ok();
-        let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        if let Some(first) = listed.as_array().and_then(|a| a.first()) {
-            return first.clone();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("no approval became pending");
 }
 
 #[tokio::test]

@@ -99,3 +99,16 @@ pub async fn audit_records(env: &Env, enough: impl Fn(&[Value]) -> bool) -> Vec<
     }
     panic!("the audit log never had the records expected");
 }
+
+/// The first pending approval, waiting until there is one.
+pub async fn pending_approval(env: &Env) -> serde_json::Value {
+    for _ in 0..150 {
+        let out = env.cli(&["approvals", "list", "--json"], "").await.ok();
+        let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        if let Some(first) = listed.as_array().and_then(|a| a.first()) {
+            return first.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no approval became pending");
+}

@@ -239,9 +239,11 @@ impl Proxy {
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             headers.insert(REQUEST_ID_HEADER, id);
         }
+        // A 101 has no body either: the WebSocket session starts once it is sent.
         let body_is_sent = method != Method::HEAD
             && status != StatusCode::NO_CONTENT
-            && status != StatusCode::NOT_MODIFIED;
+            && status != StatusCode::NOT_MODIFIED
+            && status != StatusCode::SWITCHING_PROTOCOLS;
         if strict && !body_is_sent {
             // No body end to hold back: the record commits before the response goes.
             if let Err(e) = pending.commit().await {

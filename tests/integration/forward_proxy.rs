@@ -872,6 +872,39 @@ async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
 }
 
 #[tokio::test]
+async fn in_strict_audit_mode_no_websocket_session_starts_before_its_record_is_written() {
+    let test_ca = TestCa::for_names(&MOCK_NAMES);
+    let echo = WsEcho::start(test_ca.acceptor.clone()).await;
+    let s = setup_with(
+        test_ca,
+        &format!(
+            "\"ws.example.test\" = \"127.0.0.1:{}\"\n\
+             [providers.wsecho]\n\
+             base_url = \"https://ws.example.test\"\n\
+             auth = {{ scheme = \"header\", name = \"authorization\", template = \"Bearer {{}}\" }}\n\
+             [audit]\n\
+             durability = \"strict\"\n",
+            echo.addr.port()
+        ),
+    )
+    .await;
+    s.env
+        .add_secret("ws", "wsecho", "ws-REAL-key-0123456789")
+        .await;
+    let token = s.env.create_token("ws", &["--agent", "socket"]).await;
+    let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
+    let env = [("SEKS_TOKEN", token.as_str())];
+    // The log can't be written: the handshake goes upstream (nothing has failed yet), but
+    // its record can't commit, so the agent gets the refusal instead of the 101.
+    s.env.break_audit_writes().await;
+    let out = run_python("ws_client.py", &[url.as_str()], &env).await;
+    assert!(!out.status.success(), "a session started: {out:#?}");
+    assert!(out.stderr.contains("HTTP 503"), "{}", out.stderr);
+    s.env.heal_audit_writes().await;
+    s.broker.stop().await;
+}
+
+#[tokio::test]
 async fn tokens_in_bodies_are_replaced_only_in_credential_fields_for_providers_that_take_them() {
     const SLACK_KEY: &str = "xoxb-REAL-slack-0123456789";
     let s = setup("").await;

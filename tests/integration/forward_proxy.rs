@@ -768,9 +768,9 @@ async fn git_clones_and_pushes_through_the_proxy_with_a_github_token_in_the_url(
     s.broker.stop().await;
 }
 
-#[tokio::test]
-async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scrubbed() {
-    const KEY: &str = "ws-REAL-key-0123456789";
+/// A WebSocket echo server behind the provider `wsecho` (`wss://ws.example.test`, the key in
+/// `Authorization`), and a broker for it with `extra_toml` in its config.
+async fn ws_setup(extra_toml: &str) -> (WsEcho, Setup) {
     let test_ca = TestCa::for_names(&MOCK_NAMES);
     let echo = WsEcho::start(test_ca.acceptor.clone()).await;
     let s = setup_with(
@@ -779,11 +779,19 @@ async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scr
             "\"ws.example.test\" = \"127.0.0.1:{}\"\n\
              [providers.wsecho]\n\
              base_url = \"https://ws.example.test\"\n\
-             auth = {{ scheme = \"header\", name = \"authorization\", template = \"Bearer {{}}\" }}\n",
+             auth = {{ scheme = \"header\", name = \"authorization\", template = \"Bearer {{}}\" }}\n\
+             {extra_toml}",
             echo.addr.port()
         ),
     )
     .await;
+    (echo, s)
+}
+
+#[tokio::test]
+async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scrubbed() {
+    const KEY: &str = "ws-REAL-key-0123456789";
+    let (echo, s) = ws_setup("").await;
     s.env.add_secret("ws", "wsecho", KEY).await;
     let token = s.env.create_token("ws", &["--agent", "socket"]).await;
     let proxy = format!("http://agent:{token}@{}", s.proxy);
@@ -829,19 +837,7 @@ async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scr
 
 #[tokio::test]
 async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
-    let test_ca = TestCa::for_names(&MOCK_NAMES);
-    let echo = WsEcho::start(test_ca.acceptor.clone()).await;
-    let s = setup_with(
-        test_ca,
-        &format!(
-            "\"ws.example.test\" = \"127.0.0.1:{}\"\n\
-             [providers.wsecho]\n\
-             base_url = \"https://ws.example.test\"\n\
-             auth = {{ scheme = \"header\", name = \"authorization\", template = \"Bearer {{}}\" }}\n",
-            echo.addr.port()
-        ),
-    )
-    .await;
+    let (echo, s) = ws_setup("").await;
     s.env
         .add_secret("ws", "wsecho", "ws-REAL-key-0123456789")
         .await;
@@ -873,21 +869,7 @@ async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
 
 #[tokio::test]
 async fn in_strict_audit_mode_no_websocket_session_starts_before_its_record_is_written() {
-    let test_ca = TestCa::for_names(&MOCK_NAMES);
-    let echo = WsEcho::start(test_ca.acceptor.clone()).await;
-    let s = setup_with(
-        test_ca,
-        &format!(
-            "\"ws.example.test\" = \"127.0.0.1:{}\"\n\
-             [providers.wsecho]\n\
-             base_url = \"https://ws.example.test\"\n\
-             auth = {{ scheme = \"header\", name = \"authorization\", template = \"Bearer {{}}\" }}\n\
-             [audit]\n\
-             durability = \"strict\"\n",
-            echo.addr.port()
-        ),
-    )
-    .await;
+    let (_echo, s) = ws_setup("[audit]\ndurability = \"strict\"\n").await;
     s.env
         .add_secret("ws", "wsecho", "ws-REAL-key-0123456789")
         .await;

@@ -394,6 +394,28 @@ async fn child_tokens_never_exceed_their_parent_and_die_with_it() {
     broker.stop().await;
 }
 
+/// The first approval pending, once there is one.
+async fn first_pending(env: &Env) -> Value {
+    let start = Instant::now();
+    loop {
+        let listed: Value = serde_json::from_str(
+            &env.cli(&["approvals", "list", "--json"], "")
+                .await
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        if let Some(first) = listed.as_array().and_then(|a| a.first()) {
+            return first.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no approval became pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Start a held SDK call, wait until it is pending, decide it with `decision`, and return
 /// what the SDK got and what the pending approval said.
 async fn held_call(
@@ -404,24 +426,7 @@ async fn held_call(
 ) -> (Value, Value) {
     let (base, token) = (base.to_owned(), token.to_owned());
     let call = tokio::spawn(async move { sdk(&base, &token, &["chat", "gpt-4o-mini"]).await });
-    let start = Instant::now();
-    let pending = loop {
-        let listed: Value = serde_json::from_str(
-            &env.cli(&["approvals", "list", "--json"], "")
-                .await
-                .ok()
-                .stdout,
-        )
-        .unwrap();
-        if let Some(first) = listed.as_array().and_then(|a| a.first()) {
-            break first.clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no approval became pending"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let pending = first_pending(env).await;
     if let Some(decision) = decision {
         let id = pending["id"].as_str().unwrap();
         let mut args = decision.to_vec();
@@ -558,24 +563,7 @@ async fn a_request_held_when_its_token_is_revoked_is_refused_even_if_approved() 
     let (call_base, call_token) = (base.clone(), token.clone());
     let call =
         tokio::spawn(async move { sdk(&call_base, &call_token, &["chat", "gpt-4o-mini"]).await });
-    let start = Instant::now();
-    let approval = loop {
-        let listed: Value = serde_json::from_str(
-            &env.cli(&["approvals", "list", "--json"], "")
-                .await
-                .ok()
-                .stdout,
-        )
-        .unwrap();
-        if let Some(first) = listed.as_array().and_then(|a| a.first()) {
-            break first["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no approval became pending"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let approval = first_pending(&env).await["id"].as_str().unwrap().to_owned();
     // The operator revokes the token while its request waits; someone approves it later.
     env.cli(&["token", "revoke", &id], "").await.ok();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -69,10 +69,22 @@ impl SmtpServer {
     }
 }
 
-#[tokio::test]
-async fn email_is_sent_through_a_real_smtp_server_and_only_to_allowed_recipients() {
-    let ca = TestCa::new();
-    let smtp = SmtpServer::start(&ca).await;
+/// The bot's account on `smtp` with `password`, as stored: the server and the password
+/// sealed together, STARTTLS to 127.0.0.1.
+fn account(smtp: &SmtpServer, password: &str) -> String {
+    let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
+    format!(
+        "smtp://{}:{}@127.0.0.1:{}",
+        encode(SMTP_USER),
+        encode(password),
+        smtp.port
+    )
+}
+
+/// An environment that trusts `ca` for upstreams and defines `email_ops` (mail to anyone at
+/// example.com through the secret `smtp-ops`) and `extra`; the CA file lives as long as the
+/// directory returned.
+fn email_env(ca: &TestCa, extra: &str) -> (Env, tempfile::TempDir) {
     let files = tempfile::tempdir().unwrap();
     let ca_file = files.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
@@ -87,7 +99,19 @@ description = "Send an email to someone at example.com"
 secret = "smtp-ops"
 from = "bot@example.com"
 allowed_to = ["*@example.com"]
+{extra}"#,
+        ca = ca_file.display()
+    ));
+    (env, files)
+}
 
+#[tokio::test]
+async fn email_is_sent_through_a_real_smtp_server_and_only_to_allowed_recipients() {
+    let ca = TestCa::new();
+    let smtp = SmtpServer::start(&ca).await;
+    let (env, _files) = email_env(
+        &ca,
+        r#"
 [capabilities.email_wrong_password]
 kind = "email"
 description = "The same server, with a password it doesn't take"
@@ -95,22 +119,15 @@ secret = "smtp-wrong"
 from = "bot@example.com"
 to = ["ops@example.com"]
 "#,
-        ca = ca_file.display()
-    ));
-    // The server is stored with the password, sealed together: STARTTLS to 127.0.0.1.
-    let account = |password: &str| {
-        let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
-        format!(
-            "smtp://{}:{}@127.0.0.1:{}",
-            encode(SMTP_USER),
-            encode(password),
-            smtp.port
-        )
-    };
-    env.add_secret("smtp-ops", "smtp", &account(SMTP_PASSWORD))
+    );
+    env.add_secret("smtp-ops", "smtp", &account(&smtp, SMTP_PASSWORD))
         .await;
-    env.add_secret("smtp-wrong", "smtp", &account("not-the-password-0000"))
-        .await;
+    env.add_secret(
+        "smtp-wrong",
+        "smtp",
+        &account(&smtp, "not-the-password-0000"),
+    )
+    .await;
     // Neither a secret nor a definition can send the password in clear text, or elsewhere.
     let clear = env
         .cli(
@@ -275,31 +292,9 @@ to = ["ops@example.com"]
 async fn a_recipient_at_the_allowed_domain_cannot_route_the_message_to_another() {
     let ca = TestCa::new();
     let smtp = SmtpServer::start(&ca).await;
-    let files = tempfile::tempdir().unwrap();
-    let ca_file = files.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let env = Env::new(&format!(
-        r#"
-[upstream]
-extra_ca_file = "{ca}"
-
-[capabilities.email_ops]
-kind = "email"
-description = "Send an email to someone at example.com"
-secret = "smtp-ops"
-from = "bot@example.com"
-allowed_to = ["*@example.com"]
-"#,
-        ca = ca_file.display()
-    ));
-    let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
-    let account = format!(
-        "smtp://{}:{}@127.0.0.1:{}",
-        encode(SMTP_USER),
-        encode(SMTP_PASSWORD),
-        smtp.port
-    );
-    env.add_secret("smtp-ops", "smtp", &account).await;
+    let (env, _files) = email_env(&ca, "");
+    env.add_secret("smtp-ops", "smtp", &account(&smtp, SMTP_PASSWORD))
+        .await;
     let token = env
         .create_token("smtp-ops", &["--capability", "email_ops"])
         .await;

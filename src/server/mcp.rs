@@ -10,7 +10,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
-use http::Request;
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -22,7 +23,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
 use super::AppState;
-use super::capability::audited;
+use super::capability::{self, audited};
 use super::conn::ClientAddr;
 use crate::capabilities::invoke::{CallError, Capabilities};
 use crate::keyring::TokenEntry;
@@ -32,6 +33,9 @@ use crate::proxy::{PendingRecord, ProxyError};
 
 /// Where the MCP server listens on the agent listener.
 pub const MCP_PATH: &str = "/mcp";
+
+/// Most of a refusal's text kept from the MCP layer (its own are one line).
+const MAX_REFUSAL_TEXT: usize = 1024;
 
 /// The MCP service, built once and shared by every request.
 pub type McpService = StreamableHttpService<McpHandler, NeverSessionManager>;
@@ -95,14 +99,63 @@ pub async fn handle(
             if let Err(e) = proxy.check_call(&entry, |_| Ok(())) {
                 return e.into_response(ErrorShape::OpenAi);
             }
+            let sent_json = declares_json(&parts.headers);
             parts.extensions.insert(Caller { entry, record });
             let body = Body::new(crate::proxy::CountedBody::new(body, bytes_in));
-            mcp.handle(Request::from_parts(parts, body))
-                .await
-                .map(Body::new)
+            let answer = mcp.handle(Request::from_parts(parts, body)).await;
+            json_refusal(answer.map(Body::new), sent_json).await
         },
     )
     .await
+}
+
+/// Whether the request says its body is JSON, as the MCP transport requires.
+fn declares_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The MCP layer refuses what it can't take (a wrong method, `Accept` header or content
+/// type, a body too large or not JSON-RPC) in plain text; the agent gets the broker's JSON
+/// error instead, marked with `x-seks-error`. A JSON body that isn't JSON-RPC is a 400, where
+/// the MCP layer says 415 as if the content type were wrong.
+async fn json_refusal(answer: Response, sent_json: bool) -> Response {
+    let status = answer.status();
+    // Only a short plain text is replaced: never a JSON-RPC answer, nor a stream.
+    let plain = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !plain || !(status.is_client_error() || status.is_server_error()) {
+        return answer;
+    }
+    let (parts, body) = answer.into_parts();
+    let text = match Limited::new(body, MAX_REFUSAL_TEXT).collect().await {
+        Ok(text) => String::from_utf8_lossy(&text.to_bytes()).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let (status, code) = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE if sent_json => (StatusCode::BAD_REQUEST, "bad_body"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (status, "unsupported_media_type"),
+        StatusCode::METHOD_NOT_ALLOWED => (status, "method_not_allowed"),
+        StatusCode::NOT_ACCEPTABLE => (status, "not_acceptable"),
+        StatusCode::PAYLOAD_TOO_LARGE => (status, "body_too_large"),
+        s if s.is_server_error() => (status, "mcp_failed"),
+        _ => (status, "bad_request"),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("refused")
+    } else {
+        &text
+    };
+    let mut refusal = capability::error(status, code, message);
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        refusal.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    refusal
 }
 
 fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {

@@ -173,3 +173,130 @@ statement = "select sum(total) as revenue from orders"
     broker.stop().await;
     crate::support::assert_never_leaked(&env, &url, b"");
 }
+
+#[tokio::test]
+async fn what_the_mcp_layer_refuses_comes_back_as_a_json_error() {
+    let env = Env::new("max_policy_body_bytes = 4096\n");
+    env.add_secret("main", "openai", "sk-mcp-refusals").await;
+    let token = env.create_token("main", &[]).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+    let both = "application/json, text/event-stream";
+    let list = r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#;
+    let big = format!(
+        r#"{{"jsonrpc": "2.0", "id": 1, "method": "{}"}}"#,
+        "x".repeat(8192)
+    );
+    let cases: [(&str, &str, &str, &str, u16, &str); 6] = [
+        (
+            "GET",
+            both,
+            "application/json",
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "application/json",
+            "application/json",
+            list,
+            406,
+            "not_acceptable",
+        ),
+        (
+            "POST",
+            both,
+            "text/plain",
+            list,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            both,
+            "application/json",
+            "{not json",
+            400,
+            "bad_body",
+        ),
+        (
+            "POST",
+            both,
+            "application/json",
+            r#"{"foo": 1}"#,
+            400,
+            "bad_body",
+        ),
+        (
+            "POST",
+            both,
+            "application/json",
+            &big,
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (method, accept, content_type, body, status, code) in cases {
+        let what = format!(
+            "{method} accept={accept} content-type={content_type} {:.20}",
+            body
+        );
+        let reply = send(
+            method,
+            &broker.url("/mcp"),
+            &[
+                ("authorization", &auth),
+                ("accept", accept),
+                ("content-type", content_type),
+            ],
+            body.to_owned(),
+        )
+        .await;
+        assert_eq!(reply.status, status, "{what}: {reply:?}");
+        assert_eq!(
+            reply.header("x-seks-error"),
+            Some(code),
+            "{what}: {reply:?}"
+        );
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
+        let error: Value =
+            serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(error["error"]["code"], code, "{what}: {error}");
+        assert!(
+            !error["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{what}: {error}"
+        );
+        if status == 405 {
+            assert_eq!(reply.header("allow"), Some("POST"), "{what}");
+        }
+    }
+    // A request the MCP layer takes is answered as before.
+    let reply = send(
+        "POST",
+        &broker.url("/mcp"),
+        &[
+            ("authorization", &auth),
+            ("accept", both),
+            ("content-type", "application/json"),
+        ],
+        list,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply.body).unwrap()["result"]["tools"],
+        json!([])
+    );
+    let records = audit_records(&env, |r| r.len() >= 7).await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["path"] == "/mcp" && r["error"] == "not_acceptable" && r["status"] == 406)
+    );
+    broker.stop().await;
+}

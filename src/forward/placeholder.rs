@@ -15,9 +15,13 @@
 use std::borrow::Cow;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::alphabet;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as BASE64};
 use http::header::{HeaderMap, HeaderValue};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{
+    AsciiSet, NON_ALPHANUMERIC, percent_decode, percent_decode_str, utf8_percent_encode,
+};
 
 use crate::providers::{Providers, TokenSource};
 use crate::proxy::rewrite::QUERY_VALUE;
@@ -31,6 +35,18 @@ const PATH_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~')
     .remove(b':');
+/// Basic credentials as lenient servers read them: padding optional, and in the URL-safe
+/// alphabet too, so a token can't hide from the search by leaving the padding off.
+const LENIENT_BASE64: [GeneralPurpose; 2] = [
+    GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    ),
+    GeneralPurpose::new(
+        &alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    ),
+];
 /// Words that make a header or body field name one that carries credentials
 /// (`x-api-key`, `private-token`, `client_secret`), matched whole so that `author` or
 /// `keyboard` don't count.
@@ -114,7 +130,9 @@ fn basic_pair(value: &[u8]) -> Option<Vec<u8>> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    BASE64.decode(encoded.trim()).ok()
+    LENIENT_BASE64
+        .iter()
+        .find_map(|engine| engine.decode(encoded.trim()).ok())
 }
 
 /// The tokens found so far, and whether each copy could be replaced.
@@ -134,16 +152,22 @@ impl Finds {
     }
 
     /// Note the tokens of a URL part, or a header value, that only a percent-decoded view
-    /// shows: copies that can't be replaced.
-    fn note_encoded(&mut self, text: &str) {
-        if !text.contains('%') {
+    /// shows: copies that can't be replaced. Bytes, not text: a header value with a byte
+    /// that isn't UTF-8 is still decoded by the server it goes to.
+    fn note_encoded(&mut self, text: &[u8]) {
+        if !text.contains(&b'%') {
             return;
         }
-        let decoded = percent_decode_str(text).collect::<Vec<u8>>();
-        for (_, token) in tokens_in(&decoded) {
-            let as_is = text.matches(token).count();
-            let decoded_copies = tokens_in(&decoded).filter(|(_, t)| *t == token).count();
-            if decoded_copies > as_is {
+        let decoded = percent_decode(text).collect::<Vec<u8>>();
+        self.note_extra(&decoded, text);
+    }
+
+    /// Note the tokens `more` has more copies of than `than`: copies one reading of a
+    /// request part shows and another doesn't, which can't be replaced.
+    fn note_extra(&mut self, more: &[u8], than: &[u8]) {
+        let count = |text: &[u8], token: &str| tokens_in(text).filter(|(_, t)| *t == token).count();
+        for (_, token) in tokens_in(more) {
+            if count(more, token) > count(than, token) {
                 self.note(token, false);
             }
         }
@@ -199,15 +223,13 @@ pub fn find(
                 finds.note(token, credential(token));
             }
         }
-        if let Ok(text) = value.to_str() {
-            finds.note_encoded(text);
-        }
+        finds.note_encoded(bytes);
     }
     for (at, token) in tokens_in(path.as_bytes()) {
         let slot = is_path_credential(path, at, at + token.len(), sources(providers, token));
         finds.note(token, slot);
     }
-    finds.note_encoded(path);
+    finds.note_encoded(path.as_bytes());
     if let Some(query) = query {
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -220,7 +242,7 @@ pub fn find(
                 );
             }
         }
-        finds.note_encoded(query);
+        finds.note_encoded(query.as_bytes());
     }
     finds.0
 }
@@ -278,17 +300,28 @@ pub fn find_in_body(kind: BodyKind, body: &[u8]) -> Vec<Found> {
     let parsed = match kind {
         BodyKind::Json => serde_json::from_slice::<serde_json::Value>(body)
             .ok()
-            .map(|json| json_tokens(&json, None, true, &mut finds)),
-        BodyKind::Form => std::str::from_utf8(body).ok().map(|text| {
-            for (_, key, value) in form_fields(text) {
+            .map(|json| {
+                json_tokens(&json, None, true, &mut finds);
+                // A repeated key keeps one value; the upstream's parser may keep another, so a
+                // copy the parsed view dropped still counts.
+                let kept = serde_json::to_vec(&json).unwrap_or_default();
+                finds.note_extra(body, &kept);
+            }),
+        BodyKind::Form => {
+            // Bytes that aren't UTF-8 don't stop a server decoding the fields around them;
+            // only an exact body can have a credential put in it.
+            let text = String::from_utf8_lossy(body);
+            let exact = matches!(text, Cow::Borrowed(_));
+            for (_, key, value) in form_fields(&text) {
                 for (_, token) in tokens_in(key.as_bytes()) {
                     finds.note(token, false);
                 }
                 for (_, token) in tokens_in(value.as_bytes()) {
-                    finds.note(token, value == token && is_credential_name(&key));
+                    finds.note(token, exact && value == token && is_credential_name(&key));
                 }
             }
-        }),
+            Some(())
+        }
         BodyKind::Text => None,
     };
     // Whatever can't be read as its type is only searched.
@@ -664,6 +697,41 @@ mod tests {
         merge(&mut found, find_in_body(BodyKind::Form, form.as_bytes()));
         assert_eq!(found.len(), 1);
         assert!(found[0].replaceable && found[0].in_body);
+    }
+
+    #[test]
+    fn copies_a_lenient_reader_sees_are_found() {
+        let a = token("openai");
+        let encoded = a.replacen('_', "%5F", 1);
+        // A repeated JSON key: the parsed view keeps one value, an upstream may keep the other.
+        let dup = format!(r#"{{"x":"{a}","x":1}}"#);
+        assert!(!find_in_body(BodyKind::Json, dup.as_bytes())[0].replaceable);
+        let slack = token("slack");
+        let dup = format!(r#"{{"token":"{slack}","token":"{slack}"}}"#);
+        assert!(!find_in_body(BodyKind::Json, dup.as_bytes())[0].replaceable);
+        // A form or header value with a byte that isn't UTF-8 is still percent-decoded.
+        let mut form = b"a=\xff&token=".to_vec();
+        form.extend_from_slice(encoded.as_bytes());
+        assert_eq!(find_in_body(BodyKind::Form, &form)[0].token, a);
+        let mut form = b"a=\xff&token=".to_vec();
+        form.extend_from_slice(slack.as_bytes());
+        assert!(!find_in_body(BodyKind::Form, &form)[0].replaceable);
+        let mut cookie = format!("k={encoded}; b=").into_bytes();
+        cookie.push(0xff);
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_bytes(&cookie).unwrap());
+        assert_eq!(find(&h, "/", None)[0].token, a);
+        // Basic credentials without their padding, or in the URL-safe alphabet.
+        for user in ["a", "ab", "abc", "ab?>"] {
+            let pair = format!("{user}:{a}");
+            for encoded in [
+                BASE64.encode(&pair).trim_end_matches('=').to_owned(),
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&pair),
+            ] {
+                let h = headers(&[("authorization", &format!("Basic {encoded}"))]);
+                assert_eq!(find(&h, "/", None)[0].token, a, "{encoded}");
+            }
+        }
     }
 
     #[test]

@@ -186,9 +186,7 @@ impl ForwardProxy {
         let Some(kind) = placeholder::body_kind(headers) else {
             return Ok((body, None));
         };
-        if headers.contains_key(header::CONTENT_ENCODING)
-            || declared_length(headers).is_some_and(|len| len > limit)
-        {
+        if is_encoded(headers) || declared_length(headers).is_some_and(|len| len > limit) {
             return Ok((body, None));
         }
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -261,6 +259,19 @@ impl ForwardProxy {
         }
         .into()
     }
+}
+
+/// Whether a body is sent in a content coding the search can't read; `identity` (a
+/// body as it is) is none, so naming it doesn't let a body pass unsearched.
+fn is_encoded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|coding| {
+            let coding = coding.trim_ascii();
+            !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity")
+        })
 }
 
 /// The Host header and the URI's authority (HTTP/2, absolute form), whichever are present,

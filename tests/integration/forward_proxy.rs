@@ -77,7 +77,8 @@ allow_addresses = ["127.0.0.1"]
 "metadata.example.test" = "169.254.169.254"
 {extra_toml}
 "#,
-        upstream_ca.display()
+        upstream_ca.display(),
+        extra_toml = extra_toml.replace("MOCK_PORT", &port.to_string()),
     );
     std::fs::write(&env.config, config).unwrap();
     env.add_secret("main", "openai", OPENAI_KEY).await;
@@ -1047,6 +1048,37 @@ async fn tokens_only_a_lenient_reader_sees_are_refused_on_their_way_to_another_h
         s.mock.requests().len(),
         before,
         "nothing reached the other host"
+    );
+    s.broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_custom_providers_own_header_carries_the_credential_through_the_proxy() {
+    let mut names = MOCK_NAMES.to_vec();
+    names.push("acme.example.test");
+    let s = setup_with(
+        TestCa::for_names(&names),
+        r#""acme.example.test" = "127.0.0.1:MOCK_PORT"
+
+[providers.acme]
+base_url = "https://acme.example.test"
+token_in = [{ in = "header", name = "X-Acme-Sig" }]
+auth = { scheme = "header", name = "X-Acme-Sig" }
+"#,
+    )
+    .await;
+    const ACME_KEY: &str = "acme-REAL-key-0123456789";
+    s.env.add_secret("acme", "acme", ACME_KEY).await;
+    let acme = s.env.create_token("acme", &["--agent", "proxied"]).await;
+    let header = format!("x-acme-sig: {acme}");
+    let sent = curl(&s, &["-H", &header, "https://acme.example.test/v1/things"]).await;
+    assert_eq!(sent.status, 200, "{sent:#?}");
+    let seen = s.mock.requests();
+    let upstream = seen.last().unwrap();
+    assert_eq!(upstream.header("x-acme-sig"), Some(ACME_KEY));
+    assert!(
+        !upstream.raw().contains(&acme),
+        "the token never goes upstream"
     );
     s.broker.stop().await;
 }

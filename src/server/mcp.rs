@@ -82,6 +82,7 @@ pub async fn handle(
     let method = request.method().clone();
     let capabilities = state.capabilities.clone();
     let mcp = state.mcp.clone();
+    let limit = state.max_arguments_bytes;
     audited(
         &state,
         client,
@@ -99,10 +100,21 @@ pub async fn handle(
             if let Err(e) = proxy.check_call(&entry, |_| Ok(())) {
                 return e.into_response(ErrorShape::OpenAi);
             }
+            // Read here rather than by the MCP layer, so that a body that stalls, breaks off
+            // or is too large gets the same answer as anywhere else on the broker.
+            let body = crate::proxy::CountedBody::new(body, bytes_in);
+            let body = match Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return ProxyError::unreadable_body(e.as_ref(), limit)
+                        .into_response(ErrorShape::OpenAi);
+                }
+            };
             let sent_json = declares_json(&parts.headers);
             parts.extensions.insert(Caller { entry, record });
-            let body = Body::new(crate::proxy::CountedBody::new(body, bytes_in));
-            let answer = mcp.handle(Request::from_parts(parts, body)).await;
+            let answer = mcp
+                .handle(Request::from_parts(parts, Body::from(body)))
+                .await;
             json_refusal(answer.map(Body::new), sent_json).await
         },
     )
@@ -119,9 +131,9 @@ fn declares_json(headers: &HeaderMap) -> bool {
 }
 
 /// The MCP layer refuses what it can't take (a wrong method, `Accept` header or content
-/// type, a body too large or not JSON-RPC) in plain text; the agent gets the broker's JSON
-/// error instead, marked with `x-seks-error`. A JSON body that isn't JSON-RPC is a 400, where
-/// the MCP layer says 415 as if the content type were wrong.
+/// type, a body that isn't JSON-RPC) in plain text; the agent gets the broker's JSON error
+/// instead, marked with `x-seks-error`. A JSON body that isn't JSON-RPC is a 400, where the
+/// MCP layer says 415 as if the content type were wrong.
 async fn json_refusal(answer: Response, sent_json: bool) -> Response {
     let status = answer.status();
     // Only a short plain text is replaced: never a JSON-RPC answer, nor a stream.
@@ -142,7 +154,6 @@ async fn json_refusal(answer: Response, sent_json: bool) -> Response {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => (status, "unsupported_media_type"),
         StatusCode::METHOD_NOT_ALLOWED => (status, "method_not_allowed"),
         StatusCode::NOT_ACCEPTABLE => (status, "not_acceptable"),
-        StatusCode::PAYLOAD_TOO_LARGE => (status, "body_too_large"),
         s if s.is_server_error() => (status, "mcp_failed"),
         _ => (status, "bad_request"),
     };

@@ -56,6 +56,9 @@ async fn answer_to(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// What an MCP client accepts: with it, `/mcp` gets as far as reading the body.
+const ACCEPT_MCP: &str = "accept: application/json, text/event-stream\r\n";
+
 #[tokio::test]
 async fn a_request_body_that_stops_arriving_is_a_408_wherever_the_broker_reads_it() {
     let mock = MockUpstream::start().await;
@@ -68,22 +71,24 @@ async fn a_request_body_that_stops_arriving_is_a_408_wherever_the_broker_reads_i
     let started = Instant::now();
     let head = |path: &str, auth: &str| {
         format!(
-            "POST {path} HTTP/1.1\r\nhost: localhost\r\n{auth}{token}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"mo"
+            "POST {path} HTTP/1.1\r\nhost: localhost\r\n{auth}{token}\r\ncontent-type: application/json\r\n{ACCEPT_MCP}content-length: 100\r\n\r\n{{\"mo"
         )
     };
     let bearer = "authorization: Bearer ";
-    let (proxied, capability, derive) = (
+    let (proxied, capability, derive, mcp) = (
         head("/api/anthropic/v1/messages", "x-api-key: "),
         head("/v1/capabilities/anything", bearer),
         head("/seks/v1/tokens/derive", bearer),
+        head("/mcp", bearer),
     );
-    let (proxied, capability, derive) = tokio::join!(
+    let (proxied, capability, derive, mcp) = tokio::join!(
         answer_to(broker.addr, proxied.as_bytes()),
         answer_to(broker.addr, capability.as_bytes()),
         answer_to(broker.addr, derive.as_bytes()),
+        answer_to(broker.addr, mcp.as_bytes()),
     );
     assert!(started.elapsed() < Duration::from_secs(45));
-    for answer in [&proxied, &capability, &derive] {
+    for answer in [&proxied, &capability, &derive, &mcp] {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(answer.contains("x-seks-error: body_timeout"), "{answer}");
     }
@@ -100,9 +105,13 @@ async fn a_broken_request_body_is_a_400_not_a_413() {
     env.add_secret("k", "openai", "sk-REAL-broken-body").await;
     let token = env.create_token("k", &[]).await;
     let broker = env.serve().await;
-    for path in ["/v1/capabilities/anything", "/seks/v1/tokens/derive"] {
+    for path in [
+        "/v1/capabilities/anything",
+        "/seks/v1/tokens/derive",
+        "/mcp",
+    ] {
         let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{{}}\r\n"
+            "POST {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\n{ACCEPT_MCP}transfer-encoding: chunked\r\n\r\nzz\r\n{{}}\r\n"
         );
         let answer = answer_to(broker.addr, request.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");

@@ -80,6 +80,20 @@ impl AgentSignature {
                 return Err(SigError::Malformed("host and x-amz-date must be signed").into());
             }
         }
+        // Headers named in `Connection` are not forwarded, and the forwarded request is signed
+        // with what is left: a signed one named there (by an unsigned `Connection`, which anyone
+        // on the way can add) would reach the upstream stripped yet validly signed.
+        let hop_by_hop = super::rewrite::connection_tokens(&parts.headers);
+        if auth
+            .signed_headers
+            .iter()
+            .any(|h| hop_by_hop.iter().any(|t| t.eq_ignore_ascii_case(h)))
+        {
+            return Err(SigError::Malformed(
+                "a signed header is named in Connection, so it would not be forwarded",
+            )
+            .into());
+        }
         let amz_date = single_text(&parts.headers, DATE_HEADER)?
             .ok_or(SigError::Malformed("no x-amz-date header"))?
             .to_owned();

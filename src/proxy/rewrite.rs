@@ -368,7 +368,8 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+/// The lowercase header names a request's `Connection` headers list: hop-by-hop, never forwarded.
+pub fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()

@@ -217,3 +217,114 @@ async fn requests_without_a_valid_sigv4_signature_are_refused_before_upstream() 
     assert_eq!(mock.stats().await["requests"].as_u64().unwrap(), before + 1);
     broker.stop().await;
 }
+
+/// Headers for `method url` signed as an SDK signs them with the agent's key pair:
+/// `extra` and the payload hash of `body` among the signed headers.
+fn agent_signed(
+    method: &str,
+    url: &str,
+    key_id: &str,
+    token: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<(String, String)> {
+    use seks::sigv4::{self, Authorization, RequestParts, Scope, SigningKey};
+    let uri: http::Uri = url.parse().expect("url");
+    let amz_date = sigv4::format_amz_date(seks::clock::now());
+    let payload_hash = sigv4::sha256_hex(body);
+    let mut headers = http::HeaderMap::new();
+    let host = uri.authority().expect("authority").as_str();
+    for (name, value) in [
+        ("host", host),
+        (sigv4::DATE_HEADER, &amz_date),
+        (sigv4::CONTENT_SHA256_HEADER, &payload_hash),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let mut signed: Vec<String> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+    signed.sort();
+    let scope = Scope {
+        date: amz_date[..8].to_owned(),
+        region: "us-east-1".to_owned(),
+        service: "s3".to_owned(),
+    };
+    let canonical = RequestParts {
+        method,
+        path: uri.path(),
+        query: uri.query(),
+        headers: &headers,
+        payload_hash: &payload_hash,
+    }
+    .canonical(&signed, "s3")
+    .unwrap();
+    let key = SigningKey::new(&token.to_owned().into(), &scope);
+    let authorization = Authorization {
+        access_key_id: key_id.to_owned(),
+        signature: key.sign(&sigv4::string_to_sign(&amz_date, &scope, &canonical)),
+        scope,
+        signed_headers: signed,
+    };
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    out.push(("authorization".to_owned(), authorization.render()));
+    out
+}
+
+#[tokio::test]
+async fn sigv4_signed_headers_named_in_connection_are_refused_not_stripped_and_resigned() {
+    let mock = MockS3::start().await;
+    let (env, key_id, token) = s3_broker(&mock).await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/s3/bucket/guarded");
+    let before = mock.stats().await["requests"].as_u64().unwrap();
+    // The agent's upload may only create the object, and only encrypted.
+    let conditions = [
+        ("if-none-match", "*"),
+        ("x-amz-server-side-encryption", "AES256"),
+    ];
+    let signed = agent_signed("PUT", &url, &key_id, &token, &conditions, b"data");
+    // Someone on the way adds an unsigned Connection header naming them: the broker would
+    // drop them as hop-by-hop and sign the rest with the real key.
+    let mut tampered = signed.clone();
+    tampered.push((
+        "connection".to_owned(),
+        "if-none-match, X-Amz-Server-Side-Encryption".to_owned(),
+    ));
+    let pairs: Vec<(&str, &str)> = tampered
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let reply = send("PUT", &url, &pairs, "data").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.header("x-seks-error"), Some("malformed_signature"));
+    assert!(
+        reply.body.contains("<Code>malformed_signature</Code>")
+            && reply.body.contains("Connection"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        mock.stats().await["requests"].as_u64().unwrap(),
+        before + 1,
+        "the stripped request must not reach the upstream"
+    );
+
+    // Untouched, the same signed request goes through, its conditions signed by the real key.
+    let pairs: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let reply = send("PUT", &url, &pairs, "data").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let stats = mock.stats().await;
+    assert_eq!(stats["bad_signatures"], 0, "{stats}");
+    broker.stop().await;
+}

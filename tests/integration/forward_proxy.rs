@@ -771,7 +771,12 @@ async fn git_clones_and_pushes_through_the_proxy_with_a_github_token_in_the_url(
 
 /// A WebSocket echo server behind the provider `wsecho` (`wss://ws.example.test`, the key in
 /// `Authorization`), and a broker for it with `extra_toml` in its config.
-async fn ws_setup(extra_toml: &str) -> (WsEcho, Setup) {
+/// The key the WebSocket echo's provider holds.
+const WS_KEY: &str = "ws-REAL-key-0123456789";
+
+/// A broker whose `wsecho` provider is a WebSocket echo upstream holding [`WS_KEY`], and a
+/// token for it (agent `socket`).
+async fn ws_setup(extra_toml: &str) -> (WsEcho, Setup, String) {
     let test_ca = TestCa::for_names(&MOCK_NAMES);
     let echo = WsEcho::start(test_ca.acceptor.clone()).await;
     let s = setup_with(
@@ -786,15 +791,14 @@ async fn ws_setup(extra_toml: &str) -> (WsEcho, Setup) {
         ),
     )
     .await;
-    (echo, s)
+    s.env.add_secret("ws", "wsecho", WS_KEY).await;
+    let token = s.env.create_token("ws", &["--agent", "socket"]).await;
+    (echo, s, token)
 }
 
 #[tokio::test]
 async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scrubbed() {
-    const KEY: &str = "ws-REAL-key-0123456789";
-    let (echo, s) = ws_setup("").await;
-    s.env.add_secret("ws", "wsecho", KEY).await;
-    let token = s.env.create_token("ws", &["--agent", "socket"]).await;
+    let (echo, s, token) = ws_setup("").await;
     let proxy = format!("http://agent:{token}@{}", s.proxy);
     let ca = s.ca_file.display().to_string();
     let base_url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
@@ -817,7 +821,7 @@ async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scr
         // The upstream said the key; the agent got it masked.
         let answer = out.stdout.trim();
         assert!(answer.starts_with("the key is *"), "{url}: {answer}");
-        assert!(!answer.contains(KEY), "{url}: {answer}");
+        assert!(!answer.contains(WS_KEY), "{url}: {answer}");
     }
     let handshakes = echo.handshakes();
     assert_eq!(handshakes.len(), 2);
@@ -828,7 +832,10 @@ async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scr
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        assert_eq!(get("authorization"), Some(format!("Bearer {KEY}").as_str()));
+        assert_eq!(
+            get("authorization"),
+            Some(format!("Bearer {WS_KEY}").as_str())
+        );
         assert_eq!(get("host"), Some("ws.example.test"));
         assert!(get("sec-websocket-extensions").is_none(), "{headers:?}");
         assert!(!format!("{headers:?}").contains(&token));
@@ -838,11 +845,7 @@ async fn websockets_carry_the_key_in_the_handshake_and_upstream_messages_are_scr
 
 #[tokio::test]
 async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
-    let (echo, s) = ws_setup("").await;
-    s.env
-        .add_secret("ws", "wsecho", "ws-REAL-key-0123456789")
-        .await;
-    let token = s.env.create_token("ws", &["--agent", "socket"]).await;
+    let (echo, s, token) = ws_setup("").await;
     let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
     let env = [("SEKS_TOKEN", token.as_str())];
     let args = [url.as_str(), "--until-closed"];
@@ -870,11 +873,7 @@ async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
 
 #[tokio::test]
 async fn in_strict_audit_mode_no_websocket_session_starts_before_its_record_is_written() {
-    let (_echo, s) = ws_setup("[audit]\ndurability = \"strict\"\n").await;
-    s.env
-        .add_secret("ws", "wsecho", "ws-REAL-key-0123456789")
-        .await;
-    let token = s.env.create_token("ws", &["--agent", "socket"]).await;
+    let (_echo, s, token) = ws_setup("[audit]\ndurability = \"strict\"\n").await;
     let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
     let env = [("SEKS_TOKEN", token.as_str())];
     // The log can't be written: the handshake goes upstream (nothing has failed yet), but

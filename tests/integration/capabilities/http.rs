@@ -10,12 +10,19 @@ use crate::support::{Env, assert_never_leaked, config_for};
 
 const KEY: &str = "sk-proj-CAPABILITY/7f3a+91bd=e2c4~55aa";
 
+/// An environment whose `openai` provider is `mock`, with `capabilities` configured and
+/// the secret `main` holding [`KEY`].
+async fn env_with(mock: &MockUpstream, capabilities: &str) -> Env {
+    let env = Env::new(&format!("{}\n{capabilities}", config_for(&mock.url(), "")));
+    env.add_secret("main", "openai", KEY).await;
+    env
+}
+
 #[tokio::test]
 async fn http_templates_go_to_the_provider_with_its_key_and_come_back_scrubbed() {
     let mock = MockUpstream::start().await;
-    let env = Env::new(&format!(
-        "{}\n{}",
-        config_for(&mock.url(), ""),
+    let env = env_with(
+        &mock,
         r##"
 [capabilities.post_note]
 kind = "http"
@@ -40,9 +47,9 @@ secret = "main"
 provider = "openai"
 method = "POST"
 path = "/v1/reflect"
-"##
-    ));
-    env.add_secret("main", "openai", KEY).await;
+"##,
+    )
+    .await;
     let token = env
         .create_token(
             "main",
@@ -144,9 +151,8 @@ path = "/v1/reflect"
 #[tokio::test]
 async fn an_empty_path_argument_is_no_segment_and_cannot_reach_the_collection() {
     let mock = MockUpstream::start().await;
-    let env = Env::new(&format!(
-        "{}\n{}",
-        config_for(&mock.url(), ""),
+    let env = env_with(
+        &mock,
         r##"
 [capabilities.customer]
 kind = "http"
@@ -156,9 +162,9 @@ provider = "openai"
 method = "GET"
 path = "/v1/customers/{id}"
 params = [{ name = "id", type = "string" }]
-"##
-    ));
-    env.add_secret("main", "openai", KEY).await;
+"##,
+    )
+    .await;
     let token = env
         .create_token("main", &["--capability", "customer"])
         .await;
@@ -288,9 +294,8 @@ async fn operators_add_list_test_and_remove_capabilities_and_running_brokers_fol
 #[tokio::test]
 async fn approval_holds_a_call_until_an_operator_decides() {
     let mock = MockUpstream::start().await;
-    let env = Env::new(&format!(
-        "{}\n{}",
-        config_for(&mock.url(), ""),
+    let env = env_with(
+        &mock,
         r#"
 [capabilities.announce]
 kind = "http"
@@ -310,9 +315,9 @@ secret = "main"
 provider = "openai"
 method = "GET"
 path = "/v1/ping"
-"#
-    ));
-    env.add_secret("main", "openai", KEY).await;
+"#,
+    )
+    .await;
     let policy = env.data_dir().join("policy.toml");
     // A token's policy can hold a capability call too, by its path.
     std::fs::write(
@@ -377,9 +382,8 @@ path = "/v1/ping"
 #[tokio::test]
 async fn the_admin_api_and_remote_cli_add_show_try_and_remove_capabilities() {
     let mock = MockUpstream::start().await;
-    let env = Env::new(&format!(
-        "{}\n{}",
-        config_for(&mock.url(), ""),
+    let env = env_with(
+        &mock,
         r#"
 [capabilities.pinned]
 kind = "http"
@@ -388,9 +392,9 @@ secret = "main"
 provider = "openai"
 method = "GET"
 path = "/v1/models"
-"#
-    ));
-    env.add_secret("main", "openai", KEY).await;
+"#,
+    )
+    .await;
     let token = env.create_token("main", &["--capability", "reflect"]).await;
     let admin_token = env.admin_token().await;
     let broker = env.serve().await;

@@ -110,9 +110,11 @@ pub enum MintError {
 /// What a successful refresh answered.
 struct Granted {
     access_token: SecretString,
+    /// How long the token is used for before it is replaced.
     lifetime: Duration,
-    /// The endpoint gave no `expires_in`.
-    lifetime_assumed: bool,
+    /// How long the endpoint said the token is valid (`expires_in`), however long; `None`
+    /// when it didn't say.
+    valid_for: Option<Duration>,
     /// A new refresh token, when the provider rotates them.
     refresh_token: Option<SecretString>,
 }
@@ -369,20 +371,18 @@ impl Refresher {
             .inspect_err(|e| {
                 tracing::warn!(secret = %token.secret_name, provider = %token.provider, "OAuth2 refresh failed: {e}");
             })?;
-        if granted.lifetime_assumed {
+        if granted.valid_for.is_none() {
             tracing::warn!(
                 provider = %token.provider,
                 "the token endpoint gave no expires_in; assuming {DEFAULT_LIFETIME:?}"
             );
         }
         let expires_at = sent + granted.lifetime;
+        let scrub_until = granted.scrub_until(sent);
         let rotated = granted
             .refresh_token
             .filter(|new| new.expose_secret() != refresh_token.expose_secret());
-        let mut learn = vec![(
-            granted.access_token.clone(),
-            Some(expires_at + SCRUB_AFTER_EXPIRY),
-        )];
+        let mut learn = vec![(granted.access_token.clone(), scrub_until)];
         if let Some(new) = &rotated {
             // The replaced token may stay valid at the provider, and the keyring forgets it
             // once it loads the new version.
@@ -583,9 +583,19 @@ fn parse_granted(answer: &[u8]) -> Result<Granted, RefreshError> {
         lifetime: seconds.map_or(DEFAULT_LIFETIME, |s| {
             Duration::from_secs(s).min(MAX_LIFETIME)
         }),
-        lifetime_assumed: seconds.is_none(),
+        valid_for: seconds.map(Duration::from_secs),
         refresh_token,
     })
+}
+
+impl Granted {
+    /// Until when the scrubber must know the access token minted at `sent`: an hour past
+    /// the expiry the endpoint gave, not the shorter time the broker uses it for (the
+    /// provider still accepts it until then). `None`, kept while the broker runs, when the
+    /// endpoint gave no lifetime or one too far off to count to.
+    fn scrub_until(&self, sent: Instant) -> Option<Instant> {
+        sent.checked_add(self.valid_for?.checked_add(SCRUB_AFTER_EXPIRY)?)
+    }
 }
 
 /// A refusal, naming the standard error code if the answer carries one.
@@ -611,7 +621,8 @@ mod tests {
         .unwrap();
         assert_eq!(granted.access_token.expose_secret(), "ya29.access-1");
         assert_eq!(granted.lifetime, Duration::from_secs(3599));
-        assert!(!granted.lifetime_assumed && granted.refresh_token.is_none());
+        assert_eq!(granted.valid_for, Some(Duration::from_secs(3599)));
+        assert!(granted.refresh_token.is_none());
         let rotated = parse_granted(
             br#"{"access_token": "ya29.access-2", "token_type": "bearer", "expires_in": "60", "refresh_token": "refresh-new"}"#,
         )
@@ -622,12 +633,32 @@ mod tests {
             Some("refresh-new")
         );
         let bare = parse_granted(br#"{"access_token": "ya29.access-3"}"#).unwrap();
-        assert!(bare.lifetime_assumed);
+        assert_eq!(bare.valid_for, None);
         assert_eq!(bare.lifetime, DEFAULT_LIFETIME);
         let forever =
             parse_granted(br#"{"access_token": "ya29.access-4", "expires_in": 99999999999}"#)
                 .unwrap();
         assert_eq!(forever.lifetime, MAX_LIFETIME);
+    }
+
+    #[test]
+    fn the_scrubber_knows_a_token_for_as_long_as_the_provider_accepts_it() {
+        let sent = Instant::now();
+        let scrub_until = |answer: &[u8]| parse_granted(answer).unwrap().scrub_until(sent);
+        let hour = br#"{"access_token": "ya29.access-1", "expires_in": 3600}"#;
+        assert_eq!(scrub_until(hour), Some(sent + 2 * SCRUB_AFTER_EXPIRY));
+        // Used for a day at most, valid for thirty: masked for all thirty.
+        let month = br#"{"access_token": "ya29.access-2", "expires_in": 2592000}"#;
+        assert_eq!(
+            scrub_until(month),
+            Some(sent + Duration::from_secs(2_592_000) + SCRUB_AFTER_EXPIRY)
+        );
+        for unbounded in [
+            &br#"{"access_token": "ya29.access-3"}"#[..],
+            br#"{"access_token": "ya29.access-4", "expires_in": 18446744073709551615}"#,
+        ] {
+            assert_eq!(scrub_until(unbounded), None);
+        }
     }
 
     #[test]

@@ -349,7 +349,9 @@ impl Capabilities {
         });
         let held = hold.is_some();
         // Held until the call ends: a concurrency slot is free again only then.
-        let _admission = self.proxy.admit_call(entry, hold).await?;
+        // A policy narrowed while the call waited for approval decides over the approval.
+        let recheck = |current: &TokenEntry| self.check(current, name).map(drop);
+        let _admission = self.proxy.admit_call(entry, hold, recheck).await?;
         *approved = held;
         self.proxy.note_use(&entry.record.id);
         tracing::info!(capability = %name, token_id = %entry.record.id, "capability called");

@@ -46,13 +46,15 @@ impl Proxy {
     }
 
     /// Take the chain's limits for a checked call and hold it for approval if `hold` says
-    /// so; the admission is held until the call ends.
+    /// so, then `recheck` the chain as it is once approved; the admission is held until the
+    /// call ends.
     pub async fn admit_call(
         &self,
         entry: &TokenEntry,
         hold: Option<Summary>,
+        recheck: impl FnOnce(&TokenEntry) -> Result<(), ProxyError>,
     ) -> Result<Option<Admission>, ProxyError> {
-        self.enforcer.admit_call(entry, hold).await
+        self.enforcer.admit_call(entry, hold, recheck).await
     }
 
     /// Note that the token was used now (written back to the store later).

@@ -167,7 +167,12 @@ impl Enforcer {
                 (!models.is_empty()).then(|| models.join(", ")).as_deref(),
                 rule,
             );
-            self.hold(entry, summary).await?;
+            let current = self.hold(entry, summary).await?;
+            // The operator may have narrowed the policy while the request waited: an approval
+            // lets through what the policy allows now, not what it allowed on arrival.
+            for (_, spec) in self::specs(&current)? {
+                policy::check_request(spec, &facts).map_err(ProxyError::Policy)?;
+            }
             seen.approved = true;
         }
         Ok(Admitted { body, admission })
@@ -185,23 +190,25 @@ impl Enforcer {
     }
 
     /// Admit a checked call: the chain's rate, concurrency and daily request limits are taken
-    /// as for a proxied request, then, if `hold` says so, it waits for an operator.
+    /// as for a proxied request, then, if `hold` says so, it waits for an operator, and
+    /// `recheck` must pass on the token chain as it is once approved.
     pub async fn admit_call(
         &self,
         entry: &TokenEntry,
         hold: Option<Summary>,
+        recheck: impl FnOnce(&TokenEntry) -> Result<(), ProxyError>,
     ) -> Result<Option<Admission>, ProxyError> {
         let specs = specs(entry)?;
         let admission = self.take_limits(entry, &specs, clock::now()).await?;
         if let Some(summary) = hold {
-            self.hold(entry, summary).await?;
+            recheck(&self.hold(entry, summary).await?)?;
         }
         Ok(admission)
     }
 
     /// Hold a request until an operator decides; `Ok` means approved and the token chain
-    /// still alive.
-    async fn hold(&self, entry: &TokenEntry, summary: Summary) -> Result<(), ProxyError> {
+    /// still alive, and gives the chain as it is now.
+    async fn hold(&self, entry: &TokenEntry, summary: Summary) -> Result<TokenEntry, ProxyError> {
         self.approvals
             .hold(&entry.record.tenant, summary)
             .await
@@ -226,7 +233,8 @@ impl Enforcer {
             .current(&entry.record)
             .await
             .map_err(keyring_error)?;
-        check_lifetimes(&current, clock::now())
+        check_lifetimes(&current, clock::now())?;
+        Ok(current)
     }
 
     /// Take a slot and a charge from every token of the chain that has limits: one counter

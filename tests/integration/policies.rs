@@ -544,42 +544,52 @@ async fn held_requests_are_approved_denied_or_time_out_and_the_webhook_hears_of_
 }
 
 #[tokio::test]
-async fn a_request_held_when_its_token_is_revoked_is_refused_even_if_approved() {
+async fn a_request_held_while_its_token_is_revoked_or_narrowed_is_refused_even_if_approved() {
     let (mock, env) = setup("[approvals]\ntimeout = \"20s\"\n").await;
-    let token = env
-        .create_token(
-            "main",
-            &[
-                "--require-approval",
-                "POST /v1/chat/completions",
-                "--agent",
-                "held",
-            ],
-        )
-        .await;
-    let id = env.token_id("held").await;
     let broker = env.serve().await;
     let base = broker.url("/api/openai/v1");
-    let (call_base, call_token) = (base.clone(), token.clone());
-    let call =
-        tokio::spawn(async move { sdk(&call_base, &call_token, &["chat", "gpt-4o-mini"]).await });
-    let approval = first_pending(&env).await["id"].as_str().unwrap().to_owned();
-    // The operator revokes the token while its request waits; someone approves it later.
-    env.cli(&["token", "revoke", &id], "").await.ok();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    env.cli(&["approvals", "approve", &approval], "").await.ok();
-    let got = call.await.unwrap()[0].clone();
-    assert_eq!(
-        (got["status"].as_u64(), got["code"].as_str()),
-        (Some(401), Some("token_revoked")),
-        "{got}"
-    );
+    let hold = ["--require-approval", "POST /v1/chat/completions"];
+    // What the operator does while the request waits, and what the agent gets once someone
+    // approves it anyway.
+    let cases: [(&str, &[&str], u64, &str); 2] = [
+        ("revoked", &["token", "revoke"], 401, "token_revoked"),
+        (
+            "narrowed",
+            &["token", "update", "--deny", "POST /v1/chat/completions"],
+            403,
+            "policy_denied",
+        ),
+    ];
+    for (agent, change, status, code) in cases {
+        let token = env
+            .create_token("main", &[&hold[..], &["--agent", agent]].concat())
+            .await;
+        let id = env.token_id(agent).await;
+        let (call_base, call_token) = (base.clone(), token.clone());
+        let call =
+            tokio::spawn(
+                async move { sdk(&call_base, &call_token, &["chat", "gpt-4o-mini"]).await },
+            );
+        let approval = first_pending(&env).await["id"].as_str().unwrap().to_owned();
+        let (verb, flags) = change.split_at(2);
+        env.cli(&[verb, &[id.as_str()], flags].concat(), "")
+            .await
+            .ok();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        env.cli(&["approvals", "approve", &approval], "").await.ok();
+        let got = call.await.unwrap()[0].clone();
+        assert_eq!(
+            (got["status"].as_u64(), got["code"].as_str()),
+            (Some(status), Some(code)),
+            "{agent}: {got}"
+        );
+    }
     assert!(
         !mock
             .requests()
             .iter()
             .any(|r| r.target.ends_with("/chat/completions")),
-        "a revoked token's request reached the upstream"
+        "a request refused after its approval reached the upstream"
     );
     broker.stop().await;
 }

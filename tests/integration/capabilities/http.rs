@@ -377,6 +377,37 @@ path = "/v1/ping"
     );
     assert!(denied.body.contains("not now"));
     assert_eq!(mock.requests().len(), 1);
+
+    // The operator takes `announce` away while a call to it waits; approving it later
+    // doesn't bring it back.
+    let (b, t) = (broker.clone(), token.clone());
+    let held = tokio::spawn(async move {
+        call(&b, &t, "announce", &json!({"text": "x"}), &mut Vec::new()).await
+    });
+    let pending = pending_approval(&env).await;
+    let narrower = env.data_dir().join("narrower.toml");
+    std::fs::write(&narrower, "capabilities = [\"ping\"]\n").unwrap();
+    let id = env.token_id("herald").await;
+    let policy_arg = ["--policy", narrower.to_str().unwrap()];
+    env.cli(
+        &[&["token", "update", id.as_str()][..], &policy_arg].concat(),
+        "",
+    )
+    .await
+    .ok();
+    env.cli(
+        &["approvals", "approve", pending["id"].as_str().unwrap()],
+        "",
+    )
+    .await
+    .ok();
+    let refused = held.await.unwrap();
+    assert_eq!(
+        (refused.status, code(&refused).as_str()),
+        (403, "policy_denied"),
+        "{refused:?}"
+    );
+    assert_eq!(mock.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use axum::body::Body;
 use http::{Request, header};
 use serde::Serialize;
 
+use crate::capabilities::params::APPROVAL_SHOWN_BYTES;
 use crate::proxy::UpstreamClient;
 use crate::store::{self, ApprovalRecord, ApprovalState, Store, StoreError};
 use crate::{clock, tokens};
@@ -22,9 +23,9 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_PENDING_PER_TOKEN: u32 = 8;
 /// Longest model name or path shown to the person deciding.
 const MAX_SHOWN: usize = 200;
-/// Longest summary of a capability call's arguments shown: every recipient of an email must
-/// fit (each string in it is already cut to a few dozen characters).
-const MAX_ARGUMENTS_SHOWN: usize = 4096;
+/// Longest summary of a capability call's arguments shown: whole arguments up to
+/// [`APPROVAL_SHOWN_BYTES`] must fit, with room for escapes.
+const MAX_ARGUMENTS_SHOWN: usize = 2 * APPROVAL_SHOWN_BYTES;
 
 /// What an operator (and the webhook) sees of a held request. Never a secret or a body.
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +44,7 @@ pub struct Summary {
     pub model: Option<String>,
     /// The `require_approval` rule that matched.
     pub rule: String,
-    /// For a capability call, what its arguments say (recipients, subject…), shortened.
+    /// For a capability call, its arguments (whole up to `APPROVAL_SHOWN_BYTES`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<String>,
 }
@@ -85,7 +86,14 @@ fn shown(text: &str) -> String {
     shown_up_to(text, MAX_SHOWN)
 }
 
-/// `text` with control characters escaped, cut after `limit` bytes.
+/// Invisible characters that reorder or hide text on screen (bidirectional overrides and
+/// isolates, zero-width characters), so what the operator reads isn't what was sent.
+const HIDING: &[char] = &[
+    '\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}',
+    '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{feff}',
+];
+
+/// `text` with control and hiding characters escaped, cut after `limit` bytes.
 fn shown_up_to(text: &str, limit: usize) -> String {
     let mut out = String::new();
     for c in text.chars() {
@@ -93,7 +101,7 @@ fn shown_up_to(text: &str, limit: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || HIDING.contains(&c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -277,5 +285,7 @@ mod tests {
         );
         let long = shown(&"x".repeat(1000));
         assert_eq!(long.len(), MAX_SHOWN + '…'.len_utf8());
+        // Right-to-left override: "pay alice" would read as "pay ecila" reversed on screen.
+        assert_eq!(shown("pay \u{202e}ecila"), "pay \\u{202e}ecila");
     }
 }

@@ -272,18 +272,26 @@ pub fn pointer(name: &str) -> String {
     format!("/{}", name.replace('~', "~0").replace('/', "~1"))
 }
 
-/// What the audit log and an approver see of the arguments: scalars as given, long strings
-/// and lists cut short with their size, so a record stays small and a body is not copied
-/// whole into the log.
+/// What the audit log sees of the arguments: scalars as given, long strings and lists cut
+/// short with their size, so a record stays small and a body is not copied whole into the log.
 pub fn summarise(args: &Value) -> String {
     shorten(args, 0, SHOWN_ITEMS).to_string()
 }
 
-/// What a person deciding on a held call sees: as [`summarise`], but with every item of a
-/// list, since a recipient left out of view would be approved unseen (lists are already
-/// bounded by the definition, such as `max_recipients`).
+/// Largest arguments a person deciding on a held call sees in full.
+pub const APPROVAL_SHOWN_BYTES: usize = 64 * 1024;
+
+/// What a person deciding on a held call sees: the arguments in full, since what is cut from
+/// view (the rest of an email's body) would be approved unseen. Beyond
+/// [`APPROVAL_SHOWN_BYTES`], long strings are cut, every list item still shown (lists are
+/// bounded by the definition, such as `max_recipients`), and the summary says so.
 pub fn summarise_for_approval(args: &Value) -> String {
-    shorten(args, 0, usize::MAX).to_string()
+    let full = args.to_string();
+    if full.len() <= APPROVAL_SHOWN_BYTES {
+        return full;
+    }
+    let short = shorten(args, 0, usize::MAX);
+    format!("{short} (shortened: {} bytes in full)", full.len())
 }
 
 fn shorten(value: &Value, depth: usize, max_items: usize) -> Value {
@@ -401,5 +409,23 @@ mod tests {
         let s = summarise(&json!({"body": long, "to": ["a@b.c"], "n": 3}));
         assert!(s.contains("(500 chars)") && s.len() < 200, "{s}");
         assert!(s.contains("a@b.c") && s.contains("\"n\":3"), "{s}");
+    }
+
+    #[test]
+    fn an_approver_sees_the_whole_call_unless_it_is_huge() {
+        let body = format!("{} and wire $9,000 to the account below", "x".repeat(500));
+        let args = json!({"body": body, "to": ["a@b.c"]});
+        assert_eq!(summarise_for_approval(&args), args.to_string());
+        let to: Vec<String> = (0..20).map(|i| format!("r{i}@b.c")).collect();
+        let huge = json!({"body": "y".repeat(APPROVAL_SHOWN_BYTES), "to": to});
+        let s = summarise_for_approval(&huge);
+        assert!(s.len() < 2_000 && s.contains("r19@b.c"), "{s}");
+        assert!(
+            s.ends_with(&format!(
+                "(shortened: {} bytes in full)",
+                huge.to_string().len()
+            )),
+            "{s}"
+        );
     }
 }

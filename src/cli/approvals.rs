@@ -17,6 +17,14 @@ pub(super) enum ApprovalsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one request, with a capability call's whole arguments.
+    Show {
+        /// The approval's id (`apr_…`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Let a held request through.
     Approve {
         /// The approval's id (`apr_…`).
@@ -54,7 +62,7 @@ pub(super) async fn run(backend: &Backend, cmd: ApprovalsCommand) -> anyhow::Res
                             q["path"].as_str().unwrap_or("-"),
                             q["arguments"]
                                 .as_str()
-                                .map(|a| format!(" {a}"))
+                                .map(|a| format!(" {}", in_table(a)))
                                 .unwrap_or_default()
                         ),
                         q["model"].as_str().unwrap_or("-").to_owned(),
@@ -66,6 +74,43 @@ pub(super) async fn run(backend: &Backend, cmd: ApprovalsCommand) -> anyhow::Res
                 &["ID", "STATE", "AGENT", "REQUEST", "MODEL", "EXPIRES"],
                 &table,
             );
+            Ok(())
+        }
+        ApprovalsCommand::Show { id, json } => {
+            let approval = backend.approval(&id).await?;
+            if json {
+                return print_json(&approval);
+            }
+            let q = &approval.request;
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+            let decided = approval
+                .decided_by
+                .as_deref()
+                .map(|by| format!("{} by {by}", dash(approval.decided_at.as_deref())));
+            for (label, value) in [
+                ("id", approval.id.clone()),
+                ("state", approval.state.as_str().to_owned()),
+                ("agent", text(&q["agent"])),
+                ("token", text(&q["token_id"])),
+                (
+                    "request",
+                    format!(
+                        "{} {} {}",
+                        text(&q["provider"]),
+                        text(&q["method"]),
+                        text(&q["path"])
+                    ),
+                ),
+                ("model", text(&q["model"])),
+                ("rule", text(&q["rule"])),
+                ("held at", dash(approval.created_at.as_deref())),
+                ("expires", dash(approval.expires_at.as_deref())),
+                ("decided", decided.unwrap_or_else(|| "-".to_owned())),
+                ("reason", dash(approval.reason.as_deref())),
+                ("arguments", text(&q["arguments"])),
+            ] {
+                println!("{label:<10} {value}");
+            }
             Ok(())
         }
         ApprovalsCommand::Approve { id } => {
@@ -89,4 +134,16 @@ async fn decide(
         state.as_str()
     );
     Ok(())
+}
+
+/// Characters of a call's arguments the list shows; `approvals show` prints them whole.
+const TABLE_ARGUMENTS_CHARS: usize = 120;
+
+/// Arguments as the list shows them: the start, and where to see the rest.
+fn in_table(arguments: &str) -> String {
+    if arguments.chars().count() <= TABLE_ARGUMENTS_CHARS {
+        return arguments.to_owned();
+    }
+    let head: String = arguments.chars().take(TABLE_ARGUMENTS_CHARS).collect();
+    format!("{head}… (`seks approvals show ID` shows all)")
 }

@@ -312,6 +312,17 @@ impl Backend {
         }
     }
 
+    /// One held (or decided) request.
+    pub async fn approval(&self, id: &str) -> anyhow::Result<ApprovalView> {
+        match self {
+            Backend::Local { ops, .. } => Ok(ops.approval(id).await?),
+            Backend::Remote(r) => {
+                let path = format!("/admin/v1/approvals/{}", encode(id));
+                r.call(Method::GET, &path, None).await
+            }
+        }
+    }
+
     /// Approve or deny a held request.
     pub async fn decide(
         &self,

@@ -532,6 +532,11 @@ async fn the_cli_acts_on_a_running_broker_with_remote() {
         "{table:?}"
     );
     run(remote(&["approvals", "list"]), "").await.ok();
+    let missing = run(remote(&["approvals", "show", "apr_missing"]), "").await;
+    assert!(
+        !missing.status.success() && missing.stderr.contains("no approval with id `apr_missing`"),
+        "{missing:?}"
+    );
     run(remote(&["usage", "--json"]), "").await.ok();
 
     // The audit log, read and verified remotely, matches the broker's own.

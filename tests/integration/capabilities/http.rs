@@ -333,30 +333,30 @@ path = "/v1/ping"
         .await;
     let broker = std::sync::Arc::new(env.serve().await);
 
-    let (b, t) = (broker.clone(), token.clone());
-    let held = tokio::spawn(async move {
-        call(
-            &b,
-            &t,
-            "announce",
-            &json!({"text": "we ship at noon"}),
-            &mut Vec::new(),
-        )
-        .await
-    });
+    // The approver sees all of what would be sent, not just its start.
+    let text = format!("{}we ship at noon", "la ".repeat(60));
+    let (b, t, args) = (broker.clone(), token.clone(), json!({ "text": text }));
+    let held = tokio::spawn(async move { call(&b, &t, "announce", &args, &mut Vec::new()).await });
     let pending = pending_approval(&env).await;
     let request = &pending["request"];
     assert_eq!(request["agent"], "herald");
     assert_eq!(request["path"], "/v1/capabilities/announce");
     assert!(
-        request["arguments"]
-            .as_str()
-            .unwrap()
-            .contains("we ship at noon"),
+        request["arguments"].as_str().unwrap().contains(&text),
         "{pending}"
     );
     assert!(mock.requests().is_empty(), "nothing is sent while held");
     let id = pending["id"].as_str().unwrap();
+    let listed = env.cli(&["approvals", "list"], "").await.ok().stdout;
+    assert!(
+        !listed.contains("noon") && listed.contains("approvals show"),
+        "{listed}"
+    );
+    let shown = env.cli(&["approvals", "show", id], "").await.ok().stdout;
+    assert!(
+        shown.contains(&text) && shown.contains("pending"),
+        "{shown}"
+    );
     env.cli(&["approvals", "approve", id], "").await.ok();
     let done = held.await.unwrap();
     assert_eq!(done.status, 200, "{done:?}");

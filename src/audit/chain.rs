@@ -159,6 +159,10 @@ pub trait AuditSigner: Sync {
     fn checkpoint(&self, tenant: &str, head: Head) -> String;
     /// The signed list of tenants with a chain, as stored.
     fn tenants(&self, tenants: Vec<String>) -> String;
+    /// The head a stored newest head of `tenant` names, if this key signed it.
+    fn signed_newest(&self, tenant: &str, stored: &str) -> Option<Head>;
+    /// The tenants a stored list names, if this key signed it.
+    fn signed_tenants(&self, stored: &str) -> Option<Vec<String>>;
 }
 
 impl AuditSigner for ChainKey {
@@ -172,6 +176,20 @@ impl AuditSigner for ChainKey {
 
     fn tenants(&self, tenants: Vec<String>) -> String {
         serde_json::to_string(&self.sign_tenants(tenants)).unwrap_or_default()
+    }
+
+    fn signed_newest(&self, tenant: &str, stored: &str) -> Option<Head> {
+        serde_json::from_str::<SignedHead>(stored)
+            .ok()
+            .filter(|signed| self.check(HeadRole::Newest, tenant, signed))
+            .map(|signed| signed.head)
+    }
+
+    fn signed_tenants(&self, stored: &str) -> Option<Vec<String>> {
+        serde_json::from_str::<SignedTenants>(stored)
+            .ok()
+            .filter(|signed| self.check_tenants(signed))
+            .map(|signed| signed.tenants)
     }
 }
 

@@ -592,6 +592,83 @@ mod tests {
         }
     }
 
+    /// Append `n` records, one batch each, straight to the store.
+    async fn append(store: &dyn Store, key: &ChainKey, from: u32, n: u32) -> Result<(), String> {
+        for i in from..from + n {
+            let entry = AuditEntry {
+                tenant: "default".into(),
+                at_ms: i64::from(i),
+                record: serde_json::to_string(&AuditRecord {
+                    at_ms: i64::from(i),
+                    ..record(i)
+                })
+                .unwrap(),
+            };
+            store
+                .append_audit(&[entry], key)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Append a made-up record `seq` after the stored tail, with a correct (unkeyed) hash,
+    /// as someone who can write to the database but has no master key could.
+    async fn made_up(conn: &mut SqliteConnection, seq: i64) {
+        let (last_hash,): (String,) = sqlx::query_as(
+            "SELECT last_hash FROM audit_batches WHERE tenant_id = 'default' \
+             ORDER BY first_seq DESC LIMIT 1",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let json = serde_json::to_string(&AuditRecord {
+            at_ms: seq,
+            ..record(99)
+        })
+        .unwrap();
+        let hash = crate::audit::link(&last_hash, "default", seq, &json);
+        sqlx::query("INSERT INTO audit_batches VALUES ('default', ?, ?, ?, ?, ?, ?)")
+            .bind(seq)
+            .bind(seq)
+            .bind(seq)
+            .bind(seq)
+            .bind(&hash)
+            .bind(format!("{seq}\t{last_hash}\t{hash}\t{json}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_cut_from_the_tail_or_made_up_there_are_not_signed_over_by_the_next_append() {
+        let key = || ChainKey::new(Key::from_bytes([7; 32]));
+        for intrusion in [
+            // Cut the last two records (no old signed head needed).
+            "DELETE FROM audit_batches WHERE first_seq > 3",
+            // Append a made-up record after the signed head, with a correct (unkeyed) hash.
+            "MADE_UP",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (_auditor, store, mut conn) =
+                auditor(dir.path(), AuditConfig::default(), Duration::ZERO).await;
+            append(store.as_ref(), &key(), 1, 5).await.unwrap();
+            assert!(crate::audit::verify(store.as_ref(), &key()).await.is_ok());
+            if intrusion == "MADE_UP" {
+                made_up(&mut conn, 6).await;
+            } else {
+                conn.execute(intrusion).await.unwrap();
+            }
+            // The broker's next write must not sign a head over the edited tail.
+            let appended = append(store.as_ref(), &key(), 10, 3).await;
+            let verified = crate::audit::verify(store.as_ref(), &key()).await;
+            assert!(
+                appended.is_err() || verified.is_err(),
+                "{intrusion}: the next append laundered it: {verified:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn without_a_grace_or_in_strict_mode_failing_writes_refuse_requests() {
         for (durability, grace) in [

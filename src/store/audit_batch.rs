@@ -7,8 +7,8 @@
 
 use serde::Deserialize;
 
-use super::{AuditEntry, AuditFilter};
-use crate::audit::{self, Head, StoredRecord};
+use super::{AuditEntry, AuditFilter, StoreError};
+use crate::audit::{self, AuditSigner, Head, StoredRecord};
 
 /// Most records in one stored batch (a bound on what one query step reads).
 pub const MAX_LINES: usize = 1024;
@@ -86,14 +86,53 @@ pub fn head_after_checkpoint(checkpoint: Option<&str>) -> Head {
         .map_or_else(Head::genesis, |c| c.head)
 }
 
-/// The stored list of tenants with an audit chain (signed JSON, if any) with `tenant` added.
-pub fn tenants_with(listed: Option<&str>, tenant: &str) -> Vec<String> {
-    let mut tenants = listed
-        .and_then(|l| serde_json::from_str::<audit::SignedTenants>(l).ok())
-        .map(|l| l.tenants)
-        .unwrap_or_default();
-    tenants.push(tenant.to_owned());
-    tenants
+/// The tenants to sign after appending to `tenant`'s chain, given the stored head the
+/// append continues from (`tail`), the stored signed newest head and the stored signed list
+/// of tenants; an error if they disagree.
+///
+/// The next append continues from the stored tail and signs a new head over it, so a tail
+/// cut or made up by someone without the master key would otherwise be vouched for by the
+/// broker itself, and `seks audit verify` could no longer see it. The tail must be exactly
+/// the signed head; a tenant without one must be new: no records, and not listed.
+pub fn checked_tenants(
+    sign: &dyn AuditSigner,
+    tenant: &str,
+    tail: &Head,
+    newest: Option<&str>,
+    listed: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let tampered = |why| StoreError::AuditTampered {
+        tenant: tenant.to_owned(),
+        why,
+    };
+    let mut tenants = match listed {
+        Some(listed) => sign
+            .signed_tenants(listed)
+            .ok_or_else(|| tampered("the signed list of tenants is forged"))?,
+        None => Vec::new(),
+    };
+    match newest {
+        Some(newest) => {
+            let signed = sign
+                .signed_newest(tenant, newest)
+                .ok_or_else(|| tampered("its signed head is forged"))?;
+            if signed != *tail {
+                return Err(tampered(
+                    "its newest records are not the ones its signed head names",
+                ));
+            }
+            if !tenants.iter().any(|t| t == tenant) {
+                return Err(tampered("it is missing from the signed list of tenants"));
+            }
+        }
+        None => {
+            if tail.seq != 0 || tenants.iter().any(|t| t == tenant) {
+                return Err(tampered("its signed head is missing"));
+            }
+            tenants.push(tenant.to_owned());
+        }
+    }
+    Ok(tenants)
 }
 
 #[derive(Deserialize)]

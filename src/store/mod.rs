@@ -64,6 +64,18 @@ pub enum StoreError {
     /// The store did not answer within [`STORE_TIMEOUT`].
     #[error("the store did not answer within {STORE_TIMEOUT:?}")]
     Timeout,
+    /// The audit chain's stored tail is not what its signed head says: records were cut,
+    /// made up or signatures edited outside the broker. Appending would sign over that.
+    #[error(
+        "the audit log of tenant `{tenant}` was edited outside the broker ({why}); no record \
+         is appended to it until it is restored (`seks audit verify` names the problem)"
+    )]
+    AuditTampered {
+        /// Tenant.
+        tenant: String,
+        /// What does not match.
+        why: &'static str,
+    },
 }
 
 /// Longest wait for any store call made on behalf of a request or a sync.

@@ -709,6 +709,21 @@ impl Store for SqliteStore {
         let mut tx = begin_immediate(&self.audit).await?;
         for (tenant, list) in audit_batch::by_tenant(entries) {
             let mut head = audit_head(&mut tx, tenant).await?;
+            let newest: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+                .bind(audit_head_key(tenant))
+                .fetch_optional(&mut *tx)
+                .await?;
+            let listed: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+                .bind(AUDIT_TENANTS_KEY)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let tenants = audit_batch::checked_tenants(
+                sign,
+                tenant,
+                &head,
+                newest.as_deref(),
+                listed.as_deref(),
+            )?;
             for batch in audit_batch::chain(tenant, &mut head, &list) {
                 sqlx::query(
                     "INSERT INTO audit_batches (tenant_id, first_seq, last_seq, min_at_ms, \
@@ -727,18 +742,8 @@ impl Store for SqliteStore {
             if head.seq == 0 {
                 continue;
             }
-            let known: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
-                .bind(audit_head_key(tenant))
-                .fetch_optional(&mut *tx)
-                .await?;
-            if known.is_none() {
+            if newest.is_none() {
                 // A tenant's first records: it joins the signed list of tenants.
-                let listed: Option<String> =
-                    sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
-                        .bind(AUDIT_TENANTS_KEY)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let tenants = audit_batch::tenants_with(listed.as_deref(), tenant);
                 put_meta(&mut tx, AUDIT_TENANTS_KEY, &sign.tenants(tenants)).await?;
             }
             put_meta(&mut tx, &audit_head_key(tenant), &sign.newest(tenant, head)).await?;

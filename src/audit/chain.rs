@@ -355,6 +355,11 @@ impl Verifier {
         Ok(())
     }
 
+    /// The last record checked (the starting head before any).
+    pub fn last(&self) -> &Head {
+        &self.last
+    }
+
     /// All records are read: the number checked, unless the log stops short of its head.
     pub fn finish(self) -> Result<u64, ChainError> {
         match &self.newest {
@@ -465,6 +470,30 @@ async fn verify_once(store: &dyn Store, key: &ChainKey) -> Result<Vec<(String, u
             match next {
                 Some(next) => cursor = next,
                 None => break,
+            }
+        }
+        if let Some(newest) = &newest
+            && verifier.last().seq > newest.head.seq
+        {
+            // Records past the signed head: appended while we read (a broker writes them
+            // and their head in one transaction, so the head read now reaches them), or
+            // made up by someone who can compute hashes but not sign a head.
+            let now = signed(audit_head_key(&tenant)).await?;
+            let last = verifier.last();
+            let vouched = now.as_ref().is_some_and(|now| {
+                key.check(HeadRole::Newest, &tenant, now)
+                    && (now.head.seq > last.seq || now.head == *last)
+            });
+            if !vouched {
+                return Err(ChainError::Head {
+                    why: format!(
+                        "records {}..={} follow the signed head of the log: they were made up",
+                        newest.head.seq + 1,
+                        last.seq
+                    ),
+                    tenant,
+                }
+                .into());
             }
         }
         checked.push((tenant, verifier.finish()?));

@@ -670,6 +670,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn records_made_up_past_the_signed_head_fail_verification() {
+        let key = || ChainKey::new(Key::from_bytes([7; 32]));
+        let dir = tempfile::tempdir().unwrap();
+        let (_auditor, store, mut conn) =
+            auditor(dir.path(), AuditConfig::default(), Duration::ZERO).await;
+        append(store.as_ref(), &key(), 1, 5).await.unwrap();
+        assert!(crate::audit::verify(store.as_ref(), &key()).await.is_ok());
+        made_up(&mut conn, 6).await;
+        let found = crate::audit::verify(store.as_ref(), &key()).await;
+        assert!(
+            found
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("records 6..=6")),
+            "{found:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn without_a_grace_or_in_strict_mode_failing_writes_refuse_requests() {
         for (durability, grace) in [
             (Durability::Batched, Duration::ZERO),

@@ -169,8 +169,9 @@ impl Scrubber {
 
     /// Scan `hay` (whose positions map to the input through `to_input`/`pos_to_input`), then
     /// each decoding view of it, `depth` layers deep. A view is only built when it could
-    /// change what matches: an escape decodes to a byte some pattern contains or is cut off
-    /// at the end (other escapes, `\n`, `\"`…, can't be part of a match), or a line break
+    /// change what matches: an escape decodes to a byte some pattern contains, is cut off at
+    /// the end, or is a line break after a run of base64, which the line-joining view one
+    /// layer down must see (other escapes, `\"`…, can't be part of a match); or a line break
     /// follows a run of base64.
     #[allow(
         clippy::too_many_arguments,

@@ -481,3 +481,45 @@ proptest! {
         prop_assert!(!contains(&streamed, form));
     }
 }
+
+/// Wrapped base64 inside a JSON string (a MIME part or PEM, its line breaks escaped as
+/// `\r\n`) or a form field (`%0D%0A`): the escaped line breaks must be decoded for the
+/// line-joining view to see the lines as one, though they are no part of any pattern.
+#[test]
+fn wrapped_base64_behind_escaped_line_breaks_is_masked() {
+    use base64::engine::general_purpose::STANDARD;
+    let s = scrubber();
+    let found = |text: &str| {
+        let joined: String = text.lines().skip(2).collect();
+        STANDARD.decode(joined).is_ok_and(|d| contains(&d, SECRET))
+    };
+    for offset in 0..76 {
+        let mut data = vec![b'.'; offset];
+        data.extend_from_slice(SECRET);
+        data.extend_from_slice(b" and more text after the secret");
+        let encoded = STANDARD.encode(&data);
+        let lines: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(76)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        let mime = format!(
+            "Content-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            lines.join("\r\n")
+        );
+        assert!(found(&mime), "the test body carries the secret");
+        let json = serde_json::to_vec(&serde_json::json!({ "raw": mime })).unwrap();
+        for cuts in [&[][..], &[json.len() / 2]] {
+            let out = stream_through(&s, &json, cuts);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert!(!found(v["raw"].as_str().unwrap()), "offset {offset}: {v}");
+        }
+        let form = mime.replace("\r\n", "%0D%0A");
+        let out = whole(&s, form.as_bytes());
+        assert!(
+            !found(&String::from_utf8(pct(&out)).unwrap()),
+            "offset {offset}: {}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+}

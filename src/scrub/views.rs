@@ -150,10 +150,28 @@ fn unwrapped(input: &[u8]) -> Decoded {
 /// Whether `input` has a line break after at least [`WRAPPED_LINE_MIN`] base64 characters
 /// (an SSE event or a JSON line, ending in punctuation, has none).
 fn wrapped_matters(input: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\r', b'\n', input).any(|i| ends_a_wrapped_line(&input[..i]))
+}
+
+/// Whether a line break after `before` would be read as a wrap: `before` ends in at least
+/// [`WRAPPED_LINE_MIN`] base64 characters.
+fn ends_a_wrapped_line(before: &[u8]) -> bool {
     let is_base64 =
         |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_');
-    memchr::memchr2_iter(b'\r', b'\n', input)
-        .any(|i| i >= WRAPPED_LINE_MIN && input[i - WRAPPED_LINE_MIN..i].iter().all(is_base64))
+    before
+        .len()
+        .checked_sub(WRAPPED_LINE_MIN)
+        .is_some_and(|start| before[start..].iter().all(is_base64))
+}
+
+/// Whether an escape at `i` decoding to `byte` could change what matches: the byte occurs
+/// in a pattern, or it is a line break ending a wrapped base64 line. Such a break is no part
+/// of a match, but the line-joining view of this decoding needs it decoded to join the
+/// lines: wrapped base64 inside a JSON string or a form field (`\r\n`, `%0D%0A`) is only
+/// found one layer down.
+fn escape_matters(input: &[u8], i: usize, byte: u8, alphabet: &[bool; 256]) -> bool {
+    alphabet[usize::from(byte)]
+        || (matches!(byte, b'\r' | b'\n') && ends_a_wrapped_line(&input[..i]))
 }
 
 /// Whether decoding percent escapes could change what matches in `input`: some escape
@@ -164,7 +182,7 @@ fn percent_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
             input.get(i + 1).copied().and_then(hex_value),
             input.get(i + 2).copied().and_then(hex_value),
         ) {
-            (Some(h), Some(l)) => alphabet[usize::from(h << 4 | l)],
+            (Some(h), Some(l)) => escape_matters(input, i, h << 4 | l, alphabet),
             _ => i + 2 >= input.len(),
         }
     })
@@ -175,7 +193,7 @@ fn json_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
     memchr::memchr_iter(b'\\', input).any(|i| match escape_at(input, i) {
         Escape::Decoded(ch, _) => {
             let mut utf8 = [0u8; 4];
-            alphabet[usize::from(ch.encode_utf8(&mut utf8).as_bytes()[0])]
+            escape_matters(input, i, ch.encode_utf8(&mut utf8).as_bytes()[0], alphabet)
         }
         Escape::Incomplete => true,
         Escape::Literal => false,

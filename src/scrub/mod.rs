@@ -280,12 +280,24 @@ impl Scrubber {
     /// the longest pattern, whether or not it begins a secret. Holding only a true prefix of
     /// one would make the release time an oracle: an upstream that echoes the agent's text
     /// and pauses would show, guess by guess, which texts begin a secret.
+    ///
+    /// The final [`views::WRAPPED_LINE_MIN`] base64 characters are held too: the
+    /// line-joining view is only built where a line break follows that many, so when the
+    /// next chunk brings the break, the end of a wrapped line must still be there. The final
+    /// alphabet run alone can be shorter (a base64 character no pattern contains, or only
+    /// short patterns), and a copy split by that wrap would go out unmasked.
     fn live_tail(&self, hay: &[u8]) -> usize {
         let run_start = hay
             .iter()
             .rposition(|&b| !self.alphabet[usize::from(b)])
             .map_or(0, |i| i + 1);
-        run_start.max(hay.len().saturating_sub(self.max_len.saturating_sub(1)))
+        let alphabet_tail = run_start.max(hay.len().saturating_sub(self.max_len.saturating_sub(1)));
+        let base64_start = hay
+            .iter()
+            .rposition(|b| !views::is_base64(b))
+            .map_or(0, |i| i + 1);
+        let line_tail = base64_start.max(hay.len().saturating_sub(views::WRAPPED_LINE_MIN));
+        alphabet_tail.min(line_tail)
     }
 
     /// A scrubber for one streamed body.

@@ -523,3 +523,39 @@ fn wrapped_base64_behind_escaped_line_breaks_is_masked() {
         );
     }
 }
+
+/// A chunk ending at (or just after) the end of a wrapped base64 line held back only the
+/// line's final run of alphabet bytes: with a base64 character no pattern contains before
+/// it (likely with a short secret, whose forms use few characters), fewer than 16 base64
+/// characters were left before the break for the line-joining view, and a copy split by
+/// that wrap went out unmasked.
+#[test]
+fn wrapped_base64_of_a_short_secret_is_masked_when_a_chunk_ends_at_a_line_end() {
+    use base64::engine::general_purpose::STANDARD;
+    for (secret, width) in [b"Zq8#kL2!", SECRET]
+        .into_iter()
+        .flat_map(|secret| [16, 20, 64, 76].map(|width| (secret, width)))
+    {
+        let s = sc(&[secret]);
+        let found = |out: Vec<u8>| {
+            let joined: String = String::from_utf8(out).unwrap().lines().collect();
+            STANDARD.decode(joined).is_ok_and(|d| contains(&d, secret))
+        };
+        for offset in 0..width {
+            let data = [&vec![b'.'; offset][..], secret, b".."].concat();
+            let encoded = STANDARD.encode(&data);
+            let lines: Vec<&str> = encoded
+                .as_bytes()
+                .chunks(width)
+                .map(|l| std::str::from_utf8(l).unwrap())
+                .collect();
+            let body = format!("{}\n", lines.join("\n"));
+            for (at, _) in body.match_indices('\n') {
+                for cut in [at, at + 1].into_iter().filter(|&c| c < body.len()) {
+                    let out = stream_through(&s, body.as_bytes(), &[cut]);
+                    assert!(!found(out), "width {width}, offset {offset}, cut {cut}");
+                }
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ pub enum View {
 }
 
 /// Base64 (or hex) characters a line must end with for its line break to be read as a wrap.
-const WRAPPED_LINE_MIN: usize = 16;
+pub const WRAPPED_LINE_MIN: usize = 16;
 
 impl View {
     /// Whether decoding could change what matches in `input`.
@@ -153,11 +153,14 @@ fn wrapped_matters(input: &[u8]) -> bool {
     memchr::memchr2_iter(b'\r', b'\n', input).any(|i| ends_a_wrapped_line(&input[..i]))
 }
 
+/// Whether `b` can be part of base64 or base64url text.
+pub fn is_base64(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+}
+
 /// Whether a line break after `before` would be read as a wrap: `before` ends in at least
 /// [`WRAPPED_LINE_MIN`] base64 characters.
 fn ends_a_wrapped_line(before: &[u8]) -> bool {
-    let is_base64 =
-        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_');
     before
         .len()
         .checked_sub(WRAPPED_LINE_MIN)

@@ -178,10 +178,7 @@ async fn audit_head(conn: &mut PgConnection, tenant: &str) -> Result<Head, Store
             hash: row.try_get("last_hash")?,
         });
     }
-    let checkpoint: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
-        .bind(audit_checkpoint_key(tenant))
-        .fetch_optional(&mut *conn)
-        .await?;
+    let checkpoint = get_meta(conn, &audit_checkpoint_key(tenant)).await?;
     Ok(audit_batch::head_after_checkpoint(checkpoint.as_deref()))
 }
 
@@ -200,6 +197,14 @@ macro_rules! token_select {
          t.parent_id, t.policy, t.policy_name \
          FROM tokens t JOIN secrets s ON s.id = t.secret_id"
     };
+}
+
+/// A `meta` value, read on `conn` (inside its transaction).
+async fn get_meta(conn: &mut PgConnection, key: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
 }
 
 async fn put_meta(conn: &mut PgConnection, key: &str, value: &str) -> Result<(), sqlx::Error> {
@@ -782,16 +787,8 @@ impl Store for PgStore {
         lock_audit(&mut tx).await?;
         for (tenant, list) in audit_batch::by_tenant(entries) {
             let mut head = audit_head(&mut tx, tenant).await?;
-            let newest: Option<String> =
-                sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
-                    .bind(audit_head_key(tenant))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let listed: Option<String> =
-                sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
-                    .bind(AUDIT_TENANTS_KEY)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let newest = get_meta(&mut tx, &audit_head_key(tenant)).await?;
+            let listed = get_meta(&mut tx, AUDIT_TENANTS_KEY).await?;
             let tenants = audit_batch::checked_tenants(
                 sign,
                 tenant,

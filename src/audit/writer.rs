@@ -428,7 +428,8 @@ impl Writer {
         // a secret or a token; redaction makes sure.
         // Masks are whole ASCII runs over whole matches, so the text stays UTF-8; lossy
         // decoding would only ever replace, never drop, the record.
-        let json = String::from_utf8_lossy(&self.redactor.redact_text(&json)).into_owned();
+        let json = String::from_utf8(self.redactor.redact_text(&json))
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         AuditEntry {
             tenant: record.tenant,
             at_ms: record.at_ms,

@@ -352,18 +352,20 @@ fn copy_headers(agent: &HeaderMap, also_drop: impl Fn(&str) -> bool) -> HeaderMa
 
 /// Remove hop-by-hop headers and forged broker markers from an upstream response.
 pub fn clean_response_headers(headers: &mut HeaderMap) {
-    for name in connection_tokens(headers) {
-        headers.remove(name.as_str());
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-    let forged: Vec<_> = headers
+    // One pass over the few names a response has, rather than a lookup per listed name:
+    // this runs on every response.
+    let named_in_connection = connection_tokens(headers);
+    let dropped: Vec<_> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-seks-"))
+        .filter(|k| {
+            let n = k.as_str();
+            HOP_BY_HOP.contains(&n)
+                || n.starts_with("x-seks-")
+                || named_in_connection.iter().any(|c| c == n)
+        })
         .cloned()
         .collect();
-    for name in forged {
+    for name in dropped {
         headers.remove(name);
     }
 }

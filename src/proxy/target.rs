@@ -6,6 +6,8 @@
 //! also `..;`), no encoded slashes or backslashes, no empty segments, no double encoding,
 //! no control or non-URL characters.
 
+use std::borrow::Cow;
+
 use percent_encoding::percent_decode;
 
 /// Where provider routes live.
@@ -65,11 +67,10 @@ pub fn validate(rest: &str) -> Result<(), &'static str> {
             "the path contains a character that is not allowed in a URL path"
         });
     }
-    let segments: Vec<&str> = body.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = body.split('/').peekable();
+    while let Some(segment) = segments.next() {
         // A trailing slash is an ordinary path; an empty segment elsewhere (`//`) is not.
-        if segment.is_empty() && i != last {
+        if segment.is_empty() && segments.peek().is_some() {
             return Err("empty path segments (`//`) are not allowed");
         }
         check_segment(segment)?;
@@ -85,7 +86,12 @@ fn check_segment(raw: &str) -> Result<(), &'static str> {
             return Err("malformed percent-encoding in the path");
         }
     }
-    let decoded: Vec<u8> = percent_decode(bytes).collect();
+    // Most segments have no escapes: nothing to decode, nothing to allocate.
+    let decoded: Cow<[u8]> = if bytes.contains(&b'%') {
+        Cow::Owned(percent_decode(bytes).collect())
+    } else {
+        Cow::Borrowed(bytes)
+    };
     if decoded.iter().any(|&b| b == b'/' || b == b'\\') {
         return Err("encoded slashes or backslashes are not allowed in the path");
     }

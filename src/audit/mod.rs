@@ -152,8 +152,11 @@ pub fn new_request_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| crate::tokens::random_base62(8));
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let counter = crate::tokens::base62_digits::<8>(n);
-    format!("req_{prefix}{}", String::from_utf8_lossy(&counter))
+    let mut id = String::with_capacity(4 + prefix.len() + 8);
+    id.push_str("req_");
+    id.push_str(prefix);
+    id.extend(crate::tokens::base62_digits::<8>(n).map(char::from));
+    id
 }
 
 /// A status filter: `4xx` for a class, `404` for one status.

@@ -130,3 +130,14 @@ fn a_newest_head_cannot_stand_in_for_a_checkpoint() {
     let forged = Verifier::new(&key(), "t", Some(&head), Some(&head));
     assert!(matches!(forged, Err(ChainError::Head { .. })));
 }
+
+#[test]
+fn request_ids_share_a_process_prefix_and_never_repeat() {
+    let (a, b) = (new_request_id(), new_request_id());
+    assert_ne!(a, b);
+    for id in [&a, &b] {
+        assert!(id.starts_with("req_") && id.len() == 20, "{id}");
+        assert!(id[4..].bytes().all(|c| c.is_ascii_alphanumeric()), "{id}");
+    }
+    assert_eq!(a[..12], b[..12]);
+}

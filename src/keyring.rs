@@ -942,4 +942,31 @@ mod tests {
             Err(KeyringError::StoreDown)
         ));
     }
+
+    #[tokio::test]
+    async fn what_a_token_keeps_open_ends_once_an_outage_outlasts_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_secs(2);
+        let (keyring, texts, mut conn) = fixture(dir.path(), grace, &["bot"]).await;
+        let keyring = Arc::new(keyring);
+        let hash = crate::tokens::parse(&texts[0]).unwrap().hash();
+        let changes = keyring.changes();
+        let entry = keyring.token_by_hash(hash).await.unwrap();
+        let watch = crate::proxy::TokenWatch::new(&keyring, changes, hash, &entry);
+        let syncing = tokio::spawn(Arc::clone(&keyring).run_sync_loop());
+        // The store stops answering, as on a lost server; nothing about the token changed
+        // as far as the broker can tell.
+        conn.execute("ALTER TABLE revision RENAME TO revision_gone")
+            .await
+            .unwrap();
+        let outage = Instant::now();
+        let ended = tokio::time::timeout(grace + Duration::from_secs(2), watch.ended()).await;
+        syncing.abort();
+        let reason = ended.expect("a session outlived the outage grace");
+        assert!(matches!(reason, crate::proxy::ProxyError::StoreUnavailable));
+        assert!(
+            outage.elapsed() + SYNC_INTERVAL >= grace,
+            "a session ended within the outage grace"
+        );
+    }
 }

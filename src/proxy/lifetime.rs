@@ -2,9 +2,13 @@
 //! and a WebSocket session closes, once the token (or an ancestor) is revoked, expires or is
 //! removed.
 //!
-//! Watching costs nothing while nothing changes: the token is looked up again (through the
-//! keyring's cache) only after the keyring has dropped its cached tokens, which it does on
-//! every change in the store, or once the chain's earliest expiry has passed.
+//! Watching costs little while nothing changes: the token is looked up again (through the
+//! keyring's cache) after the keyring has dropped its cached tokens, which it does on every
+//! change in the store, once the chain's earliest expiry has passed, and every
+//! [`STALE_AFTER`]. The last is for outages: a store that stops answering announces no
+//! change, so only looking again finds that the keyring no longer vouches for its cache
+//! (stale, or past the outage grace), which would otherwise let a session outlive the grace
+//! (and any revocation made meanwhile) for as long as the outage lasts.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,10 +18,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::{ProxyError, enforce, keyring_error};
 use crate::clock;
-use crate::keyring::{Keyring, TokenEntry};
+use crate::keyring::{Keyring, STALE_AFTER, TokenEntry};
 use crate::scrub::BoxError;
 use crate::tokens::TokenHash;
 
@@ -28,6 +33,8 @@ pub struct TokenWatch {
     changes: watch::Receiver<()>,
     /// The chain's earliest expiry (Unix seconds).
     expires_at: Option<i64>,
+    /// When the token was last looked up.
+    checked: Instant,
 }
 
 /// The earliest expiry along a token's chain.
@@ -52,6 +59,7 @@ impl TokenWatch {
             hash,
             changes,
             expires_at: earliest_expiry(entry),
+            checked: Instant::now(),
         }
     }
 
@@ -60,11 +68,13 @@ impl TokenWatch {
         // A keyring gone away can't vouch for the token any more.
         self.changes.has_changed().unwrap_or(true)
             || self.expires_at.is_some_and(|at| clock::now() >= at)
+            || self.checked.elapsed() >= STALE_AFTER
     }
 
     /// Look the token up again: `Err` says why it may no longer be used.
     async fn recheck(mut self) -> (Self, Result<(), ProxyError>) {
         self.changes.mark_unchanged();
+        self.checked = Instant::now();
         let alive = match self.keyring.token_by_hash(self.hash).await {
             Ok(entry) => {
                 self.expires_at = earliest_expiry(&entry);
@@ -81,13 +91,14 @@ impl TokenWatch {
             let until_expiry = self
                 .expires_at
                 .map(|at| Duration::from_secs(u64::try_from(at - clock::now()).unwrap_or(0)));
+            let next_look = until_expiry.map_or(STALE_AFTER, |expiry| expiry.min(STALE_AFTER));
             tokio::select! {
                 changed = self.changes.changed() => {
                     if changed.is_err() {
                         return ProxyError::StoreUnavailable;
                     }
                 }
-                () = tokio::time::sleep(until_expiry.unwrap_or_default()), if until_expiry.is_some() => {}
+                () = tokio::time::sleep(next_look) => {}
             }
             let alive;
             (self, alive) = self.recheck().await;

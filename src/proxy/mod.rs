@@ -528,7 +528,7 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let max_message = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-            return websocket::switch(agent, response, scrubber, max_message, watch);
+            return websocket::switch(agent, response, scrubber, &self.keyring, max_message, watch);
         }
         response::to_agent(
             response,

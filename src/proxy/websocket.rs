@@ -4,7 +4,9 @@
 //!
 //! No extension is offered upstream: a compressed message could hide a secret from the
 //! scrubber. Messages are relayed whole (up to the body limit), so a secret split across
-//! the frames of one message is still found.
+//! the frames of one message is still found. Each message is scrubbed with the keyring's
+//! scrubber in force when it arrives, not the one of the handshake: a session may last
+//! hours, and a secret added or rotated meanwhile must be masked too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::{ProxyError, TokenWatch, rewrite};
+use crate::keyring::Keyring;
 use crate::scrub::{self, Scrubber};
 
 /// The header naming negotiated extensions, which are never offered upstream.
@@ -60,11 +63,13 @@ pub fn prepare_request(headers: &mut HeaderMap) {
 }
 
 /// Answer the agent's handshake with the upstream's 101 (headers cleaned and scrubbed), and
-/// relay messages between the two connections once both have switched.
+/// relay messages between the two connections once both have switched, scrubbing the
+/// upstream's with `keyring`'s scrubber of the moment.
 pub fn switch(
     agent: OnUpgrade,
     mut response: http::Response<Incoming>,
     scrubber: &Arc<Scrubber>,
+    keyring: &Arc<Keyring>,
     max_message: usize,
     watch: Option<TokenWatch>,
 ) -> Result<Response, ProxyError> {
@@ -84,7 +89,7 @@ pub fn switch(
         .headers
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     parts.status = StatusCode::SWITCHING_PROTOCOLS;
-    let scrubber = scrubber.clone();
+    let keyring = Arc::clone(keyring);
     tokio::spawn(async move {
         let (agent, upstream) = match tokio::try_join!(agent, upstream) {
             Ok(both) => both,
@@ -107,18 +112,18 @@ pub fn switch(
                 None => std::future::pending().await,
             }
         };
-        relay(agent, upstream, &scrubber, ended).await;
+        relay(agent, upstream, || keyring.scrubber(), ended).await;
     });
     Ok(Response::from_parts(parts, Body::empty()))
 }
 
 /// Relay messages both ways until either side closes, the agent's as they are, the
-/// upstream's scrubbed; or until `ended` says the token may no longer be used, which closes
+/// upstream's scrubbed with what `scrubber` gives as each arrives; or until `ended` says the token may no longer be used, which closes
 /// both sides (the agent's with code 1008, policy violation, and the error's code).
 async fn relay<A, U>(
     agent: WebSocketStream<A>,
     upstream: WebSocketStream<U>,
-    scrubber: &Scrubber,
+    scrubber: impl Fn() -> Arc<Scrubber>,
     ended: impl Future<Output = ProxyError>,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -136,7 +141,7 @@ async fn relay<A, U>(
     };
     let inbound = async {
         while let Some(Ok(message)) = from_upstream.next().await {
-            if to_agent.send(scrubbed(message, scrubber)).await.is_err() {
+            if to_agent.send(scrubbed(message, &scrubber())).await.is_err() {
                 break;
             }
         }

@@ -871,6 +871,45 @@ async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
     s.broker.stop().await;
 }
 
+/// Send `text` on an open session and return the echo.
+async fn echoed(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text)).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("no echo")
+        .expect("the session ended")
+        .unwrap();
+    reply.into_text().unwrap().as_str().to_owned()
+}
+
+#[tokio::test]
+async fn a_websocket_session_scrubs_secrets_added_or_rotated_after_it_opened() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const ADDED: &str = "sk-ws-added-while-the-session-is-open-0123";
+    const ROTATED: &str = "sk-ws-rotated-while-the-session-is-open-4567";
+    let (_echo, s, token) = ws_setup("").await;
+    let mut request = format!("ws://{}/api/wsecho/socket", s.broker.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let tcp = TcpStream::connect(s.broker.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    assert_eq!(echoed(&mut ws, "hello").await, "hello");
+    s.env.add_secret("added", "wsecho", ADDED).await;
+    s.env.cli(&["secret", "rotate", "ws"], ROTATED).await.ok();
+    // Changes reach the running broker within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for secret in [ADDED, ROTATED, WS_KEY] {
+        let answer = echoed(&mut ws, &format!("it is {secret}")).await;
+        assert_eq!(answer, format!("it is {}", "*".repeat(secret.len())));
+    }
+    s.broker.stop().await;
+}
+
 #[tokio::test]
 async fn in_strict_audit_mode_no_websocket_session_starts_before_its_record_is_written() {
     let (_echo, s, token) = ws_setup("[audit]\ndurability = \"strict\"\n").await;

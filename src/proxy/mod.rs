@@ -537,6 +537,7 @@ impl Proxy {
             method_has_body,
             metering,
             watch,
+            &self.keyring,
         )
     }
 

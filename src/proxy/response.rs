@@ -24,6 +24,7 @@ use super::audited::PendingRecord;
 use super::lifetime::{TokenWatch, WatchedBody};
 use super::rewrite;
 use super::{ProxyError, enforce};
+use crate::keyring::Keyring;
 use crate::policy::limits::Admission;
 use crate::policy::usage::{MeteredBody, UsageMeter};
 use crate::scrub::{self, BoxError, ScrubBody, Scrubber};
@@ -60,6 +61,7 @@ pub fn to_agent(
     has_body: bool,
     metering: Metering,
     watch: Option<TokenWatch>,
+    keyring: &Arc<Keyring>,
 ) -> Result<Response, ProxyError> {
     let (mut parts, body) = response.into_parts();
     // Extensions carry hyper's copy of the status line's reason phrase, which an upstream
@@ -116,7 +118,8 @@ pub fn to_agent(
         .boxed_unsync();
     }
     scrub::scrub_headers(scrubber, &mut parts.headers);
-    let body = ScrubBody::new(body, scrubber.stream());
+    let keyring = Arc::clone(keyring);
+    let body = ScrubBody::new(body, scrubber.stream()).following(move || keyring.scrubber());
     let body = match watch {
         Some(token) => Body::new(WatchedBody::new(body, token)),
         None => Body::new(body),

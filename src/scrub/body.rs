@@ -8,7 +8,10 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
-use super::StreamScrubber;
+use super::{Scrubber, StreamScrubber};
+
+/// Where a long body gets the scrubber in force as it goes on.
+type Current = Box<dyn Fn() -> std::sync::Arc<Scrubber> + Send>;
 
 /// Error type of bodies passing through the broker.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,6 +23,8 @@ pub struct ScrubBody {
     /// Trailers that arrived while held-back bytes still had to be sent.
     trailers: Option<HeaderMap>,
     finished: bool,
+    /// The scrubber in force, taken for each frame when set.
+    current: Option<Current>,
 }
 
 impl ScrubBody {
@@ -30,6 +35,23 @@ impl ScrubBody {
             scrubber,
             trailers: None,
             finished: false,
+            current: None,
+        }
+    }
+
+    /// Scrub each frame with the scrubber `current` gives at the time: a stream may last
+    /// hours, and a secret added or rotated meanwhile must be masked too.
+    pub fn following(
+        mut self,
+        current: impl Fn() -> std::sync::Arc<Scrubber> + Send + 'static,
+    ) -> Self {
+        self.current = Some(Box::new(current));
+        self
+    }
+
+    fn renew(&mut self) {
+        if let Some(current) = &self.current {
+            self.scrubber.renew(current());
         }
     }
 
@@ -53,7 +75,9 @@ impl Body for ScrubBody {
             if this.finished {
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            let next = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+            this.renew();
+            match next {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let out = this.scrubber.push(data);

@@ -366,6 +366,18 @@ impl StreamScrubber {
         &self.scrubber
     }
 
+    /// Go on with `scrubber`, one built since (after a secret was added or rotated). What is
+    /// held back stays valid: a newer scrubber knows every value the older one did (replaced
+    /// secrets are kept while the broker runs), so it finds at least the same masks.
+    pub fn renew(&mut self, scrubber: Arc<Scrubber>) {
+        // An empty scrubber passes chunks through untouched, which would overtake what is
+        // held back.
+        let overtakes = scrubber.is_empty() && !self.pending.is_empty();
+        if !Arc::ptr_eq(&self.scrubber, &scrubber) && !overtakes {
+            self.scrubber = scrubber;
+        }
+    }
+
     /// Feed a chunk; returns the bytes that are now final (possibly empty).
     pub fn push(&mut self, chunk: Bytes) -> Bytes {
         if self.scrubber.is_empty() {

@@ -613,6 +613,33 @@ async fn read_to_end(mut body: hyper::body::Incoming) -> (bool, Instant) {
 }
 
 #[tokio::test]
+async fn a_stream_scrubs_a_secret_added_after_it_started() {
+    const ADDED: &str = "sk-added-while-the-stream-is-open-0123456789";
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&mock.url()).await;
+    let broker = env.serve().await;
+    let url = broker.url(&format!("/api/openai/v1/gated-say?say={ADDED}"));
+    let auth = format!("Bearer {token}");
+    let response = send_streaming("GET", &url, &[("authorization", &auth)], "").await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    // The stream is open; the operator adds a secret, which reaches the broker within a
+    // second; then the upstream says it.
+    env.add_secret("added", "openai", ADDED).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    mock.release();
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the stream went on for 10 s")
+        .unwrap()
+        .to_bytes();
+    let rest = String::from_utf8_lossy(&rest);
+    assert_eq!(rest, format!("data: {}\n\n", "*".repeat(ADDED.len())));
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_stream_is_cut_off_once_its_token_is_revoked_or_expires() {
     let mock = MockUpstream::start().await;
     let (env, token) = openai_setup(&mock.url()).await;

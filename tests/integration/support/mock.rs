@@ -254,6 +254,8 @@ async fn handle(
         json_response(serde_json::json!({"late": true}))
     } else if path.ends_with("/stall") {
         stalled()
+    } else if path.ends_with("/gated-say") {
+        gated_say(gate, query.strip_prefix("say=").unwrap_or("").to_owned())
     } else if path.ends_with("/drip") {
         drip()
     } else if path.ends_with("/close") {
@@ -490,6 +492,18 @@ fn gated(gate: Arc<Notify>) -> Response<MockBody> {
         let _ = tx.send(Ok(Bytes::from("data: first\n\n"))).await;
         gate.notified().await;
         let _ = tx.send(Ok(Bytes::from("data: second\n\n"))).await;
+    });
+    stream_response(rx)
+}
+
+/// One event, then, once released, an event saying `what` (which the test may meanwhile
+/// have made a secret).
+fn gated_say(gate: Arc<Notify>, what: String) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Bytes::from("data: first\n\n"))).await;
+        gate.notified().await;
+        let _ = tx.send(Ok(Bytes::from(format!("data: {what}\n\n")))).await;
     });
     stream_response(rx)
 }

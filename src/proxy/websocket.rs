@@ -118,8 +118,9 @@ pub fn switch(
 }
 
 /// Relay messages both ways until either side closes, the agent's as they are, the
-/// upstream's scrubbed with what `scrubber` gives as each arrives; or until `ended` says the token may no longer be used, which closes
-/// both sides (the agent's with code 1008, policy violation, and the error's code).
+/// upstream's scrubbed with what `scrubber` gives as each arrives; or until `ended` says the
+/// token may no longer be used, which closes both sides (the agent's with code 1008, policy
+/// violation, and the error's code).
 async fn relay<A, U>(
     agent: WebSocketStream<A>,
     upstream: WebSocketStream<U>,

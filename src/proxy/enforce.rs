@@ -10,7 +10,7 @@ use http::{Method, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
-use super::{ProxyError, Seen, keyring_error};
+use super::{ProxyError, Seen, keyring_error, websocket};
 use crate::approvals::{Approvals, MAX_PENDING_PER_TOKEN, NotApproved, Summary};
 use crate::clock;
 use crate::keyring::{Keyring, TokenEntry};
@@ -126,7 +126,14 @@ impl Enforcer {
             ForwardBody::Buffered(bytes) => parse_json(bytes, checks_models || checks_body)?,
             ForwardBody::Streamed(_) => None,
         };
-        let models = match provider.model_in.find(path.path(), json.as_ref()) {
+        // OpenAI's Realtime API names its model in the query (`/v1/realtime?model=…`), where a
+        // WebSocket handshake has no body to name it in.
+        let in_query = if provider.model_in.reads_body() {
+            query_models(parts.uri.query())
+        } else {
+            Vec::new()
+        };
+        let mut models = match provider.model_in.find(path.path(), json.as_ref()) {
             Ok(models) => models,
             Err(UnreadableModel) if checks_models => {
                 return Err(ProxyError::BadBody(
@@ -135,6 +142,15 @@ impl Enforcer {
             }
             Err(UnreadableModel) => Vec::new(),
         };
+        models.extend(in_query.iter().map(String::as_str));
+        // A WebSocket session may name its model in a message (Gemini's Live API does, in its
+        // first), which the broker relays unread: under a model list, the handshake must.
+        if checks_models && models.is_empty() && websocket::is_upgrade(&parts.headers) {
+            return Err(ProxyError::BadBody(
+                "the token's policy checks the model, so a WebSocket session must name it in \
+                 the URL (`?model=`)",
+            ));
+        }
         if !models.is_empty() {
             seen.model = Some(models.join(", "));
         }
@@ -290,6 +306,14 @@ pub(super) fn check_lifetimes(entry: &TokenEntry, now: i64) -> Result<(), ProxyE
     Ok(())
 }
 
+/// The values of a query string's `model` parameters, decoded.
+fn query_models(query: Option<&str>) -> Vec<String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(key, _)| key == "model")
+        .map(|(_, value)| value.into_owned())
+        .collect()
+}
+
 /// Read a body up to `limit` bytes.
 async fn read(body: Body, parts: &Parts, limit: usize) -> Result<Bytes, ProxyError> {
     if parts.headers.contains_key(header::CONTENT_ENCODING) {
@@ -367,6 +391,15 @@ mod tests {
             assert_eq!(v["stream_options"]["include_usage"], true, "{options}");
         }
         assert!(ask_for_stream_usage(None).is_none());
+    }
+
+    #[test]
+    fn models_named_in_the_query_are_found_in_any_spelling() {
+        assert_eq!(
+            query_models(Some("model=a&%6Dodel=b+c&models=d&model")),
+            ["a", "b c", ""]
+        );
+        assert!(query_models(None).is_empty());
     }
 
     #[test]

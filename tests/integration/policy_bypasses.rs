@@ -380,3 +380,53 @@ async fn an_agent_can_derive_only_so_many_children_a_minute() {
     assert_eq!(statuses.last(), Some(&429));
     broker.stop().await;
 }
+
+/// The headers of a WebSocket handshake.
+const UPGRADE: [(&str, &str); 4] = [
+    ("connection", "upgrade"),
+    ("upgrade", "websocket"),
+    ("sec-websocket-version", "13"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
+#[tokio::test]
+async fn model_lists_see_models_named_in_the_query_or_a_websocket_session() {
+    let (mock, env) = setup("").await;
+    let openai = write(&env, "o.toml", "models = [\"gpt-4o-mini\"]\n");
+    let token = env.create_token("main", &["--policy", &openai]).await;
+    let gemini = write(&env, "g.toml", "models = [\"gemini-2.0-flash\"]\n");
+    let gemini = env.create_token("gem", &["--policy", &gemini]).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+
+    // OpenAI's Realtime API reads the model from the handshake's query, not a body.
+    for target in [
+        "/api/openai/v1/realtime?model=gpt-4o-realtime-preview",
+        "/api/openai/v1/realtime?%6Dodel=gpt-4o-realtime-preview",
+        "/api/openai/v1/realtime?model=gpt-4o-mini&model=gpt-4o-realtime-preview",
+    ] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend(UPGRADE);
+        let reply = send("GET", &broker.url(target), &headers, "").await;
+        assert_eq!(
+            code(&reply),
+            (403, "policy_denied".into()),
+            "{target}: {}",
+            reply.body
+        );
+    }
+    // Gemini's Live API names its model in the session's first message, which the broker
+    // doesn't read: a model list can't be checked there.
+    let mut headers = vec![("x-goog-api-key", gemini.as_str())];
+    headers.extend(UPGRADE);
+    let live =
+        "/api/gemini/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+    let reply = send("GET", &broker.url(live), &headers, "").await;
+    assert_eq!(code(&reply), (400, "bad_body".into()), "{}", reply.body);
+    assert_eq!(mock.requests().len(), 0, "nothing reached the upstream");
+
+    let allowed = broker.url("/api/openai/v1/realtime?model=gpt-4o-mini");
+    let reply = send("GET", &allowed, &[("authorization", auth.as_str())], "").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    broker.stop().await;
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, header};
+use http::{HeaderMap, Method, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
@@ -126,6 +126,15 @@ impl Enforcer {
             ForwardBody::Buffered(bytes) => parse_json(bytes, checks_models || checks_body)?,
             ForwardBody::Streamed(_) => None,
         };
+        // An upstream reads a body by its declared type: valid JSON declared as a form
+        // (`{"channel":"C_OK","x":"&channel=C_EVIL&"}`) would be checked as one request and
+        // carried out as another.
+        if (checks_models || checks_body) && json.is_some() && !declares_json(&parts.headers) {
+            return Err(ProxyError::BadBody(
+                "the token's policy reads the request body as JSON, so its Content-Type must \
+                 be JSON (or absent)",
+            ));
+        }
         // OpenAI's Realtime API names its model in the query (`/v1/realtime?model=…`), where a
         // WebSocket handshake has no body to name it in.
         let in_query = if provider.model_in.reads_body() {
@@ -327,6 +336,26 @@ async fn read(body: Body, parts: &Parts, limit: usize) -> Result<Bytes, ProxyErr
     }
 }
 
+/// Whether a body is declared as JSON (`application/json`, `application/…+json`) or not
+/// declared at all; a repeated Content-Type is not, since which one counts is a guess.
+fn declares_json(headers: &HeaderMap) -> bool {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    match (types.next(), types.next()) {
+        (None, _) => true,
+        (Some(value), None) => value.to_str().is_ok_and(|value| {
+            let essence = value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        }),
+        _ => false,
+    }
+}
+
 /// The body as JSON; an empty body is none, and a non-JSON one is refused only when a body
 /// rule needs to read it.
 fn parse_json(bytes: &Bytes, required: bool) -> Result<Option<Value>, ProxyError> {
@@ -400,6 +429,27 @@ mod tests {
             ["a", "b c", ""]
         );
         assert!(query_models(None).is_empty());
+    }
+
+    #[test]
+    fn only_json_content_types_or_none_declare_json() {
+        let with = |types: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for t in types {
+                headers.append(header::CONTENT_TYPE, t.parse().unwrap());
+            }
+            declares_json(&headers)
+        };
+        assert!(with(&[]));
+        assert!(with(&["application/json"]));
+        assert!(with(&["Application/JSON; charset=utf-8"]));
+        assert!(with(&["application/vnd.api+json"]));
+        assert!(!with(&["application/x-www-form-urlencoded"]));
+        assert!(!with(&["text/plain"]));
+        assert!(!with(&[
+            "application/json",
+            "application/x-www-form-urlencoded"
+        ]));
     }
 
     #[test]

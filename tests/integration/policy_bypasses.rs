@@ -430,3 +430,48 @@ async fn model_lists_see_models_named_in_the_query_or_a_websocket_session() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     broker.stop().await;
 }
+
+/// A Slack token whose body rule lets it post to one channel only.
+async fn slack_channel_token(env: &Env) -> String {
+    env.add_secret("slack", "slack", "xoxb-BYPASS-real-key-0123456789")
+        .await;
+    let policy = write(
+        env,
+        "s.toml",
+        "body = [{ pointer = \"/channel\", one_of = [\"C_OK\"] }]\n",
+    );
+    env.create_token("slack", &["--policy", &policy]).await
+}
+
+#[tokio::test]
+async fn body_rules_refuse_a_json_body_declared_as_something_the_upstream_parses_otherwise() {
+    let (mock, env) = setup("").await;
+    let token = slack_channel_token(&env).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+    let url = broker.url("/api/slack/chat.postMessage");
+    // Valid JSON naming the allowed channel, and a form whose `channel` is another one.
+    let both = r#"{"channel":"C_OK","text":"&channel=C_EVIL&x="}"#;
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+    ] {
+        let reply = post(&url, ("authorization", &auth), content_type, both).await;
+        assert_eq!(
+            code(&reply),
+            (400, "bad_body".into()),
+            "{content_type}: {}",
+            reply.body
+        );
+    }
+    assert_eq!(mock.requests().len(), 0, "nothing reached the upstream");
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+    ] {
+        let reply = post(&url, ("authorization", &auth), content_type, both).await;
+        assert_eq!(reply.status, 200, "{content_type}: {}", reply.body);
+    }
+    broker.stop().await;
+}

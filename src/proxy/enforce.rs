@@ -135,6 +135,14 @@ impl Enforcer {
                  be JSON (or absent)",
             ));
         }
+        // Slack, Telegram and Stripe read arguments from the query string as well as the body,
+        // so a field a body rule checks could be given there instead, unchecked.
+        if checks_body && names_a_checked_field(&specs, parts.uri.query()) {
+            return Err(ProxyError::BadBody(
+                "the token's policy checks a field of the request body, which may not also be \
+                 given in the query string",
+            ));
+        }
         // OpenAI's Realtime API names its model in the query (`/v1/realtime?model=…`), where a
         // WebSocket handshake has no body to name it in.
         let in_query = if provider.model_in.reads_body() {
@@ -313,6 +321,29 @@ pub(super) fn check_lifetimes(entry: &TokenEntry, now: i64) -> Result<(), ProxyE
         })?;
     }
     Ok(())
+}
+
+/// Whether a query parameter names the top-level field of a body rule's pointer: `channel`
+/// for `/channel`, or, as forms spell nesting, `items[0]` or `items.0` for `/items/0/price`.
+fn names_a_checked_field(specs: &[(&TokenEntry, &PolicySpec)], query: Option<&str>) -> bool {
+    let Some(query) = query else {
+        return false;
+    };
+    let fields: Vec<String> = specs
+        .iter()
+        .flat_map(|(_, spec)| &spec.body)
+        .filter_map(|rule| {
+            let first = rule.pointer.strip_prefix('/')?.split('/').next()?;
+            // JSON pointer escapes: `~1` is `/`, `~0` is `~`.
+            (!first.is_empty()).then(|| first.replace("~1", "/").replace("~0", "~"))
+        })
+        .collect();
+    url::form_urlencoded::parse(query.as_bytes()).any(|(key, _)| {
+        fields.iter().any(|field| {
+            key.strip_prefix(field.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['[', '.']))
+        })
+    })
 }
 
 /// The values of a query string's `model` parameters, decoded.

@@ -475,3 +475,36 @@ async fn body_rules_refuse_a_json_body_declared_as_something_the_upstream_parses
     }
     broker.stop().await;
 }
+#[tokio::test]
+async fn body_rules_refuse_the_fields_they_check_in_the_query_string() {
+    let (mock, env) = setup("").await;
+    let token = slack_channel_token(&env).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+    // Slack (like Telegram and Stripe) reads arguments from the query string as well.
+    for (query, body) in [
+        ("channel=C_EVIL&text=hi", ""),
+        ("%63hannel=C_EVIL", ""),
+        ("channel=C_EVIL", r#"{"channel":"C_OK"}"#),
+    ] {
+        let url = broker.url(&format!("/api/slack/chat.postMessage?{query}"));
+        let reply = post(&url, ("authorization", &auth), "application/json", body).await;
+        assert_eq!(
+            code(&reply),
+            (400, "bad_body".into()),
+            "{query}: {}",
+            reply.body
+        );
+    }
+    assert_eq!(mock.requests().len(), 0, "nothing reached the upstream");
+    let url = broker.url("/api/slack/chat.postMessage?pretty=1");
+    let reply = post(
+        &url,
+        ("authorization", &auth),
+        "application/json",
+        r#"{"channel":"C_OK"}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    broker.stop().await;
+}

@@ -528,7 +528,16 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let max_message = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-            return websocket::switch(agent, response, scrubber, &self.keyring, max_message, watch);
+            // The session is the request in flight: it holds its concurrency slots until it ends.
+            return websocket::switch(
+                agent,
+                response,
+                scrubber,
+                &self.keyring,
+                max_message,
+                watch,
+                metering.admission,
+            );
         }
         response::to_agent(
             response,

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::{ProxyError, TokenWatch, rewrite};
 use crate::keyring::Keyring;
+use crate::policy::limits::Admission;
 use crate::scrub::{self, Scrubber};
 
 /// The header naming negotiated extensions, which are never offered upstream.
@@ -72,6 +73,7 @@ pub fn switch(
     keyring: &Arc<Keyring>,
     max_message: usize,
     watch: Option<TokenWatch>,
+    admission: Option<Admission>,
 ) -> Result<Response, ProxyError> {
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
@@ -113,6 +115,9 @@ pub fn switch(
             }
         };
         relay(agent, upstream, || keyring.scrubber(), ended).await;
+        // Released only now: an open session counts against `concurrency` like a streaming
+        // response does.
+        drop(admission);
     });
     Ok(Response::from_parts(parts, Body::empty()))
 }

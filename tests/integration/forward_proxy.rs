@@ -911,6 +911,40 @@ async fn a_websocket_session_scrubs_secrets_added_or_rotated_after_it_opened() {
 }
 
 #[tokio::test]
+async fn an_open_websocket_session_holds_its_concurrency_slot() {
+    let (echo, s, _) = ws_setup("").await;
+    let token = s
+        .env
+        .create_token("ws", &["--agent", "narrow", "--concurrency", "1"])
+        .await;
+    let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
+    let env = [("SEKS_TOKEN", token.as_str())];
+    let args = [url.as_str(), "--until-closed"];
+    let first = run_python("ws_client.py", &args, &env);
+    let second = async {
+        while echo.handshakes().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The first session is open: a second one would be two in flight.
+        let out = run_python("ws_client.py", &[url.as_str()], &env).await;
+        let id = s.env.token_id("narrow").await;
+        s.env.cli(&["token", "revoke", &id], "").await.ok();
+        out
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(
+        first.stdout.trim(),
+        "closed 1008 token_revoked",
+        "{first:#?}"
+    );
+    assert!(!second.status.success(), "{second:#?}");
+    assert!(second.stderr.contains("429"), "{second:#?}");
+    assert_eq!(echo.handshakes().len(), 1);
+    s.broker.stop().await;
+}
+
+#[tokio::test]
 async fn in_strict_audit_mode_no_websocket_session_starts_before_its_record_is_written() {
     let (_echo, s, token) = ws_setup("[audit]\ndurability = \"strict\"\n").await;
     let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);

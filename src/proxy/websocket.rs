@@ -25,8 +25,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::{ProxyError, TokenWatch, rewrite};
+use crate::clock;
 use crate::keyring::Keyring;
-use crate::policy::limits::Admission;
+use crate::policy::limits::{Admission, Limits, TokenLimits};
+use crate::policy::usage::Usage;
 use crate::scrub::{self, Scrubber};
 
 /// The header naming negotiated extensions, which are never offered upstream.
@@ -114,7 +116,12 @@ pub fn switch(
                 None => std::future::pending().await,
             }
         };
-        relay(agent, upstream, || keyring.scrubber(), ended).await;
+        // Under a token budget, the usage upstream messages report is charged as they come.
+        let budget = admission
+            .as_ref()
+            .filter(|a| a.counts_tokens())
+            .map(Admission::charged);
+        relay(agent, upstream, || keyring.scrubber(), ended, budget).await;
         // Released only now: an open session counts against `concurrency` like a streaming
         // response does.
         drop(admission);
@@ -131,6 +138,7 @@ async fn relay<A, U>(
     upstream: WebSocketStream<U>,
     scrubber: impl Fn() -> Arc<Scrubber>,
     ended: impl Future<Output = ProxyError>,
+    budget: Option<&[Arc<TokenLimits>]>,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -147,6 +155,11 @@ async fn relay<A, U>(
     };
     let inbound = async {
         while let Some(Ok(message)) = from_upstream.next().await {
+            if let Some(charged) = budget
+                && let Message::Text(text) = &message
+            {
+                charge_reported_usage(charged, text.as_str());
+            }
             if to_agent.send(scrubbed(message, &scrubber())).await.is_err() {
                 break;
             }
@@ -169,6 +182,21 @@ async fn relay<A, U>(
             reason: reason.code().into(),
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, to_agent.send(Message::Close(Some(close)))).await;
+    }
+}
+
+/// Charge the usage an upstream message reports to a token budget. Each of OpenAI Realtime's
+/// `response.done` events reports its own response's usage, so a session's messages add up;
+/// they are charged as they arrive, since a session may last for hours.
+fn charge_reported_usage(charged: &[Arc<TokenLimits>], text: &str) {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    let mut usage = Usage::default();
+    usage.absorb(&doc);
+    let tokens = usage.tokens();
+    if tokens > 0 {
+        Limits::add_tokens(charged, tokens, clock::now());
     }
 }
 

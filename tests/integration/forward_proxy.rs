@@ -945,6 +945,26 @@ async fn an_open_websocket_session_holds_its_concurrency_slot() {
 }
 
 #[tokio::test]
+async fn usage_reported_in_a_websocket_session_is_charged_to_the_token_budget() {
+    let (echo, s, _) = ws_setup("").await;
+    let token = s
+        .env
+        .create_token("ws", &["--agent", "budget", "--daily-tokens", "100"])
+        .await;
+    let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
+    let env = [("SEKS_TOKEN", token.as_str())];
+    // What OpenAI's Realtime API sends when a response is done; the echo sends it back.
+    let done = r#"{"type":"response.done","response":{"usage":{"total_tokens":5000}}}"#;
+    let out = run_python("ws_client.py", &[url.as_str(), "--first", done], &env).await;
+    assert!(out.status.success(), "{out:#?}");
+    let out = run_python("ws_client.py", &[url.as_str()], &env).await;
+    assert!(!out.status.success(), "{out:#?}");
+    assert!(out.stderr.contains("429"), "{out:#?}");
+    assert_eq!(echo.handshakes().len(), 1);
+    s.broker.stop().await;
+}
+
+#[tokio::test]
 async fn in_strict_audit_mode_no_websocket_session_starts_before_its_record_is_written() {
     let (_echo, s, token) = ws_setup("[audit]\ndurability = \"strict\"\n").await;
     let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);

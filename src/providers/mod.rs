@@ -83,13 +83,23 @@ impl ModelIn {
                 found.push(model);
             }
         }
-        match body.and_then(|b| b.get("model")) {
-            None => {}
-            Some(serde_json::Value::String(model)) if self == ModelIn::PathAndBody => {
-                found.push(model.strip_prefix("models/").unwrap_or(model));
+        // A batch names a model per request: Anthropic's Message Batches in each request's
+        // `params`, Gemini's batch embeddings in each request.
+        let batched = body
+            .and_then(|b| b.get("requests"))
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|request| [request.get("model"), request.pointer("/params/model")]);
+        for named in std::iter::once(body.and_then(|b| b.get("model"))).chain(batched) {
+            match named {
+                None => {}
+                Some(serde_json::Value::String(model)) if self == ModelIn::PathAndBody => {
+                    found.push(model.strip_prefix("models/").unwrap_or(model));
+                }
+                Some(serde_json::Value::String(model)) => found.push(model),
+                Some(_) => return Err(UnreadableModel),
             }
-            Some(serde_json::Value::String(model)) => found.push(model),
-            Some(_) => return Err(UnreadableModel),
         }
         Ok(found)
     }
@@ -509,6 +519,19 @@ mod tests {
         );
         assert_eq!(ModelIn::Nowhere.find(path, Some(&body)), Ok(vec![]));
         let odd = serde_json::json!({"model": ["gpt-4o"]});
+        assert_eq!(
+            ModelIn::Body.find("/v1/x", Some(&odd)),
+            Err(UnreadableModel)
+        );
+        let batch = serde_json::json!({"requests": [
+            {"params": {"model": "claude-haiku-4-5"}},
+            {"model": "models/text-embedding-004"},
+        ]});
+        assert_eq!(
+            gemini.find("/v1beta/models/x:batchEmbedContents", Some(&batch)),
+            Ok(vec!["x", "claude-haiku-4-5", "text-embedding-004"])
+        );
+        let odd = serde_json::json!({"requests": [{"params": {"model": 1}}]});
         assert_eq!(
             ModelIn::Body.find("/v1/x", Some(&odd)),
             Err(UnreadableModel)

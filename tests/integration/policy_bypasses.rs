@@ -508,3 +508,45 @@ async fn body_rules_refuse_the_fields_they_check_in_the_query_string() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn model_lists_see_the_models_of_a_batch_of_requests() {
+    let (mock, env) = setup("").await;
+    env.add_secret(
+        "claude",
+        "anthropic",
+        "sk-ant-api03-BYPASS-real-key-0123456789",
+    )
+    .await;
+    let policy = write(&env, "a.toml", "models = [\"claude-haiku-4-5\"]\n");
+    let token = env.create_token("claude", &["--policy", &policy]).await;
+    let broker = env.serve().await;
+    let key = ("x-api-key", token.as_str());
+    // Anthropic's Message Batches name each request's model in its `params`.
+    let batches = broker.url("/api/anthropic/v1/messages/batches");
+    let batch = |model: &str| {
+        format!(
+            r#"{{"requests":[{{"custom_id":"a","params":{{"model":"claude-haiku-4-5","max_tokens":1,"messages":[]}}}},{{"custom_id":"b","params":{{"model":"{model}","max_tokens":1,"messages":[]}}}}]}}"#
+        )
+    };
+    let reply = post(&batches, key, "application/json", &batch("claude-opus-4-1")).await;
+    assert_eq!(
+        code(&reply),
+        (403, "policy_denied".into()),
+        "{}",
+        reply.body
+    );
+    let odd = r#"{"requests":[{"custom_id":"a","params":{"model":["claude-opus-4-1"]}}]}"#;
+    let reply = post(&batches, key, "application/json", odd).await;
+    assert_eq!(code(&reply), (400, "bad_body".into()), "{}", reply.body);
+    assert_eq!(mock.requests().len(), 0, "nothing reached the upstream");
+    let reply = post(
+        &batches,
+        key,
+        "application/json",
+        &batch("claude-haiku-4-5"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    broker.stop().await;
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::http::{Reply, send};
+use crate::support::http::{Reply, send, try_send};
 use crate::support::mock::MockUpstream;
 use crate::support::{Broker, Env, run_python};
 
@@ -61,9 +61,10 @@ impl Admin {
     }
 }
 
-/// Ask the agent listener for a chat completion with `token`; the status.
+/// Ask the agent listener for a chat completion with `token`; the status, or 0 when the
+/// response was cut off (as one is when its token is revoked while it streams).
 async fn chat(broker: &Broker, token: &str) -> u16 {
-    send(
+    try_send(
         "POST",
         &broker.url("/api/openai/v1/chat/completions"),
         &[
@@ -73,7 +74,7 @@ async fn chat(broker: &Broker, token: &str) -> u16 {
         r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}"#,
     )
     .await
-    .status
+    .map_or(0, |reply| reply.status)
 }
 
 /// Poll `$check` until it holds, for up to 15 s.

@@ -134,13 +134,21 @@ async fn token_budgets_count_streams_that_try_to_hide_their_usage() {
     broker.stop().await;
 }
 
+/// Tokens limited to one model each: an OpenAI one (`gpt-4o-mini`) and a Gemini one
+/// (`gemini-2.0-flash`).
+async fn model_list_tokens(env: &Env) -> (String, String) {
+    let openai = write(env, "o.toml", "models = [\"gpt-4o-mini\"]\n");
+    let gemini = write(env, "g.toml", "models = [\"gemini-2.0-flash\"]\n");
+    (
+        env.create_token("main", &["--policy", &openai]).await,
+        env.create_token("gem", &["--policy", &gemini]).await,
+    )
+}
+
 #[tokio::test]
 async fn model_lists_refuse_bodies_whose_model_cannot_be_read() {
     let (mock, env) = setup("").await;
-    let openai = write(&env, "o.toml", "models = [\"gpt-4o-mini\"]\n");
-    let token = env.create_token("main", &["--policy", &openai]).await;
-    let gemini = write(&env, "g.toml", "models = [\"gemini-2.0-flash\"]\n");
-    let gemini = env.create_token("gem", &["--policy", &gemini]).await;
+    let (token, gemini) = model_list_tokens(&env).await;
     let broker = env.serve().await;
     let auth = format!("Bearer {token}");
     let chat = broker.url("/api/openai/v1/chat/completions");
@@ -392,10 +400,7 @@ const UPGRADE: [(&str, &str); 4] = [
 #[tokio::test]
 async fn model_lists_see_models_named_in_the_query_or_a_websocket_session() {
     let (mock, env) = setup("").await;
-    let openai = write(&env, "o.toml", "models = [\"gpt-4o-mini\"]\n");
-    let token = env.create_token("main", &["--policy", &openai]).await;
-    let gemini = write(&env, "g.toml", "models = [\"gemini-2.0-flash\"]\n");
-    let gemini = env.create_token("gem", &["--policy", &gemini]).await;
+    let (token, gemini) = model_list_tokens(&env).await;
     let broker = env.serve().await;
     let auth = format!("Bearer {token}");
 

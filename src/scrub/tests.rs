@@ -171,21 +171,25 @@ fn what_is_held_back_does_not_tell_whether_it_begins_a_secret() {
     }
 }
 
+/// The base64 of `offset` dots, `secret` and `after`, in lines of `width` characters (as PEM
+/// and MIME wrap it).
+fn base64_lines(offset: usize, secret: &[u8], after: &[u8], width: usize) -> Vec<String> {
+    use base64::engine::general_purpose::STANDARD;
+    let data = [&vec![b'.'; offset][..], secret, after].concat();
+    STANDARD
+        .encode(data)
+        .as_bytes()
+        .chunks(width)
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect()
+}
+
 #[test]
 fn wrapped_base64_is_masked_at_every_offset_and_width() {
-    use base64::engine::general_purpose::STANDARD;
     let s = scrubber();
     for width in [64, 76] {
         for offset in 0..width {
-            let mut data = vec![b'.'; offset];
-            data.extend_from_slice(SECRET);
-            data.extend_from_slice(b" and more text after the secret");
-            let encoded = STANDARD.encode(&data);
-            let lines: Vec<&str> = encoded
-                .as_bytes()
-                .chunks(width)
-                .map(|l| std::str::from_utf8(l).unwrap())
-                .collect();
+            let lines = base64_lines(offset, SECRET, b" and more text after the secret", width);
             for newline in ["\n", "\r\n"] {
                 let body = format!(
                     "-----BEGIN X-----\n{}\n-----END X-----\n",
@@ -494,15 +498,7 @@ fn wrapped_base64_behind_escaped_line_breaks_is_masked() {
         STANDARD.decode(joined).is_ok_and(|d| contains(&d, SECRET))
     };
     for offset in 0..76 {
-        let mut data = vec![b'.'; offset];
-        data.extend_from_slice(SECRET);
-        data.extend_from_slice(b" and more text after the secret");
-        let encoded = STANDARD.encode(&data);
-        let lines: Vec<&str> = encoded
-            .as_bytes()
-            .chunks(76)
-            .map(|l| std::str::from_utf8(l).unwrap())
-            .collect();
+        let lines = base64_lines(offset, SECRET, b" and more text after the secret", 76);
         let mime = format!(
             "Content-Transfer-Encoding: base64\r\n\r\n{}\r\n",
             lines.join("\r\n")
@@ -542,13 +538,7 @@ fn wrapped_base64_of_a_short_secret_is_masked_when_a_chunk_ends_at_a_line_end() 
             STANDARD.decode(joined).is_ok_and(|d| contains(&d, secret))
         };
         for offset in 0..width {
-            let data = [&vec![b'.'; offset][..], secret, b".."].concat();
-            let encoded = STANDARD.encode(&data);
-            let lines: Vec<&str> = encoded
-                .as_bytes()
-                .chunks(width)
-                .map(|l| std::str::from_utf8(l).unwrap())
-                .collect();
+            let lines = base64_lines(offset, secret, b"..", width);
             let body = format!("{}\n", lines.join("\n"));
             for (at, _) in body.match_indices('\n') {
                 for cut in [at, at + 1].into_iter().filter(|&c| c < body.len()) {

@@ -617,6 +617,11 @@ impl Keyring {
         Ok(())
     }
 
+    /// The redactor, which always holds the newest scrubber: what long streams follow.
+    pub fn redactor(&self) -> Arc<Redactor> {
+        Arc::clone(&self.redactor)
+    }
+
     /// The scrubber in force: it knows every loaded secret and every value learned so far.
     pub fn scrubber(&self) -> Arc<Scrubber> {
         Arc::clone(&self.read_cache().scrubber)

@@ -43,6 +43,15 @@ impl Usage {
         self.model.as_deref()
     }
 
+    /// The usage one JSON document reports (none if it isn't JSON).
+    pub fn reported_in(json: &[u8]) -> Usage {
+        let mut usage = Usage::default();
+        if let Some(doc) = usage_fields(json) {
+            usage.absorb(&doc);
+        }
+        usage
+    }
+
     /// Take in one JSON document (a body, or one SSE event): OpenAI-style `usage.total_tokens`
     /// (`response.usage` in Responses API events), Anthropic's `usage` / `message.usage`
     /// input and output (cumulative in streams), and Gemini's `usageMetadata.totalTokenCount`

@@ -118,8 +118,7 @@ pub fn to_agent(
         .boxed_unsync();
     }
     scrub::scrub_headers(scrubber, &mut parts.headers);
-    let keyring = Arc::clone(keyring);
-    let body = ScrubBody::new(body, scrubber.stream()).following(move || keyring.scrubber());
+    let body = ScrubBody::new(body, scrubber.stream()).following(keyring.redactor());
     let body = match watch {
         Some(token) => Body::new(WatchedBody::new(body, token)),
         None => Body::new(body),

@@ -29,7 +29,7 @@ use crate::clock;
 use crate::keyring::Keyring;
 use crate::policy::limits::{Admission, Limits, TokenLimits};
 use crate::policy::usage::Usage;
-use crate::scrub::{self, Scrubber};
+use crate::scrub::{self, Redactor, Scrubber};
 
 /// The header naming negotiated extensions, which are never offered upstream.
 const EXTENSIONS: &str = "sec-websocket-extensions";
@@ -121,7 +121,7 @@ pub fn switch(
             .as_ref()
             .filter(|a| a.counts_tokens())
             .map(Admission::charged);
-        relay(agent, upstream, || keyring.scrubber(), ended, budget).await;
+        relay(agent, upstream, &keyring.redactor(), ended, budget).await;
         // Released only now: an open session counts against `concurrency` like a streaming
         // response does.
         drop(admission);
@@ -130,13 +130,13 @@ pub fn switch(
 }
 
 /// Relay messages both ways until either side closes, the agent's as they are, the
-/// upstream's scrubbed with what `scrubber` gives as each arrives; or until `ended` says the
+/// upstream's scrubbed with `redactor`'s scrubber as each arrives; or until `ended` says the
 /// token may no longer be used, which closes both sides (the agent's with code 1008, policy
 /// violation, and the error's code).
 async fn relay<A, U>(
     agent: WebSocketStream<A>,
     upstream: WebSocketStream<U>,
-    scrubber: impl Fn() -> Arc<Scrubber>,
+    redactor: &Redactor,
     ended: impl Future<Output = ProxyError>,
     budget: Option<&[Arc<TokenLimits>]>,
 ) where
@@ -160,7 +160,11 @@ async fn relay<A, U>(
             {
                 charge_reported_usage(charged, text.as_str());
             }
-            if to_agent.send(scrubbed(message, &scrubber())).await.is_err() {
+            if to_agent
+                .send(scrubbed(message, &redactor.load()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -189,12 +193,7 @@ async fn relay<A, U>(
 /// `response.done` events reports its own response's usage, so a session's messages add up;
 /// they are charged as they arrive, since a session may last for hours.
 fn charge_reported_usage(charged: &[Arc<TokenLimits>], text: &str) {
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(text) else {
-        return;
-    };
-    let mut usage = Usage::default();
-    usage.absorb(&doc);
-    let tokens = usage.tokens();
+    let tokens = Usage::reported_in(text.as_bytes()).tokens();
     if tokens > 0 {
         Limits::add_tokens(charged, tokens, clock::now());
     }

@@ -1,6 +1,7 @@
 //! An HTTP body adapter that scrubs data frames as they stream through.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -8,10 +9,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
-use super::{Scrubber, StreamScrubber};
-
-/// Where a long body gets the scrubber in force as it goes on.
-type Current = Box<dyn Fn() -> std::sync::Arc<Scrubber> + Send>;
+use super::{Redactor, StreamScrubber};
 
 /// Error type of bodies passing through the broker.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,8 +21,8 @@ pub struct ScrubBody {
     /// Trailers that arrived while held-back bytes still had to be sent.
     trailers: Option<HeaderMap>,
     finished: bool,
-    /// The scrubber in force, taken for each frame when set.
-    current: Option<Current>,
+    /// Where the scrubber in force is taken from for each frame, when set.
+    following: Option<Arc<Redactor>>,
 }
 
 impl ScrubBody {
@@ -35,23 +33,20 @@ impl ScrubBody {
             scrubber,
             trailers: None,
             finished: false,
-            current: None,
+            following: None,
         }
     }
 
-    /// Scrub each frame with the scrubber `current` gives at the time: a stream may last
-    /// hours, and a secret added or rotated meanwhile must be masked too.
-    pub fn following(
-        mut self,
-        current: impl Fn() -> std::sync::Arc<Scrubber> + Send + 'static,
-    ) -> Self {
-        self.current = Some(Box::new(current));
+    /// Scrub each frame with `redactor`'s scrubber at the time: a stream may last hours, and
+    /// a secret added or rotated meanwhile must be masked too.
+    pub fn following(mut self, redactor: Arc<Redactor>) -> Self {
+        self.following = Some(redactor);
         self
     }
 
     fn renew(&mut self) {
-        if let Some(current) = &self.current {
-            self.scrubber.renew(current());
+        if let Some(redactor) = &self.following {
+            self.scrubber.renew(redactor.load());
         }
     }
 

@@ -345,7 +345,8 @@ impl Capabilities {
                 None,
                 rule,
             )
-            .with_arguments(&summarise_for_approval(args))
+            // Stored and shown to people: agent tokens in it cut to a prefix, like in logs.
+            .with_arguments(&self.redacted(&summarise_for_approval(args)))
         });
         let held = hold.is_some();
         // Held until the call ends: a concurrency slot is free again only then.
@@ -379,7 +380,12 @@ impl Capabilities {
 
     /// The error's message as the agent may see it: scrubbed of every secret.
     pub fn shown(&self, error: &CallError) -> String {
-        String::from_utf8_lossy(&self.redactor.redact_text(error.message().as_bytes())).into_owned()
+        self.redacted(&error.message())
+    }
+
+    /// `text` with every secret masked and agent tokens cut to a short prefix.
+    fn redacted(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.redactor.redact_text(text.as_bytes())).into_owned()
     }
 
     /// A tool's description of a capability, for listings (REST and MCP).

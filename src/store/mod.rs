@@ -627,12 +627,32 @@ fn redacted(url: &str) -> String {
         return url.to_owned();
     };
     // Up to the last `@`: a password may hold one; masking too much is the safe mistake.
-    match rest.rsplit_once('@') {
+    let masked = match rest.rsplit_once('@') {
         Some((credentials, host)) => {
             let user = credentials.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
         None => url.to_owned(),
+    };
+    // The driver also takes the password as a parameter (`?password=`, its name decoded).
+    match masked.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| {
+                    let name = param.split('=').next().unwrap_or_default();
+                    let decoded = url::form_urlencoded::parse(name.as_bytes()).next();
+                    match decoded {
+                        Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                            format!("{name}=***")
+                        }
+                        _ => param.to_owned(),
+                    }
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => masked,
     }
 }
 
@@ -712,6 +732,15 @@ mod tests {
         assert!(!format!("{pg:?}").contains("hunter2"));
         let odd = Location::parse(Some("postgres://seks:hun@ter2@db/seks"), dir).unwrap();
         assert_eq!(odd.to_string(), "postgres://seks:***@db/seks");
+        let query = Location::parse(
+            Some("postgres://db/seks?sslmode=require&Pass%77ord=hunter2&user=seks"),
+            dir,
+        )
+        .unwrap();
+        assert_eq!(
+            query.to_string(),
+            "postgres://db/seks?sslmode=require&Pass%77ord=***&user=seks"
+        );
         let err = Location::parse(Some("mysql://u:hunter2@h/db"), dir).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }

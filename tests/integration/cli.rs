@@ -233,3 +233,25 @@ async fn on_a_terminal_the_secret_is_read_from_a_hidden_prompt() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_store_password_given_as_a_url_parameter_is_masked_in_messages() {
+    const PASSWORD: &str = "hunter2-in-the-query";
+    let env = Env::new("");
+    env.add_secret("main", "openai", KEY).await;
+    // No server listens on port 1: both commands fail, naming the store they could not open.
+    let url = format!("postgres://seks@127.0.0.1:1/seks?sslmode=disable&password={PASSWORD}");
+    let opened = env
+        .cli_with_env(&["secret", "list"], "", &[("SEKS_STORE_URL", &url)])
+        .await;
+    let encoded = url.replace("password=", "pass%77ord=");
+    let migrated = env.cli(&["migrate", "--to", &encoded, "--json"], "").await;
+    for out in [opened, migrated] {
+        assert!(
+            !out.status.success() && out.stderr.contains("127.0.0.1:1/seks"),
+            "{out:?}"
+        );
+        assert!(!out.stderr.contains(PASSWORD), "{}", out.stderr);
+        assert!(!out.stdout.contains(PASSWORD), "{}", out.stdout);
+    }
+}

@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use crate::config::Settings;
+use crate::providers::is_loopback;
 use crate::proxy::{UpstreamClient, Upstreams};
 
 /// Environment variable holding the admin token for `--remote`.
@@ -46,6 +47,14 @@ impl Remote {
             .with_context(|| format!("--remote `{url}` is not a URL"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
             bail!("--remote `{url}` must be an http(s) URL such as http://127.0.0.1:8081");
+        }
+        // Secret values and the admin token travel in these requests.
+        if uri.scheme() == Some(&http::uri::Scheme::HTTP) && !uri.host().is_some_and(is_loopback) {
+            bail!(
+                "--remote `{url}` would send secrets and the admin token in clear text: plain \
+                 http is only for a loopback address (127.0.0.1, [::1]); use https:// (TLS in \
+                 front of the admin API) or an SSH tunnel to 127.0.0.1"
+            );
         }
         let token = std::env::var(ADMIN_TOKEN_ENV)
             .ok()

@@ -629,3 +629,79 @@ async fn the_admin_listener_can_be_turned_off_and_a_taken_port_fails_startup() {
     );
     broker.stop().await;
 }
+
+/// This machine's address on its network (not loopback), or `localhost` (a name, not a
+/// loopback address) when it has none.
+fn network_host() -> String {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    // Connecting a UDP socket sends nothing; it only picks the outgoing address.
+    match socket
+        .connect("192.0.2.1:9")
+        .and_then(|()| socket.local_addr())
+    {
+        Ok(addr) if !addr.ip().is_loopback() && !addr.ip().is_unspecified() => {
+            addr.ip().to_string()
+        }
+        _ => "localhost".to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn the_cli_sends_no_secret_to_a_remote_broker_over_plain_http_off_loopback() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let url = format!(
+        "http://{}:{}",
+        network_host(),
+        listener.local_addr().unwrap().port()
+    );
+    // Whatever reaches "the broker" travelled the network in clear text.
+    let (done, cli_done) = tokio::sync::oneshot::channel::<()>();
+    let received = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let accepted = tokio::select! {
+            biased;
+            accepted = listener.accept() => accepted.ok(),
+            _ = cli_done => None,
+        };
+        if let Some((mut conn, _)) = accepted {
+            let mut buf = [0u8; 4096];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let admin_token = "seks_admin_0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    let out = Env::new("")
+        .cli_with_env(
+            &[
+                "--remote",
+                &url,
+                "secret",
+                "add",
+                "main",
+                "--provider",
+                "openai",
+            ],
+            KEY,
+            &[("SEKS_ADMIN_TOKEN", admin_token)],
+        )
+        .await;
+    let _ = done.send(());
+    let received = received.await.unwrap();
+    assert!(!received.contains(KEY), "the key went out in clear text");
+    assert!(
+        !received.contains(admin_token),
+        "the admin token went out in clear text"
+    );
+    assert!(
+        !out.status.success() && out.stderr.contains("https"),
+        "{out:?}"
+    );
+}

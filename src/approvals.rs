@@ -94,7 +94,7 @@ const HIDING: &[char] = &[
 ];
 
 /// `text` with control and hiding characters escaped, cut after `limit` bytes.
-fn shown_up_to(text: &str, limit: usize) -> String {
+pub(crate) fn shown_up_to(text: &str, limit: usize) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if out.len() >= limit {

@@ -2,13 +2,21 @@
 
 use serde::Serialize;
 
-/// Print rows as a table with aligned columns; without headers, just the rows.
+use crate::approvals::shown_up_to;
+
+/// Print rows as a table with aligned columns; without headers, just the rows. Cells are
+/// printed with control and hiding characters escaped: some (a model name in the audit log)
+/// are an agent's text, which must not drive the operator's terminal.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| shown_up_to(c, usize::MAX)).collect())
+        .collect();
     let columns = rows.first().map_or(headers.len(), Vec::len);
     let mut widths: Vec<usize> = (0..columns)
         .map(|i| headers.get(i).map_or(0, |h| h.chars().count()))
         .collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -24,7 +32,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     if !headers.is_empty() {
         line(headers.to_vec());
     }
-    for row in rows {
+    for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
 }

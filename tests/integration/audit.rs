@@ -740,3 +740,36 @@ async fn a_batch_committed_without_acknowledgement_is_not_written_again() {
     let verified = env.cli(&["audit", "verify"], "").await.ok();
     assert!(verified.stdout.contains("chain intact"), "{verified:#?}");
 }
+
+#[tokio::test]
+async fn the_log_shown_as_a_table_escapes_what_an_agent_could_use_to_drive_the_terminal() {
+    let (_mock, env, token) = openai_token(KEY, &["--model", "gpt-4o-mini"]).await;
+    let broker = env.serve().await;
+    // A model name that would retitle the window, clear the screen and reverse the text.
+    let body = r#"{"model": "gpt\u001b]0;owned\u0007\u001b[2J\u202eok", "messages": []}"#;
+    let denied = send(
+        "POST",
+        &broker.url("/api/openai/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    broker.terminate().await;
+    let exported = env.cli(&["audit", "export"], "").await.ok().stdout;
+    assert!(exported.contains(r"\u001b[2J"), "{exported}");
+    for args in [
+        &["audit", "tail"][..],
+        &["audit", "query", "--status", "4xx"],
+    ] {
+        let table = env.cli(args, "").await.ok().stdout;
+        assert!(table.contains("gpt"), "{table}");
+        assert!(
+            !table.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+            "{args:?}: {table:?}"
+        );
+    }
+}

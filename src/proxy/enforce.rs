@@ -104,6 +104,16 @@ impl Enforcer {
         let checks_models =
             provider.model_in.reads_body() && specs.iter().any(|(_, s)| s.models.is_some());
         let checks_body = specs.iter().any(|(_, s)| !s.body.is_empty());
+        // A session's messages are relayed unread, so one could carry what a body rule
+        // refuses in a request body. Applying the rules to each message instead would check
+        // messages of another shape than the one the rules were written for (`required`
+        // would refuse every other message), so such a token opens no session at all.
+        if checks_body && websocket::is_upgrade(&parts.headers) {
+            return Err(ProxyError::BadBody(
+                "the token's policy checks fields of the request body, which a WebSocket \
+                 session's messages would carry unchecked, so it can't open one",
+            ));
+        }
         let count_stream_usage = provider.stream_usage_opt_in
             && parts.method == Method::POST
             && specs.iter().any(|(_, s)| s.daily_tokens.is_some());

@@ -871,6 +871,22 @@ async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
     s.broker.stop().await;
 }
 
+/// A session with the WebSocket echo through the broker at `addr`, opened with `token`.
+async fn open_session(
+    addr: SocketAddr,
+    token: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/api/wsecho/socket")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    Ok(tokio_tungstenite::client_async(request, tcp).await?.0)
+}
+
 /// Send `text` on an open session and return the echo.
 async fn echoed(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) -> String {
     use futures_util::{SinkExt, StreamExt};
@@ -886,18 +902,10 @@ async fn echoed(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &s
 
 #[tokio::test]
 async fn a_websocket_session_scrubs_secrets_added_or_rotated_after_it_opened() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     const ADDED: &str = "sk-ws-added-while-the-session-is-open-0123";
     const ROTATED: &str = "sk-ws-rotated-while-the-session-is-open-4567";
     let (_echo, s, token) = ws_setup("").await;
-    let mut request = format!("ws://{}/api/wsecho/socket", s.broker.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let tcp = TcpStream::connect(s.broker.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let mut ws = open_session(s.broker.addr, &token).await.unwrap();
     assert_eq!(echoed(&mut ws, "hello").await, "hello");
     s.env.add_secret("added", "wsecho", ADDED).await;
     s.env.cli(&["secret", "rotate", "ws"], ROTATED).await.ok();
@@ -907,6 +915,34 @@ async fn a_websocket_session_scrubs_secrets_added_or_rotated_after_it_opened() {
         let answer = echoed(&mut ws, &format!("it is {secret}")).await;
         assert_eq!(answer, format!("it is {}", "*".repeat(secret.len())));
     }
+    s.broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_with_body_rules_opens_no_websocket_session_to_carry_unchecked_messages() {
+    use tokio_tungstenite::tungstenite::Error;
+    let (echo, s, _) = ws_setup("").await;
+    let policy = s.env.data_dir().join("bounded.toml");
+    std::fs::write(&policy, "body = [{ pointer = \"/amount\", max = 5 }]\n").unwrap();
+    let policy = policy.display().to_string();
+    let token = s
+        .env
+        .create_token("ws", &["--agent", "bounded", "--policy", &policy])
+        .await;
+    match open_session(s.broker.addr, &token).await {
+        // What its body rule refuses in a request body, a session's message would carry.
+        Ok(mut ws) => panic!(
+            "a session opened and relayed {:?}",
+            echoed(&mut ws, r#"{"amount":5000}"#).await
+        ),
+        Err(Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            let code = response.headers().get("x-seks-error");
+            assert_eq!(code.and_then(|v| v.to_str().ok()), Some("bad_body"));
+        }
+        Err(e) => panic!("{e}"),
+    }
+    assert!(echo.handshakes().is_empty(), "nothing reached the upstream");
     s.broker.stop().await;
 }
 

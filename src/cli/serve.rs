@@ -91,6 +91,8 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         ctx.store.clone(),
     )?;
     let runner = ctx.runner(keyring.clone(), providers.clone(), upstreams.clone())?;
+    // Turns true when what is still open at shutdown (streams, WebSocket sessions) must end.
+    let (cut_off, cut_off_rx) = tokio::sync::watch::channel(false);
     let proxy = Arc::new(Proxy::new(
         providers.clone(),
         keyring.clone(),
@@ -100,6 +102,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         upstreams,
         limits,
         auditor.clone(),
+        cut_off_rx.clone(),
     ));
     let capabilities = Arc::new(Capabilities::new(
         catalog,
@@ -151,7 +154,6 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (cut_off, cut_off_rx) = tokio::sync::watch::channel(false);
     let forward = match ctx.settings.forward.listen {
         Some(forward_addr) => {
             let ca = BrokerCa::load_or_create(ctx.store.as_ref(), &vault)
@@ -186,6 +188,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     let mut stopped = stop_rx.clone();
     let max_arguments_bytes =
         usize::try_from(ctx.settings.max_policy_body_bytes).unwrap_or(usize::MAX);
+    let draining = Arc::clone(&proxy);
     let state = Arc::new(server::AppState {
         proxy,
         keyring: keyring.clone(),
@@ -204,7 +207,8 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
     // it is asked for bytes; asking now, off the runtime, keeps the first TLS handshake to an
     // upstream from stalling every request on it.
     tokio::task::spawn_blocking(|| aws_lc_rs::rand::fill(&mut [0u8; 1]));
-    // Both listeners drain within the same grace.
+    // Both listeners drain within the same grace, and so do WebSocket sessions, which an
+    // upgraded connection takes out of its listener's drain.
     let mut server = tokio::spawn(async move {
         let agents = server.await;
         if let Some(forward) = forward
@@ -212,6 +216,7 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
         {
             tracing::error!(error = %e, "the forward proxy failed");
         }
+        draining.sessions().drained().await;
         agents
     });
     shutdown_signal().await;

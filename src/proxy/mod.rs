@@ -75,6 +75,8 @@ pub struct Proxy {
     auditor: Arc<Auditor>,
     /// Access tokens for OAuth2 providers.
     minter: oauth2::Minter,
+    /// Open WebSocket sessions.
+    sessions: websocket::Sessions,
 }
 
 /// What the request resolved to so far, for the audit record.
@@ -116,7 +118,7 @@ pub const REQUEST_ID_HEADER: &str = "x-seks-request-id";
 
 impl Proxy {
     /// A proxy over these providers, credentials, counters, approvals, upstream clients
-    /// and audit log.
+    /// and audit log, whose WebSocket sessions end when `cut_off` turns true.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         providers: Providers,
@@ -127,6 +129,7 @@ impl Proxy {
         upstreams: Upstreams,
         limits: ProxyLimits,
         auditor: Arc<Auditor>,
+        cut_off: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let enforcer = Enforcer::new(
             counters,
@@ -140,6 +143,11 @@ impl Proxy {
             upstreams.client(false).clone(),
             limits.response_timeout,
         );
+        let sessions = websocket::Sessions::new(
+            keyring.clone(),
+            usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
+            cut_off,
+        );
         Proxy {
             providers,
             keyring,
@@ -150,7 +158,13 @@ impl Proxy {
             limits,
             auditor,
             minter,
+            sessions,
         }
+    }
+
+    /// The open WebSocket sessions.
+    pub(crate) fn sessions(&self) -> &websocket::Sessions {
+        &self.sessions
     }
 
     /// The key new tokens for `provider` are recomputed with, if it signs requests.
@@ -527,17 +541,10 @@ impl Proxy {
         if let Some(agent) = upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
-            let max_message = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
             // The session is the request in flight: it holds its concurrency slots until it ends.
-            return websocket::switch(
-                agent,
-                response,
-                scrubber,
-                &self.keyring,
-                max_message,
-                watch,
-                metering.admission,
-            );
+            return self
+                .sessions
+                .switch(agent, response, scrubber, watch, metering.admission);
         }
         response::to_agent(
             response,

@@ -7,6 +7,10 @@
 //! the frames of one message is still found. Each message is scrubbed with the keyring's
 //! scrubber in force when it arrives, not the one of the handshake: a session may last
 //! hours, and a secret added or rotated meanwhile must be masked too.
+//!
+//! An upgraded connection leaves the listener's drain, so sessions are tracked here: shutdown
+//! waits for them like for any request in flight, and once its grace is over tells both sides
+//! of those still open that the broker is going away (1001) rather than dropping them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +23,12 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_util::task::TaskTracker;
 
 use super::{ProxyError, TokenWatch, rewrite};
 use crate::clock;
@@ -33,7 +39,9 @@ use crate::scrub::{self, Redactor, Scrubber};
 
 /// The header naming negotiated extensions, which are never offered upstream.
 const EXTENSIONS: &str = "sec-websocket-extensions";
-/// Longest wait to tell an agent its session was closed.
+/// The reason an agent's session closed by shutdown is given (with code 1001, going away).
+const SHUTTING_DOWN: &str = "shutting_down";
+/// Longest wait to tell both sides a session was closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether a request asks to switch to WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
@@ -65,18 +73,125 @@ pub fn prepare_request(headers: &mut HeaderMap) {
     headers.remove(EXTENSIONS);
 }
 
-/// Answer the agent's handshake with the upstream's 101 (headers cleaned and scrubbed), and
-/// relay messages between the two connections once both have switched, scrubbing the
-/// upstream's with `keyring`'s scrubber of the moment.
-pub fn switch(
-    agent: OnUpgrade,
-    mut response: http::Response<Incoming>,
-    scrubber: &Arc<Scrubber>,
-    keyring: &Arc<Keyring>,
+/// The open WebSocket sessions, each relaying in its own task.
+pub struct Sessions {
+    /// Where each message's scrubber comes from.
+    keyring: Arc<Keyring>,
+    /// Largest message relayed, either way.
     max_message: usize,
+    /// Every session, so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Turns true when sessions still open must end (the shutdown grace is over).
+    cut_off: watch::Receiver<bool>,
+}
+
+impl Sessions {
+    /// No session yet; sessions will relay messages up to `max_message` bytes, scrub with
+    /// `keyring`'s scrubber, and end when `cut_off` turns true.
+    pub fn new(keyring: Arc<Keyring>, max_message: usize, cut_off: watch::Receiver<bool>) -> Self {
+        Sessions {
+            keyring,
+            max_message,
+            tasks: TaskTracker::new(),
+            cut_off,
+        }
+    }
+
+    /// Resolves once every session has ended; meant for shutdown, when no more can start.
+    pub async fn drained(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Answer the agent's handshake with the upstream's 101 (headers cleaned and scrubbed),
+    /// and relay messages between the two connections once both have switched, scrubbing the
+    /// upstream's with the keyring's scrubber of the moment.
+    pub fn switch(
+        &self,
+        agent: OnUpgrade,
+        response: http::Response<Incoming>,
+        scrubber: &Arc<Scrubber>,
+        watch: Option<TokenWatch>,
+        admission: Option<Admission>,
+    ) -> Result<Response, ProxyError> {
+        let (response, upstream) = switched_response(response, scrubber)?;
+        let keyring = Arc::clone(&self.keyring);
+        let max_message = self.max_message;
+        let cut_off = self.cut_off.clone();
+        self.tasks.spawn(async move {
+            let (agent, upstream) = match tokio::try_join!(agent, upstream) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket: a side did not switch protocols");
+                    return;
+                }
+            };
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(max_message))
+                .max_frame_size(Some(max_message));
+            let agent =
+                WebSocketStream::from_raw_socket(TokioIo::new(agent), Role::Server, Some(config))
+                    .await;
+            let upstream = WebSocketStream::from_raw_socket(
+                TokioIo::new(upstream),
+                Role::Client,
+                Some(config),
+            )
+            .await;
+            let ended = closing_frame(watch, cut_off);
+            // Under a token budget, the usage upstream messages report is charged as they come.
+            let budget = admission
+                .as_ref()
+                .filter(|a| a.counts_tokens())
+                .map(Admission::charged);
+            relay(agent, upstream, &keyring.redactor(), ended, budget).await;
+            // Released only now: an open session counts against `concurrency` like a
+            // streaming response does.
+            drop(admission);
+        });
+        Ok(response)
+    }
+}
+
+/// The close frame of a session the broker ends itself, once it must: when its token may no
+/// longer be used (1008, policy violation, with the error's code), or when the shutdown grace
+/// is over (1001, going away).
+async fn closing_frame(
     watch: Option<TokenWatch>,
-    admission: Option<Admission>,
-) -> Result<Response, ProxyError> {
+    mut cut_off: watch::Receiver<bool>,
+) -> CloseFrame {
+    let token_ended = async move {
+        match watch {
+            Some(token) => token.ended().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        reason = token_ended => {
+            tracing::info!(%reason, "a WebSocket session was closed: its token may no longer be used");
+            CloseFrame {
+                code: CloseCode::Policy,
+                // A close frame's reason has room for 123 bytes: the code, not the message.
+                reason: reason.code().into(),
+            }
+        }
+        // A dropped sender (the broker is going away) also ends the session.
+        _ = cut_off.wait_for(|cut| *cut) => {
+            tracing::info!("a WebSocket session was closed: the broker is shutting down");
+            CloseFrame {
+                code: CloseCode::Away,
+                reason: SHUTTING_DOWN.into(),
+            }
+        }
+    }
+}
+
+/// The agent's 101 made from the upstream's (headers cleaned and scrubbed), and the
+/// upstream's side of the connection, once it has switched.
+fn switched_response(
+    mut response: http::Response<Incoming>,
+    scrubber: &Scrubber,
+) -> Result<(Response, OnUpgrade), ProxyError> {
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     // An extension the broker did not offer would carry messages it can't read.
@@ -93,51 +208,18 @@ pub fn switch(
         .headers
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     parts.status = StatusCode::SWITCHING_PROTOCOLS;
-    let keyring = Arc::clone(keyring);
-    tokio::spawn(async move {
-        let (agent, upstream) = match tokio::try_join!(agent, upstream) {
-            Ok(both) => both,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket: a side did not switch protocols");
-                return;
-            }
-        };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(max_message))
-            .max_frame_size(Some(max_message));
-        let agent =
-            WebSocketStream::from_raw_socket(TokioIo::new(agent), Role::Server, Some(config)).await;
-        let upstream =
-            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config))
-                .await;
-        let ended = async move {
-            match watch {
-                Some(token) => token.ended().await,
-                None => std::future::pending().await,
-            }
-        };
-        // Under a token budget, the usage upstream messages report is charged as they come.
-        let budget = admission
-            .as_ref()
-            .filter(|a| a.counts_tokens())
-            .map(Admission::charged);
-        relay(agent, upstream, &keyring.redactor(), ended, budget).await;
-        // Released only now: an open session counts against `concurrency` like a streaming
-        // response does.
-        drop(admission);
-    });
-    Ok(Response::from_parts(parts, Body::empty()))
+    Ok((Response::from_parts(parts, Body::empty()), upstream))
 }
 
 /// Relay messages both ways until either side closes, the agent's as they are, the
 /// upstream's scrubbed with `redactor`'s scrubber as each arrives; or until `ended` says the
-/// token may no longer be used, which closes both sides (the agent's with code 1008, policy
-/// violation, and the error's code).
+/// session must end, which closes both sides: the agent's with the frame it gives, the
+/// upstream's as going away (1001).
 async fn relay<A, U>(
     agent: WebSocketStream<A>,
     upstream: WebSocketStream<U>,
     redactor: &Redactor,
-    ended: impl Future<Output = ProxyError>,
+    ended: impl Future<Output = CloseFrame>,
     budget: Option<&[Arc<TokenLimits>]>,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -171,21 +253,25 @@ async fn relay<A, U>(
         let _ = to_agent.close().await;
     };
     // When one direction ends, so does the session.
-    let revoked = tokio::select! {
+    let closing = tokio::select! {
         () = outbound => None,
         () = inbound => None,
-        reason = ended => Some(reason),
+        close = ended => Some(close),
     };
-    // Both directions have stopped, so the agent can be told why (unless it has stopped
-    // reading); the upstream's connection closes as this returns.
-    if let Some(reason) = revoked {
-        tracing::info!(%reason, "a WebSocket session was closed: its token may no longer be used");
-        let close = CloseFrame {
-            code: CloseCode::Policy,
-            // A close frame's reason has room for 123 bytes: the code, not the message.
-            reason: reason.code().into(),
+    // Both directions have stopped, so each side can be told the session is over (unless it
+    // has stopped reading) instead of finding its connection dropped.
+    if let Some(close) = closing {
+        let away = CloseFrame {
+            code: CloseCode::Away,
+            reason: "".into(),
         };
-        let _ = tokio::time::timeout(CLOSE_WAIT, to_agent.send(Message::Close(Some(close)))).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            tokio::join!(
+                to_agent.send(Message::Close(Some(close))),
+                to_upstream.send(Message::Close(Some(away))),
+            )
+        })
+        .await;
     }
 }
 

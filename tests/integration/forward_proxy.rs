@@ -868,6 +868,8 @@ async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
         closed_after < Duration::from_secs(2),
         "closed {closed_after:?} after the revocation"
     );
+    // The upstream is told the session is over too, not left with a dropped connection.
+    assert_eq!(closes(&echo, 1).await, [Some(1001)]);
     s.broker.stop().await;
 }
 
@@ -885,6 +887,18 @@ async fn open_session(
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let tcp = TcpStream::connect(addr).await.unwrap();
     Ok(tokio_tungstenite::client_async(request, tcp).await?.0)
+}
+
+/// The close codes the WebSocket echo has received, once it has received `count` of them
+/// (or after ten seconds).
+async fn closes(echo: &WsEcho, count: usize) -> Vec<Option<u16>> {
+    for _ in 0..200 {
+        if echo.closes().len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    echo.closes()
 }
 
 /// Send `text` on an open session and return the echo.
@@ -916,6 +930,29 @@ async fn a_websocket_session_scrubs_secrets_added_or_rotated_after_it_opened() {
         assert_eq!(answer, format!("it is {}", "*".repeat(secret.len())));
     }
     s.broker.stop().await;
+}
+
+#[tokio::test]
+async fn open_websocket_sessions_get_the_shutdown_grace_then_a_going_away_close() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let (echo, s, token) = ws_setup("").await;
+    let mut ws = open_session(s.broker.addr, &token).await.unwrap();
+    assert_eq!(echoed(&mut ws, "hello").await, "hello");
+    let session = async {
+        // An open session is a request in flight: it goes on during the grace…
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(echoed(&mut ws, "still there").await, "still there");
+        // …and then both sides are told the broker is going away.
+        tokio::time::timeout(Duration::from_secs(15), ws.next()).await
+    };
+    let ((), next) = tokio::join!(s.broker.terminate(), session);
+    match next {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("the session ended without a close frame: {other:?}"),
+    }
+    assert_eq!(closes(&echo, 1).await, [Some(1001)]);
 }
 
 #[tokio::test]

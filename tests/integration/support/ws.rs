@@ -1,6 +1,6 @@
-//! A WebSocket echo server over TLS: it records each handshake's headers, echoes messages,
-//! and answers `say-key` with the credential its handshake carried (as a careless server
-//! might), so tests can see the broker scrub it.
+//! A WebSocket echo server over TLS: it records each handshake's headers and each close
+//! frame it gets, echoes messages, and answers `say-key` with the credential its handshake
+//! carried (as a careless server might), so tests can see the broker scrub it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,8 @@ type Headers = Vec<(String, String)>;
 pub struct WsEcho {
     pub addr: SocketAddr,
     handshakes: Arc<Mutex<Vec<Headers>>>,
+    /// The code of each close frame received (`None` for a frame without one).
+    closes: Arc<Mutex<Vec<Option<u16>>>>,
 }
 
 impl WsEcho {
@@ -24,10 +26,11 @@ impl WsEcho {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes: Arc<Mutex<Vec<Headers>>> = Arc::default();
-        let log = handshakes.clone();
+        let closes: Arc<Mutex<Vec<Option<u16>>>> = Arc::default();
+        let (log, closed) = (handshakes.clone(), closes.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (acceptor, log) = (acceptor.clone(), log.clone());
+                let (acceptor, log, closed) = (acceptor.clone(), log.clone(), closed.clone());
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(stream).await else {
                         return;
@@ -60,7 +63,13 @@ impl WsEcho {
                                 Message::text(format!("the key is {credential}"))
                             }
                             Message::Text(_) | Message::Binary(_) => message,
-                            Message::Close(_) => break,
+                            Message::Close(frame) => {
+                                closed
+                                    .lock()
+                                    .unwrap()
+                                    .push(frame.map(|f| u16::from(f.code)));
+                                break;
+                            }
                             _ => continue,
                         };
                         if ws.send(reply).await.is_err() {
@@ -70,11 +79,20 @@ impl WsEcho {
                 });
             }
         });
-        WsEcho { addr, handshakes }
+        WsEcho {
+            addr,
+            handshakes,
+            closes,
+        }
     }
 
     /// The headers of every handshake so far.
     pub fn handshakes(&self) -> Vec<Headers> {
         self.handshakes.lock().unwrap().clone()
+    }
+
+    /// The codes of the close frames received so far.
+    pub fn closes(&self) -> Vec<Option<u16>> {
+        self.closes.lock().unwrap().clone()
     }
 }

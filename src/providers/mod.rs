@@ -63,6 +63,13 @@ impl ModelIn {
         self != ModelIn::Nowhere
     }
 
+    /// Whether a WebSocket session runs the model its URL's `model` query parameter names:
+    /// OpenAI-style realtime APIs (OpenAI's, xAI's) take it from there, while Gemini's Live
+    /// API takes it from the session's first message, whatever the URL says.
+    pub fn session_model_in_query(self) -> bool {
+        self == ModelIn::Body
+    }
+
     /// Every model a request names.
     pub fn find<'a>(
         self,

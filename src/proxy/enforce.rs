@@ -171,11 +171,16 @@ impl Enforcer {
         };
         models.extend(in_query.iter().map(String::as_str));
         // A WebSocket session may name its model in a message (Gemini's Live API does, in its
-        // first), which the broker relays unread: under a model list, the handshake must.
-        if checks_models && models.is_empty() && websocket::is_upgrade(&parts.headers) {
+        // first), which the broker relays unread: under a model list, the handshake must, where
+        // the upstream reads it (not in a body, and not in a query the upstream ignores).
+        if checks_models
+            && websocket::is_upgrade(&parts.headers)
+            && (in_query.is_empty() || !provider.model_in.session_model_in_query())
+        {
             return Err(ProxyError::BadBody(
                 "the token's policy checks the model, so a WebSocket session must name it in \
-                 the URL (`?model=`)",
+                 the URL (`?model=`) of an API that takes it from there (OpenAI-style realtime \
+                 APIs do, Gemini's Live API doesn't)",
             ));
         }
         if !models.is_empty() {

@@ -878,13 +878,19 @@ async fn open_session(
     addr: SocketAddr,
     token: &str,
 ) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    let bearer = format!("Bearer {token}");
+    open_session_at(addr, "/api/wsecho/socket", ("authorization", &bearer)).await
+}
+
+/// A session through the broker at `addr` to `path`, with one header (the token's).
+async fn open_session_at(
+    addr: SocketAddr,
+    path: &str,
+    (name, value): (&'static str, &str),
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{addr}/api/wsecho/socket")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    request.headers_mut().insert(name, value.parse().unwrap());
     let tcp = TcpStream::connect(addr).await.unwrap();
     Ok(tokio_tungstenite::client_async(request, tcp).await?.0)
 }
@@ -953,6 +959,41 @@ async fn open_websocket_sessions_get_the_shutdown_grace_then_a_going_away_close(
         other => panic!("the session ended without a close frame: {other:?}"),
     }
     assert_eq!(closes(&echo, 1).await, [Some(1001)]);
+}
+
+#[tokio::test]
+async fn a_gemini_live_session_under_a_model_list_is_refused_whatever_its_url_names() {
+    use tokio_tungstenite::tungstenite::Error;
+    let (echo, s, _) =
+        ws_setup("[providers.gemini]\nbase_url = \"https://ws.example.test\"\n").await;
+    s.env
+        .add_secret("gem", "gemini", "AIza-REAL-gemini-key-0123456789")
+        .await;
+    let policy = s.env.data_dir().join("flash.toml");
+    std::fs::write(&policy, "models = [\"gemini-2.0-flash\"]\n").unwrap();
+    let policy = policy.display().to_string();
+    let token = s
+        .env
+        .create_token("gem", &["--agent", "live", "--policy", &policy])
+        .await;
+    // The Live API ignores a `model` in the URL: the session's setup message names it.
+    let live = "/api/gemini/ws/google.ai.generativelanguage.v1beta.GenerativeService.\
+                BidiGenerateContent?model=gemini-2.0-flash";
+    let setup = r#"{"setup":{"model":"models/gemini-2.5-pro"}}"#;
+    match open_session_at(s.broker.addr, live, ("x-goog-api-key", &token)).await {
+        Ok(mut ws) => panic!(
+            "a session opened and relayed {:?}",
+            echoed(&mut ws, setup).await
+        ),
+        Err(Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            let code = response.headers().get("x-seks-error");
+            assert_eq!(code.and_then(|v| v.to_str().ok()), Some("bad_body"));
+        }
+        Err(e) => panic!("{e}"),
+    }
+    assert!(echo.handshakes().is_empty(), "nothing reached the upstream");
+    s.broker.stop().await;
 }
 
 #[tokio::test]

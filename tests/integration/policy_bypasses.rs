@@ -420,19 +420,39 @@ async fn model_lists_see_models_named_in_the_query_or_a_websocket_session() {
             reply.body
         );
     }
+    // Nor is a model named in a handshake's body, which the upstream doesn't read.
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    headers.extend(UPGRADE);
+    let realtime = broker.url("/api/openai/v1/realtime");
+    let reply = send("GET", &realtime, &headers, r#"{"model":"gpt-4o-mini"}"#).await;
+    assert_eq!(code(&reply), (400, "bad_body".into()), "{}", reply.body);
     // Gemini's Live API names its model in the session's first message, which the broker
-    // doesn't read: a model list can't be checked there.
+    // doesn't read, whatever the URL says: a model list can't be checked there.
     let mut headers = vec![("x-goog-api-key", gemini.as_str())];
     headers.extend(UPGRADE);
     let live =
         "/api/gemini/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
-    let reply = send("GET", &broker.url(live), &headers, "").await;
-    assert_eq!(code(&reply), (400, "bad_body".into()), "{}", reply.body);
+    for target in [live.to_owned(), format!("{live}?model=gemini-2.0-flash")] {
+        let reply = send("GET", &broker.url(&target), &headers, "").await;
+        assert_eq!(
+            code(&reply),
+            (400, "bad_body".into()),
+            "{target}: {}",
+            reply.body
+        );
+    }
     assert_eq!(mock.requests().len(), 0, "nothing reached the upstream");
 
+    // A handshake naming an allowed model in the query goes upstream.
     let allowed = broker.url("/api/openai/v1/realtime?model=gpt-4o-mini");
-    let reply = send("GET", &allowed, &[("authorization", auth.as_str())], "").await;
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend(UPGRADE);
+    let reply = send("GET", &allowed, &headers, "").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(mock.requests().len(), 1);
     broker.stop().await;
 }
 

@@ -19,7 +19,7 @@ use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError, TokenEntry};
 use crate::policy::{self, RequestPath};
 use crate::providers::{ErrorShape, Providers};
-use crate::proxy::{PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams};
+use crate::proxy::{PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams, by_root};
 use crate::scrub::{Redactor, Scrubber};
 
 /// What an approval request gives as a capability call's provider.
@@ -275,14 +275,8 @@ impl Capabilities {
     fn check(&self, entry: &TokenEntry, name: &str) -> Result<Option<String>, ProxyError> {
         let mut hold = None;
         self.proxy.check_call(entry, |specs| {
-            let of = |root: bool| -> Vec<&policy::PolicySpec> {
-                specs
-                    .iter()
-                    .filter(|(link, _)| link.parent.is_none() == root)
-                    .map(|(_, spec)| *spec)
-                    .collect()
-            };
-            policy::check_capability(name, &of(true), &of(false))?;
+            let (root, derived) = by_root(specs);
+            policy::check_capability(name, &root, &derived)?;
             let path = RequestPath::new(&Method::POST, &format!("{CALL_PATH}/{name}"));
             hold = specs
                 .iter()

@@ -70,6 +70,10 @@ pub struct PolicySpec {
     /// policy adds no restriction, but only a root token's policy can grant one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<String>>,
+    /// Whether the token may call a provider's credential routes, which hand out a credential
+    /// usable without the broker (see [`check_credential_route`]); granted like capabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mint_credentials: Option<bool>,
 }
 
 impl PolicySpec {
@@ -174,6 +178,19 @@ pub enum Denial {
     /// The capability is not granted to the token.
     #[error("this token's policy does not list the capability `{0}`")]
     Capability(String),
+    /// The request would hand out a credential usable without the broker.
+    #[error(
+        "{method} {path} hands out a credential usable without the broker (the provider's \
+         credential route `{rule}`); a root policy must set `mint_credentials = true` to allow it"
+    )]
+    MintsCredential {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+        /// The provider's credential route it matches.
+        rule: String,
+    },
 }
 
 /// The outcome of checking a request's path, model and body against one spec.
@@ -253,18 +270,47 @@ pub fn check_capability(
     root: &[&PolicySpec],
     derived: &[&PolicySpec],
 ) -> Result<(), Denial> {
-    let lists = |s: &&PolicySpec| {
+    let lists = |s: &PolicySpec| {
         s.capabilities
             .as_ref()
             .map(|list| list.iter().any(|c| c == name))
     };
-    let granted = root.iter().any(|s| lists(s) == Some(true));
-    let narrowed_away = root.iter().chain(derived).any(|s| lists(s) == Some(false));
-    if granted && !narrowed_away {
+    if root_grants(root, derived, lists) {
         Ok(())
     } else {
         Err(Denial::Capability(name.to_owned()))
     }
+}
+
+/// Check that a token chain may make a request that matches `route`, one of its provider's
+/// credential routes. Like a capability, this is granted only by a root policy
+/// (`mint_credentials = true`), and any policy of the chain can take it away.
+pub fn check_credential_route(
+    route: &Rule,
+    path: &RequestPath,
+    root: &[&PolicySpec],
+    derived: &[&PolicySpec],
+) -> Result<(), Denial> {
+    if root_grants(root, derived, |s| s.mint_credentials) {
+        Ok(())
+    } else {
+        Err(Denial::MintsCredential {
+            method: path.method().to_string(),
+            path: path.path().to_owned(),
+            rule: route.to_string(),
+        })
+    }
+}
+
+/// Whether a root policy grants what `says` reads (`Some(true)`) and no policy of the chain
+/// refuses it (`Some(false)`); `None` adds nothing either way.
+fn root_grants(
+    root: &[&PolicySpec],
+    derived: &[&PolicySpec],
+    says: impl Fn(&PolicySpec) -> Option<bool>,
+) -> bool {
+    root.iter().any(|s| says(s) == Some(true))
+        && !root.iter().chain(derived).any(|s| says(s) == Some(false))
 }
 
 /// Serde helpers for `Option<i64>` Unix time as RFC 3339 text.
@@ -370,6 +416,32 @@ ttl = "8h"
         );
         assert!(
             check_capability("a", &[&both, &none], &[]).is_err(),
+            "every root policy counts"
+        );
+    }
+
+    #[test]
+    fn credential_routes_are_opened_by_the_root_and_only_closed_below() {
+        let route = Rule::try_from("POST /v1/realtime/client_secrets".to_owned()).unwrap();
+        let path = RequestPath::new(&Method::POST, "/v1/realtime/client_secrets");
+        let says = |mint: Option<bool>| PolicySpec {
+            mint_credentials: mint,
+            ..PolicySpec::default()
+        };
+        let (yes, no, silent) = (says(Some(true)), says(Some(false)), says(None));
+        let check = |root: &[&PolicySpec], derived: &[&PolicySpec]| {
+            check_credential_route(&route, &path, root, derived)
+        };
+        assert_eq!(check(&[&silent, &yes], &[&silent]), Ok(()));
+        let refused = check(&[], &[]).unwrap_err();
+        assert!(
+            refused.to_string().contains("mint_credentials = true"),
+            "no policy, no credential: {refused}"
+        );
+        assert!(check(&[&silent], &[&yes]).is_err(), "a child can't open it");
+        assert!(check(&[&yes], &[&no]).is_err(), "a child can close it");
+        assert!(
+            check(&[&yes, &no], &[]).is_err(),
             "every root policy counts"
         );
     }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 
+use crate::policy::Rule;
+
 pub use auth::{AuthScheme, PLACEHOLDER, TokenSource};
 pub use error_shape::ErrorShape;
 pub use spec::ProviderSpec;
@@ -138,6 +140,9 @@ pub struct Provider {
     /// Whether the forward proxy may replace a token in a key or token field of a form or
     /// JSON body.
     pub body_placeholders: bool,
+    /// Requests that hand out a credential usable without the broker, matched like `deny`
+    /// rules; see [`crate::policy::check_credential_route`].
+    pub credential_routes: Vec<Rule>,
 }
 
 impl Provider {
@@ -269,6 +274,7 @@ pub fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::RequestPath;
 
     fn load(toml_text: &str) -> Result<Providers, ProviderError> {
         let config: BTreeMap<String, ProviderSpec> = toml::from_str(toml_text).unwrap();
@@ -501,6 +507,79 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn credential_routes_catch_every_spelling_and_nothing_else() {
+        let p = Providers::load(&BTreeMap::new()).unwrap();
+        let caught = |provider: &str, method: &str, path: &str| {
+            let request =
+                RequestPath::new(&http::Method::from_bytes(method.as_bytes()).unwrap(), path);
+            p.get(provider)
+                .unwrap()
+                .credential_routes
+                .iter()
+                .any(|r| r.catches(&request))
+        };
+        for (provider, method, path) in [
+            ("openai", "POST", "/v1/realtime/client_secrets"),
+            ("openai", "POST", "/v1/Realtime/Sessions/"),
+            (
+                "openai",
+                "POST",
+                "/v1/organization/projects/proj_1/service_accounts",
+            ),
+            ("gemini", "POST", "/v1alpha/auth_tokens"),
+            ("github", "POST", "/repos/acme/widgets/keys"),
+            (
+                "github",
+                "POST",
+                "/orgs/acme/actions/runners/registration-token",
+            ),
+            (
+                "gitlab",
+                "POST",
+                "/api/v4/personal_access_tokens/self/rotate",
+            ),
+            ("gitlab", "POST", "/api/v4/user/personal_access_tokens"),
+            (
+                "gitlab",
+                "POST",
+                "/api/v4/projects/acme%2Fwidgets/access_tokens",
+            ),
+            ("gitlab", "POST", "/api/v4/groups/7/access_tokens/3/rotate"),
+            ("gitlab", "POST", "/api/v4/projects/7/deploy_tokens"),
+            ("cloudflare", "PUT", "/client/v4/user/tokens/abc/value"),
+            ("stripe", "POST", "/v1/ephemeral_keys"),
+            (
+                "msgraph",
+                "POST",
+                "/v1.0/applications/00000000-1/addPassword",
+            ),
+            (
+                "msgraph",
+                "POST",
+                "/v1.0/applications(appId='1')/addPassword",
+            ),
+        ] {
+            assert!(
+                caught(provider, method, path),
+                "{provider}: {method} {path}"
+            );
+        }
+        for (provider, method, path) in [
+            ("openai", "POST", "/v1/chat/completions"),
+            ("openai", "POST", "/v1/realtime/calls"),
+            ("github", "GET", "/user/keys"),
+            ("gitlab", "GET", "/api/v4/personal_access_tokens"),
+            ("cloudflare", "GET", "/client/v4/user/tokens/verify"),
+            ("anthropic", "POST", "/v1/messages"),
+        ] {
+            assert!(
+                !caught(provider, method, path),
+                "{provider}: {method} {path}"
+            );
+        }
     }
 
     #[test]

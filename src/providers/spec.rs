@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::auth::{AuthScheme, TokenSource};
 use super::{ErrorShape, ModelIn, Provider, ProviderError, parse_base_url};
+use crate::policy::Rule;
 use crate::tokens::is_provider_name;
 
 /// One `[providers.NAME]` entry; every field is optional so an entry can override a built-in.
@@ -32,6 +33,9 @@ pub struct ProviderSpec {
     /// Whether the forward proxy may put the credential in place of a token in a key or
     /// token field of a form or JSON body (as Slack takes `token=`).
     pub body_placeholders: Option<bool>,
+    /// Requests that hand out a credential usable without the broker (an API key, an SSH
+    /// key, a runner token), refused unless a root policy sets `mint_credentials = true`.
+    pub credential_routes: Option<Vec<Rule>>,
 }
 
 impl ProviderSpec {
@@ -47,6 +51,7 @@ impl ProviderSpec {
             stream_usage_opt_in: over.stream_usage_opt_in.or(self.stream_usage_opt_in),
             hosts: over.hosts.or(self.hosts),
             body_placeholders: over.body_placeholders.or(self.body_placeholders),
+            credential_routes: over.credential_routes.or(self.credential_routes),
         }
     }
 
@@ -140,6 +145,7 @@ impl ProviderSpec {
             stream_usage_opt_in: self.stream_usage_opt_in.unwrap_or(false),
             extra_hosts,
             body_placeholders: self.body_placeholders.unwrap_or(false),
+            credential_routes: self.credential_routes.unwrap_or_default(),
         })
     }
 }

@@ -60,6 +60,35 @@ fn specs(entry: &TokenEntry) -> Result<Vec<(&TokenEntry, &PolicySpec)>, ProxyErr
     Ok(out)
 }
 
+/// The policies of a chain split into the root token's (the one the operator minted) and its
+/// descendants', for what only a root policy can grant.
+pub(crate) fn by_root<'a>(
+    specs: &[(&TokenEntry, &'a PolicySpec)],
+) -> (Vec<&'a PolicySpec>, Vec<&'a PolicySpec>) {
+    let (root, derived): (Vec<_>, Vec<_>) =
+        specs.iter().partition(|(link, _)| link.parent.is_none());
+    let specs_of = |links: Vec<&(&TokenEntry, &'a PolicySpec)>| {
+        links.into_iter().map(|(_, spec)| *spec).collect()
+    };
+    (specs_of(root), specs_of(derived))
+}
+
+/// Refuse a request to one of the provider's credential routes unless the chain may mint
+/// credentials: whatever the route answers would work without the broker.
+fn check_credential_route(
+    provider: &Provider,
+    path: &RequestPath,
+    specs: &[(&TokenEntry, &PolicySpec)],
+) -> Result<(), ProxyError> {
+    match provider.credential_routes.iter().find(|r| r.catches(path)) {
+        Some(route) => {
+            let (root, derived) = by_root(specs);
+            policy::check_credential_route(route, path, &root, &derived).map_err(ProxyError::Policy)
+        }
+        None => Ok(()),
+    }
+}
+
 impl Enforcer {
     /// Policy enforcement over these counters and approvals, reading bodies up to the limits;
     /// approved requests' tokens are checked again in `keyring`.
@@ -92,13 +121,14 @@ impl Enforcer {
         let now = clock::now();
         check_lifetimes(entry, now)?;
         let specs = specs(entry)?;
+        let path = RequestPath::new(&parts.method, rest);
+        check_credential_route(provider, &path, &specs)?;
         if specs.is_empty() {
             return Ok(Admitted {
                 body: ForwardBody::Streamed(body),
                 admission: None,
             });
         }
-        let path = RequestPath::new(&parts.method, rest);
         // A model that can't be read from the body would slip past `models`, so a body that
         // isn't JSON, or names its model oddly, is refused whenever a model list applies.
         let checks_models =
@@ -218,7 +248,9 @@ impl Enforcer {
             let current = self.hold(entry, summary).await?;
             // The operator may have narrowed the policy while the request waited: an approval
             // lets through what the policy allows now, not what it allowed on arrival.
-            for (_, spec) in self::specs(&current)? {
+            let specs = self::specs(&current)?;
+            check_credential_route(provider, &path, &specs)?;
+            for (_, spec) in specs {
                 policy::check_request(spec, &facts).map_err(ProxyError::Policy)?;
             }
             seen.approved = true;

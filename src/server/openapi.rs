@@ -216,7 +216,8 @@ fn operator_schemas() -> Value {
                 "daily_requests": {"type": "integer", "minimum": 0}, "daily_tokens": {"type": "integer", "minimum": 0},
                 "ttl": {"type": "string", "description": "e.g. 30m, 8h"},
                 "expires_at": {"type": "string", "format": "date-time"},
-                "capabilities": {"type": "array", "items": string(), "description": "capabilities the token may invoke"}
+                "capabilities": {"type": "array", "items": string(), "description": "capabilities the token may invoke"},
+                "mint_credentials": {"type": "boolean", "description": "may call the provider's credential routes (granted only by a root token's policy)"}
             }
         },
         "NullablePolicy": {"oneOf": [schema("PolicySpec"), {"type": "null"}]},

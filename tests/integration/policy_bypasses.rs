@@ -575,3 +575,89 @@ async fn model_lists_see_the_models_of_a_batch_of_requests() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_mints_no_credential_that_works_without_the_broker_unless_the_operator_allows_it()
+{
+    let (mock, env) = setup("").await;
+    let plain = env.create_token("main", &[]).await;
+    let minting = write(&env, "mint.toml", "mint_credentials = true\n");
+    let minter = env.create_token("main", &["--policy", &minting]).await;
+    let broker = env.serve().await;
+    let mint = |token: &str, path: &str| {
+        let url = broker.url(&format!("/api/openai{path}"));
+        let auth = format!("Bearer {token}");
+        async move {
+            post(
+                &url,
+                ("authorization", &auth),
+                "application/json",
+                r#"{"expires_after":{"anchor":"created_at","seconds":7200}}"#,
+            )
+            .await
+        }
+    };
+    let reached = |path: &str| {
+        mock.requests()
+            .iter()
+            .filter(|r| r.target.eq_ignore_ascii_case(path))
+            .count()
+    };
+
+    // An ephemeral Realtime key works against api.openai.com directly, outside policy and
+    // audit: a token without the grant can't ask for one, however it spells the path.
+    for path in [
+        "/v1/realtime/client_secrets",
+        "/v1/Realtime/Client_Secrets/",
+        "/v1/realtime/sessions",
+    ] {
+        let reply = mint(&plain, path).await;
+        assert_eq!(code(&reply), (403, "policy_denied".into()), "{path}");
+        assert!(
+            reply.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("mint_credentials = true"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(reached("/v1/realtime/client_secrets/"), 0);
+    assert_eq!(reached("/v1/realtime/client_secrets"), 0);
+
+    // The operator's grant opens the route; a derived token can close it, not open it.
+    let reply = mint(&minter, "/v1/realtime/client_secrets").await;
+    assert_ne!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reached("/v1/realtime/client_secrets"), 1);
+    let derive = |parent: &str, policy: Value| {
+        let url = broker.url("/seks/v1/tokens/derive");
+        let auth = format!("Bearer {parent}");
+        async move {
+            let reply = post(
+                &url,
+                ("authorization", &auth),
+                "application/json",
+                &serde_json::json!({ "policy": policy }).to_string(),
+            )
+            .await;
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            reply.json()["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let opened = derive(&plain, serde_json::json!({"mint_credentials": true})).await;
+    let closed = derive(&minter, serde_json::json!({"mint_credentials": false})).await;
+    for child in [opened, closed] {
+        let reply = mint(&child, "/v1/realtime/client_secrets").await;
+        assert_eq!(
+            code(&reply),
+            (403, "policy_denied".into()),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(reached("/v1/realtime/client_secrets"), 1);
+    // Everything else is as before.
+    let chat = mint(&plain, "/v1/chat/completions").await;
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    broker.stop().await;
+}

@@ -530,13 +530,7 @@ impl Keyring {
         }
         let mut credentials = HashMap::with_capacity(rows.len());
         for row in rows {
-            let id = SecretIdentity {
-                tenant: &row.tenant,
-                secret_id: &row.id,
-                version: row.version,
-                provider: &row.provider,
-            };
-            match self.vault.open(id, &row.sealed) {
+            match self.vault.open(row.identity(), &row.sealed) {
                 Ok(value) => {
                     let credential = Credential {
                         provider: row.provider,
@@ -647,6 +641,7 @@ impl Keyring {
             secret_id: &token.secret_id,
             version,
             provider: &token.provider,
+            name: Some(&token.secret_name),
         };
         let sealed = self.vault.seal(identity, value)?;
         timed(self.store.rotate_secret(
@@ -762,7 +757,7 @@ mod tests {
     use crate::ops::Ops;
     use crate::ops::views::NewTokenRequest;
     use crate::providers::Providers;
-    use crate::store::Location;
+    use crate::store::{DEFAULT_TENANT, Location};
     use crate::vault::Key;
 
     fn values(secret: &str) -> Vec<String> {
@@ -902,6 +897,102 @@ mod tests {
         keyring.sync().await.unwrap();
         assert!(resolve(&keyring, &texts[0]).await.is_ok());
         assert!(resolve(&keyring, &texts[1]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn secrets_whose_names_were_swapped_in_the_store_are_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyring, _, mut conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
+        let ops = Ops::new(
+            keyring.store.clone(),
+            Providers::load(&Default::default()).unwrap(),
+        );
+        let other = SecretString::from("sk-keyring-other-fedcba9876543210".to_owned());
+        ops.add_secret(&keyring.vault, "other", "openai", &other)
+            .await
+            .unwrap();
+        // Someone who can write to the store but lacks the master key relabels the rows, so
+        // that what a capability names `main` would be the other secret.
+        for swap in [
+            "UPDATE secrets SET name = 'swapping' WHERE name = 'main'",
+            "UPDATE secrets SET name = 'main' WHERE name = 'other'",
+            "UPDATE secrets SET name = 'other' WHERE name = 'swapping'",
+        ] {
+            conn.execute(swap).await.unwrap();
+        }
+        keyring.sync().await.unwrap();
+        for name in ["main", "other"] {
+            assert!(
+                matches!(
+                    keyring.named_credential(DEFAULT_TENANT, name).await,
+                    Err(KeyringError::SecretMissing(_))
+                ),
+                "the secret stored as another's was used as `{name}`"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_sealed_before_names_were_bound_is_resealed_under_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyring, _, mut conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
+        let value = SecretString::from("sk-keyring-legacy-0123456789abcdef".to_owned());
+        let unnamed = SecretIdentity {
+            tenant: DEFAULT_TENANT,
+            secret_id: "sec_legacy",
+            version: 1,
+            provider: "openai",
+            name: None,
+        };
+        let legacy = crate::store::NewSecret {
+            sealed: keyring.vault.seal(unnamed, &value).unwrap(),
+            id: "sec_legacy".to_owned(),
+            tenant: DEFAULT_TENANT.to_owned(),
+            name: "legacy".to_owned(),
+            provider: "openai".to_owned(),
+            created_at: 0,
+        };
+        keyring.store.insert_secret(&legacy).await.unwrap();
+        keyring.sync().await.unwrap();
+        assert!(
+            keyring
+                .named_credential(DEFAULT_TENANT, "legacy")
+                .await
+                .is_err()
+        );
+
+        crate::ops::bind_secret_names(keyring.store.as_ref(), &keyring.vault)
+            .await
+            .unwrap();
+        keyring.sync().await.unwrap();
+        let (_, unlocked) = keyring
+            .named_credential(DEFAULT_TENANT, "legacy")
+            .await
+            .unwrap();
+        assert_eq!(unlocked.secret.expose_secret(), value.expose_secret());
+        let (_, main) = keyring
+            .named_credential(DEFAULT_TENANT, "main")
+            .await
+            .unwrap();
+        assert_eq!(
+            main.secret.expose_secret(),
+            "sk-keyring-test-0123456789abcdef"
+        );
+
+        // Done once: a row relabelled later is not resealed under its new name.
+        conn.execute("UPDATE secrets SET name = 'renamed' WHERE name = 'legacy'")
+            .await
+            .unwrap();
+        crate::ops::bind_secret_names(keyring.store.as_ref(), &keyring.vault)
+            .await
+            .unwrap();
+        keyring.sync().await.unwrap();
+        assert!(
+            keyring
+                .named_credential(DEFAULT_TENANT, "renamed")
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -291,6 +291,9 @@ impl Context {
             }
         };
         vault.verify_key_check(&expected)?;
+        crate::ops::bind_secret_names(self.store.as_ref(), &vault)
+            .await
+            .context("sealing stored secrets under their names")?;
         if let KeySource::Generated(path) = source {
             eprintln!(
                 "seks: generated a new master key in {} (mode 0600).\n\

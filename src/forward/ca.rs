@@ -36,6 +36,7 @@ const SEAL_ID: SecretIdentity<'static> = SecretIdentity {
     secret_id: "forward_ca_key",
     version: 1,
     provider: "",
+    name: None,
 };
 /// How long the CA certificate is valid.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);

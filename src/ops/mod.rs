@@ -23,7 +23,7 @@ use views::{
     TokenDetail, TokenUsage, TokenView, UpdateTokenRequest, UsageQuery, UsageReport,
 };
 
-pub use secrets::check_secret_name;
+pub use secrets::{bind_secret_names, check_secret_name};
 
 /// Longest usage report, in days.
 pub const MAX_USAGE_DAYS: u32 = 366;

@@ -8,7 +8,9 @@ use crate::capabilities::email::SmtpServer;
 use crate::capabilities::{SECRET_KINDS, SMTP_SECRETS, SQL_SECRETS, sql};
 use crate::providers::Provider;
 use crate::scrub::MIN_SECRET_LEN;
-use crate::store::{DEFAULT_TENANT, NewSecret, SecretRecord, StoreError};
+use crate::store::{
+    DEFAULT_TENANT, META_SECRETS_NAMED, NewSecret, SecretRecord, Store, StoreError,
+};
 use crate::vault::{SecretIdentity, Vault};
 use crate::{clock, tokens};
 
@@ -48,6 +50,33 @@ fn check_secret_value(
         None => Ok(()),
     };
     checked.map_err(|why| OpsError::Invalid(format!("refusing to store this value: {why}")))
+}
+
+/// Reseal every secret a broker sealed before names were bound into the associated data,
+/// so that relabelling rows in the store can't hand a capability another secret; done once
+/// per store, on the first unlock with the master key. A row that opens neither way is left
+/// as it is: the keyring reports it and never uses it.
+pub async fn bind_secret_names(store: &dyn Store, vault: &Vault) -> Result<(), OpsError> {
+    if store.meta(META_SECRETS_NAMED).await?.is_some() {
+        return Ok(());
+    }
+    for row in store.all_secrets().await? {
+        if let Ok(Some(sealed)) = vault.reseal_unnamed(row.identity(), &row.sealed) {
+            // A row that changed meanwhile (rotated, or resealed by another broker) is
+            // already sealed under its name.
+            store
+                .reseal_secret(
+                    &row.tenant,
+                    &row.id,
+                    row.version,
+                    &row.sealed.ciphertext,
+                    &sealed,
+                )
+                .await?;
+        }
+    }
+    store.set_meta(META_SECRETS_NAMED, "1").await?;
+    Ok(())
 }
 
 impl Ops {
@@ -98,6 +127,7 @@ impl Ops {
             secret_id: &id,
             version: 1,
             provider: provider_name,
+            name: Some(name),
         };
         let secret = NewSecret {
             sealed: vault.seal(identity, value)?,
@@ -126,10 +156,8 @@ impl Ops {
         )?;
         let version = secret.version + 1;
         let identity = SecretIdentity {
-            tenant: &secret.tenant,
-            secret_id: &secret.id,
             version,
-            provider: &secret.provider,
+            ..secret.identity()
         };
         let sealed = vault.seal(identity, value)?;
         self.store

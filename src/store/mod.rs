@@ -19,7 +19,7 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditSigner, StoredRecord};
 use crate::tokens::TokenHash;
-use crate::vault::SealedSecret;
+use crate::vault::{SealedSecret, SecretIdentity};
 use transfer::{Import, RowSink, TableRows};
 
 pub use postgres::PgStore;
@@ -31,6 +31,8 @@ pub const DEFAULT_TENANT: &str = "default";
 pub const META_KEY_CHECK: &str = "master_key_check";
 /// Meta key of the admin token's SHA-256 (hex).
 pub const META_ADMIN_TOKEN: &str = "admin_token_hash";
+/// Meta key recorded once every secret is sealed under its name too.
+pub const META_SECRETS_NAMED: &str = "secrets_sealed_with_names";
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,7 @@ pub struct NewSecret {
     pub name: String,
     /// Provider the credential belongs to.
     pub provider: String,
-    /// The sealed value, bound to (tenant, id, version 1).
+    /// The sealed value, bound to its identity at version 1.
     pub sealed: SealedSecret,
     /// Creation time (Unix seconds).
     pub created_at: i64,
@@ -125,6 +127,19 @@ pub struct SecretRecord {
     pub created_at: i64,
     /// Last rotation time, if any.
     pub rotated_at: Option<i64>,
+}
+
+impl SecretRecord {
+    /// The identity its value is sealed under.
+    pub fn identity(&self) -> SecretIdentity<'_> {
+        SecretIdentity {
+            tenant: &self.tenant,
+            secret_id: &self.id,
+            version: self.version,
+            provider: &self.provider,
+            name: Some(&self.name),
+        }
+    }
 }
 
 /// A secret as listed: no key material.
@@ -455,6 +470,16 @@ pub trait Store: Send + Sync {
         sealed: &SealedSecret,
         rotated_at: i64,
     ) -> Result<(), StoreError>;
+    /// Replace a secret's sealed value with `sealed` holding the same value, if the row is
+    /// still at `version` with ciphertext `was`; returns whether it was.
+    async fn reseal_secret(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: i64,
+        was: &[u8],
+        sealed: &SealedSecret,
+    ) -> Result<bool, StoreError>;
     /// Delete a secret and every token that uses it; returns how many tokens went with it.
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError>;
 

@@ -386,6 +386,32 @@ impl Store for PgStore {
         }
     }
 
+    async fn reseal_secret(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: i64,
+        was: &[u8],
+        sealed: &SealedSecret,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE secrets SET ciphertext = $1, nonce = $2, wrapped_key = $3, wrap_nonce = $4, \
+             key_version = $5 WHERE tenant_id = $6 AND id = $7 AND version = $8 AND ciphertext = $9",
+        )
+        .bind(&sealed.ciphertext)
+        .bind(&sealed.nonce)
+        .bind(&sealed.wrapped_key)
+        .bind(&sealed.wrap_nonce)
+        .bind(sealed.key_version)
+        .bind(tenant)
+        .bind(id)
+        .bind(version)
+        .bind(was)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let tokens = sqlx::query("DELETE FROM tokens WHERE tenant_id = $1 AND secret_id = $2")

@@ -316,6 +316,32 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn reseal_secret(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: i64,
+        was: &[u8],
+        sealed: &SealedSecret,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE secrets SET ciphertext = ?, nonce = ?, wrapped_key = ?, wrap_nonce = ?, key_version = ? \
+             WHERE tenant_id = ? AND id = ? AND version = ? AND ciphertext = ?",
+        )
+        .bind(&sealed.ciphertext)
+        .bind(&sealed.nonce)
+        .bind(&sealed.wrapped_key)
+        .bind(&sealed.wrap_nonce)
+        .bind(sealed.key_version)
+        .bind(tenant)
+        .bind(id)
+        .bind(version)
+        .bind(was)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
         // Counted first: SQLite's change count leaves out derived tokens that the

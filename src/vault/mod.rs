@@ -3,8 +3,9 @@
 //! Each secret gets its own random data key (DEK). The value is sealed with the DEK, and
 //! the DEK is sealed ("wrapped") with the tenant's key-encryption key (KEK), which is
 //! derived from the master key with HKDF (info = tenant id). Both seals bind the tenant,
-//! secret id and version as associated data, so ciphertexts can't be swapped between
-//! rows. Rotating the master key later means re-wrapping DEKs, not re-encrypting values.
+//! secret id, version, provider and name as associated data, so ciphertexts can't be
+//! swapped between rows nor rows relabelled. Rotating the master key later means
+//! re-wrapping DEKs, not re-encrypting values.
 
 pub(crate) mod crypto;
 pub mod master_key;
@@ -71,9 +72,9 @@ pub enum VaultError {
 
 /// Identity of one version of one secret: bound into its ciphertext as associated data, so
 /// a row's ciphertext can't be moved to another row, given another version number, or
-/// relabelled for another provider. (A whole older row put back, version and all, still
-/// opens: the store's integrity against someone who can write to it is outside what this
-/// binding gives.)
+/// relabelled for another provider or under another name. (A whole older row put back,
+/// version and all, still opens: the store's integrity against someone who can write to it
+/// is outside what this binding gives.)
 #[derive(Debug, Clone, Copy)]
 pub struct SecretIdentity<'a> {
     /// Tenant owning the secret.
@@ -84,15 +85,23 @@ pub struct SecretIdentity<'a> {
     pub version: i64,
     /// The provider whose upstream may receive the value.
     pub provider: &'a str,
+    /// The name capabilities refer to the secret by; `None` for a sealed value nothing names
+    /// (the forward proxy's CA key), which is bound as values were before names were.
+    pub name: Option<&'a str>,
 }
 
 impl SecretIdentity<'_> {
     fn associated_data(&self) -> Vec<u8> {
-        // NUL never occurs in tenant ids, secret ids or provider names, so this is unambiguous.
-        format!(
-            "seks-secret-v1\0{}\0{}\0{}\0{}",
+        // NUL never occurs in tenant ids, secret ids, provider or secret names, and the two
+        // prefixes differ, so this is unambiguous.
+        let unnamed = format!(
+            "\0{}\0{}\0{}\0{}",
             self.tenant, self.secret_id, self.version, self.provider
-        )
+        );
+        match self.name {
+            Some(name) => format!("seks-secret-v2{unnamed}\0{name}"),
+            None => format!("seks-secret-v1{unnamed}"),
+        }
         .into_bytes()
     }
 }
@@ -204,6 +213,20 @@ impl Vault {
         Ok(SecretString::from(text))
     }
 
+    /// For a secret sealed before names were bound (without its name), the same value
+    /// sealed under its full identity `id`; `None` if it is sealed under `id` already.
+    pub fn reseal_unnamed(
+        &self,
+        id: SecretIdentity<'_>,
+        sealed: &SealedSecret,
+    ) -> Result<Option<SealedSecret>, VaultError> {
+        if self.open(id, sealed).is_ok() {
+            return Ok(None);
+        }
+        let value = self.open(SecretIdentity { name: None, ..id }, sealed)?;
+        self.seal(id, &value).map(Some)
+    }
+
     fn tenant_key(&self, tenant: &str) -> Key {
         self.master.derive(b"seks-kek-v1", tenant.as_bytes())
     }
@@ -219,6 +242,7 @@ mod tests {
             secret_id: "sec_1",
             version,
             provider: "openai",
+            name: Some("main"),
         }
     }
 
@@ -243,8 +267,42 @@ mod tests {
             ..id(1)
         };
         assert!(vault.open(relabelled, &sealed).is_err());
+        let renamed = SecretIdentity {
+            name: Some("other"),
+            ..id(1)
+        };
+        assert!(vault.open(renamed, &sealed).is_err());
+        let unnamed = SecretIdentity {
+            name: None,
+            ..id(1)
+        };
+        assert!(vault.open(unnamed, &sealed).is_err());
         assert!(Vault::new(Key::random()).open(id(1), &sealed).is_err());
         assert!(!format!("{sealed:?}").contains("ciphertext:"));
+    }
+
+    #[test]
+    fn a_secret_sealed_without_its_name_is_resealed_under_it_once() {
+        let vault = Vault::new(Key::random());
+        let unnamed = SecretIdentity {
+            name: None,
+            ..id(1)
+        };
+        let legacy = vault
+            .seal(unnamed, &SecretString::from("sk-live-abc"))
+            .unwrap();
+        let resealed = vault.reseal_unnamed(id(1), &legacy).unwrap().unwrap();
+        assert_eq!(
+            vault.open(id(1), &resealed).unwrap().expose_secret(),
+            "sk-live-abc"
+        );
+        assert!(vault.open(unnamed, &resealed).is_err());
+        assert!(vault.reseal_unnamed(id(1), &resealed).unwrap().is_none());
+        let other_row = SecretIdentity {
+            secret_id: "sec_2",
+            ..id(1)
+        };
+        assert!(vault.reseal_unnamed(other_row, &legacy).is_err());
     }
 
     #[test]

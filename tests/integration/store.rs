@@ -148,7 +148,30 @@ async fn the_store_contract_holds_on_this_backend() {
     ));
     let secret = store.secret_by_name(T, "main").await.unwrap().unwrap();
     assert_eq!((secret.version, secret.sealed.nonce), (2, vec![3; 12]));
-    assert!(store.revision().await.unwrap() > after_revoke);
+    let after_rotate = store.revision().await.unwrap();
+    assert!(after_rotate > after_revoke);
+
+    // Resealing keeps the version and is a compare-and-set on version and ciphertext.
+    for (version, was) in [(1, vec![3; 40]), (2, vec![1; 40])] {
+        assert!(
+            !store
+                .reseal_secret(T, "sec_a", version, &was, &sealed(5))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        store
+            .reseal_secret(T, "sec_a", 2, &[3; 40], &sealed(5))
+            .await
+            .unwrap()
+    );
+    let secret = store.secret_by_name(T, "main").await.unwrap().unwrap();
+    assert_eq!(
+        (secret.version, secret.sealed, secret.rotated_at),
+        (2, sealed(5), Some(700))
+    );
+    assert!(store.revision().await.unwrap() > after_rotate);
 
     // Named policies in use can't go; capabilities say whether they replaced one.
     store.put_policy(T, "chat", "{}", 100).await.unwrap();

@@ -176,6 +176,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             Signature(SigError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
+            Signature(SigError::TooMany) => StatusCode::TOO_MANY_REQUESTS,
             Signature(SigError::Mismatch | SigError::Skewed(_) | SigError::Replayed) => {
                 StatusCode::FORBIDDEN
             }
@@ -242,6 +243,7 @@ impl ProxyError {
             Signature(SigError::Skewed(_)) => "request_time_skewed",
             Signature(SigError::Replayed) => "replayed_signature",
             Signature(SigError::Overloaded) => "replay_guard_full",
+            Signature(SigError::TooMany) => "too_many_signed_requests",
             Forward(refusal) => refusal.code(),
         }
     }

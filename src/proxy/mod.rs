@@ -333,8 +333,11 @@ impl Proxy {
         let max_body = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
         let (body, signed) = match signature {
             Some(signature) => {
+                // Counted against the token the operator issued, so an agent can't get more
+                // room by deriving tokens of its own.
+                let root = entry.chain().last().map_or(&token.id, |t| &t.record.id);
                 let (body, checked) = signature
-                    .check(&parts, body, max_body, &self.replay, clock::now())
+                    .check(&parts, body, max_body, &self.replay, root, clock::now())
                     .await?;
                 (body, Some(checked))
             }

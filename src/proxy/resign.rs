@@ -62,13 +62,15 @@ impl AgentSignature {
     }
 
     /// Check the signature against the request as the agent sent it, buffering the body when
-    /// its hash is not given in `x-amz-content-sha256`.
+    /// its hash is not given in `x-amz-content-sha256`; `owner` is the token the signature
+    /// is remembered for.
     pub async fn check(
         self,
         parts: &Parts,
         body: Body,
         max_body: usize,
         replay: &ReplayGuard,
+        owner: &str,
         now: i64,
     ) -> Result<(Body, Checked), ProxyError> {
         let AgentSignature {
@@ -142,7 +144,7 @@ impl AgentSignature {
         if !crate::sigv4::same_signature(&expected, &auth.signature) {
             return Err(SigError::Mismatch.into());
         }
-        replay.admit(auth.signature, signed_at, now)?;
+        replay.admit(auth.signature, owner, signed_at, now)?;
         let checked = Checked {
             payload_hash,
             agent_chain: ChunkChain::new(key, &amz_date, auth.scope, auth.signature),

@@ -57,6 +57,12 @@ pub enum SigError {
     /// The same signed request was already used.
     #[error("this signed request was already used; an SDK signs every new request afresh")]
     Replayed,
+    /// This token (with those derived from it) made too many signed requests in the skew
+    /// window for the broker to remember more of them.
+    #[error(
+        "this token made too many signed requests in the last minutes to check for replays; retry shortly"
+    )]
+    TooMany,
     /// Too many signed requests in the skew window to tell replays apart.
     #[error("too many signed requests in the last minutes to check for replays; retry shortly")]
     Overloaded,

@@ -6,8 +6,9 @@
 //! one-second resolution and don't sign their per-call ids, so identical calls made in the
 //! same second share a signature; a copy sent later is a replay.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::SigError;
@@ -18,9 +19,10 @@ pub const MAX_SKEW_SECS: i64 = 5 * 60;
 pub const REUSE_WINDOW: Duration = Duration::from_secs(2);
 /// Signatures remembered at most; beyond it new signed requests are refused (fail closed).
 const CAPACITY: usize = 1 << 20;
-
-/// How often signatures that can no longer pass the skew check are forgotten.
-const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// Signatures remembered at most for one token and the tokens derived from it (about 200
+/// requests a second, sustained); beyond it only that token's new signed requests are
+/// refused, so no one token can fill the memory every other one needs.
+pub const PER_TOKEN: usize = CAPACITY / 16;
 
 /// Signatures seen within the skew window.
 #[derive(Default)]
@@ -28,26 +30,53 @@ pub struct ReplayGuard {
     seen: Mutex<Seen>,
 }
 
+/// A remembered signature.
+struct Use {
+    first: Instant,
+    /// The token it counts against.
+    owner: Arc<str>,
+}
+
 #[derive(Default)]
 struct Seen {
-    first_use: HashMap<[u8; 32], Instant>,
-    pruned_at: Option<Instant>,
+    first_use: HashMap<[u8; 32], Use>,
+    /// Signatures by the time from which their request time can't pass the skew check,
+    /// soonest first.
+    lapse: BinaryHeap<Reverse<(Instant, [u8; 32])>>,
+    /// Signatures remembered per token.
+    held: HashMap<Arc<str>, usize>,
 }
 
 impl Seen {
-    /// Forget signatures whose time can't pass the skew check any more: one first seen at
-    /// `f` was signed no earlier than `f - skew`, so it fails from `f + 2 × skew` on.
+    /// Forget signatures whose request time can't pass the skew check any more.
     fn prune(&mut self, at: Instant) {
-        let horizon = Duration::from_secs(u64::try_from(2 * MAX_SKEW_SECS).unwrap_or(600));
-        self.first_use
-            .retain(|_, first| at.duration_since(*first) <= horizon);
-        self.pruned_at = Some(at);
+        while let Some(&Reverse((lapses, signature))) = self.lapse.peek()
+            && lapses <= at
+        {
+            self.lapse.pop();
+            let Some(forgotten) = self.first_use.remove(&signature) else {
+                continue;
+            };
+            if let Some(count) = self.held.get_mut(&forgotten.owner) {
+                *count -= 1;
+                if *count == 0 {
+                    self.held.remove(&forgotten.owner);
+                }
+            }
+        }
     }
 }
 
 impl ReplayGuard {
-    /// Admit a request signed at `signed_at` (Unix seconds) with `signature`, at `now`.
-    pub fn admit(&self, signature: [u8; 32], signed_at: i64, now: i64) -> Result<(), SigError> {
+    /// Admit a request of the token `owner` (the root of its token's chain), signed at
+    /// `signed_at` (Unix seconds) with `signature`, at `now`.
+    pub fn admit(
+        &self,
+        signature: [u8; 32],
+        owner: &str,
+        signed_at: i64,
+        now: i64,
+    ) -> Result<(), SigError> {
         if (now - signed_at).abs() > MAX_SKEW_SECS {
             return Err(SigError::Skewed(MAX_SKEW_SECS / 60));
         }
@@ -56,24 +85,29 @@ impl ReplayGuard {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(first) = seen.first_use.get(&signature) {
-            return if at.duration_since(*first) <= REUSE_WINDOW {
+        if let Some(used) = seen.first_use.get(&signature) {
+            return if at.duration_since(used.first) <= REUSE_WINDOW {
                 Ok(())
             } else {
                 Err(SigError::Replayed)
             };
         }
-        if seen
-            .pruned_at
-            .is_none_or(|last| at.duration_since(last) >= PRUNE_EVERY)
-            || seen.first_use.len() >= CAPACITY
-        {
-            seen.prune(at);
-        }
+        seen.prune(at);
+        let owner = match seen.held.get_key_value(owner) {
+            Some((_, &count)) if count >= PER_TOKEN => return Err(SigError::TooMany),
+            Some((owner, _)) => Arc::clone(owner),
+            None => Arc::from(owner),
+        };
         if seen.first_use.len() >= CAPACITY {
             return Err(SigError::Overloaded);
         }
-        seen.first_use.insert(signature, at);
+        // `now` is whole seconds, so the request time may pass the check for up to a
+        // second longer than the difference says.
+        let left = u64::try_from(signed_at + MAX_SKEW_SECS + 1 - now).unwrap_or(0);
+        seen.lapse
+            .push(Reverse((at + Duration::from_secs(left), signature)));
+        *seen.held.entry(Arc::clone(&owner)).or_default() += 1;
+        seen.first_use.insert(signature, Use { first: at, owner });
         Ok(())
     }
 }
@@ -87,21 +121,70 @@ mod tests {
         let guard = ReplayGuard::default();
         let now = 1_800_000_000;
         assert_eq!(
-            guard.admit([1; 32], now - 301, now),
+            guard.admit([1; 32], "tok_a", now - 301, now),
             Err(SigError::Skewed(5))
         );
         assert_eq!(
-            guard.admit([1; 32], now + 301, now),
+            guard.admit([1; 32], "tok_a", now + 301, now),
             Err(SigError::Skewed(5))
         );
-        assert_eq!(guard.admit([1; 32], now - 10, now), Ok(()));
+        assert_eq!(guard.admit([1; 32], "tok_a", now - 10, now), Ok(()));
         // The same second's identical call passes; a copy after the window does not.
-        assert_eq!(guard.admit([1; 32], now - 10, now), Ok(()));
-        guard.seen.lock().unwrap().first_use.insert(
-            [1; 32],
-            Instant::now() - REUSE_WINDOW - Duration::from_millis(1),
+        assert_eq!(guard.admit([1; 32], "tok_a", now - 10, now), Ok(()));
+        guard
+            .seen
+            .lock()
+            .unwrap()
+            .first_use
+            .get_mut(&[1; 32])
+            .unwrap()
+            .first = Instant::now() - REUSE_WINDOW - Duration::from_millis(1);
+        assert_eq!(
+            guard.admit([1; 32], "tok_a", now - 10, now),
+            Err(SigError::Replayed)
         );
-        assert_eq!(guard.admit([1; 32], now - 10, now), Err(SigError::Replayed));
-        assert_eq!(guard.admit([2; 32], now - 10, now), Ok(()));
+        assert_eq!(guard.admit([2; 32], "tok_a", now - 10, now), Ok(()));
+    }
+
+    fn distinct(n: usize) -> [u8; 32] {
+        let mut signature = [0xee; 32];
+        signature[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        signature
+    }
+
+    #[test]
+    fn one_token_signing_as_fast_as_it_can_does_not_lock_others_out() {
+        let guard = ReplayGuard::default();
+        let now = 1_800_000_000;
+        let mut refused = 0;
+        for n in 0..CAPACITY {
+            match guard.admit(distinct(n), "tok_greedy", now, now) {
+                Ok(()) => {}
+                Err(e) => {
+                    assert_eq!(e, SigError::TooMany);
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, CAPACITY - PER_TOKEN);
+        assert_eq!(guard.admit([1; 32], "tok_other", now, now), Ok(()));
+
+        // Once its signatures lapse, the token has its room back.
+        {
+            let mut seen = guard.seen.lock().unwrap();
+            let lapsed: Vec<_> = std::mem::take(&mut seen.lapse)
+                .into_iter()
+                .map(|Reverse((_, signature))| Reverse((Instant::now(), signature)))
+                .collect();
+            seen.lapse.extend(lapsed);
+        }
+        assert_eq!(
+            guard.admit(distinct(CAPACITY), "tok_greedy", now, now),
+            Ok(())
+        );
+        let seen = guard.seen.lock().unwrap();
+        assert_eq!((seen.first_use.len(), seen.lapse.len()), (1, 1));
+        assert_eq!(seen.held.get("tok_greedy"), Some(&1));
+        assert_eq!(seen.held.get("tok_other"), None);
     }
 }

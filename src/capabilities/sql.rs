@@ -5,9 +5,10 @@
 //! rolled back; on MySQL and MariaDB, a session whose transactions are all `READ ONLY` (so
 //! DDL, which commits implicitly, is refused too), rolled back; on SQLite, a connection
 //! opened read-only (`SQLITE_OPEN_READONLY`) and a transaction that is always rolled back. A
-//! read-write capability commits. Either way at most `max_rows` rows come back (the
-//! statement is stopped after one more, and the answer says it was cut), and the statement
-//! is stopped at `timeout` (PostgreSQL `statement_timeout`; MariaDB `max_statement_time`,
+//! read-write capability commits. Either way at most `max_rows` rows come back, and the
+//! answer says when it was cut (a read-only statement is stopped after one more row, its
+//! connection closed rather than the rest read; a read-write one runs to its end to commit),
+//! and the statement is stopped at `timeout` (PostgreSQL `statement_timeout`; MariaDB `max_statement_time`,
 //! MySQL `max_execution_time`, which covers `SELECT` only; SQLite through its progress
 //! handler), and abandoned by the broker then in any case.
 
@@ -342,7 +343,13 @@ impl SqlSpec {
     {
         let fetched = fetch(self.bound(values), &mut *tx, self.max_rows(), rows_affected).await?;
         let rows = rows_to_json(&fetched.rows, value)?;
-        self.end(tx).await?;
+        if fetched.truncated && self.read_only {
+            // Ending the transaction would first read the rest of the result, however
+            // large: the caller closes the connection instead, which rolls it back.
+            drop(tx);
+        } else {
+            self.end(tx).await?;
+        }
         Ok(self.answer(rows, &fetched))
     }
 

@@ -493,3 +493,52 @@ async fn sqlite_queries_bind_arguments_and_read_only_means_read_only() {
     let responses = exercise(&env, &url, async || orders_at::<sqlx::Sqlite>(&url).await).await;
     assert_never_leaked(&env, &url, &responses);
 }
+
+/// A read-only call over `url` whose statement would return `rows` rows, `max_rows = 2`:
+/// the answer is the first two, marked cut, long before the timeout; the rest of the result
+/// is not read first.
+async fn a_huge_result_is_cut_without_reading_it_all(url: &str, rows: &str) {
+    let env = Env::new(&format!(
+        "[capabilities.everything]\nkind = \"sql\"\ndescription = \"Far too many rows\"\n\
+         secret = \"db\"\nstatement = \"{rows}\"\nmax_rows = 2\ntimeout = \"8s\"\n"
+    ));
+    env.add_secret("db", "sql", url).await;
+    let token = env
+        .create_token("db", &["--capability", "everything"])
+        .await;
+    let broker = env.serve().await;
+    let started = std::time::Instant::now();
+    let reply = call(&broker, &token, "everything", &json!({}), &mut Vec::new()).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "after {took:?}: {reply:?}");
+    assert_eq!(
+        (
+            reply.json()["row_count"].clone(),
+            reply.json()["truncated"].clone()
+        ),
+        (json!(2), json!(true))
+    );
+    assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_stops_reading_a_huge_result_at_max_rows() {
+    let Some((url, _)) = pg_database().await else {
+        return;
+    };
+    // 400 million rows, the first at once.
+    let rows =
+        "select a.x as n from generate_series(1, 20000) a(x), generate_series(1, 20000) b(x)";
+    a_huge_result_is_cut_without_reading_it_all(&url, rows).await;
+}
+
+#[tokio::test]
+async fn mysql_stops_reading_a_huge_result_at_max_rows() {
+    let Some((url, _)) = mysql_database().await else {
+        return;
+    };
+    // MariaDB's sequence engine: 400 million rows, the first at once.
+    let rows = "select a.seq as n from seq_1_to_20000 a, seq_1_to_20000 b";
+    a_huge_result_is_cut_without_reading_it_all(&url, rows).await;
+}

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use lettre::message::header::ContentType;
-use lettre::message::{Attachment as Part, Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Attachment as Part, Body, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -412,7 +412,10 @@ impl EmailSpec {
             from,
             to,
             subject: subject.to_owned(),
-            body: body.to_owned(),
+            // The mail library turns a bare LF into CRLF but leaves a bare CR: servers that
+            // read `<CR>.<CR>` as the end of the message would take what follows as
+            // another one (SMTP smuggling), so a bare CR becomes a line break too.
+            body: body.replace("\r\n", "\n").replace('\r', "\n"),
             attachments,
         })
     }
@@ -556,7 +559,11 @@ impl EmailSpec {
         } else {
             let mut parts = MultiPart::mixed().singlepart(SinglePart::plain(body));
             for a in attachments {
-                parts = parts.singlepart(Part::new(a.filename).body(a.bytes, a.content_type));
+                // Left to the library, an ASCII file goes out as 7bit with its bare line
+                // breaks, and `<LF>.<CR><LF>` ends the message to some servers: base64 always.
+                let content = Body::new_with_encoding(a.bytes, ContentTransferEncoding::Base64)
+                    .map_err(|_| misconfigured("an attachment could not be encoded".to_owned()))?;
+                parts = parts.singlepart(Part::new(a.filename).body(content, a.content_type));
             }
             builder.multipart(parts)
         }

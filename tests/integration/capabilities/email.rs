@@ -429,3 +429,88 @@ async fn line_breaks_in_a_message_cannot_end_it_early() {
     broker.stop().await;
     assert_never_leaked(&env, SMTP_PASSWORD, &responses);
 }
+
+/// A sloppy mail server on loopback, without TLS: it offers AUTH PLAIN and refuses every
+/// login, quoting back the credentials it was sent. Returns its port.
+async fn echoing_smtp_server() -> u16 {
+    use base64::Engine;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 sloppy ESMTP\r\n").await.ok();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = if line.starts_with("EHLO") {
+                        "250-sloppy\r\n250 AUTH PLAIN\r\n".to_owned()
+                    } else if let Some(sent) = line.strip_prefix("AUTH PLAIN ") {
+                        let login = base64::engine::general_purpose::STANDARD
+                            .decode(sent)
+                            .unwrap_or_default();
+                        let login = String::from_utf8_lossy(&login).replace('\0', " ");
+                        format!("535 5.7.8 no such login:{login}\r\n")
+                    } else if line == "QUIT" {
+                        "221 bye\r\n".to_owned()
+                    } else {
+                        "502 5.5.2 unknown command\r\n".to_owned()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_mail_server_quoting_the_login_back_never_shows_the_password() {
+    let port = echoing_smtp_server().await;
+    let env = Env::new(
+        "[capabilities.email_echo]\nkind = \"email\"\ndescription = \"d\"\nsecret = \"smtp-echo\"\n\
+         from = \"bot@example.com\"\nto = [\"ops@example.com\"]\n",
+    );
+    // A password too short to be masked on its own would be shown as the server quotes it.
+    let short = env
+        .cli(
+            &["secret", "add", "smtp-echo", "--provider", "smtp"],
+            &format!("smtp://bot:pw12345@127.0.0.1:{port}?tls=none"),
+        )
+        .await;
+    assert!(
+        !short.status.success() && short.stderr.contains("password is shorter"),
+        "{short:?}"
+    );
+    let password = "echoed-Pass-4c1e9";
+    env.add_secret(
+        "smtp-echo",
+        "smtp",
+        &format!("smtp://bot:{password}@127.0.0.1:{port}?tls=none"),
+    )
+    .await;
+    let token = env
+        .create_token("smtp-echo", &["--capability", "email_echo"])
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+    let refused = call(
+        &broker,
+        &token,
+        "email_echo",
+        &json!({"subject": "s", "body": "b"}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(
+        (refused.status, code(&refused).as_str()),
+        (502, "backend_refused"),
+        "{refused:?}"
+    );
+    assert!(refused.body.contains("no such login: bot *"), "{refused:?}");
+    broker.stop().await;
+    assert_never_leaked(&env, password, &responses);
+}

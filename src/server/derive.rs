@@ -41,8 +41,8 @@ pub struct DeriveRequest {
     policy: Option<PolicySpec>,
 }
 
-/// Children one token may derive per minute: enough for any fan-out of sub-agents, too few
-/// to flood the store.
+/// Children one operator-issued token and its descendants may derive per minute, all
+/// together: enough for any fan-out of sub-agents, too few to flood the store.
 const DERIVES_PER_MINUTE: NonZeroU32 = NonZeroU32::new(30).expect("non-zero");
 /// Past this many tokens tracked, idle entries are forgotten.
 const TRACKED_TOKENS: usize = 4096;
@@ -57,7 +57,7 @@ impl Default for DeriveLimiter {
 }
 
 impl DeriveLimiter {
-    /// Take one derive for token `id`, or say how long to wait.
+    /// Take one derive for the family of the root token `id`, or say how long to wait.
     fn check(&self, id: &str) -> Result<(), Duration> {
         if self.0.len() > TRACKED_TOKENS {
             self.0.retain_recent();
@@ -234,11 +234,17 @@ async fn mint(
             );
         }
     };
-    if let Err(wait) = state.derives.check(&entry.record.id) {
+    // Counted for the token the operator issued, whose descendants share it: a budget per
+    // token would let each child derive as many again, multiplying it every generation.
+    let root = entry.chain().last().unwrap_or(&entry);
+    if let Err(wait) = state.derives.check(&root.record.id) {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            &format!("a token may derive at most {DERIVES_PER_MINUTE} children per minute"),
+            &format!(
+                "a token and the tokens derived from it may derive at most \
+                 {DERIVES_PER_MINUTE} children per minute, all together"
+            ),
         );
         response
             .headers_mut()

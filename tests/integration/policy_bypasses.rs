@@ -377,15 +377,23 @@ async fn an_agent_can_derive_only_so_many_children_a_minute() {
     let url = broker.url("/seks/v1/tokens/derive");
     let auth = format!("Bearer {token}");
     let mut statuses = Vec::new();
+    let mut child = String::new();
     for _ in 0..31 {
         let reply = post(&url, ("authorization", &auth), "application/json", "{}").await;
         statuses.push(reply.status);
         if reply.status == 429 {
             assert!(reply.header("retry-after").is_some());
+        } else {
+            child = reply.json()["token"].as_str().unwrap().to_owned();
         }
     }
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 30);
     assert_eq!(statuses.last(), Some(&429));
+    // Each child deriving its own 30 a minute, and theirs, would multiply the rate by 30 a
+    // generation: the whole family shares the one budget.
+    let auth = format!("Bearer {child}");
+    let reply = post(&url, ("authorization", &auth), "application/json", "{}").await;
+    assert_eq!(reply.status, 429, "{reply:?}");
     broker.stop().await;
 }
 

@@ -16,8 +16,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::RunError;
 use super::params::{self, BadArgument, Param};
+use super::{DEFAULT_MAX_RESPONSE, RunError};
 use crate::providers::{AuthScheme, Providers};
 use crate::proxy::target;
 use crate::proxy::{Upstreams, send_built};
@@ -25,8 +25,6 @@ use crate::scrub::Scrubber;
 
 /// Longest a request may take when the capability sets no `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest answer read when `max_response_bytes` is not set.
-const DEFAULT_MAX_RESPONSE: usize = 1024 * 1024;
 /// Methods a template may use.
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// Headers a template may not set: the broker's, the message framing's, and credentials.

@@ -42,6 +42,8 @@ pub const SQL_SECRETS: &str = "sql";
 pub const SECRET_KINDS: [&str; 2] = [SMTP_SECRETS, SQL_SECRETS];
 /// Longest description shown to a model.
 const MAX_DESCRIPTION: usize = 2048;
+/// Largest answer a capability returns when it sets no `max_response_bytes`.
+const DEFAULT_MAX_RESPONSE: usize = 1024 * 1024;
 
 /// A capability as the operator writes it (`[capabilities.NAME]`), by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

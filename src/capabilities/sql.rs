@@ -5,12 +5,13 @@
 //! rolled back; on MySQL and MariaDB, a session whose transactions are all `READ ONLY` (so
 //! DDL, which commits implicitly, is refused too), rolled back; on SQLite, a connection
 //! opened read-only (`SQLITE_OPEN_READONLY`) and a transaction that is always rolled back. A
-//! read-write capability commits. Either way at most `max_rows` rows come back, and the
-//! answer says when it was cut (a read-only statement is stopped after one more row, its
-//! connection closed rather than the rest read; a read-write one runs to its end to commit),
-//! and the statement is stopped at `timeout` (PostgreSQL `statement_timeout`; MariaDB `max_statement_time`,
-//! MySQL `max_execution_time`, which covers `SELECT` only; SQLite through its progress
-//! handler), and abandoned by the broker then in any case.
+//! read-write capability commits. Either way at most `max_rows` rows come back, no more
+//! than fit in `max_response_bytes`, and the answer says when it was cut (a read-only
+//! statement is stopped after one more row, its connection closed rather than the rest
+//! read; a read-write one runs to its end to commit). The statement is stopped at `timeout`
+//! (PostgreSQL `statement_timeout`; MariaDB `max_statement_time`, MySQL
+//! `max_execution_time`, which covers `SELECT` only; SQLite through its progress handler),
+//! and abandoned by the broker then in any case.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -34,8 +35,8 @@ use sqlx::{
 };
 use time::format_description::well_known::Rfc3339;
 
-use super::RunError;
 use super::params::{self, Param, ParamType};
+use super::{DEFAULT_MAX_RESPONSE, RunError};
 use crate::keyring::check_url_passwords;
 use crate::providers::is_loopback;
 
@@ -45,6 +46,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_ROWS: usize = 100;
 /// The most `max_rows` may be: answers go to a model, not to a bulk export.
 const MAX_ROWS_LIMIT: usize = 10_000;
+/// Room the answer's fields other than rows take, counted against `max_response_bytes`.
+const ANSWER_FIELDS: usize = 128;
 /// SQLite virtual-machine steps between deadline checks.
 const SQLITE_STEPS_PER_CHECK: i32 = 1000;
 /// PostgreSQL's SQLSTATE for a write in a read-only transaction.
@@ -92,6 +95,9 @@ pub struct SqlSpec {
     /// Most rows returned (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows: Option<usize>,
+    /// Largest answer, in bytes of JSON (default 1 MiB): rows past it are cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<usize>,
 }
 
 fn read_only_default() -> bool {
@@ -184,10 +190,13 @@ fn tls_or_local(tls: bool, socket: bool, host: &str, option: &str) -> Result<(),
 /// Drivers fall back to clear text by default, and some servers ask for the password in it.
 const CLEAR_TEXT: &str = "a database that is not on a loopback address or a Unix socket must be reached over TLS: the connection string has to require it";
 
-/// Rows read from a statement.
-struct Fetched<R> {
-    rows: Vec<R>,
-    /// More rows were there than `max_rows`.
+/// Rows read from a statement, as JSON.
+struct Fetched {
+    /// Column names, from the first row.
+    columns: Vec<String>,
+    /// One object per row.
+    rows: Vec<Value>,
+    /// More rows were there than `max_rows`, or than fit in `max_response_bytes`.
     truncated: bool,
     /// Reported when the statement ran to its end.
     affected: Option<u64>,
@@ -344,8 +353,11 @@ impl SqlSpec {
         for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
         for<'t> Option<bool>: Encode<'t, DB> + Type<DB>,
     {
-        let fetched = fetch(self.bound(values), &mut *tx, self.max_rows(), rows_affected).await?;
-        let rows = rows_to_json(&fetched.rows, value)?;
+        let limits = Limits {
+            rows: self.max_rows(),
+            bytes: self.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE),
+        };
+        let fetched = fetch(self.bound(values), &mut *tx, limits, rows_affected, value).await?;
         if fetched.truncated && self.read_only {
             // Ending the transaction would first read the rest of the result, however
             // large: the caller closes the connection instead, which rolls it back.
@@ -353,7 +365,7 @@ impl SqlSpec {
         } else {
             self.end(tx).await?;
         }
-        Ok(self.answer(rows, &fetched))
+        Ok(self.answer(fetched))
     }
 
     /// End a call's transaction: a read-only call keeps nothing, whatever it ran.
@@ -365,12 +377,11 @@ impl SqlSpec {
         }
     }
 
-    fn answer<R>(&self, rows: (Vec<String>, Vec<Value>), fetched: &Fetched<R>) -> Value {
-        let (columns, rows) = rows;
+    fn answer(&self, fetched: Fetched) -> Value {
         let mut answer = json!({
-            "columns": columns,
-            "row_count": rows.len(),
-            "rows": rows,
+            "columns": fetched.columns,
+            "row_count": fetched.rows.len(),
+            "rows": fetched.rows,
             "truncated": fetched.truncated,
         });
         if !self.read_only
@@ -384,6 +395,10 @@ impl SqlSpec {
     fn error(&self, failure: Failure, timeout: Duration) -> RunError {
         match failure {
             Failure::Config(why) => RunError::Misconfigured(why),
+            Failure::RowTooLarge(limit) => RunError::Refused(format!(
+                "a row of the answer is larger than the {limit} bytes it may have \
+                 (`max_response_bytes`)"
+            )),
             // The server refused the login: the stored connection string is wrong.
             Failure::Connect(sqlx::Error::Database(e)) => RunError::Misconfigured(format!(
                 "the database refused the connection: {}",
@@ -433,6 +448,8 @@ enum Failure {
     Connect(sqlx::Error),
     /// The database or the connection failed while running.
     Db(sqlx::Error),
+    /// Even the first row is larger than the answer may be (its limit).
+    RowTooLarge(usize),
 }
 
 impl From<sqlx::Error> for Failure {
@@ -447,62 +464,75 @@ impl From<String> for Failure {
     }
 }
 
-/// Run `query`, keeping at most `max_rows` rows and reading one more to know whether
-/// there were more.
+/// How much of a result an answer keeps.
+struct Limits {
+    /// Rows, at most.
+    rows: usize,
+    /// Of the answer as JSON.
+    bytes: usize,
+}
+
+/// Run `query`, keeping the rows (rendered by `value`) that fit in `limits`, and reading one
+/// more to know whether there were more. Each row is rendered as it arrives, so at most one
+/// is held as the database sent it.
 async fn fetch<'c, DB: Database>(
     query: Query<'c, DB, DB::Arguments>,
     executor: impl Executor<'c, Database = DB>,
-    max_rows: usize,
+    limits: Limits,
     rows_affected: fn(&DB::QueryResult) -> u64,
-) -> Result<Fetched<DB::Row>, sqlx::Error>
+    value: fn(&DB::Row, usize) -> Result<Value, String>,
+) -> Result<Fetched, Failure>
 where
     DB::Arguments: IntoArguments<DB>,
 {
     let mut stream = executor.fetch_many(query);
-    let mut rows = Vec::new();
-    let mut affected = None;
-    while let Some(item) = stream.try_next().await? {
-        match item {
-            Either::Left(done) => {
-                affected = Some(affected.unwrap_or(0) + rows_affected(&done));
-            }
-            Either::Right(_) if rows.len() == max_rows => {
-                return Ok(Fetched {
-                    rows,
-                    truncated: true,
-                    affected: None,
-                });
-            }
-            Either::Right(row) => rows.push(row),
-        }
-    }
-    Ok(Fetched {
-        rows,
+    let mut fetched = Fetched {
+        columns: Vec::new(),
+        rows: Vec::new(),
         truncated: false,
-        affected,
-    })
+        affected: None,
+    };
+    let mut size = ANSWER_FIELDS;
+    while let Some(item) = stream.try_next().await? {
+        let row = match item {
+            Either::Left(done) => {
+                fetched.affected = Some(fetched.affected.unwrap_or(0) + rows_affected(&done));
+                continue;
+            }
+            Either::Right(row) => row,
+        };
+        if fetched.rows.len() == limits.rows {
+            return Ok(cut(fetched));
+        }
+        if fetched.columns.is_empty() {
+            fetched.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+            size += serde_json::to_vec(&fetched.columns).map_or(0, |json| json.len());
+        }
+        let mut object = Map::new();
+        for (i, name) in fetched.columns.iter().enumerate() {
+            object.insert(name.clone(), value(&row, i)?);
+        }
+        let object = Value::Object(object);
+        // Its JSON, and the comma before the next.
+        size += object.to_string().len() + 1;
+        if size > limits.bytes {
+            if fetched.rows.is_empty() {
+                return Err(Failure::RowTooLarge(limits.bytes));
+            }
+            return Ok(cut(fetched));
+        }
+        fetched.rows.push(object);
+    }
+    Ok(fetched)
 }
 
-/// Column names and one JSON object per row.
-fn rows_to_json<R: Row>(
-    rows: &[R],
-    value: fn(&R, usize) -> Result<Value, String>,
-) -> Result<(Vec<String>, Vec<Value>), String> {
-    let columns: Vec<String> = rows
-        .first()
-        .map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect())
-        .unwrap_or_default();
-    let rows = rows
-        .iter()
-        .map(|row| {
-            let mut object = Map::new();
-            for (i, name) in columns.iter().enumerate() {
-                object.insert(name.clone(), value(row, i)?);
-            }
-            Ok(Value::Object(object))
-        })
-        .collect::<Result<_, String>>()?;
-    Ok((columns, rows))
+/// `fetched`, marked as cut short: the statement did not run to its end.
+fn cut(fetched: Fetched) -> Fetched {
+    Fetched {
+        truncated: true,
+        affected: None,
+        ..fetched
+    }
 }
 
 /// Column `i`'s name and the type of its value in `row`; `None` for a NULL.
@@ -743,6 +773,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out["rows_affected"], 1, "{out}");
+    }
+
+    #[tokio::test]
+    async fn rows_are_cut_where_the_answer_would_outgrow_max_response_bytes() {
+        let (_dir, url) = database().await;
+        // 2000 rows of 10 kB each: 20 MB, if nothing stopped them.
+        let wide = spec(
+            "statement = \"with recursive c(x) as (select 1 union all select x + 1 from c where x < 2000) select hex(zeroblob(5000)) as wide from c\"\nmax_rows = 2000\n",
+        );
+        let out = wide.run(&url, &[], DEFAULT_TIMEOUT).await.unwrap();
+        let size = out.to_string().len();
+        assert!(
+            (DEFAULT_MAX_RESPONSE - 11_000..=DEFAULT_MAX_RESPONSE).contains(&size),
+            "as many whole rows as fit: {size} bytes"
+        );
+        assert_eq!(out["truncated"], true);
+        let small =
+            spec("statement = \"select hex(zeroblob(5000)) as wide\"\nmax_response_bytes = 1000\n");
+        let err = small.run(&url, &[], DEFAULT_TIMEOUT).await.unwrap_err();
+        assert!(
+            matches!(err, RunError::Refused(ref why) if why.contains("1000 bytes")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::params::{summarise, summarise_for_approval};
 use super::trial::Trial;
-use super::{ArgumentError, Capability, CapabilitySpec, Catalog, RunError, Validated};
+use super::{ArgumentError, Capability, CapabilitySpec, Catalog, RunError, Validated, valid_name};
 use crate::approvals::Summary;
 use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError, TokenEntry};
@@ -296,6 +296,10 @@ impl Capabilities {
         args: &Value,
         record: &PendingRecord,
     ) -> Result<Value, CallError> {
+        // Whatever an agent sent as a name is recorded only if a capability could have it.
+        if !valid_name(name) {
+            return Err(CallError::Unknown(name.to_owned()));
+        }
         record.update(|r| {
             r.capability = Some(name.to_owned());
             r.arguments = Some(summarise(args));

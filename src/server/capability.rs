@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::conn::ClientAddr;
 use crate::audit::{AuditRecord, Decision};
+use crate::capabilities::ArgumentError;
 use crate::capabilities::invoke::{CALL_PATH, CallError, Capabilities};
 use crate::capabilities::params::BadArgument;
-use crate::capabilities::{ArgumentError, valid_name};
 use crate::providers::ErrorShape;
 use crate::proxy::{AuditedBody, PendingRecord, ProxyError, REQUEST_ID_HEADER, SEKS_ERROR_HEADER};
 
@@ -196,9 +196,6 @@ pub async fn invoke(
                     }
                 }
             };
-            if !valid_name(&name) {
-                return caps.error_response(CallError::Unknown(name));
-            }
             match caps.call(&entry, &name, &args, &pending).await {
                 Ok(answer) => Json(answer).into_response(),
                 Err(e) => caps.error_response(e),

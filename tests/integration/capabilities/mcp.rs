@@ -300,3 +300,34 @@ async fn what_the_mcp_layer_refuses_comes_back_as_a_json_error() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_tool_name_no_capability_could_have_is_not_recorded() {
+    let env = Env::new("");
+    env.add_secret("main", "openai", "sk-mcp-tool-names").await;
+    let token = env.create_token("main", &[]).await;
+    let broker = env.serve().await;
+    let junk = format!("\u{1b}[2J{}", "x".repeat(3000));
+    let request = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": junk, "arguments": {}},
+    });
+    let reply = send(
+        "POST",
+        &broker.url("/mcp"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("accept", "application/json, text/event-stream"),
+            ("content-type", "application/json"),
+        ],
+        request.to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(answer["error"]["message"].is_string(), "{answer}");
+    let records = audit_records(&env, |r| r.iter().any(|r| r["path"] == "/mcp")).await;
+    let record = records.iter().find(|r| r["path"] == "/mcp").unwrap();
+    assert_eq!(record["capability"], Value::Null, "{record}");
+    broker.stop().await;
+}

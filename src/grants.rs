@@ -12,6 +12,8 @@ use crate::tokens::{self, SigningTokens, TokenHash};
 pub const MAX_DEPTH: usize = 8;
 /// Lifetime of a derived token when none is asked for.
 pub const DEFAULT_CHILD_TTL_SECS: i64 = 3600;
+/// Longest agent name, in bytes.
+const MAX_AGENT_NAME: usize = 128;
 
 /// A token could not be issued.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,8 @@ pub fn signing_for<'a>(
 
 /// Mint and store a token.
 pub async fn mint(store: &dyn Store, m: Mint<'_>, now: i64) -> Result<Minted, GrantError> {
-    if m.agent.is_empty() || m.agent.len() > 128 || m.agent.chars().any(char::is_control) {
+    if m.agent.is_empty() || m.agent.len() > MAX_AGENT_NAME || m.agent.chars().any(char::is_control)
+    {
         return Err(GrantError::AgentName);
     }
     if m.expires_at.is_some_and(|at| at <= now) {
@@ -148,7 +151,18 @@ pub async fn derive(
         .into_iter()
         .flatten()
         .min();
-    let agent = agent.map_or_else(|| format!("{} (child)", parent.agent), str::to_owned);
+    let agent = agent.map_or_else(
+        || {
+            // A name that was valid stays valid: the mark is left off where it wouldn't fit.
+            let marked = format!("{} (child)", parent.agent);
+            if marked.len() <= MAX_AGENT_NAME {
+                marked
+            } else {
+                parent.agent.clone()
+            }
+        },
+        str::to_owned,
+    );
     mint(
         store,
         Mint {

@@ -397,6 +397,22 @@ async fn an_agent_can_derive_only_so_many_children_a_minute() {
     broker.stop().await;
 }
 
+#[tokio::test]
+async fn a_child_of_a_token_with_the_longest_agent_name_can_be_derived() {
+    let (_mock, env) = setup("").await;
+    let name = "a".repeat(128);
+    let token = env.create_token("main", &["--agent", &name]).await;
+    let broker = env.serve().await;
+    let auth = format!("Bearer {token}");
+    let url = broker.url("/seks/v1/tokens/derive");
+    // The agent names no child: its name comes from the parent's, and must still be valid.
+    let reply = post(&url, ("authorization", &auth), "application/json", "{}").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let child = reply.json()["agent"].as_str().unwrap().to_owned();
+    assert!(child.starts_with("aaaa") && child.len() <= 128, "{child}");
+    broker.stop().await;
+}
+
 /// The headers of a WebSocket handshake.
 const UPGRADE: [(&str, &str); 4] = [
     ("connection", "upgrade"),

@@ -203,19 +203,25 @@ impl Runner {
                     tracing::error!(capability = %capability.name, "capability can't run: {why}");
                 }
             })?;
-        Ok(scrubbed(&unlocked.scrubber, &answer))
+        Ok(scrubbed(&unlocked.scrubber, answer)?)
     }
 }
 
 /// `value` with every secret masked (a database row or a mail server's answer could hold
-/// one).
-fn scrubbed(scrubber: &Scrubber, value: &Value) -> Value {
-    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+/// one); refused if a secret sits where a mask can't go (a digits-only secret as a number).
+fn scrubbed(scrubber: &Scrubber, value: Value) -> Result<Value, RunError> {
+    let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
     if !scrubber.scrub_all(&mut bytes) {
-        return value.clone();
+        return Ok(value);
     }
-    // Masks are `*` runs inside what were strings, so the JSON still parses.
-    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    // A mask inside a string keeps the JSON whole; one in a number or a key's syntax breaks it.
+    serde_json::from_slice(&bytes).map_err(|_| {
+        RunError::Refused(
+            "the answer held a secret outside a string, where it can't be masked, so it is \
+             withheld"
+                .to_owned(),
+        )
+    })
 }
 
 /// The capabilities served to agents, and the checks every call goes through.
@@ -431,5 +437,24 @@ pub(super) fn note_outcome(
             record.error = Some(e.code().to_owned());
             record.reason = Some(e.message());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_holding_a_secret_is_masked_or_withheld_never_emptied() {
+        let scrubber = Scrubber::new([b"4111111111111111".as_slice()]).unwrap();
+        let clean = json!({"rows": [{"id": 1}]});
+        assert_eq!(scrubbed(&scrubber, clean.clone()).unwrap(), clean);
+        let masked = scrubbed(&scrubber, json!({"note": "card 4111111111111111"})).unwrap();
+        assert_eq!(masked["note"], "card ****************");
+        let as_number = scrubbed(&scrubber, json!({"card": 4111111111111111_u64}));
+        assert!(
+            matches!(as_number, Err(RunError::Refused(ref why)) if why.contains("withheld")),
+            "{as_number:?}"
+        );
     }
 }

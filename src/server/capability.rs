@@ -122,6 +122,10 @@ pub async fn list(
                 Err(e) => return e.into_response(ErrorShape::OpenAi),
             };
             pending.update(|r| r.attribute_to(&entry.record));
+            // A revoked or expired token is told so, not shown an empty list.
+            if let Err(e) = caps.proxy().check_call(&entry, |_| Ok(())) {
+                return e.into_response(ErrorShape::OpenAi);
+            }
             match caps.allowed_for(&entry).await {
                 Ok(list) => {
                     let list: Vec<Value> = list.iter().map(|c| Capabilities::describe(c)).collect();

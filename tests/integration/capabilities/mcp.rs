@@ -148,6 +148,15 @@ statement = "select sum(total) as revenue from orders"
         )
         .await;
         assert_eq!(reply.status, 401, "{auth}: {reply:?}");
+        // Nor does the HTTP listing answer it with an empty list.
+        let listed = send(
+            "GET",
+            &broker.url("/v1/capabilities"),
+            &[("authorization", &auth)],
+            String::new(),
+        )
+        .await;
+        assert_eq!(listed.status, 401, "{auth}: {listed:?}");
     }
 
     let records = audit_records(&env, |r| {

@@ -128,6 +128,13 @@ pub(super) async fn run(ctx: Context) -> anyhow::Result<()> {
                 )
             })?;
             tracing::info!("admin API on http://{}", admin_listener.local_addr()?);
+            if !admin_addr.ip().is_loopback() {
+                tracing::warn!(
+                    "the admin API listens on {admin_addr} over plain HTTP: the admin token and \
+                     secret values sent to it cross the network in clear text unless TLS is \
+                     put in front of it"
+                );
+            }
             if ctx
                 .store
                 .meta(crate::store::META_ADMIN_TOKEN)

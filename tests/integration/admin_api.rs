@@ -628,6 +628,24 @@ async fn the_admin_listener_can_be_turned_off_and_a_taken_port_fails_startup() {
         off.transcript()
     );
     broker.stop().await;
+
+    // Off loopback, the operator is warned that what the admin API is sent travels in clear.
+    for (listen, warned) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
+        let env = Env::new("");
+        let broker = env.serve_with(&[("SEKS_ADMIN_LISTEN", listen)]).await;
+        broker.admin_url().await;
+        // Logged just after the address: give the transcript a moment to catch up.
+        let mut seen = false;
+        for _ in 0..20 {
+            seen = env.transcript().contains("over plain HTTP");
+            if seen {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, warned, "{listen}: {}", env.transcript());
+        broker.stop().await;
+    }
 }
 
 /// This machine's address on its network (not loopback), or `localhost` (a name, not a

@@ -21,6 +21,9 @@ pub struct Rule {
     glob_exact: String,
     /// The glob lowercased, for broad matching.
     glob_broad: String,
+    /// The broad glob's last segment when it has no glob syntax: a path it catches ends with
+    /// it, which rules most paths out without running the glob.
+    last_literal: Option<String>,
 }
 
 impl fmt::Debug for Rule {
@@ -70,9 +73,19 @@ impl TryFrom<String> for Rule {
             .map(|segment| if segment == "*" { "?*" } else { segment })
             .collect::<Vec<_>>()
             .join("/");
+        let glob_broad = glob.to_ascii_lowercase();
+        let last_literal = glob_broad
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|last| {
+                !last.is_empty() && !last.contains(['*', '?', '[', ']', '{', '}', '\\', '!'])
+            })
+            .map(str::to_owned);
         Ok(Rule {
             glob_exact,
-            glob_broad: glob.to_ascii_lowercase(),
+            glob_broad,
+            last_literal,
             method,
             text: text.trim().to_owned(),
         })
@@ -116,12 +129,20 @@ impl RequestPath {
         } else {
             decoded.into_owned()
         };
-        let mut broad: String = exact
-            .split('/')
-            .map(|segment| segment.split(';').next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("/")
-            .to_ascii_lowercase();
+        // Lowercased, each segment cut at its first `;`.
+        let mut broad = String::with_capacity(exact.len());
+        let mut in_params = false;
+        for c in exact.chars() {
+            match c {
+                '/' => {
+                    in_params = false;
+                    broad.push('/');
+                }
+                ';' => in_params = true,
+                c if !in_params => broad.push(c.to_ascii_lowercase()),
+                _ => {}
+            }
+        }
         while broad.len() > 1 && broad.ends_with('/') {
             broad.pop();
         }
@@ -159,6 +180,11 @@ impl Rule {
     /// Broad match, for rules that refuse or hold.
     pub fn catches(&self, request: &RequestPath) -> bool {
         if !self.method_matches(request) {
+            return false;
+        }
+        if let Some(last) = &self.last_literal
+            && request.broad.rsplit('/').next() != Some(last.as_str())
+        {
             return false;
         }
         let glob = &self.glob_broad;
@@ -230,6 +256,12 @@ mod tests {
         let exact = rule("POST /v1/images/generations");
         assert!(exact.catches(&req("POST", "/v1/images/generations/")));
         assert!(exact.catches(&req("POST", "/v1/Images/Generations")));
+        assert!(exact.catches(&req("POST", "/v1/images/generations;v=2")));
+        assert!(!exact.catches(&req("POST", "/v1/images/generations/x")));
+        let nested = rule("POST /api/**/keys");
+        assert!(nested.catches(&req("POST", "/api/keys")));
+        assert!(nested.catches(&req("POST", "/api/a%2Fb/c/KEYS/")));
+        assert!(!nested.catches(&req("POST", "/api/a/keys/1")));
         // Granting rules stay exact.
         assert!(!rule("GET /v1/models").allows(&req("GET", "/v1/MODELS")));
     }

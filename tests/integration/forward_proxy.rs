@@ -895,6 +895,29 @@ async fn open_session_at(
     Ok(tokio_tungstenite::client_async(request, tcp).await?.0)
 }
 
+/// Assert that a session was refused at its handshake with 400 `bad_body`; if it opened
+/// instead, fail with what it relayed of `message`.
+async fn assert_refused_bad_body(
+    session: Result<
+        tokio_tungstenite::WebSocketStream<TcpStream>,
+        tokio_tungstenite::tungstenite::Error,
+    >,
+    message: &str,
+) {
+    match session {
+        Ok(mut ws) => panic!(
+            "a session opened and relayed {:?}",
+            echoed(&mut ws, message).await
+        ),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            let code = response.headers().get("x-seks-error");
+            assert_eq!(code.and_then(|v| v.to_str().ok()), Some("bad_body"));
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The close codes the WebSocket echo has received, once it has received `count` of them
 /// (or after ten seconds).
 async fn closes(echo: &WsEcho, count: usize) -> Vec<Option<u16>> {
@@ -963,7 +986,6 @@ async fn open_websocket_sessions_get_the_shutdown_grace_then_a_going_away_close(
 
 #[tokio::test]
 async fn a_gemini_live_session_under_a_model_list_is_refused_whatever_its_url_names() {
-    use tokio_tungstenite::tungstenite::Error;
     let (echo, s, _) =
         ws_setup("[providers.gemini]\nbase_url = \"https://ws.example.test\"\n").await;
     s.env
@@ -980,25 +1002,17 @@ async fn a_gemini_live_session_under_a_model_list_is_refused_whatever_its_url_na
     let live = "/api/gemini/ws/google.ai.generativelanguage.v1beta.GenerativeService.\
                 BidiGenerateContent?model=gemini-2.0-flash";
     let setup = r#"{"setup":{"model":"models/gemini-2.5-pro"}}"#;
-    match open_session_at(s.broker.addr, live, ("x-goog-api-key", &token)).await {
-        Ok(mut ws) => panic!(
-            "a session opened and relayed {:?}",
-            echoed(&mut ws, setup).await
-        ),
-        Err(Error::Http(response)) => {
-            assert_eq!(response.status(), 400);
-            let code = response.headers().get("x-seks-error");
-            assert_eq!(code.and_then(|v| v.to_str().ok()), Some("bad_body"));
-        }
-        Err(e) => panic!("{e}"),
-    }
+    assert_refused_bad_body(
+        open_session_at(s.broker.addr, live, ("x-goog-api-key", &token)).await,
+        setup,
+    )
+    .await;
     assert!(echo.handshakes().is_empty(), "nothing reached the upstream");
     s.broker.stop().await;
 }
 
 #[tokio::test]
 async fn a_token_with_body_rules_opens_no_websocket_session_to_carry_unchecked_messages() {
-    use tokio_tungstenite::tungstenite::Error;
     let (echo, s, _) = ws_setup("").await;
     let policy = s.env.data_dir().join("bounded.toml");
     std::fs::write(&policy, "body = [{ pointer = \"/amount\", max = 5 }]\n").unwrap();
@@ -1007,19 +1021,12 @@ async fn a_token_with_body_rules_opens_no_websocket_session_to_carry_unchecked_m
         .env
         .create_token("ws", &["--agent", "bounded", "--policy", &policy])
         .await;
-    match open_session(s.broker.addr, &token).await {
-        // What its body rule refuses in a request body, a session's message would carry.
-        Ok(mut ws) => panic!(
-            "a session opened and relayed {:?}",
-            echoed(&mut ws, r#"{"amount":5000}"#).await
-        ),
-        Err(Error::Http(response)) => {
-            assert_eq!(response.status(), 400);
-            let code = response.headers().get("x-seks-error");
-            assert_eq!(code.and_then(|v| v.to_str().ok()), Some("bad_body"));
-        }
-        Err(e) => panic!("{e}"),
-    }
+    // What its body rule refuses in a request body, a session's message would carry.
+    assert_refused_bad_body(
+        open_session(s.broker.addr, &token).await,
+        r#"{"amount":5000}"#,
+    )
+    .await;
     assert!(echo.handshakes().is_empty(), "nothing reached the upstream");
     s.broker.stop().await;
 }

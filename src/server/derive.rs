@@ -21,12 +21,13 @@ use super::AppState;
 use super::capability::error;
 use super::conn::ClientAddr;
 use crate::audit::{AuditRecord, Decision};
+use crate::clock;
 use crate::grants::{self, GrantError};
-use crate::keyring::{KeyringError, TokenEntry};
+use crate::keyring::TokenEntry;
 use crate::policy::PolicySpec;
+use crate::providers::ErrorShape;
 use crate::proxy::{ProxyError, REQUEST_ID_HEADER, SEKS_ERROR_HEADER};
 use crate::store::DEFAULT_TENANT;
-use crate::{clock, tokens};
 
 /// What the agent asks for.
 #[derive(Debug, Deserialize)]
@@ -177,26 +178,10 @@ async fn mint(
     body: &[u8],
     caller: &mut Option<Arc<TokenEntry>>,
 ) -> Response {
-    let Some(text) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing_token",
-            "send your SEKS token as Authorization: Bearer <token>",
-        );
-    };
-    let parsed = match tokens::parse(text.trim()) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "malformed_token",
-                &format!("invalid SEKS token: {e}"),
-            );
-        }
+    // The same reading of `Authorization` as every other agent endpoint (one header only).
+    let entry = match state.proxy.bearer(headers).await {
+        Ok(entry) => caller.insert(entry).clone(),
+        Err(e) => return e.into_response(ErrorShape::OpenAi),
     };
     let request: DeriveRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DeriveRequest {
@@ -214,24 +199,6 @@ async fn mint(
                     &format!("invalid derive request: {e}"),
                 );
             }
-        }
-    };
-    let entry = match state.keyring.token(&parsed).await {
-        Ok(entry) => caller.insert(entry).clone(),
-        Err(KeyringError::UnknownToken) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unknown_token",
-                "unknown SEKS token",
-            );
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "token lookup failed; refusing to derive");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the broker's store is unavailable",
-            );
         }
     };
     // Counted for the token the operator issued, whose descendants share it: a budget per

@@ -369,6 +369,21 @@ async fn child_tokens_never_exceed_their_parent_and_die_with_it() {
         (status, refused["error"]["code"].as_str()),
         (401, Some("malformed_token"))
     );
+    // Two tokens in two headers: which one derives would depend on who reads them.
+    let bearer = format!("Bearer {parent}");
+    let two = crate::support::http::send(
+        "POST",
+        &broker.url("/seks/v1/tokens/derive"),
+        &[("authorization", &bearer), ("authorization", &bearer)],
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        (two.status, two.header("x-seks-error")),
+        (401, Some("ambiguous_token")),
+        "{}",
+        two.body
+    );
 
     let revoked = env.cli(&["token", "revoke", &parent_id], "").await.ok();
     assert!(

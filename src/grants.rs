@@ -25,7 +25,7 @@ pub enum GrantError {
     #[error("{0}")]
     Parent(String),
     /// The agent name is unusable.
-    #[error("agent names are 1-128 printable characters")]
+    #[error("agent names are 1 to 128 bytes of printable characters (UTF-8)")]
     AgentName,
     /// The policy has no lifetime that ends after now.
     #[error("the token would already be expired")]

@@ -2,6 +2,7 @@
 //! SMTP server and account sealed in the vault. The sender is fixed or chosen from a list,
 //! the recipients fixed or checked against an allow-list before any connection is made.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use base64::Engine;
@@ -169,6 +170,10 @@ pub struct EmailSpec {
     /// Most attachments (default 0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_attachments: usize,
+    /// Most calls running at once, whichever tokens make them (default 4): each opens its own
+    /// SMTP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<NonZeroU32>,
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -6,6 +6,7 @@
 //! every secret before the agent sees it.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -85,6 +86,10 @@ pub struct HttpSpec {
     /// Largest answer read (default 1 MiB); a larger one is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_response_bytes: Option<usize>,
+    /// Most calls running at once, whichever tokens make them (default none): requests share the
+    /// broker's pooled connections to the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<NonZeroU32>,
 }
 
 /// The `{name}` placeholders in `text` whose name could be a parameter's.

@@ -3,7 +3,10 @@
 //! chain's limits, an operator's approval if the capability asks for one, the secret, the
 //! backend — and what the audit record says about it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
@@ -17,6 +20,7 @@ use super::{ArgumentError, Capability, CapabilitySpec, Catalog, RunError, Valida
 use crate::approvals::Summary;
 use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError, TokenEntry};
+use crate::policy::limits::{InFlight, Limited};
 use crate::policy::{self, RequestPath};
 use crate::providers::{ErrorShape, Providers};
 use crate::proxy::{PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams, by_root};
@@ -110,6 +114,9 @@ pub struct Runner {
     upstreams: Upstreams,
     /// Extra roots for SMTP TLS (the `[upstream] extra_ca_file`).
     smtp_roots: Vec<Certificate>,
+    /// Calls running, by capability name: kept apart from the definitions, which a reload
+    /// replaces while calls run.
+    in_flight: Mutex<HashMap<String, Arc<AtomicU32>>>,
 }
 
 impl Runner {
@@ -133,7 +140,29 @@ impl Runner {
             providers,
             upstreams,
             smtp_roots,
+            in_flight: Mutex::default(),
         })
+    }
+
+    /// A place among `capability`'s calls running, held until the call ends; refused when
+    /// its `max_in_flight` are taken, whatever the callers' own limits.
+    fn slot(&self, capability: &Capability) -> Result<InFlight, ProxyError> {
+        let max = capability.spec.common().max_in_flight;
+        let counter = Arc::clone(
+            self.in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(capability.name.clone())
+                .or_default(),
+        );
+        let cap = max.map_or(u32::MAX, NonZeroU32::get);
+        match InFlight::take(&counter, cap) {
+            Some((slot, _)) => Ok(slot),
+            None => Err(ProxyError::Limited(Limited::CapabilityInFlight {
+                capability: capability.name.clone(),
+                max: cap,
+            })),
+        }
     }
 
     /// Run `capability` with checked arguments for `tenant`; the answer is scrubbed of
@@ -144,6 +173,7 @@ impl Runner {
         capability: &Capability,
         args: Validated,
     ) -> Result<Value, CallError> {
+        let _slot = self.slot(capability)?;
         let common = capability.spec.common();
         let (provider, unlocked) = self
             .keyring

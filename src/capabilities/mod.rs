@@ -24,6 +24,7 @@ pub mod sql;
 pub mod trial;
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ pub const SECRET_KINDS: [&str; 2] = [SMTP_SECRETS, SQL_SECRETS];
 const MAX_DESCRIPTION: usize = 2048;
 /// Largest answer a capability returns when it sets no `max_response_bytes`.
 const DEFAULT_MAX_RESPONSE: usize = 1024 * 1024;
+/// Calls of an SQL or email capability running at once when it sets no `max_in_flight`:
+/// each holds a connection of its own, and the agent's token may set no limit.
+const DEFAULT_MAX_IN_FLIGHT: NonZeroU32 = NonZeroU32::new(4).expect("4 is not zero");
 
 /// A capability as the operator writes it (`[capabilities.NAME]`), by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +72,8 @@ pub struct Common<'a> {
     pub require_approval: bool,
     /// Longest a call may take.
     pub timeout: Duration,
+    /// Most calls running at once, whichever tokens make them (`None`: no bound).
+    pub max_in_flight: Option<NonZeroU32>,
 }
 
 impl CapabilitySpec {
@@ -79,18 +85,21 @@ impl CapabilitySpec {
                 secret: &s.secret,
                 require_approval: s.require_approval,
                 timeout: s.timeout.unwrap_or(email::DEFAULT_TIMEOUT),
+                max_in_flight: Some(s.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT)),
             },
             CapabilitySpec::Sql(s) => Common {
                 description: &s.description,
                 secret: &s.secret,
                 require_approval: s.require_approval,
                 timeout: s.timeout.unwrap_or(sql::DEFAULT_TIMEOUT),
+                max_in_flight: Some(s.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT)),
             },
             CapabilitySpec::Http(s) => Common {
                 description: &s.description,
                 secret: &s.secret,
                 require_approval: s.require_approval,
                 timeout: s.timeout.unwrap_or(http::DEFAULT_TIMEOUT),
+                max_in_flight: s.max_in_flight,
             },
         }
     }
@@ -422,6 +431,16 @@ params = [{ name = "text", type = "string", max_length = 3000 }]
         let orders = &file.capabilities["customer_orders"];
         assert_eq!(orders.common().timeout, sql::DEFAULT_TIMEOUT);
         assert_eq!(orders.secret_provider(), SQL_SECRETS);
+        // SQL and email calls each hold a connection: bounded unless the operator says more.
+        let bounds: Vec<_> = ["email_ops", "customer_orders", "post_ops"]
+            .map(|name| {
+                file.capabilities[name]
+                    .common()
+                    .max_in_flight
+                    .map(NonZeroU32::get)
+            })
+            .into();
+        assert_eq!(bounds, [Some(4), Some(4), None]);
     }
 
     #[test]
@@ -429,6 +448,7 @@ params = [{ name = "text", type = "string", max_length = 3000 }]
         for bad in [
             "[capabilities.x]\nkind = \"ftp\"\ndescription = \"d\"\nsecret = \"s\"\n",
             "[capabilities.x]\nkind = \"sql\"\ndescription = \"d\"\nsecret = \"s\"\nstatement = \"select 1\"\nstatment = \"x\"\n",
+            "[capabilities.x]\nkind = \"sql\"\ndescription = \"d\"\nsecret = \"s\"\nstatement = \"select 1\"\nmax_in_flight = 0\n",
         ] {
             assert!(toml::from_str::<File>(bad).is_err(), "{bad}");
         }

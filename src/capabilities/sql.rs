@@ -13,6 +13,7 @@
 //! `max_execution_time`, which covers `SELECT` only; SQLite through its progress handler),
 //! and abandoned by the broker then in any case.
 
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,10 @@ pub struct SqlSpec {
     /// Largest answer, in bytes of JSON (default 1 MiB): rows past it are cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_response_bytes: Option<usize>,
+    /// Most calls running at once, whichever tokens make them (default 4): each opens its own
+    /// connection, and the database has only so many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<NonZeroU32>,
 }
 
 fn read_only_default() -> bool {

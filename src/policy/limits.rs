@@ -45,6 +45,14 @@ pub enum Limited {
         /// The limit.
         max: u32,
     },
+    /// Calls of one capability in flight, whichever tokens made them.
+    #[error("capability `{capability}` already has {max} calls in flight, as many as it may")]
+    CapabilityInFlight {
+        /// The capability.
+        capability: String,
+        /// Its `max_in_flight`.
+        max: u32,
+    },
     /// Requests waiting for approval.
     #[error("{max} requests of this token are already waiting for approval")]
     PendingApprovals {
@@ -78,7 +86,9 @@ impl Limited {
             Limited::Rate { retry_after, .. }
             | Limited::DailyRequests { retry_after, .. }
             | Limited::DailyTokens { retry_after, .. } => *retry_after,
-            Limited::Concurrency { .. } => Duration::from_secs(1),
+            Limited::Concurrency { .. } | Limited::CapabilityInFlight { .. } => {
+                Duration::from_secs(1)
+            }
             Limited::PendingApprovals { .. } => Duration::from_secs(5),
         }
     }
@@ -178,6 +188,18 @@ pub struct TokenLimits {
 
 /// Releases a concurrency slot when dropped (when the response body ends).
 pub struct InFlight(Arc<AtomicU32>);
+
+impl InFlight {
+    /// One of `counter`'s slots unless `max` are taken, with the number taken then.
+    pub fn take(counter: &Arc<AtomicU32>, max: u32) -> Option<(InFlight, u32)> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|before| (InFlight(Arc::clone(counter)), before + 1))
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -419,19 +441,11 @@ impl Limits {
                 } else {
                     max.get()
                 };
-                let taken =
-                    counters
-                        .in_flight
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                            (n < cap).then_some(n + 1)
-                        });
-                match taken {
-                    Ok(before) => held.note_in_flight(before + 1),
-                    Err(_) => return Err(Limited::Concurrency { max: max.get() }),
-                }
-                admission
-                    .in_flight
-                    .push(InFlight(Arc::clone(&counters.in_flight)));
+                let Some((slot, taken)) = InFlight::take(&counters.in_flight, cap) else {
+                    return Err(Limited::Concurrency { max: max.get() });
+                };
+                held.note_in_flight(taken);
+                admission.in_flight.push(slot);
             }
         }
         for (counters, spec) in links {

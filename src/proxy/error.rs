@@ -221,7 +221,9 @@ impl ProxyError {
             Policy(_) => "policy_denied",
             PolicyUnavailable(_) => "policy_unavailable",
             Limited(l) if l.is_budget() => "budget_exhausted",
-            Limited(l::Limited::Concurrency { .. }) => "concurrency_limited",
+            Limited(l::Limited::Concurrency { .. } | l::Limited::CapabilityInFlight { .. }) => {
+                "concurrency_limited"
+            }
             Limited(l::Limited::PendingApprovals { .. }) => "too_many_pending_approvals",
             Limited(_) => "rate_limited",
             ApprovalDenied(_) => "approval_denied",

@@ -12,6 +12,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use super::{audit_records, call, code};
+use crate::support::http::send;
 use crate::support::{Env, assert_never_leaked, full_suite, pg};
 
 const SETUP: &str = "CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer NOT NULL, \
@@ -541,4 +542,97 @@ async fn mysql_stops_reading_a_huge_result_at_max_rows() {
     // MariaDB's sequence engine: 400 million rows, the first at once.
     let rows = "select a.seq as n from seq_1_to_20000 a, seq_1_to_20000 b";
     a_huge_result_is_cut_without_reading_it_all(&url, rows).await;
+}
+
+/// The most connections `role` had open to the cluster at once while `for_how_long` passed,
+/// seen through `admin`.
+async fn peak_connections(admin: &str, role: &str, for_how_long: std::time::Duration) -> i64 {
+    let mut conn = PgConnectOptions::from_str(admin)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + for_how_long;
+    let mut peak = 0;
+    while std::time::Instant::now() < until {
+        let (open,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
+                .bind(role)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        peak = peak.max(open);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    conn.close().await.unwrap();
+    peak
+}
+
+/// A burst of slow calls from a token with no limits of its own: the capability's
+/// `max_in_flight` (4 unless set) bounds the calls running, and so the connections the
+/// database sees; the rest are refused 429 `concurrency_limited` with `Retry-After`, and the
+/// slots are free again once the calls end.
+#[tokio::test]
+async fn postgres_connections_are_bounded_by_max_in_flight() {
+    let Some((url, admin)) = pg_database().await else {
+        return;
+    };
+    let env = Env::new(
+        "[capabilities.nap]\nkind = \"sql\"\ndescription = \"Slow\"\nsecret = \"db\"\n\
+         statement = \"select 1 as n from pg_sleep(1.5)\"\n\
+         [capabilities.short_nap]\nkind = \"sql\"\ndescription = \"Slow, two at once\"\n\
+         secret = \"db\"\nstatement = \"select 1 as n from pg_sleep(1.5)\"\nmax_in_flight = 2\n",
+    );
+    env.add_secret("db", "sql", &url).await;
+    let token = env
+        .create_token("db", &["--capability", "nap", "--capability", "short_nap"])
+        .await;
+    let broker = env.serve().await;
+    let role = url
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .to_owned();
+    for (name, cap) in [("nap", 4), ("short_nap", 2)] {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let target = broker.url(&format!("/v1/capabilities/{name}"));
+            let auth = format!("Bearer {token}");
+            calls.spawn(async move {
+                send(
+                    "POST",
+                    &target,
+                    &[
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                    ],
+                    "{}",
+                )
+                .await
+            });
+        }
+        let peak = peak_connections(&admin, &role, std::time::Duration::from_millis(1200)).await;
+        let replies = calls.join_all().await;
+        let ran = replies.iter().filter(|r| r.status == 200).count();
+        let refused: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+        assert_eq!((ran, refused.len()), (cap, 12 - cap), "{name}: {replies:?}");
+        for r in refused {
+            assert_eq!(code(r), "concurrency_limited", "{r:?}");
+            assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+            assert!(
+                r.json()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(name),
+                "{r:?}"
+            );
+        }
+        assert!(
+            (1..=cap as i64).contains(&peak),
+            "{name}: the database saw {peak} connections at once"
+        );
+    }
+    let again = call(&broker, &token, "nap", &json!({}), &mut Vec::new()).await;
+    assert_eq!(again.status, 200, "slots are given back: {again:?}");
+    broker.stop().await;
 }

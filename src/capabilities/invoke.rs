@@ -57,7 +57,9 @@ impl CallError {
         match self {
             CallError::Refused(e) => e.status(),
             CallError::Unknown(_) => StatusCode::NOT_FOUND,
-            CallError::Arguments(ArgumentError::Bad(_)) => StatusCode::BAD_REQUEST,
+            CallError::Arguments(ArgumentError::Bad(_)) | CallError::Run(RunError::BadValue(_)) => {
+                StatusCode::BAD_REQUEST
+            }
             CallError::Arguments(ArgumentError::NotAllowed(_))
             | CallError::Run(RunError::ReadOnly) => StatusCode::FORBIDDEN,
             CallError::Run(RunError::Refused(_) | RunError::Unreachable(_)) => {
@@ -73,7 +75,9 @@ impl CallError {
         match self {
             CallError::Refused(e) => e.code(),
             CallError::Unknown(_) => "unknown_capability",
-            CallError::Arguments(ArgumentError::Bad(_)) => "bad_arguments",
+            CallError::Arguments(ArgumentError::Bad(_)) | CallError::Run(RunError::BadValue(_)) => {
+                "bad_arguments"
+            }
             CallError::Arguments(ArgumentError::NotAllowed(_)) => "argument_not_allowed",
             CallError::Run(RunError::ReadOnly) => "read_only",
             CallError::Run(RunError::Refused(_)) => "backend_refused",

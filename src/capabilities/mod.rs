@@ -248,6 +248,10 @@ pub enum RunError {
     /// The backend answered, and said no.
     #[error("{0}")]
     Refused(String),
+    /// The backend could not use a value the agent gave: malformed for its type, out of
+    /// range, not storable (400, like arguments the broker refuses itself).
+    #[error("{0}")]
+    BadValue(String),
     /// A read-only capability's statement tried to change data.
     #[error("this capability is read-only, and its statement tried to change data")]
     ReadOnly,

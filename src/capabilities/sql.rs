@@ -29,7 +29,7 @@ use sqlx::mysql::{
 };
 use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgSslMode};
 use sqlx::query::Query;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteQueryResult, SqliteRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteError, SqliteQueryResult, SqliteRow};
 use sqlx::{
     AssertSqlSafe, Column, ConnectOptions, Connection, Database, Either, Encode, Executor,
     IntoArguments, Row, Type, TypeInfo, ValueRef,
@@ -55,6 +55,13 @@ const SQLITE_STEPS_PER_CHECK: i32 = 1000;
 const PG_READ_ONLY: &str = "25006";
 /// PostgreSQL's SQLSTATE for a statement cancelled (by `statement_timeout`).
 const PG_CANCELED: &str = "57014";
+/// PostgreSQL's SQLSTATE class of data exceptions (MySQL and MariaDB use it too, for some):
+/// a value malformed for its type, out of range, too long, with a NUL byte.
+const DATA_EXCEPTION_CLASS: &str = "22";
+/// MySQL's and MariaDB's errors for a value that can't be used as given, whatever SQLSTATE
+/// they carry: out of range (1264), truncated (1265), incorrect for its type (1292, 1366,
+/// 1411), a division by zero (1365), too long (1406).
+const MYSQL_BAD_VALUE: [u16; 7] = [1264, 1265, 1292, 1365, 1366, 1406, 1411];
 /// SQLite's primary result codes (the low byte of its extended codes).
 const SQLITE_READONLY: i64 = 8;
 const SQLITE_INTERRUPT: i64 = 9;
@@ -419,6 +426,8 @@ impl SqlSpec {
                 let mysql_number = e
                     .try_downcast_ref::<MySqlDatabaseError>()
                     .map(MySqlDatabaseError::number);
+                // SQLite's codes are numbers: some would look like an SQLSTATE class.
+                let is_sqlite = e.try_downcast_ref::<SqliteError>().is_some();
                 if code == PG_READ_ONLY
                     || sqlite_code == Some(SQLITE_READONLY)
                     || mysql_number == Some(MYSQL_READ_ONLY)
@@ -430,6 +439,13 @@ impl SqlSpec {
                         .is_some_and(|n| n == MARIADB_STATEMENT_TIMEOUT || n == MYSQL_QUERY_TIMEOUT)
                 {
                     RunError::Timeout(timeout)
+                } else if (code.starts_with(DATA_EXCEPTION_CLASS) && !is_sqlite)
+                    || mysql_number.is_some_and(|n| MYSQL_BAD_VALUE.contains(&n))
+                {
+                    RunError::BadValue(format!(
+                        "the database could not use a value given ({code}): {}",
+                        e.message()
+                    ))
                 } else {
                     RunError::Refused(format!(
                         "the database refused the statement ({code}): {}",

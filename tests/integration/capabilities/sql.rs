@@ -339,6 +339,9 @@ struct Dialect {
     read_only: Value,
     /// What the server's refusal of a wrong password says (in the broker's log).
     refused: &'static str,
+    /// Statements of one parameter (its type) with an argument the server refuses as a
+    /// value: malformed, out of range, unstorable.
+    bad_values: Vec<(&'static str, &'static str, Value)>,
 }
 
 /// What a database server must do beyond [`exercise`], for the login in `url` (whose
@@ -357,7 +360,19 @@ async fn server_checks(
         whoami,
         read_only,
         refused,
+        bad_values,
     } = dialect;
+    let bad_capabilities: String = bad_values
+        .iter()
+        .enumerate()
+        .map(|(i, (statement, ty, _))| {
+            format!(
+                "[capabilities.bad_{i}]\nkind = \"sql\"\ndescription = \"A value the server refuses\"\n\
+                 secret = \"db\"\nstatement = \"{statement}\"\nread_only = false\n\
+                 params = [{{ name = \"v\", type = \"{ty}\" }}]\n"
+            )
+        })
+        .collect();
     let env = Env::new(&format!(
         "{capabilities}\n\
          [capabilities.slow]\nkind = \"sql\"\ndescription = \"Too slow\"\nsecret = \"db\"\n\
@@ -367,7 +382,8 @@ async fn server_checks(
          [capabilities.drop_orders]\nkind = \"sql\"\ndescription = \"DDL (read-only, so it can't)\"\n\
          secret = \"db\"\nstatement = \"drop table orders\"\n\
          [capabilities.wrong_login]\nkind = \"sql\"\ndescription = \"A password the server refuses\"\n\
-         secret = \"db-wrong\"\nstatement = \"select 1 as n\"\n"
+         secret = \"db-wrong\"\nstatement = \"select 1 as n\"\n\
+         {bad_capabilities}"
     ));
     let mut responses = exercise(&env, url, &orders).await;
     let wrong = url.replace(canary, "WRONG");
@@ -380,6 +396,10 @@ async fn server_checks(
         "drop_orders",
         "customer_orders",
     ] {
+        args.extend(["--capability", name]);
+    }
+    let bad_names: Vec<String> = (0..bad_values.len()).map(|i| format!("bad_{i}")).collect();
+    for name in &bad_names {
         args.extend(["--capability", name]);
     }
     let token = env.create_token("main", &args).await;
@@ -413,6 +433,40 @@ async fn server_checks(
         "{dropped:?}"
     );
     assert_eq!(orders().await, before);
+    // A value the server can't use is the agent's mistake to correct, not the backend's.
+    for (name, (statement, _, value)) in bad_names.iter().zip(&bad_values) {
+        let r = call(
+            &broker,
+            &token,
+            name,
+            &json!({ "v": value }),
+            &mut responses,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{statement} with {value}: {r:?}");
+        assert_eq!(code(&r), "bad_arguments", "{r:?}");
+    }
+    // The server quotes the value it refused: the stored password, sent as one, is masked.
+    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    let (name, _) = bad_names
+        .iter()
+        .zip(&bad_values)
+        .find(|(_, (_, ty, _))| *ty == "string")
+        .unwrap();
+    let r = call(
+        &broker,
+        &token,
+        name,
+        &json!({ "v": password }),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        !r.body.contains(password) && r.body.contains("****"),
+        "{r:?}"
+    );
+    assert_eq!(orders().await, before);
     // The server checks the stored login; the agent learns only that the capability can't
     // run, the operator finds why in the log.
     let refused_call = call(&broker, &token, "wrong_login", &json!({}), &mut responses).await;
@@ -431,7 +485,6 @@ async fn server_checks(
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(env.transcript().contains(refused), "{refused}");
     assert_never_leaked(&env, url, &responses);
-    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
     assert_never_leaked(&env, password, &responses);
     assert_never_leaked(&env, &wrong, &responses);
 }
@@ -447,6 +500,16 @@ async fn postgres_queries_bind_arguments_and_read_only_means_read_only() {
         whoami: "select current_user::text as name, current_setting('transaction_read_only') as ro",
         read_only: json!("on"),
         refused: "password authentication failed",
+        bad_values: vec![
+            ("select $1::uuid::text as id", "string", json!("abc")),
+            ("select $1::text as t", "string", json!("a\u{0}b")),
+            ("select $1::int2 as n", "integer", json!(100_000)),
+            (
+                "update orders set total = $1 where id = 3",
+                "number",
+                json!(1e12),
+            ),
+        ],
     };
     let orders = async || orders_at::<sqlx::Postgres>(&admin).await;
     server_checks(dialect, &url, "pg-CANARY", orders).await;
@@ -466,6 +529,23 @@ async fn mysql_queries_bind_arguments_and_read_only_means_read_only() {
         whoami: "select current_user() as name, @@session.tx_read_only as ro",
         read_only: json!(1),
         refused: "Access denied for user",
+        bad_values: vec![
+            (
+                "update orders set total = ? where id = 3",
+                "number",
+                json!(1e12),
+            ),
+            (
+                "update orders set paid = ? where id = 3",
+                "string",
+                json!("abc"),
+            ),
+            (
+                "update orders set note = repeat(?, 10000) where id = 3",
+                "string",
+                json!("0123456789"),
+            ),
+        ],
     };
     let orders = async || orders_at::<sqlx::MySql>(&admin).await;
     server_checks(dialect, &url, "my-CANARY", orders).await;

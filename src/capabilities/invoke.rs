@@ -150,8 +150,9 @@ impl Runner {
 
     /// A place among `capability`'s calls running, held until the call ends; refused when
     /// its `max_in_flight` are taken, whatever the callers' own limits.
-    fn slot(&self, capability: &Capability) -> Result<InFlight, ProxyError> {
-        let max = capability.spec.common().max_in_flight;
+    fn slot(&self, capability: &Capability) -> Result<Slot, ProxyError> {
+        let common = capability.spec.common();
+        let max = common.max_in_flight;
         let counter = Arc::clone(
             self.in_flight
                 .lock()
@@ -161,7 +162,10 @@ impl Runner {
         );
         let cap = max.map_or(u32::MAX, NonZeroU32::get);
         match InFlight::take(&counter, cap) {
-            Some((slot, _)) => Ok(slot),
+            Some((held, _)) => Ok(Slot {
+                held: Some(held),
+                linger: common.timeout,
+            }),
             None => Err(ProxyError::Limited(Limited::CapabilityInFlight {
                 capability: capability.name.clone(),
                 max: cap,
@@ -177,7 +181,18 @@ impl Runner {
         capability: &Capability,
         args: Validated,
     ) -> Result<Value, CallError> {
-        let _slot = self.slot(capability)?;
+        let slot = self.slot(capability)?;
+        let result = self.run_in_slot(tenant, capability, args).await;
+        slot.release();
+        result
+    }
+
+    async fn run_in_slot(
+        &self,
+        tenant: &str,
+        capability: &Capability,
+        args: Validated,
+    ) -> Result<Value, CallError> {
         let common = capability.spec.common();
         let (provider, unlocked) = self
             .keyring
@@ -238,6 +253,35 @@ impl Runner {
                 }
             })?;
         Ok(scrubbed(&unlocked.scrubber, answer)?)
+    }
+}
+
+/// A call's place among its capability's calls running. A call abandoned midway (its agent
+/// left) keeps it for one more `timeout` once dropped: the backend goes on with what it was
+/// sent until its own timeout stops it, and its connection is still taken meanwhile.
+struct Slot {
+    held: Option<InFlight>,
+    linger: Duration,
+}
+
+impl Slot {
+    /// The call ended: the backend is done with it.
+    fn release(mut self) {
+        self.held = None;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let linger = self.linger;
+            runtime.spawn(async move {
+                tokio::time::sleep(linger).await;
+                drop(held);
+            });
+        }
     }
 }
 

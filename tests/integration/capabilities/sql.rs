@@ -716,3 +716,68 @@ async fn postgres_connections_are_bounded_by_max_in_flight() {
     assert_eq!(again.status, 200, "slots are given back: {again:?}");
     broker.stop().await;
 }
+
+/// Agents that leave while their calls run don't free the calls' slots early: the database
+/// goes on running what they started, so calls made meanwhile still find the capability
+/// full, and the database never sees more than `max_in_flight` connections.
+#[tokio::test]
+async fn postgres_calls_abandoned_midway_keep_their_slots_until_they_end() {
+    let Some((url, admin)) = pg_database().await else {
+        return;
+    };
+    let env = Env::new(
+        "[capabilities.nap]\nkind = \"sql\"\ndescription = \"Slow\"\nsecret = \"db\"\n\
+         statement = \"select 1 as n from pg_sleep(2)\"\ntimeout = \"2500ms\"\n",
+    );
+    env.add_secret("db", "sql", &url).await;
+    let token = env.create_token("db", &["--capability", "nap"]).await;
+    let broker = env.serve().await;
+    let role = url
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .to_owned();
+    let request = format!(
+        "POST /v1/capabilities/nap HTTP/1.1\r\nhost: seks\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    let mut left = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        left.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    drop(left);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let target = broker.url("/v1/capabilities/nap");
+        let auth = format!("Bearer {token}");
+        calls.spawn(async move {
+            send(
+                "POST",
+                &target,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                "{}",
+            )
+            .await
+        });
+    }
+    let peak = peak_connections(&admin, &role, std::time::Duration::from_millis(1000)).await;
+    let replies = calls.join_all().await;
+    assert!(peak <= 4, "the database saw {peak} connections at once");
+    assert!(
+        replies.iter().all(|r| r.status == 429),
+        "the capability is still full: {replies:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let again = call(&broker, &token, "nap", &json!({}), &mut Vec::new()).await;
+    assert_eq!(again.status, 200, "slots are given back: {again:?}");
+    broker.stop().await;
+}

@@ -41,7 +41,9 @@ pub const STALE_AFTER: Duration = Duration::from_millis(750);
 const USE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Cached tokens kept at most; past this a tenth of them make room.
 const MAX_TOKENS: usize = 100_000;
-/// Learned values kept at most; past this the oldest are forgotten.
+/// Values learned while the broker runs that are kept at most; past this, new ones are
+/// refused until some expire. Rotated secrets' old values are kept even past it: they come
+/// from an operator's (or a provider's) rotations, which are few, not from agents' requests.
 const MAX_LEARNED: usize = 4096;
 
 /// Why a token or credential could not be resolved.
@@ -71,6 +73,12 @@ pub enum KeyringError {
     /// A new version of a secret could not be sealed.
     #[error(transparent)]
     Seal(#[from] VaultError),
+    /// The scrubber already knows as many values still valid as it may, so a new one (a
+    /// minted access token) can't be learned, and is not used.
+    #[error(
+        "the scrubber already knows {MAX_LEARNED} values still valid; no more until some expire"
+    )]
+    TooManyLearned,
 }
 
 impl KeyringError {
@@ -156,7 +164,7 @@ pub struct Unlocked {
 /// refresh token the provider replaced (which may stay valid at the provider for a while).
 struct Learned {
     value: SecretString,
-    /// Forgotten after this; `None`: kept while the broker runs (up to [`MAX_LEARNED`]).
+    /// Forgotten after this; `None`: kept while the broker runs.
     until: Option<Instant>,
 }
 
@@ -236,21 +244,33 @@ fn url_passwords(value: &str) -> impl Iterator<Item = &str> {
     in_userinfo.into_iter().chain(in_query)
 }
 
-/// Add `values` to `learned`, dropping those past their deadlines and, past
-/// [`MAX_LEARNED`], the oldest.
+/// Add `values` to `learned`, after dropping those past their deadlines; a value known
+/// already keeps the later deadline. Nothing is added if that would keep more than `limit`:
+/// forgetting a value before its deadline instead could let it reach an agent unmasked.
 fn remember(
     learned: &mut Vec<Learned>,
     values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
-) {
+    limit: usize,
+) -> Result<(), KeyringError> {
     let now = Instant::now();
     learned.retain(|l| l.until.is_none_or(|until| until > now));
-    learned.extend(
-        values
-            .into_iter()
-            .map(|(value, until)| Learned { value, until }),
-    );
-    let excess = learned.len().saturating_sub(MAX_LEARNED);
-    learned.drain(..excess);
+    let mut new: Vec<Learned> = Vec::new();
+    for (value, until) in values {
+        let known = learned
+            .iter_mut()
+            .chain(&mut new)
+            .find(|l| l.value.expose_secret() == value.expose_secret());
+        match known {
+            // A later deadline only masks for longer, so it is kept even if the rest is refused.
+            Some(known) => known.until = known.until.zip(until).map(|(a, b)| a.max(b)),
+            None => new.push(Learned { value, until }),
+        }
+    }
+    if learned.len() + new.len() > limit {
+        return Err(KeyringError::TooManyLearned);
+    }
+    learned.append(&mut new);
+    Ok(())
 }
 
 /// Token and credential resolution with caching and store synchronisation.
@@ -561,7 +581,7 @@ impl Keyring {
                 }
             }
         }
-        self.retire_replaced(&credentials);
+        self.retire_replaced(&credentials)?;
         let scrubber = Arc::new(self.build_scrubber(&credentials)?);
         // Logs get the new scrubber; requests get credentials and the scrubber that knows
         // them from one snapshot (`Unlocked`), so neither can run ahead of the other.
@@ -577,7 +597,7 @@ impl Keyring {
     /// Keep scrubbing the values of secrets that `loaded` rotated or removed while the broker
     /// runs: the operator's change doesn't revoke them at the provider, and a response may
     /// still echo one. Called under `reload`.
-    fn retire_replaced(&self, loaded: &HashMap<String, Credential>) {
+    fn retire_replaced(&self, loaded: &HashMap<String, Credential>) -> Result<(), KeyringError> {
         let cache = self.read_cache();
         let retired = cache
             .credentials
@@ -588,7 +608,8 @@ impl Keyring {
         remember(
             &mut self.learned.lock().unwrap_or_else(PoisonError::into_inner),
             retired,
-        );
+            usize::MAX,
+        )
     }
 
     /// A scrubber for every loaded secret, the parts of structured ones, and every value
@@ -611,16 +632,37 @@ impl Keyring {
     }
 
     /// Make the scrubber (for responses from now on, and for logs) know `values` until their
-    /// deadlines, before any of them is used.
+    /// deadlines, before any of them is used; [`KeyringError::TooManyLearned`] if it knows
+    /// too many still valid, and then none of `values` may be used.
     pub async fn learn(
         &self,
         values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
+    ) -> Result<(), KeyringError> {
+        self.learn_within(values, MAX_LEARNED).await
+    }
+
+    /// Make the scrubber know, while the broker runs, `values` a rotation replaced or put in
+    /// place (an OAuth2 refresh token the provider rotated), however many values it knows,
+    /// as it knows a rotated secret's old values: refusing the new one would lose it.
+    pub async fn learn_rotated(
+        &self,
+        values: impl IntoIterator<Item = SecretString>,
+    ) -> Result<(), KeyringError> {
+        self.learn_within(values.into_iter().map(|value| (value, None)), usize::MAX)
+            .await
+    }
+
+    async fn learn_within(
+        &self,
+        values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
+        limit: usize,
     ) -> Result<(), KeyringError> {
         let _one_at_a_time = self.reload.lock().await;
         remember(
             &mut self.learned.lock().unwrap_or_else(PoisonError::into_inner),
             values,
-        );
+            limit,
+        )?;
         let scrubber = Arc::new(self.build_scrubber(&self.read_cache().credentials)?);
         self.redactor.set(Arc::clone(&scrubber));
         self.write_cache().scrubber = scrubber;
@@ -877,6 +919,60 @@ mod tests {
         ops.remove_secret("main").await.unwrap();
         keyring.sync().await.unwrap();
         assert!(masked(first) && masked(second));
+    }
+
+    #[tokio::test]
+    async fn a_full_memory_of_learned_values_refuses_new_ones_rather_than_forget_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyring, _, _conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
+        let ops = Ops::new(
+            keyring.store.clone(),
+            Providers::load(&Default::default()).unwrap(),
+        );
+        let masked = |value: &str| {
+            let mut text = format!("<{value}>").into_bytes();
+            keyring.scrubber().scrub_all(&mut text);
+            text == format!("<{}>", "*".repeat(value.len())).into_bytes()
+        };
+        let old = "sk-keyring-test-0123456789abcdef";
+        let rotated = SecretString::from("sk-keyring-rotated-fedcba9876543210".to_owned());
+        ops.rotate_secret(&keyring.vault, "main", &rotated)
+            .await
+            .unwrap();
+        keyring.sync().await.unwrap();
+        let minted = |n: usize, valid: Duration| {
+            (
+                SecretString::from(format!("ya29.minted-{n:05}")),
+                Some(Instant::now() + valid),
+            )
+        };
+        let hour = Duration::from_secs(3600);
+        keyring.learn([minted(0, hour)]).await.unwrap();
+        // As many tokens as fit, each still valid at its provider (as an agent gets by
+        // making the upstream answer 401 again and again), one of them about to expire.
+        let soon = minted(1, Duration::from_secs(3));
+        let expiry = soon.1.unwrap();
+        keyring.learn([soon]).await.unwrap();
+        keyring
+            .learn((2..MAX_LEARNED - 1).map(|n| minted(n, hour)))
+            .await
+            .unwrap();
+        let overflow = keyring.learn([minted(MAX_LEARNED, hour)]).await;
+        assert!(
+            matches!(overflow, Err(KeyringError::TooManyLearned)),
+            "a value was learned past the limit"
+        );
+        assert!(masked(old), "the rotated secret's old value was forgotten");
+        assert!(
+            masked("ya29.minted-00000"),
+            "a live access token was forgotten"
+        );
+        assert!(!masked("ya29.minted-04096"), "a refused value was learned");
+        // A value known already takes no room; an expired one makes room.
+        keyring.learn([minted(0, hour)]).await.unwrap();
+        tokio::time::sleep_until(expiry.into()).await;
+        keyring.learn([minted(MAX_LEARNED, hour)]).await.unwrap();
+        assert!(masked("ya29.minted-04096") && masked(old));
     }
 
     #[tokio::test]

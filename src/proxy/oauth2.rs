@@ -382,16 +382,14 @@ impl Refresher {
         let rotated = granted
             .refresh_token
             .filter(|new| new.expose_secret() != refresh_token.expose_secret());
-        let mut learn = vec![(granted.access_token.clone(), scrub_until)];
-        if let Some(new) = &rotated {
-            // The replaced token may stay valid at the provider, and the keyring forgets it
-            // once it loads the new version.
-            learn.push((refresh_token, None));
-            learn.push((new.clone(), None));
-        }
-        self.keyring.learn(learn).await?;
         let mut versions = vec![version];
         if let Some(new) = rotated {
+            // The replaced token may stay valid at the provider, and the keyring forgets it
+            // once it loads the new version. Kept before the access token is learned, which
+            // may be refused: the provider has taken the old one.
+            self.keyring
+                .learn_rotated([refresh_token, new.clone()])
+                .await?;
             let value = secret.with_refresh_token(&new);
             match self.keyring.store_new_version(token, version, &value).await {
                 Ok(()) => versions.push(version + 1),
@@ -404,6 +402,9 @@ impl Refresher {
             }
             refreshing.rotated = Some((version, new));
         }
+        self.keyring
+            .learn([(granted.access_token.clone(), scrub_until)])
+            .await?;
         tracing::debug!(secret = %token.secret_name, lifetime = ?granted.lifetime, "minted an OAuth2 access token");
         Ok(Minted {
             access: Arc::new(granted.access_token),

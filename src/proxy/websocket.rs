@@ -3,8 +3,9 @@
 //! protocols, messages are relayed; what comes from upstream is scrubbed like a body.
 //!
 //! No extension is offered upstream: a compressed message could hide a secret from the
-//! scrubber. Messages are relayed whole (up to the body limit), so a secret split across
-//! the frames of one message is still found. Each message is scrubbed with the keyring's
+//! scrubber. Messages are relayed whole (up to the body limit, past which both sides are
+//! closed as too big, 1009), so a secret split across the frames of one message is still
+//! found. Each message is scrubbed with the keyring's
 //! scrubber in force when it arrives, not the one of the handshake: a session may last
 //! hours, and a secret added or rotated meanwhile must be masked too.
 //!
@@ -25,9 +26,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::task::TaskTracker;
 
 use super::{ProxyError, TokenWatch, rewrite};
@@ -41,6 +43,9 @@ use crate::scrub::{self, Redactor, Scrubber};
 const EXTENSIONS: &str = "sec-websocket-extensions";
 /// The reason an agent's session closed by shutdown is given (with code 1001, going away).
 const SHUTTING_DOWN: &str = "shutting_down";
+/// The reason both sides of a session are given when a message is over the limit (with code
+/// 1009, message too big).
+const MESSAGE_TOO_BIG: &str = "message_too_big";
 /// Longest wait to tell both sides a session was closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -214,7 +219,8 @@ fn switched_response(
 /// Relay messages both ways until either side closes, the agent's as they are, the
 /// upstream's scrubbed with `redactor`'s scrubber as each arrives; or until `ended` says the
 /// session must end, which closes both sides: the agent's with the frame it gives, the
-/// upstream's as going away (1001).
+/// upstream's as going away (1001); or until either side sends a message over the limit,
+/// which closes both as too big (1009).
 async fn relay<A, U>(
     agent: WebSocketStream<A>,
     upstream: WebSocketStream<U>,
@@ -228,15 +234,28 @@ async fn relay<A, U>(
     let (mut to_agent, mut from_agent) = agent.split();
     let (mut to_upstream, mut from_upstream) = upstream.split();
     let outbound = async {
-        while let Some(Ok(message)) = from_agent.next().await {
+        let too_big = loop {
+            let message = match from_agent.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => break too_big(&e),
+                None => break None,
+            };
             if to_upstream.send(message).await.is_err() {
-                break;
+                break None;
             }
+        };
+        if too_big.is_none() {
+            let _ = to_upstream.close().await;
         }
-        let _ = to_upstream.close().await;
+        too_big
     };
     let inbound = async {
-        while let Some(Ok(message)) = from_upstream.next().await {
+        let too_big = loop {
+            let message = match from_upstream.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => break too_big(&e),
+                None => break None,
+            };
             if let Some(charged) = budget
                 && let Message::Text(text) = &message
             {
@@ -247,32 +266,47 @@ async fn relay<A, U>(
                 .await
                 .is_err()
             {
-                break;
+                break None;
             }
+        };
+        if too_big.is_none() {
+            let _ = to_agent.close().await;
         }
-        let _ = to_agent.close().await;
+        too_big
     };
-    // When one direction ends, so does the session.
+    // When one direction ends, so does the session: the frames each side is then sent.
     let closing = tokio::select! {
-        () = outbound => None,
-        () = inbound => None,
-        close = ended => Some(close),
+        too_big = outbound => too_big.map(|frame| (frame.clone(), frame)),
+        too_big = inbound => too_big.map(|frame| (frame.clone(), frame)),
+        close = ended => Some((close, CloseFrame {
+            code: CloseCode::Away,
+            reason: "".into(),
+        })),
     };
     // Both directions have stopped, so each side can be told the session is over (unless it
     // has stopped reading) instead of finding its connection dropped.
-    if let Some(close) = closing {
-        let away = CloseFrame {
-            code: CloseCode::Away,
-            reason: "".into(),
-        };
+    if let Some((to_agent_close, to_upstream_close)) = closing {
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             tokio::join!(
-                to_agent.send(Message::Close(Some(close))),
-                to_upstream.send(Message::Close(Some(away))),
+                to_agent.send(Message::Close(Some(to_agent_close))),
+                to_upstream.send(Message::Close(Some(to_upstream_close))),
             )
         })
         .await;
     }
+}
+
+/// The close frame for both sides when a side's message broke off with `error` because it
+/// was over the limit; `None` for any other error, which just ends the session.
+fn too_big(error: &tungstenite::Error) -> Option<CloseFrame> {
+    matches!(
+        error,
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. })
+    )
+    .then(|| CloseFrame {
+        code: CloseCode::Size,
+        reason: MESSAGE_TOO_BIG.into(),
+    })
 }
 
 /// Charge the usage an upstream message reports to a token budget. Each of OpenAI Realtime's

@@ -985,6 +985,32 @@ async fn open_websocket_sessions_get_the_shutdown_grace_then_a_going_away_close(
 }
 
 #[tokio::test]
+async fn an_upstream_message_over_the_limit_closes_both_sides_as_too_big() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let (echo, mut s, token) = ws_setup("").await;
+    // Messages are limited as bodies are; a limit below the echo's big message.
+    s.broker.stop().await;
+    let config = std::fs::read_to_string(&s.env.config).unwrap();
+    std::fs::write(&s.env.config, format!("max_body_bytes = 1024\n{config}")).unwrap();
+    const { assert!(crate::support::ws::BIG > 1024) };
+    s.broker = s.env.serve().await;
+    let mut ws = open_session(s.broker.addr, &token).await.unwrap();
+    assert_eq!(echoed(&mut ws, "hello").await, "hello");
+    ws.send(Message::text("say-big")).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => {
+            assert_eq!(frame.code, CloseCode::Size);
+            assert_eq!(frame.reason.as_str(), "message_too_big");
+        }
+        other => panic!("the session ended without a 1009 close frame: {other:?}"),
+    }
+    assert_eq!(closes(&echo, 1).await, [Some(1009)]);
+    s.broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_gemini_live_session_under_a_model_list_is_refused_whatever_its_url_names() {
     let (echo, s, _) =
         ws_setup("[providers.gemini]\nbase_url = \"https://ws.example.test\"\n").await;

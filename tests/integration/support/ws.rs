@@ -1,6 +1,7 @@
 //! A WebSocket echo server over TLS: it records each handshake's headers and each close
-//! frame it gets, echoes messages, and answers `say-key` with the credential its handshake
-//! carried (as a careless server might), so tests can see the broker scrub it.
+//! frame it gets, echoes messages, answers `say-key` with the credential its handshake
+//! carried (as a careless server might), so tests can see the broker scrub it, and `say-big`
+//! with a message of [`BIG`] bytes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+/// The size of the message `say-big` is answered with.
+pub const BIG: usize = 64 * 1024;
 
 /// A handshake's headers.
 type Headers = Vec<(String, String)>;
@@ -61,6 +65,9 @@ impl WsEcho {
                         let reply = match message {
                             Message::Text(t) if t.as_str() == "say-key" => {
                                 Message::text(format!("the key is {credential}"))
+                            }
+                            Message::Text(t) if t.as_str() == "say-big" => {
+                                Message::text("x".repeat(BIG))
                             }
                             Message::Text(_) | Message::Binary(_) => message,
                             Message::Close(frame) => {

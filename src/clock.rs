@@ -1,9 +1,14 @@
 //! Wall-clock time as the store keeps it: Unix seconds, shown as RFC 3339.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+/// `wait` as a `Retry-After` gives it: whole seconds, rounded up, at least one.
+pub fn retry_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
 
 /// Seconds since the Unix epoch, now.
 pub fn now() -> i64 {

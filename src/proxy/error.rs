@@ -9,6 +9,7 @@ use http_body_util::LengthLimitError;
 use tower_http::timeout::TimeoutError;
 
 use crate::audit::Decision;
+use crate::clock;
 use crate::forward::Refusal;
 use crate::policy::Denial;
 use crate::policy::limits::{self as l, Limited};
@@ -17,11 +18,6 @@ use crate::proxy::oauth2::RefreshError;
 use crate::server::CLIENT_TIMEOUT;
 use crate::sigv4::SigError;
 use crate::tokens::TokenFormatError;
-
-/// Whole seconds to wait, rounded up, at least one.
-fn retry_secs(limited: &Limited) -> u64 {
-    limited.retry_after().as_secs_f64().ceil().max(1.0) as u64
-}
 
 /// Header marking responses made by the broker rather than the provider.
 pub const SEKS_ERROR_HEADER: &str = "x-seks-error";
@@ -84,7 +80,7 @@ pub enum ProxyError {
     #[error("this token's policy can't be applied ({0}), so the request is refused")]
     PolicyUnavailable(String),
     /// A rate, concurrency or budget limit stops the request.
-    #[error("{0}; retry after {secs} s", secs = retry_secs(.0))]
+    #[error("{0}; retry after {secs} s", secs = clock::retry_secs(.0.retry_after()))]
     Limited(#[from] Limited),
     /// An operator denied the held request.
     #[error("{0}")]
@@ -176,7 +172,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             Signature(SigError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
-            Signature(SigError::TooMany) => StatusCode::TOO_MANY_REQUESTS,
+            Signature(SigError::TooMany(_)) => StatusCode::TOO_MANY_REQUESTS,
             Signature(SigError::Mismatch | SigError::Skewed(_) | SigError::Replayed) => {
                 StatusCode::FORBIDDEN
             }
@@ -245,7 +241,7 @@ impl ProxyError {
             Signature(SigError::Skewed(_)) => "request_time_skewed",
             Signature(SigError::Replayed) => "replayed_signature",
             Signature(SigError::Overloaded) => "replay_guard_full",
-            Signature(SigError::TooMany) => "too_many_signed_requests",
+            Signature(SigError::TooMany(_)) => "too_many_signed_requests",
             Forward(refusal) => refusal.code(),
         }
     }
@@ -274,8 +270,13 @@ impl ProxyError {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if let ProxyError::Limited(limited) = &self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(limited)));
+        let retry_after = match &self {
+            ProxyError::Limited(limited) => Some(clock::retry_secs(limited.retry_after())),
+            ProxyError::Signature(SigError::TooMany(secs)) => Some(*secs),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         headers.insert(SEKS_ERROR_HEADER, HeaderValue::from_static(code));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

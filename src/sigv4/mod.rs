@@ -58,11 +58,12 @@ pub enum SigError {
     #[error("this signed request was already used; an SDK signs every new request afresh")]
     Replayed,
     /// This token (with those derived from it) made too many signed requests in the skew
-    /// window for the broker to remember more of them.
+    /// window for the broker to remember more of them; it has room again after the seconds
+    /// given.
     #[error(
-        "this token made too many signed requests in the last minutes to check for replays; retry shortly"
+        "this token made too many signed requests in the last minutes to check for replays; retry after {0} s"
     )]
-    TooMany,
+    TooMany(u64),
     /// Too many signed requests in the skew window to tell replays apart.
     #[error("too many signed requests in the last minutes to check for replays; retry shortly")]
     Overloaded,

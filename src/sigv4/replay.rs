@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::SigError;
+use crate::clock;
 
 /// Largest distance between the request time and the broker's clock (AWS allows 15 min).
 pub const MAX_SKEW_SECS: i64 = 5 * 60;
@@ -43,8 +44,9 @@ struct Seen {
     /// Signatures by the time from which their request time can't pass the skew check,
     /// soonest first.
     lapse: BinaryHeap<Reverse<(Instant, [u8; 32])>>,
-    /// Signatures remembered per token.
-    held: HashMap<Arc<str>, usize>,
+    /// When each signature a token holds lapses, soonest first: how many it holds, and
+    /// when it has room again.
+    held: HashMap<Arc<str>, BinaryHeap<Reverse<Instant>>>,
 }
 
 impl Seen {
@@ -57,9 +59,10 @@ impl Seen {
             let Some(forgotten) = self.first_use.remove(&signature) else {
                 continue;
             };
-            if let Some(count) = self.held.get_mut(&forgotten.owner) {
-                *count -= 1;
-                if *count == 0 {
+            if let Some(lapses) = self.held.get_mut(&forgotten.owner) {
+                // Signatures lapse in order, so this one is the soonest its token holds.
+                lapses.pop();
+                if lapses.is_empty() {
                     self.held.remove(&forgotten.owner);
                 }
             }
@@ -94,7 +97,12 @@ impl ReplayGuard {
         }
         seen.prune(at);
         let owner = match seen.held.get_key_value(owner) {
-            Some((_, &count)) if count >= PER_TOKEN => return Err(SigError::TooMany),
+            Some((_, lapses)) if lapses.len() >= PER_TOKEN => {
+                let Reverse(soonest) = lapses.peek().copied().unwrap_or(Reverse(at));
+                return Err(SigError::TooMany(clock::retry_secs(
+                    soonest.duration_since(at),
+                )));
+            }
             Some((owner, _)) => Arc::clone(owner),
             None => Arc::from(owner),
         };
@@ -104,9 +112,12 @@ impl ReplayGuard {
         // `now` is whole seconds, so the request time may pass the check for up to a
         // second longer than the difference says.
         let left = u64::try_from(signed_at + MAX_SKEW_SECS + 1 - now).unwrap_or(0);
-        seen.lapse
-            .push(Reverse((at + Duration::from_secs(left), signature)));
-        *seen.held.entry(Arc::clone(&owner)).or_default() += 1;
+        let lapses = at + Duration::from_secs(left);
+        seen.lapse.push(Reverse((lapses, signature)));
+        seen.held
+            .entry(Arc::clone(&owner))
+            .or_default()
+            .push(Reverse(lapses));
         seen.first_use.insert(signature, Use { first: at, owner });
         Ok(())
     }
@@ -161,7 +172,7 @@ mod tests {
             match guard.admit(distinct(n), "tok_greedy", now, now) {
                 Ok(()) => {}
                 Err(e) => {
-                    assert_eq!(e, SigError::TooMany);
+                    assert!(matches!(e, SigError::TooMany(_)), "{e:?}");
                     refused += 1;
                 }
             }
@@ -184,7 +195,30 @@ mod tests {
         );
         let seen = guard.seen.lock().unwrap();
         assert_eq!((seen.first_use.len(), seen.lapse.len()), (1, 1));
-        assert_eq!(seen.held.get("tok_greedy"), Some(&1));
-        assert_eq!(seen.held.get("tok_other"), None);
+        assert_eq!(seen.held.get("tok_greedy").map(BinaryHeap::len), Some(1));
+        assert!(!seen.held.contains_key("tok_other"));
+    }
+
+    #[test]
+    fn a_token_out_of_room_is_told_when_its_soonest_signature_lapses() {
+        let guard = ReplayGuard::default();
+        let now = 1_800_000_000;
+        // Its oldest request time passes the skew check for 51 more seconds, the rest 101.
+        assert_eq!(guard.admit(distinct(0), "tok_busy", now - 250, now), Ok(()));
+        for n in 1..PER_TOKEN {
+            assert_eq!(guard.admit(distinct(n), "tok_busy", now - 200, now), Ok(()));
+        }
+        let Err(SigError::TooMany(secs)) = guard.admit(distinct(PER_TOKEN), "tok_busy", now, now)
+        else {
+            panic!("a token past its room was admitted");
+        };
+        assert!((50..=51).contains(&secs), "{secs}");
+        let response = crate::proxy::ProxyError::Signature(SigError::TooMany(secs))
+            .into_response(crate::providers::ErrorShape::Aws);
+        assert_eq!(response.status(), 429);
+        assert_eq!(
+            response.headers().get(http::header::RETRY_AFTER),
+            Some(&http::HeaderValue::from(secs))
+        );
     }
 }

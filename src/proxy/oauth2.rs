@@ -14,7 +14,7 @@
 //! A version sealed after a rotation leaves the other brokers' access tokens in use.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,11 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long past its expiry an access token stays known to the scrubber (late log lines).
 const SCRUB_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
+/// How long a token minted because the upstream refused its predecessor is kept though the
+/// upstream refuses it too: the refusal is then likely the request's, not the token's, and
+/// minting anew on every 401 would let an agent that can provoke them flood the token
+/// endpoint and fill the scrubber's memory of live tokens (after which no secret can mint).
+const REMINT_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a broker's refresh lease outlives it, should it die while refreshing: longer
 /// than any refresh, since the next holder must not start while it may still be going.
 const LEASE_TTL: Duration = Duration::from_secs(2 * MAX_EXCHANGE.as_secs());
@@ -126,6 +131,9 @@ struct Minted {
     /// one written back with a rotated refresh token.
     versions: Vec<i64>,
     refresh_at: Instant,
+    minted_at: Instant,
+    /// Minted because the upstream refused the token before it.
+    after_refusal: bool,
 }
 
 /// One secret's access token and its refreshes.
@@ -137,6 +145,9 @@ struct Slot {
     refreshing: Arc<tokio::sync::Mutex<Refreshing>>,
     /// Refreshes finished, so a waiter can tell one ended while it waited.
     finished: AtomicU64,
+    /// The cached token was dropped after the upstream refused it: the next one minted
+    /// is marked as minted after a refusal.
+    refused: AtomicBool,
 }
 
 #[derive(Default)]
@@ -219,7 +230,9 @@ impl Minter {
                 _ => None,
             };
             slot.finished.fetch_add(1, Ordering::Release);
-            let minted = Arc::new(result?);
+            let mut minted = result?;
+            minted.after_refusal = slot.refused.swap(false, Ordering::AcqRel);
+            let minted = Arc::new(minted);
             *slot.current.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(Arc::clone(&minted));
             Ok::<_, MintError>(minted)
@@ -235,16 +248,18 @@ impl Minter {
         Ok(self.unlocked(&minted, stored.version))
     }
 
-    /// Drop `access` after the upstream refused it, so the next request mints a new one.
+    /// Drop `access` after the upstream refused it, so the next request mints a new one;
+    /// unless it was itself minted after a refusal, less than [`REMINT_BACKOFF`] ago.
     pub fn forget(&self, secret_id: &str, access: &Arc<SecretString>) {
         let slot = self.slot(secret_id);
         let mut current = slot.current.lock().unwrap_or_else(PoisonError::into_inner);
         // Only this token: one minted meanwhile by another request stays.
-        if current
-            .as_ref()
-            .is_some_and(|m| Arc::ptr_eq(&m.access, access))
-        {
+        if current.as_ref().is_some_and(|m| {
+            Arc::ptr_eq(&m.access, access)
+                && !(m.after_refusal && m.minted_at.elapsed() < REMINT_BACKOFF)
+        }) {
             *current = None;
+            slot.refused.store(true, Ordering::Release);
         }
     }
 
@@ -410,6 +425,8 @@ impl Refresher {
             access: Arc::new(granted.access_token),
             versions,
             refresh_at: expires_at - refresh_margin(granted.lifetime),
+            minted_at: Instant::now(),
+            after_refusal: false,
         })
     }
 
@@ -498,7 +515,7 @@ impl Slot {
         let adopted = Arc::new(Minted {
             access: Arc::clone(&minted.access),
             versions,
-            refresh_at: minted.refresh_at,
+            ..**minted
         });
         *current = Some(Arc::clone(&adopted));
         Some(adopted)

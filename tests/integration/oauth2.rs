@@ -396,6 +396,13 @@ async fn an_upstream_401_drops_the_access_token_and_basic_client_auth_sends_the_
         last.header("authorization"),
         Some(format!("Bearer {}", issued[1]).as_str())
     );
+    // Refused again at once, the token minted after a refusal is kept for a while: minting
+    // on every 401 would let an agent flood the endpoint and the scrubber's memory.
+    mock.oauth.revoke_access_tokens();
+    for _ in 0..3 {
+        assert_eq!(get(&broker, path, &token).await.status, 401);
+    }
+    assert_eq!(mock.oauth.hits(), 2, "a token minted on every 401");
 
     // The client in Basic (its id and secret need no escaping), never in the form.
     let basic = format!(

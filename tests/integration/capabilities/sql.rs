@@ -624,6 +624,36 @@ async fn mysql_stops_reading_a_huge_result_at_max_rows() {
     a_huge_result_is_cut_without_reading_it_all(&url, rows).await;
 }
 
+/// The database role in a `postgres://role:password@…` URL.
+fn role_of(url: &str) -> String {
+    url.strip_prefix("postgres://")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// `count` calls of capability `name` with no arguments, all started at once.
+fn calls_at_once(
+    broker: &crate::support::Broker,
+    token: &str,
+    name: &str,
+    count: usize,
+) -> tokio::task::JoinSet<crate::support::http::Reply> {
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let target = broker.url(&format!("/v1/capabilities/{name}"));
+        let auth = format!("Bearer {token}");
+        calls.spawn(async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            send("POST", &target, &headers, "{}").await
+        });
+    }
+    calls
+}
+
 /// The most connections `role` had open to the cluster at once while `for_how_long` passed,
 /// seen through `admin`.
 async fn peak_connections(admin: &str, role: &str, for_how_long: std::time::Duration) -> i64 {
@@ -668,29 +698,9 @@ async fn postgres_connections_are_bounded_by_max_in_flight() {
         .create_token("db", &["--capability", "nap", "--capability", "short_nap"])
         .await;
     let broker = env.serve().await;
-    let role = url
-        .strip_prefix("postgres://")
-        .and_then(|rest| rest.split(':').next())
-        .unwrap()
-        .to_owned();
+    let role = role_of(&url);
     for (name, cap) in [("nap", 4), ("short_nap", 2)] {
-        let mut calls = tokio::task::JoinSet::new();
-        for _ in 0..12 {
-            let target = broker.url(&format!("/v1/capabilities/{name}"));
-            let auth = format!("Bearer {token}");
-            calls.spawn(async move {
-                send(
-                    "POST",
-                    &target,
-                    &[
-                        ("authorization", &auth),
-                        ("content-type", "application/json"),
-                    ],
-                    "{}",
-                )
-                .await
-            });
-        }
+        let calls = calls_at_once(&broker, &token, name, 12);
         let peak = peak_connections(&admin, &role, std::time::Duration::from_millis(1200)).await;
         let replies = calls.join_all().await;
         let ran = replies.iter().filter(|r| r.status == 200).count();
@@ -732,11 +742,7 @@ async fn postgres_calls_abandoned_midway_keep_their_slots_until_they_end() {
     env.add_secret("db", "sql", &url).await;
     let token = env.create_token("db", &["--capability", "nap"]).await;
     let broker = env.serve().await;
-    let role = url
-        .strip_prefix("postgres://")
-        .and_then(|rest| rest.split(':').next())
-        .unwrap()
-        .to_owned();
+    let role = role_of(&url);
     let request = format!(
         "POST /v1/capabilities/nap HTTP/1.1\r\nhost: seks\r\nauthorization: Bearer {token}\r\n\
          content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
@@ -752,23 +758,7 @@ async fn postgres_calls_abandoned_midway_keep_their_slots_until_they_end() {
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     drop(left);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let target = broker.url("/v1/capabilities/nap");
-        let auth = format!("Bearer {token}");
-        calls.spawn(async move {
-            send(
-                "POST",
-                &target,
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                "{}",
-            )
-            .await
-        });
-    }
+    let calls = calls_at_once(&broker, &token, "nap", 4);
     let peak = peak_connections(&admin, &role, std::time::Duration::from_millis(1000)).await;
     let replies = calls.join_all().await;
     assert!(peak <= 4, "the database saw {peak} connections at once");

@@ -892,19 +892,27 @@ mod tests {
         keyring.token(&crate::tokens::parse(text).unwrap()).await
     }
 
+    /// Operator actions on `keyring`'s store.
+    fn ops_on(keyring: &Keyring) -> Ops {
+        Ops::new(
+            keyring.store.clone(),
+            Providers::load(&Default::default()).unwrap(),
+        )
+    }
+
+    /// Whether `keyring`'s scrubber masks `value` whole.
+    fn masked_by(keyring: &Keyring, value: &str) -> bool {
+        let mut text = format!("<{value}>").into_bytes();
+        keyring.scrubber().scrub_all(&mut text);
+        text == format!("<{}>", "*".repeat(value.len())).into_bytes()
+    }
+
     #[tokio::test]
     async fn rotated_and_removed_values_stay_scrubbed_while_the_broker_runs() {
         let dir = tempfile::tempdir().unwrap();
         let (keyring, _, _conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
-        let ops = Ops::new(
-            keyring.store.clone(),
-            Providers::load(&Default::default()).unwrap(),
-        );
-        let masked = |value: &str| {
-            let mut text = format!("<{value}>").into_bytes();
-            keyring.scrubber().scrub_all(&mut text);
-            text == format!("<{}>", "*".repeat(value.len())).into_bytes()
-        };
+        let ops = ops_on(&keyring);
+        let masked = |value: &str| masked_by(&keyring, value);
         let (first, second) = (
             "sk-keyring-test-0123456789abcdef",
             "sk-keyring-rotated-fedcba9876543210",
@@ -925,15 +933,8 @@ mod tests {
     async fn a_full_memory_of_learned_values_refuses_new_ones_rather_than_forget_live_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (keyring, _, _conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
-        let ops = Ops::new(
-            keyring.store.clone(),
-            Providers::load(&Default::default()).unwrap(),
-        );
-        let masked = |value: &str| {
-            let mut text = format!("<{value}>").into_bytes();
-            keyring.scrubber().scrub_all(&mut text);
-            text == format!("<{}>", "*".repeat(value.len())).into_bytes()
-        };
+        let ops = ops_on(&keyring);
+        let masked = |value: &str| masked_by(&keyring, value);
         let old = "sk-keyring-test-0123456789abcdef";
         let rotated = SecretString::from("sk-keyring-rotated-fedcba9876543210".to_owned());
         ops.rotate_secret(&keyring.vault, "main", &rotated)
@@ -1015,10 +1016,7 @@ mod tests {
     async fn secrets_whose_names_were_swapped_in_the_store_are_not_used() {
         let dir = tempfile::tempdir().unwrap();
         let (keyring, _, mut conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
-        let ops = Ops::new(
-            keyring.store.clone(),
-            Providers::load(&Default::default()).unwrap(),
-        );
+        let ops = ops_on(&keyring);
         let other = SecretString::from("sk-keyring-other-fedcba9876543210".to_owned());
         ops.add_secret(&keyring.vault, "other", "openai", &other)
             .await

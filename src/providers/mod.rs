@@ -551,6 +551,18 @@ mod tests {
             ("gitlab", "POST", "/api/v4/projects/7/deploy_tokens"),
             ("cloudflare", "PUT", "/client/v4/user/tokens/abc/value"),
             ("stripe", "POST", "/v1/ephemeral_keys"),
+            ("stripe", "POST", "/v1/terminal/connection_tokens"),
+            ("discord", "POST", "/v10/channels/123/webhooks"),
+            (
+                "cloudflare",
+                "POST",
+                "/client/v4/accounts/abc/access/service_tokens/def/rotate",
+            ),
+            (
+                "gitlab",
+                "POST",
+                "/api/v4/projects/7/cluster_agents/3/tokens",
+            ),
             (
                 "msgraph",
                 "POST",
@@ -573,6 +585,8 @@ mod tests {
             ("github", "GET", "/user/keys"),
             ("gitlab", "GET", "/api/v4/personal_access_tokens"),
             ("cloudflare", "GET", "/client/v4/user/tokens/verify"),
+            ("discord", "POST", "/v10/channels/123/messages"),
+            ("stripe", "POST", "/v1/payment_intents"),
             ("anthropic", "POST", "/v1/messages"),
         ] {
             assert!(

@@ -45,6 +45,10 @@ const MAX_TOKENS: usize = 100_000;
 /// refused until some expire. Rotated secrets' old values are kept even past it: they come
 /// from an operator's (or a provider's) rotations, which are few, not from agents' requests.
 const MAX_LEARNED: usize = 4096;
+/// Values learned for one secret (the access tokens minted from it) that are kept at most:
+/// a secret whose agents make it mint again and again fills its own share, not the room
+/// every other secret needs.
+const MAX_LEARNED_PER_SECRET: usize = MAX_LEARNED / 16;
 
 /// Why a token or credential could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +77,11 @@ pub enum KeyringError {
     /// A new version of a secret could not be sealed.
     #[error(transparent)]
     Seal(#[from] VaultError),
-    /// The scrubber already knows as many values still valid as it may, so a new one (a
-    /// minted access token) can't be learned, and is not used.
+    /// The scrubber already knows as many values still valid as it may (in all, or for this
+    /// secret), so a new one (a minted access token) can't be learned, and is not used.
     #[error(
-        "the scrubber already knows {MAX_LEARNED} values still valid; no more until some expire"
+        "the scrubber already knows as many values still valid as it may ({MAX_LEARNED} in \
+         all, {MAX_LEARNED_PER_SECRET} for one secret); no more until some expire"
     )]
     TooManyLearned,
 }
@@ -166,6 +171,17 @@ struct Learned {
     value: SecretString,
     /// Forgotten after this; `None`: kept while the broker runs.
     until: Option<Instant>,
+    /// The secret it was learned for, when it counts against that secret's share.
+    owner: Option<String>,
+}
+
+/// How many learned values may be kept once new ones are added.
+#[derive(Clone, Copy)]
+enum Room<'a> {
+    /// Any number: values rotations replaced, which are few and must never be refused.
+    Unbounded,
+    /// [`MAX_LEARNED`] in all, and [`MAX_LEARNED_PER_SECRET`] for this secret.
+    Shared(&'a str),
 }
 
 #[derive(Default)]
@@ -245,15 +261,20 @@ fn url_passwords(value: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Add `values` to `learned`, after dropping those past their deadlines; a value known
-/// already keeps the later deadline. Nothing is added if that would keep more than `limit`:
-/// forgetting a value before its deadline instead could let it reach an agent unmasked.
+/// already keeps the later deadline. Nothing is added if that would keep more than `room`
+/// allows: forgetting a value before its deadline instead could let it reach an agent
+/// unmasked.
 fn remember(
     learned: &mut Vec<Learned>,
     values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
-    limit: usize,
+    room: Room<'_>,
 ) -> Result<(), KeyringError> {
     let now = Instant::now();
     learned.retain(|l| l.until.is_none_or(|until| until > now));
+    let owner = match room {
+        Room::Unbounded => None,
+        Room::Shared(secret) => Some(secret),
+    };
     let mut new: Vec<Learned> = Vec::new();
     for (value, until) in values {
         let known = learned
@@ -263,11 +284,21 @@ fn remember(
         match known {
             // A later deadline only masks for longer, so it is kept even if the rest is refused.
             Some(known) => known.until = known.until.zip(until).map(|(a, b)| a.max(b)),
-            None => new.push(Learned { value, until }),
+            None => new.push(Learned {
+                value,
+                until,
+                owner: owner.map(str::to_owned),
+            }),
         }
     }
-    if learned.len() + new.len() > limit {
-        return Err(KeyringError::TooManyLearned);
+    if let Some(secret) = owner {
+        let owned = learned
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some(secret))
+            .count();
+        if learned.len() + new.len() > MAX_LEARNED || owned + new.len() > MAX_LEARNED_PER_SECRET {
+            return Err(KeyringError::TooManyLearned);
+        }
     }
     learned.append(&mut new);
     Ok(())
@@ -608,7 +639,7 @@ impl Keyring {
         remember(
             &mut self.learned.lock().unwrap_or_else(PoisonError::into_inner),
             retired,
-            usize::MAX,
+            Room::Unbounded,
         )
     }
 
@@ -631,14 +662,16 @@ impl Keyring {
         )
     }
 
-    /// Make the scrubber (for responses from now on, and for logs) know `values` until their
-    /// deadlines, before any of them is used; [`KeyringError::TooManyLearned`] if it knows
-    /// too many still valid, and then none of `values` may be used.
+    /// Make the scrubber (for responses from now on, and for logs) know `values`, learned for
+    /// the secret `secret_id`, until their deadlines, before any of them is used;
+    /// [`KeyringError::TooManyLearned`] if it knows too many still valid, in all or for that
+    /// secret, and then none of `values` may be used.
     pub async fn learn(
         &self,
+        secret_id: &str,
         values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
     ) -> Result<(), KeyringError> {
-        self.learn_within(values, MAX_LEARNED).await
+        self.learn_within(values, Room::Shared(secret_id)).await
     }
 
     /// Make the scrubber know, while the broker runs, `values` a rotation replaced or put in
@@ -648,20 +681,23 @@ impl Keyring {
         &self,
         values: impl IntoIterator<Item = SecretString>,
     ) -> Result<(), KeyringError> {
-        self.learn_within(values.into_iter().map(|value| (value, None)), usize::MAX)
-            .await
+        self.learn_within(
+            values.into_iter().map(|value| (value, None)),
+            Room::Unbounded,
+        )
+        .await
     }
 
     async fn learn_within(
         &self,
         values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
-        limit: usize,
+        room: Room<'_>,
     ) -> Result<(), KeyringError> {
         let _one_at_a_time = self.reload.lock().await;
         remember(
             &mut self.learned.lock().unwrap_or_else(PoisonError::into_inner),
             values,
-            limit,
+            room,
         )?;
         let scrubber = Arc::new(self.build_scrubber(&self.read_cache().credentials)?);
         self.redactor.set(Arc::clone(&scrubber));
@@ -948,17 +984,27 @@ mod tests {
             )
         };
         let hour = Duration::from_secs(3600);
-        keyring.learn([minted(0, hour)]).await.unwrap();
-        // As many tokens as fit, each still valid at its provider (as an agent gets by
-        // making the upstream answer 401 again and again), one of them about to expire.
-        let soon = minted(1, Duration::from_secs(3));
+        // One secret fills its share, and only its own.
+        let share = (0..MAX_LEARNED_PER_SECRET).map(|n| minted(90_000 + n, hour));
+        keyring.learn("sec_greedy", share).await.unwrap();
+        let over_share = keyring.learn("sec_greedy", [minted(99_999, hour)]).await;
+        assert!(matches!(over_share, Err(KeyringError::TooManyLearned)));
+        keyring.learn("sec_0", [minted(0, hour)]).await.unwrap();
+        // As many tokens as fit, each still valid at its provider (as agents get by making
+        // upstreams answer 401 again and again), the last one about to expire.
+        // Values 1..filled leave room for one more.
+        let filled = MAX_LEARNED - keyring.learned.lock().unwrap().len();
+        for first in (1..filled).step_by(250) {
+            let batch = (first..filled.min(first + 250)).map(|n| minted(n, hour));
+            let secret = format!("sec_{first}");
+            keyring.learn(&secret, batch).await.unwrap();
+        }
+        let soon = minted(filled, Duration::from_secs(3));
         let expiry = soon.1.unwrap();
-        keyring.learn([soon]).await.unwrap();
-        keyring
-            .learn((2..MAX_LEARNED - 1).map(|n| minted(n, hour)))
-            .await
-            .unwrap();
-        let overflow = keyring.learn([minted(MAX_LEARNED, hour)]).await;
+        keyring.learn("sec_0", [soon]).await.unwrap();
+        let overflow = keyring
+            .learn("sec_other", [minted(MAX_LEARNED, hour)])
+            .await;
         assert!(
             matches!(overflow, Err(KeyringError::TooManyLearned)),
             "a value was learned past the limit"
@@ -970,9 +1016,12 @@ mod tests {
         );
         assert!(!masked("ya29.minted-04096"), "a refused value was learned");
         // A value known already takes no room; an expired one makes room.
-        keyring.learn([minted(0, hour)]).await.unwrap();
+        keyring.learn("sec_0", [minted(0, hour)]).await.unwrap();
         tokio::time::sleep_until(expiry.into()).await;
-        keyring.learn([minted(MAX_LEARNED, hour)]).await.unwrap();
+        keyring
+            .learn("sec_other", [minted(MAX_LEARNED, hour)])
+            .await
+            .unwrap();
         assert!(masked("ya29.minted-04096") && masked(old));
     }
 

@@ -418,7 +418,10 @@ impl Refresher {
             refreshing.rotated = Some((version, new));
         }
         self.keyring
-            .learn([(granted.access_token.clone(), scrub_until)])
+            .learn(
+                &token.secret_id,
+                [(granted.access_token.clone(), scrub_until)],
+            )
             .await?;
         tracing::debug!(secret = %token.secret_name, lifetime = ?granted.lifetime, "minted an OAuth2 access token");
         Ok(Minted {

@@ -573,6 +573,17 @@ mod tests {
                 "POST",
                 "/v1.0/applications(appId='1')/addPassword",
             ),
+            // OData also names an action by its namespace, as Graph's own OpenAPI paths do.
+            (
+                "msgraph",
+                "POST",
+                "/v1.0/applications/00000000-1/microsoft.graph.addPassword",
+            ),
+            (
+                "msgraph",
+                "POST",
+                "/beta/servicePrincipals/00000000-1/Microsoft.Graph.AddKey",
+            ),
         ] {
             assert!(
                 caught(provider, method, path),
@@ -588,6 +599,11 @@ mod tests {
             ("discord", "POST", "/v10/channels/123/messages"),
             ("stripe", "POST", "/v1/payment_intents"),
             ("anthropic", "POST", "/v1/messages"),
+            (
+                "msgraph",
+                "POST",
+                "/v1.0/servicePrincipals/00000000-1/addPasswordSingleSignOnCredentials",
+            ),
         ] {
             assert!(
                 !caught(provider, method, path),

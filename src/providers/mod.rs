@@ -584,6 +584,9 @@ mod tests {
                 "POST",
                 "/beta/servicePrincipals/00000000-1/Microsoft.Graph.AddKey",
             ),
+            // A JSON batch carries requests to any path, addPassword's among them.
+            ("msgraph", "POST", "/v1.0/$batch"),
+            ("msgraph", "POST", "/beta/%24batch"),
         ] {
             assert!(
                 caught(provider, method, path),

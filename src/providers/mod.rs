@@ -529,6 +529,7 @@ mod tests {
                 "POST",
                 "/v1/organization/projects/proj_1/service_accounts",
             ),
+            ("openai", "POST", "/v1/chatkit/sessions"),
             ("gemini", "POST", "/v1alpha/auth_tokens"),
             ("github", "POST", "/repos/acme/widgets/keys"),
             (
@@ -596,6 +597,7 @@ mod tests {
         for (provider, method, path) in [
             ("openai", "POST", "/v1/chat/completions"),
             ("openai", "POST", "/v1/realtime/calls"),
+            ("openai", "POST", "/v1/chatkit/sessions/cksess_1/cancel"),
             ("github", "GET", "/user/keys"),
             ("gitlab", "GET", "/api/v4/personal_access_tokens"),
             ("cloudflare", "GET", "/client/v4/user/tokens/verify"),

@@ -535,6 +535,16 @@ mod tests {
             (
                 "github",
                 "POST",
+                "/enterprises/acme/actions/runners/registration-token",
+            ),
+            (
+                "github",
+                "POST",
+                "/enterprises/acme/actions/runners/generate-jitconfig",
+            ),
+            (
+                "github",
+                "POST",
                 "/orgs/acme/actions/runners/registration-token",
             ),
             (

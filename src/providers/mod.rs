@@ -560,6 +560,16 @@ mod tests {
             ),
             ("gitlab", "POST", "/api/v4/groups/7/access_tokens/3/rotate"),
             ("gitlab", "POST", "/api/v4/projects/7/deploy_tokens"),
+            (
+                "gitlab",
+                "POST",
+                "/api/v4/runners/12/reset_authentication_token",
+            ),
+            (
+                "gitlab",
+                "POST",
+                "/api/v4/groups/7/runners/reset_registration_token",
+            ),
             ("cloudflare", "PUT", "/client/v4/user/tokens/abc/value"),
             ("stripe", "POST", "/v1/ephemeral_keys"),
             ("stripe", "POST", "/v1/terminal/connection_tokens"),

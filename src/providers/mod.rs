@@ -532,6 +532,8 @@ mod tests {
             ("openai", "POST", "/v1/chatkit/sessions"),
             ("gemini", "POST", "/v1alpha/auth_tokens"),
             ("github", "POST", "/repos/acme/widgets/keys"),
+            // GitHub serves every repository route by the repository's id too.
+            ("github", "POST", "/repositories/1296269/keys"),
             (
                 "github",
                 "POST",

@@ -576,6 +576,11 @@ mod tests {
             ("stripe", "POST", "/v1/ephemeral_keys"),
             ("stripe", "POST", "/v1/terminal/connection_tokens"),
             ("discord", "POST", "/v10/channels/123/webhooks"),
+            // Reading or editing a webhook answers with its token too.
+            ("discord", "GET", "/v10/channels/123/webhooks"),
+            ("discord", "GET", "/v10/guilds/123/webhooks"),
+            ("discord", "HEAD", "/webhooks/456"),
+            ("discord", "PATCH", "/v10/webhooks/456"),
             (
                 "cloudflare",
                 "POST",
@@ -624,6 +629,8 @@ mod tests {
             ("gitlab", "GET", "/api/v4/personal_access_tokens"),
             ("cloudflare", "GET", "/client/v4/user/tokens/verify"),
             ("discord", "POST", "/v10/channels/123/messages"),
+            ("discord", "GET", "/v10/channels/123/messages"),
+            ("discord", "DELETE", "/v10/webhooks/456"),
             ("stripe", "POST", "/v1/payment_intents"),
             ("anthropic", "POST", "/v1/messages"),
             (

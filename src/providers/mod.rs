@@ -562,6 +562,10 @@ mod tests {
             ),
             ("gitlab", "POST", "/api/v4/groups/7/access_tokens/3/rotate"),
             ("gitlab", "POST", "/api/v4/projects/7/deploy_tokens"),
+            // A trigger token is shown in full to the user who made it, whenever read.
+            ("gitlab", "GET", "/api/v4/projects/7/triggers"),
+            ("gitlab", "GET", "/api/v4/projects/7/triggers/3"),
+            ("gitlab", "PUT", "/api/v4/projects/7/triggers/3"),
             (
                 "gitlab",
                 "POST",
@@ -627,6 +631,8 @@ mod tests {
             ("openai", "POST", "/v1/chatkit/sessions/cksess_1/cancel"),
             ("github", "GET", "/user/keys"),
             ("gitlab", "GET", "/api/v4/personal_access_tokens"),
+            ("gitlab", "POST", "/api/v4/projects/7/trigger/pipeline"),
+            ("gitlab", "DELETE", "/api/v4/projects/7/triggers/3"),
             ("cloudflare", "GET", "/client/v4/user/tokens/verify"),
             ("discord", "POST", "/v10/channels/123/messages"),
             ("discord", "GET", "/v10/channels/123/messages"),

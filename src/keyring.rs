@@ -143,6 +143,12 @@ impl TokenEntry {
     pub fn chain(&self) -> impl Iterator<Item = &TokenEntry> {
         std::iter::successors(Some(self), |e| e.parent.as_deref())
     }
+
+    /// The token the operator issued, at the end of the chain: limits an agent could
+    /// multiply by deriving tokens are counted against it.
+    pub fn root(&self) -> &TokenEntry {
+        self.chain().last().unwrap_or(self)
+    }
 }
 
 /// A decrypted secret, with the provider its ciphertext is bound to.

@@ -335,7 +335,7 @@ impl Proxy {
             Some(signature) => {
                 // Counted against the token the operator issued, so an agent can't get more
                 // room by deriving tokens of its own.
-                let root = entry.chain().last().map_or(&token.id, |t| &t.record.id);
+                let root = &entry.root().record.id;
                 let (body, checked) = signature
                     .check(&parts, body, max_body, &self.replay, root, clock::now())
                     .await?;

@@ -231,49 +231,17 @@ async fn relay<A, U>(
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut to_agent, mut from_agent) = agent.split();
-    let (mut to_upstream, mut from_upstream) = upstream.split();
-    let outbound = async {
-        let too_big = loop {
-            let message = match from_agent.next().await {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => break too_big(&e),
-                None => break None,
-            };
-            if to_upstream.send(message).await.is_err() {
-                break None;
-            }
-        };
-        if too_big.is_none() {
-            let _ = to_upstream.close().await;
+    let (mut to_agent, from_agent) = agent.split();
+    let (mut to_upstream, from_upstream) = upstream.split();
+    let outbound = pump(from_agent, &mut to_upstream, |message| message);
+    let inbound = pump(from_upstream, &mut to_agent, |message| {
+        if let Some(charged) = budget
+            && let Message::Text(text) = &message
+        {
+            charge_reported_usage(charged, text.as_str());
         }
-        too_big
-    };
-    let inbound = async {
-        let too_big = loop {
-            let message = match from_upstream.next().await {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => break too_big(&e),
-                None => break None,
-            };
-            if let Some(charged) = budget
-                && let Message::Text(text) = &message
-            {
-                charge_reported_usage(charged, text.as_str());
-            }
-            if to_agent
-                .send(scrubbed(message, &redactor.load()))
-                .await
-                .is_err()
-            {
-                break None;
-            }
-        };
-        if too_big.is_none() {
-            let _ = to_agent.close().await;
-        }
-        too_big
-    };
+        scrubbed(message, &redactor.load())
+    });
     // When one direction ends, so does the session: the frames each side is then sent.
     let closing = tokio::select! {
         too_big = outbound => too_big.map(|frame| (frame.clone(), frame)),
@@ -298,6 +266,33 @@ async fn relay<A, U>(
 
 /// The close frame for both sides when a side's message broke off with `error` because it
 /// was over the limit; `None` for any other error, which just ends the session.
+/// Send `from`'s messages, each passed through `each`, to `to` until either side stops, then
+/// close `to`; unless a message was over the limit: then the frame both sides must be sent.
+async fn pump<S, K>(
+    mut from: S,
+    to: &mut K,
+    mut each: impl FnMut(Message) -> Message,
+) -> Option<CloseFrame>
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    K: futures_util::Sink<Message> + Unpin,
+{
+    let too_big = loop {
+        let message = match from.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => break too_big(&e),
+            None => break None,
+        };
+        if to.send(each(message)).await.is_err() {
+            break None;
+        }
+    };
+    if too_big.is_none() {
+        let _ = to.close().await;
+    }
+    too_big
+}
+
 fn too_big(error: &tungstenite::Error) -> Option<CloseFrame> {
     matches!(
         error,

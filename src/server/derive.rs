@@ -203,8 +203,7 @@ async fn mint(
     };
     // Counted for the token the operator issued, whose descendants share it: a budget per
     // token would let each child derive as many again, multiplying it every generation.
-    let root = entry.chain().last().unwrap_or(&entry);
-    if let Err(wait) = state.derives.check(&root.record.id) {
+    if let Err(wait) = state.derives.check(&entry.root().record.id) {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -41,14 +41,24 @@ pub const STALE_AFTER: Duration = Duration::from_millis(750);
 const USE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Cached tokens kept at most; past this a tenth of them make room.
 const MAX_TOKENS: usize = 100_000;
-/// Values learned while the broker runs that are kept at most; past this, new ones are
-/// refused until some expire. Rotated secrets' old values are kept even past it: they come
+/// Values learned for one secret (the access tokens minted from it) that are kept at most:
+/// with `n` secrets loaded, each gets `MAX_LEARNED / n` of them, within the bounds below.
+/// Shares never add up past the total (or past [`MIN_SHARE`] per secret, with very many
+/// secrets), so a secret whose agents make it mint again and again fills its own share, not
+/// the room the others need. Rotated secrets' old values are kept past any share: they come
 /// from an operator's (or a provider's) rotations, which are few, not from agents' requests.
 const MAX_LEARNED: usize = 4096;
-/// Values learned for one secret (the access tokens minted from it) that are kept at most:
-/// a secret whose agents make it mint again and again fills its own share, not the room
-/// every other secret needs.
-const MAX_LEARNED_PER_SECRET: usize = MAX_LEARNED / 16;
+/// The most one secret's share may be, however few secrets are loaded.
+const MAX_SHARE: usize = MAX_LEARNED / 16;
+/// The least one secret's share may be, however many secrets are loaded: room for the
+/// access tokens that overlap while each stays masked for an hour past its expiry, even
+/// when they last only five minutes.
+const MIN_SHARE: usize = 16;
+
+/// How many learned values one secret may keep while `secrets` are loaded.
+fn share_of(secrets: usize) -> usize {
+    (MAX_LEARNED / secrets.max(1)).clamp(MIN_SHARE, MAX_SHARE)
+}
 
 /// Why a token or credential could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -77,13 +87,13 @@ pub enum KeyringError {
     /// A new version of a secret could not be sealed.
     #[error(transparent)]
     Seal(#[from] VaultError),
-    /// The scrubber already knows as many values still valid as it may (in all, or for this
-    /// secret), so a new one (a minted access token) can't be learned, and is not used.
+    /// The scrubber already knows as many values still valid for this secret as its share
+    /// allows, so a new one (a minted access token) can't be learned, and is not used.
     #[error(
-        "the scrubber already knows as many values still valid as it may ({MAX_LEARNED} in \
-         all, {MAX_LEARNED_PER_SECRET} for one secret); no more until some expire"
+        "the scrubber already knows as many values still valid for this secret as it may \
+         ({0}); no more until some expire"
     )]
-    TooManyLearned,
+    TooManyLearned(usize),
 }
 
 impl KeyringError {
@@ -186,8 +196,8 @@ struct Learned {
 enum Room<'a> {
     /// Any number: values rotations replaced, which are few and must never be refused.
     Unbounded,
-    /// [`MAX_LEARNED`] in all, and [`MAX_LEARNED_PER_SECRET`] for this secret.
-    Shared(&'a str),
+    /// `share` values for the secret `owner` (see [`share_of`]).
+    Shared { owner: &'a str, share: usize },
 }
 
 #[derive(Default)]
@@ -279,7 +289,7 @@ fn remember(
     learned.retain(|l| l.until.is_none_or(|until| until > now));
     let owner = match room {
         Room::Unbounded => None,
-        Room::Shared(secret) => Some(secret),
+        Room::Shared { owner, .. } => Some(owner),
     };
     let mut new: Vec<Learned> = Vec::new();
     for (value, until) in values {
@@ -297,13 +307,13 @@ fn remember(
             }),
         }
     }
-    if let Some(secret) = owner {
+    if let Room::Shared { owner, share } = room {
         let owned = learned
             .iter()
-            .filter(|l| l.owner.as_deref() == Some(secret))
+            .filter(|l| l.owner.as_deref() == Some(owner))
             .count();
-        if learned.len() + new.len() > MAX_LEARNED || owned + new.len() > MAX_LEARNED_PER_SECRET {
-            return Err(KeyringError::TooManyLearned);
+        if owned + new.len() > share {
+            return Err(KeyringError::TooManyLearned(share));
         }
     }
     learned.append(&mut new);
@@ -670,14 +680,19 @@ impl Keyring {
 
     /// Make the scrubber (for responses from now on, and for logs) know `values`, learned for
     /// the secret `secret_id`, until their deadlines, before any of them is used;
-    /// [`KeyringError::TooManyLearned`] if it knows too many still valid, in all or for that
-    /// secret, and then none of `values` may be used.
+    /// [`KeyringError::TooManyLearned`] if that secret's share of values still valid is
+    /// full, and then none of `values` may be used.
     pub async fn learn(
         &self,
         secret_id: &str,
         values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
     ) -> Result<(), KeyringError> {
-        self.learn_within(values, Room::Shared(secret_id)).await
+        let share = share_of(self.read_cache().credentials.len());
+        let room = Room::Shared {
+            owner: secret_id,
+            share,
+        };
+        self.learn_within(values, room).await
     }
 
     /// Make the scrubber know, while the broker runs, `values` a rotation replaced or put in
@@ -972,7 +987,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_memory_of_learned_values_refuses_new_ones_rather_than_forget_live_ones() {
+    async fn a_full_share_of_learned_values_refuses_new_ones_rather_than_forget_live_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (keyring, _, _conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
         let ops = ops_on(&keyring);
@@ -982,6 +997,13 @@ mod tests {
         ops.rotate_secret(&keyring.vault, "main", &rotated)
             .await
             .unwrap();
+        // Seventeen secrets: more than the most any share may be (256) fits sixteen times.
+        for n in 0..16 {
+            let value = SecretString::from(format!("sk-keyring-other-{n:016}"));
+            ops.add_secret(&keyring.vault, &format!("other-{n}"), "openai", &value)
+                .await
+                .unwrap();
+        }
         keyring.sync().await.unwrap();
         let minted = |n: usize, valid: Duration| {
             (
@@ -990,45 +1012,51 @@ mod tests {
             )
         };
         let hour = Duration::from_secs(3600);
-        // One secret fills its share, and only its own.
-        let share = (0..MAX_LEARNED_PER_SECRET).map(|n| minted(90_000 + n, hour));
-        keyring.learn("sec_greedy", share).await.unwrap();
-        let over_share = keyring.learn("sec_greedy", [minted(99_999, hour)]).await;
-        assert!(matches!(over_share, Err(KeyringError::TooManyLearned)));
-        keyring.learn("sec_0", [minted(0, hour)]).await.unwrap();
-        // As many tokens as fit, each still valid at its provider (as agents get by making
-        // upstreams answer 401 again and again), the last one about to expire.
-        // Values 1..filled leave room for one more.
-        let filled = MAX_LEARNED - keyring.learned.lock().unwrap().len();
-        for first in (1..filled).step_by(250) {
-            let batch = (first..filled.min(first + 250)).map(|n| minted(n, hour));
-            let secret = format!("sec_{first}");
-            keyring.learn(&secret, batch).await.unwrap();
+        let share = share_of(17);
+        // Sixteen secrets' agents make them mint as many tokens as they may, each still valid
+        // at its provider (as agents get by making upstreams answer 401 again and again).
+        for greedy in 0..16 {
+            let secret = format!("sec_{greedy}");
+            let tokens = |count: usize| (0..count).map(move |n| minted(greedy * 1000 + n, hour));
+            let over = keyring.learn(&secret, tokens(MAX_SHARE)).await;
+            assert!(
+                matches!(over, Err(KeyringError::TooManyLearned(_))),
+                "one secret took more than its share"
+            );
+            keyring.learn(&secret, tokens(share)).await.unwrap();
         }
-        let soon = minted(filled, Duration::from_secs(3));
-        let expiry = soon.1.unwrap();
-        keyring.learn("sec_0", [soon]).await.unwrap();
-        let overflow = keyring
-            .learn("sec_other", [minted(MAX_LEARNED, hour)])
-            .await;
         assert!(
-            matches!(overflow, Err(KeyringError::TooManyLearned)),
-            "a value was learned past the limit"
+            !masked(&format!("ya29.minted-{share:05}")),
+            "a refused value was learned"
+        );
+        // The last secret still gets all of its share, the last one about to expire.
+        let last = |n: usize| minted(50_000 + n, hour);
+        keyring
+            .learn("sec_last", (1..share).map(last))
+            .await
+            .unwrap();
+        let soon = minted(50_000, Duration::from_secs(3));
+        let expiry = soon.1.unwrap();
+        keyring.learn("sec_last", [soon]).await.unwrap();
+        let overflow = keyring.learn("sec_last", [minted(60_000, hour)]).await;
+        assert!(
+            matches!(overflow, Err(KeyringError::TooManyLearned(_))),
+            "a value was learned past the share"
         );
         assert!(masked(old), "the rotated secret's old value was forgotten");
         assert!(
-            masked("ya29.minted-00000"),
+            masked("ya29.minted-00000") && masked("ya29.minted-50001"),
             "a live access token was forgotten"
         );
-        assert!(!masked("ya29.minted-04096"), "a refused value was learned");
+        assert!(!masked("ya29.minted-60000"), "a refused value was learned");
         // A value known already takes no room; an expired one makes room.
-        keyring.learn("sec_0", [minted(0, hour)]).await.unwrap();
+        keyring.learn("sec_last", [last(1)]).await.unwrap();
         tokio::time::sleep_until(expiry.into()).await;
         keyring
-            .learn("sec_other", [minted(MAX_LEARNED, hour)])
+            .learn("sec_last", [minted(60_000, hour)])
             .await
             .unwrap();
-        assert!(masked("ya29.minted-04096") && masked(old));
+        assert!(masked("ya29.minted-60000") && masked(old));
     }
 
     #[tokio::test]

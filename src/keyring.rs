@@ -27,9 +27,9 @@ use zeroize::Zeroizing;
 use crate::clock;
 use crate::policy::PolicySpec;
 use crate::scrub::{MIN_SECRET_LEN, Redactor, ScrubError, Scrubber};
-use crate::store::{Leases, Store, StoreError, TokenRecord, timed};
+use crate::store::{Leases, SecretRecord, Store, StoreError, TokenRecord, timed};
 use crate::tokens::{ParsedToken, TokenHash};
-use crate::vault::{SecretIdentity, Vault, VaultError};
+use crate::vault::{SealedSecret, SecretIdentity, Vault, VaultError};
 
 /// How often the store's revision counter is polled. Announced changes are picked up at
 /// once, but announcements can be missed, so polling stays what the bound rests on.
@@ -81,6 +81,9 @@ pub enum KeyringError {
     /// The scrubber could not be built, so no secret may be used.
     #[error(transparent)]
     Scrubber(#[from] ScrubError),
+    /// The scrubber's build was cut short (the runtime is shutting down).
+    #[error("the scrubber's build did not finish")]
+    ScrubberUnfinished,
     /// A token's chain of parents is longer than allowed.
     #[error("token derivation chain is too deep")]
     TooDeep,
@@ -162,12 +165,15 @@ impl TokenEntry {
 }
 
 /// A decrypted secret, with the provider its ciphertext is bound to.
+#[derive(Clone)]
 struct Credential {
     provider: String,
     version: i64,
     value: Arc<SecretString>,
     /// (tenant, name), for capabilities, which name their secret.
     named: (String, String),
+    /// What it was opened from: the same row sealed the same way opens to the same value.
+    sealed: SealedSecret,
 }
 
 /// A credential ready to inject, with a scrubber that knows it (and every other secret
@@ -611,25 +617,15 @@ impl Keyring {
                 }
             }
         }
-        let mut credentials = HashMap::with_capacity(rows.len());
-        for row in rows {
-            match self.vault.open(row.identity(), &row.sealed) {
-                Ok(value) => {
-                    let credential = Credential {
-                        provider: row.provider,
-                        version: row.version,
-                        value: Arc::new(value),
-                        named: (row.tenant, row.name),
-                    };
-                    credentials.insert(row.id, credential);
-                }
-                Err(e) => {
-                    tracing::error!(secret = %row.name, error = %e, "stored secret cannot be used")
-                }
-            }
-        }
-        self.retire_replaced(&credentials)?;
-        let scrubber = Arc::new(self.build_scrubber(&credentials)?);
+        let (credentials, changed) = self.open_secrets(rows);
+        let scrubber = if changed {
+            self.retire_replaced(&credentials)?;
+            Arc::new(self.build_scrubber(&credentials).await?)
+        } else {
+            // Most changes are to tokens: the scrubber for the same secrets would be the same,
+            // and with many secrets it takes a while to build.
+            Arc::clone(&self.read_cache().scrubber)
+        };
         // Logs get the new scrubber; requests get credentials and the scrubber that knows
         // them from one snapshot (`Unlocked`), so neither can run ahead of the other.
         self.redactor.set(Arc::clone(&scrubber));
@@ -639,6 +635,45 @@ impl Keyring {
         cache.scrubber = scrubber;
         cache.policies = policies;
         Ok(())
+    }
+
+    /// The secrets in `rows` that can be used, each decrypted unless loaded already from the
+    /// same row, and whether they differ from those loaded.
+    fn open_secrets(&self, rows: Vec<SecretRecord>) -> (HashMap<String, Credential>, bool) {
+        let cache = self.read_cache();
+        let mut changed = false;
+        let mut credentials = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let loaded = cache.credentials.get(&row.id).filter(|c| {
+                c.sealed == row.sealed
+                    && c.version == row.version
+                    && c.provider == row.provider
+                    && (&c.named.0, &c.named.1) == (&row.tenant, &row.name)
+            });
+            if let Some(loaded) = loaded {
+                credentials.insert(row.id, loaded.clone());
+                continue;
+            }
+            changed = true;
+            match self.vault.open(row.identity(), &row.sealed) {
+                Ok(value) => {
+                    let credential = Credential {
+                        provider: row.provider,
+                        version: row.version,
+                        value: Arc::new(value),
+                        named: (row.tenant, row.name),
+                        sealed: row.sealed,
+                    };
+                    credentials.insert(row.id, credential);
+                }
+                Err(e) => {
+                    tracing::error!(secret = %row.name, error = %e, "stored secret cannot be used")
+                }
+            }
+        }
+        // Removed ones.
+        changed |= credentials.len() != cache.credentials.len();
+        (credentials, changed)
     }
 
     /// Keep scrubbing the values of secrets that `loaded` rotated or removed while the broker
@@ -660,22 +695,30 @@ impl Keyring {
     }
 
     /// A scrubber for every loaded secret, the parts of structured ones, and every value
-    /// learned; called under `reload`.
-    fn build_scrubber(
+    /// learned; called under `reload`. Built on a blocking thread: with many secrets it takes
+    /// long enough to hold up every request on the runtime's thread.
+    async fn build_scrubber(
         &self,
         credentials: &HashMap<String, Credential>,
-    ) -> Result<Scrubber, ScrubError> {
-        let values: Vec<Zeroizing<String>> = credentials
+    ) -> Result<Scrubber, KeyringError> {
+        let mut values: Vec<Zeroizing<String>> = credentials
             .values()
             .flat_map(|c| scrubbed_values(c.value.expose_secret()))
             .collect();
-        let learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
-        Scrubber::new(
-            values
+        values.extend(
+            self.learned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .map(|v| v.as_bytes())
-                .chain(learned.iter().map(|l| as_bytes(&l.value))),
-        )
+                .map(|l| Zeroizing::new(l.value.expose_secret().to_owned())),
+        );
+        let build =
+            tokio::task::spawn_blocking(move || Scrubber::new(values.iter().map(|v| v.as_bytes())));
+        match build.await {
+            Ok(scrubber) => Ok(scrubber?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(KeyringError::ScrubberUnfinished),
+        }
     }
 
     /// Make the scrubber (for responses from now on, and for logs) know `values`, learned for
@@ -720,7 +763,8 @@ impl Keyring {
             values,
             room,
         )?;
-        let scrubber = Arc::new(self.build_scrubber(&self.read_cache().credentials)?);
+        let credentials = self.read_cache().credentials.clone();
+        let scrubber = Arc::new(self.build_scrubber(&credentials).await?);
         self.redactor.set(Arc::clone(&scrubber));
         self.write_cache().scrubber = scrubber;
         Ok(())
@@ -852,10 +896,6 @@ impl Keyring {
     }
 }
 
-fn as_bytes(secret: &SecretString) -> &[u8] {
-    secret.expose_secret().as_bytes()
-}
-
 /// The next announced change; `false` once the store stops announcing.
 async fn next_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
     match changes {
@@ -984,6 +1024,32 @@ mod tests {
         ops.remove_secret("main").await.unwrap();
         keyring.sync().await.unwrap();
         assert!(masked(first) && masked(second));
+    }
+
+    #[tokio::test]
+    async fn only_a_change_to_the_secrets_builds_a_new_scrubber() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyring, _, _conn) = fixture(dir.path(), Duration::from_secs(1), &[]).await;
+        let ops = ops_on(&keyring);
+        let before = keyring.scrubber();
+        let request = NewTokenRequest {
+            secret: "main".into(),
+            agent: "another".into(),
+            policy: None,
+            policy_name: None,
+        };
+        let token = ops.create_token(&keyring.vault, &request).await.unwrap();
+        keyring.sync().await.unwrap();
+        assert!(resolve(&keyring, &token.token).await.is_ok());
+        assert!(Arc::ptr_eq(&before, &keyring.scrubber()));
+        let added = "sk-keyring-added-00112233445566778899";
+        let value = SecretString::from(added.to_owned());
+        ops.add_secret(&keyring.vault, "added", "openai", &value)
+            .await
+            .unwrap();
+        keyring.sync().await.unwrap();
+        assert!(!Arc::ptr_eq(&before, &keyring.scrubber()));
+        assert!(masked_by(&keyring, added));
     }
 
     #[tokio::test]

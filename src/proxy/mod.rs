@@ -676,6 +676,7 @@ fn keyring_error(e: KeyringError) -> ProxyError {
         KeyringError::SecretMissing(_)
         | KeyringError::ProviderMismatch(_)
         | KeyringError::Scrubber(_)
+        | KeyringError::ScrubberUnfinished
         | KeyringError::TooManyLearned(_)
         | KeyringError::Seal(_) => {
             tracing::error!(error = %e, "credential could not be loaded");

@@ -5,6 +5,7 @@
 //! child token can only ever narrow what its parent may do.
 
 mod body;
+pub mod graphql;
 mod leases;
 pub mod limits;
 mod rules;
@@ -191,6 +192,20 @@ pub enum Denial {
         /// The provider's credential route it matches.
         rule: String,
     },
+    /// The GraphQL request names a field that hands out a credential usable without the broker.
+    #[error(
+        "{method} {path}: the GraphQL field `{field}` hands out a credential usable without the \
+         broker (one of the provider's `credential_fields`); a root policy must set \
+         `mint_credentials = true` to allow it"
+    )]
+    MintsCredentialField {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+        /// The provider's credential field it names.
+        field: String,
+    },
 }
 
 /// The outcome of checking a request's path, model and body against one spec.
@@ -291,7 +306,7 @@ pub fn check_credential_route(
     root: &[&PolicySpec],
     derived: &[&PolicySpec],
 ) -> Result<(), Denial> {
-    if root_grants(root, derived, |s| s.mint_credentials) {
+    if may_mint_credentials(root, derived) {
         Ok(())
     } else {
         Err(Denial::MintsCredential {
@@ -300,6 +315,12 @@ pub fn check_credential_route(
             rule: route.to_string(),
         })
     }
+}
+
+/// Whether a token chain may make requests that hand out a credential usable without the
+/// broker: granted by a root policy, and taken away by any policy of the chain.
+pub fn may_mint_credentials(root: &[&PolicySpec], derived: &[&PolicySpec]) -> bool {
+    root_grants(root, derived, |s| s.mint_credentials)
 }
 
 /// Whether a root policy grants what `says` reads (`Some(true)`) and no policy of the chain

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 
-use crate::policy::Rule;
+use crate::policy::{RequestPath, Rule};
 
 pub use auth::{AuthScheme, PLACEHOLDER, TokenSource};
 pub use error_shape::ErrorShape;
@@ -143,9 +143,20 @@ pub struct Provider {
     /// Requests that hand out a credential usable without the broker, matched like `deny`
     /// rules; see [`crate::policy::check_credential_route`].
     pub credential_routes: Vec<Rule>,
+    /// GraphQL endpoints, matched like `deny` rules, whose operations are read for
+    /// `credential_fields`.
+    pub graphql_endpoints: Vec<Rule>,
+    /// GraphQL fields that hand out a credential usable without the broker.
+    pub credential_fields: Vec<String>,
 }
 
 impl Provider {
+    /// Whether a request goes to a GraphQL endpoint whose operations may name a credential
+    /// field, and so must be read.
+    pub fn reads_graphql(&self, path: &RequestPath) -> bool {
+        !self.credential_fields.is_empty() && self.graphql_endpoints.iter().any(|r| r.catches(path))
+    }
+
     /// Every scheme and host the credential may go to: the base URL's, then the extra hosts.
     pub fn hosts(&self) -> Vec<(Scheme, Authority)> {
         std::iter::once((
@@ -274,7 +285,6 @@ pub fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::RequestPath;
 
     fn load(toml_text: &str) -> Result<Providers, ProviderError> {
         let config: BTreeMap<String, ProviderSpec> = toml::from_str(toml_text).unwrap();
@@ -478,6 +488,14 @@ mod tests {
             field_error("[openai]\nbase_url = \"http://example.com\"\n"),
             ours("openai", "base_url")
         );
+        assert_eq!(
+            field_error("[gitlab]\ncredential_fields = [\"runner-create\"]\n"),
+            ours("gitlab", "credential_fields")
+        );
+        assert_eq!(
+            field_error("[gitlab]\ngraphql_endpoints = []\n"),
+            ours("gitlab", "credential_fields")
+        );
         let message = with_base("http://example.com").unwrap_err().to_string();
         assert!(
             message.contains("provider `openai`") && message.contains("plain http"),
@@ -650,6 +668,43 @@ mod tests {
                 "{provider}: {method} {path}"
             );
         }
+    }
+
+    #[test]
+    fn graphql_endpoints_are_read_in_every_spelling_and_only_there() {
+        let p = Providers::load(&BTreeMap::new()).unwrap();
+        let reads = |provider: &str, method: &str, path: &str| {
+            let request =
+                RequestPath::new(&http::Method::from_bytes(method.as_bytes()).unwrap(), path);
+            p.get(provider).unwrap().reads_graphql(&request)
+        };
+        for (provider, method, path) in [
+            ("gitlab", "POST", "/api/graphql"),
+            ("gitlab", "GET", "/api/graphql"),
+            ("gitlab", "POST", "/api/GraphQL/"),
+            ("gitlab", "POST", "/api/graphql;x"),
+            ("gitlab", "POST", "/api/graphql.json"),
+            ("gitlab", "GET", "/-/cable"),
+            ("linear", "POST", "/graphql"),
+        ] {
+            assert!(reads(provider, method, path), "{provider}: {method} {path}");
+        }
+        for (provider, method, path) in [
+            ("gitlab", "POST", "/api/v4/projects"),
+            ("gitlab", "POST", "/api/graphql-explorer"),
+            // GitHub's GraphQL API has no mutation that answers with a credential.
+            ("github", "POST", "/graphql"),
+            ("openai", "POST", "/graphql"),
+        ] {
+            assert!(
+                !reads(provider, method, path),
+                "{provider}: {method} {path}"
+            );
+        }
+        // A config entry replaces the list; `[]` turns the check off.
+        let off = load("[gitlab]\ncredential_fields = []\n").unwrap();
+        let graphql = RequestPath::new(&http::Method::POST, "/api/graphql");
+        assert!(!off.get("gitlab").unwrap().reads_graphql(&graphql));
     }
 
     #[test]

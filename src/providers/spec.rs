@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::auth::{AuthScheme, TokenSource};
 use super::{ErrorShape, ModelIn, Provider, ProviderError, parse_base_url};
-use crate::policy::Rule;
+use crate::policy::{Rule, graphql};
 use crate::tokens::is_provider_name;
 
 /// One `[providers.NAME]` entry; every field is optional so an entry can override a built-in.
@@ -36,6 +36,12 @@ pub struct ProviderSpec {
     /// Requests that hand out a credential usable without the broker (an API key, an SSH
     /// key, a runner token), refused unless a root policy sets `mint_credentials = true`.
     pub credential_routes: Option<Vec<Rule>>,
+    /// The provider's GraphQL endpoints (`* /api/graphql`), matched like `deny` rules, whose
+    /// operations are read for `credential_fields`.
+    pub graphql_endpoints: Option<Vec<Rule>>,
+    /// GraphQL fields (mutations, or fields a query reads) that hand out a credential usable
+    /// without the broker, refused at `graphql_endpoints` like `credential_routes`.
+    pub credential_fields: Option<Vec<String>>,
 }
 
 impl ProviderSpec {
@@ -52,6 +58,8 @@ impl ProviderSpec {
             hosts: over.hosts.or(self.hosts),
             body_placeholders: over.body_placeholders.or(self.body_placeholders),
             credential_routes: over.credential_routes.or(self.credential_routes),
+            graphql_endpoints: over.graphql_endpoints.or(self.graphql_endpoints),
+            credential_fields: over.credential_fields.or(self.credential_fields),
         }
     }
 
@@ -134,6 +142,20 @@ impl ProviderSpec {
                     .ok_or_else(|| invalid("hosts", format!("`{host}` is not a host or host:port")))
             })
             .collect::<Result<_, _>>()?;
+        let graphql_endpoints = self.graphql_endpoints.unwrap_or_default();
+        let credential_fields = self.credential_fields.unwrap_or_default();
+        if let Some(bad) = credential_fields.iter().find(|f| !graphql::is_name(f)) {
+            return Err(invalid(
+                "credential_fields",
+                format!("`{bad}` is not a GraphQL name"),
+            ));
+        }
+        if !credential_fields.is_empty() && graphql_endpoints.is_empty() {
+            return Err(invalid(
+                "credential_fields",
+                "needs `graphql_endpoints`, the paths whose operations name them".to_owned(),
+            ));
+        }
         Ok(Provider {
             name: name.to_owned(),
             upstream,
@@ -146,6 +168,8 @@ impl ProviderSpec {
             extra_hosts,
             body_placeholders: self.body_placeholders.unwrap_or(false),
             credential_routes: self.credential_routes.unwrap_or_default(),
+            graphql_endpoints,
+            credential_fields,
         })
     }
 }

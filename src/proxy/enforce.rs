@@ -15,7 +15,7 @@ use crate::approvals::{Approvals, MAX_PENDING_PER_TOKEN, NotApproved, Summary};
 use crate::clock;
 use crate::keyring::{Keyring, TokenEntry};
 use crate::policy::limits::{self, Admission, LimitSet, Limits};
-use crate::policy::{self, Denial, PolicySpec, RequestFacts, RequestPath, Verdict};
+use crate::policy::{self, Denial, PolicySpec, RequestFacts, RequestPath, Verdict, graphql};
 use crate::providers::{Provider, UnreadableModel};
 
 /// The request body as it will be forwarded: streamed untouched, or read for policy.
@@ -89,6 +89,69 @@ fn check_credential_route(
     }
 }
 
+/// Whether a request's GraphQL operations must be read before it goes on: it is for one of the
+/// provider's GraphQL endpoints, and the chain may not mint credentials.
+fn reads_graphql(
+    provider: &Provider,
+    path: &RequestPath,
+    specs: &[(&TokenEntry, &PolicySpec)],
+) -> bool {
+    provider.reads_graphql(path) && {
+        let (root, derived) = by_root(specs);
+        !policy::may_mint_credentials(&root, &derived)
+    }
+}
+
+/// Refuse a GraphQL request that names one of the provider's credential fields, unless the
+/// chain may mint credentials. Its operations are in the URL's query and in the body, which
+/// must then be GraphQL over JSON: anything else could carry an operation unread.
+fn check_graphql(
+    provider: &Provider,
+    parts: &Parts,
+    path: &RequestPath,
+    specs: &[(&TokenEntry, &PolicySpec)],
+    body: &ForwardBody,
+) -> Result<(), ProxyError> {
+    if !reads_graphql(provider, path, specs) {
+        return Ok(());
+    }
+    const UNREAD: &str = "requests to this GraphQL endpoint must carry their operations as \
+         GraphQL over JSON (a `{\"query\": …}` object or an array of them, declared as JSON, \
+         or `?query=`), so the broker can check them for fields that hand out credentials";
+    let ForwardBody::Buffered(bytes) = body else {
+        return Err(ProxyError::BadBody(UNREAD));
+    };
+    let fields = &provider.credential_fields;
+    // Rails reads `_json`, or `query` from the URL when the body has none, so every
+    // parameter is looked at, not just `query`.
+    let query = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes());
+    let mut named = None;
+    let mut in_url = false;
+    for (key, value) in query {
+        in_url |= key == "query";
+        named = named
+            .or_else(|| graphql::text_names(&key, fields))
+            .or_else(|| graphql::text_names(&value, fields));
+    }
+    let blank = bytes.iter().all(u8::is_ascii_whitespace);
+    if !(blank && in_url) {
+        if !declares_json(&parts.headers) {
+            return Err(ProxyError::BadBody(UNREAD));
+        }
+        let in_body =
+            graphql::body_names(bytes, fields).map_err(|_| ProxyError::BadBody(UNREAD))?;
+        named = named.or(in_body);
+    }
+    match named {
+        Some(field) => Err(ProxyError::Policy(Denial::MintsCredentialField {
+            method: path.method().to_string(),
+            path: path.path().to_owned(),
+            field: field.to_owned(),
+        })),
+        None => Ok(()),
+    }
+}
+
 impl Enforcer {
     /// Policy enforcement over these counters and approvals, reading bodies up to the limits;
     /// approved requests' tokens are checked again in `keyring`.
@@ -123,9 +186,16 @@ impl Enforcer {
         let specs = specs(entry)?;
         let path = RequestPath::new(&parts.method, rest);
         check_credential_route(provider, &path, &specs)?;
+        // Only requests whose GraphQL operations must be checked pay for reading the body here.
+        let body = if reads_graphql(provider, &path, &specs) {
+            ForwardBody::Buffered(read(body, parts, self.policy_body_limit).await?)
+        } else {
+            ForwardBody::Streamed(body)
+        };
+        check_graphql(provider, parts, &path, &specs, &body)?;
         if specs.is_empty() {
             return Ok(Admitted {
-                body: ForwardBody::Streamed(body),
+                body,
                 admission: None,
             });
         }
@@ -158,9 +228,11 @@ impl Enforcer {
         } else {
             None
         };
-        let mut body = match read_limit {
-            Some(limit) => ForwardBody::Buffered(read(body, parts, limit).await?),
-            None => ForwardBody::Streamed(body),
+        let mut body = match (read_limit, body) {
+            (Some(limit), ForwardBody::Streamed(body)) => {
+                ForwardBody::Buffered(read(body, parts, limit).await?)
+            }
+            (_, body) => body,
         };
         let json = match &body {
             ForwardBody::Buffered(bytes) => parse_json(bytes, checks_models || checks_body)?,
@@ -250,6 +322,7 @@ impl Enforcer {
             // lets through what the policy allows now, not what it allowed on arrival.
             let specs = self::specs(&current)?;
             check_credential_route(provider, &path, &specs)?;
+            check_graphql(provider, parts, &path, &specs, &body)?;
             for (_, spec) in specs {
                 policy::check_request(spec, &facts).map_err(ProxyError::Policy)?;
             }

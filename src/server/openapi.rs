@@ -217,7 +217,7 @@ fn operator_schemas() -> Value {
                 "ttl": {"type": "string", "description": "e.g. 30m, 8h"},
                 "expires_at": {"type": "string", "format": "date-time"},
                 "capabilities": {"type": "array", "items": string(), "description": "capabilities the token may invoke"},
-                "mint_credentials": {"type": "boolean", "description": "may call the provider's credential routes (granted only by a root token's policy)"}
+                "mint_credentials": {"type": "boolean", "description": "may call the provider's credential routes and GraphQL credential fields (granted only by a root token's policy)"}
             }
         },
         "NullablePolicy": {"oneOf": [schema("PolicySpec"), {"type": "null"}]},

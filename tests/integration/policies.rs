@@ -610,6 +610,64 @@ async fn a_request_held_while_its_token_is_revoked_or_narrowed_is_refused_even_i
 }
 
 #[tokio::test]
+async fn a_held_graphql_operation_that_mints_a_credential_is_refused_once_the_grant_is_gone() {
+    let (mock, env) = setup("[approvals]\ntimeout = \"20s\"\n").await;
+    env.add_secret("lab", "gitlab", "glpat-HELD-real-key-0123456789")
+        .await;
+    let policy = write(
+        &env,
+        "mint.toml",
+        "mint_credentials = true\nrequire_approval = [\"* /api/graphql\"]\n",
+    );
+    let token = env
+        .create_token("lab", &["--policy", &policy, "--agent", "held"])
+        .await;
+    let id = env.token_id("held").await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/gitlab/api/graphql");
+    let call = tokio::spawn(async move {
+        crate::support::http::send(
+            "POST",
+            &url,
+            &[
+                ("private-token", &token),
+                ("content-type", "application/json"),
+            ],
+            r#"{"query":"mutation { runnerCreate(input: {}) { errors } }"}"#,
+        )
+        .await
+    });
+    let approval = first_pending(&env).await["id"].as_str().unwrap().to_owned();
+    // The operator takes the grant away while the request waits, then approves it anyway.
+    env.cli(
+        &[
+            "token",
+            "update",
+            &id,
+            "--require-approval",
+            "* /api/graphql",
+        ],
+        "",
+    )
+    .await
+    .ok();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.cli(&["approvals", "approve", &approval], "").await.ok();
+    let reply = call.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (403, Some("policy_denied")),
+        "{}",
+        reply.body
+    );
+    assert!(
+        !mock.requests().iter().any(|r| r.target.contains("graphql")),
+        "a request refused after its approval reached the upstream"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn policy_files_are_checked_and_changes_reach_a_running_broker_within_a_second() {
     let (mock, env) = setup("").await;
     let bad = write(&env, "bad.toml", "allow = [\"GET /v1/models\"]\nrpn = 5\n");

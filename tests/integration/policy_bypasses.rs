@@ -685,3 +685,129 @@ async fn an_agent_mints_no_credential_that_works_without_the_broker_unless_the_o
     assert_eq!(chat.status, 200, "{}", chat.body);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_graphql_operation_mints_no_credential_unless_the_operator_allows_it() {
+    let (mock, env) = setup("max_policy_body_bytes = 4096").await;
+    env.add_secret("lab", "gitlab", "glpat-BYPASS-real-key-0123456789")
+        .await;
+    let plain = env.create_token("lab", &[]).await;
+    let minting = write(&env, "mint.toml", "mint_credentials = true\n");
+    let minter = env.create_token("lab", &["--policy", &minting]).await;
+    let broker = env.serve().await;
+    let graphql = broker.url("/api/gitlab/api/graphql");
+    let ask = |token: &str, url: &str, content_type: &str, body: &str| {
+        let (url, body, content_type) = (url.to_owned(), body.to_owned(), content_type.to_owned());
+        let token = token.to_owned();
+        async move { post(&url, ("private-token", &token), &content_type, &body).await }
+    };
+    let reached = || {
+        mock.requests()
+            .into_iter()
+            .filter(|r| r.target.to_ascii_lowercase().contains("graphql"))
+            .collect::<Vec<_>>()
+    };
+
+    // `runnerCreate` answers with the new runner's authentication token, which registers a
+    // runner against gitlab.com directly: refused however the operation spells it.
+    let minted = [
+        r#"{"query":"mutation { runnerCreate(input: {runnerType: INSTANCE_TYPE}) { runner { id } errors } }"}"#,
+        r#"{"query":"mutation { \u0072unnerCreate(input: {}) { errors } }"}"#,
+        r#"{"query":"mutation { x: runnerCreate(input: {}) { errors } }"}"#,
+        r#"[{"query":"{ currentUser { id } }"},{"query":"mutation M{runnerCreate(input:{}){errors}}"}]"#,
+        r#"{"query":"mutation { ...F } fragment F on Mutation { runnerCreate(input: {}) { errors } }"}"#,
+        // The runner's token stays readable for a while after it is made.
+        r#"{"query":"{ runner(id: \"gid://gitlab/Ci::Runner/1\") { ephemeralAuthenticationToken } }"}"#,
+        r#"{"query":"mutation { clusterAgentTokenCreate(input: {clusterAgentId: \"1\"}) { secret } }"}"#,
+        // Rails runs a batch in `_json` whatever `query` says.
+        r#"{"query":"{ currentUser { id } }","_json":[{"query":"mutation { runnerCreate(input: {}) { errors } }"}]}"#,
+    ];
+    for body in minted {
+        let reply = ask(&plain, &graphql, "application/json", body).await;
+        assert_eq!(code(&reply), (403, "policy_denied".into()), "{body}");
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("mint_credentials = true"),
+            "{}",
+            reply.body
+        );
+    }
+    for odd_path in ["/api/gitlab/api/GraphQL/", "/api/gitlab/api/graphql.json"] {
+        let reply = ask(&plain, &broker.url(odd_path), "application/json", minted[0]).await;
+        assert_eq!(
+            code(&reply),
+            (403, "policy_denied".into()),
+            "{}",
+            reply.body
+        );
+    }
+    let by_get = broker.url(
+        "/api/gitlab/api/graphql?query=%7Brunner(id%3A%221%22)%7BephemeralAuthenticationToken%7D%7D",
+    );
+    let reply = send("GET", &by_get, &[("private-token", &plain)], "").await;
+    assert_eq!(
+        code(&reply),
+        (403, "policy_denied".into()),
+        "{}",
+        reply.body
+    );
+    // ActionCable runs GraphQL sent in WebSocket messages, which the broker relays unread.
+    let cable = broker.url("/api/gitlab/-/cable");
+    let reply = send("GET", &cable, &[("private-token", &plain)], "").await;
+    assert_eq!(code(&reply), (400, "bad_body".into()), "{}", reply.body);
+
+    // What can't be read as GraphQL over JSON might hide such an operation.
+    let big = format!(
+        r#"{{"query":"{{ currentUser {{ id }} }}","pad":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    for (content_type, body, status) in [
+        ("application/json", "mutation { runnerCreate }", 400),
+        ("application/json", r#"{"variables":{}}"#, 400),
+        (
+            "application/json",
+            r#"{"query":["mutation { runnerCreate }"]}"#,
+            400,
+        ),
+        (
+            "application/json",
+            r#"{"query":"{ a }","query":"mutation { runnerCreate }"}"#,
+            400,
+        ),
+        ("application/json", "", 400),
+        (
+            "application/x-www-form-urlencoded",
+            r#"{"query":"{ a }","x":"&query=mutation{runnerCreate}"}"#,
+            400,
+        ),
+        ("application/json", big.as_str(), 413),
+    ] {
+        let reply = ask(&plain, &graphql, content_type, body).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.body);
+        assert!(reply.header("x-seks-error").is_some(), "{}", reply.body);
+        assert!(reply.json()["message"].is_string(), "{}", reply.body);
+    }
+    assert_eq!(reached().len(), 0, "nothing reached the upstream");
+
+    // An ordinary query goes through untouched, names that merely start like a listed one too.
+    let ordinary = r#"{"query":"query P($p: ID!) { project(fullPath: $p) { name runnerCreated: id runners { count } } }","variables":{"p":"acme/widgets"}}"#;
+    let reply = ask(&plain, &graphql, "application/json", ordinary).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = reached();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, ordinary.as_bytes());
+    let read = broker.url("/api/gitlab/api/graphql?query=%7BcurrentUser%7Bid%7D%7D");
+    let reply = send("GET", &read, &[("private-token", &plain)], "").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // The operator's grant opens the endpoint, to every operation.
+    for body in [minted[3], "not json"] {
+        let reply = ask(&minter, &graphql, "application/json", body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reached().last().unwrap().body, body.as_bytes());
+    }
+    assert_eq!(reached().len(), 4);
+    broker.stop().await;
+}

@@ -637,6 +637,11 @@ mod tests {
             // A JSON batch carries requests to any path, addPassword's among them.
             ("msgraph", "POST", "/v1.0/$batch"),
             ("msgraph", "POST", "/beta/%24batch"),
+            ("slack", "POST", "/apps.manifest.create"),
+            ("slack", "GET", "/apps.connections.open"),
+            ("slack", "POST", "/rtm.connect"),
+            ("slack", "POST", "/tooling.tokens.rotate"),
+            ("slack", "POST", "/oauth.v2.exchange"),
         ] {
             assert!(
                 caught(provider, method, path),
@@ -662,6 +667,8 @@ mod tests {
                 "POST",
                 "/v1.0/servicePrincipals/00000000-1/addPasswordSingleSignOnCredentials",
             ),
+            ("slack", "POST", "/chat.postMessage"),
+            ("slack", "POST", "/apps.manifest.validate"),
         ] {
             assert!(
                 !caught(provider, method, path),

@@ -266,6 +266,12 @@ impl HttpSpec {
         Ok(path)
     }
 
+    /// The request's method (one of [`METHODS`], as [`HttpSpec::check`] made sure).
+    pub fn method(&self) -> Result<Method, RunError> {
+        Method::from_bytes(self.method.as_bytes())
+            .map_err(|_| RunError::Misconfigured("method".to_owned()))
+    }
+
     /// Build the request from checked `values` (one per parameter), send it through the
     /// proxy's upstream clients with `credential`, and return the scrubbed answer.
     pub async fn send(
@@ -322,12 +328,10 @@ impl HttpSpec {
             }
             None => Bytes::new(),
         };
-        let method = Method::from_bytes(self.method.as_bytes())
-            .map_err(|_| RunError::Misconfigured("method".to_owned()))?;
         let response = send_built(
             upstreams,
             provider,
-            method,
+            self.method()?,
             &path,
             (!query.is_empty()).then_some(query.as_str()),
             headers,

@@ -22,8 +22,10 @@ use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError, TokenEntry};
 use crate::policy::limits::{InFlight, Limited};
 use crate::policy::{self, RequestPath};
-use crate::providers::{ErrorShape, Providers};
-use crate::proxy::{PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams, by_root};
+use crate::providers::{ErrorShape, Provider, Providers};
+use crate::proxy::{
+    PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams, by_root, check_credential_route,
+};
 use crate::scrub::{Redactor, Scrubber};
 
 /// What an approval request gives as a capability call's provider.
@@ -371,6 +373,41 @@ impl Capabilities {
         Ok(hold)
     }
 
+    /// The provider request an HTTP capability makes with `validated`, as the provider's
+    /// credential routes read it; `None` for other kinds.
+    fn upstream_request<'a>(
+        &'a self,
+        capability: &Capability,
+        validated: &Validated,
+    ) -> Result<Option<(&'a Provider, RequestPath)>, CallError> {
+        let (CapabilitySpec::Http(s), Validated::Values(values)) = (&capability.spec, validated)
+        else {
+            return Ok(None);
+        };
+        // A provider that is gone is refused by the send itself.
+        let Some(provider) = self.runner.providers.get(&s.provider) else {
+            return Ok(None);
+        };
+        let path = s.path_for(values).map_err(ArgumentError::Bad)?;
+        Ok(Some((provider, RequestPath::new(&s.method()?, &path))))
+    }
+
+    /// Refuse a call whose provider request is one of the provider's credential routes unless
+    /// the token's chain may mint credentials, as for a proxied request: the answer, a
+    /// credential that works without the broker, would reach the agent.
+    fn check_route(
+        &self,
+        entry: &TokenEntry,
+        upstream: Option<&(&Provider, RequestPath)>,
+    ) -> Result<(), ProxyError> {
+        match upstream {
+            Some((provider, path)) => self
+                .proxy
+                .check_call(entry, |specs| check_credential_route(provider, path, specs)),
+            None => Ok(()),
+        }
+    }
+
     /// Call capability `name` with `args` for the token `entry`; `record` learns the
     /// capability, a summary of the arguments and the outcome (not the status).
     pub async fn call(
@@ -410,6 +447,8 @@ impl Capabilities {
         record.update(|r| r.provider = capability.spec.provider().map(str::to_owned));
         let policy_hold = self.check(entry, name)?;
         let validated = capability.validate(args)?;
+        let upstream = self.upstream_request(&capability, &validated)?;
+        self.check_route(entry, upstream.as_ref())?;
         let common = capability.spec.common();
         let rule = match policy_hold {
             Some(rule) => Some(rule),
@@ -433,7 +472,10 @@ impl Capabilities {
         let held = hold.is_some();
         // Held until the call ends: a concurrency slot is free again only then.
         // A policy narrowed while the call waited for approval decides over the approval.
-        let recheck = |current: &TokenEntry| self.check(current, name).map(drop);
+        let recheck = |current: &TokenEntry| {
+            self.check(current, name)?;
+            self.check_route(current, upstream.as_ref())
+        };
         let _admission = self.proxy.admit_call(entry, hold, recheck).await?;
         *approved = held;
         self.proxy.note_use(&entry.record.id);

@@ -75,15 +75,15 @@ pub(crate) fn by_root<'a>(
 
 /// Refuse a request to one of the provider's credential routes unless the chain may mint
 /// credentials: whatever the route answers would work without the broker.
-fn check_credential_route(
+pub(crate) fn check_credential_route(
     provider: &Provider,
     path: &RequestPath,
     specs: &[(&TokenEntry, &PolicySpec)],
-) -> Result<(), ProxyError> {
+) -> Result<(), Denial> {
     match provider.credential_routes.iter().find(|r| r.catches(path)) {
         Some(route) => {
             let (root, derived) = by_root(specs);
-            policy::check_credential_route(route, path, &root, &derived).map_err(ProxyError::Policy)
+            policy::check_credential_route(route, path, &root, &derived)
         }
         None => Ok(()),
     }
@@ -185,7 +185,7 @@ impl Enforcer {
         check_lifetimes(entry, now)?;
         let specs = specs(entry)?;
         let path = RequestPath::new(&parts.method, rest);
-        check_credential_route(provider, &path, &specs)?;
+        check_credential_route(provider, &path, &specs).map_err(ProxyError::Policy)?;
         // Only requests whose GraphQL operations must be checked pay for reading the body here.
         let body = if reads_graphql(provider, &path, &specs) {
             ForwardBody::Buffered(read(body, parts, self.policy_body_limit).await?)
@@ -321,7 +321,7 @@ impl Enforcer {
             // The operator may have narrowed the policy while the request waited: an approval
             // lets through what the policy allows now, not what it allowed on arrival.
             let specs = self::specs(&current)?;
-            check_credential_route(provider, &path, &specs)?;
+            check_credential_route(provider, &path, &specs).map_err(ProxyError::Policy)?;
             check_graphql(provider, parts, &path, &specs, &body)?;
             for (_, spec) in specs {
                 policy::check_request(spec, &facts).map_err(ProxyError::Policy)?;

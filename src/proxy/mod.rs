@@ -45,7 +45,7 @@ use crate::tokens::SigningTokens;
 use crate::{clock, tokens};
 pub use audited::{AuditedBody, CountedBody, PendingRecord};
 use enforce::Enforcer;
-pub(crate) use enforce::{Admitted, ForwardBody, by_root};
+pub(crate) use enforce::{Admitted, ForwardBody, by_root, check_credential_route};
 pub(crate) use response::Metering;
 
 /// Limits and timeouts the proxy applies to every request.

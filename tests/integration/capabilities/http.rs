@@ -620,3 +620,90 @@ path = "/v1/models"
     assert_never_leaked(&env, KEY, &responses);
     assert_never_leaked(&elsewhere, KEY, &[]);
 }
+
+#[tokio::test]
+async fn a_capability_mints_no_credential_unless_the_operator_allows_it() {
+    let mock = MockUpstream::start().await;
+    let env = env_with(
+        &mock,
+        r##"
+[capabilities.realtime]
+kind = "http"
+description = "Something about a Realtime resource"
+secret = "main"
+provider = "openai"
+method = "POST"
+path = "/v1/realtime/{what}"
+params = [{ name = "what", type = "string" }]
+
+[capabilities.ephemeral_key]
+kind = "http"
+description = "An ephemeral Realtime key"
+secret = "main"
+provider = "openai"
+method = "POST"
+path = "/v1/realtime/client_secrets"
+"##,
+    )
+    .await;
+    let both = "capabilities = [\"realtime\", \"ephemeral_key\"]\n";
+    let plain_policy = env.data_dir().join("plain.toml");
+    std::fs::write(&plain_policy, both).unwrap();
+    let mint_policy = env.data_dir().join("mint.toml");
+    std::fs::write(&mint_policy, format!("{both}mint_credentials = true\n")).unwrap();
+    let plain = env
+        .create_token("main", &["--policy", plain_policy.to_str().unwrap()])
+        .await;
+    let minter = env
+        .create_token("main", &["--policy", mint_policy.to_str().unwrap()])
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+    let minted = || {
+        mock.requests()
+            .iter()
+            .filter(|r| r.target.to_ascii_lowercase().contains("client_secrets"))
+            .count()
+    };
+
+    // Whether the operator's template or the agent's argument names the route, and however
+    // the argument spells it, the key would reach the agent: refused, nothing sent.
+    for (name, args) in [
+        ("ephemeral_key", json!({})),
+        ("realtime", json!({"what": "client_secrets"})),
+        ("realtime", json!({"what": "Client_Secrets"})),
+        ("realtime", json!({"what": "client_secrets;v=1"})),
+    ] {
+        let r = call(&broker, &plain, name, &args, &mut responses).await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (403, "policy_denied"),
+            "{name} {args}: {r:?}"
+        );
+        assert!(r.body.contains("mint_credentials = true"), "{r:?}");
+    }
+    assert_eq!(minted(), 0, "{:?}", mock.requests());
+
+    // Other paths are as before, and the operator's grant opens the route.
+    let other = call(
+        &broker,
+        &plain,
+        "realtime",
+        &json!({"what": "calls"}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(other.status, 200, "{other:?}");
+    let granted = call(
+        &broker,
+        &minter,
+        "ephemeral_key",
+        &json!({}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(granted.status, 200, "{granted:?}");
+    assert_eq!(minted(), 1);
+    broker.stop().await;
+    assert_never_leaked(&env, KEY, &responses);
+}

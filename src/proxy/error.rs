@@ -171,7 +171,7 @@ impl ProxyError {
             Signature(SigError::Malformed(_) | SigError::UnsupportedPayload(_)) => {
                 StatusCode::BAD_REQUEST
             }
-            Signature(SigError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
+            Signature(SigError::Overloaded(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Signature(SigError::TooMany(_)) => StatusCode::TOO_MANY_REQUESTS,
             Signature(SigError::Mismatch | SigError::Skewed(_) | SigError::Replayed) => {
                 StatusCode::FORBIDDEN
@@ -240,7 +240,7 @@ impl ProxyError {
             Signature(SigError::Mismatch) => "signature_mismatch",
             Signature(SigError::Skewed(_)) => "request_time_skewed",
             Signature(SigError::Replayed) => "replayed_signature",
-            Signature(SigError::Overloaded) => "replay_guard_full",
+            Signature(SigError::Overloaded(_)) => "replay_guard_full",
             Signature(SigError::TooMany(_)) => "too_many_signed_requests",
             Forward(refusal) => refusal.code(),
         }
@@ -272,7 +272,9 @@ impl ProxyError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         let retry_after = match &self {
             ProxyError::Limited(limited) => Some(clock::retry_secs(limited.retry_after())),
-            ProxyError::Signature(SigError::TooMany(secs)) => Some(*secs),
+            ProxyError::Signature(SigError::TooMany(secs) | SigError::Overloaded(secs)) => {
+                Some(*secs)
+            }
             _ => None,
         };
         if let Some(secs) = retry_after {

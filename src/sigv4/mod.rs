@@ -64,9 +64,10 @@ pub enum SigError {
         "this token made too many signed requests in the last minutes to check for replays; retry after {0} s"
     )]
     TooMany(u64),
-    /// Too many signed requests in the skew window to tell replays apart.
-    #[error("too many signed requests in the last minutes to check for replays; retry shortly")]
-    Overloaded,
+    /// Too many signed requests in the skew window to tell replays apart; there is room
+    /// again after the seconds given.
+    #[error("too many signed requests in the last minutes to check for replays; retry after {0} s")]
+    Overloaded(u64),
     /// The body's payload mode is not one the broker can re-sign.
     #[error(
         "the payload mode `{0}` is not supported; use a signed, unsigned or STREAMING-AWS4-HMAC-SHA256-PAYLOAD body"

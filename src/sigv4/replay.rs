@@ -70,6 +70,12 @@ impl Seen {
     }
 }
 
+/// Seconds from `at` until `soonest`, when a remembered signature lapses and makes room, as
+/// a `Retry-After` gives them.
+fn secs_until(soonest: Option<Instant>, at: Instant) -> u64 {
+    clock::retry_secs(soonest.map_or(Duration::ZERO, |t| t.duration_since(at)))
+}
+
 impl ReplayGuard {
     /// Admit a request of the token `owner` (the root of its token's chain), signed at
     /// `signed_at` (Unix seconds) with `signature`, at `now`.
@@ -98,16 +104,15 @@ impl ReplayGuard {
         seen.prune(at);
         let owner = match seen.held.get_key_value(owner) {
             Some((_, lapses)) if lapses.len() >= PER_TOKEN => {
-                let Reverse(soonest) = lapses.peek().copied().unwrap_or(Reverse(at));
-                return Err(SigError::TooMany(clock::retry_secs(
-                    soonest.duration_since(at),
-                )));
+                let soonest = lapses.peek().map(|&Reverse(t)| t);
+                return Err(SigError::TooMany(secs_until(soonest, at)));
             }
             Some((owner, _)) => Arc::clone(owner),
             None => Arc::from(owner),
         };
         if seen.first_use.len() >= CAPACITY {
-            return Err(SigError::Overloaded);
+            let soonest = seen.lapse.peek().map(|&Reverse((t, _))| t);
+            return Err(SigError::Overloaded(secs_until(soonest, at)));
         }
         // `now` is whole seconds, so the request time may pass the check for up to a
         // second longer than the difference says.
@@ -220,5 +225,42 @@ mod tests {
             response.headers().get(http::header::RETRY_AFTER),
             Some(&http::HeaderValue::from(secs))
         );
+    }
+
+    #[test]
+    fn a_full_memory_says_when_its_soonest_signature_lapses() {
+        let guard = ReplayGuard::default();
+        let now = 1_800_000_000;
+        let owners: Vec<String> = (0..CAPACITY / PER_TOKEN)
+            .map(|t| format!("tok_{t}"))
+            .collect();
+        // The last request time passes the skew check for 51 more seconds, the others 101
+        // (filling the memory takes seconds, so the soonest to lapse is made last).
+        for n in 0..CAPACITY {
+            let signed_at = if n == CAPACITY - 1 {
+                now - 250
+            } else {
+                now - 200
+            };
+            assert_eq!(
+                guard.admit(distinct(n), &owners[n / PER_TOKEN], signed_at, now),
+                Ok(())
+            );
+        }
+        let full = guard
+            .admit(distinct(CAPACITY), "tok_new", now, now)
+            .unwrap_err();
+        let response = crate::proxy::ProxyError::Signature(full)
+            .into_response(crate::providers::ErrorShape::Aws);
+        assert_eq!(response.status(), 503);
+        let secs: u64 = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .expect("a Retry-After")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((50..=51).contains(&secs), "{secs}");
     }
 }

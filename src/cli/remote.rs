@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::config::Settings;
 use crate::providers::is_loopback;
 use crate::proxy::{UpstreamClient, Upstreams};
+use crate::store::redacted;
 
 /// Environment variable holding the admin token for `--remote`.
 pub const ADMIN_TOKEN_ENV: &str = "SEKS_ADMIN_TOKEN";
@@ -42,16 +43,18 @@ pub struct Remote {
 impl Remote {
     /// A client of the admin API at `url`, with the token from [`ADMIN_TOKEN_ENV`].
     pub fn new(url: &str, settings: &Settings) -> anyhow::Result<Remote> {
+        // The URL may carry a password (`https://admin:…@host`): messages show it masked.
+        let shown = redacted(url);
         let uri: http::Uri = url
             .parse()
-            .with_context(|| format!("--remote `{url}` is not a URL"))?;
+            .with_context(|| format!("--remote `{shown}` is not a URL"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-            bail!("--remote `{url}` must be an http(s) URL such as http://127.0.0.1:8081");
+            bail!("--remote `{shown}` must be an http(s) URL such as http://127.0.0.1:8081");
         }
         // Secret values and the admin token travel in these requests.
         if uri.scheme() == Some(&http::uri::Scheme::HTTP) && !uri.host().is_some_and(is_loopback) {
             bail!(
-                "--remote `{url}` would send secrets and the admin token in clear text: plain \
+                "--remote `{shown}` would send secrets and the admin token in clear text: plain \
                  http is only for a loopback address (127.0.0.1, [::1]); use https:// (TLS in \
                  front of the admin API) or an SSH tunnel to 127.0.0.1"
             );
@@ -107,6 +110,7 @@ impl Remote {
         wait: Duration,
     ) -> anyhow::Result<bytes::Bytes> {
         let url = format!("{}{path}", self.base);
+        let shown = redacted(&url);
         let mut request = Request::builder().method(method).uri(&url).header(
             header::AUTHORIZATION,
             format!("Bearer {}", self.token.expose_secret()),
@@ -119,13 +123,13 @@ impl Remote {
             .context("building the admin API request")?;
         let response = tokio::time::timeout(wait, self.client.request(request))
             .await
-            .with_context(|| format!("{url}: no answer within {wait:?}"))?
-            .with_context(|| format!("{url}: cannot reach the admin API"))?;
+            .with_context(|| format!("{shown}: no answer within {wait:?}"))?
+            .with_context(|| format!("{shown}: cannot reach the admin API"))?;
         let status = response.status();
         let bytes = tokio::time::timeout(wait, response.into_body().collect())
             .await
-            .with_context(|| format!("{url}: the answer did not finish within {wait:?}"))?
-            .with_context(|| format!("{url}: reading the answer"))?
+            .with_context(|| format!("{shown}: the answer did not finish within {wait:?}"))?
+            .with_context(|| format!("{shown}: reading the answer"))?
             .to_bytes();
         if status.is_success() {
             return Ok(bytes);

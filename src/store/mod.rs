@@ -647,7 +647,7 @@ impl Location {
 }
 
 /// A URL with its password (if any) replaced by `***`, for messages.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

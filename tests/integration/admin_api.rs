@@ -723,3 +723,39 @@ async fn the_cli_sends_no_secret_to_a_remote_broker_over_plain_http_off_loopback
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_or_unreachable_remote_is_named_without_its_password() {
+    let env = Env::new("");
+    let admin_token = "seks_admin_0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (url, why) in [
+        ("http://admin:hunter2-pw@192.0.2.1:8081", "clear text"),
+        ("ftp://admin:hunter2-pw@192.0.2.1:8081", "http(s) URL"),
+        (
+            &format!("https://admin:hunter2-pw@127.0.0.1:{closed}") as &str,
+            "cannot reach",
+        ),
+    ] {
+        let out = env
+            .cli_with_env(
+                &["--remote", url, "secret", "list"],
+                "",
+                &[("SEKS_ADMIN_TOKEN", admin_token)],
+            )
+            .await;
+        assert!(
+            !out.status.success() && out.stderr.contains(why),
+            "{url}: {out:?}"
+        );
+        assert!(
+            !out.stderr.contains("hunter2") && !out.stdout.contains("hunter2"),
+            "{url}: {out:?}"
+        );
+        assert!(out.stderr.contains("admin:***@"), "{url}: {out:?}");
+    }
+}

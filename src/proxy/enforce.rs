@@ -166,7 +166,8 @@ impl Enforcer {
             counters,
             approvals,
             keyring,
-            policy_body_limit,
+            // A body read for policy goes upstream as read, past the streamed body's limit.
+            policy_body_limit: policy_body_limit.min(forward_body_limit),
             forward_body_limit,
         }
     }

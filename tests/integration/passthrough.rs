@@ -458,6 +458,34 @@ async fn bodies_over_the_limit_are_413() {
 }
 
 #[tokio::test]
+async fn a_body_read_for_the_policy_is_held_to_the_forwarding_limit_too() {
+    let mock = MockUpstream::start().await;
+    let config = "max_body_bytes = 1000\nmax_policy_body_bytes = 4096\n";
+    let env = Env::new(&config_for(&mock.url(), config));
+    env.add_secret("openai-main", "openai", OPENAI_KEY).await;
+    let policy = env.data_dir().join("models.toml");
+    std::fs::write(&policy, "models = [\"gpt-4o-mini\"]\n").unwrap();
+    let policy = policy.display().to_string();
+    let token = env
+        .create_token("openai-main", &["--policy", &policy])
+        .await;
+    let broker = env.serve().await;
+    // Chunked, so no Content-Length tells the size before the policy reads it.
+    let body = format!(r#"{{"model":"gpt-4o-mini","user":"{}"}}"#, "u".repeat(1500));
+    let raw = format!(
+        "POST /api/openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let (status, answer) = crate::support::http::raw(broker.addr, raw.as_bytes()).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        mock.requests().is_empty(),
+        "a body over max_body_bytes was forwarded"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn agents_may_speak_http2_without_tls() {
     let mock = MockUpstream::start().await;
     let (env, token) = openai_setup(&mock.url()).await;

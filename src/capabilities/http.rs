@@ -192,7 +192,7 @@ impl HttpSpec {
                 ));
             }
         }
-        target::validate(&fill(&self.path, |_| Some("x".to_owned())))
+        target::validate(&fill(&self.path, |_| Some("x".to_owned())), false)
             .map_err(|why| format!("`path`: {why}"))?;
         let (injected_header, injected_param) = match &provider.auth {
             AuthScheme::Header { name, .. } => (Some(name.as_str()), None),
@@ -257,7 +257,7 @@ impl HttpSpec {
             args.get(n)
                 .map(|v| utf8_percent_encode(&as_text(v), PATH_VALUE).to_string())
         });
-        target::validate(&path).map_err(|why| {
+        target::validate(&path, false).map_err(|why| {
             BadArgument::at(
                 "",
                 format!("the arguments don't form a valid request path: {why}"),
@@ -466,7 +466,7 @@ mod tests {
             assert_eq!(path, format!("/r/{encoded}"));
         }
         assert!(
-            target::validate("/r/%2E%2E").is_err(),
+            target::validate("/r/%2E%2E", false).is_err(),
             "encoded dots are still refused"
         );
     }

@@ -114,7 +114,7 @@ impl ForwardProxy {
             .into());
         }
         // The path goes upstream as it is, so it must not leave the provider's base path.
-        target::validate(path).map_err(ProxyError::BadPath)?;
+        target::validate(path, provider.encoded_slashes).map_err(ProxyError::BadPath)?;
         let token_path = rewrite::strip_token_segment(&provider, rest);
         let policy_path = token_path.without_token();
         pending.update(|r| {

@@ -110,6 +110,13 @@ impl<'de> serde::Deserialize<'de> for Rule {
     }
 }
 
+/// Whether a raw path holds `%2F`, in either case.
+fn has_encoded_slash(raw: &str) -> bool {
+    raw.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+}
+
 /// A request's method and path in the two spellings rules match against.
 #[derive(Debug, Clone)]
 pub struct RequestPath {
@@ -121,13 +128,25 @@ pub struct RequestPath {
 }
 
 impl RequestPath {
-    /// From a method and a validated raw path (see `proxy::target`).
+    /// From a method and a validated raw path (see `proxy::target`). An encoded slash stays
+    /// `%2F`: it is part of its segment, so `*` matches `group%2Fproject` as one.
     pub fn new(method: &Method, raw_path: &str) -> Self {
-        let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
-        let exact = if decoded.is_empty() {
+        let exact = if raw_path.is_empty() {
             "/".to_owned()
+        } else if has_encoded_slash(raw_path) {
+            raw_path
+                .split('/')
+                .map(|segment| {
+                    percent_encoding::percent_decode_str(segment)
+                        .decode_utf8_lossy()
+                        .replace('/', "%2F")
+                })
+                .collect::<Vec<_>>()
+                .join("/")
         } else {
-            decoded.into_owned()
+            percent_encoding::percent_decode_str(raw_path)
+                .decode_utf8_lossy()
+                .into_owned()
         };
         // Lowercased, each segment cut at its first `;`.
         let mut broad = String::with_capacity(exact.len());
@@ -261,6 +280,14 @@ mod tests {
         let nested = rule("POST /api/**/keys");
         assert!(nested.catches(&req("POST", "/api/keys")));
         assert!(nested.catches(&req("POST", "/api/a%2Fb/c/KEYS/")));
+        // An encoded slash is part of its segment, for rules that refuse and that grant.
+        let one = rule("* /projects/*/variables");
+        assert!(one.catches(&req("GET", "/projects/group%2fproject/variables")));
+        assert!(one.catches(&req("GET", "/projects/group%2Fproject/Variables/")));
+        assert!(rule("GET /projects/*").allows(&req("GET", "/projects/group%2Fproject")));
+        assert!(
+            rule("GET /projects/group%2Fproject").allows(&req("GET", "/projects/group%2fproject"))
+        );
         assert!(!nested.catches(&req("POST", "/api/a/keys/1")));
         // Granting rules stay exact.
         assert!(!rule("GET /v1/models").allows(&req("GET", "/v1/MODELS")));

@@ -143,6 +143,9 @@ pub struct Provider {
     /// Requests that hand out a credential usable without the broker, matched like `deny`
     /// rules; see [`crate::policy::check_credential_route`].
     pub credential_routes: Vec<Rule>,
+    /// The upstream reads an encoded slash (`%2F`) as part of a path segment, as GitLab reads
+    /// `projects/group%2Fproject`; see [`crate::proxy::target`].
+    pub encoded_slashes: bool,
     /// GraphQL endpoints, matched like `deny` rules, whose operations are read for
     /// `credential_fields`.
     pub graphql_endpoints: Vec<Rule>,

@@ -36,6 +36,9 @@ pub struct ProviderSpec {
     /// Requests that hand out a credential usable without the broker (an API key, an SSH
     /// key, a runner token), refused unless a root policy sets `mint_credentials = true`.
     pub credential_routes: Option<Vec<Rule>>,
+    /// Whether the upstream reads `%2F` as part of a path segment (GitLab's project paths),
+    /// so agents may send it.
+    pub encoded_slashes: Option<bool>,
     /// The provider's GraphQL endpoints (`* /api/graphql`), matched like `deny` rules, whose
     /// operations are read for `credential_fields`.
     pub graphql_endpoints: Option<Vec<Rule>>,
@@ -58,6 +61,7 @@ impl ProviderSpec {
             hosts: over.hosts.or(self.hosts),
             body_placeholders: over.body_placeholders.or(self.body_placeholders),
             credential_routes: over.credential_routes.or(self.credential_routes),
+            encoded_slashes: over.encoded_slashes.or(self.encoded_slashes),
             graphql_endpoints: over.graphql_endpoints.or(self.graphql_endpoints),
             credential_fields: over.credential_fields.or(self.credential_fields),
         }
@@ -168,6 +172,7 @@ impl ProviderSpec {
             extra_hosts,
             body_placeholders: self.body_placeholders.unwrap_or(false),
             credential_routes: self.credential_routes.unwrap_or_default(),
+            encoded_slashes: self.encoded_slashes.unwrap_or(false),
             graphql_endpoints,
             credential_fields,
         })

@@ -282,7 +282,8 @@ impl Proxy {
         check_request_line(&request)?;
         let (mut parts, body) = request.into_parts();
         let upgrade = websocket::take_upgrade(&mut parts);
-        let route = target::route(parts.uri.path()).map_err(|e| match e {
+        let encoded_slashes = seen.provider.as_ref().is_some_and(|p| p.encoded_slashes);
+        let route = target::route(parts.uri.path(), encoded_slashes).map_err(|e| match e {
             target::TargetError::NoRoute => ProxyError::NoRoute,
             target::TargetError::BadPath(why) => ProxyError::BadPath(why),
         })?;

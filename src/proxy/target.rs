@@ -4,7 +4,10 @@
 //! The broker forwards the agent's path bytes as they are, so it must be sure no upstream
 //! could read them as a way out of the base path: no dot segments (also percent-encoded,
 //! also `..;`), no encoded slashes or backslashes, no empty segments, no double encoding,
-//! no control or non-URL characters.
+//! no control or non-URL characters. A provider whose API names things by paths inside one
+//! segment (GitLab's `projects/group%2Fproject`) may allow encoded slashes; each part
+//! between them is then checked as a segment of its own, so a server that decodes them
+//! before routing still finds no way out.
 
 use std::borrow::Cow;
 
@@ -31,9 +34,10 @@ pub enum TargetError {
     BadPath(&'static str),
 }
 
-/// Validate the whole path, then split `/api/<provider>/<rest>`.
-pub fn route(path: &str) -> Result<Route<'_>, TargetError> {
-    validate(path).map_err(TargetError::BadPath)?;
+/// Validate the whole path, then split `/api/<provider>/<rest>`; `encoded_slashes`: the
+/// provider reads `%2F` as part of a segment.
+pub fn route(path: &str, encoded_slashes: bool) -> Result<Route<'_>, TargetError> {
+    validate(path, encoded_slashes).map_err(TargetError::BadPath)?;
     let after = path.strip_prefix(API_PREFIX).ok_or(TargetError::NoRoute)?;
     let (provider, rest) = match after.find('/') {
         Some(i) => after.split_at(i),
@@ -52,8 +56,9 @@ pub fn provider_segment(path: &str) -> Option<&str> {
     after.split('/').next().filter(|name| !name.is_empty())
 }
 
-/// Validate a raw path that will be appended to an upstream base path.
-pub fn validate(rest: &str) -> Result<(), &'static str> {
+/// Validate a raw path that will be appended to an upstream base path; `encoded_slashes`:
+/// the upstream reads `%2F` as part of a segment.
+pub fn validate(rest: &str, encoded_slashes: bool) -> Result<(), &'static str> {
     if rest.is_empty() {
         return Ok(());
     }
@@ -73,12 +78,12 @@ pub fn validate(rest: &str) -> Result<(), &'static str> {
         if segment.is_empty() && segments.peek().is_some() {
             return Err("empty path segments (`//`) are not allowed");
         }
-        check_segment(segment)?;
+        check_segment(segment, encoded_slashes)?;
     }
     Ok(())
 }
 
-fn check_segment(raw: &str) -> Result<(), &'static str> {
+fn check_segment(raw: &str, encoded_slashes: bool) -> Result<(), &'static str> {
     let bytes = raw.as_bytes();
     let hex_at = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_hexdigit);
     for (i, &b) in bytes.iter().enumerate() {
@@ -92,7 +97,7 @@ fn check_segment(raw: &str) -> Result<(), &'static str> {
     } else {
         Cow::Borrowed(bytes)
     };
-    if decoded.iter().any(|&b| b == b'/' || b == b'\\') {
+    if decoded.contains(&b'\\') || (decoded.contains(&b'/') && !encoded_slashes) {
         return Err("encoded slashes or backslashes are not allowed in the path");
     }
     if decoded.contains(&b'%') {
@@ -108,6 +113,17 @@ fn check_segment(raw: &str) -> Result<(), &'static str> {
             "non-ASCII (percent-encoded bytes of 0x80 and above) is not allowed in the path",
         );
     }
+    // Slashes are only left with `encoded_slashes`: each part between them is a segment to
+    // a server that decodes them before routing.
+    let mut parts = decoded.split(|&b| b == b'/');
+    if decoded.contains(&b'/') && parts.clone().any(<[u8]>::is_empty) {
+        return Err("empty path segments (`//`, also encoded) are not allowed");
+    }
+    parts.try_for_each(check_dots)
+}
+
+/// Refuse a dot segment in any spelling.
+fn check_dots(decoded: &[u8]) -> Result<(), &'static str> {
     // Servers cut a segment at `;` (path parameters, `..;/`), and a decoding upstream at `?`
     // or `#`; Windows-style servers drop trailing dots and spaces (`.. ` and `...` mean `..`).
     let head = decoded
@@ -141,38 +157,44 @@ mod tests {
     #[test]
     fn routes_split_provider_and_rest() {
         assert_eq!(
-            route("/api/openai/v1/chat/completions"),
+            route("/api/openai/v1/chat/completions", false),
             Ok(Route {
                 provider: "openai",
                 rest: "/v1/chat/completions"
             })
         );
         assert_eq!(
-            route("/api/openai"),
+            route("/api/openai", false),
             Ok(Route {
                 provider: "openai",
                 rest: ""
             })
         );
         assert_eq!(
-            route("/api/openai/"),
+            route("/api/openai/", false),
             Ok(Route {
                 provider: "openai",
                 rest: "/"
             })
         );
         assert_eq!(
-            route("/api/gemini/v1beta/models/gemini-2.0-flash:generateContent"),
+            route(
+                "/api/gemini/v1beta/models/gemini-2.0-flash:generateContent",
+                false
+            ),
             Ok(Route {
                 provider: "gemini",
                 rest: "/v1beta/models/gemini-2.0-flash:generateContent"
             })
         );
-        assert_eq!(route("/v1/chat"), Err(TargetError::NoRoute));
-        assert_eq!(route("/api/"), Err(TargetError::NoRoute));
-        assert!(matches!(route("/api//v1"), Err(TargetError::BadPath(_))));
+        assert_eq!(route("/v1/chat", false), Err(TargetError::NoRoute));
+        assert_eq!(route("/api/", false), Err(TargetError::NoRoute));
         assert!(matches!(
-            route("//evil.example/api/openai/v1"),
+            route("/api//v1", false),
+            Err(TargetError::BadPath(_))
+        ));
+        assert!(matches!(
+            route("//evil.example/api/openai/v1", false),
             Err(TargetError::BadPath(_))
         ));
     }
@@ -212,10 +234,12 @@ mod tests {
             "/api/openai/%c0%ae%c0%ae/x",
             "/api/openai/%ef%bc%8e%ef%bc%8e/x",
         ] {
-            assert!(
-                matches!(route(path), Err(TargetError::BadPath(_))),
-                "{path} was accepted"
-            );
+            for encoded_slashes in [false, true] {
+                assert!(
+                    matches!(route(path, encoded_slashes), Err(TargetError::BadPath(_))),
+                    "{path} was accepted"
+                );
+            }
         }
     }
 
@@ -232,7 +256,29 @@ mod tests {
             "/v1/a..b",
             "/user/",
         ] {
-            assert_eq!(validate(rest), Ok(()), "{rest}");
+            assert_eq!(validate(rest, false), Ok(()), "{rest}");
+        }
+    }
+
+    #[test]
+    fn encoded_slashes_stay_inside_a_segment_where_the_provider_allows_them() {
+        for rest in [
+            "/api/v4/projects/group%2Fproject",
+            "/api/v4/projects/group%2fsub%2Fproject/repository/files/src%2Fmain.rs",
+        ] {
+            assert_eq!(validate(rest, true), Ok(()), "{rest}");
+            assert!(validate(rest, false).is_err(), "{rest}");
+        }
+        for rest in [
+            "/api/v4/projects/%2Fproject",
+            "/api/v4/projects/group%2F",
+            "/api/v4/projects/group%2F%2Fproject",
+            "/api/v4/projects/group%2F.%2Fproject",
+            "/api/v4/projects/group%2F..",
+            "/api/v4/projects/group%2F%2e%2e;x",
+            "/api/v4/projects/group%5Cproject",
+        ] {
+            assert!(validate(rest, true).is_err(), "{rest} was accepted");
         }
     }
 
@@ -275,15 +321,17 @@ mod tests {
             )
         ) {
             let rest = format!("/{}", parts.join("/"));
-            if validate(&rest).is_ok() {
-                prop_assert!(!resolves_outside(&rest), "{rest} accepted but escapes");
+            for encoded_slashes in [false, true] {
+                if validate(&rest, encoded_slashes).is_ok() {
+                    prop_assert!(!resolves_outside(&rest), "{rest} accepted but escapes");
+                }
+                let _ = route(&format!("/api/openai{rest}"), encoded_slashes);
             }
-            let _ = route(&format!("/api/openai{rest}"));
         }
 
         #[test]
         fn route_never_panics(path in "\\PC{0,64}") {
-            let _ = route(&path);
+            let _ = route(&path, true);
         }
     }
 }

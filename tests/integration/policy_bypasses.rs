@@ -811,3 +811,66 @@ async fn a_graphql_operation_mints_no_credential_unless_the_operator_allows_it()
     assert_eq!(reached().len(), 4);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn gitlab_projects_named_by_path_pass_whole_and_are_held_to_the_rules() {
+    let (mock, env) = setup("").await;
+    env.add_secret("lab", "gitlab", "glpat-BYPASS-real-key-0123456789")
+        .await;
+    let policy = write(
+        &env,
+        "lab.toml",
+        "deny = [\"* /api/v4/projects/*/variables/**\"]\n",
+    );
+    let token = env.create_token("lab", &["--policy", &policy]).await;
+    let agent = env.create_token("main", &[]).await;
+    let broker = env.serve().await;
+    let get = |path: &str| {
+        let url = broker.url(path);
+        let token = token.clone();
+        async move { send("GET", &url, &[("private-token", &token)], "").await }
+    };
+
+    // python-gitlab names a project by its path in one segment; it goes upstream as sent.
+    let project = "/api/v4/projects/group%2Fsub%2Fproject";
+    let reply = get(&format!("/api/gitlab{project}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let targets = || {
+        mock.requests()
+            .into_iter()
+            .map(|r| r.target)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(targets(), [project]);
+
+    // A rule's `*` is the whole segment, so the path's slashes don't slip past it.
+    for variables in [
+        "/api/gitlab/api/v4/projects/group%2Fproject/variables",
+        "/api/gitlab/api/v4/projects/group%2fsub%2Fproject/Variables/KEY",
+    ] {
+        assert_eq!(
+            code(&get(variables).await),
+            (403, "policy_denied".to_owned()),
+            "{variables}"
+        );
+    }
+    // Each part between encoded slashes is a segment to a server that decodes them.
+    for escape in [
+        "/api/gitlab/api/v4/projects/group%2F..%2F..%2Fuser",
+        "/api/gitlab/api/v4/projects/group%2F%2Fproject",
+        "/api/gitlab/api/v4/projects/group%2F",
+    ] {
+        assert_eq!(code(&get(escape).await).0, 400, "{escape}");
+    }
+    // Other providers read `%2F` as a slash, so it stays refused there.
+    let openai = broker.url("/api/openai/v1/files/a%2Fb");
+    let auth = format!("Bearer {agent}");
+    let reply = send("GET", &openai, &[("authorization", &auth)], "").await;
+    assert_eq!(code(&reply).0, 400);
+    assert_eq!(
+        targets(),
+        [project],
+        "a refused request reached the upstream"
+    );
+    broker.stop().await;
+}

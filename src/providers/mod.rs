@@ -530,12 +530,15 @@ mod tests {
         );
     }
 
+    fn request(method: &str, path: &str) -> RequestPath {
+        RequestPath::new(&http::Method::from_bytes(method.as_bytes()).unwrap(), path)
+    }
+
     #[test]
     fn credential_routes_catch_every_spelling_and_nothing_else() {
         let p = Providers::load(&BTreeMap::new()).unwrap();
         let caught = |provider: &str, method: &str, path: &str| {
-            let request =
-                RequestPath::new(&http::Method::from_bytes(method.as_bytes()).unwrap(), path);
+            let request = request(method, path);
             p.get(provider)
                 .unwrap()
                 .credential_routes
@@ -684,9 +687,9 @@ mod tests {
     fn graphql_endpoints_are_read_in_every_spelling_and_only_there() {
         let p = Providers::load(&BTreeMap::new()).unwrap();
         let reads = |provider: &str, method: &str, path: &str| {
-            let request =
-                RequestPath::new(&http::Method::from_bytes(method.as_bytes()).unwrap(), path);
-            p.get(provider).unwrap().reads_graphql(&request)
+            p.get(provider)
+                .unwrap()
+                .reads_graphql(&request(method, path))
         };
         for (provider, method, path) in [
             ("gitlab", "POST", "/api/graphql"),

@@ -549,3 +549,286 @@ fn wrapped_base64_of_a_short_secret_is_masked_when_a_chunk_ends_at_a_line_end() 
         }
     }
 }
+
+/// Adversarial properties over random secrets: the reference decoders below are written
+/// independently of `views`, so a decoding mistake there can't hide a leak here.
+mod props {
+    use super::*;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+
+    fn b64_char(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+    }
+
+    /// Whether any base64 or base64url run of `out`, read from any of its 4 starting
+    /// positions, decodes to bytes holding `secret`.
+    fn base64_reveals(out: &[u8], secret: &[u8]) -> bool {
+        out.split(|b| !b64_char(*b)).any(|run| {
+            let std: Vec<u8> = run
+                .iter()
+                .map(|&b| match b {
+                    b'-' => b'+',
+                    b'_' => b'/',
+                    other => other,
+                })
+                .collect();
+            (0..4).any(|shift| {
+                let part = std.get(shift..).unwrap_or_default();
+                let part = &part[..part.len() - part.len() % 4];
+                STANDARD.decode(part).is_ok_and(|d| contains(&d, secret))
+            })
+        })
+    }
+
+    fn percent_decoded(b: &[u8]) -> Vec<u8> {
+        percent_encoding::percent_decode(b).collect()
+    }
+
+    /// A JSON-unescaping of `b` as a lenient reader would do it: simple escapes and
+    /// `\uXXXX` (outside surrogates) decoded, anything else literal.
+    fn json_decoded(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let unit = b
+                .get(i + 2..i + 6)
+                .and_then(|d| u32::from_str_radix(std::str::from_utf8(d).ok()?, 16).ok())
+                .and_then(char::from_u32);
+            match (b[i], b.get(i + 1)) {
+                (b'\\', Some(b'u')) if unit.is_some() => {
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(
+                        unit.unwrap_or_default().encode_utf8(&mut utf8).as_bytes(),
+                    );
+                    i += 6;
+                }
+                (b'\\', Some(&c @ (b'/' | b'\\' | b'"'))) => {
+                    out.push(c);
+                    i += 2;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `out` holds `secret` in a form the README promises to mask.
+    fn reveals(out: &[u8], secret: &[u8]) -> bool {
+        let hex_lower: Vec<u8> = secret
+            .iter()
+            .flat_map(|b| format!("{b:02x}").into_bytes())
+            .collect();
+        let hex_upper = hex_lower.to_ascii_uppercase();
+        let (pct, json) = (percent_decoded(out), json_decoded(out));
+        [
+            percent_decoded(&pct),
+            json_decoded(&pct),
+            percent_decoded(&json),
+            json_decoded(&json),
+            pct,
+            json,
+            out.to_vec(),
+        ]
+        .iter()
+        .any(|view| {
+            contains(view, secret)
+                || contains(view, &hex_lower)
+                || contains(view, &hex_upper)
+                || base64_reveals(view, secret)
+        })
+    }
+
+    /// Secrets: printable ASCII including the characters escapes are made of.
+    fn secret() -> impl Strategy<Value = Vec<u8>> {
+        "[A-Za-z0-9%/+=_~.\\\\\"-]{8,28}".prop_map(String::into_bytes)
+    }
+
+    /// One to three secrets, the second optionally a prefix of the first.
+    fn secrets() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        (
+            proptest::collection::vec(secret(), 1..4),
+            any::<bool>(),
+            8usize..28,
+        )
+            .prop_map(|(mut all, prefix, len)| {
+                if prefix && all[0].len() > 8 {
+                    all.push(all[0][..len.min(all[0].len() - 1).max(8)].to_vec());
+                }
+                all
+            })
+    }
+
+    fn random_case(text: &[u8], cases: &[bool]) -> Vec<u8> {
+        text.iter()
+            .zip(cases.iter().cycle())
+            .map(|(&b, &up)| {
+                if up {
+                    b.to_ascii_uppercase()
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+            .collect()
+    }
+
+    /// `secret` written in form `form`, with `pad` and `bits` choosing the variations.
+    fn render(secret: &[u8], form: u8, pad: &[u8], bits: &[bool]) -> Vec<u8> {
+        let hex = |upper: bool| -> Vec<u8> {
+            secret
+                .iter()
+                .flat_map(|b| {
+                    if upper {
+                        format!("{b:02X}")
+                    } else {
+                        format!("{b:02x}")
+                    }
+                    .into_bytes()
+                })
+                .collect()
+        };
+        match form {
+            0 => secret.to_vec(),
+            1 => hex(false),
+            2 => hex(true),
+            // Base64 of the secret inside a longer encoded string, at every alignment.
+            3..=6 => {
+                let engine = [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
+                    [usize::from(form - 3)];
+                let before = &pad[..pad.len() % 4];
+                let after = &pad[pad.len() % 4..];
+                engine.encode([before, secret, after].concat()).into_bytes()
+            }
+            // Percent-encoded, each byte escaped or not, in either hex case.
+            7 => secret
+                .iter()
+                .zip(bits.iter().cycle())
+                .enumerate()
+                .flat_map(|(i, (&b, &esc))| {
+                    if esc || !b.is_ascii_alphanumeric() {
+                        random_case(format!("%{b:02X}").as_bytes(), &bits[i % bits.len()..])
+                    } else {
+                        vec![b]
+                    }
+                })
+                .collect(),
+            // Percent-encoded twice, as a URL carried in another URL's query.
+            9 => secret
+                .iter()
+                .flat_map(|b| format!("%25{b:02X}").into_bytes())
+                .collect(),
+            // JSON in a JSON string: every character `\uXXXX`, its backslash escaped.
+            10 => secret
+                .iter()
+                .flat_map(|b| format!("\\\\u{b:04x}").into_bytes())
+                .collect(),
+            // Percent-encoded, then JSON-escaped with `\u` for every character.
+            11 => secret
+                .iter()
+                .flat_map(|b| format!("%{b:02X}").into_bytes())
+                .flat_map(|b| format!("\\u{b:04x}").into_bytes())
+                .collect(),
+            // JSON-escaped as a serializer writes it, and `\uXXXX` for any character.
+            _ => secret
+                .iter()
+                .zip(bits.iter().cycle())
+                .enumerate()
+                .flat_map(|(i, (&b, &esc))| match b {
+                    b'"' => b"\\\"".to_vec(),
+                    b'\\' => b"\\\\".to_vec(),
+                    b'/' if esc => b"\\/".to_vec(),
+                    _ if esc => [
+                        &b"\\u"[..],
+                        &random_case(format!("{b:04x}").as_bytes(), &bits[i % bits.len()..]),
+                    ]
+                    .concat(),
+                    _ => vec![b],
+                })
+                .collect(),
+        }
+    }
+
+    /// Chunk boundaries: random ones, or every byte.
+    fn cut_points(len: usize, cuts: &[usize], every_byte: bool) -> Vec<usize> {
+        if every_byte {
+            return (1..len).collect();
+        }
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+        cuts.sort_unstable();
+        cuts
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn no_form_of_any_secret_survives_streaming(
+            secrets in secrets(),
+            placed in proptest::collection::vec((0usize..4, 0u8..9, proptest::collection::vec(any::<u8>(), 0..7), 0usize..200), 1..4),
+            bits in proptest::collection::vec(any::<bool>(), 1..16),
+            noise in "[ a-z,.:{}\"\n]{0,200}",
+            cuts in proptest::collection::vec(0usize..10_000, 0..12),
+            every_byte in proptest::bool::weighted(0.2),
+        ) {
+            let scrubber = Arc::new(Scrubber::new(secrets.iter().map(Vec::as_slice)).unwrap());
+            let mut body = noise.into_bytes();
+            for (which, form, pad, at) in &placed {
+                let copy = render(&secrets[which % secrets.len()], *form, pad, &bits);
+                let at = at % (body.len() + 1);
+                body.splice(at..at, copy);
+            }
+            let cuts = cut_points(body.len(), &cuts, every_byte);
+            let out = stream_through(&scrubber, &body, &cuts);
+            prop_assert_eq!(out.len(), body.len());
+            for secret in &secrets {
+                prop_assert!(
+                    !reveals(&out, secret),
+                    "{:?} leaks from {:?} as {:?}",
+                    String::from_utf8_lossy(secret),
+                    String::from_utf8_lossy(&body),
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+
+        #[test]
+        fn no_twice_escaped_copy_of_a_secret_survives_streaming(
+            secrets in secrets(),
+            which in 0usize..4,
+            form in 9u8..12,
+            noise in "[ a-z,.:{}\"\n]{0,100}",
+            at in 0usize..100,
+            cuts in proptest::collection::vec(0usize..10_000, 0..12),
+            every_byte in proptest::bool::weighted(0.2),
+        ) {
+            let scrubber = Arc::new(Scrubber::new(secrets.iter().map(Vec::as_slice)).unwrap());
+            let secret = &secrets[which % secrets.len()];
+            let mut body = noise.into_bytes();
+            let at = at % (body.len() + 1);
+            body.splice(at..at, render(secret, form, &[], &[false]));
+            let cuts = cut_points(body.len(), &cuts, every_byte);
+            let out = stream_through(&scrubber, &body, &cuts);
+            prop_assert!(
+                !reveals(&out, secret),
+                "{:?} leaks from {:?} as {:?}",
+                String::from_utf8_lossy(secret),
+                String::from_utf8_lossy(&body),
+                String::from_utf8_lossy(&out)
+            );
+        }
+
+        #[test]
+        fn text_without_secrets_streams_unchanged(
+            secrets in secrets(),
+            body in proptest::collection::vec(any::<u8>(), 0..1500),
+            cuts in proptest::collection::vec(0usize..10_000, 0..12),
+            every_byte in proptest::bool::weighted(0.2),
+        ) {
+            let scrubber = Arc::new(Scrubber::new(secrets.iter().map(Vec::as_slice)).unwrap());
+            let cuts = cut_points(body.len(), &cuts, every_byte);
+            prop_assert_eq!(stream_through(&scrubber, &body, &cuts), body);
+        }
+    }
+}

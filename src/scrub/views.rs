@@ -168,12 +168,14 @@ fn ends_a_wrapped_line(before: &[u8]) -> bool {
 }
 
 /// Whether an escape at `i` decoding to `byte` could change what matches: the byte occurs
-/// in a pattern, or it is a line break ending a wrapped base64 line. Such a break is no part
-/// of a match, but the line-joining view of this decoding needs it decoded to join the
-/// lines: wrapped base64 inside a JSON string or a form field (`\r\n`, `%0D%0A`) is only
-/// found one layer down.
+/// in a pattern, it begins an escape (`%`, `\`) of a copy escaped twice (`%2541`,
+/// `\u0025`), or it is a line break ending a wrapped base64 line. Neither the escape's
+/// start nor the break is part of a match, but the views of this decoding need them decoded:
+/// a twice-escaped copy, or wrapped base64 inside a JSON string or a form field (`\r\n`,
+/// `%0D%0A`), is only found one layer down.
 fn escape_matters(input: &[u8], i: usize, byte: u8, alphabet: &[bool; 256]) -> bool {
     alphabet[usize::from(byte)]
+        || matches!(byte, b'%' | b'\\')
         || (matches!(byte, b'\r' | b'\n') && ends_a_wrapped_line(&input[..i]))
 }
 

@@ -298,3 +298,224 @@ async fn hiding_places_outside_header_values_and_body_are_closed() {
     }
     broker.stop().await;
 }
+
+/// The secret in the forms an upstream writes it in a JSON answer: as the model name (which
+/// the audit record keeps), raw, in base64 at an offset that isn't a multiple of 3, and
+/// percent-encoded twice.
+fn quoting_answer(secret: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("xy{secret}tail"));
+    let twice: String = secret.bytes().map(|b| format!("%25{b:02X}")).collect();
+    let filler = "lorem ipsum ".repeat(200);
+    format!(
+        r#"{{"model":"{secret}","filler":"{filler}","raw":"{secret}","b64":"{b64}","next":"/cb?u={twice}","usage":{{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}}}"#
+    )
+}
+
+/// An upstream that answers every request with [`quoting_answer`], compressed with the coding
+/// the query names, and dribbles the compressed bytes out a few at a time in chunked
+/// frames, so decoded text (and the secret in it) arrives in pieces.
+async fn dribbling_upstream(secret: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let coding = ["gzip", "br", "zstd"]
+                    .into_iter()
+                    .find(|c| head.contains(&format!("encoding={c}")))
+                    .unwrap_or("gzip");
+                let body = compressed(coding, quoting_answer(secret).as_bytes());
+                let start = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: {coding}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                );
+                socket.write_all(start.as_bytes()).await.unwrap();
+                let mut rest = &body[..];
+                for size in (1..4).cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (piece, after) = rest.split_at(size.min(rest.len()));
+                    rest = after;
+                    let frame =
+                        [format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat();
+                    if socket.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                }
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn compressed(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            brotli::BrotliCompress(&mut &data[..], &mut out, &Default::default()).unwrap();
+            out
+        }
+        _ => zstd::encode_all(data, 3).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_compressed_answer_dribbled_in_pieces_leaks_the_secret_nowhere() {
+    const SECRET: &str = "sk-proj-Dribble/Me+Slowly=Now~ok_4567";
+    let upstream = dribbling_upstream(SECRET).await;
+    let env = Env::with_upstream(&upstream);
+    env.add_secret("main", "openai", SECRET).await;
+    let token = env.create_token("main", &[]).await;
+    let broker = env.serve().await;
+    let mut bodies = Vec::new();
+    for coding in ["gzip", "br", "zstd"] {
+        let url = broker.url(&format!(
+            "/api/openai/v1/chat/completions?encoding={coding}"
+        ));
+        let reply = send(
+            "GET",
+            &url,
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{coding}: {reply:?}");
+        assert_eq!(reply.body.len(), quoting_answer(SECRET).len(), "{coding}");
+        let json = reply.json();
+        for field in ["model", "raw", "b64", "next"] {
+            assert!(
+                json[field].as_str().is_some_and(|v| v.contains("****")),
+                "{coding}: {field} not masked: {}",
+                reply.body
+            );
+        }
+        bodies.extend_from_slice(reply.body.as_bytes());
+    }
+    broker.stop().await;
+    let audit = env.cli(&["audit", "export"], "").await.ok().stdout;
+    assert!(audit.contains("chat/completions"), "{audit}");
+    bodies.extend_from_slice(audit.as_bytes());
+    crate::support::assert_never_leaked(&env, SECRET, &bodies);
+}
+
+/// A WebSocket upstream that answers the first message with the secret in fragmented
+/// messages (text, and binary in base64 at an odd offset, each cut mid-secret into
+/// continuation frames), a ping carrying it, then closes with it as the reason.
+async fn quoting_ws_upstream(secret: &'static str) -> String {
+    use base64::Engine;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                if !matches!(ws.next().await, Some(Ok(Message::Text(_)))) {
+                    return;
+                }
+                let text = format!("{{\"error\":\"bad key {secret}, see logs\"}}").into_bytes();
+                let binary = base64::engine::general_purpose::STANDARD
+                    .encode(format!("x{secret}yz"))
+                    .into_bytes();
+                for (data, kind) in [(text, Data::Text), (binary, Data::Binary)] {
+                    let pieces: Vec<&[u8]> = data.chunks(5).collect();
+                    for (i, piece) in pieces.iter().enumerate() {
+                        let opcode = if i == 0 {
+                            OpCode::Data(kind)
+                        } else {
+                            OpCode::Data(Data::Continue)
+                        };
+                        let last = i + 1 == pieces.len();
+                        let frame = Frame::message(piece.to_vec(), opcode, last);
+                        if ws.send(Message::Frame(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let _ = ws
+                    .send(Message::Ping(secret.as_bytes().to_vec().into()))
+                    .await;
+                let _ = ws
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1008u16.into(),
+                        reason: format!("key {secret} refused").into(),
+                    })))
+                    .await;
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn websocket_messages_in_fragments_ping_and_close_never_carry_the_secret() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const SECRET: &str = "sk-proj-Socket/Me+Fragment=Now~ok_8901";
+    let upstream = quoting_ws_upstream(SECRET).await;
+    let env = Env::with_upstream(&upstream);
+    env.add_secret("main", "openai", SECRET).await;
+    let token = env.create_token("main", &[]).await;
+    let broker = env.serve().await;
+    let mut request = format!("ws://{}/api/openai/v1/realtime", broker.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    let mut seen = Vec::new();
+    let mut kinds = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+    {
+        let bytes = match &message {
+            Message::Text(t) => t.as_bytes().to_vec(),
+            Message::Binary(b) | Message::Ping(b) => b.to_vec(),
+            Message::Close(Some(frame)) => frame.reason.as_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        kinds.push(format!("{message:?}").chars().take(6).collect::<String>());
+        seen.extend_from_slice(&bytes);
+        seen.push(b'\n');
+    }
+    assert!(
+        kinds.len() >= 3,
+        "{kinds:?}: {}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(
+        found_in(SECRET, &seen).is_empty(),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    broker.stop().await;
+    crate::support::assert_never_leaked(&env, SECRET, &seen);
+}

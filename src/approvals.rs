@@ -19,7 +19,8 @@ use crate::{clock, tokens};
 const POLL: Duration = Duration::from_millis(250);
 /// Longest wait for the webhook to answer.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Requests one token may have waiting for a decision at once.
+/// Requests one token the operator issued, with the tokens derived from it, may have waiting
+/// for a decision at once.
 pub const MAX_PENDING_PER_TOKEN: u32 = 8;
 /// Longest model name or path shown to the person deciding.
 const MAX_SHOWN: usize = 200;
@@ -122,8 +123,12 @@ pub enum NotApproved {
     /// Nobody decided in time.
     #[error("nobody approved this request within {0:?}")]
     TimedOut(Duration),
-    /// The token already has the most requests waiting that it may have.
-    #[error("{MAX_PENDING_PER_TOKEN} requests of this token are already waiting for approval")]
+    /// The token's family (its root and every token derived from it) already has the most
+    /// requests waiting that it may have.
+    #[error(
+        "{MAX_PENDING_PER_TOKEN} requests of the token the operator issued and the tokens \
+         derived from it are already waiting for approval"
+    )]
     TooManyPending,
     /// The store could not record or report the decision.
     #[error(transparent)]
@@ -135,7 +140,8 @@ pub struct Approvals {
     store: Arc<dyn Store>,
     timeout: Duration,
     webhook: Option<(http::Uri, UpstreamClient)>,
-    /// Requests waiting, by token id.
+    /// Requests waiting, by the id of the token the operator issued: the tokens derived from
+    /// it share its place in line, or each child derived would bring as many again.
     pending: Mutex<HashMap<String, u32>>,
 }
 
@@ -186,9 +192,15 @@ impl Approvals {
         })
     }
 
-    /// Hold a request until it is decided; `Ok` means approved.
-    pub async fn hold(&self, tenant: &str, summary: Summary) -> Result<(), NotApproved> {
-        let _waiting = self.wait_in_line(&summary.token_id)?;
+    /// Hold a request until it is decided; `Ok` means approved. `root` is the id of the token
+    /// the operator issued at the end of the requesting token's chain.
+    pub async fn hold(
+        &self,
+        tenant: &str,
+        root: &str,
+        summary: Summary,
+    ) -> Result<(), NotApproved> {
+        let _waiting = self.wait_in_line(root)?;
         let now = clock::now();
         let timeout_secs = i64::try_from(self.timeout.as_secs()).unwrap_or(i64::MAX);
         let record = ApprovalRecord {

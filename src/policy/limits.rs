@@ -54,7 +54,10 @@ pub enum Limited {
         max: u32,
     },
     /// Requests waiting for approval.
-    #[error("{max} requests of this token are already waiting for approval")]
+    #[error(
+        "{max} requests of the token the operator issued and the tokens derived from it are \
+         already waiting for approval"
+    )]
     PendingApprovals {
         /// The limit.
         max: u32,

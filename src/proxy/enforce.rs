@@ -364,7 +364,7 @@ impl Enforcer {
     /// still alive, and gives the chain as it is now.
     async fn hold(&self, entry: &TokenEntry, summary: Summary) -> Result<TokenEntry, ProxyError> {
         self.approvals
-            .hold(&entry.record.tenant, summary)
+            .hold(&entry.record.tenant, &entry.root().record.id, summary)
             .await
             .map_err(|e| match e {
                 NotApproved::Denied { .. } => ProxyError::ApprovalDenied(e.to_string()),

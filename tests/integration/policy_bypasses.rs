@@ -336,6 +336,45 @@ async fn held_requests_count_against_limits_and_are_capped_per_token() {
 }
 
 #[tokio::test]
+async fn held_requests_of_derived_tokens_share_their_roots_cap() {
+    let (_mock, env) = setup("[approvals]\ntimeout = \"3s\"\n").await;
+    let root = env
+        .create_token(
+            "main",
+            &["--require-approval", "POST /v1/images/generations"],
+        )
+        .await;
+    let broker = env.serve().await;
+    // Each child is a new token id: counted apart, every child derived would bring 8 more.
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let reply = post(
+            &broker.url("/seks/v1/tokens/derive"),
+            ("authorization", &format!("Bearer {root}")),
+            "application/json",
+            "{}",
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        children.push(reply.json()["token"].as_str().unwrap().to_owned());
+    }
+    let url = broker.url("/api/openai/v1/images/generations");
+    let calls: Vec<_> = hold_many(&url, &children[0], 6)
+        .into_iter()
+        .chain(hold_many(&url, &children[1], 6))
+        .chain(hold_many(&url, &root, 2))
+        .collect();
+    let mut refused = Vec::new();
+    for call in calls {
+        refused.push(code(&call.await.unwrap()));
+    }
+    let count = |c: &str| refused.iter().filter(|(_, code)| code == c).count();
+    assert_eq!(count("too_many_pending_approvals"), 14 - 8, "{refused:?}");
+    assert_eq!(count("approval_timeout"), 8, "{refused:?}");
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn what_an_agent_writes_into_a_held_request_cannot_spoof_the_approvals_list() {
     let (_mock, env) = setup("[approvals]\ntimeout = \"3s\"\n").await;
     let token = env

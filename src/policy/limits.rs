@@ -269,7 +269,8 @@ pub struct Limits {
 pub struct Admission {
     in_flight: Vec<InFlight>,
     charged: Vec<Arc<TokenLimits>>,
-    counts_tokens: bool,
+    /// The charged tokens that have a token budget, with it.
+    budgets: Vec<(Arc<TokenLimits>, u64)>,
 }
 
 impl Admission {
@@ -280,8 +281,32 @@ impl Admission {
 
     /// Whether some link has a token budget, so the response's usage must be read.
     pub fn counts_tokens(&self) -> bool {
-        self.counts_tokens
+        !self.budgets.is_empty()
     }
+
+    /// The token budget among this request's links that its usage so far has used up, if
+    /// any: for a WebSocket session, charged as it goes, which must end then.
+    pub fn budget_used_up(&self, now: i64) -> Option<Limited> {
+        self.budgets.iter().find_map(|(counters, max)| {
+            let day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
+            tokens_used_up(&day, *max, now)
+        })
+    }
+}
+
+/// How long until the UTC day of `now` ends.
+fn until_tomorrow(now: i64) -> Duration {
+    let tomorrow = (now.div_euclid(DAY_SECS) + 1) * DAY_SECS;
+    Duration::from_secs(u64::try_from(tomorrow - now).unwrap_or(1))
+}
+
+/// The refusal of a token budget of `max` that `day`'s usage has reached on the day of `now`.
+fn tokens_used_up(day: &Day, max: u64, now: i64) -> Option<Limited> {
+    (day.day == now.div_euclid(DAY_SECS) && day.tokens >= max).then(|| Limited::DailyTokens {
+        max,
+        used: day.tokens,
+        retry_after: until_tomorrow(now),
+    })
 }
 
 impl Limits {
@@ -407,8 +432,6 @@ impl Limits {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let today = now.div_euclid(DAY_SECS);
-        let until_tomorrow =
-            Duration::from_secs(u64::try_from((today + 1) * DAY_SECS - now).unwrap_or(1));
         for (counters, spec) in links {
             let mut day = counters.day.lock().unwrap_or_else(PoisonError::into_inner);
             TokenLimits::roll(&mut day, today);
@@ -417,21 +440,23 @@ impl Limits {
             {
                 return Err(Limited::DailyRequests {
                     max,
-                    retry_after: until_tomorrow,
+                    retry_after: until_tomorrow(now),
                 });
             }
-            if let Some(max) = spec.daily_tokens
-                && day.tokens >= max
+            if let Some(spent) = spec
+                .daily_tokens
+                .and_then(|max| tokens_used_up(&day, max, now))
             {
-                return Err(Limited::DailyTokens {
-                    max,
-                    used: day.tokens,
-                    retry_after: until_tomorrow,
-                });
+                return Err(spent);
             }
         }
         let mut admission = Admission {
-            counts_tokens: links.iter().any(|(_, spec)| spec.daily_tokens.is_some()),
+            budgets: links
+                .iter()
+                .filter_map(|(counters, spec)| {
+                    spec.daily_tokens.map(|max| (Arc::clone(counters), max))
+                })
+                .collect(),
             ..Admission::default()
         };
         let shared = counting == Counting::Shared;

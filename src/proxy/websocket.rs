@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use super::{ProxyError, TokenWatch, rewrite};
 use crate::clock;
 use crate::keyring::Keyring;
-use crate::policy::limits::{Admission, Limits, TokenLimits};
+use crate::policy::limits::{Admission, Limits};
 use crate::policy::usage::Usage;
 use crate::scrub::{self, Redactor, Scrubber};
 
@@ -145,10 +145,7 @@ impl Sessions {
             .await;
             let ended = closing_frame(watch, cut_off);
             // Under a token budget, the usage upstream messages report is charged as they come.
-            let budget = admission
-                .as_ref()
-                .filter(|a| a.counts_tokens())
-                .map(Admission::charged);
+            let budget = admission.as_ref().filter(|a| a.counts_tokens());
             relay(agent, upstream, &keyring.redactor(), ended, budget).await;
             // Released only now: an open session counts against `concurrency` like a
             // streaming response does.
@@ -220,32 +217,35 @@ fn switched_response(
 /// upstream's scrubbed with `redactor`'s scrubber as each arrives; or until `ended` says the
 /// session must end, which closes both sides: the agent's with the frame it gives, the
 /// upstream's as going away (1001); or until either side sends a message over the limit,
-/// which closes both as too big (1009).
+/// which closes both as too big (1009); or until the usage the upstream's messages report
+/// uses up `budget`'s token budget, which closes both as a policy violation (1008,
+/// `budget_exhausted`).
 async fn relay<A, U>(
     agent: WebSocketStream<A>,
     upstream: WebSocketStream<U>,
     redactor: &Redactor,
     ended: impl Future<Output = CloseFrame>,
-    budget: Option<&[Arc<TokenLimits>]>,
+    budget: Option<&Admission>,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut to_agent, from_agent) = agent.split();
     let (mut to_upstream, from_upstream) = upstream.split();
-    let outbound = pump(from_agent, &mut to_upstream, |message| message);
+    let outbound = pump(from_agent, &mut to_upstream, |message| (message, None));
     let inbound = pump(from_upstream, &mut to_agent, |message| {
-        if let Some(charged) = budget
-            && let Message::Text(text) = &message
-        {
-            charge_reported_usage(charged, text.as_str());
-        }
-        scrubbed(message, &redactor.load())
+        let spent = match (budget, &message) {
+            (Some(admission), Message::Text(text)) => {
+                charge_reported_usage(admission, text.as_str())
+            }
+            _ => None,
+        };
+        (scrubbed(message, &redactor.load()), spent)
     });
     // When one direction ends, so does the session: the frames each side is then sent.
     let closing = tokio::select! {
-        too_big = outbound => too_big.map(|frame| (frame.clone(), frame)),
-        too_big = inbound => too_big.map(|frame| (frame.clone(), frame)),
+        last = outbound => last.map(|frame| (frame.clone(), frame)),
+        last = inbound => last.map(|frame| (frame.clone(), frame)),
         close = ended => Some((close, CloseFrame {
             code: CloseCode::Away,
             reason: "".into(),
@@ -267,30 +267,35 @@ async fn relay<A, U>(
 /// The close frame for both sides when a side's message broke off with `error` because it
 /// was over the limit; `None` for any other error, which just ends the session.
 /// Send `from`'s messages, each passed through `each`, to `to` until either side stops, then
-/// close `to`; unless a message was over the limit: then the frame both sides must be sent.
+/// close `to`; unless a message was over the limit, or `each` said the one it gave must be
+/// the last: then the frame both sides must be sent.
 async fn pump<S, K>(
     mut from: S,
     to: &mut K,
-    mut each: impl FnMut(Message) -> Message,
+    mut each: impl FnMut(Message) -> (Message, Option<CloseFrame>),
 ) -> Option<CloseFrame>
 where
     S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     K: futures_util::Sink<Message> + Unpin,
 {
-    let too_big = loop {
+    let closing = loop {
         let message = match from.next().await {
             Some(Ok(message)) => message,
             Some(Err(e)) => break too_big(&e),
             None => break None,
         };
-        if to.send(each(message)).await.is_err() {
+        let (message, last) = each(message);
+        if to.send(message).await.is_err() {
             break None;
         }
+        if last.is_some() {
+            break last;
+        }
     };
-    if too_big.is_none() {
+    if closing.is_none() {
         let _ = to.close().await;
     }
-    too_big
+    closing
 }
 
 fn too_big(error: &tungstenite::Error) -> Option<CloseFrame> {
@@ -306,12 +311,21 @@ fn too_big(error: &tungstenite::Error) -> Option<CloseFrame> {
 
 /// Charge the usage an upstream message reports to a token budget. Each of OpenAI Realtime's
 /// `response.done` events reports its own response's usage, so a session's messages add up;
-/// they are charged as they arrive, since a session may last for hours.
-fn charge_reported_usage(charged: &[Arc<TokenLimits>], text: &str) {
+/// they are charged as they arrive, since a session may last for hours. Once the budget is
+/// used up, gives the frame that ends the session (1008, `budget_exhausted`): checked only
+/// at the handshake, it would let the session ask for responses without bound.
+fn charge_reported_usage(admission: &Admission, text: &str) -> Option<CloseFrame> {
     let tokens = Usage::reported_in(text.as_bytes()).tokens();
-    if tokens > 0 {
-        Limits::add_tokens(charged, tokens, clock::now());
+    if tokens == 0 {
+        return None;
     }
+    let now = clock::now();
+    Limits::add_tokens(admission.charged(), tokens, now);
+    let spent = admission.budget_used_up(now)?;
+    Some(CloseFrame {
+        code: CloseCode::Policy,
+        reason: ProxyError::Limited(spent).code().into(),
+    })
 }
 
 /// A message from upstream with every secret masked (lengths stay, as in bodies).

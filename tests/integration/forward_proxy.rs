@@ -1092,18 +1092,30 @@ async fn an_open_websocket_session_holds_its_concurrency_slot() {
 }
 
 #[tokio::test]
-async fn usage_reported_in_a_websocket_session_is_charged_to_the_token_budget() {
+async fn a_websocket_session_is_charged_its_reported_usage_and_ends_once_its_budget_is_used_up() {
     let (echo, s, _) = ws_setup("").await;
     let token = s
         .env
-        .create_token("ws", &["--agent", "budget", "--daily-tokens", "100"])
+        .create_token("ws", &["--agent", "spender", "--daily-tokens", "100"])
         .await;
     let url = format!("ws://{}/api/wsecho/socket", s.broker.addr);
     let env = [("SEKS_TOKEN", token.as_str())];
-    // What OpenAI's Realtime API sends when a response is done; the echo sends it back.
+    // A session may last for hours: were the budget checked only at the handshake, the
+    // responses it asks for after the budget ran out would go on unbounded.
     let done = r#"{"type":"response.done","response":{"usage":{"total_tokens":5000}}}"#;
-    let out = run_python("ws_client.py", &[url.as_str(), "--first", done], &env).await;
+    let out = run_python(
+        "ws_client.py",
+        &[url.as_str(), "--first", done, "--until-closed"],
+        &env,
+    )
+    .await;
     assert!(out.status.success(), "{out:#?}");
+    assert_eq!(
+        out.stdout.trim(),
+        "closed 1008 budget_exhausted",
+        "{out:#?}"
+    );
+    // What the session reported was charged: the next one is refused at the handshake.
     let out = run_python("ws_client.py", &[url.as_str()], &env).await;
     assert!(!out.status.success(), "{out:#?}");
     assert!(out.stderr.contains("429"), "{out:#?}");

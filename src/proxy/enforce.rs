@@ -200,21 +200,7 @@ impl Enforcer {
                 admission: None,
             });
         }
-        // A model that can't be read from the body would slip past `models`, so a body that
-        // isn't JSON, or names its model oddly, is refused whenever a model list applies.
-        let checks_models =
-            provider.model_in.reads_body() && specs.iter().any(|(_, s)| s.models.is_some());
-        let checks_body = specs.iter().any(|(_, s)| !s.body.is_empty());
-        // A session's messages are relayed unread, so one could carry what a body rule
-        // refuses in a request body. Applying the rules to each message instead would check
-        // messages of another shape than the one the rules were written for (`required`
-        // would refuse every other message), so such a token opens no session at all.
-        if checks_body && websocket::is_upgrade(&parts.headers) {
-            return Err(ProxyError::BadBody(
-                "the token's policy checks fields of the request body, which a WebSocket \
-                 session's messages would carry unchecked, so it can't open one",
-            ));
-        }
+        let (checks_models, checks_body) = reads_body_for(provider, &specs);
         let count_stream_usage = provider.stream_usage_opt_in
             && parts.method == Method::POST
             && specs.iter().any(|(_, s)| s.daily_tokens.is_some());
@@ -235,60 +221,11 @@ impl Enforcer {
             }
             (_, body) => body,
         };
-        let json = match &body {
-            ForwardBody::Buffered(bytes) => parse_json(bytes, checks_models || checks_body)?,
-            ForwardBody::Streamed(_) => None,
-        };
-        // An upstream reads a body by its declared type: valid JSON declared as a form
-        // (`{"channel":"C_OK","x":"&channel=C_EVIL&"}`) would be checked as one request and
-        // carried out as another.
-        if (checks_models || checks_body) && json.is_some() && !declares_json(&parts.headers) {
-            return Err(ProxyError::BadBody(
-                "the token's policy reads the request body as JSON, so its Content-Type must \
-                 be JSON (or absent)",
-            ));
-        }
-        // Slack, Telegram and Stripe read arguments from the query string as well as the body,
-        // so a field a body rule checks could be given there instead, unchecked.
-        if checks_body && names_a_checked_field(&specs, parts.uri.query()) {
-            return Err(ProxyError::BadBody(
-                "the token's policy checks a field of the request body, which may not also be \
-                 given in the query string",
-            ));
-        }
-        // OpenAI's Realtime API names its model in the query (`/v1/realtime?model=…`), where a
-        // WebSocket handshake has no body to name it in.
-        let in_query = if provider.model_in.reads_body() {
-            query_models(parts.uri.query())
-        } else {
-            Vec::new()
-        };
-        let mut models = match provider.model_in.find(path.path(), json.as_ref()) {
-            Ok(models) => models,
-            Err(UnreadableModel) if checks_models => {
-                return Err(ProxyError::BadBody(
-                    "the token's policy checks the model, so `model` must be a string",
-                ));
-            }
-            Err(UnreadableModel) => Vec::new(),
-        };
-        models.extend(in_query.iter().map(String::as_str));
-        // A WebSocket session may name its model in a message (Gemini's Live API does, in its
-        // first), which the broker relays unread: under a model list, the handshake must, where
-        // the upstream reads it (not in a body, and not in a query the upstream ignores).
-        if checks_models
-            && websocket::is_upgrade(&parts.headers)
-            && (in_query.is_empty() || !provider.model_in.session_model_in_query())
-        {
-            return Err(ProxyError::BadBody(
-                "the token's policy checks the model, so a WebSocket session must name it in \
-                 the URL (`?model=`) of an API that takes it from there (OpenAI-style realtime \
-                 APIs do, Gemini's Live API doesn't)",
-            ));
-        }
+        let (json, models) = request_facts(provider, parts, &path, &specs, &body)?;
         if !models.is_empty() {
             seen.model = Some(models.join(", "));
         }
+        let models: Vec<&str> = models.iter().map(String::as_str).collect();
         let facts = RequestFacts {
             path: &path,
             models: &models,
@@ -324,6 +261,15 @@ impl Enforcer {
             let specs = self::specs(&current)?;
             check_credential_route(provider, &path, &specs).map_err(ProxyError::Policy)?;
             check_graphql(provider, parts, &path, &specs, &body)?;
+            // Read again under the policies as they are now: one that checks what the request
+            // hides (a model it names unreadably, a body that isn't JSON) refuses it.
+            let (json, models) = request_facts(provider, parts, &path, &specs, &body)?;
+            let models: Vec<&str> = models.iter().map(String::as_str).collect();
+            let facts = RequestFacts {
+                path: &path,
+                models: &models,
+                body: json.as_ref(),
+            };
             for (_, spec) in specs {
                 policy::check_request(spec, &facts).map_err(ProxyError::Policy)?;
             }
@@ -428,6 +374,91 @@ impl Enforcer {
             .map(Some)
             .map_err(ProxyError::Limited)
     }
+}
+
+/// Whether `specs` read the request body: for a model list where the provider names the
+/// model there, and for body rules.
+fn reads_body_for(provider: &Provider, specs: &[(&TokenEntry, &PolicySpec)]) -> (bool, bool) {
+    let checks_models =
+        provider.model_in.reads_body() && specs.iter().any(|(_, s)| s.models.is_some());
+    let checks_body = specs.iter().any(|(_, s)| !s.body.is_empty());
+    (checks_models, checks_body)
+}
+
+/// The request's JSON body and the models it names, as `specs` must see them; refused when
+/// they check something the request could carry unread.
+fn request_facts(
+    provider: &Provider,
+    parts: &Parts,
+    path: &RequestPath,
+    specs: &[(&TokenEntry, &PolicySpec)],
+    body: &ForwardBody,
+) -> Result<(Option<Value>, Vec<String>), ProxyError> {
+    // A model that can't be read from the body would slip past `models`, so a body that
+    // isn't JSON, or names its model oddly, is refused whenever a model list applies.
+    let (checks_models, checks_body) = reads_body_for(provider, specs);
+    // A session's messages are relayed unread, so one could carry what a body rule
+    // refuses in a request body. Applying the rules to each message instead would check
+    // messages of another shape than the one the rules were written for (`required`
+    // would refuse every other message), so such a token opens no session at all.
+    if checks_body && websocket::is_upgrade(&parts.headers) {
+        return Err(ProxyError::BadBody(
+            "the token's policy checks fields of the request body, which a WebSocket \
+             session's messages would carry unchecked, so it can't open one",
+        ));
+    }
+    let json = match body {
+        ForwardBody::Buffered(bytes) => parse_json(bytes, checks_models || checks_body)?,
+        ForwardBody::Streamed(_) => None,
+    };
+    // An upstream reads a body by its declared type: valid JSON declared as a form
+    // (`{"channel":"C_OK","x":"&channel=C_EVIL&"}`) would be checked as one request and
+    // carried out as another.
+    if (checks_models || checks_body) && json.is_some() && !declares_json(&parts.headers) {
+        return Err(ProxyError::BadBody(
+            "the token's policy reads the request body as JSON, so its Content-Type must \
+             be JSON (or absent)",
+        ));
+    }
+    // Slack, Telegram and Stripe read arguments from the query string as well as the body,
+    // so a field a body rule checks could be given there instead, unchecked.
+    if checks_body && names_a_checked_field(specs, parts.uri.query()) {
+        return Err(ProxyError::BadBody(
+            "the token's policy checks a field of the request body, which may not also be \
+             given in the query string",
+        ));
+    }
+    // OpenAI's Realtime API names its model in the query (`/v1/realtime?model=…`), where a
+    // WebSocket handshake has no body to name it in.
+    let in_query = if provider.model_in.reads_body() {
+        query_models(parts.uri.query())
+    } else {
+        Vec::new()
+    };
+    let mut models: Vec<String> = match provider.model_in.find(path.path(), json.as_ref()) {
+        Ok(models) => models.into_iter().map(str::to_owned).collect(),
+        Err(UnreadableModel) if checks_models => {
+            return Err(ProxyError::BadBody(
+                "the token's policy checks the model, so `model` must be a string",
+            ));
+        }
+        Err(UnreadableModel) => Vec::new(),
+    };
+    // A WebSocket session may name its model in a message (Gemini's Live API does, in its
+    // first), which the broker relays unread: under a model list, the handshake must, where
+    // the upstream reads it (not in a body, and not in a query the upstream ignores).
+    if checks_models
+        && websocket::is_upgrade(&parts.headers)
+        && (in_query.is_empty() || !provider.model_in.session_model_in_query())
+    {
+        return Err(ProxyError::BadBody(
+            "the token's policy checks the model, so a WebSocket session must name it in \
+             the URL (`?model=`) of an API that takes it from there (OpenAI-style realtime \
+             APIs do, Gemini's Live API doesn't)",
+        ));
+    }
+    models.extend(in_query);
+    Ok((json, models))
 }
 
 /// Check that the token and each of its ancestors is alive.

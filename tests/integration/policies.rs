@@ -610,6 +610,66 @@ async fn a_request_held_while_its_token_is_revoked_or_narrowed_is_refused_even_i
 }
 
 #[tokio::test]
+async fn a_held_request_whose_model_a_narrowed_policy_cannot_read_is_refused_once_approved() {
+    let (mock, env) = setup("[approvals]\ntimeout = \"20s\"\n").await;
+    let broker = env.serve().await;
+    let hold = ["--require-approval", "POST /v1/images/edits"];
+    let token = env
+        .create_token("main", &[&hold[..], &["--agent", "editor"]].concat())
+        .await;
+    let id = env.token_id("editor").await;
+    // A multipart upload names its model where the broker doesn't read: under a model list
+    // it is refused on arrival, and so must it be when the list was set while it waited.
+    let boundary = "b0undary";
+    let body = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\n\
+         gpt-image-1\r\n--{boundary}--\r\n"
+    );
+    let (url, auth) = (
+        broker.url("/api/openai/v1/images/edits"),
+        format!("Bearer {token}"),
+    );
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let call = tokio::spawn(async move {
+        crate::support::http::send(
+            "POST",
+            &url,
+            &[("authorization", &auth), ("content-type", &content_type)],
+            body,
+        )
+        .await
+    });
+    let approval = first_pending(&env).await["id"].as_str().unwrap().to_owned();
+    env.cli(
+        &[
+            &["token", "update", id.as_str(), "--model", "dall-e-2"],
+            &hold[..],
+        ]
+        .concat(),
+        "",
+    )
+    .await
+    .ok();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.cli(&["approvals", "approve", &approval], "").await.ok();
+    let reply = call.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.header("x-seks-error")),
+        (400, Some("bad_body")),
+        "{}",
+        reply.body
+    );
+    assert!(
+        !mock
+            .requests()
+            .iter()
+            .any(|r| r.target.ends_with("/images/edits")),
+        "a request refused after its approval reached the upstream"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_held_graphql_operation_that_mints_a_credential_is_refused_once_the_grant_is_gone() {
     let (mock, env) = setup("[approvals]\ntimeout = \"20s\"\n").await;
     env.add_secret("lab", "gitlab", "glpat-HELD-real-key-0123456789")

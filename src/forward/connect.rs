@@ -109,17 +109,32 @@ impl ForwardProxy {
                  base-URL requests to the broker's agent listener",
             )),
         };
-        match route {
-            Ok(route) => {
-                if let Err(refusal) = self.check_destination(&route.dest).await {
-                    return self
-                        .refuse(client, request, refusal, Some(&route.dest), None)
-                        .await;
-                }
-                self.relay(&route, request).await
+        let route = match route {
+            Ok(route) => route,
+            Err(refusal) => return self.refuse(client, request, refusal, None, None).await,
+        };
+        // The caller first, as for CONNECT: an unauthenticated client learns nothing about
+        // destinations (the allow list, or what a name resolves to).
+        let entry = match self.authenticate(request.headers()).await {
+            Ok((_, entry)) => entry,
+            Err(e) => {
+                return self
+                    .refuse(client, request, e, Some(&route.dest), None)
+                    .await;
             }
-            Err(refusal) => self.refuse(client, request, refusal, None, None).await,
+        };
+        if let Err(refusal) = self.check_destination(&route.dest).await {
+            return self
+                .refuse(
+                    client,
+                    request,
+                    refusal,
+                    Some(&route.dest),
+                    Some(&entry.record),
+                )
+                .await;
         }
+        self.relay(&route, request).await
     }
 
     /// Open a tunnel for an authenticated caller to an allowed destination.
@@ -132,17 +147,9 @@ impl ForwardProxy {
             Ok(dest) => dest,
             Err(refusal) => return self.refuse(client, request, refusal, None, None).await,
         };
-        let caller = match proxy_token(request.headers()) {
-            Ok(token) => token,
-            Err(refusal) => {
-                return self
-                    .refuse(client, request, refusal, Some(&dest), None)
-                    .await;
-            }
-        };
         // The caller first: an unauthenticated client learns nothing about destinations.
-        let entry = match self.caller(&caller).await {
-            Ok(entry) => entry,
+        let (caller, entry) = match self.authenticate(request.headers()).await {
+            Ok(authenticated) => authenticated,
             Err(e) => return self.refuse(client, request, e, Some(&dest), None).await,
         };
         if let Err(refusal) = self.check_destination(&dest).await {
@@ -189,6 +196,16 @@ impl ForwardProxy {
                 }
             },
         }
+    }
+
+    /// The caller's token from Proxy-Authorization and its entry, or a 407 saying why not.
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(SecretString, Arc<crate::keyring::TokenEntry>), ProxyError> {
+        let token = proxy_token(headers)?;
+        let entry = self.caller(&token).await?;
+        Ok((token, entry))
     }
 
     /// The caller's token entry: alive, or a 407 saying why not.

@@ -577,6 +577,44 @@ async fn the_egress_guard_refuses_metadata_private_addresses_the_admin_port_and_
     s.broker.stop().await;
 }
 
+/// Send one raw request to the proxy and read its response head.
+async fn raw_head(proxy: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(n > 0, "closed before the response head ended");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn an_unauthenticated_absolute_form_request_learns_nothing_about_destinations() {
+    let s = setup("").await;
+    // Off the allow list, and on it but resolving to cloud metadata: without a caller, both
+    // are the same 407, as for CONNECT.
+    for host in ["evil.example", "metadata.example.test"] {
+        let head = raw_head(
+            s.proxy,
+            &format!("GET http://{host}/ HTTP/1.1\r\nhost: {host}\r\n\r\n"),
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 407"), "{host}: {head}");
+        assert!(head.contains("proxy-authenticate: basic"), "{host}: {head}");
+        assert!(
+            head.contains("x-seks-error: proxy_auth_required"),
+            "{host}: {head}"
+        );
+    }
+    s.broker.stop().await;
+}
+
 #[tokio::test]
 async fn absolute_form_http_requests_are_relayed_and_credentials_stay_off_plain_http_to_real_hosts()
 {

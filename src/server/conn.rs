@@ -2,9 +2,11 @@
 //! and latency counts) and counted for the `connections_active` metric, and the accept loop
 //! both listeners share.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,13 +14,16 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
+use bytes::Bytes;
 use http::Request;
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutBody;
 use tower_service::Service;
 
@@ -27,6 +32,9 @@ use crate::metrics;
 /// Longest a client may leave a request unfinished: no byte of its head, or of its body
 /// once the broker reads it, for this long and the request is dropped.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest an idle connection being closed waits for its client's part of the handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// A request body that fails once the client has sent nothing for [`CLIENT_TIMEOUT`], so
 /// whatever reads it (policy, a capability, the upstream) gets an error, not a hang.
@@ -37,7 +45,8 @@ pub fn timed_body(body: Incoming) -> Body {
 /// Serve `router` on `listener` until `shutdown` resolves, then wait for open connections
 /// to finish. Unlike `axum::serve`, connections get hyper's timer, so a client that never
 /// finishes its request head (or sits idle between requests) is cut after
-/// [`CLIENT_TIMEOUT`] instead of holding its connection and task forever.
+/// [`CLIENT_TIMEOUT`] instead of holding its connection and task forever; hyper has no such
+/// timer for HTTP/2, so a connection with no request open for that long is closed too.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
@@ -46,7 +55,8 @@ pub async fn serve<L>(
 where
     L: Listener<Addr = SocketAddr>,
 {
-    let graceful = GracefulShutdown::new();
+    let (stop, _) = watch::channel(false);
+    let tasks = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -54,12 +64,19 @@ where
             () = &mut shutdown => break,
         };
         let router = router.clone();
+        let (open, requests) = watch::channel(Requests::default());
+        let open = Arc::new(open);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut request = request.map(timed_body);
             request
                 .extensions_mut()
                 .insert(ConnectInfo(ClientAddr(addr)));
-            router.clone().call(request)
+            let held = Held::begin(&open);
+            let response = router.clone().call(request);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| Body::new(HeldBody { body, _held: held })))
+            }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -70,15 +87,113 @@ where
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let mut stopping = stop.subscribe();
+        tasks.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
+                () = idle(requests.clone(), CLIENT_TIMEOUT) => {
+                    conn.as_mut().graceful_shutdown();
+                    // Unless a request slipped in, a client that doesn't take part in the
+                    // closing handshake is dropped.
+                    tokio::select! {
+                        served = conn.as_mut() => served,
+                        () = idle(requests, CLOSE_WAIT) => Ok(()),
+                    }
+                }
+                () = async {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
-    graceful.shutdown().await;
+    let _ = stop.send(true);
+    tasks.close();
+    tasks.wait().await;
     Ok(())
+}
+
+/// The requests of one connection: how many are open (until their response bodies end), and
+/// how many have begun or ended, so a quick one still counts as activity.
+#[derive(Debug, Default, Clone, Copy)]
+struct Requests {
+    open: usize,
+    events: u64,
+}
+
+/// One open request of a connection.
+struct Held(Arc<watch::Sender<Requests>>);
+
+impl Held {
+    fn begin(requests: &Arc<watch::Sender<Requests>>) -> Self {
+        requests.send_modify(|r| {
+            r.open += 1;
+            r.events = r.events.wrapping_add(1);
+        });
+        Held(requests.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.send_modify(|r| {
+            r.open = r.open.saturating_sub(1);
+            r.events = r.events.wrapping_add(1);
+        });
+    }
+}
+
+/// A response body that keeps its request counted as open until it is done with.
+struct HeldBody {
+    body: Body,
+    /// Dropped with the body, ending the request.
+    _held: Held,
+}
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Resolves once the connection has had no request open, and none begin or end, for `wait`.
+async fn idle(mut requests: watch::Receiver<Requests>, wait: Duration) {
+    loop {
+        let open = requests.borrow_and_update().open;
+        let changed = requests.changed();
+        let changed = if open == 0 {
+            match tokio::time::timeout(wait, changed).await {
+                Ok(changed) => changed,
+                Err(_) => return,
+            }
+        } else {
+            changed.await
+        };
+        // The service is gone, and with it the connection: nothing left to time out.
+        if changed.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// A TCP listener whose connections are counted while open.

@@ -45,6 +45,21 @@ async fn a_request_head_that_never_ends_is_cut() {
     broker.stop().await;
 }
 
+#[tokio::test]
+async fn an_http2_connection_that_opens_no_stream_is_cut() {
+    let mock = MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    let broker = env.serve().await;
+    // The connection preface, empty settings and an acknowledgement of the broker's: a live
+    // HTTP/2 client that then never sends a request.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]);
+    let held = held_open_for(broker.addr, &hello).await;
+    assert!(held < Duration::from_secs(45), "agent listener: {held:?}");
+    broker.stop().await;
+}
+
 /// Send `request` and read the broker's whole answer, within 60 s.
 async fn answer_to(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");

@@ -1,6 +1,7 @@
 //! TLS interception inside a CONNECT tunnel: the agent's TLS is terminated with a leaf for
 //! the CONNECT host from the broker's CA (a TLS server name naming another host ends the
-//! tunnel), and the requests inside are served over HTTP/1.1 or HTTP/2 (ALPN).
+//! tunnel), and the requests inside are served over HTTP/1.1 or HTTP/2 (ALPN) until the
+//! tunnel has had no request open for a while.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::connect::Route;
 use super::{ForwardProxy, Refusal, stopping};
 use crate::metrics;
-use crate::server::timed_body;
+use crate::server::{OpenRequests, serve_until_idle, timed_body};
 
 /// Longest wait for the agent's TLS handshake once the tunnel is open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,11 +67,17 @@ pub(super) async fn intercept(forward: Arc<ForwardProxy>, on_upgrade: OnUpgrade,
         }
     };
     let route = Arc::new(route);
+    let requests = OpenRequests::default();
     let service = {
         let forward = forward.clone();
+        let counted = requests.clone();
         service_fn(move |request: Request<Incoming>| {
             let (forward, route) = (forward.clone(), route.clone());
-            async move { Ok::<_, Infallible>(forward.relay(&route, request.map(timed_body)).await) }
+            let held = counted.hold();
+            async move {
+                let response = forward.relay(&route, request.map(timed_body)).await;
+                Ok::<_, Infallible>(held.on(response))
+            }
         })
     };
     let mut stop = forward.stop.subscribe();
@@ -78,15 +85,7 @@ pub(super) async fn intercept(forward: Arc<ForwardProxy>, on_upgrade: OnUpgrade,
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    let served = tokio::select! {
-        served = conn.as_mut() => served,
-        () = stopping(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = served {
+    if let Err(e) = serve_until_idle(conn, &requests, stopping(&mut stop)).await {
         tracing::debug!(error = %e, "forward proxy: tunnel ended with an error");
     }
 }

@@ -15,11 +15,12 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -64,19 +65,16 @@ where
             () = &mut shutdown => break,
         };
         let router = router.clone();
-        let (open, requests) = watch::channel(Requests::default());
-        let open = Arc::new(open);
+        let requests = OpenRequests::default();
+        let counted = requests.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut request = request.map(timed_body);
             request
                 .extensions_mut()
                 .insert(ConnectInfo(ClientAddr(addr)));
-            let held = Held::begin(&open);
+            let held = counted.hold();
             let response = router.clone().call(request);
-            async move {
-                let response = response.await?;
-                Ok::<_, Infallible>(response.map(|body| Body::new(HeldBody { body, _held: held })))
-            }
+            async move { Ok::<_, Infallible>(held.on(response.await?)) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -87,28 +85,12 @@ where
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let mut stopping = stop.subscribe();
+        let mut stopped = stop.subscribe();
         tasks.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let served = tokio::select! {
-                served = conn.as_mut() => served,
-                () = idle(requests.clone(), CLIENT_TIMEOUT) => {
-                    conn.as_mut().graceful_shutdown();
-                    // Unless a request slipped in, a client that doesn't take part in the
-                    // closing handshake is dropped.
-                    tokio::select! {
-                        served = conn.as_mut() => served,
-                        () = idle(requests, CLOSE_WAIT) => Ok(()),
-                    }
-                }
-                () = async {
-                    let _ = stopping.wait_for(|stop| *stop).await;
-                } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let stopping = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
             };
-            if let Err(e) = served {
+            if let Err(e) = serve_until_idle(conn, &requests, stopping).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -119,32 +101,92 @@ where
     Ok(())
 }
 
-/// The requests of one connection: how many are open (until their response bodies end), and
-/// how many have begun or ended, so a quick one still counts as activity.
+/// Serve `conn` until it ends; once `stop` resolves, or once it has had no request open
+/// for [`CLIENT_TIMEOUT`] (hyper times out idle HTTP/1 connections, but not HTTP/2 ones), it
+/// is shut down gracefully.
+pub(crate) async fn serve_until_idle<C: GracefulConnection>(
+    conn: C,
+    requests: &OpenRequests,
+    stop: impl Future<Output = ()>,
+) -> Result<(), C::Error> {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => served,
+        () = requests.idle_for(CLIENT_TIMEOUT) => {
+            conn.as_mut().graceful_shutdown();
+            // Unless a request slipped in, a client that doesn't take part in the closing
+            // handshake is dropped.
+            tokio::select! {
+                served = conn.as_mut() => served,
+                () = requests.idle_for(CLOSE_WAIT) => Ok(()),
+            }
+        }
+        () = stop => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+/// How many requests of one connection are open (until their response bodies end), and how
+/// many have begun or ended, so a quick one still counts as activity.
 #[derive(Debug, Default, Clone, Copy)]
-struct Requests {
+struct Count {
     open: usize,
     events: u64,
 }
 
+/// The requests open on one connection.
+#[derive(Clone)]
+pub(crate) struct OpenRequests(Arc<watch::Sender<Count>>);
+
+impl Default for OpenRequests {
+    fn default() -> Self {
+        OpenRequests(Arc::new(watch::channel(Count::default()).0))
+    }
+}
+
+impl OpenRequests {
+    /// Count a request as open, until [`Held::on`]'s response body is done with.
+    pub(crate) fn hold(&self) -> Held {
+        self.0.send_modify(|c| {
+            c.open += 1;
+            c.events = c.events.wrapping_add(1);
+        });
+        Held(self.0.clone())
+    }
+
+    /// Resolves once no request has been open, and none has begun or ended, for `wait`.
+    async fn idle_for(&self, wait: Duration) {
+        let mut count = self.0.subscribe();
+        loop {
+            let open = count.borrow_and_update().open;
+            let changed = count.changed();
+            if open > 0 {
+                // The sender lives as long as `self`: this can't fail.
+                let _ = changed.await;
+            } else if tokio::time::timeout(wait, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// One open request of a connection.
-struct Held(Arc<watch::Sender<Requests>>);
+pub(crate) struct Held(Arc<watch::Sender<Count>>);
 
 impl Held {
-    fn begin(requests: &Arc<watch::Sender<Requests>>) -> Self {
-        requests.send_modify(|r| {
-            r.open += 1;
-            r.events = r.events.wrapping_add(1);
-        });
-        Held(requests.clone())
+    /// The response, whose body keeps the request open until it is done with.
+    pub(crate) fn on(self, response: Response<Body>) -> Response<Body> {
+        response.map(|body| Body::new(HeldBody { body, _held: self }))
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.send_modify(|r| {
-            r.open = r.open.saturating_sub(1);
-            r.events = r.events.wrapping_add(1);
+        self.0.send_modify(|c| {
+            c.open = c.open.saturating_sub(1);
+            c.events = c.events.wrapping_add(1);
         });
     }
 }
@@ -173,26 +215,6 @@ impl http_body::Body for HeldBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// Resolves once the connection has had no request open, and none begin or end, for `wait`.
-async fn idle(mut requests: watch::Receiver<Requests>, wait: Duration) {
-    loop {
-        let open = requests.borrow_and_update().open;
-        let changed = requests.changed();
-        let changed = if open == 0 {
-            match tokio::time::timeout(wait, changed).await {
-                Ok(changed) => changed,
-                Err(_) => return,
-            }
-        } else {
-            changed.await
-        };
-        // The service is gone, and with it the connection: nothing left to time out.
-        if changed.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 }
 

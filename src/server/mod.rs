@@ -30,6 +30,7 @@ use crate::proxy::Proxy;
 use crate::store::Store;
 pub use conn::{CLIENT_TIMEOUT, timed_body};
 use conn::{ClientAddr, CountedListener};
+pub(crate) use conn::{OpenRequests, serve_until_idle};
 
 /// What the agent listener's handlers share.
 pub struct AppState {

@@ -577,6 +577,46 @@ async fn the_egress_guard_refuses_metadata_private_addresses_the_admin_port_and_
     s.broker.stop().await;
 }
 
+#[tokio::test]
+async fn an_http2_tunnel_that_opens_no_stream_is_cut() {
+    let s = setup("").await;
+    let (status, _, stream) = connect(s.proxy, "api.openai.com:443", Some(&s.token)).await;
+    assert_eq!(status, 200);
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(&s.ca_file).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from("api.openai.com").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .unwrap();
+    // A live HTTP/2 client that never sends a request.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]);
+    tls.write_all(&hello).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the tunnel was still open after 60 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
+    s.broker.stop().await;
+}
+
 /// Send one raw request to the proxy and read its response head.
 async fn raw_head(proxy: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(proxy).await.unwrap();

@@ -299,6 +299,8 @@ fn is_public(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfec0
                 || (s[0] == 0x2001 && s[1] == 0x0db8)
                 || (s[0] == 0x2001 && s[1] == 0)
+                // Local-use NAT64 (64:ff9b:1::/48) reaches whatever IPv4 address it embeds.
+                || s[..3] == [0x64, 0xff9b, 1]
                 || s[..4] == [0x100, 0, 0, 0]
                 || s[..6] == [0, 0, 0, 0, 0, 0])
         }
@@ -353,6 +355,20 @@ mod tests {
         ] {
             assert!(!guard.allows(ip(private)), "{private}");
         }
+    }
+
+    #[test]
+    fn local_use_nat64_addresses_are_not_public() {
+        // RFC 8215's local-use prefix translates to whatever IPv4 address it embeds, cloud
+        // metadata included, and is never globally reachable.
+        let guard = AddressGuard::default();
+        for local in ["64:ff9b:1::a9:fe00:a9fe:0", "64:ff9b:1:a9fe:a9:fe00::"] {
+            assert!(!guard.allows(ip(local)), "{local}");
+        }
+        assert!(
+            guard.allows(ip("64:ff9b::808:808")),
+            "the well-known prefix to 8.8.8.8"
+        );
     }
 
     #[test]

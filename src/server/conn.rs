@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutBody;
 use tower_service::Service;
@@ -129,51 +131,60 @@ pub(crate) async fn serve_until_idle<C: GracefulConnection>(
 }
 
 /// How many requests of one connection are open (until their response bodies end), and how
-/// many have begun or ended, so a quick one still counts as activity.
-#[derive(Debug, Default, Clone, Copy)]
+/// many have begun or ended, so a quick one still counts as activity. Atomics, not a channel
+/// that wakes a watcher: they change on every request, and the idle check reads them rarely.
+#[derive(Debug, Default)]
 struct Count {
-    open: usize,
-    events: u64,
+    open: AtomicUsize,
+    events: AtomicU64,
+}
+
+impl Count {
+    fn begin(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The requests open on one connection.
-#[derive(Clone)]
-pub(crate) struct OpenRequests(Arc<watch::Sender<Count>>);
-
-impl Default for OpenRequests {
-    fn default() -> Self {
-        OpenRequests(Arc::new(watch::channel(Count::default()).0))
-    }
-}
+#[derive(Clone, Default)]
+pub(crate) struct OpenRequests(Arc<Count>);
 
 impl OpenRequests {
     /// Count a request as open, until [`Held::on`]'s response body is done with.
     pub(crate) fn hold(&self) -> Held {
-        self.0.send_modify(|c| {
-            c.open += 1;
-            c.events = c.events.wrapping_add(1);
-        });
+        self.0.begin();
         Held(self.0.clone())
     }
 
-    /// Resolves once no request has been open, and none has begun or ended, for `wait`.
+    /// Resolves once no request has been open, and none has begun or ended, for `wait` (up
+    /// to a sixth longer: the count is looked at six times per `wait`).
     async fn idle_for(&self, wait: Duration) {
-        let mut count = self.0.subscribe();
-        loop {
-            let open = count.borrow_and_update().open;
-            let changed = count.changed();
-            if open > 0 {
-                // The sender lives as long as `self`: this can't fail.
-                let _ = changed.await;
-            } else if tokio::time::timeout(wait, changed).await.is_err() {
-                return;
+        const LOOKS: u32 = 6;
+        let every = wait / LOOKS;
+        let mut looks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut seen = self.0.events.load(Ordering::Relaxed);
+        let mut quiet = 0;
+        while quiet < LOOKS {
+            looks.tick().await;
+            let events = self.0.events.load(Ordering::Relaxed);
+            if events == seen && self.0.open.load(Ordering::Relaxed) == 0 {
+                quiet += 1;
+            } else {
+                (seen, quiet) = (events, 0);
             }
         }
     }
 }
 
 /// One open request of a connection.
-pub(crate) struct Held(Arc<watch::Sender<Count>>);
+pub(crate) struct Held(Arc<Count>);
 
 impl Held {
     /// The response, whose body keeps the request open until it is done with.
@@ -184,10 +195,7 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.send_modify(|c| {
-            c.open = c.open.saturating_sub(1);
-            c.events = c.events.wrapping_add(1);
-        });
+        self.0.end();
     }
 }
 

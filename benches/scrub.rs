@@ -32,6 +32,14 @@ fn llm_json() -> Vec<Bytes> {
     body_of(event)
 }
 
+/// Streaming code with escaped backslashes (`"\\n"` in the code), which turns on the
+/// JSON-unescaping view for a second layer of escapes.
+fn llm_code_json() -> Vec<Bytes> {
+    let event =
+        br#"data: {"id":"chatcmpl-1","choices":[{"delta":{"content":"print(\"a\\nb\")\n"}}]}"#;
+    body_of(event)
+}
+
 /// Plain text without escapes (a file download).
 fn plain() -> Vec<Bytes> {
     body_of(b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuvwxyz. ")
@@ -55,6 +63,15 @@ fn run(scrubber: &Arc<Scrubber>, chunks: &[Bytes]) -> usize {
 fn stream_llm_json(bencher: divan::Bencher, secrets: usize) {
     let s = scrubber(secrets);
     let chunks = llm_json();
+    bencher
+        .counter(BytesCount::new(BODY_BYTES))
+        .bench(|| run(&s, &chunks));
+}
+
+#[divan::bench(args = [1, 1000], sample_count = 10)]
+fn stream_llm_code_json(bencher: divan::Bencher, secrets: usize) {
+    let s = scrubber(secrets);
+    let chunks = llm_code_json();
     bencher
         .counter(BytesCount::new(BODY_BYTES))
         .bench(|| run(&s, &chunks));

@@ -167,16 +167,66 @@ fn ends_a_wrapped_line(before: &[u8]) -> bool {
         .is_some_and(|start| before[start..].iter().all(is_base64))
 }
 
-/// Whether an escape at `i` decoding to `byte` could change what matches: the byte occurs
-/// in a pattern, it begins an escape (`%`, `\`) of a copy escaped twice (`%2541`,
-/// `\u0025`), or it is a line break ending a wrapped base64 line. Neither the escape's
-/// start nor the break is part of a match, but the views of this decoding need them decoded:
-/// a twice-escaped copy, or wrapped base64 inside a JSON string or a form field (`\r\n`,
-/// `%0D%0A`), is only found one layer down.
-fn escape_matters(input: &[u8], i: usize, byte: u8, alphabet: &[bool; 256]) -> bool {
+/// Whether an escape from `i` to `end` decoding to `byte` could change what matches: the byte
+/// occurs in a pattern, it opens an escape of a copy escaped twice (`%2541`, `\u0025`, see
+/// [`opens_an_escape_that_matters`]), or it is a line break ending a wrapped base64 line.
+/// Neither the opening nor the break is part of a match, but the views of this decoding need
+/// them decoded: a twice-escaped copy, or wrapped base64 inside a JSON string or a form field
+/// (`\r\n`, `%0D%0A`), is only found one layer down.
+fn escape_matters(input: &[u8], i: usize, end: usize, byte: u8, alphabet: &[bool; 256]) -> bool {
+    let before = &input[..i];
     alphabet[usize::from(byte)]
-        || matches!(byte, b'%' | b'\\')
-        || (matches!(byte, b'\r' | b'\n') && ends_a_wrapped_line(&input[..i]))
+        || (matches!(byte, b'%' | b'\\')
+            && opens_an_escape_that_matters(
+                byte,
+                before,
+                input.get(end..).unwrap_or(&[]),
+                alphabet,
+            ))
+        || (matches!(byte, b'\r' | b'\n') && ends_a_wrapped_line(before))
+}
+
+/// Whether a decoded `%` or `\`, after `before` and followed by `after` as sent, begins an
+/// escape one layer down that matters as [`escape_matters`] says. Code in a JSON string is
+/// full of `\\n`, whose inner `\n` rarely matters, and the view that decodes it costs as much
+/// as the search. Where the inner escape's own characters are escaped too, or cut off at the
+/// end of the input, it can't be told here, so it counts.
+fn opens_an_escape_that_matters(
+    opener: u8,
+    before: &[u8],
+    after: &[u8],
+    alphabet: &[bool; 256],
+) -> bool {
+    let matters = |byte: u8| {
+        alphabet[usize::from(byte)]
+            || (matches!(byte, b'\r' | b'\n') && ends_a_wrapped_line(before))
+    };
+    // The inner escape's characters, some of which may be escaped themselves.
+    let inner = &after[..after.len().min(5)];
+    let escaped = || inner.iter().any(|b| matches!(b, b'%' | b'\\'));
+    if opener == b'%' {
+        return match inner {
+            [h, l, ..] => match (hex_value(*h), hex_value(*l)) {
+                (Some(h), Some(l)) => matters(h << 4 | l),
+                _ => escaped(),
+            },
+            _ => true,
+        };
+    }
+    // An inner escape whose kind is escaped itself (`\\\u0075…`) reads as something else here.
+    if inner.first().is_some_and(|b| matches!(b, b'%' | b'\\')) {
+        return true;
+    }
+    let mut escape = [b'\\'; 6];
+    escape[1..=inner.len()].copy_from_slice(inner);
+    match escape_at(&escape[..=inner.len()], 0) {
+        Escape::Decoded(ch, _) => {
+            let mut utf8 = [0u8; 4];
+            matters(ch.encode_utf8(&mut utf8).as_bytes()[0])
+        }
+        Escape::Incomplete => true,
+        Escape::Literal => escaped(),
+    }
 }
 
 /// Whether decoding percent escapes could change what matches in `input`: some escape
@@ -187,7 +237,7 @@ fn percent_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
             input.get(i + 1).copied().and_then(hex_value),
             input.get(i + 2).copied().and_then(hex_value),
         ) {
-            (Some(h), Some(l)) => escape_matters(input, i, h << 4 | l, alphabet),
+            (Some(h), Some(l)) => escape_matters(input, i, i + 3, h << 4 | l, alphabet),
             _ => i + 2 >= input.len(),
         }
     })
@@ -196,9 +246,10 @@ fn percent_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
 /// Whether decoding JSON escapes could change what matches in `input` (as for percent).
 fn json_matters(input: &[u8], alphabet: &[bool; 256]) -> bool {
     memchr::memchr_iter(b'\\', input).any(|i| match escape_at(input, i) {
-        Escape::Decoded(ch, _) => {
+        Escape::Decoded(ch, len) => {
             let mut utf8 = [0u8; 4];
-            escape_matters(input, i, ch.encode_utf8(&mut utf8).as_bytes()[0], alphabet)
+            let byte = ch.encode_utf8(&mut utf8).as_bytes()[0];
+            escape_matters(input, i, i + len, byte, alphabet)
         }
         Escape::Incomplete => true,
         Escape::Literal => false,
@@ -277,6 +328,36 @@ fn unicode_escape(input: &[u8], i: usize) -> Escape {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_escaped_escape_opens_a_view_only_when_its_inner_escape_can_matter() {
+        // A secret's alphabet: letters and digits.
+        let mut alphabet = [false; 256];
+        for b in (b'0'..=b'9').chain(b'a'..=b'z').chain(b'A'..=b'Z') {
+            alphabet[usize::from(b)] = true;
+        }
+        let json = |input: &[u8]| View::Json.matters(input, &alphabet);
+        let percent = |input: &[u8]| View::Percent.matters(input, &alphabet);
+        // Code in a JSON string: every escape decodes to a byte no pattern holds.
+        assert!(!json(br#"print(\"a\\nb\\t\")\n"#));
+        assert!(!percent(b"100%25 sure, 50%25 off"));
+        // A copy escaped twice, its inner escapes escaped too, or cut off at the end.
+        for twice in [
+            &br#"\\u0041"#[..],
+            br#"\\\u00750041"#,
+            br#"\u005Cu0041"#,
+            br#"\\\\"#,
+            br#"\\"#,
+        ] {
+            assert!(json(twice), "{}", String::from_utf8_lossy(twice));
+        }
+        for twice in [&b"%2541"[..], b"%25%34%31", b"%5Cu0041", b"%25"] {
+            assert!(percent(twice), "{}", String::from_utf8_lossy(twice));
+        }
+        // A twice-escaped line break matters only after a wrapped base64 line.
+        assert!(!json(br#"ab\\ncd"#));
+        assert!(json(br#"QUJDREVGR0hJSktMTU5PUFFS\\r\\n"#));
+    }
 
     fn lone_len() -> usize {
         br#"x\ud83d"}"#.len()

@@ -225,7 +225,10 @@ impl AddressGuard {
     /// Whether `ip` may be dialled.
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        if METADATA.contains(&ip) {
+        // Through a translator or a relay, an address that embeds a metadata address reaches
+        // it, however wide a range the operator allowed.
+        let reaches = |v4: Ipv4Addr| METADATA.contains(&IpAddr::V4(v4));
+        if METADATA.contains(&ip) || embedded_v4(ip).is_some_and(reaches) {
             return self.allowed.iter().any(|r| r.is_single() && r.contains(ip));
         }
         is_public(ip) || self.allowed.iter().any(|r| r.contains(ip))
@@ -274,23 +277,10 @@ fn is_public(ip: IpAddr) -> bool {
                 || (a == 198 && (b == 18 || b == 19)))
         }
         IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_v4(IpAddr::V6(v6)) {
+                return is_public(IpAddr::V4(v4));
+            }
             let s = v6.segments();
-            let embedded_v4 = |hi: u16, lo: u16| {
-                is_public(IpAddr::V4(Ipv4Addr::new(
-                    (hi >> 8) as u8,
-                    hi as u8,
-                    (lo >> 8) as u8,
-                    lo as u8,
-                )))
-            };
-            if s[0] == 0x2002 {
-                // 6to4 carries an IPv4 address in bits 16..48.
-                return embedded_v4(s[1], s[2]);
-            }
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                // NAT64 reaches the IPv4 address in the low 32 bits.
-                return embedded_v4(s[6], s[7]);
-            }
             !(v6.is_unspecified()
                 || v6.is_loopback()
                 || v6.is_multicast()
@@ -298,12 +288,37 @@ fn is_public(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80
                 || (s[0] & 0xffc0) == 0xfec0
                 || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x2001 && s[1] == 0)
+                // IANA's special-purpose block (Teredo, benchmarking, ORCHID…): no API's host.
+                || (s[0] == 0x2001 && s[1] < 0x0200)
+                // Documentation (3fff::/20) and SRv6 segment identifiers (5f00::/16).
+                || (s[0] & 0xfff0) == 0x3ff0
+                || s[0] == 0x5f00
                 // Local-use NAT64 (64:ff9b:1::/48) reaches whatever IPv4 address it embeds.
                 || s[..3] == [0x64, 0xff9b, 1]
                 || s[..4] == [0x100, 0, 0, 0]
                 || s[..6] == [0, 0, 0, 0, 0, 0])
         }
+    }
+}
+
+/// The IPv4 address an IPv6 one reaches through NAT64's well-known prefix (the low 32 bits)
+/// or a 6to4 relay (bits 16..48).
+fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(v4(s[6], s[7]))
+    } else {
+        None
     }
 }
 
@@ -351,6 +366,10 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
             "2001:db8::1",
+            "2001:2::1",
+            "2001:20::1",
+            "3fff::1",
+            "5f00::1",
             "ff02::1",
         ] {
             assert!(!guard.allows(ip(private)), "{private}");
@@ -383,6 +402,18 @@ mod tests {
             "0.0.0.0/0 allows link-local"
         );
         assert!(!guard.allows(ip("169.254.169.254")), "but not metadata");
+        let wide = AddressGuard::new(&["::/0".into()]).unwrap();
+        for metadata in [
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "64:ff9b::6464:64c8",
+        ] {
+            assert!(
+                !wide.allows(ip(metadata)),
+                "{metadata}: metadata through ::/0"
+            );
+        }
+        assert!(wide.allows(ip("fd00::1")), "::/0 allows unique-local");
         assert!(!guard.allows(ip("::1")), "IPv4 ranges don't cover IPv6");
         let metadata = AddressGuard::new(&["169.254.169.254/32".into()]).unwrap();
         assert!(metadata.allows(ip("169.254.169.254")));

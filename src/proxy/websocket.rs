@@ -264,8 +264,6 @@ async fn relay<A, U>(
     }
 }
 
-/// The close frame for both sides when a side's message broke off with `error` because it
-/// was over the limit; `None` for any other error, which just ends the session.
 /// Send `from`'s messages, each passed through `each`, to `to` until either side stops, then
 /// close `to`; unless a message was over the limit, or `each` said the one it gave must be
 /// the last: then the frame both sides must be sent.
@@ -298,6 +296,8 @@ where
     closing
 }
 
+/// The close frame for both sides when a side's message broke off with `error` because it
+/// was over the limit; `None` for any other error, which just ends the session.
 fn too_big(error: &tungstenite::Error) -> Option<CloseFrame> {
     matches!(
         error,

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use crate::support::Env;
 use crate::support::forms::{encodings, found_in, reflect_json};
 use crate::support::http::{send, send_streaming};
-use crate::support::mock::MockUpstream;
+use crate::support::mock::{MockUpstream, compress};
 
 /// Special characters make the encoded forms differ from the raw value.
 const SECRET: &str = "sk-proj-Reflect/Me+Please=Now~ok_0123";
@@ -335,7 +335,7 @@ async fn dribbling_upstream(secret: &'static str) -> String {
                     .into_iter()
                     .find(|c| head.contains(&format!("encoding={c}")))
                     .unwrap_or("gzip");
-                let body = compressed(coding, quoting_answer(secret).as_bytes());
+                let body = compress(coding, quoting_answer(secret).as_bytes());
                 let start = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: {coding}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
                 );
@@ -359,23 +359,6 @@ async fn dribbling_upstream(secret: &'static str) -> String {
         }
     });
     format!("http://{addr}")
-}
-
-fn compressed(coding: &str, data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    match coding {
-        "gzip" => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
-        }
-        "br" => {
-            let mut out = Vec::new();
-            brotli::BrotliCompress(&mut &data[..], &mut out, &Default::default()).unwrap();
-            out
-        }
-        _ => zstd::encode_all(data, 3).unwrap(),
-    }
 }
 
 #[tokio::test]

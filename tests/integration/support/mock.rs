@@ -343,7 +343,8 @@ fn reflect(secret: &str, query: &str) -> Response<MockBody> {
         .unwrap()
 }
 
-fn compress(encoding: &str, data: &[u8]) -> Vec<u8> {
+/// `data` compressed with `encoding` (`gzip`, `deflate`, `br`, `zstd`; `""` for none).
+pub fn compress(encoding: &str, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     match encoding {
         "" => data.to_vec(),

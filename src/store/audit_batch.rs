@@ -5,6 +5,8 @@
 //! A line is `seq \t prev_hash \t hash \t record JSON`; JSON escapes tabs and newlines, so
 //! they never occur inside a record.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 use super::{AuditEntry, AuditFilter, StoreError};
@@ -135,13 +137,15 @@ pub fn checked_tenants(
     Ok(tenants)
 }
 
+/// The fields queries select by. Borrowed where the JSON allows, owned where it escapes
+/// (`"`, `\`), since a `&str` can't hold an unescaped copy and would fail the whole record.
 #[derive(Deserialize)]
 struct Facets<'a> {
     at_ms: i64,
     #[serde(borrow, default)]
-    agent: Option<&'a str>,
+    agent: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    provider: Option<&'a str>,
+    provider: Option<Cow<'a, str>>,
     #[serde(default)]
     status: u16,
 }
@@ -196,11 +200,11 @@ pub fn matches(filter: &AuditFilter, record: &StoredRecord) -> bool {
     filter
         .agent
         .as_deref()
-        .is_none_or(|a| facets.agent == Some(a))
+        .is_none_or(|a| facets.agent.as_deref() == Some(a))
         && filter
             .provider
             .as_deref()
-            .is_none_or(|p| facets.provider == Some(p))
+            .is_none_or(|p| facets.provider.as_deref() == Some(p))
         && filter
             .status
             .is_none_or(|(low, high)| (low..=high).contains(&facets.status))

@@ -773,3 +773,35 @@ async fn the_log_shown_as_a_table_escapes_what_an_agent_could_use_to_drive_the_t
         );
     }
 }
+
+#[tokio::test]
+async fn an_agent_name_with_quotes_or_backslashes_neither_breaks_verify_nor_hides_its_records() {
+    let (_mock, env, token) = openai_token(KEY, &[]).await;
+    let broker = env.serve().await;
+    // The agent names its sub-agent: JSON escapes `"` and `\` in every record it leaves.
+    let agent = r#"sub "quoted" \ agent"#;
+    let derived = send(
+        "POST",
+        &broker.url("/seks/v1/tokens/derive"),
+        &[("authorization", &format!("Bearer {token}"))],
+        serde_json::json!({ "agent": agent }).to_string(),
+    )
+    .await;
+    assert_eq!(derived.status, 201, "{derived:?}");
+    let child = derived.json()["token"].as_str().unwrap().to_owned();
+    list_models(&broker, &child, 2).await;
+    broker.terminate().await;
+
+    let verified = env.cli(&["audit", "verify"], "").await;
+    assert!(verified.status.success(), "{verified:#?}");
+    for filter in [&["--agent", agent][..], &["--since", "1h"]] {
+        let mut args = vec!["audit", "export"];
+        args.extend_from_slice(filter);
+        let exported = env.cli(&args, "").await.ok().stdout;
+        let theirs = exported
+            .lines()
+            .filter(|line| serde_json::from_str::<Value>(line).unwrap()["agent"] == agent)
+            .count();
+        assert_eq!(theirs, 2, "{filter:?}: {exported}");
+    }
+}

@@ -185,6 +185,38 @@ pub fn records(batch: &Batch) -> Vec<StoredRecord> {
     out
 }
 
+/// The head after `batches`, the front of `tenant`'s chain about to be pruned, and how many
+/// records they hold; an error unless every record is intact and older than `before_ms`.
+///
+/// Pruning signs a checkpoint over what it deletes, so trusting the index columns would let
+/// someone who backdated them have the broker delete recent records and vouch for the gap.
+pub fn pruned_head(
+    tenant: &str,
+    batches: &[Batch],
+    before_ms: i64,
+) -> Result<Option<(Head, u64)>, StoreError> {
+    let mut pruned = 0;
+    for record in batches.iter().flat_map(records) {
+        if !record.index_ok
+            || record.at_ms >= before_ms
+            || audit::link(&record.prev_hash, tenant, record.seq, &record.record) != record.hash
+        {
+            return Err(StoreError::AuditTampered {
+                tenant: tenant.to_owned(),
+                why: "records due for pruning are not what their index says",
+            });
+        }
+        pruned += 1;
+    }
+    Ok(batches.last().map(|last| {
+        let head = Head {
+            seq: last.last_seq,
+            hash: last.last_hash.clone(),
+        };
+        (head, pruned)
+    }))
+}
+
 /// Whether a record passes `filter`'s record-level conditions (sequence, time, agent,
 /// provider, status).
 pub fn matches(filter: &AuditFilter, record: &StoredRecord) -> bool {

@@ -890,36 +890,27 @@ impl Store for SqliteStore {
         let mut tx = self.write().await?;
         // Prune whole batches from the front of the chain only, up to the first one holding
         // a record from after the cut-off, so the rest still links to the checkpoint.
-        let last = sqlx::query(
-            "SELECT first_seq, last_seq, last_hash FROM audit_batches WHERE tenant_id = ? \
+        let rows = sqlx::query(
+            "SELECT * FROM audit_batches WHERE tenant_id = ? \
              AND first_seq < COALESCE((SELECT MIN(first_seq) FROM audit_batches \
              WHERE tenant_id = ? AND max_at_ms >= ?), 9223372036854775807) \
-             ORDER BY first_seq DESC LIMIT 1",
+             ORDER BY first_seq",
         )
         .bind(tenant)
         .bind(tenant)
         .bind(before_ms)
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some(last) = last else {
+        let batches = rows
+            .iter()
+            .map(rows::batch)
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some((head, pruned)) = audit_batch::pruned_head(tenant, &batches, before_ms)? else {
             return Ok(0);
         };
-        let up_to: i64 = last.try_get("first_seq")?;
-        let head = Head {
-            seq: last.try_get("last_seq")?,
-            hash: last.try_get("last_hash")?,
-        };
-        let pruned: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM audit_batches \
-             WHERE tenant_id = ? AND first_seq <= ?",
-        )
-        .bind(tenant)
-        .bind(up_to)
-        .fetch_one(&mut *tx)
-        .await?;
         sqlx::query("DELETE FROM audit_batches WHERE tenant_id = ? AND first_seq <= ?")
             .bind(tenant)
-            .bind(up_to)
+            .bind(head.seq)
             .execute(&mut *tx)
             .await?;
         put_meta(
@@ -929,7 +920,7 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(u64::try_from(pruned).unwrap_or_default())
+        Ok(pruned)
     }
 
     async fn usage_since(

@@ -805,3 +805,34 @@ async fn an_agent_name_with_quotes_or_backslashes_neither_breaks_verify_nor_hide
         assert_eq!(theirs, 2, "{filter:?}: {exported}");
     }
 }
+
+#[tokio::test]
+async fn pruning_does_not_vouch_for_recent_records_an_edited_index_calls_old() {
+    let (_mock, env, token) = openai_token(KEY, &[]).await;
+    let broker = env.serve().await;
+    list_models(&broker, &token, 3).await;
+    broker.terminate().await;
+    // Someone with write access to the database, but not the master key, marks today's
+    // records as years old, hoping the broker prunes them and signs the gap.
+    let backdate = "UPDATE audit_batches SET min_at_ms = 0, max_at_ms = 0";
+    env.store_sql(
+        &["DROP TRIGGER audit_batches_are_append_only", backdate],
+        &[
+            "DROP TRIGGER audit_batches_are_append_only ON audit_batches",
+            backdate,
+        ],
+    )
+    .await
+    .unwrap();
+
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{config}[audit]\nretain_days = 1\n")).unwrap();
+    let broker = env.serve().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.terminate().await;
+
+    assert_eq!(records(&env).await.len(), 3, "recent records were pruned");
+    let verified = env.cli(&["audit", "verify"], "").await;
+    assert!(!verified.status.success(), "{verified:#?}");
+    assert!(verified.stderr.contains("was altered"), "{verified:#?}");
+}

@@ -296,6 +296,20 @@ impl Verifier {
                 });
             }
         }
+        // Pruning never passes the newest record, so a checkpoint at or past the signed head
+        // must be that head: otherwise a rewritten chain was pruned and signed as history.
+        if let (Some(checkpoint), Some(newest)) = (checkpoint, newest)
+            && checkpoint.head.seq >= newest.head.seq
+            && checkpoint.head != newest.head
+        {
+            return Err(ChainError::Head {
+                tenant: tenant.to_owned(),
+                why: format!(
+                    "the checkpoint of pruned history (record {}) disagrees with the signed head (record {})",
+                    checkpoint.head.seq, newest.head.seq
+                ),
+            });
+        }
         Ok(Verifier {
             tenant: tenant.to_owned(),
             last: checkpoint.map_or_else(Head::genesis, |c| c.head.clone()),

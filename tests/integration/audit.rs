@@ -836,3 +836,42 @@ async fn pruning_does_not_vouch_for_recent_records_an_edited_index_calls_old() {
     assert!(!verified.status.success(), "{verified:#?}");
     assert!(verified.stderr.contains("was altered"), "{verified:#?}");
 }
+
+#[tokio::test]
+async fn a_rewritten_log_pruned_whole_still_fails_against_its_signed_head() {
+    let (_mock, env, token) = openai_token(KEY, &[]).await;
+    let broker = env.serve().await;
+    list_models(&broker, &token, 3).await;
+    broker.terminate().await;
+    // Every record rewritten as years old, with a chain recomputed to match: only the signed
+    // head still tells; pruning all of it must not make the log verify.
+    let db = env.data_dir().join("seks.db");
+    if let Some(pg) = &env.pg {
+        pg.export_audit(&db).await;
+    }
+    for tamper in [
+        &[
+            "sql",
+            "DROP TRIGGER IF EXISTS audit_batches_are_append_only",
+        ][..],
+        &["rewrite", "1000"],
+    ] {
+        let mut args = vec![db.to_str().unwrap()];
+        args.extend_from_slice(tamper);
+        let out = run_python("audit_tamper.py", &args, &[]).await;
+        assert!(out.status.success(), "{out:#?}");
+    }
+    if let Some(pg) = &env.pg {
+        pg.import_audit(&db).await;
+    }
+
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{config}[audit]\nretain_days = 1\n")).unwrap();
+    let broker = env.serve().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.terminate().await;
+
+    let verified = env.cli(&["audit", "verify"], "").await;
+    assert!(!verified.status.success(), "{verified:#?}");
+    assert!(verified.stderr.contains("signed head"), "{verified:#?}");
+}

@@ -8,9 +8,12 @@ Usage: audit_tamper.py DB_FILE OP [ARGS]
   index SEQ           claim the batch holding SEQ starts later than it does (hides records
                       from time queries)
   forge SEQ           append to the newest batch a made-up record numbered SEQ
+  rewrite AT_MS       set every record's time to AT_MS, recomputing every hash and index
   sql STATEMENT...    run SQL as is
 """
 
+import hashlib
+import json
 import sqlite3
 import sys
 
@@ -89,6 +92,22 @@ with db:
             (tenant, first, int(lines[-2][0]), 0, high, lines[-2][2],
              "\n".join("\t".join(line) for line in lines)),
         )
+    elif op == "rewrite":
+        at_ms = int(args[0])
+        prev = {}
+        batches = db.execute(
+            "SELECT tenant_id, first_seq, records FROM audit_batches ORDER BY tenant_id, first_seq"
+        ).fetchall()
+        for tenant, first, records in batches:
+            lines = [line.split("\t", 3) for line in records.split("\n")]
+            for line in lines:
+                record = json.loads(line[3])
+                record["at_ms"] = at_ms
+                line[3] = json.dumps(record, separators=(",", ":"))
+                line[1] = prev.get(tenant, line[1])
+                text = "\n".join([line[1], tenant, line[0], line[3]])
+                line[2] = prev[tenant] = hashlib.sha256(text.encode()).hexdigest()
+            save(tenant, first, lines, at_ms, at_ms)
     elif op == "sql":
         for statement in args:
             db.execute(statement)

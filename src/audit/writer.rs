@@ -671,6 +671,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn old_records_are_pruned_a_few_batches_at_a_time_and_the_rest_verifies() {
+        let key = || ChainKey::new(Key::from_bytes([7; 32]));
+        let dir = tempfile::tempdir().unwrap();
+        let (_auditor, store, _conn) =
+            auditor(dir.path(), AuditConfig::default(), Duration::ZERO).await;
+        // One batch per record, at times 1 to 5 ms.
+        append(store.as_ref(), &key(), 1, 5).await.unwrap();
+        let pruned = crate::audit::retention::prune_before(store.as_ref(), &key(), 4, 1)
+            .await
+            .unwrap();
+        assert_eq!(pruned, 3);
+        let left: Vec<i64> = records(store.as_ref())
+            .await
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(left, [4, 5]);
+        assert!(crate::audit::verify(store.as_ref(), &key()).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn records_made_up_past_the_signed_head_fail_verification() {
         let key = || ChainKey::new(Key::from_bytes([7; 32]));
         let dir = tempfile::tempdir().unwrap();

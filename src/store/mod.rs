@@ -587,12 +587,14 @@ pub trait Store: Send + Sync {
     ) -> Result<(Vec<StoredRecord>, Option<i64>), StoreError>;
     /// Every tenant with an audit chain.
     async fn audit_tenants(&self) -> Result<Vec<String>, StoreError>;
-    /// Delete `tenant`'s records before `before_ms`, keeping the signed head of what was
-    /// deleted (from `sign`) as the checkpoint verification starts from; how many went.
+    /// Delete `tenant`'s records before `before_ms`, from at most `batches` batches at the
+    /// front of its chain, keeping the signed head of what was deleted (from `sign`) as the
+    /// checkpoint verification starts from; how many records went.
     async fn prune_audit(
         &self,
         tenant: &str,
         before_ms: i64,
+        batches: u32,
         sign: &dyn AuditSigner,
     ) -> Result<u64, StoreError>;
     /// Daily counters of a tenant's tokens from `since_day` on, by day then token.

@@ -954,6 +954,7 @@ impl Store for PgStore {
         &self,
         tenant: &str,
         before_ms: i64,
+        batches: u32,
         sign: &dyn AuditSigner,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -964,10 +965,11 @@ impl Store for PgStore {
             "SELECT * FROM audit_batches WHERE tenant_id = $1 \
              AND first_seq < COALESCE((SELECT MIN(first_seq) FROM audit_batches \
              WHERE tenant_id = $1 AND max_at_ms >= $2), 9223372036854775807) \
-             ORDER BY first_seq",
+             ORDER BY first_seq LIMIT $3",
         )
         .bind(tenant)
         .bind(before_ms)
+        .bind(i64::from(batches))
         .fetch_all(&mut *tx)
         .await?;
         let batches = rows

@@ -885,6 +885,7 @@ impl Store for SqliteStore {
         &self,
         tenant: &str,
         before_ms: i64,
+        batches: u32,
         sign: &dyn AuditSigner,
     ) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
@@ -894,11 +895,12 @@ impl Store for SqliteStore {
             "SELECT * FROM audit_batches WHERE tenant_id = ? \
              AND first_seq < COALESCE((SELECT MIN(first_seq) FROM audit_batches \
              WHERE tenant_id = ? AND max_at_ms >= ?), 9223372036854775807) \
-             ORDER BY first_seq",
+             ORDER BY first_seq LIMIT ?",
         )
         .bind(tenant)
         .bind(tenant)
         .bind(before_ms)
+        .bind(i64::from(batches))
         .fetch_all(&mut *tx)
         .await?;
         let batches = rows

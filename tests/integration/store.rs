@@ -327,7 +327,7 @@ async fn the_store_contract_holds_on_this_backend() {
         .collect();
     assert_eq!(seqs, [1, 3, 5]);
     assert_eq!(store.audit_tenants().await.unwrap(), [T]);
-    assert_eq!(store.prune_audit(T, 1_003, &sign).await.unwrap(), 3);
+    assert_eq!(store.prune_audit(T, 1_003, 256, &sign).await.unwrap(), 3);
     let (rest, _) = store.audit_chain_page(T, 0, 10).await.unwrap();
     assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 5]);
 

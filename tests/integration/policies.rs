@@ -409,6 +409,15 @@ async fn child_tokens_never_exceed_their_parent_and_die_with_it() {
     broker.stop().await;
 }
 
+/// Once a request is held, run the CLI command `change`, give the broker a second to see it,
+/// then approve the request anyway.
+async fn change_then_approve(env: &Env, change: &[&str]) {
+    let approval = first_pending(env).await["id"].as_str().unwrap().to_owned();
+    env.cli(change, "").await.ok();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.cli(&["approvals", "approve", &approval], "").await.ok();
+}
+
 /// The first approval pending, once there is one.
 async fn first_pending(env: &Env) -> Value {
     let start = Instant::now();
@@ -585,13 +594,8 @@ async fn a_request_held_while_its_token_is_revoked_or_narrowed_is_refused_even_i
             tokio::spawn(
                 async move { sdk(&call_base, &call_token, &["chat", "gpt-4o-mini"]).await },
             );
-        let approval = first_pending(&env).await["id"].as_str().unwrap().to_owned();
         let (verb, flags) = change.split_at(2);
-        env.cli(&[verb, &[id.as_str()], flags].concat(), "")
-            .await
-            .ok();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        env.cli(&["approvals", "approve", &approval], "").await.ok();
+        change_then_approve(&env, &[verb, &[id.as_str()], flags].concat()).await;
         let got = call.await.unwrap()[0].clone();
         assert_eq!(
             (got["status"].as_u64(), got["code"].as_str()),
@@ -639,19 +643,12 @@ async fn a_held_request_whose_model_a_narrowed_policy_cannot_read_is_refused_onc
         )
         .await
     });
-    let approval = first_pending(&env).await["id"].as_str().unwrap().to_owned();
-    env.cli(
-        &[
-            &["token", "update", id.as_str(), "--model", "dall-e-2"],
-            &hold[..],
-        ]
-        .concat(),
-        "",
-    )
-    .await
-    .ok();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    env.cli(&["approvals", "approve", &approval], "").await.ok();
+    let narrow = [
+        &["token", "update", id.as_str(), "--model", "dall-e-2"],
+        &hold[..],
+    ]
+    .concat();
+    change_then_approve(&env, &narrow).await;
     let reply = call.await.unwrap();
     assert_eq!(
         (reply.status, reply.header("x-seks-error")),
@@ -697,9 +694,9 @@ async fn a_held_graphql_operation_that_mints_a_credential_is_refused_once_the_gr
         )
         .await
     });
-    let approval = first_pending(&env).await["id"].as_str().unwrap().to_owned();
     // The operator takes the grant away while the request waits, then approves it anyway.
-    env.cli(
+    change_then_approve(
+        &env,
         &[
             "token",
             "update",
@@ -707,12 +704,8 @@ async fn a_held_graphql_operation_that_mints_a_credential_is_refused_once_the_gr
             "--require-approval",
             "* /api/graphql",
         ],
-        "",
     )
-    .await
-    .ok();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    env.cli(&["approvals", "approve", &approval], "").await.ok();
+    .await;
     let reply = call.await.unwrap();
     assert_eq!(
         (reply.status, reply.header("x-seks-error")),

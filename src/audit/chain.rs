@@ -115,6 +115,23 @@ impl ChainKey {
 }
 
 impl ChainKey {
+    /// A signed head of `tenant` in `role`, as stored, signed again by `to` (a master-key
+    /// rotation); `None` if this key didn't sign it.
+    pub fn resigned(
+        &self,
+        to: &ChainKey,
+        role: HeadRole,
+        tenant: &str,
+        stored: &str,
+    ) -> Option<String> {
+        let signed = serde_json::from_str::<SignedHead>(stored)
+            .ok()
+            .filter(|signed| self.check(role, tenant, signed))?;
+        serde_json::to_string(&to.sign(role, tenant, signed.head)).ok()
+    }
+}
+
+impl ChainKey {
     fn mac_tenants(&self, tenants: &[String]) -> String {
         hex(&self
             .0

@@ -11,6 +11,7 @@ use super::output::{print_json, print_table};
 use crate::audit::{self, ChainKey, VerifyError};
 use crate::config::Settings;
 use crate::ops::audit::TenantVerified;
+use crate::ops::master_key::open_vault;
 use crate::store::transfer::{self, TableRows};
 use crate::store::{Location, META_KEY_CHECK, Store};
 use crate::vault::Vault;
@@ -76,11 +77,10 @@ pub(super) async fn run(settings: &Settings, args: MigrateArgs) -> anyhow::Resul
     // Checked before the destination is touched: copied under the wrong key, the
     // installation would open nowhere.
     let vault = match source.meta(META_KEY_CHECK).await? {
-        Some(check) => {
+        Some(_) => {
             let (key, _) = load_master_key(settings, false)?;
-            let vault = Vault::new(key);
-            vault
-                .verify_key_check(&check)
+            let vault = open_vault(source.as_ref(), Vault::new(key))
+                .await
                 .with_context(|| format!("checking the master key against {from}"))?;
             Some(vault)
         }

@@ -6,6 +6,7 @@ mod audit;
 mod backend;
 mod ca;
 mod capability;
+mod key;
 mod migrate;
 mod output;
 mod policy;
@@ -32,11 +33,12 @@ use crate::config::{CliOverrides, LogFormat, Settings};
 use crate::hygiene;
 use crate::keyring::Keyring;
 use crate::ops::Ops;
+use crate::ops::{self, master_key::MasterKeyError};
 use crate::providers::Providers;
 use crate::proxy::Upstreams;
 use crate::scrub::Redactor;
 use crate::store::{self, Store};
-use crate::vault::{Key, KeySource, Vault, master_key};
+use crate::vault::{Key, KeySource, Vault, VaultError, master_key};
 use backend::Backend;
 use remote::Remote;
 
@@ -102,6 +104,9 @@ enum Command {
     /// The forward proxy's certificate authority, for agents' trust stores.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// The master key: rotate it.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Copy this installation into a new store (SQLite to PostgreSQL, or back), verbatim.
     Migrate(migrate::MigrateArgs),
 }
@@ -168,6 +173,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(cmd) => {
             local_only("ca")?;
             ca::run(Context::open(overrides, "warn", redactor).await?, cmd).await
+        }
+        Command::Key(cmd) => {
+            local_only("key")?;
+            key::run(Context::open(overrides, "warn", redactor).await?, cmd).await
         }
         Command::Migrate(args) => {
             local_only("migrate")?;
@@ -279,22 +288,36 @@ impl Context {
     /// Load the master key and check it against the store; on a store that has never seen a
     /// key and with no key configured, generate one and say where it is.
     async fn unlock_vault(&self) -> anyhow::Result<Vault> {
+        Ok(self.unlock_vault_from().await?.0)
+    }
+
+    /// [`Context::unlock_vault`], and where the key came from.
+    async fn unlock_vault_from(&self) -> anyhow::Result<(Vault, KeySource)> {
         let recorded = self.store.meta(store::META_KEY_CHECK).await?;
         let (key, source) = load_master_key(&self.settings, recorded.is_none())?;
         let vault = Vault::new(key);
-        let expected = match recorded {
-            Some(check) => check,
-            None => {
-                self.store
-                    .init_meta(store::META_KEY_CHECK, &vault.key_check())
-                    .await?
+        if recorded.is_none() {
+            self.store
+                .init_meta(store::META_KEY_CHECK, &vault.key_check())
+                .await?;
+        }
+        let vault = match ops::master_key::open_vault(self.store.as_ref(), vault).await {
+            Err(MasterKeyError::Vault(VaultError::WrongMasterKey))
+                if self.store_moved_to_pending_key(recorded.as_deref()) =>
+            {
+                let key_file = &self.settings.master_key_file;
+                bail!(
+                    "a master key rotation was interrupted: this store now opens with the new key in {}; move it to {}",
+                    master_key::pending_file(key_file).display(),
+                    key_file.display()
+                )
             }
+            opened => opened?,
         };
-        vault.verify_key_check(&expected)?;
         crate::ops::bind_secret_names(self.store.as_ref(), &vault)
             .await
             .context("sealing stored secrets under their names")?;
-        if let KeySource::Generated(path) = source {
+        if let KeySource::Generated(path) = &source {
             eprintln!(
                 "seks: generated a new master key in {} (mode 0600).\n\
                  \x20     Back it up: without it the stored secrets cannot be decrypted.\n\
@@ -303,7 +326,17 @@ impl Context {
                 master_key::MASTER_KEY_ENV
             );
         }
-        Ok(vault)
+        Ok((vault, source))
+    }
+
+    /// Whether `seks key rotate` left a new key beside the key file and the store, with
+    /// fingerprint `recorded`, already uses it.
+    fn store_moved_to_pending_key(&self, recorded: Option<&str>) -> bool {
+        let pending = master_key::pending_file(&self.settings.master_key_file);
+        match (master_key::load(None, &pending, false), recorded) {
+            (Ok((key, _)), Some(check)) => Vault::new(key).verify_key_check(check).is_ok(),
+            _ => false,
+        }
     }
 
     /// What runs capabilities: secrets from `keyring`, HTTP through `upstreams`, SMTP
@@ -337,14 +370,19 @@ impl Context {
 /// The master key from `SEKS_MASTER_KEY` or the key file; with neither, a key generated into
 /// the key file if `may_generate`.
 fn load_master_key(settings: &Settings, may_generate: bool) -> anyhow::Result<(Key, KeySource)> {
-    let env_value = std::env::var(master_key::MASTER_KEY_ENV)
-        .ok()
-        .map(SecretString::from);
+    let env = key_from_env(master_key::MASTER_KEY_ENV);
     Ok(master_key::load(
-        env_value,
+        env,
         &settings.master_key_file,
         may_generate,
     )?)
+}
+
+/// Environment variable `name` with its value, if set.
+fn key_from_env(name: &str) -> Option<(&str, SecretString)> {
+    std::env::var(name)
+        .ok()
+        .map(|value| (name, SecretString::from(value)))
 }
 
 fn init_logging(format: LogFormat, default_level: &str, redactor: Arc<Redactor>) {

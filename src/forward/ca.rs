@@ -77,43 +77,16 @@ struct StoredCa {
     /// The certificate agents trust.
     cert_pem: String,
     /// The PKCS#8 private key (base64), sealed.
-    key: SealedFields,
+    key: SealedSecret,
 }
 
-/// A [`SealedSecret`] in base64 fields.
-#[derive(Serialize, Deserialize)]
-struct SealedFields {
-    ciphertext: String,
-    nonce: String,
-    wrapped_key: String,
-    wrap_nonce: String,
-    key_version: i64,
-}
-
-impl SealedFields {
-    fn from_sealed(sealed: &SealedSecret) -> Self {
-        SealedFields {
-            ciphertext: BASE64.encode(&sealed.ciphertext),
-            nonce: BASE64.encode(&sealed.nonce),
-            wrapped_key: BASE64.encode(&sealed.wrapped_key),
-            wrap_nonce: BASE64.encode(&sealed.wrap_nonce),
-            key_version: sealed.key_version,
-        }
+impl StoredCa {
+    fn parse(text: &str) -> Result<Self, CaError> {
+        serde_json::from_str(text).map_err(|_| CaError::Corrupt("not the expected JSON"))
     }
 
-    fn to_sealed(&self) -> Result<SealedSecret, CaError> {
-        let decode = |text: &str| {
-            BASE64
-                .decode(text)
-                .map_err(|_| CaError::Corrupt("a sealed field is not base64"))
-        };
-        Ok(SealedSecret {
-            ciphertext: decode(&self.ciphertext)?,
-            nonce: decode(&self.nonce)?,
-            wrapped_key: decode(&self.wrapped_key)?,
-            wrap_nonce: decode(&self.wrap_nonce)?,
-            key_version: self.key_version,
-        })
+    fn encode(&self) -> Result<String, CaError> {
+        serde_json::to_string(self).map_err(|_| CaError::Corrupt("could not encode the CA"))
     }
 }
 
@@ -193,15 +166,22 @@ impl BrokerCa {
         let stored = StoredCa {
             common_name,
             cert_pem: cert.pem(),
-            key: SealedFields::from_sealed(&sealed),
+            key: sealed,
         };
-        serde_json::to_string(&stored).map_err(|_| CaError::Corrupt("could not encode the CA"))
+        stored.encode()
+    }
+
+    /// The stored CA `text` with its key's data key wrapped under `to` instead of `from`
+    /// (a master-key rotation).
+    pub fn rewrapped(text: &str, from: &Vault, to: &Vault) -> Result<String, CaError> {
+        let mut stored = StoredCa::parse(text)?;
+        stored.key = from.rewrap(SEAL_ID, &stored.key, to)?;
+        stored.encode()
     }
 
     fn open(text: &str, vault: &Vault) -> Result<Self, CaError> {
-        let stored: StoredCa =
-            serde_json::from_str(text).map_err(|_| CaError::Corrupt("not the expected JSON"))?;
-        let encoded = vault.open(SEAL_ID, &stored.key.to_sealed()?)?;
+        let stored = StoredCa::parse(text)?;
+        let encoded = vault.open(SEAL_ID, &stored.key)?;
         let der = Zeroizing::new(
             BASE64
                 .decode(encoded.expose_secret())

@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod capabilities;
+pub mod master_key;
 mod secrets;
 pub mod views;
 

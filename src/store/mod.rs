@@ -33,6 +33,11 @@ pub const META_KEY_CHECK: &str = "master_key_check";
 pub const META_ADMIN_TOKEN: &str = "admin_token_hash";
 /// Meta key recorded once every secret is sealed under its name too.
 pub const META_SECRETS_NAMED: &str = "secrets_sealed_with_names";
+/// Meta key of the master key's version, once it has been rotated.
+pub const META_KEY_VERSION: &str = "master_key_version";
+/// Meta key of the sealed key that recomputes signing providers' tokens, once the master
+/// key it was derived from has been rotated.
+pub const META_SIGNING_KEY: &str = "signing_tokens_key";
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +132,50 @@ pub struct SecretRecord {
     pub created_at: i64,
     /// Last rotation time, if any.
     pub rotated_at: Option<i64>,
+}
+
+/// A master-key rotation, applied by [`Store::rekey`] in one transaction or not at all.
+#[derive(Debug, Default)]
+pub struct Rekey {
+    /// Secrets with their data keys wrapped under the new master key.
+    pub secrets: Vec<RewrappedSecret>,
+    /// Meta values re-sealed or re-signed under the new master key.
+    pub meta: Vec<MetaSwap>,
+    /// The new master key's version, which every secret must be at afterwards.
+    pub key_version: i64,
+}
+
+/// One secret's new seal; it applies only if the row is still as it was read.
+#[derive(Debug)]
+pub struct RewrappedSecret {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Row id.
+    pub id: String,
+    /// The value version it was read at.
+    pub version: i64,
+    /// The wrapped data key it was read with.
+    pub was: Vec<u8>,
+    /// The same value under the new master key.
+    pub sealed: SealedSecret,
+}
+
+/// One meta value's replacement; it applies only if the value is still `was`.
+#[derive(Debug)]
+pub struct MetaSwap {
+    /// Meta key.
+    pub key: String,
+    /// The value it was read with; `None`: there was none.
+    pub was: Option<String>,
+    /// The new value.
+    pub value: String,
+}
+
+/// Why a [`Rekey`] was not applied: the store changed after it was read.
+pub(crate) fn rekey_raced(what: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "{what} changed while the master key was being rotated (is a broker or another command using the store?)"
+    ))
 }
 
 impl SecretRecord {
@@ -461,7 +510,8 @@ pub trait Store: Send + Sync {
     async fn all_secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
     /// All secrets of a tenant, oldest first.
     async fn list_secrets(&self, tenant: &str) -> Result<Vec<SecretSummary>, StoreError>;
-    /// Replace a secret's value with `sealed` at `new_version`, if it is still at `new_version - 1`.
+    /// Replace a secret's value with `sealed` at `new_version`, if it is still at
+    /// `new_version - 1` and sealed under `sealed`'s master key version.
     async fn rotate_secret(
         &self,
         tenant: &str,
@@ -471,7 +521,8 @@ pub trait Store: Send + Sync {
         rotated_at: i64,
     ) -> Result<(), StoreError>;
     /// Replace a secret's sealed value with `sealed` holding the same value, if the row is
-    /// still at `version` with ciphertext `was`; returns whether it was.
+    /// still at `version` with ciphertext `was`, under `sealed`'s master key version;
+    /// returns whether it was.
     async fn reseal_secret(
         &self,
         tenant: &str,
@@ -480,6 +531,9 @@ pub trait Store: Send + Sync {
         was: &[u8],
         sealed: &SealedSecret,
     ) -> Result<bool, StoreError>;
+    /// Apply a master-key rotation in one transaction: every swap applies, or nothing does
+    /// (`Conflict` if anything changed since it was read, or a secret was added meanwhile).
+    async fn rekey(&self, rekey: &Rekey) -> Result<(), StoreError>;
     /// Delete a secret and every token that uses it; returns how many tokens went with it.
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError>;
 

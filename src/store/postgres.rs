@@ -18,8 +18,9 @@ use super::rows;
 use super::transfer::{self, Import, RowSink, TableRows};
 use super::{
     AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
-    NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord,
-    UsageDelta, UsageRecord, UsageTotal, audit_checkpoint_key, audit_head_key,
+    NewSecret, NewToken, PolicyRecord, Rekey, SecretRecord, SecretSummary, Store, StoreError,
+    TokenRecord, UsageDelta, UsageRecord, UsageTotal, audit_checkpoint_key, audit_head_key,
+    rekey_raced,
 };
 use crate::audit::{AuditSigner, Head, StoredRecord};
 use crate::tokens::TokenHash;
@@ -362,7 +363,7 @@ impl Store for PgStore {
         let done = sqlx::query(
             "UPDATE secrets SET ciphertext = $1, nonce = $2, wrapped_key = $3, wrap_nonce = $4, \
              key_version = $5, version = $6, rotated_at = $7 \
-             WHERE tenant_id = $8 AND id = $9 AND version = $10",
+             WHERE tenant_id = $8 AND id = $9 AND version = $10 AND key_version = $5",
         )
         .bind(&sealed.ciphertext)
         .bind(&sealed.nonce)
@@ -380,8 +381,9 @@ impl Store for PgStore {
             Ok(())
         } else {
             Err(StoreError::NotFound(format!(
-                "secret {id} at version {}",
-                new_version - 1
+                "secret {id} at version {} under master key version {}",
+                new_version - 1,
+                sealed.key_version
             )))
         }
     }
@@ -396,7 +398,8 @@ impl Store for PgStore {
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE secrets SET ciphertext = $1, nonce = $2, wrapped_key = $3, wrap_nonce = $4, \
-             key_version = $5 WHERE tenant_id = $6 AND id = $7 AND version = $8 AND ciphertext = $9",
+             key_version = $5 WHERE tenant_id = $6 AND id = $7 AND version = $8 AND ciphertext = $9 \
+             AND key_version = $5",
         )
         .bind(&sealed.ciphertext)
         .bind(&sealed.nonce)
@@ -410,6 +413,63 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn rekey(&self, rekey: &Rekey) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Audit appends and secret writes wait until the swap is committed, then find it.
+        lock_audit(&mut tx).await?;
+        sqlx::query("LOCK TABLE secrets IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        for secret in &rekey.secrets {
+            let done = sqlx::query(
+                "UPDATE secrets SET wrapped_key = $1, wrap_nonce = $2, key_version = $3 \
+                 WHERE tenant_id = $4 AND id = $5 AND version = $6 AND wrapped_key = $7",
+            )
+            .bind(&secret.sealed.wrapped_key)
+            .bind(&secret.sealed.wrap_nonce)
+            .bind(secret.sealed.key_version)
+            .bind(&secret.tenant)
+            .bind(&secret.id)
+            .bind(secret.version)
+            .bind(&secret.was)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(rekey_raced(&format!("secret {}", secret.id)));
+            }
+        }
+        for swap in &rekey.meta {
+            let done = match &swap.was {
+                Some(was) => {
+                    sqlx::query("UPDATE meta SET value = $1 WHERE key = $2 AND value = $3")
+                        .bind(&swap.value)
+                        .bind(&swap.key)
+                        .bind(was)
+                }
+                None => sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(&swap.key)
+                .bind(&swap.value),
+            }
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(rekey_raced(&swap.key));
+            }
+        }
+        let others: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM secrets WHERE key_version <> $1")
+                .bind(rekey.key_version)
+                .fetch_one(&mut *tx)
+                .await?;
+        if others != 0 {
+            return Err(rekey_raced("the list of secrets"));
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {

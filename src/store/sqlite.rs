@@ -13,8 +13,9 @@ use super::rows;
 use super::transfer::{self, Import, RowSink, TableRows};
 use super::{
     AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
-    NewSecret, NewToken, PolicyRecord, SecretRecord, SecretSummary, Store, StoreError, TokenRecord,
-    UsageDelta, UsageRecord, UsageTotal, audit_checkpoint_key, audit_head_key,
+    NewSecret, NewToken, PolicyRecord, Rekey, SecretRecord, SecretSummary, Store, StoreError,
+    TokenRecord, UsageDelta, UsageRecord, UsageTotal, audit_checkpoint_key, audit_head_key,
+    rekey_raced,
 };
 use crate::audit::{AuditSigner, Head, StoredRecord};
 use crate::tokens::TokenHash;
@@ -292,7 +293,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE secrets SET ciphertext = ?, nonce = ?, wrapped_key = ?, wrap_nonce = ?, key_version = ?, \
-             version = ?, rotated_at = ? WHERE tenant_id = ? AND id = ? AND version = ?",
+             version = ?, rotated_at = ? WHERE tenant_id = ? AND id = ? AND version = ? AND key_version = ?",
         )
         .bind(&sealed.ciphertext)
         .bind(&sealed.nonce)
@@ -304,14 +305,16 @@ impl Store for SqliteStore {
         .bind(tenant)
         .bind(id)
         .bind(new_version - 1)
+        .bind(sealed.key_version)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 1 {
             Ok(())
         } else {
             Err(StoreError::NotFound(format!(
-                "secret {id} at version {}",
-                new_version - 1
+                "secret {id} at version {} under master key version {}",
+                new_version - 1,
+                sealed.key_version
             )))
         }
     }
@@ -326,7 +329,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE secrets SET ciphertext = ?, nonce = ?, wrapped_key = ?, wrap_nonce = ?, key_version = ? \
-             WHERE tenant_id = ? AND id = ? AND version = ? AND ciphertext = ?",
+             WHERE tenant_id = ? AND id = ? AND version = ? AND ciphertext = ? AND key_version = ?",
         )
         .bind(&sealed.ciphertext)
         .bind(&sealed.nonce)
@@ -337,9 +340,60 @@ impl Store for SqliteStore {
         .bind(id)
         .bind(version)
         .bind(was)
+        .bind(sealed.key_version)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn rekey(&self, rekey: &Rekey) -> Result<(), StoreError> {
+        // The write lock, at once: audit appends and secret writes wait, then find the swap.
+        let mut tx = self.write().await?;
+        for secret in &rekey.secrets {
+            let done = sqlx::query(
+                "UPDATE secrets SET wrapped_key = ?, wrap_nonce = ?, key_version = ? \
+                 WHERE tenant_id = ? AND id = ? AND version = ? AND wrapped_key = ?",
+            )
+            .bind(&secret.sealed.wrapped_key)
+            .bind(&secret.sealed.wrap_nonce)
+            .bind(secret.sealed.key_version)
+            .bind(&secret.tenant)
+            .bind(&secret.id)
+            .bind(secret.version)
+            .bind(&secret.was)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(rekey_raced(&format!("secret {}", secret.id)));
+            }
+        }
+        for swap in &rekey.meta {
+            let done = match &swap.was {
+                Some(was) => sqlx::query("UPDATE meta SET value = ? WHERE key = ? AND value = ?")
+                    .bind(&swap.value)
+                    .bind(&swap.key)
+                    .bind(was),
+                None => sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(&swap.key)
+                .bind(&swap.value),
+            }
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(rekey_raced(&swap.key));
+            }
+        }
+        let others: i64 = sqlx::query_scalar("SELECT count(*) FROM secrets WHERE key_version <> ?")
+            .bind(rekey.key_version)
+            .fetch_one(&mut *tx)
+            .await?;
+        if others != 0 {
+            return Err(rekey_raced("the list of secrets"));
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {

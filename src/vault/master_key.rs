@@ -15,6 +15,8 @@ use super::crypto::{KEY_LEN, Key};
 
 /// Environment variable holding the master key as base64 of 32 bytes.
 pub const MASTER_KEY_ENV: &str = "SEKS_MASTER_KEY";
+/// Environment variable holding the key `seks key rotate` moves the store to.
+pub const NEW_MASTER_KEY_ENV: &str = "SEKS_NEW_MASTER_KEY";
 
 /// Where the master key in use was found, so the operator can be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,16 +29,16 @@ pub enum KeySource {
     Generated(PathBuf),
 }
 
-/// Load the master key from the environment value if set, else from `key_file`, else
-/// generate `key_file` (mode 0600) when `may_generate` is true.
+/// Load the master key from the environment value (variable name, value) if set, else
+/// from `key_file`, else generate `key_file` (mode 0600) when `may_generate` is true.
 pub fn load(
-    env_value: Option<SecretString>,
+    env: Option<(&str, SecretString)>,
     key_file: &Path,
     may_generate: bool,
 ) -> Result<(Key, KeySource), VaultError> {
-    if let Some(value) = env_value {
+    if let Some((name, value)) = env {
         let key = decode(value.expose_secret()).map_err(|why| VaultError::BadMasterKey {
-            origin: MASTER_KEY_ENV.to_owned(),
+            origin: name.to_owned(),
             why,
         })?;
         return Ok((key, KeySource::Environment));
@@ -71,6 +73,13 @@ pub fn load(
         }),
         Err(source) => Err(io_err(source)),
     }
+}
+
+/// Where `seks key rotate` puts a new key before it replaces `key_file`.
+pub fn pending_file(key_file: &Path) -> std::path::PathBuf {
+    let mut name = key_file.as_os_str().to_owned();
+    name.push(".next");
+    name.into()
 }
 
 fn decode(text: &str) -> Result<Key, &'static str> {
@@ -126,12 +135,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
         let env = SecretString::from(STANDARD.encode([9u8; 32]));
-        let (key, source) = load(Some(env), &path, true).unwrap();
+        let (key, source) = load(Some((MASTER_KEY_ENV, env)), &path, true).unwrap();
         assert_eq!(source, KeySource::Environment);
         assert_eq!(key.expose(), &[9u8; 32]);
         assert!(!path.exists());
 
-        let err = load(Some(SecretString::from("c2hvcnQ=".to_owned())), &path, true).unwrap_err();
+        let short = SecretString::from("c2hvcnQ=".to_owned());
+        let err = load(Some((MASTER_KEY_ENV, short)), &path, true).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains(MASTER_KEY_ENV) && !msg.contains("c2hvcnQ="),

@@ -4,21 +4,35 @@
 //! the DEK is sealed ("wrapped") with the tenant's key-encryption key (KEK), which is
 //! derived from the master key with HKDF (info = tenant id). Both seals bind the tenant,
 //! secret id, version, provider and name as associated data, so ciphertexts can't be
-//! swapped between rows nor rows relabelled. Rotating the master key later means
-//! re-wrapping DEKs, not re-encrypting values.
+//! swapped between rows nor rows relabelled. Rotating the master key re-wraps DEKs
+//! ([`Vault::rewrap`]); values are not re-encrypted.
 
 pub(crate) mod crypto;
 pub mod master_key;
 
 use std::path::PathBuf;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 pub use crypto::{CryptoError, Key};
 pub use master_key::KeySource;
 
-/// The version of the master key that new data keys are wrapped with.
-const CURRENT_KEY_VERSION: i64 = 1;
+/// The version of a store's first master key (stores that never rotated record none).
+const FIRST_KEY_VERSION: i64 = 1;
+
+/// What the key that recomputes signing providers' tokens is sealed as, once a rotation
+/// has made it outlive the master key it was derived from.
+const SIGNING_KEY_ID: SecretIdentity<'static> = SecretIdentity {
+    tenant: crate::store::DEFAULT_TENANT,
+    secret_id: "signing_tokens_key",
+    version: 1,
+    provider: "",
+    name: None,
+};
 
 /// What can go wrong with the master key or with sealing and opening secrets.
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +79,17 @@ pub enum VaultError {
     /// A stored secret decrypted to bytes that are not UTF-8.
     #[error("stored secret is not valid UTF-8")]
     NotUtf8,
-    /// A stored secret was wrapped under a master key version this broker doesn't hold.
-    #[error("stored secret uses master key version {0}, which this broker does not have")]
-    UnknownKeyVersion(i64),
+    /// A stored secret was wrapped under another master key version than this broker's:
+    /// written after a rotation by a process still holding the old key.
+    #[error(
+        "stored secret is sealed under master key version {found}, this broker holds version {held}"
+    )]
+    UnknownKeyVersion {
+        /// The version the row names.
+        found: i64,
+        /// This vault's version.
+        held: i64,
+    },
 }
 
 /// Identity of one version of one secret: bound into its ciphertext as associated data, so
@@ -107,15 +129,20 @@ impl SecretIdentity<'_> {
 }
 
 /// A secret value at rest: everything needed to open it, nothing usable without the master key.
-#[derive(Clone, PartialEq, Eq)]
+/// In JSON (sealed keys in the meta table) its bytes are base64.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedSecret {
     /// The value sealed under the data key (ciphertext ‖ tag).
+    #[serde(with = "base64_text")]
     pub ciphertext: Vec<u8>,
     /// Nonce of the value's seal.
+    #[serde(with = "base64_text")]
     pub nonce: Vec<u8>,
     /// The data key sealed under the tenant key (ciphertext ‖ tag).
+    #[serde(with = "base64_text")]
     pub wrapped_key: Vec<u8>,
     /// Nonce of the data key's seal.
+    #[serde(with = "base64_text")]
     pub wrap_nonce: Vec<u8>,
     /// Version of the master key the data key is wrapped with.
     pub key_version: i64,
@@ -129,9 +156,31 @@ impl std::fmt::Debug for SealedSecret {
     }
 }
 
+/// Sealed bytes as base64 strings in JSON.
+mod base64_text {
+    use super::BASE64;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(&BASE64.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Vec<u8>, D::Error> {
+        BASE64
+            .decode(String::deserialize(input)?)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Seals and opens secrets with keys derived from the master key.
 pub struct Vault {
     master: Key,
+    /// The master key's version: what new seals record, and the only one this vault opens.
+    version: i64,
+    /// Recomputes signing providers' tokens: derived from the store's first master key and
+    /// kept through rotations, so agents' tokens outlive them.
+    signing: Key,
 }
 
 impl std::fmt::Debug for Vault {
@@ -141,9 +190,49 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// A vault over this master key.
+    /// A vault over the first master key of a store (one that has never been rotated).
     pub fn new(master: Key) -> Self {
-        Vault { master }
+        let signing = master.derive(b"seks-signing-tokens-v1", b"");
+        Vault {
+            master,
+            version: FIRST_KEY_VERSION,
+            signing,
+        }
+    }
+
+    /// This vault at master key `version` of a rotated store, with the signing-token key
+    /// the store keeps sealed under it.
+    pub fn restored(mut self, version: i64, signing: &SealedSecret) -> Result<Self, VaultError> {
+        self.version = version;
+        let encoded = self.open(SIGNING_KEY_ID, signing)?;
+        let bytes = Zeroizing::new(
+            BASE64
+                .decode(encoded.expose_secret())
+                .map_err(|_| CryptoError)?,
+        );
+        let array: [u8; crypto::KEY_LEN] = bytes.as_slice().try_into().map_err(|_| CryptoError)?;
+        self.signing = Key::from_bytes(array);
+        Ok(self)
+    }
+
+    /// The vault after rotating to `master`: the next version, the same signing-token key.
+    pub fn rotated(&self, master: Key) -> Vault {
+        Vault {
+            master,
+            version: self.version + 1,
+            signing: Key::from_bytes(*self.signing.expose()),
+        }
+    }
+
+    /// The master key's version.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// The signing-token key sealed under this master key, for the store to keep.
+    pub fn sealed_signing_key(&self) -> Result<SealedSecret, VaultError> {
+        let encoded = Zeroizing::new(BASE64.encode(self.signing.expose()));
+        self.seal(SIGNING_KEY_ID, &SecretString::from(encoded.as_str()))
     }
 
     /// A one-way fingerprint of the master key, stored so a wrong key is caught at start-up.
@@ -170,7 +259,7 @@ impl Vault {
 
     /// The key tokens of request-signing providers are recomputed with.
     pub fn signing_tokens(&self) -> crate::tokens::SigningTokens {
-        crate::tokens::SigningTokens::new(self.master.derive(b"seks-signing-tokens-v1", b""))
+        crate::tokens::SigningTokens::new(Key::from_bytes(*self.signing.expose()))
     }
 
     /// Encrypt a secret value for storage under a fresh data key.
@@ -188,7 +277,7 @@ impl Vault {
             nonce: nonce.to_vec(),
             wrapped_key,
             wrap_nonce: wrap_nonce.to_vec(),
-            key_version: CURRENT_KEY_VERSION,
+            key_version: self.version,
         })
     }
 
@@ -198,19 +287,52 @@ impl Vault {
         id: SecretIdentity<'_>,
         sealed: &SealedSecret,
     ) -> Result<SecretString, VaultError> {
-        if sealed.key_version != CURRENT_KEY_VERSION {
-            return Err(VaultError::UnknownKeyVersion(sealed.key_version));
-        }
         let aad = id.associated_data();
-        let dek_bytes =
-            self.tenant_key(id.tenant)
-                .open(&sealed.wrap_nonce, &aad, &sealed.wrapped_key)?;
-        let dek_array: [u8; crypto::KEY_LEN] =
-            dek_bytes.as_slice().try_into().map_err(|_| CryptoError)?;
-        let dek = Key::from_bytes(dek_array);
+        let dek = self.unwrap_data_key(id.tenant, &aad, sealed)?;
         let plaintext = dek.open(&sealed.nonce, &aad, &sealed.ciphertext)?;
         let text = std::str::from_utf8(&plaintext).map_err(|_| VaultError::NotUtf8)?;
         Ok(SecretString::from(text))
+    }
+
+    /// `sealed` with its data key wrapped under `to`'s master key instead of this one; the
+    /// value's ciphertext is kept, once checked to open.
+    pub fn rewrap(
+        &self,
+        id: SecretIdentity<'_>,
+        sealed: &SealedSecret,
+        to: &Vault,
+    ) -> Result<SealedSecret, VaultError> {
+        let aad = id.associated_data();
+        let dek = self.unwrap_data_key(id.tenant, &aad, sealed)?;
+        // A row whose value doesn't open is not vouched for under the new key.
+        dek.open(&sealed.nonce, &aad, &sealed.ciphertext)?;
+        let (wrap_nonce, wrapped_key) = to.tenant_key(id.tenant).seal(&aad, dek.expose())?;
+        Ok(SealedSecret {
+            wrapped_key,
+            wrap_nonce: wrap_nonce.to_vec(),
+            key_version: to.version,
+            ..sealed.clone()
+        })
+    }
+
+    fn unwrap_data_key(
+        &self,
+        tenant: &str,
+        aad: &[u8],
+        sealed: &SealedSecret,
+    ) -> Result<Key, VaultError> {
+        if sealed.key_version != self.version {
+            return Err(VaultError::UnknownKeyVersion {
+                found: sealed.key_version,
+                held: self.version,
+            });
+        }
+        let dek_bytes =
+            self.tenant_key(tenant)
+                .open(&sealed.wrap_nonce, aad, &sealed.wrapped_key)?;
+        let dek_array: [u8; crypto::KEY_LEN] =
+            dek_bytes.as_slice().try_into().map_err(|_| CryptoError)?;
+        Ok(Key::from_bytes(dek_array))
     }
 
     /// For a secret sealed before names were bound (without its name), the same value
@@ -303,6 +425,43 @@ mod tests {
             ..id(1)
         };
         assert!(vault.reseal_unnamed(other_row, &legacy).is_err());
+    }
+
+    #[test]
+    fn a_rotation_rewraps_data_keys_and_keeps_the_signing_token_key() {
+        let old = Vault::new(Key::random());
+        let sealed = old.seal(id(1), &SecretString::from("sk-live-abc")).unwrap();
+        let new = old.rotated(Key::random());
+        assert_eq!(new.version(), 2);
+        let moved = old.rewrap(id(1), &sealed, &new).unwrap();
+        assert_eq!(moved.ciphertext, sealed.ciphertext);
+        assert_eq!(moved.key_version, 2);
+        assert_eq!(
+            new.open(id(1), &moved).unwrap().expose_secret(),
+            "sk-live-abc"
+        );
+        // Each vault opens only what is wrapped under its own key and version.
+        assert!(matches!(
+            old.open(id(1), &moved),
+            Err(VaultError::UnknownKeyVersion { found: 2, held: 1 })
+        ));
+        assert!(new.open(id(1), &sealed).is_err());
+        assert!(old.rewrap(id(2), &sealed, &new).is_err());
+
+        // A broker started on the new key finds the signing-token key the store kept.
+        let kept = new.sealed_signing_key().unwrap();
+        let restarted = Vault::new(Key::from_bytes(*new.master.expose()))
+            .restored(2, &kept)
+            .unwrap();
+        let token = |vault: &Vault| {
+            vault
+                .signing_tokens()
+                .token("s3", "tok_1")
+                .expose_secret()
+                .to_owned()
+        };
+        assert_eq!(token(&restarted), token(&old));
+        assert!(old.restored(2, &kept).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod cli;
 mod failures;
 mod forward_proxy;
 mod hygiene;
+mod master_key;
 mod migrate;
 mod oauth2;
 mod observability;

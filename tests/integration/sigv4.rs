@@ -14,16 +14,16 @@ use crate::support::http::send;
 use crate::support::{Env, python, run_python};
 
 const ACCESS_KEY_ID: &str = "AKIAREALKEY7EXAMPLE0";
-const SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYREALKEY00";
+pub(crate) const SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYREALKEY00";
 
 /// `tests/python/s3_mock.py` running with the real key pair.
-struct MockS3 {
+pub(crate) struct MockS3 {
     _child: Child,
     url: String,
 }
 
 impl MockS3 {
-    async fn start() -> MockS3 {
+    pub(crate) async fn start() -> MockS3 {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/s3_mock.py");
         let mut child = Command::new(python())
             .args([script, ACCESS_KEY_ID, SECRET_ACCESS_KEY, "us-east-1"])
@@ -56,7 +56,7 @@ impl MockS3 {
 
 /// A broker whose `s3` provider points at the mock, with the real key pair stored as `aws`
 /// and a token for agent `uploader`: (env, access key id, secret access key).
-async fn s3_broker(mock: &MockS3) -> (Env, String, String) {
+pub(crate) async fn s3_broker(mock: &MockS3) -> (Env, String, String) {
     let env = Env::new(&format!(
         "[providers.s3]\nbase_url = \"{}\"\n[upstream]\nresponse_timeout = \"10s\"\n",
         mock.url
@@ -220,7 +220,7 @@ async fn requests_without_a_valid_sigv4_signature_are_refused_before_upstream() 
 
 /// Headers for `method url` signed as an SDK signs them with the agent's key pair:
 /// `extra` and the payload hash of `body` among the signed headers.
-fn agent_signed(
+pub(crate) fn agent_signed(
     method: &str,
     url: &str,
     key_id: &str,

@@ -449,3 +449,104 @@ async fn deleting_a_policy_and_creating_a_token_that_names_it_never_both_succeed
         }
     }
 }
+
+#[tokio::test]
+async fn a_master_key_rotation_applies_whole_or_not_at_all() {
+    use seks::store::{MetaSwap, Rekey, RewrappedSecret};
+    let env = Env::new("");
+    let store = open(&env).await;
+    store.insert_secret(&main_secret()).await.unwrap();
+    store.set_meta("master_key_check", "old").await.unwrap();
+    let rewrapped = SealedSecret {
+        wrapped_key: vec![9; 48],
+        wrap_nonce: vec![9; 12],
+        key_version: 2,
+        ..sealed(1)
+    };
+    let rekey = |was_key: u8, was_check: &str| Rekey {
+        secrets: vec![RewrappedSecret {
+            tenant: T.into(),
+            id: "sec_a".into(),
+            version: 1,
+            was: vec![was_key; 48],
+            sealed: rewrapped.clone(),
+        }],
+        meta: vec![
+            MetaSwap {
+                key: "master_key_check".into(),
+                was: Some(was_check.into()),
+                value: "new".into(),
+            },
+            MetaSwap {
+                key: "master_key_version".into(),
+                was: None,
+                value: "2".into(),
+            },
+        ],
+        key_version: 2,
+    };
+    let unchanged = async || {
+        let row = store.secret_by_id(T, "sec_a").await.unwrap().unwrap();
+        assert_eq!(row.sealed, sealed(1));
+        assert_eq!(
+            store.meta("master_key_check").await.unwrap().unwrap(),
+            "old"
+        );
+        assert_eq!(store.meta("master_key_version").await.unwrap(), None);
+    };
+
+    // A secret or a meta value that changed since it was read: nothing applies.
+    for stale in [rekey(7, "old"), rekey(1, "other")] {
+        let refused = store.rekey(&stale).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+        unchanged().await;
+    }
+    // A secret added since the secrets were read would stay under the old key.
+    store
+        .insert_secret(&NewSecret {
+            id: "sec_late".into(),
+            name: "late".into(),
+            ..main_secret()
+        })
+        .await
+        .unwrap();
+    let refused = store.rekey(&rekey(1, "old")).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    unchanged().await;
+    store.delete_secret(T, "sec_late").await.unwrap();
+
+    store.rekey(&rekey(1, "old")).await.unwrap();
+    let row = store.secret_by_id(T, "sec_a").await.unwrap().unwrap();
+    assert_eq!(row.sealed, rewrapped);
+    assert_eq!(
+        store.meta("master_key_check").await.unwrap().unwrap(),
+        "new"
+    );
+    assert_eq!(
+        store.meta("master_key_version").await.unwrap().unwrap(),
+        "2"
+    );
+    // A writer still on the old key can't put a value sealed under it back.
+    let stale = store.rotate_secret(T, "sec_a", 2, &sealed(3), 200).await;
+    assert!(matches!(stale, Err(StoreError::NotFound(_))), "{stale:?}");
+    let resealed = store
+        .reseal_secret(T, "sec_a", 1, &sealed(1).ciphertext, &sealed(3))
+        .await
+        .unwrap();
+    assert!(!resealed);
+    assert_eq!(
+        store
+            .secret_by_id(T, "sec_a")
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed,
+        rewrapped
+    );
+}

@@ -16,6 +16,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 
 use super::PolicySpec;
 use super::leases::{self, Held};
+use crate::sigv4::replay::Claim;
 use crate::store::{self, Store, StoreError, UsageDelta, UsageTotal};
 
 const DAY_SECS: i64 = 86_400;
@@ -25,6 +26,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const LEASE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long after a failed lease requests don't try the store again.
 const RETRY_LEASES_AFTER: Duration = Duration::from_secs(1);
+/// How far the database's clock may run ahead of a replica's before a signature claim is
+/// forgotten while the signature could still pass the replica's skew check.
+const CLAIM_CLOCK_MARGIN: Duration = Duration::from_secs(60);
 /// Idle time after which a token's counters are dropped from memory.
 const FORGET_AFTER_SECS: i64 = 300;
 
@@ -372,12 +376,7 @@ impl Limits {
         let Some(store) = self.store.leases() else {
             return Ok(Counting::Local);
         };
-        let failed_at = *self
-            .lease_failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Right after a failure, requests don't each wait on a store that is probably down.
-        if failed_at.is_some_and(|at| at.elapsed() < RETRY_LEASES_AFTER) {
+        if self.failed_lately() {
             return self.unleased(Unleased::StoreDown);
         }
         for (counters, spec) in links {
@@ -387,15 +386,50 @@ impl Limits {
                 Ok(Err(e)) => Unleased::Store(e),
                 Err(_) => Unleased::Timeout,
             };
-            // Logged here, at most once a second, rather than for every request it touches.
-            tracing::warn!(error = %failure, "limits can't be leased from the store");
-            *self
-                .lease_failed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-            return self.unleased(failure);
+            return self.note_lease_failure(failure);
         }
         Ok(Counting::Shared)
+    }
+
+    /// Claim a SigV4 signature in the store the replicas share: how long ago a replica first
+    /// claimed it; `None` when the store isn't shared, or is down within the outage grace
+    /// (this replica's own replay guard then decides alone).
+    pub async fn claim_signature(&self, claim: &Claim) -> Result<Option<Duration>, Unleased> {
+        let Some(store) = self.store.leases() else {
+            return Ok(None);
+        };
+        if self.failed_lately() {
+            return self.unleased(Unleased::StoreDown).map(|_| None);
+        }
+        // The database forgets a claim by its own clock, which may run ahead of this one.
+        let lapse = claim.lapse + CLAIM_CLOCK_MARGIN;
+        let claimed = store.claim_signature(&claim.signature, lapse);
+        let failure = match tokio::time::timeout(LEASE_TIMEOUT, claimed).await {
+            Ok(Ok(age)) => return Ok(Some(age)),
+            Ok(Err(e)) => Unleased::Store(e),
+            Err(_) => Unleased::Timeout,
+        };
+        self.note_lease_failure(failure).map(|_| None)
+    }
+
+    /// Whether a lease failed moments ago: requests then don't each wait on a store that is
+    /// probably down.
+    fn failed_lately(&self) -> bool {
+        self.lease_failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < RETRY_LEASES_AFTER)
+    }
+
+    /// Note a failed lease (logged here, at most once a second, rather than for every
+    /// request it touches) and count as [`Limits::unleased`] says.
+    fn note_lease_failure(&self, failure: Unleased) -> Result<Counting, Unleased> {
+        tracing::warn!(error = %failure, "limits can't be leased from the store");
+        *self
+            .lease_failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.unleased(failure)
     }
 
     /// Count locally within the outage grace (each replica then enforces the whole limit on

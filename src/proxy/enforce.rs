@@ -17,6 +17,8 @@ use crate::keyring::{Keyring, TokenEntry};
 use crate::policy::limits::{self, Admission, LimitSet, Limits};
 use crate::policy::{self, Denial, PolicySpec, RequestFacts, RequestPath, Verdict, graphql};
 use crate::providers::{Provider, UnreadableModel};
+use crate::sigv4::SigError;
+use crate::sigv4::replay::{Claim, REUSE_WINDOW};
 
 /// The request body as it will be forwarded: streamed untouched, or read for policy.
 pub enum ForwardBody {
@@ -276,6 +278,20 @@ impl Enforcer {
             seen.approved = true;
         }
         Ok(Admitted { body, admission })
+    }
+
+    /// Refuse a SigV4 signature a replica sharing the store first saw longer ago than a
+    /// signature may be reused (a request captured on its way to one replica, sent to
+    /// another).
+    pub async fn claim_signature(&self, claim: &Claim) -> Result<(), ProxyError> {
+        match self.counters.claim_signature(claim).await {
+            Ok(Some(age)) if age > REUSE_WINDOW => Err(SigError::Replayed.into()),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "a signature could not be claimed; refusing the request");
+                Err(ProxyError::StoreUnavailable)
+            }
+        }
     }
 
     /// Check a call the broker makes itself (a capability) against the token's chain: every

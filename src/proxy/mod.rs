@@ -340,6 +340,7 @@ impl Proxy {
                 let (body, checked) = signature
                     .check(&parts, body, max_body, &self.replay, root, clock::now())
                     .await?;
+                self.enforcer.claim_signature(&checked.claim).await?;
                 (body, Some(checked))
             }
             None => (body, None),

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::ProxyError;
 use crate::providers::{AuthScheme, Provider};
 use crate::sigv4::chunked::{self, ChunkChain};
-use crate::sigv4::replay::ReplayGuard;
+use crate::sigv4::replay::{Claim, ReplayGuard};
 use crate::sigv4::{
     Authorization, CONTENT_SHA256_HEADER, DATE_HEADER, KeyPair, RequestParts,
     SECURITY_TOKEN_HEADER, STREAMING_PAYLOAD, Scope, SigError, SigningKey, format_amz_date,
@@ -144,8 +144,9 @@ impl AgentSignature {
         if !crate::sigv4::same_signature(&expected, &auth.signature) {
             return Err(SigError::Mismatch.into());
         }
-        replay.admit(auth.signature, owner, signed_at, now)?;
+        let claim = replay.admit(auth.signature, owner, signed_at, now)?;
         let checked = Checked {
+            claim,
             payload_hash,
             agent_chain: ChunkChain::new(key, &amz_date, auth.scope, auth.signature),
             signed_headers: auth.signed_headers,
@@ -156,6 +157,8 @@ impl AgentSignature {
 
 /// What a checked agent signature leaves for signing the forwarded request.
 pub struct Checked {
+    /// The signature, for the replicas' shared replay claim.
+    pub claim: Claim,
     signed_headers: Vec<String>,
     payload_hash: String,
     /// The agent's chunk-signature chain, for `aws-chunked` uploads.
@@ -286,6 +289,7 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use super::*;
     use crate::providers::Providers;
@@ -309,6 +313,10 @@ mod tests {
         };
         let agent_key = SigningKey::new(&SecretString::from("agent"), &scope);
         let checked = Checked {
+            claim: Claim {
+                signature: [0; 32],
+                lapse: Duration::ZERO,
+            },
             signed_headers: ["host", "x-amz-content-sha256", "x-amz-date", "x-gone"]
                 .map(str::to_owned)
                 .to_vec(),

@@ -25,6 +25,16 @@ const CAPACITY: usize = 1 << 20;
 /// refused, so no one token can fill the memory every other one needs.
 pub const PER_TOKEN: usize = CAPACITY / 16;
 
+/// A signature this replica admitted, for the claim replicas sharing a store make on it too
+/// (a copy sent to another replica is a replay as well).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    /// The agent's signature.
+    pub signature: [u8; 32],
+    /// How long its request time can still pass the skew check.
+    pub lapse: Duration,
+}
+
 /// Signatures seen within the skew window.
 #[derive(Default)]
 pub struct ReplayGuard {
@@ -85,10 +95,17 @@ impl ReplayGuard {
         owner: &str,
         signed_at: i64,
         now: i64,
-    ) -> Result<(), SigError> {
+    ) -> Result<Claim, SigError> {
         if (now - signed_at).abs() > MAX_SKEW_SECS {
             return Err(SigError::Skewed(MAX_SKEW_SECS / 60));
         }
+        // `now` is whole seconds, so the request time may pass the check for up to a
+        // second longer than the difference says.
+        let left = u64::try_from(signed_at + MAX_SKEW_SECS + 1 - now).unwrap_or(0);
+        let claim = Claim {
+            signature,
+            lapse: Duration::from_secs(left),
+        };
         let at = Instant::now();
         let mut seen = self
             .seen
@@ -96,7 +113,7 @@ impl ReplayGuard {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(used) = seen.first_use.get(&signature) {
             return if at.duration_since(used.first) <= REUSE_WINDOW {
-                Ok(())
+                Ok(claim)
             } else {
                 Err(SigError::Replayed)
             };
@@ -114,17 +131,14 @@ impl ReplayGuard {
             let soonest = seen.lapse.peek().map(|&Reverse((t, _))| t);
             return Err(SigError::Overloaded(secs_until(soonest, at)));
         }
-        // `now` is whole seconds, so the request time may pass the check for up to a
-        // second longer than the difference says.
-        let left = u64::try_from(signed_at + MAX_SKEW_SECS + 1 - now).unwrap_or(0);
-        let lapses = at + Duration::from_secs(left);
+        let lapses = at + claim.lapse;
         seen.lapse.push(Reverse((lapses, signature)));
         seen.held
             .entry(Arc::clone(&owner))
             .or_default()
             .push(Reverse(lapses));
         seen.first_use.insert(signature, Use { first: at, owner });
-        Ok(())
+        Ok(claim)
     }
 }
 
@@ -137,16 +151,22 @@ mod tests {
         let guard = ReplayGuard::default();
         let now = 1_800_000_000;
         assert_eq!(
-            guard.admit([1; 32], "tok_a", now - 301, now),
+            guard.admit([1; 32], "tok_a", now - 301, now).map(drop),
             Err(SigError::Skewed(5))
         );
         assert_eq!(
-            guard.admit([1; 32], "tok_a", now + 301, now),
+            guard.admit([1; 32], "tok_a", now + 301, now).map(drop),
             Err(SigError::Skewed(5))
         );
-        assert_eq!(guard.admit([1; 32], "tok_a", now - 10, now), Ok(()));
+        assert_eq!(
+            guard.admit([1; 32], "tok_a", now - 10, now).map(drop),
+            Ok(())
+        );
         // The same second's identical call passes; a copy after the window does not.
-        assert_eq!(guard.admit([1; 32], "tok_a", now - 10, now), Ok(()));
+        assert_eq!(
+            guard.admit([1; 32], "tok_a", now - 10, now).map(drop),
+            Ok(())
+        );
         guard
             .seen
             .lock()
@@ -156,10 +176,13 @@ mod tests {
             .unwrap()
             .first = Instant::now() - REUSE_WINDOW - Duration::from_millis(1);
         assert_eq!(
-            guard.admit([1; 32], "tok_a", now - 10, now),
+            guard.admit([1; 32], "tok_a", now - 10, now).map(drop),
             Err(SigError::Replayed)
         );
-        assert_eq!(guard.admit([2; 32], "tok_a", now - 10, now), Ok(()));
+        assert_eq!(
+            guard.admit([2; 32], "tok_a", now - 10, now).map(drop),
+            Ok(())
+        );
     }
 
     fn distinct(n: usize) -> [u8; 32] {
@@ -174,7 +197,7 @@ mod tests {
         let now = 1_800_000_000;
         let mut refused = 0;
         for n in 0..CAPACITY {
-            match guard.admit(distinct(n), "tok_greedy", now, now) {
+            match guard.admit(distinct(n), "tok_greedy", now, now).map(drop) {
                 Ok(()) => {}
                 Err(e) => {
                     assert!(matches!(e, SigError::TooMany(_)), "{e:?}");
@@ -183,7 +206,10 @@ mod tests {
             }
         }
         assert_eq!(refused, CAPACITY - PER_TOKEN);
-        assert_eq!(guard.admit([1; 32], "tok_other", now, now), Ok(()));
+        assert_eq!(
+            guard.admit([1; 32], "tok_other", now, now).map(drop),
+            Ok(())
+        );
 
         // Once its signatures lapse, the token has its room back.
         {
@@ -195,7 +221,9 @@ mod tests {
             seen.lapse.extend(lapsed);
         }
         assert_eq!(
-            guard.admit(distinct(CAPACITY), "tok_greedy", now, now),
+            guard
+                .admit(distinct(CAPACITY), "tok_greedy", now, now)
+                .map(drop),
             Ok(())
         );
         let seen = guard.seen.lock().unwrap();
@@ -209,11 +237,23 @@ mod tests {
         let guard = ReplayGuard::default();
         let now = 1_800_000_000;
         // Its oldest request time passes the skew check for 51 more seconds, the rest 101.
-        assert_eq!(guard.admit(distinct(0), "tok_busy", now - 250, now), Ok(()));
+        assert_eq!(
+            guard
+                .admit(distinct(0), "tok_busy", now - 250, now)
+                .map(drop),
+            Ok(())
+        );
         for n in 1..PER_TOKEN {
-            assert_eq!(guard.admit(distinct(n), "tok_busy", now - 200, now), Ok(()));
+            assert_eq!(
+                guard
+                    .admit(distinct(n), "tok_busy", now - 200, now)
+                    .map(drop),
+                Ok(())
+            );
         }
-        let Err(SigError::TooMany(secs)) = guard.admit(distinct(PER_TOKEN), "tok_busy", now, now)
+        let Err(SigError::TooMany(secs)) = guard
+            .admit(distinct(PER_TOKEN), "tok_busy", now, now)
+            .map(drop)
         else {
             panic!("a token past its room was admitted");
         };
@@ -243,12 +283,15 @@ mod tests {
                 now - 200
             };
             assert_eq!(
-                guard.admit(distinct(n), &owners[n / PER_TOKEN], signed_at, now),
+                guard
+                    .admit(distinct(n), &owners[n / PER_TOKEN], signed_at, now)
+                    .map(drop),
                 Ok(())
             );
         }
         let full = guard
             .admit(distinct(CAPACITY), "tok_new", now, now)
+            .map(drop)
             .unwrap_err();
         let response = crate::proxy::ProxyError::Signature(full)
             .into_response(crate::providers::ErrorShape::Aws);

@@ -783,6 +783,13 @@ pub trait Leases: Send + Sync {
         held: &[(String, u32)],
         ttl: Duration,
     ) -> Result<Vec<String>, StoreError>;
+    /// Claim a SigV4 signature for `lapse`; how long ago a replica first claimed it (zero:
+    /// this call did).
+    async fn claim_signature(
+        &self,
+        signature: &[u8; 32],
+        lapse: Duration,
+    ) -> Result<Duration, StoreError>;
 }
 
 #[cfg(test)]

@@ -2,19 +2,22 @@
 //! replicas, a change made through any of them (or the CLI) reaching all of them within a
 //! second, and PostgreSQL stopped under load and started again, with counts of what was
 //! served, refused and audited; and a rotating OAuth2 refresh token shared by two replicas,
-//! one of which may die mid-refresh.
+//! one of which may die mid-refresh; and a SigV4-signed request replayed to another replica.
 //! Always on PostgreSQL, whichever store the suite runs on.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use seks::sigv4::replay::REUSE_WINDOW;
+
 use crate::audit::records;
+use crate::sigv4::{MockS3, agent_signed, s3_config, s3_token};
 use crate::support::http::{Reply, send};
 use crate::support::mock::MockUpstream;
 use crate::support::mock::token_endpoint::{TokenMode, default_secret};
 use crate::support::pg::{self, PgCluster, TestDb};
 use crate::support::replicas::{Call, Load, Outcome, Replicas};
-use crate::support::{Env, assert_never_leaked, config_for, run_python};
+use crate::support::{Broker, Env, assert_never_leaked, config_for, run_python};
 
 const KEY: &str = "sk-proj-REPLICA-real-key-0123456789";
 const ROTATED: &str = "sk-proj-REPLICA-rotated-key-9876543210";
@@ -537,4 +540,51 @@ async fn a_replica_that_dies_mid_refresh_holds_the_others_off_only_for_a_bounded
         "{waited:?}"
     );
     assert_eq!(mock.oauth.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_signed_request_captured_on_its_way_to_one_replica_is_a_replay_at_another() {
+    let Some(server) = pg::shared_cluster() else {
+        return;
+    };
+    let mock = MockS3::start().await;
+    let env = Env::on_database(&s3_config(&mock), TestDb::create_on(&server));
+    let (key_id, token) = s3_token(&env).await;
+    let replicas = Replicas::start(&env, 2, &[]).await;
+    let (first, second) = (&replicas.brokers[0], &replicas.brokers[1]);
+    // Signed for the first replica's address; the Host header travels with the copy.
+    let put = |name: &str| {
+        let url = first.url(&format!("/api/s3/bucket/{name}"));
+        agent_signed("PUT", &url, &key_id, &token, &[], b"data")
+    };
+    let send_to = async |broker: &Broker, name: &str, signed: &[(String, String)]| {
+        let pairs: Vec<(&str, &str)> = signed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        send(
+            "PUT",
+            &broker.url(&format!("/api/s3/bucket/{name}")),
+            &pairs,
+            "data",
+        )
+        .await
+    };
+
+    // Identical calls an SDK signs in the same second may land on two replicas: both pass.
+    let twins = put("twins.txt");
+    assert_eq!(send_to(first, "twins.txt", &twins).await.status, 200);
+    assert_eq!(send_to(second, "twins.txt", &twins).await.status, 200);
+
+    // A copy sent later to a replica that never saw it is refused all the same.
+    let captured = put("captured.txt");
+    assert_eq!(send_to(first, "captured.txt", &captured).await.status, 200);
+    tokio::time::sleep(REUSE_WINDOW + Duration::from_millis(500)).await;
+    let replayed = send_to(second, "captured.txt", &captured).await;
+    assert_eq!(replayed.status, 403, "{}", replayed.body);
+    assert_eq!(replayed.header("x-seks-error"), Some("replayed_signature"));
+    assert_eq!(
+        send_to(second, "fresh.txt", &put("fresh.txt")).await.status,
+        200
+    );
 }

@@ -54,13 +54,25 @@ impl MockS3 {
     }
 }
 
+/// A config with the `s3` provider pointed at the mock.
+pub(crate) fn s3_config(mock: &MockS3) -> String {
+    format!(
+        "[providers.s3]\nbase_url = \"{}\"\n[upstream]\nresponse_timeout = \"10s\"\n",
+        mock.url
+    )
+}
+
 /// A broker whose `s3` provider points at the mock, with the real key pair stored as `aws`
 /// and a token for agent `uploader`: (env, access key id, secret access key).
 pub(crate) async fn s3_broker(mock: &MockS3) -> (Env, String, String) {
-    let env = Env::new(&format!(
-        "[providers.s3]\nbase_url = \"{}\"\n[upstream]\nresponse_timeout = \"10s\"\n",
-        mock.url
-    ));
+    let env = Env::new(&s3_config(mock));
+    let (id, secret) = s3_token(&env).await;
+    (env, id, secret)
+}
+
+/// The real key pair stored in `env` as `aws`, and a token for agent `uploader`: (access
+/// key id, secret access key).
+pub(crate) async fn s3_token(env: &Env) -> (String, String) {
     let pair = serde_json::json!({
         "access_key_id": ACCESS_KEY_ID,
         "secret_access_key": SECRET_ACCESS_KEY,
@@ -80,7 +92,7 @@ pub(crate) async fn s3_broker(mock: &MockS3) -> (Env, String, String) {
         "the CLI must say which access key id goes with the token: {}",
         out.stderr
     );
-    (env, id, secret)
+    (id, secret)
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Shared limits on PostgreSQL: the lease functions of migration 0003.
+//! Shared limits on PostgreSQL: the lease functions of migration 0003, and the signature
+//! claims of 0004.
 
 use std::time::Duration;
 
@@ -81,5 +82,18 @@ impl Leases for PgStore {
         .bind(millis(ttl))
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn claim_signature(
+        &self,
+        signature: &[u8; 32],
+        lapse: Duration,
+    ) -> Result<Duration, StoreError> {
+        let age_ms: i64 = sqlx::query_scalar("SELECT claim_signature($1, $2)")
+            .bind(signature.as_slice())
+            .bind(millis(lapse))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)))
     }
 }

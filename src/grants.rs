@@ -107,17 +107,13 @@ pub async fn mint(store: &dyn Store, m: Mint<'_>, now: i64) -> Result<Minted, Gr
     Ok(Minted { token, record })
 }
 
-/// Derive a child of `parent`: same secret, its own (narrowing) policy, and an expiry no
-/// later than any ancestor's. `ttl_secs` defaults to an hour.
-pub async fn derive(
+/// The earliest expiry of `parent` and its ancestors, which bounds any child's: refused
+/// when one of them is revoked or expired, or the chain is too deep for another generation.
+pub async fn lineage_expiry(
     store: &dyn Store,
-    signing: Option<&SigningTokens>,
     parent: &TokenRecord,
-    policy: Option<&PolicySpec>,
-    ttl_secs: Option<i64>,
-    agent: Option<&str>,
     now: i64,
-) -> Result<Minted, GrantError> {
+) -> Result<Option<i64>, GrantError> {
     let mut ancestors_expiry: Option<i64> = None;
     let mut depth = 1;
     let mut link = Some(parent.clone());
@@ -145,6 +141,21 @@ pub async fn derive(
             None => None,
         };
     }
+    Ok(ancestors_expiry)
+}
+
+/// Derive a child of `parent`: same secret, its own (narrowing) policy, and an expiry no
+/// later than any ancestor's. `ttl_secs` defaults to an hour.
+pub async fn derive(
+    store: &dyn Store,
+    signing: Option<&SigningTokens>,
+    parent: &TokenRecord,
+    policy: Option<&PolicySpec>,
+    ttl_secs: Option<i64>,
+    agent: Option<&str>,
+    now: i64,
+) -> Result<Minted, GrantError> {
+    let ancestors_expiry = lineage_expiry(store, parent, now).await?;
     let own = now.saturating_add(ttl_secs.unwrap_or(DEFAULT_CHILD_TTL_SECS));
     let from_policy = policy.and_then(|p| p.expiry_from(now));
     let expires_at = [Some(own), from_policy, ancestors_expiry]

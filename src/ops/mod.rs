@@ -244,11 +244,20 @@ impl Ops {
         } else {
             req.policy_name.clone().or(token.policy_name.clone())
         };
-        let expires_at = req
-            .policy
-            .as_ref()
-            .and_then(|s| s.expiry_from(now))
-            .or(token.expires_at);
+        let expires_at = match req.policy.as_ref().and_then(|s| s.expiry_from(now)) {
+            // A child dies with its parent, so a later expiry would only be shown, never
+            // honoured: it is cut to its ancestors' as derive does.
+            Some(at) => match &token.parent_id {
+                Some(parent_id) => {
+                    let parent = self.token(parent_id).await?;
+                    let ancestors =
+                        grants::lineage_expiry(self.store.as_ref(), &parent, now).await?;
+                    Some(ancestors.map_or(at, |a| a.min(at)))
+                }
+                None => Some(at),
+            },
+            None => token.expires_at,
+        };
         self.store
             .update_token_policy(
                 DEFAULT_TENANT,

@@ -213,7 +213,8 @@ pub struct DeriveTokenRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTokenRequest {
-    /// The new own policy (replaces the old one; its `ttl` restarts the token's lifetime).
+    /// The new own policy (replaces the old one; its `ttl` restarts the token's lifetime,
+    /// which for a derived token still ends with its parent's).
     #[serde(default)]
     pub policy: Option<PolicySpec>,
     /// Follow this named policy from now on.

@@ -409,6 +409,66 @@ async fn child_tokens_never_exceed_their_parent_and_die_with_it() {
     broker.stop().await;
 }
 
+#[tokio::test]
+async fn an_updated_child_never_outlives_its_parent_and_a_narrowed_parent_holds_its_children() {
+    let (_mock, env) = setup("").await;
+    let parent = env
+        .create_token("main", &["--ttl", "1h", "--agent", "elder"])
+        .await;
+    let parent_id = env.token_id("elder").await;
+    let broker = env.serve().await;
+    let (status, child) = derive(&broker, &parent, serde_json::json!({"ttl": "5m"})).await;
+    assert_eq!(status, 201, "{child}");
+    let child_id = child["id"].as_str().unwrap().to_owned();
+    let child_token = child["token"].as_str().unwrap().to_owned();
+    let expiry = |id: String| {
+        let env = &env;
+        async move {
+            let shown = env.cli(&["token", "show", &id, "--json"], "").await.ok();
+            let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+            shown["token"]["expires_at"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // Asked for ten hours, the child gets what derive would give it: its parent's end.
+    env.cli(&["token", "update", &child_id, "--ttl", "10h"], "")
+        .await
+        .ok();
+    assert_eq!(
+        expiry(child_id.clone()).await,
+        expiry(parent_id.clone()).await
+    );
+
+    // Narrowing the parent reaches its child within a second.
+    let models = broker.url("/api/openai/v1/models");
+    let status = || async {
+        crate::support::http::send(
+            "GET",
+            &models,
+            &[("authorization", &format!("Bearer {child_token}"))],
+            "",
+        )
+        .await
+        .status
+    };
+    assert_eq!(status().await, 200);
+    env.cli(
+        &["token", "update", &parent_id, "--deny", "GET /v1/models"],
+        "",
+    )
+    .await
+    .ok();
+    let start = Instant::now();
+    while status().await != 403 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the child still lists models 1s after its parent was narrowed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.stop().await;
+}
+
 /// Once a request is held, run the CLI command `change`, give the broker a second to see it,
 /// then approve the request anyway.
 async fn change_then_approve(env: &Env, change: &[&str]) {

@@ -89,6 +89,18 @@ impl CallError {
         }
     }
 
+    /// The error as the calling agent sees it. A capability its token may not call is, to
+    /// it, one that doesn't exist: telling the two apart would let an agent probe which
+    /// capability names the operator configured (the audit log keeps the real reason).
+    pub fn as_seen_by_agent(self) -> CallError {
+        match self {
+            CallError::Refused(ProxyError::Policy(policy::Denial::Capability(name))) => {
+                CallError::Unknown(name)
+            }
+            other => other,
+        }
+    }
+
     /// What the audit log records.
     pub fn decision(&self) -> Decision {
         match self {
@@ -488,6 +500,7 @@ impl Capabilities {
     /// The error as `{"error": {"message", "type", "code"}}` with its status, scrubbed of
     /// every secret and marked with `x-seks-error`.
     pub fn error_response(&self, error: CallError) -> Response {
+        let error = error.as_seen_by_agent();
         if let CallError::Refused(e) = error {
             return e.into_response(ErrorShape::OpenAi);
         }

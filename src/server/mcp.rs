@@ -27,7 +27,6 @@ use super::capability::{self, audited};
 use super::conn::ClientAddr;
 use crate::capabilities::invoke::{CallError, Capabilities};
 use crate::keyring::TokenEntry;
-use crate::policy::Denial;
 use crate::providers::ErrorShape;
 use crate::proxy::{PendingRecord, ProxyError};
 
@@ -231,18 +230,17 @@ impl ServerHandler for McpHandler {
                 Ok(CallToolResult::structured_error(answer).into())
             }
             Ok(answer) => Ok(CallToolResult::structured(answer).into()),
-            // This token has no such tool, whether the capability exists or not.
-            Err(
-                CallError::Unknown(_)
-                | CallError::Refused(ProxyError::Policy(Denial::Capability(_))),
-            ) => Err(ErrorData::invalid_params(
-                format!("unknown tool `{name}`"),
-                None,
-            )),
-            Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(
-                self.capabilities.shown(&e),
-            )])
-            .into()),
+            Err(e) => match e.as_seen_by_agent() {
+                // This token has no such tool, whether the capability exists or not.
+                CallError::Unknown(_) => Err(ErrorData::invalid_params(
+                    format!("unknown tool `{name}`"),
+                    None,
+                )),
+                e => Ok(CallToolResult::error(vec![ContentBlock::text(
+                    self.capabilities.shown(&e),
+                )])
+                .into()),
+            },
         }
     }
 }

@@ -250,7 +250,7 @@ to = ["ops@example.com"]
     assert!(!smtp.events("auth_failed").is_empty());
     assert_eq!(smtp.events("message").len(), 1);
 
-    // A token whose policy doesn't list the capability can't use it.
+    // A token whose policy doesn't list the capability can't use it, nor learn it exists.
     let denied = call(
         &broker,
         &bystander,
@@ -261,7 +261,7 @@ to = ["ops@example.com"]
     .await;
     assert_eq!(
         (denied.status, code(&denied).as_str()),
-        (403, "policy_denied")
+        (404, "unknown_capability")
     );
 
     let records = audit_records(&env, |r| {

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{call, call_until, code, pending_approval};
+use super::{audit_records, call, call_until, code, pending_approval};
 use crate::support::http::send;
 use crate::support::mock::MockUpstream;
 use crate::support::{Env, assert_never_leaked, config_for};
@@ -144,6 +144,74 @@ path = "/v1/reflect"
     );
     let anonymous = send("POST", &broker.url("/v1/capabilities/reflect"), &[], "{}").await;
     assert_eq!(anonymous.status, 401);
+    broker.stop().await;
+    assert_never_leaked(&env, KEY, &responses);
+}
+
+#[tokio::test]
+async fn a_capability_the_token_may_not_call_looks_like_one_that_does_not_exist() {
+    let mock = MockUpstream::start().await;
+    let env = env_with(
+        &mock,
+        r#"
+[capabilities.list_models]
+kind = "http"
+description = "List models"
+secret = "main"
+provider = "openai"
+method = "GET"
+path = "/v1/models"
+
+[capabilities.wipe_files]
+kind = "http"
+description = "Delete every file"
+secret = "main"
+provider = "openai"
+method = "DELETE"
+path = "/v1/files"
+"#,
+    )
+    .await;
+    let token = env
+        .create_token(
+            "main",
+            &["--agent", "prober", "--capability", "list_models"],
+        )
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+
+    // Same-length names, so even the lengths of the answers can't tell them apart.
+    let unknown = call(&broker, &token, "wipe_filez", &json!({}), &mut responses).await;
+    assert_eq!(
+        (unknown.status, code(&unknown).as_str()),
+        (404, "unknown_capability")
+    );
+    let answer = |reply: &crate::support::http::Reply, name: &str| {
+        (
+            reply.status,
+            reply.header("x-seks-error").map(str::to_owned),
+            reply.header("content-type").map(str::to_owned),
+            reply.body.replace(name, "NAME"),
+        )
+    };
+    for args in [json!({}), json!({"bogus": 1})] {
+        let hidden = call(&broker, &token, "wipe_files", &args, &mut responses).await;
+        assert_eq!(
+            answer(&hidden, "wipe_files"),
+            answer(&unknown, "wipe_filez"),
+            "{args}"
+        );
+    }
+    assert!(mock.requests().is_empty());
+
+    // The operator's audit log still says why.
+    let records = audit_records(&env, |r| r.iter().any(|r| r["capability"] == "wipe_files")).await;
+    let refused = records
+        .iter()
+        .find(|r| r["capability"] == "wipe_files")
+        .unwrap();
+    assert_eq!(refused["error"], "policy_denied", "{refused}");
     broker.stop().await;
     assert_never_leaked(&env, KEY, &responses);
 }
@@ -407,7 +475,7 @@ path = "/v1/ping"
     let refused = held.await.unwrap();
     assert_eq!(
         (refused.status, code(&refused).as_str()),
-        (403, "policy_denied"),
+        (404, "unknown_capability"),
         "{refused:?}"
     );
     assert_eq!(mock.requests().len(), 1);

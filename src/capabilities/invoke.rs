@@ -45,6 +45,9 @@ pub enum CallError {
     /// No capability has this name.
     #[error("unknown capability `{0}`")]
     Unknown(String),
+    /// The capability was redefined while the call waited for approval.
+    #[error("capability `{0}` was changed while the call waited for approval; call it again")]
+    Changed(String),
     /// The arguments don't fit the capability.
     #[error(transparent)]
     Arguments(#[from] ArgumentError),
@@ -59,6 +62,7 @@ impl CallError {
         match self {
             CallError::Refused(e) => e.status(),
             CallError::Unknown(_) => StatusCode::NOT_FOUND,
+            CallError::Changed(_) => StatusCode::CONFLICT,
             CallError::Arguments(ArgumentError::Bad(_)) | CallError::Run(RunError::BadValue(_)) => {
                 StatusCode::BAD_REQUEST
             }
@@ -77,6 +81,7 @@ impl CallError {
         match self {
             CallError::Refused(e) => e.code(),
             CallError::Unknown(_) => "unknown_capability",
+            CallError::Changed(_) => "capability_changed",
             CallError::Arguments(ArgumentError::Bad(_)) | CallError::Run(RunError::BadValue(_)) => {
                 "bad_arguments"
             }
@@ -489,6 +494,11 @@ impl Capabilities {
             self.check_route(current, upstream.as_ref())
         };
         let _admission = self.proxy.admit_call(entry, hold, recheck).await?;
+        if held && find(&self.catalog, name).await?.spec != capability.spec {
+            // The operator approved a call of the definition there was; a new one may send
+            // something else, somewhere else.
+            return Err(CallError::Changed(name.to_owned()));
+        }
         *approved = held;
         self.proxy.note_use(&entry.record.id);
         tracing::info!(capability = %name, token_id = %entry.record.id, "capability called");

@@ -482,6 +482,58 @@ path = "/v1/ping"
 }
 
 #[tokio::test]
+async fn a_capability_redefined_while_a_call_waits_for_approval_is_not_run() {
+    let mock = MockUpstream::start().await;
+    let env = Env::with_upstream(&mock.url());
+    env.add_secret("main", "openai", KEY).await;
+    let token = env.create_token("main", &["--capability", "notify"]).await;
+    let file = env.data_dir().join("notify.toml");
+    let define = async |path: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[capabilities.notify]\nkind = \"http\"\ndescription = \"Notify\"\nsecret = \"main\"\n\
+                 provider = \"openai\"\nmethod = \"POST\"\npath = \"{path}\"\nrequire_approval = true\n"
+            ),
+        )
+        .unwrap();
+        env.cli(&["capability", "add", file.to_str().unwrap()], "")
+            .await
+            .ok();
+    };
+    define("/v1/notify").await;
+    let broker = std::sync::Arc::new(env.serve().await);
+    let held_call = || {
+        let (b, t) = (broker.clone(), token.clone());
+        tokio::spawn(async move { call(&b, &t, "notify", &json!({}), &mut Vec::new()).await })
+    };
+
+    // The operator approves what was shown: a call of the definition there was then.
+    let held = held_call();
+    let pending = pending_approval(&env).await;
+    define("/v1/elsewhere").await;
+    let id = pending["id"].as_str().unwrap();
+    env.cli(&["approvals", "approve", id], "").await.ok();
+    let refused = held.await.unwrap();
+    assert_eq!(
+        (refused.status, code(&refused).as_str()),
+        (409, "capability_changed"),
+        "{refused:?}"
+    );
+    assert!(mock.requests().is_empty());
+
+    // Called again, the new definition waits for its own approval.
+    let held = held_call();
+    let pending = pending_approval(&env).await;
+    let id = pending["id"].as_str().unwrap();
+    env.cli(&["approvals", "approve", id], "").await.ok();
+    assert_eq!(held.await.unwrap().status, 200);
+    let sent = mock.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].target, "/v1/elsewhere");
+}
+
+#[tokio::test]
 async fn the_admin_api_and_remote_cli_add_show_try_and_remove_capabilities() {
     let mock = MockUpstream::start().await;
     let env = env_with(

@@ -168,6 +168,7 @@ impl ForwardProxy {
             upstream: &provider.name,
             minted: minted(&provider, &entry.record, &unlocked),
             scrubber: &unlocked.scrubber,
+            withheld: admitted.withheld,
             metering: Metering {
                 admission: admitted.admission,
                 llm: provider.model_in.reads_body(),
@@ -221,6 +222,7 @@ impl ForwardProxy {
             upstream: &route.dest.host,
             minted: None,
             scrubber: &scrubber,
+            withheld: None,
             metering: Metering {
                 admission: None,
                 llm: false,

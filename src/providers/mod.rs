@@ -151,9 +151,18 @@ pub struct Provider {
     pub graphql_endpoints: Vec<Rule>,
     /// GraphQL fields that hand out a credential usable without the broker.
     pub credential_fields: Vec<String>,
+    /// Requests, matched like `deny` rules, whose JSON answers may hold `credential_members`.
+    pub member_routes: Vec<Rule>,
+    /// JSON members of answers that hold a credential usable without the broker.
+    pub credential_members: Arc<[String]>,
 }
 
 impl Provider {
+    /// Whether the answer to a request may hold one of the credential members.
+    pub fn answers_with_members(&self, path: &RequestPath) -> bool {
+        !self.credential_members.is_empty() && self.member_routes.iter().any(|r| r.catches(path))
+    }
+
     /// Whether a request goes to a GraphQL endpoint whose operations may name a credential
     /// field, and so must be read.
     pub fn reads_graphql(&self, path: &RequestPath) -> bool {

@@ -45,6 +45,12 @@ pub struct ProviderSpec {
     /// GraphQL fields (mutations, or fields a query reads) that hand out a credential usable
     /// without the broker, refused at `graphql_endpoints` like `credential_routes`.
     pub credential_fields: Option<Vec<String>>,
+    /// Requests (matched like `deny` rules) whose JSON answers may hold `credential_members`.
+    pub member_routes: Option<Vec<Rule>>,
+    /// JSON members of answers to `member_routes` that hold a credential usable without the
+    /// broker (GitLab's `runners_token`), withheld unless a root policy sets
+    /// `mint_credentials = true`.
+    pub credential_members: Option<Vec<String>>,
 }
 
 impl ProviderSpec {
@@ -64,6 +70,8 @@ impl ProviderSpec {
             encoded_slashes: over.encoded_slashes.or(self.encoded_slashes),
             graphql_endpoints: over.graphql_endpoints.or(self.graphql_endpoints),
             credential_fields: over.credential_fields.or(self.credential_fields),
+            member_routes: over.member_routes.or(self.member_routes),
+            credential_members: over.credential_members.or(self.credential_members),
         }
     }
 
@@ -160,6 +168,20 @@ impl ProviderSpec {
                 "needs `graphql_endpoints`, the paths whose operations name them".to_owned(),
             ));
         }
+        let member_routes = self.member_routes.unwrap_or_default();
+        let credential_members = self.credential_members.unwrap_or_default();
+        if credential_members.iter().any(String::is_empty) {
+            return Err(invalid(
+                "credential_members",
+                "names a member with an empty name".to_owned(),
+            ));
+        }
+        if !credential_members.is_empty() && member_routes.is_empty() {
+            return Err(invalid(
+                "credential_members",
+                "needs `member_routes`, the requests whose answers hold them".to_owned(),
+            ));
+        }
         Ok(Provider {
             name: name.to_owned(),
             upstream,
@@ -175,6 +197,8 @@ impl ProviderSpec {
             encoded_slashes: self.encoded_slashes.unwrap_or(false),
             graphql_endpoints,
             credential_fields,
+            member_routes,
+            credential_members: credential_members.into(),
         })
     }
 }

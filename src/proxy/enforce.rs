@@ -34,6 +34,8 @@ pub struct Admitted {
     pub body: ForwardBody,
     /// Slots and charges held until the response ends; `None` when no link has limits.
     pub admission: Option<Admission>,
+    /// JSON members to withhold from the answer (see [`withheld_members`]).
+    pub withheld: Option<Arc<[String]>>,
 }
 
 /// Applies policy to requests: holds the counters and the approval queue.
@@ -89,6 +91,20 @@ pub(crate) fn check_credential_route(
         }
         None => Ok(()),
     }
+}
+
+/// The provider's credential members, when the request's answer may hold them and the chain
+/// may not mint credentials: they are withheld from the answer.
+fn withheld_members(
+    provider: &Provider,
+    path: &RequestPath,
+    specs: &[(&TokenEntry, &PolicySpec)],
+) -> Option<Arc<[String]>> {
+    let withheld = provider.answers_with_members(path) && {
+        let (root, derived) = by_root(specs);
+        !policy::may_mint_credentials(&root, &derived)
+    };
+    withheld.then(|| Arc::clone(&provider.credential_members))
 }
 
 /// Whether a request's GraphQL operations must be read before it goes on: it is for one of the
@@ -196,10 +212,12 @@ impl Enforcer {
             ForwardBody::Streamed(body)
         };
         check_graphql(provider, parts, &path, &specs, &body)?;
+        let mut withheld = withheld_members(provider, &path, &specs);
         if specs.is_empty() {
             return Ok(Admitted {
                 body,
                 admission: None,
+                withheld,
             });
         }
         let (checks_models, checks_body) = reads_body_for(provider, &specs);
@@ -272,12 +290,17 @@ impl Enforcer {
                 models: &models,
                 body: json.as_ref(),
             };
-            for (_, spec) in specs {
+            for (_, spec) in &specs {
                 policy::check_request(spec, &facts).map_err(ProxyError::Policy)?;
             }
+            withheld = withheld_members(provider, &path, &specs);
             seen.approved = true;
         }
-        Ok(Admitted { body, admission })
+        Ok(Admitted {
+            body,
+            admission,
+            withheld,
+        })
     }
 
     /// Refuse a SigV4 signature a replica sharing the store first saw longer ago than a

@@ -105,6 +105,8 @@ pub(crate) struct Outgoing<'a> {
     pub minted: Option<(&'a str, &'a Arc<SecretString>)>,
     /// Masks every secret in the response.
     pub scrubber: &'a Arc<Scrubber>,
+    /// JSON members withheld from the response.
+    pub withheld: Option<Arc<[String]>>,
     /// Usage metering and the audit record.
     pub metering: Metering,
     /// The agent's side of a WebSocket handshake, switched once the upstream has.
@@ -394,6 +396,7 @@ impl Proxy {
             upstream: &provider.name,
             minted: minted(&provider, token, &unlocked),
             scrubber: &unlocked.scrubber,
+            withheld: admitted.withheld,
             metering: Metering {
                 admission: admitted.admission,
                 llm: provider.model_in.reads_body(),
@@ -518,6 +521,7 @@ impl Proxy {
             upstream,
             minted,
             scrubber,
+            withheld,
             metering,
             upgrade,
             watch,
@@ -551,9 +555,13 @@ impl Proxy {
                 .sessions
                 .switch(agent, response, scrubber, watch, metering.admission);
         }
+        let hidden = response::Hidden {
+            scrubber,
+            members: withheld,
+        };
         response::to_agent(
             response,
-            scrubber,
+            hidden,
             self.limits.read_timeout,
             method_has_body,
             metering,

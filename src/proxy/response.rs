@@ -31,6 +31,11 @@ use crate::scrub::{self, BoxError, ScrubBody, Scrubber};
 
 /// Read size when decoding a compressed body.
 const DECODE_CHUNK: usize = 64 * 1024;
+/// Largest answer read whole to withhold credential members from; a longer one is cut off,
+/// since it can't be checked.
+const WITHHOLD_LIMIT: usize = 16 << 20;
+/// What a withheld member's value becomes.
+pub const WITHHELD: &str = "[withheld by seks: a root policy must set mint_credentials = true]";
 
 /// A content coding the broker can undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +56,21 @@ pub struct Metering {
     pub record: Arc<PendingRecord>,
 }
 
-/// Turn an upstream response into the agent's response, scrubbed with `scrubber`.
+/// What the agent must not see of an answer.
+pub struct Hidden<'a> {
+    /// Masks every secret.
+    pub scrubber: &'a Arc<Scrubber>,
+    /// JSON members withheld whole: credentials the upstream hands out (see
+    /// [`crate::providers::Provider::credential_members`]).
+    pub members: Option<Arc<[String]>>,
+}
+
+/// Turn an upstream response into the agent's response, with what `hidden` names hidden.
 /// `has_body` is false for answers to HEAD and for 204 and 304, whose headers describe a
 /// body that isn't sent.
 pub fn to_agent(
     response: http::Response<Incoming>,
-    scrubber: &Arc<Scrubber>,
+    hidden: Hidden<'_>,
     read_timeout: Duration,
     has_body: bool,
     metering: Metering,
@@ -82,6 +96,13 @@ pub fn to_agent(
         parts.headers.remove(header::CONTENT_ENCODING);
         parts.headers.remove(header::CONTENT_LENGTH);
         body = decode(coding, body);
+    }
+    if let Some(members) = hidden.members
+        && has_body
+        && is_json(&parts.headers)
+    {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        body = withhold(body, members);
     }
     // Usage is read before scrubbing: the numbers are no secret, and the masks could hide
     // them. The admission (concurrency slots) lives as long as the body.
@@ -117,13 +138,82 @@ pub fn to_agent(
         )
         .boxed_unsync();
     }
-    scrub::scrub_headers(scrubber, &mut parts.headers);
-    let body = ScrubBody::new(body, scrubber.stream()).following(keyring.redactor());
+    scrub::scrub_headers(hidden.scrubber, &mut parts.headers);
+    let body = ScrubBody::new(body, hidden.scrubber.stream()).following(keyring.redactor());
     let body = match watch {
         Some(token) => Body::new(WatchedBody::new(body, token)),
         None => Body::new(body),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Whether the response declares JSON (`application/json`, or a `+json` type).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| t == "application/json" || t.ends_with("+json"))
+}
+
+/// `body` read whole (up to [`WITHHOLD_LIMIT`]; a longer one fails) with every JSON member
+/// named in `members` withheld.
+fn withhold(
+    body: UnsyncBoxBody<Bytes, BoxError>,
+    members: Arc<[String]>,
+) -> UnsyncBoxBody<Bytes, BoxError> {
+    StreamBody::new(futures_util::stream::once(withheld_whole(body, members))).boxed_unsync()
+}
+
+async fn withheld_whole(
+    mut body: UnsyncBoxBody<Bytes, BoxError>,
+    members: Arc<[String]>,
+) -> Result<Frame<Bytes>, BoxError> {
+    let mut json = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if json.len() + data.len() > WITHHOLD_LIMIT {
+                return Err("the answer is too long to check for credentials to withhold".into());
+            }
+            json.extend_from_slice(&data);
+        }
+    }
+    withhold_members(json.freeze(), &members).map(Frame::data)
+}
+
+/// `json` with the value of every member named in `members`, at any depth, replaced by
+/// [`WITHHELD`]; as it was when it isn't JSON or holds none of them.
+fn withhold_members(json: Bytes, members: &[String]) -> Result<Bytes, BoxError> {
+    let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(&json) else {
+        return Ok(json);
+    };
+    if !replace_members(&mut document, members) {
+        return Ok(json);
+    }
+    Ok(Bytes::from(serde_json::to_vec(&document)?))
+}
+
+/// Replace the values of `members` in `value`; whether there was one.
+fn replace_members(value: &mut serde_json::Value, members: &[String]) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => map.iter_mut().fold(false, |found, (name, member)| {
+            if members.contains(name) {
+                let held = !member.is_null();
+                if held {
+                    *member = Value::String(WITHHELD.to_owned());
+                }
+                found | held
+            } else {
+                replace_members(member, members) | found
+            }
+        }),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |found, item| replace_members(item, members) | found),
+        _ => false,
+    }
 }
 
 /// The response's content coding; codings the broker can't decode (and lists of several)

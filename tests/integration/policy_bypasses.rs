@@ -913,3 +913,77 @@ async fn gitlab_projects_named_by_path_pass_whole_and_are_held_to_the_rules() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn gitlab_answers_withhold_runner_registration_tokens_unless_the_operator_allows_it() {
+    let (_mock, env) = setup("").await;
+    env.add_secret("lab", "gitlab", "glpat-BYPASS-real-key-0123456789")
+        .await;
+    let plain = env.create_token("lab", &[]).await;
+    let minting = write(&env, "mint.toml", "mint_credentials = true\n");
+    let minter = env.create_token("lab", &["--policy", &minting]).await;
+    let broker = env.serve().await;
+    let ask = |token: &str, path: &str, answer: &str, encoding: &str| {
+        let url = broker.url(&format!("/api/gitlab{path}"));
+        let (token, answer, encoding) = (token.to_owned(), answer.to_owned(), encoding.to_owned());
+        async move {
+            let headers = [
+                ("private-token", token.as_str()),
+                ("x-mock-answer", answer.as_str()),
+                ("x-mock-encoding", encoding.as_str()),
+            ];
+            send("GET", &url, &headers, "").await
+        }
+    };
+    let project = r#"{"id":7,"runners_token":"GR1348941project","namespace":{"id":3,"runners_token":"GR1348941group"},"description":null}"#;
+
+    // A maintainer's view of a project carries the runner registration token, which
+    // registers a runner against GitLab directly: the answer comes without it, however
+    // the project is named, encoded or listed.
+    for (path, answer, encoding) in [
+        ("/api/v4/projects/7", project, ""),
+        ("/api/v4/projects/group%2Fproject", project, "gzip"),
+        (
+            "/api/v4/groups/3/projects",
+            &format!("[{project},{project}]"),
+            "br",
+        ),
+        ("/api/v4/projects/7/archive", project, "zstd"),
+        (
+            "/api/v4/projects/7",
+            r#"{"id":7,"runners\u005ftoken":"GR1348941escaped"}"#,
+            "",
+        ),
+        (
+            "/api/v4/application/settings",
+            r#"{"runners_registration_token":"GR1348941admin"}"#,
+            "",
+        ),
+    ] {
+        let reply = ask(&plain, path, answer, encoding).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        assert!(
+            !reply.body.contains("GR1348941") && reply.body.contains("withheld by seks"),
+            "{path}: {}",
+            reply.body
+        );
+        assert!(reply.header("content-encoding").is_none());
+        let first = match reply.json() {
+            Value::Array(items) => items[0].clone(),
+            one => one,
+        };
+        assert!(first["id"] == 7 || path.contains("settings"), "{first}");
+    }
+    let reply = ask(&plain, "/api/v4/projects/7", project, "").await;
+    assert_eq!(reply.json()["namespace"]["id"], 3);
+    assert_eq!(reply.json()["description"], Value::Null);
+
+    // Answers elsewhere pass as sent, and so does everything for a root that may mint.
+    let file = "/api/v4/projects/7/repository/files/notes.json";
+    assert_eq!(ask(&plain, file, project, "").await.body, project);
+    assert_eq!(
+        ask(&minter, "/api/v4/projects/7", project, "").await.body,
+        project
+    );
+    broker.stop().await;
+}

@@ -211,6 +211,13 @@ async fn handle(
     let injected = injected_credential(&headers);
     let query = req_query;
     let oauth_answer = oauth.serve(&method, &path, &headers, &body).await;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let asked = header("x-mock-answer").map(|a| (a, header("x-mock-encoding").unwrap_or_default()));
     seen.lock().unwrap().push(Seen {
         version,
         method,
@@ -221,6 +228,22 @@ async fn handle(
 
     let response = if let Some(response) = oauth_answer {
         response
+    } else if let Some((answer, encoding)) = asked {
+        // `x-mock-answer`: the body to answer, as JSON, compressed as `x-mock-encoding` says.
+        let body = compress(&encoding, answer.as_bytes());
+        let mut builder = Response::builder()
+            .header("content-type", "application/json")
+            .header("content-length", body.len());
+        if !encoding.is_empty() {
+            builder = builder.header("content-encoding", encoding);
+        }
+        builder
+            .body(
+                http_body_util::Full::new(Bytes::from(body))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .unwrap()
     } else if path.ends_with("/late-usage/chat/completions") && stream {
         late_usage(stream_usage)
     } else if path.ends_with("/chat/completions") {

@@ -88,6 +88,20 @@ pub fn head_after_checkpoint(checkpoint: Option<&str>) -> Head {
         .map_or_else(Head::genesis, |c| c.head)
 }
 
+/// The head a stored newest head of `tenant` names, if `sign`'s key signed it: a process
+/// holding another key (one a rotation replaced) must not sign anything next to it.
+pub fn signed_newest(
+    sign: &dyn AuditSigner,
+    tenant: &str,
+    stored: &str,
+) -> Result<Head, StoreError> {
+    sign.signed_newest(tenant, stored)
+        .ok_or_else(|| StoreError::AuditTampered {
+            tenant: tenant.to_owned(),
+            why: "its signed head is forged, or signed with another master key",
+        })
+}
+
 /// The tenants to sign after appending to `tenant`'s chain, given the stored head the
 /// append continues from (`tail`), the stored signed newest head and the stored signed list
 /// of tenants; an error if they disagree.
@@ -115,9 +129,7 @@ pub fn checked_tenants(
     };
     match newest {
         Some(newest) => {
-            let signed = sign
-                .signed_newest(tenant, newest)
-                .ok_or_else(|| tampered("its signed head is forged"))?;
+            let signed = signed_newest(sign, tenant, newest)?;
             if signed != *tail {
                 return Err(tampered(
                     "its newest records are not the ones its signed head names",

@@ -964,6 +964,11 @@ impl Store for SqliteStore {
         let Some((head, pruned)) = audit_batch::pruned_head(tenant, &batches, before_ms)? else {
             return Ok(0);
         };
+        // Records pruned have a signed head; only its key may sign the checkpoint.
+        let newest = get_meta(&mut tx, &audit_head_key(tenant))
+            .await?
+            .unwrap_or_default();
+        audit_batch::signed_newest(sign, tenant, &newest)?;
         sqlx::query("DELETE FROM audit_batches WHERE tenant_id = ? AND first_seq <= ?")
             .bind(tenant)
             .bind(head.seq)

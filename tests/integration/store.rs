@@ -13,7 +13,7 @@ use seks::store::{
     StoreError, UsageDelta,
 };
 use seks::tokens::TokenHash;
-use seks::vault::{Key, SealedSecret};
+use seks::vault::{Key, SealedSecret, Vault};
 
 use crate::support::{Env, pg};
 
@@ -549,4 +549,59 @@ async fn a_master_key_rotation_applies_whole_or_not_at_all() {
             .sealed,
         rewrapped
     );
+}
+
+/// A store with audit records for `T`, moved from `old` to a new master key by the real
+/// rotation; the vault it now opens with.
+async fn rotated_with_audit(store: &dyn Store, old: &Vault) -> Vault {
+    store
+        .set_meta("master_key_check", &old.key_check())
+        .await
+        .unwrap();
+    let entries: Vec<AuditEntry> = (0..5)
+        .map(|i| AuditEntry {
+            tenant: T.into(),
+            at_ms: 1_000 + i,
+            record: format!(
+                r#"{{"at_ms":{},"request_id":"req_{i}","tenant":"{T}","method":"GET","path":"/","status":200,"decision":"allowed","bytes_in":0,"bytes_out":0,"total_us":1,"client":"127.0.0.1:1"}}"#,
+                1_000 + i
+            ),
+        })
+        .collect();
+    // Two batches: pruning takes whole ones.
+    for batch in [&entries[..3], &entries[3..]] {
+        store.append_audit(batch, &old.audit_key()).await.unwrap();
+    }
+    let (new, _) = seks::ops::master_key::rotate(store, old, Key::from_bytes([2; 32]))
+        .await
+        .unwrap();
+    new
+}
+
+/// Retention in a broker still on the old master key after a rotation is refused: its
+/// checkpoint, signed by a key the log no longer answers to, would break verification.
+#[tokio::test]
+async fn pruning_with_a_rotated_out_master_key_is_refused() {
+    let env = Env::new("");
+    let store = open(&env).await;
+    let old = Vault::new(Key::from_bytes([1; 32]));
+    let new = rotated_with_audit(store.as_ref(), &old).await;
+
+    let refused = store.prune_audit(T, 1_003, 256, &old.audit_key()).await;
+    assert!(
+        matches!(refused, Err(StoreError::AuditTampered { .. })),
+        "{refused:?}"
+    );
+    let verified = seks::audit::verify(store.as_ref(), &new.audit_key()).await;
+    assert_eq!(verified.unwrap(), [(T.to_owned(), 5)]);
+
+    assert_eq!(
+        store
+            .prune_audit(T, 1_003, 256, &new.audit_key())
+            .await
+            .unwrap(),
+        3
+    );
+    let verified = seks::audit::verify(store.as_ref(), &new.audit_key()).await;
+    assert_eq!(verified.unwrap(), [(T.to_owned(), 2)]);
 }

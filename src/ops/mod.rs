@@ -81,6 +81,7 @@ impl From<StoreError> for OpsError {
         match e {
             StoreError::Conflict(what) => OpsError::Conflict(format!("{what} already exists")),
             StoreError::InUse(why) => OpsError::Conflict(why),
+            stale @ StoreError::StaleMasterKey { .. } => OpsError::Conflict(stale.to_string()),
             StoreError::NotFound(what) => OpsError::NotFound(format!("{what} not found")),
             other => OpsError::Store(other),
         }

@@ -59,6 +59,15 @@ pub enum StoreError {
     /// A row with this name already exists.
     #[error("{0} already exists")]
     Conflict(String),
+    /// A value sealed under another master key version than the store's: written by a
+    /// process that still holds the key `seks key rotate` replaced.
+    #[error(
+        "the store has moved to a new master key since this process opened it (its value is sealed under version {sealed}); restart it with the store's key"
+    )]
+    StaleMasterKey {
+        /// The version the value was sealed under.
+        sealed: i64,
+    },
     /// The row is still in use and can't be removed.
     #[error("{0}")]
     InUse(String),
@@ -492,7 +501,8 @@ pub trait Store: Send + Sync {
         None
     }
 
-    /// Insert a secret; `Conflict` if the name is taken in its tenant.
+    /// Insert a secret; `Conflict` if the name is taken in its tenant, `StaleMasterKey` if it
+    /// is sealed under another master key version than the store's.
     async fn insert_secret(&self, secret: &NewSecret) -> Result<(), StoreError>;
     /// Look a secret up by name.
     async fn secret_by_name(

@@ -13,13 +13,13 @@ use super::rows;
 use super::transfer::{self, Import, RowSink, TableRows};
 use super::{
     AUDIT_TENANTS_KEY, ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, CapabilityRecord,
-    NewSecret, NewToken, PolicyRecord, Rekey, SecretRecord, SecretSummary, Store, StoreError,
-    TokenRecord, UsageDelta, UsageRecord, UsageTotal, audit_checkpoint_key, audit_head_key,
-    rekey_raced,
+    META_KEY_VERSION, NewSecret, NewToken, PolicyRecord, Rekey, SecretRecord, SecretSummary, Store,
+    StoreError, TokenRecord, UsageDelta, UsageRecord, UsageTotal, audit_checkpoint_key,
+    audit_head_key, rekey_raced,
 };
 use crate::audit::{AuditSigner, Head, StoredRecord};
 use crate::tokens::TokenHash;
-use crate::vault::SealedSecret;
+use crate::vault::{FIRST_KEY_VERSION, SealedSecret};
 
 /// Audit batches read per query step.
 const AUDIT_BATCHES_PER_PAGE: i64 = 16;
@@ -208,9 +208,10 @@ impl Store for SqliteStore {
     }
 
     async fn insert_secret(&self, s: &NewSecret) -> Result<(), StoreError> {
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO secrets (id, tenant_id, name, provider, ciphertext, nonce, wrapped_key, wrap_nonce, \
-             key_version, version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+             key_version, version, created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ? \
+             WHERE COALESCE((SELECT value FROM meta WHERE key = ?), ?) = ?",
         )
         .bind(&s.id)
         .bind(&s.tenant)
@@ -222,6 +223,11 @@ impl Store for SqliteStore {
         .bind(&s.sealed.wrap_nonce)
         .bind(s.sealed.key_version)
         .bind(s.created_at)
+        // Read in the insert itself: a rotation committed since the value was sealed (by a
+        // process still on the old key) makes it insert nothing.
+        .bind(META_KEY_VERSION)
+        .bind(FIRST_KEY_VERSION.to_string())
+        .bind(s.sealed.key_version.to_string())
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -231,6 +237,11 @@ impl Store for SqliteStore {
                 e.into()
             }
         })?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::StaleMasterKey {
+                sealed: s.sealed.key_version,
+            });
+        }
         Ok(())
     }
 

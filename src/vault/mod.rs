@@ -22,7 +22,7 @@ pub use crypto::{CryptoError, Key};
 pub use master_key::KeySource;
 
 /// The version of a store's first master key (stores that never rotated record none).
-const FIRST_KEY_VERSION: i64 = 1;
+pub const FIRST_KEY_VERSION: i64 = 1;
 
 /// What the key that recomputes signing providers' tokens is sealed as, once a rotation
 /// has made it outlive the master key it was derived from.

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use seks::audit::ChainKey;
 use seks::store::{
     ApprovalRecord, ApprovalState, AuditEntry, AuditFilter, Location, NewSecret, NewToken, Store,
     StoreError, UsageDelta,
 };
 use seks::tokens::TokenHash;
-use seks::vault::{Key, SealedSecret, Vault};
+use seks::vault::{Key, SealedSecret, SecretIdentity, Vault};
 
 use crate::support::{Env, pg};
 
@@ -604,4 +605,45 @@ async fn pruning_with_a_rotated_out_master_key_is_refused() {
     );
     let verified = seks::audit::verify(store.as_ref(), &new.audit_key()).await;
     assert_eq!(verified.unwrap(), [(T.to_owned(), 2)]);
+}
+
+/// A secret added by a broker or command still on the old master key after a rotation is
+/// refused: the store would hold a value nothing opens any more.
+#[tokio::test]
+async fn adding_a_secret_with_a_rotated_out_master_key_is_refused() {
+    let env = Env::new("");
+    let store = open(&env).await;
+    let old = Vault::new(Key::from_bytes([1; 32]));
+    let new = rotated_with_audit(store.as_ref(), &old).await;
+    let identity = SecretIdentity {
+        tenant: T,
+        secret_id: "sec_late",
+        version: 1,
+        provider: "openai",
+        name: Some("late"),
+    };
+    let secret = |vault: &Vault| NewSecret {
+        id: "sec_late".into(),
+        name: "late".into(),
+        sealed: vault
+            .seal(identity, &SecretString::from("sk-late"))
+            .unwrap(),
+        ..main_secret()
+    };
+
+    let refused = store.insert_secret(&secret(&old)).await;
+    assert!(
+        matches!(refused, Err(StoreError::StaleMasterKey { sealed: 1 })),
+        "{refused:?}"
+    );
+    assert!(store.all_secrets().await.unwrap().is_empty());
+
+    store.insert_secret(&secret(&new)).await.unwrap();
+    let row = store.secret_by_id(T, "sec_late").await.unwrap().unwrap();
+    assert_eq!(
+        new.open(row.identity(), &row.sealed)
+            .unwrap()
+            .expose_secret(),
+        "sk-late"
+    );
 }

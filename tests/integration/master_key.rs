@@ -181,3 +181,40 @@ async fn a_rotation_refuses_to_vouch_for_an_audit_head_the_old_key_did_not_sign(
     env.cli(&["ca", "export"], "").await.ok();
     assert_eq!(std::fs::read_to_string(key_file(&env)).unwrap(), old_key);
 }
+
+#[tokio::test]
+async fn a_rotated_store_migrates_to_the_other_store_and_opens_there_under_the_new_key() {
+    let mock = MockS3::start().await;
+    let (env, key_id, token) = s3_broker(&mock).await;
+    let Some(dest) = crate::migrate::Destination::other_than(&env) else {
+        return;
+    };
+    let ca = env.cli(&["ca", "export"], "").await.ok().stdout;
+    let broker = env.serve().await;
+    assert_eq!(signed_put(&broker, &key_id, &token).await, 200);
+    broker.terminate().await;
+    env.cli(&["key", "rotate"], "").await.ok();
+
+    let url = dest.url();
+    let out = env.cli(&["migrate", "--to", &url], "").await.ok();
+    assert!(out.stdout.contains("records verified"), "{out:#?}");
+    let on_dest = [("SEKS_STORE_URL", url.as_str())];
+    assert_eq!(
+        env.cli_with_env(&["ca", "export"], "", &on_dest)
+            .await
+            .ok()
+            .stdout,
+        ca
+    );
+    let broker = env.serve_with(&on_dest).await;
+    assert_eq!(signed_put(&broker, &key_id, &token).await, 200);
+    broker.terminate().await;
+    let verified = env
+        .cli_with_env(&["audit", "verify"], "", &on_dest)
+        .await
+        .ok();
+    assert!(
+        verified.stdout.contains("2 records verified"),
+        "{verified:#?}"
+    );
+}

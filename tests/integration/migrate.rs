@@ -24,7 +24,7 @@ const KEY: &str = "sk-proj-MIGRATE-real-key-0123456789abcdef";
 const GITHUB_KEY: &str = "ghp_MIGRATEgithubKEY0123456789abcdefXYZ";
 
 /// An empty store of the other kind than an environment's.
-enum Destination {
+pub(crate) enum Destination {
     /// A SQLite file (not there yet).
     File(PathBuf),
     /// A PostgreSQL database.
@@ -34,7 +34,7 @@ enum Destination {
 impl Destination {
     /// The other kind than `env`'s store; `None` (skip) when that takes a PostgreSQL server
     /// and none runs outside the full suite.
-    fn other_than(env: &Env) -> Option<Destination> {
+    pub(crate) fn other_than(env: &Env) -> Option<Destination> {
         if env.pg.is_some() {
             return Some(Destination::File(env.data_dir().join("moved/seks.db")));
         }
@@ -42,7 +42,7 @@ impl Destination {
         Some(Destination::Db(TestDb::create()))
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Destination::File(file) => format!("sqlite://{}", file.display()),
             Destination::Db(db) => db.url.clone(),

@@ -145,7 +145,9 @@ impl BrokerCa {
             Some(text) => text,
             None => {
                 let made = Self::make(vault)?;
-                store.init_meta(META_FORWARD_CA, &made).await?
+                store
+                    .init_sealed_meta(META_FORWARD_CA, &made, vault.version())
+                    .await?
             }
         };
         Self::open(&text, vault)

@@ -124,11 +124,14 @@ pub async fn rotate(
         rekey.meta.push(swap(key.to_owned(), was, value));
     }
     let ca = store.meta(META_FORWARD_CA).await?;
-    if let Some(ca) = &ca {
-        let value = BrokerCa::rewrapped(ca, old, &new)?;
-        rekey
-            .meta
-            .push(swap(META_FORWARD_CA.to_owned(), Some(ca.clone()), value));
+    match &ca {
+        Some(ca) => {
+            let value = BrokerCa::rewrapped(ca, old, &new)?;
+            rekey
+                .meta
+                .push(swap(META_FORWARD_CA.to_owned(), Some(ca.clone()), value));
+        }
+        None => rekey.absent.push(META_FORWARD_CA.to_owned()),
     }
     let audit = resigned_audit_heads(store, &old.audit_key(), &new.audit_key()).await?;
     let audit_heads = audit.len();

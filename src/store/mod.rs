@@ -150,6 +150,9 @@ pub struct Rekey {
     pub secrets: Vec<RewrappedSecret>,
     /// Meta values re-sealed or re-signed under the new master key.
     pub meta: Vec<MetaSwap>,
+    /// Meta keys of sealed values that were absent when read: one made meanwhile would be
+    /// sealed under the old key.
+    pub absent: Vec<String>,
     /// The new master key's version, which every secret must be at afterwards.
     pub key_version: i64,
 }
@@ -484,6 +487,14 @@ pub trait Store: Send + Sync {
     async fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Record a setting unless one is already recorded; returns the recorded one.
     async fn init_meta(&self, key: &str, value: &str) -> Result<String, StoreError>;
+    /// [`Store::init_meta`] for a value sealed under master key version `key_version`:
+    /// `StaleMasterKey` instead of recording it if the store is at another version.
+    async fn init_sealed_meta(
+        &self,
+        key: &str,
+        value: &str,
+        key_version: i64,
+    ) -> Result<String, StoreError>;
     /// Record or replace a setting.
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// The change counter that invalidates broker caches.

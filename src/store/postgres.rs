@@ -240,6 +240,29 @@ impl Store for PgStore {
             .ok_or_else(|| StoreError::NotFound(format!("meta {key}")))
     }
 
+    async fn init_sealed_meta(
+        &self,
+        key: &str,
+        value: &str,
+        key_version: i64,
+    ) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) SELECT $1, $2 \
+             WHERE COALESCE((SELECT value FROM meta WHERE key = $3), $4) = $5 \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(META_KEY_VERSION)
+        .bind(FIRST_KEY_VERSION.to_string())
+        .bind(key_version.to_string())
+        .execute(&self.pool)
+        .await?;
+        self.meta(key).await?.ok_or(StoreError::StaleMasterKey {
+            sealed: key_version,
+        })
+    }
+
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         put_meta(&mut conn, key, value).await?;
@@ -433,6 +456,10 @@ impl Store for PgStore {
         sqlx::query("LOCK TABLE secrets IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
+        // Sealed meta values made meanwhile (the forward proxy's CA) wait too, then find it.
+        sqlx::query("LOCK TABLE meta IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
         for secret in &rekey.secrets {
             let done = sqlx::query(
                 "UPDATE secrets SET wrapped_key = $1, wrap_nonce = $2, key_version = $3 \
@@ -469,6 +496,11 @@ impl Store for PgStore {
             .await?;
             if done.rows_affected() != 1 {
                 return Err(rekey_raced(&swap.key));
+            }
+        }
+        for key in &rekey.absent {
+            if get_meta(&mut tx, key).await?.is_some() {
+                return Err(rekey_raced(key));
             }
         }
         let others: i64 =

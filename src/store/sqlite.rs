@@ -190,6 +190,29 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::NotFound(format!("meta {key}")))
     }
 
+    async fn init_sealed_meta(
+        &self,
+        key: &str,
+        value: &str,
+        key_version: i64,
+    ) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) SELECT ?, ? \
+             WHERE COALESCE((SELECT value FROM meta WHERE key = ?), ?) = ? \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(META_KEY_VERSION)
+        .bind(FIRST_KEY_VERSION.to_string())
+        .bind(key_version.to_string())
+        .execute(&self.pool)
+        .await?;
+        self.meta(key).await?.ok_or(StoreError::StaleMasterKey {
+            sealed: key_version,
+        })
+    }
+
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
             .bind(key)
@@ -394,6 +417,11 @@ impl Store for SqliteStore {
             .await?;
             if done.rows_affected() != 1 {
                 return Err(rekey_raced(&swap.key));
+            }
+        }
+        for key in &rekey.absent {
+            if get_meta(&mut tx, key).await?.is_some() {
+                return Err(rekey_raced(key));
             }
         }
         let others: i64 = sqlx::query_scalar("SELECT count(*) FROM secrets WHERE key_version <> ?")

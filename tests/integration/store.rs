@@ -484,6 +484,7 @@ async fn a_master_key_rotation_applies_whole_or_not_at_all() {
                 value: "2".into(),
             },
         ],
+        absent: vec!["forward_ca".into()],
         key_version: 2,
     };
     let unchanged = async || {
@@ -521,6 +522,16 @@ async fn a_master_key_rotation_applies_whole_or_not_at_all() {
     );
     unchanged().await;
     store.delete_secret(T, "sec_late").await.unwrap();
+    // So would a sealed meta value made since it was found absent.
+    let mut made_meanwhile = rekey(1, "old");
+    made_meanwhile.absent = vec!["sealed_meanwhile".into()];
+    store.set_meta("sealed_meanwhile", "x").await.unwrap();
+    let refused = store.rekey(&made_meanwhile).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    unchanged().await;
 
     store.rekey(&rekey(1, "old")).await.unwrap();
     let row = store.secret_by_id(T, "sec_a").await.unwrap().unwrap();
@@ -646,4 +657,33 @@ async fn adding_a_secret_with_a_rotated_out_master_key_is_refused() {
             .expose_secret(),
         "sk-late"
     );
+}
+
+/// The forward proxy's CA made by a process still on the old master key after a rotation is
+/// refused: the store would keep a CA key that nothing opens any more.
+#[tokio::test]
+async fn a_forward_proxy_ca_made_with_a_rotated_out_master_key_is_refused() {
+    use seks::forward::ca::{BrokerCa, CaError, META_FORWARD_CA};
+    let env = Env::new("");
+    let store = open(&env).await;
+    let old = Vault::new(Key::from_bytes([1; 32]));
+    let new = rotated_with_audit(store.as_ref(), &old).await;
+
+    let refused = BrokerCa::load_or_create(store.as_ref(), &old).await;
+    assert!(
+        matches!(
+            refused,
+            Err(CaError::Store(StoreError::StaleMasterKey { sealed: 1 }))
+        ),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(store.meta(META_FORWARD_CA).await.unwrap(), None);
+    let made = BrokerCa::load_or_create(store.as_ref(), &new)
+        .await
+        .unwrap();
+    let again = BrokerCa::load_or_create(store.as_ref(), &new)
+        .await
+        .unwrap();
+    assert_eq!(made.certificate_pem(), again.certificate_pem());
 }

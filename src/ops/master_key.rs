@@ -48,6 +48,12 @@ pub enum MasterKeyError {
     /// The new key is the one in use.
     #[error("the new master key is the one already in use")]
     SameKey,
+    /// The store no longer opens with the current key: a rotation run at the same time
+    /// moved it first.
+    #[error(
+        "the store moved to another master key while this rotation read it (another `seks key rotate`?); it opens only with that key now"
+    )]
+    Moved,
 }
 
 /// `vault` (new over the master key) checked against the store's fingerprint, at the
@@ -89,6 +95,19 @@ pub async fn rotate(
     old: &Vault,
     new_master: Key,
 ) -> Result<(Vault, Rotation), MasterKeyError> {
+    let rotated = rotate_from(store, old, new_master).await;
+    // What another rotation moved reads as unopenable or unsigned under `old`: say so.
+    if rotated.is_err() && store.meta(META_KEY_CHECK).await? != Some(old.key_check()) {
+        return Err(MasterKeyError::Moved);
+    }
+    rotated
+}
+
+async fn rotate_from(
+    store: &dyn Store,
+    old: &Vault,
+    new_master: Key,
+) -> Result<(Vault, Rotation), MasterKeyError> {
     let new = old.rotated(new_master);
     if new.key_check() == old.key_check() {
         return Err(MasterKeyError::SameKey);
@@ -115,8 +134,13 @@ pub async fn rotate(
     }
     let signing = serde_json::to_string(&new.sealed_signing_key()?)
         .map_err(|_| MasterKeyError::Corrupt("signing-token key"))?;
+    // Applies only if the store is still at `old`'s key, whatever it was read at.
+    rekey.meta.push(swap(
+        META_KEY_CHECK.to_owned(),
+        Some(old.key_check()),
+        new.key_check(),
+    ));
     for (key, value) in [
-        (META_KEY_CHECK, new.key_check()),
         (META_KEY_VERSION, new.version().to_string()),
         (META_SIGNING_KEY, signing),
     ] {

@@ -687,3 +687,62 @@ async fn a_forward_proxy_ca_made_with_a_rotated_out_master_key_is_refused() {
         .unwrap();
     assert_eq!(made.certificate_pem(), again.certificate_pem());
 }
+
+/// Two rotations from the same key at once: the second changes nothing, whatever the store
+/// holds, and says that the store moved meanwhile (not that something already exists, that
+/// the audit log is forged or that secrets need removing).
+#[tokio::test]
+async fn a_rotation_that_lost_a_race_changes_nothing_and_says_so() {
+    for holds in ["nothing", "an audit log", "a secret"] {
+        let env = Env::new("");
+        let store = open(&env).await;
+        let old = Vault::new(Key::from_bytes([1; 32]));
+        store
+            .set_meta("master_key_check", &old.key_check())
+            .await
+            .unwrap();
+        let first = match holds {
+            "nothing" => {
+                let rotate = seks::ops::master_key::rotate;
+                rotate(store.as_ref(), &old, Key::from_bytes([2; 32]))
+                    .await
+                    .unwrap()
+                    .0
+            }
+            _ => {
+                if holds == "a secret" {
+                    let identity = SecretIdentity {
+                        tenant: T,
+                        secret_id: "sec_a",
+                        version: 1,
+                        provider: "openai",
+                        name: Some("main"),
+                    };
+                    let sealed = old.seal(identity, &SecretString::from("sk-a")).unwrap();
+                    store
+                        .insert_secret(&NewSecret {
+                            sealed,
+                            ..main_secret()
+                        })
+                        .await
+                        .unwrap();
+                }
+                rotated_with_audit(store.as_ref(), &old).await
+            }
+        };
+        let late = seks::ops::master_key::rotate(store.as_ref(), &old, Key::from_bytes([3; 32]))
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            late.contains("another master key")
+                && !late.contains("already exists")
+                && !late.contains("not signed")
+                && !late.contains("remove or re-add"),
+            "{holds}: {late}"
+        );
+        let check = store.meta("master_key_check").await.unwrap();
+        assert_eq!(check, Some(first.key_check()), "{holds}");
+    }
+}

@@ -68,6 +68,11 @@ pub enum StoreError {
         /// The version the value was sealed under.
         sealed: i64,
     },
+    /// What a master-key rotation read changed before it applied: nothing was.
+    #[error(
+        "{0} changed while the master key was being rotated (is a broker or another command using the store?)"
+    )]
+    RekeyRaced(String),
     /// The row is still in use and can't be removed.
     #[error("{0}")]
     InUse(String),
@@ -185,9 +190,7 @@ pub struct MetaSwap {
 
 /// Why a [`Rekey`] was not applied: the store changed after it was read.
 pub(crate) fn rekey_raced(what: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "{what} changed while the master key was being rotated (is a broker or another command using the store?)"
-    ))
+    StoreError::RekeyRaced(what.to_owned())
 }
 
 impl SecretRecord {
@@ -553,7 +556,7 @@ pub trait Store: Send + Sync {
         sealed: &SealedSecret,
     ) -> Result<bool, StoreError>;
     /// Apply a master-key rotation in one transaction: every swap applies, or nothing does
-    /// (`Conflict` if anything changed since it was read, or a secret was added meanwhile).
+    /// (`RekeyRaced` if anything changed since it was read, or a secret was added meanwhile).
     async fn rekey(&self, rekey: &Rekey) -> Result<(), StoreError>;
     /// Delete a secret and every token that uses it; returns how many tokens went with it.
     async fn delete_secret(&self, tenant: &str, id: &str) -> Result<u64, StoreError>;

@@ -501,8 +501,14 @@ async fn a_master_key_rotation_applies_whole_or_not_at_all() {
     for stale in [rekey(7, "old"), rekey(1, "other")] {
         let refused = store.rekey(&stale).await;
         assert!(
-            matches!(refused, Err(StoreError::Conflict(_))),
+            matches!(refused, Err(StoreError::RekeyRaced(_))),
             "{refused:?}"
+        );
+        let said = refused.unwrap_err().to_string();
+        assert!(
+            said.contains("changed while the master key was being rotated")
+                && !said.contains("already exists"),
+            "{said}"
         );
         unchanged().await;
     }
@@ -517,7 +523,7 @@ async fn a_master_key_rotation_applies_whole_or_not_at_all() {
         .unwrap();
     let refused = store.rekey(&rekey(1, "old")).await;
     assert!(
-        matches!(refused, Err(StoreError::Conflict(_))),
+        matches!(refused, Err(StoreError::RekeyRaced(_))),
         "{refused:?}"
     );
     unchanged().await;
@@ -528,7 +534,7 @@ async fn a_master_key_rotation_applies_whole_or_not_at_all() {
     store.set_meta("sealed_meanwhile", "x").await.unwrap();
     let refused = store.rekey(&made_meanwhile).await;
     assert!(
-        matches!(refused, Err(StoreError::Conflict(_))),
+        matches!(refused, Err(StoreError::RekeyRaced(_))),
         "{refused:?}"
     );
     unchanged().await;

@@ -8,7 +8,9 @@ use clap::{Args, Subcommand};
 use super::output::print_json;
 use super::{Context, key_from_env};
 use crate::ops::master_key::{self, Rotation};
-use crate::vault::master_key::{MASTER_KEY_ENV, NEW_MASTER_KEY_ENV, load, pending_file};
+use crate::vault::master_key::{
+    MASTER_KEY_ENV, NEW_MASTER_KEY_ENV, load, pending_file, sync_parent,
+};
 use crate::vault::{Key, KeySource};
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +53,12 @@ pub(super) async fn run(ctx: Context, cmd: KeyCommand) -> anyhow::Result<()> {
             format!(
                 "the store now opens only with the new key in {}, which could not replace {}: move it there",
                 pending.display(),
+                key_file.display()
+            )
+        })?;
+        sync_parent(key_file).with_context(|| {
+            format!(
+                "the new key replaced {}, but the directory could not be synced to disk",
                 key_file.display()
             )
         })?;

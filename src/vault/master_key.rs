@@ -108,7 +108,18 @@ fn write_key_file(path: &Path, key: &Key) -> Result<(), VaultError> {
         .map_err(io_err)?;
     let encoded = Zeroizing::new(format!("{}\n", STANDARD.encode(key.expose())));
     file.write_all(encoded.as_bytes()).map_err(io_err)?;
-    file.sync_all().map_err(io_err)
+    file.sync_all().map_err(io_err)?;
+    sync_parent(path).map_err(io_err)
+}
+
+/// Make the directory entry of `path` (just created or renamed) survive a power cut: a
+/// store may be committed to the key in it moments later.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(parent)?.sync_all()
 }
 
 #[cfg(test)]

@@ -725,14 +725,21 @@ async fn an_agent_mints_no_credential_that_works_without_the_broker_unless_the_o
     broker.stop().await;
 }
 
-#[tokio::test]
-async fn a_graphql_operation_mints_no_credential_unless_the_operator_allows_it() {
-    let (mock, env) = setup("max_policy_body_bytes = 4096").await;
+/// A GitLab secret `lab` in `env`, with a token of no policy and one whose policy may mint
+/// credentials: (plain, minter).
+async fn gitlab_tokens(env: &Env) -> (String, String) {
     env.add_secret("lab", "gitlab", "glpat-BYPASS-real-key-0123456789")
         .await;
     let plain = env.create_token("lab", &[]).await;
-    let minting = write(&env, "mint.toml", "mint_credentials = true\n");
+    let minting = write(env, "mint.toml", "mint_credentials = true\n");
     let minter = env.create_token("lab", &["--policy", &minting]).await;
+    (plain, minter)
+}
+
+#[tokio::test]
+async fn a_graphql_operation_mints_no_credential_unless_the_operator_allows_it() {
+    let (mock, env) = setup("max_policy_body_bytes = 4096").await;
+    let (plain, minter) = gitlab_tokens(&env).await;
     let broker = env.serve().await;
     let graphql = broker.url("/api/gitlab/api/graphql");
     let ask = |token: &str, url: &str, content_type: &str, body: &str| {
@@ -917,11 +924,7 @@ async fn gitlab_projects_named_by_path_pass_whole_and_are_held_to_the_rules() {
 #[tokio::test]
 async fn gitlab_answers_withhold_runner_registration_tokens_unless_the_operator_allows_it() {
     let (_mock, env) = setup("").await;
-    env.add_secret("lab", "gitlab", "glpat-BYPASS-real-key-0123456789")
-        .await;
-    let plain = env.create_token("lab", &[]).await;
-    let minting = write(&env, "mint.toml", "mint_credentials = true\n");
-    let minter = env.create_token("lab", &["--policy", &minting]).await;
+    let (plain, minter) = gitlab_tokens(&env).await;
     let broker = env.serve().await;
     let ask = |token: &str, path: &str, answer: &str, encoding: &str| {
         let url = broker.url(&format!("/api/gitlab{path}"));

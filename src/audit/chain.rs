@@ -459,7 +459,8 @@ async fn verify_once(store: &dyn Store, key: &ChainKey) -> Result<Vec<(String, u
             if !key.check_tenants(&signed) {
                 return Err(ChainError::Head {
                     tenant: "*".into(),
-                    why: "the signed list of tenants is forged".into(),
+                    why: "the signed list of tenants is forged, or signed with another master key"
+                        .into(),
                 }
                 .into());
             }

@@ -122,9 +122,9 @@ pub fn checked_tenants(
         why,
     };
     let mut tenants = match listed {
-        Some(listed) => sign
-            .signed_tenants(listed)
-            .ok_or_else(|| tampered("the signed list of tenants is forged"))?,
+        Some(listed) => sign.signed_tenants(listed).ok_or_else(|| {
+            tampered("the signed list of tenants is forged, or signed with another master key")
+        })?,
         None => Vec::new(),
     };
     match newest {

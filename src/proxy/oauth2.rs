@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use percent_encoding::utf8_percent_encode;
@@ -120,8 +121,6 @@ struct Granted {
     /// How long the endpoint said the token is valid (`expires_in`), however long; `None`
     /// when it didn't say.
     valid_for: Option<Duration>,
-    /// A new refresh token, when the provider rotates them.
-    refresh_token: Option<SecretString>,
 }
 
 /// An access token and what it is good for.
@@ -380,22 +379,13 @@ impl Refresher {
             _ => secret.refresh_token.clone(),
         };
         let sent = Instant::now();
-        let granted = self
-            .exchange(grant, &secret, &refresh_token)
-            .await
-            .inspect_err(|e| {
-                tracing::warn!(secret = %token.secret_name, provider = %token.provider, "OAuth2 refresh failed: {e}");
-            })?;
-        if granted.valid_for.is_none() {
-            tracing::warn!(
-                provider = %token.provider,
-                "the token endpoint gave no expires_in; assuming {DEFAULT_LIFETIME:?}"
-            );
-        }
-        let expires_at = sent + granted.lifetime;
-        let scrub_until = granted.scrub_until(sent);
-        let rotated = granted
-            .refresh_token
+        let answer = self.exchange(grant, &secret, &refresh_token).await;
+        // Kept even when the rest of the answer can't be used: the provider has taken the
+        // old one, so losing the new one would end the grant.
+        let rotated = answer
+            .as_ref()
+            .ok()
+            .and_then(|answer| rotated_refresh_token(answer))
             .filter(|new| new.expose_secret() != refresh_token.expose_secret());
         let mut versions = vec![version];
         if let Some(new) = rotated {
@@ -417,6 +407,19 @@ impl Refresher {
             }
             refreshing.rotated = Some((version, new));
         }
+        let granted = answer
+            .and_then(|answer| parse_granted(&answer))
+            .inspect_err(|e| {
+                tracing::warn!(secret = %token.secret_name, provider = %token.provider, "OAuth2 refresh failed: {e}");
+            })?;
+        if granted.valid_for.is_none() {
+            tracing::warn!(
+                provider = %token.provider,
+                "the token endpoint gave no expires_in; assuming {DEFAULT_LIFETIME:?}"
+            );
+        }
+        let expires_at = sent + granted.lifetime;
+        let scrub_until = granted.scrub_until(sent);
         self.keyring
             .learn(
                 &token.secret_id,
@@ -433,13 +436,14 @@ impl Refresher {
         })
     }
 
-    /// POST the refresh-token grant and read the answer, all within the timeout.
+    /// POST the refresh-token grant and read the answer, all within the timeout: the body of
+    /// a 2xx answer.
     async fn exchange(
         &self,
         grant: &Oauth2Grant,
         secret: &Oauth2Secret,
         refresh_token: &SecretString,
-    ) -> Result<Granted, RefreshError> {
+    ) -> Result<Bytes, RefreshError> {
         // Checked when the provider table loaded.
         let uri: Uri = grant
             .token_url
@@ -490,7 +494,7 @@ impl Refresher {
             .await
             .map_err(|_| RefreshError::Timeout(self.timeout))??;
         if status.is_success() {
-            parse_granted(&answer)
+            Ok(answer)
         } else {
             Err(refused(status, &answer))
         }
@@ -576,19 +580,9 @@ fn parse_granted(answer: &[u8]) -> Result<Granted, RefreshError> {
     {
         return Err(bad("the token type is not Bearer"));
     }
-    let token = |key: &str| match map.get(key) {
-        None => Ok(None),
-        Some(Value::String(t))
-            if t.len() >= MIN_SECRET_LEN && t.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            Ok(Some(SecretString::from(t.as_str())))
-        }
-        Some(_) => Err(bad(
-            "a token is not printable ASCII of at least 8 characters without spaces",
-        )),
-    };
-    let access_token = token("access_token")?.ok_or(bad("it has no access_token"))?;
-    let refresh_token = token("refresh_token")?;
+    let access_token = answer_token(&map, "access_token")?.ok_or(bad("it has no access_token"))?;
+    // A refresh token that could not be masked makes the whole answer unusable.
+    answer_token(&map, "refresh_token")?;
     let seconds = match map.get("expires_in") {
         None => None,
         Some(v) => Some(
@@ -605,8 +599,34 @@ fn parse_granted(answer: &[u8]) -> Result<Granted, RefreshError> {
             Duration::from_secs(s).min(MAX_LIFETIME)
         }),
         valid_for: seconds.map(Duration::from_secs),
-        refresh_token,
     })
+}
+
+/// The token named `key` of an answer, if it has one that can be scrubbed reliably.
+fn answer_token(
+    map: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<SecretString>, RefreshError> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(Value::String(t))
+            if t.len() >= MIN_SECRET_LEN && t.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(SecretString::from(t.as_str())))
+        }
+        Some(_) => Err(RefreshError::BadAnswer(
+            "a token is not printable ASCII of at least 8 characters without spaces",
+        )),
+    }
+}
+
+/// The refresh token a successful answer rotated in, whether or not the rest of it can be
+/// used.
+fn rotated_refresh_token(answer: &[u8]) -> Option<SecretString> {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(answer) else {
+        return None;
+    };
+    answer_token(&map, "refresh_token").ok().flatten()
 }
 
 impl Granted {
@@ -643,15 +663,24 @@ mod tests {
         assert_eq!(granted.access_token.expose_secret(), "ya29.access-1");
         assert_eq!(granted.lifetime, Duration::from_secs(3599));
         assert_eq!(granted.valid_for, Some(Duration::from_secs(3599)));
-        assert!(granted.refresh_token.is_none());
-        let rotated = parse_granted(
-            br#"{"access_token": "ya29.access-2", "token_type": "bearer", "expires_in": "60", "refresh_token": "refresh-new"}"#,
-        )
-        .unwrap();
+        assert!(rotated_refresh_token(br#"{"access_token": "ya29.access-1"}"#).is_none());
+        let answer = br#"{"access_token": "ya29.access-2", "token_type": "bearer", "expires_in": "60", "refresh_token": "refresh-new"}"#;
+        let rotated = parse_granted(answer).unwrap();
         assert_eq!(rotated.lifetime, Duration::from_secs(60));
         assert_eq!(
-            rotated.refresh_token.as_ref().map(|t| t.expose_secret()),
+            rotated_refresh_token(answer)
+                .as_ref()
+                .map(|t| t.expose_secret()),
             Some("refresh-new")
+        );
+        // Taken from an answer whose access token can't be used, too.
+        let unusable = br#"{"access_token": "ya29.access-3", "expires_in": 0, "refresh_token": "refresh-newer"}"#;
+        assert!(parse_granted(unusable).is_err());
+        assert_eq!(
+            rotated_refresh_token(unusable)
+                .as_ref()
+                .map(|t| t.expose_secret()),
+            Some("refresh-newer")
         );
         let bare = parse_granted(br#"{"access_token": "ya29.access-3"}"#).unwrap();
         assert_eq!(bare.valid_for, None);

@@ -474,3 +474,27 @@ async fn oauth2_secrets_must_be_a_client_and_a_refresh_token() {
         "OAuth2 refresh via http://127.0.0.1:9/oauth2/token → Authorization: Bearer <access>"
     );
 }
+
+#[tokio::test]
+async fn a_rotated_refresh_token_is_kept_when_the_rest_of_the_answer_is_unusable() {
+    let (mock, env, token) = gmail().await;
+    mock.oauth.set_rotate(true);
+    // The endpoint rotates the refresh token, but its answer's lifetime can't be used.
+    mock.oauth.set_expires_in(Some(0));
+    let broker = env.serve().await;
+    assert_eq!(get(&broker, PROFILE, &token).await.status, 502);
+    let rotated = mock.oauth.refresh_token();
+    assert_ne!(rotated, REFRESH_TOKEN);
+    // The replaced refresh token is dead at the endpoint: only the rotated one mints now.
+    mock.oauth.set_expires_in(Some(3600));
+    let reply = get(&broker, PROFILE, &token).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let (body, _) = mock.oauth.requests().pop().expect("a token request");
+    let form: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap();
+    assert!(
+        form.contains(&("refresh_token".to_owned(), rotated.clone())),
+        "{form:?}"
+    );
+    broker.stop().await;
+    assert_none_in(&mock.oauth.secrets(), &env.transcript(), "the logs");
+}

@@ -54,8 +54,15 @@ pub struct ProviderSpec {
 }
 
 impl ProviderSpec {
-    /// This spec with every field `over` sets replaced by `over`'s value.
+    /// This spec with every field `over` sets replaced by `over`'s value; a new `base_url`
+    /// also replaces the hosts unless `over` names them.
     pub fn overlay(self, over: ProviderSpec) -> ProviderSpec {
+        // A built-in's hosts belong to its service (`github.com` to api.github.com): a
+        // provider moved to another server (GitHub Enterprise) must not send its key there.
+        let hosts = match &over.base_url {
+            Some(_) => over.hosts,
+            None => over.hosts.or(self.hosts),
+        };
         ProviderSpec {
             base_url: over.base_url.or(self.base_url),
             http2: over.http2.or(self.http2),
@@ -64,7 +71,7 @@ impl ProviderSpec {
             errors: over.errors.or(self.errors),
             model_in: over.model_in.or(self.model_in),
             stream_usage_opt_in: over.stream_usage_opt_in.or(self.stream_usage_opt_in),
-            hosts: over.hosts.or(self.hosts),
+            hosts,
             body_placeholders: over.body_placeholders.or(self.body_placeholders),
             credential_routes: over.credential_routes.or(self.credential_routes),
             encoded_slashes: over.encoded_slashes.or(self.encoded_slashes),

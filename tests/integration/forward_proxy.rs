@@ -1411,3 +1411,28 @@ auth = { scheme = "header", name = "X-Acme-Sig" }
     );
     s.broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_builtin_moved_to_another_server_takes_none_of_its_built_in_hosts() {
+    // GitHub Enterprise: the built-in `github` pointed at a self-hosted server.
+    let s = setup(
+        "\"github.com\" = \"127.0.0.1:MOCK_PORT\"\n\n[providers.github]\nbase_url = \"https://ghe.example.test/api/v3\"\n",
+    )
+    .await;
+    let ghe_key = "ghp_REAL-enterprise-KEY-0123456789";
+    s.env.add_secret("ghe", "github", ghe_key).await;
+    let token = s.env.create_token("ghe", &["--agent", "ghe"]).await;
+    let auth = format!("authorization: Bearer {token}");
+    let reply = curl(&s, &["-H", &auth, "https://github.com/user"]).await;
+    // github.com is no destination of any provider now.
+    assert_eq!(reply.connect, 403, "{reply:#?}");
+    assert_eq!(reply.seks_error(), Some("destination_not_allowed"));
+    assert!(
+        s.mock
+            .requests()
+            .iter()
+            .all(|seen| !seen.raw().contains(ghe_key)),
+        "the enterprise key reached github.com"
+    );
+    s.broker.stop().await;
+}

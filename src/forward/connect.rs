@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 use super::egress::Destination;
 use super::{ForwardProxy, Refusal, stopping};
 use crate::metrics;
-use crate::proxy::ProxyError;
+use crate::proxy::{ProxyError, TokenWatch};
 use crate::server::timed_body;
 use crate::store::TokenRecord;
 use crate::tokens::TOKEN_PREFIX;
@@ -204,15 +204,15 @@ impl ForwardProxy {
         headers: &HeaderMap,
     ) -> Result<(SecretString, Arc<crate::keyring::TokenEntry>), ProxyError> {
         let token = proxy_token(headers)?;
-        let entry = self.caller(&token).await?;
+        let (entry, _) = self.caller(&token).await?;
         Ok((token, entry))
     }
 
-    /// The caller's token entry: alive, or a 407 saying why not.
+    /// The caller's token entry and a watch on it: alive, or a 407 saying why not.
     pub(super) async fn caller(
         &self,
         token: &SecretString,
-    ) -> Result<Arc<crate::keyring::TokenEntry>, ProxyError> {
+    ) -> Result<(Arc<crate::keyring::TokenEntry>, TokenWatch), ProxyError> {
         self.proxy
             .caller(token.expose_secret())
             .await

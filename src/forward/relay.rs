@@ -20,7 +20,7 @@ use super::{ForwardProxy, Refusal};
 use crate::metrics;
 use crate::proxy::{
     FORWARDED_METHODS, ForwardBody, Metering, Outgoing, PendingRecord, ProxyError, Seen,
-    declared_length, minted, rewrite, target, websocket,
+    TokenWatch, declared_length, minted, rewrite, target, websocket,
 };
 use crate::server::cutoff::CutOffBody;
 use crate::tokens;
@@ -49,7 +49,7 @@ impl ForwardProxy {
         let upgrade = websocket::take_upgrade(&mut parts);
         pending.update(|r| r.host = Some(route.dest.to_string()));
         let caller_token = route.caller.as_ref().map_err(Clone::clone)?;
-        let caller = self.caller(caller_token).await?;
+        let (caller, caller_watch) = self.caller(caller_token).await?;
         pending.update(|r| r.attribute_to(&caller.record));
         if !FORWARDED_METHODS.contains(&parts.method) {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
@@ -88,7 +88,7 @@ impl ForwardProxy {
                     websocket: upgrade.is_some(),
                 }
                 .request(parts.method.clone(), headers, body)?;
-                self.pass_through(route, upstream, upgrade, seen, pending)
+                self.pass_through(route, upstream, upgrade, caller_watch, seen, pending)
                     .await
             } else {
                 Err(ProxyError::AmbiguousToken)
@@ -206,12 +206,14 @@ impl ForwardProxy {
     }
 
     /// A request with no token, relayed to the allowed destination with the agent's headers
-    /// (hop-by-hop ones aside); its response is scrubbed of every secret like any other.
+    /// (hop-by-hop ones aside); its response is scrubbed of every secret like any other, and
+    /// it ends, as a session does, once the caller's token may no longer be used (`caller`).
     async fn pass_through(
         &self,
         route: &Route,
         request: Request<Body>,
         upgrade: Option<OnUpgrade>,
+        caller: TokenWatch,
         seen: &mut Seen,
         pending: &Arc<PendingRecord>,
     ) -> Result<Response, ProxyError> {
@@ -229,7 +231,7 @@ impl ForwardProxy {
                 record: pending.clone(),
             },
             upgrade,
-            watch: None,
+            watch: Some(caller),
         };
         self.proxy.send_upstream(outgoing, seen).await
     }

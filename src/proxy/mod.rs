@@ -445,12 +445,18 @@ impl Proxy {
     }
 
     /// The entry of a token that identifies its holder (the forward proxy's caller): any
-    /// provider's, but alive, as are its ancestors.
-    pub(crate) async fn caller(&self, token_text: &str) -> Result<Arc<TokenEntry>, ProxyError> {
+    /// provider's, but alive, as are its ancestors; and a watch on it for what it opens.
+    pub(crate) async fn caller(
+        &self,
+        token_text: &str,
+    ) -> Result<(Arc<TokenEntry>, TokenWatch), ProxyError> {
         let parsed = tokens::parse(token_text)?;
+        // Watching starts before the lookup, so a change the entry doesn't show yet is seen.
+        let changes = self.keyring.changes();
         let entry = self.keyring.token(&parsed).await.map_err(keyring_error)?;
         enforce::check_lifetimes(&entry, clock::now())?;
-        Ok(entry)
+        let watch = TokenWatch::new(&self.keyring, changes, parsed.hash(), &entry);
+        Ok((entry, watch))
     }
 
     /// Apply the token's policy to a request for `provider` (`rest` is the path its rules

@@ -951,6 +951,49 @@ async fn a_websocket_session_is_closed_once_its_token_is_revoked() {
     s.broker.stop().await;
 }
 
+#[tokio::test]
+async fn a_session_relayed_without_a_credential_is_closed_once_the_callers_token_is_revoked() {
+    let (echo, s, token) = ws_setup("").await;
+    let proxy = format!("http://agent:{token}@{}", s.proxy);
+    let ca = s.ca_file.display().to_string();
+    // The token only names the caller: no credential goes upstream, the session is relayed.
+    let env = [
+        ("SEKS_TOKEN", token.as_str()),
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("SSL_CERT_FILE", ca.as_str()),
+    ];
+    let args = [
+        "wss://ws.example.test/socket",
+        "--until-closed",
+        "--no-token",
+    ];
+    let client = run_python("ws_client.py", &args, &env);
+    let revoke = async {
+        while echo.handshakes().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let id = s.env.token_id("socket").await;
+        s.env.cli(&["token", "revoke", &id], "").await.ok();
+        std::time::Instant::now()
+    };
+    let (out, revoked_at) = tokio::join!(client, revoke);
+    let closed_after = revoked_at.elapsed();
+    assert!(out.status.success(), "{out:#?}");
+    assert_eq!(out.stdout.trim(), "closed 1008 token_revoked");
+    assert!(
+        closed_after < Duration::from_secs(2),
+        "closed {closed_after:?} after the revocation"
+    );
+    assert!(
+        echo.handshakes()
+            .iter()
+            .all(|headers| headers.iter().all(|(k, _)| k != "authorization")),
+        "a credential went upstream"
+    );
+    s.broker.stop().await;
+}
+
 /// A session with the WebSocket echo through the broker at `addr`, opened with `token`.
 async fn open_session(
     addr: SocketAddr,

@@ -99,8 +99,9 @@ pub fn find_token<'a>(
             // The proxy recomputes a signing agent's token from its signature's key id.
             TokenSource::Sigv4 => None,
         };
-        if found.is_some() {
-            return Ok(found);
+        // An empty place (`?key=`) holds no token; a later place may.
+        if let Some(token) = found.filter(|t| !t.is_empty()) {
+            return Ok(Some(token));
         }
     }
     Ok(None)
@@ -493,6 +494,27 @@ mod tests {
             found("gemini", &[("x-goog-api-key", "seks_gemini_h")], None),
             t("seks_gemini_h")
         );
+    }
+
+    #[test]
+    fn an_empty_place_holds_no_token_and_the_next_place_is_looked_at() {
+        let config: BTreeMap<String, crate::providers::ProviderSpec> = toml::from_str(
+            r#"[acme]
+            base_url = "https://api.acme.example"
+            token_in = [{ in = "query", param = "key" }, { in = "header", name = "x-api-key" }]
+            auth = { scheme = "header", name = "x-api-key" }"#,
+        )
+        .unwrap();
+        let acme = Providers::load(&config)
+            .unwrap()
+            .get("acme")
+            .unwrap()
+            .clone();
+        let sent = headers(&[("x-api-key", "seks_acme_h")]);
+        let token = find_token(&acme, &sent, Some("key="), "/").unwrap();
+        assert_eq!(token.as_deref(), Some("seks_acme_h"));
+        let blank = headers(&[("x-api-key", " ")]);
+        assert_eq!(find_token(&acme, &blank, Some("key="), "/").unwrap(), None);
     }
 
     #[test]

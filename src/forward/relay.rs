@@ -19,7 +19,7 @@ use super::placeholder::{self, BodyKind};
 use super::{ForwardProxy, Refusal};
 use crate::metrics;
 use crate::proxy::{
-    FORWARDED_METHODS, ForwardBody, Metering, Outgoing, PendingRecord, ProxyError, Seen,
+    FORWARDED_METHODS, ForwardBody, Hidden, Metering, Outgoing, PendingRecord, ProxyError, Seen,
     TokenWatch, declared_length, minted, rewrite, target, websocket,
 };
 use crate::server::cutoff::CutOffBody;
@@ -167,8 +167,11 @@ impl ForwardProxy {
             client: self.upstreams.client(provider.http2 && upgrade.is_none()),
             upstream: &provider.name,
             minted: minted(&provider, &entry.record, &unlocked),
-            scrubber: &unlocked.scrubber,
-            withheld: admitted.withheld,
+            hidden: Hidden {
+                scrubber: &unlocked.scrubber,
+                members: admitted.withheld,
+                cookies: true,
+            },
             metering: Metering {
                 admission: admitted.admission,
                 llm: provider.model_in.reads_body(),
@@ -223,8 +226,12 @@ impl ForwardProxy {
             client: self.upstreams.client(false),
             upstream: &route.dest.host,
             minted: None,
-            scrubber: &scrubber,
-            withheld: None,
+            // The agent's own cookies, for a request that carries no credential.
+            hidden: Hidden {
+                scrubber: &scrubber,
+                members: None,
+                cookies: false,
+            },
             metering: Metering {
                 admission: None,
                 llm: false,

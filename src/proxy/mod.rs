@@ -38,7 +38,6 @@ use crate::audit::{AuditRecord, Auditor, Decision};
 use crate::keyring::{Keyring, KeyringError, TokenEntry, Unlocked};
 use crate::policy::limits::Limits;
 use crate::providers::{AuthScheme, ErrorShape, Provider, Providers};
-use crate::scrub::Scrubber;
 use crate::sigv4::chunked::ChunkError;
 use crate::sigv4::replay::ReplayGuard;
 use crate::tokens::SigningTokens;
@@ -46,7 +45,7 @@ use crate::{clock, tokens};
 pub use audited::{AuditedBody, CountedBody, PendingRecord};
 use enforce::Enforcer;
 pub(crate) use enforce::{Admitted, ForwardBody, by_root, check_credential_route};
-pub(crate) use response::Metering;
+pub(crate) use response::{Hidden, Metering};
 
 /// Limits and timeouts the proxy applies to every request.
 #[derive(Debug, Clone)]
@@ -103,10 +102,8 @@ pub(crate) struct Outgoing<'a> {
     /// An OAuth2 access token the request carries and the secret it was minted from: if the
     /// upstream refuses it, it is not used again.
     pub minted: Option<(&'a str, &'a Arc<SecretString>)>,
-    /// Masks every secret in the response.
-    pub scrubber: &'a Arc<Scrubber>,
-    /// JSON members withheld from the response.
-    pub withheld: Option<Arc<[String]>>,
+    /// What the response must not show the agent.
+    pub hidden: Hidden<'a>,
     /// Usage metering and the audit record.
     pub metering: Metering,
     /// The agent's side of a WebSocket handshake, switched once the upstream has.
@@ -395,8 +392,11 @@ impl Proxy {
             client: self.upstreams.client(provider.http2 && upgrade.is_none()),
             upstream: &provider.name,
             minted: minted(&provider, token, &unlocked),
-            scrubber: &unlocked.scrubber,
-            withheld: admitted.withheld,
+            hidden: Hidden {
+                scrubber: &unlocked.scrubber,
+                members: admitted.withheld,
+                cookies: true,
+            },
             metering: Metering {
                 admission: admitted.admission,
                 llm: provider.model_in.reads_body(),
@@ -526,8 +526,7 @@ impl Proxy {
             client,
             upstream,
             minted,
-            scrubber,
-            withheld,
+            hidden,
             metering,
             upgrade,
             watch,
@@ -557,14 +556,14 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             // The session is the request in flight: it holds its concurrency slots until it ends.
-            return self
-                .sessions
-                .switch(agent, response, scrubber, watch, metering.admission);
+            return self.sessions.switch(
+                agent,
+                response,
+                hidden.scrubber,
+                watch,
+                metering.admission,
+            );
         }
-        let hidden = response::Hidden {
-            scrubber,
-            members: withheld,
-        };
         response::to_agent(
             response,
             hidden,

@@ -63,6 +63,9 @@ pub struct Hidden<'a> {
     /// JSON members withheld whole: credentials the upstream hands out (see
     /// [`crate::providers::Provider::credential_members`]).
     pub members: Option<Arc<[String]>>,
+    /// Whether the upstream's `Set-Cookie` is withheld: a session it opens on the injected
+    /// credential would work without the broker (which never forwards an agent's cookies).
+    pub cookies: bool,
 }
 
 /// Turn an upstream response into the agent's response, with what `hidden` names hidden.
@@ -83,6 +86,9 @@ pub fn to_agent(
     parts.extensions = http::Extensions::new();
     only_chunked_transfer(&parts.headers)?;
     rewrite::clean_response_headers(&mut parts.headers);
+    if hidden.cookies {
+        parts.headers.remove(header::SET_COOKIE);
+    }
     let mut body = TimeoutBody::new(read_timeout, body)
         .map_err(BoxError::from)
         .boxed_unsync();

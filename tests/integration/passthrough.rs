@@ -80,6 +80,33 @@ async fn the_real_key_replaces_the_token_and_agent_credentials_never_reach_upstr
 }
 
 #[tokio::test]
+async fn a_session_the_upstream_opens_on_the_real_key_never_reaches_the_agent() {
+    let mock = MockUpstream::start().await;
+    let (env, token) = openai_setup(&mock.url()).await;
+    let broker = env.serve().await;
+    // A session cookie set on a request the real key authenticated would let its holder
+    // act as that key without the broker, which never forwards an agent's cookies anyway.
+    let reply = send(
+        "GET",
+        &broker.url("/api/openai/v1/models"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-mock-answer", r#"{"data":[]}"#),
+            (
+                "x-mock-set-cookie",
+                "session=opened-on-the-real-key; HttpOnly",
+            ),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("set-cookie"), None);
+    assert_eq!(reply.json()["data"], serde_json::json!([]));
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn every_provider_gets_its_key_in_its_own_scheme() {
     let mock = MockUpstream::start().await;
     let env = Env::with_upstream(&mock.url());

@@ -217,7 +217,10 @@ async fn handle(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let asked = header("x-mock-answer").map(|a| (a, header("x-mock-encoding").unwrap_or_default()));
+    let asked = header("x-mock-answer").map(|a| {
+        let encoding = header("x-mock-encoding").unwrap_or_default();
+        (a, encoding, header("x-mock-set-cookie"))
+    });
     seen.lock().unwrap().push(Seen {
         version,
         method,
@@ -228,14 +231,18 @@ async fn handle(
 
     let response = if let Some(response) = oauth_answer {
         response
-    } else if let Some((answer, encoding)) = asked {
-        // `x-mock-answer`: the body to answer, as JSON, compressed as `x-mock-encoding` says.
+    } else if let Some((answer, encoding, cookie)) = asked {
+        // `x-mock-answer`: the body to answer, as JSON, compressed as `x-mock-encoding` says,
+        // with `x-mock-set-cookie` as a cookie.
         let body = compress(&encoding, answer.as_bytes());
         let mut builder = Response::builder()
             .header("content-type", "application/json")
             .header("content-length", body.len());
         if !encoding.is_empty() {
             builder = builder.header("content-encoding", encoding);
+        }
+        if let Some(cookie) = cookie {
+            builder = builder.header("set-cookie", cookie);
         }
         builder
             .body(

@@ -556,13 +556,9 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             // The session is the request in flight: it holds its concurrency slots until it ends.
-            return self.sessions.switch(
-                agent,
-                response,
-                hidden.scrubber,
-                watch,
-                metering.admission,
-            );
+            return self
+                .sessions
+                .switch(agent, response, &hidden, watch, metering.admission);
         }
         response::to_agent(
             response,

@@ -85,10 +85,7 @@ pub fn to_agent(
     // could fill with anything; the agent gets the standard one.
     parts.extensions = http::Extensions::new();
     only_chunked_transfer(&parts.headers)?;
-    rewrite::clean_response_headers(&mut parts.headers);
-    if hidden.cookies {
-        parts.headers.remove(header::SET_COOKIE);
-    }
+    agent_headers(&mut parts.headers, &hidden);
     let mut body = TimeoutBody::new(read_timeout, body)
         .map_err(BoxError::from)
         .boxed_unsync();
@@ -144,13 +141,22 @@ pub fn to_agent(
         )
         .boxed_unsync();
     }
-    scrub::scrub_headers(hidden.scrubber, &mut parts.headers);
     let body = ScrubBody::new(body, hidden.scrubber.stream()).following(keyring.redactor());
     let body = match watch {
         Some(token) => Body::new(WatchedBody::new(body, token)),
         None => Body::new(body),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// An answer's headers as the agent may see them: hop-by-hop and forged ones dropped, the
+/// cookies when `hidden` says, every secret masked.
+pub(crate) fn agent_headers(headers: &mut HeaderMap, hidden: &Hidden<'_>) {
+    rewrite::clean_response_headers(headers);
+    if hidden.cookies {
+        headers.remove(header::SET_COOKIE);
+    }
+    scrub::scrub_headers(hidden.scrubber, headers);
 }
 
 /// Whether the response declares JSON (`application/json`, or a `+json` type).

@@ -32,12 +32,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::task::TaskTracker;
 
-use super::{ProxyError, TokenWatch, rewrite};
+use super::response::{Hidden, agent_headers};
+use super::{ProxyError, TokenWatch};
 use crate::clock;
 use crate::keyring::Keyring;
 use crate::policy::limits::{Admission, Limits};
 use crate::policy::usage::Usage;
-use crate::scrub::{self, Redactor, Scrubber};
+use crate::scrub::{Redactor, Scrubber};
 
 /// The header naming negotiated extensions, which are never offered upstream.
 const EXTENSIONS: &str = "sec-websocket-extensions";
@@ -115,11 +116,11 @@ impl Sessions {
         &self,
         agent: OnUpgrade,
         response: http::Response<Incoming>,
-        scrubber: &Arc<Scrubber>,
+        hidden: &Hidden<'_>,
         watch: Option<TokenWatch>,
         admission: Option<Admission>,
     ) -> Result<Response, ProxyError> {
-        let (response, upstream) = switched_response(response, scrubber)?;
+        let (response, upstream) = switched_response(response, hidden)?;
         let keyring = Arc::clone(&self.keyring);
         let max_message = self.max_message;
         let cut_off = self.cut_off.clone();
@@ -192,7 +193,7 @@ async fn closing_frame(
 /// upstream's side of the connection, once it has switched.
 fn switched_response(
     mut response: http::Response<Incoming>,
-    scrubber: &Scrubber,
+    hidden: &Hidden<'_>,
 ) -> Result<(Response, OnUpgrade), ProxyError> {
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
@@ -201,8 +202,7 @@ fn switched_response(
         return Err(ProxyError::UnsupportedEncoding);
     }
     parts.extensions = http::Extensions::new();
-    rewrite::clean_response_headers(&mut parts.headers);
-    scrub::scrub_headers(scrubber, &mut parts.headers);
+    agent_headers(&mut parts.headers, hidden);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -35,7 +35,7 @@ const DECODE_CHUNK: usize = 64 * 1024;
 /// since it can't be checked.
 const WITHHOLD_LIMIT: usize = 16 << 20;
 /// What a withheld member's value becomes.
-pub const WITHHELD: &str = "[withheld by seks: a root policy must set mint_credentials = true]";
+const WITHHELD: &str = "[withheld by seks: a root policy must set mint_credentials = true]";
 
 /// A content coding the broker can undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -407,6 +407,8 @@ async fn quoting_ws_upstream(secret: &'static str) -> String {
     use base64::Engine;
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -414,7 +416,16 @@ async fn quoting_ws_upstream(secret: &'static str) -> String {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                // A session cookie in the handshake's answer, as a server might set on the
+                // credential it was given.
+                #[allow(clippy::result_large_err)]
+                let with_cookie = |_: &Request, mut answer: Response| {
+                    let cookie = HeaderValue::from_static("ws-session=opened-on-the-real-key");
+                    answer.headers_mut().insert("set-cookie", cookie);
+                    Ok(answer)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, with_cookie).await
+                else {
                     return;
                 };
                 if !matches!(ws.next().await, Some(Ok(Message::Text(_)))) {
@@ -473,7 +484,9 @@ async fn websocket_messages_in_fragments_ping_and_close_never_carry_the_secret()
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let (mut ws, handshake) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    // The session the upstream opened on the real key stays with the broker.
+    assert!(handshake.headers().get("set-cookie").is_none());
     ws.send(Message::text("hello")).await.unwrap();
     let mut seen = Vec::new();
     let mut kinds = Vec::new();

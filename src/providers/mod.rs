@@ -214,7 +214,7 @@ impl Providers {
         let mut specs = builtin_specs()?;
         for (name, over) in config {
             let merged = match specs.remove(name) {
-                Some(builtin) => builtin.overlay(over.clone()),
+                Some(builtin) => builtin.overlay(name, over.clone())?,
                 None => over.clone(),
             };
             specs.insert(name.clone(), merged);
@@ -436,6 +436,50 @@ mod tests {
             ),
             ours("s3", "auth.region")
         );
+    }
+
+    #[test]
+    fn a_builtin_minting_at_a_token_endpoint_moved_off_its_domain_must_name_its_own() {
+        let national = "[msgraph]\nbase_url = \"https://graph.microsoft.us\"\n";
+        assert_eq!(
+            field_error(national),
+            ("msgraph".to_owned(), "auth".to_owned())
+        );
+        let message = load(national).unwrap_err().to_string();
+        assert!(
+            message.contains("https://login.microsoftonline.com/common/oauth2/v2.0/token"),
+            "{message}"
+        );
+        let own = load(&format!(
+            "{national}auth = {{ scheme = \"oauth2\", token_url = \"https://login.microsoftonline.us/common/oauth2/v2.0/token\" }}\n"
+        ))
+        .unwrap();
+        assert!(
+            own.get("msgraph")
+                .unwrap()
+                .auth
+                .describe()
+                .contains("https://login.microsoftonline.us/")
+        );
+        for (entry, host) in [
+            ("gmail", "http://127.0.0.1:9000"),
+            ("gmail", "https://googleapis.com.example"),
+            ("msgraph", "https://evilmicrosoft.com"),
+        ] {
+            assert!(
+                load(&format!("[{entry}]\nbase_url = \"{host}\"\n")).is_err(),
+                "{entry} at {host}"
+            );
+        }
+        // Other Google APIs share Google's token endpoint; a new path is no new service.
+        for (entry, url) in [
+            ("gmail", "https://www.googleapis.com"),
+            ("gmail", "https://gmail.googleapis.com/prefix"),
+            ("msgraph", "https://canary.graph.microsoft.com"),
+        ] {
+            let p = load(&format!("[{entry}]\nbase_url = \"{url}\"\n")).unwrap();
+            assert!(p.get(entry).unwrap().auth.describe().starts_with("OAuth2"));
+        }
     }
 
     #[test]

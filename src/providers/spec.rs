@@ -2,6 +2,7 @@
 //! file share this shape, so a config entry can override a built-in field by field or define
 //! a new provider completely.
 
+use http::Uri;
 use serde::Deserialize;
 
 use super::auth::{AuthScheme, TokenSource};
@@ -55,15 +56,32 @@ pub struct ProviderSpec {
 
 impl ProviderSpec {
     /// This spec with every field `over` sets replaced by `over`'s value; a new `base_url`
-    /// also replaces the hosts unless `over` names them.
-    pub fn overlay(self, over: ProviderSpec) -> ProviderSpec {
+    /// also replaces the hosts unless `over` names them, and needs `auth` if the built-in's
+    /// mints at a token endpoint and the new host is off the built-in's domain.
+    pub fn overlay(self, name: &str, over: ProviderSpec) -> Result<ProviderSpec, ProviderError> {
+        // A token endpoint serves its own cloud: msgraph moved to a national cloud would
+        // send its client secret and refresh token to the public one.
+        if let (Some(moved), None, Some(AuthScheme::Oauth2(grant)), Some(builtin)) =
+            (&over.base_url, &over.auth, &self.auth, &self.base_url)
+            && !on_same_domain(builtin, moved)
+        {
+            return Err(ProviderError::Invalid {
+                provider: name.to_owned(),
+                field: "auth".to_owned(),
+                why: format!(
+                    "must be given with a base_url off `{builtin}`'s domain: the built-in \
+                     token endpoint `{}` serves only that service",
+                    grant.token_url
+                ),
+            });
+        }
         // A built-in's hosts belong to its service (`github.com` to api.github.com): a
         // provider moved to another server (GitHub Enterprise) must not send its key there.
         let hosts = match &over.base_url {
             Some(_) => over.hosts,
             None => over.hosts.or(self.hosts),
         };
-        ProviderSpec {
+        Ok(ProviderSpec {
             base_url: over.base_url.or(self.base_url),
             http2: over.http2.or(self.http2),
             token_in: over.token_in.or(self.token_in),
@@ -79,7 +97,7 @@ impl ProviderSpec {
             credential_fields: over.credential_fields.or(self.credential_fields),
             member_routes: over.member_routes.or(self.member_routes),
             credential_members: over.credential_members.or(self.credential_members),
-        }
+        })
     }
 
     /// Check every field and make the provider; errors name the provider and the field.
@@ -208,4 +226,27 @@ impl ProviderSpec {
             credential_members: credential_members.into(),
         })
     }
+}
+
+/// Whether `moved`'s host is `builtin`'s or shares its parent domain (`www.googleapis.com`
+/// beside `gmail.googleapis.com`), where the built-in's token endpoint still applies.
+fn on_same_domain(builtin: &str, moved: &str) -> bool {
+    let host = |url: &str| {
+        url.parse::<Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(str::to_ascii_lowercase))
+    };
+    let (Some(builtin), Some(moved)) = (host(builtin), host(moved)) else {
+        return false;
+    };
+    let domain = builtin
+        .split_once('.')
+        .map(|(_, parent)| parent)
+        .filter(|parent| parent.contains('.'));
+    moved == builtin
+        || domain.is_some_and(|domain| {
+            moved
+                .strip_suffix(domain)
+                .is_some_and(|label| label.ends_with('.'))
+        })
 }

@@ -621,6 +621,7 @@ impl Store for PgStore {
         policy_name: Option<&str>,
         expires_at: Option<i64>,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE tokens SET policy = $1, policy_name = $2, expires_at = $3 \
              WHERE tenant_id = $4 AND id = $5 AND ($2::TEXT IS NULL OR EXISTS \
@@ -631,11 +632,28 @@ impl Store for PgStore {
         .bind(expires_at)
         .bind(tenant)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 1 {
+            // Brokers hold a child to its ancestors' expiry anyway; cutting the stored one
+            // too keeps what `token show` says of the child true.
+            if let Some(at) = expires_at {
+                sqlx::query(
+                    "WITH RECURSIVE tree(id) AS (SELECT id FROM tokens WHERE tenant_id = $1 AND parent_id = $2 \
+                 UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id) \
+                 UPDATE tokens SET expires_at = $3 WHERE tenant_id = $1 AND id IN (SELECT id FROM tree) \
+                 AND (expires_at IS NULL OR expires_at > $3)",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
             return Ok(true);
         }
+        drop(tx);
         match policy_name {
             Some(name) if self.policy(tenant, name).await?.is_none() => {
                 Err(StoreError::NotFound(format!("policy `{name}`")))

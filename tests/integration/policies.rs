@@ -439,6 +439,15 @@ async fn an_updated_child_never_outlives_its_parent_and_a_narrowed_parent_holds_
         expiry(parent_id.clone()).await
     );
 
+    // A parent given a shorter life takes its child's stored expiry with it.
+    let before = expiry(parent_id.clone()).await;
+    env.cli(&["token", "update", &parent_id, "--ttl", "10m"], "")
+        .await
+        .ok();
+    let shortened = expiry(parent_id.clone()).await;
+    assert!(shortened < before, "{shortened} !< {before}");
+    assert_eq!(expiry(child_id.clone()).await, shortened);
+
     // Narrowing the parent reaches its child within a second.
     let models = broker.url("/api/openai/v1/models");
     let status = || async {

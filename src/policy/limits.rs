@@ -454,7 +454,8 @@ impl Limits {
     }
 
     /// Admit one request against every link of a token's chain (one `(counters, limits)`
-    /// pair per token), or say which limit stops it. Nothing is taken unless all pass.
+    /// pair per token, nearest first), or say which limit stops it. Slots and daily counts
+    /// are taken only if all pass; a rate permit can't be given back (see below).
     pub fn admit(
         &self,
         links: &[(Arc<TokenLimits>, LimitSet)],
@@ -510,6 +511,8 @@ impl Limits {
                 admission.in_flight.push(slot);
             }
         }
+        // Nearest first: a child refused by an ancestor's rate has spent its own permit,
+        // but a child over its own rate never spends what its siblings share.
         for (counters, spec) in links {
             if let Some(rpm) = spec.rpm
                 && shared

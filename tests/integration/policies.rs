@@ -284,6 +284,35 @@ async fn derive(broker: &crate::support::Broker, token: &str, body: Value) -> (u
 }
 
 #[tokio::test]
+async fn a_child_over_its_own_rate_never_spends_what_its_parent_shares() {
+    let (mock, env) = setup("").await;
+    let parent = env
+        .create_token("main", &["--rpm", "3", "--agent", "lead"])
+        .await;
+    let broker = env.serve().await;
+    let (status, child) = derive(
+        &broker,
+        &parent,
+        serde_json::json!({"agent": "sub", "policy": {"rpm": 1}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{child}");
+    let (c, p) = (child["token"].as_str().unwrap(), parent.as_str());
+    let base = broker.url("/api/openai/v1");
+    let calls = sdk(&base, p, &["chats", "gpt-4o-mini", c, c, c, p, p, p]).await;
+    let seen: Vec<(Option<u64>, Option<&str>)> = calls
+        .iter()
+        .map(|r| (r["status"].as_u64(), r["code"].as_str()))
+        .collect();
+    let ok = (Some(200), None);
+    let limited = (Some(429), Some("rate_limited"));
+    // The child's two refused calls leave the parent two of its three.
+    assert_eq!(seen, [ok, limited, limited, ok, ok, limited], "{calls:?}");
+    assert_eq!(mock.requests().len(), 3);
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn child_tokens_never_exceed_their_parent_and_die_with_it() {
     let (mock, env) = setup("").await;
     let parent = env

@@ -64,41 +64,49 @@ struct Queued {
     slot: Slot,
 }
 
+/// Why requests are refused while the store fails the writer's writes. Agents are told this,
+/// never the store's own error (file paths, host names, SQL): that goes to the log.
+const WRITES_FAIL: &str = "the store fails its writes";
+
 /// Whether writing works, shared between the writer and the request path.
 #[derive(Default)]
 struct Health {
     failing: AtomicBool,
-    /// Since when, and why, while failing.
-    failure: Mutex<Option<(Instant, String)>>,
+    /// Since when, while failing.
+    failing_since: Mutex<Option<Instant>>,
     lost: AtomicU64,
 }
 
 impl Health {
-    fn fail(&self, why: String) {
-        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        let since = failure
-            .as_ref()
-            .map_or_else(Instant::now, |(since, _)| *since);
-        *failure = Some((since, why));
+    fn fail(&self) {
+        let mut since = self
+            .failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        since.get_or_insert_with(Instant::now);
         self.failing.store(true, Ordering::Release);
     }
 
     fn recover(&self) {
         if self.failing.swap(false, Ordering::AcqRel) {
-            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            *self
+                .failing_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
             tracing::info!("the audit log is being written again");
         }
     }
 
-    /// How long writes have been failing, and why; `None` while they work.
-    fn failure(&self) -> Option<(Duration, String)> {
+    /// How long writes have been failing; `None` while they work.
+    fn failing_for(&self) -> Option<Duration> {
         if !self.failing.load(Ordering::Acquire) {
             return None;
         }
-        let failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        failure
-            .as_ref()
-            .map(|(since, why)| (since.elapsed(), why.clone()))
+        let since = self
+            .failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        since.map(|since| since.elapsed())
     }
 }
 
@@ -192,10 +200,10 @@ impl Auditor {
             return Ok(None);
         }
         if !self.fail_open
-            && let Some((failing_for, why)) = self.health.failure()
+            && let Some(failing_for) = self.health.failing_for()
             && (self.durability == Durability::Strict || failing_for >= self.outage_grace)
         {
-            return Err(AuditUnavailable(why));
+            return Err(AuditUnavailable(WRITES_FAIL.to_owned()));
         }
         match self.reserve() {
             Some(slot) => Ok(Some(slot)),
@@ -207,8 +215,8 @@ impl Auditor {
     /// Whether records are being written and can be queued (for readiness, whatever
     /// `fail_open` says).
     pub fn healthy(&self) -> Result<(), AuditUnavailable> {
-        if let Some((_, why)) = self.health.failure() {
-            return Err(AuditUnavailable(why));
+        if self.health.failing_for().is_some() {
+            return Err(AuditUnavailable(WRITES_FAIL.to_owned()));
         }
         if self.room.available_permits() == 0 {
             return Err(self.full());
@@ -278,11 +286,11 @@ impl Auditor {
         record: AuditRecord,
         slot: Option<Slot>,
     ) -> Result<(), AuditUnavailable> {
-        if let Some((_, why)) = self.health.failure() {
+        if self.health.failing_for().is_some() {
             // Nothing commits until the store is back: keep the record queued for then and
             // say so now, rather than hold the response.
             self.submit(record, slot);
-            return Err(AuditUnavailable(why));
+            return Err(AuditUnavailable(WRITES_FAIL.to_owned()));
         }
         metrics::get().request(&record);
         let (ack, committed) = oneshot::channel();
@@ -393,7 +401,7 @@ impl Writer {
                 Err(e) => {
                     maybe_written = true;
                     tracing::error!(error = %e, records = entries.len(), "audit records could not be written; retrying");
-                    self.health.fail(e.to_string());
+                    self.health.fail();
                     // Strict-mode responses can't wait forever: they fail now, while
                     // their records keep being retried.
                     for ack in acks.iter_mut().filter_map(Option::take) {
@@ -726,7 +734,9 @@ mod tests {
             auditor.submit(record(1), slot);
             eventually("the failed write is noticed", || auditor.healthy().is_err()).await;
             let refused = auditor.admit().err().expect("refused");
-            assert!(refused.to_string().contains("disk full"), "{refused}");
+            // The store's own error is for the log; the refusal names what failed.
+            assert!(refused.to_string().contains(WRITES_FAIL), "{refused}");
+            assert!(!refused.to_string().contains("disk full"), "{refused}");
         }
     }
 }

@@ -537,12 +537,15 @@ async fn when_the_log_cannot_be_written_requests_are_refused_until_it_can() {
     )
     .await;
     assert_eq!(derived.status, 503, "{}", derived.body);
-    assert!(
-        refused.body.contains("audit log can't be written"),
-        "{}",
-        refused.body
-    );
-    assert!(refused.body.contains("disk full"), "{}", refused.body);
+    // The agent learns what failed, not the store's own error text (paths, hosts, SQL).
+    for reply in [&refused, &derived] {
+        assert!(
+            reply.body.contains("audit log can't be written"),
+            "{}",
+            reply.body
+        );
+        assert!(!reply.body.contains("disk full"), "{}", reply.body);
+    }
     // Refused requests never reach the upstream.
     let upstream_before = mock.requests().len();
     assert_eq!(until(503).await.status, 503);

@@ -431,14 +431,22 @@ impl Broker {
         let _ = self.child.kill().await;
     }
 
-    /// Ask the broker to shut down (SIGTERM) and wait for it to exit.
+    /// Ask the broker to shut down (SIGTERM) and wait for it to exit: only then has it
+    /// written what it keeps at shutdown (audit records, use times, counters).
     pub async fn terminate(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+        // A shutdown takes up to the broker's 10 s grace and then some, longer on a busy
+        // machine; returning before the exit would kill it (on drop) before it writes what it
+        // keeps. Only a broker that never exits is a failure.
+        let exited = tokio::time::timeout(Duration::from_secs(120), self.child.wait()).await;
+        assert!(
+            exited.is_ok(),
+            "the broker did not exit within 120 s of SIGTERM"
+        );
     }
 }
 

@@ -21,7 +21,7 @@ use super::params::{self, BadArgument, Param};
 use super::{DEFAULT_MAX_RESPONSE, RunError};
 use crate::providers::{AuthScheme, Providers};
 use crate::proxy::target;
-use crate::proxy::{Upstreams, send_built};
+use crate::proxy::{Upstreams, replace_members, send_built};
 use crate::scrub::Scrubber;
 
 /// Longest a request may take when the capability sets no `timeout`.
@@ -273,7 +273,8 @@ impl HttpSpec {
     }
 
     /// Build the request from checked `values` (one per parameter), send it through the
-    /// proxy's upstream clients with `credential`, and return the scrubbed answer.
+    /// proxy's upstream clients with `credential`, and return the scrubbed answer with the
+    /// JSON members named in `withheld` replaced.
     pub async fn send(
         &self,
         providers: &Providers,
@@ -281,6 +282,7 @@ impl HttpSpec {
         values: &[Value],
         credential: &SecretString,
         scrubber: &Scrubber,
+        withheld: Option<&[String]>,
     ) -> Result<Value, RunError> {
         let provider = providers.get(&self.provider).ok_or_else(|| {
             RunError::Misconfigured(format!("provider `{}` is gone", self.provider))
@@ -366,8 +368,15 @@ impl HttpSpec {
             .to_bytes()
             .to_vec();
         scrubber.scrub_all(&mut bytes);
-        let body = serde_json::from_slice::<Value>(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let body = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut json) => {
+                if let Some(members) = withheld {
+                    replace_members(&mut json, members);
+                }
+                json
+            }
+            Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+        };
         Ok(json!({"status": status, "body": body}))
     }
 }

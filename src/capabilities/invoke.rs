@@ -24,7 +24,8 @@ use crate::policy::limits::{InFlight, Limited};
 use crate::policy::{self, RequestPath};
 use crate::providers::{ErrorShape, Provider, Providers};
 use crate::proxy::{
-    PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams, by_root, check_credential_route,
+    PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams, by_root,
+    check_credential_route, withheld_members,
 };
 use crate::scrub::{Redactor, Scrubber};
 
@@ -193,15 +194,16 @@ impl Runner {
     }
 
     /// Run `capability` with checked arguments for `tenant`; the answer is scrubbed of
-    /// every secret the broker holds.
+    /// every secret the broker holds, and an HTTP answer's `withheld` members replaced.
     pub async fn run(
         &self,
         tenant: &str,
         capability: &Capability,
         args: Validated,
+        withheld: Option<&[String]>,
     ) -> Result<Value, CallError> {
         let slot = self.slot(capability)?;
-        let result = self.run_in_slot(tenant, capability, args).await;
+        let result = self.run_in_slot(tenant, capability, args, withheld).await;
         slot.release();
         result
     }
@@ -211,6 +213,7 @@ impl Runner {
         tenant: &str,
         capability: &Capability,
         args: Validated,
+        withheld: Option<&[String]>,
     ) -> Result<Value, CallError> {
         let common = capability.spec.common();
         let (provider, unlocked) = self
@@ -255,6 +258,7 @@ impl Runner {
                         &values,
                         secret,
                         &unlocked.scrubber,
+                        withheld,
                     )
                     .await
                 }
@@ -411,18 +415,23 @@ impl Capabilities {
 
     /// Refuse a call whose provider request is one of the provider's credential routes unless
     /// the token's chain may mint credentials, as for a proxied request: the answer, a
-    /// credential that works without the broker, would reach the agent.
+    /// credential that works without the broker, would reach the agent. `Ok` names the
+    /// members withheld from the answer for the same reason, as the proxy withholds them.
     fn check_route(
         &self,
         entry: &TokenEntry,
         upstream: Option<&(&Provider, RequestPath)>,
-    ) -> Result<(), ProxyError> {
-        match upstream {
-            Some((provider, path)) => self
-                .proxy
-                .check_call(entry, |specs| check_credential_route(provider, path, specs)),
-            None => Ok(()),
-        }
+    ) -> Result<Option<Arc<[String]>>, ProxyError> {
+        let Some((provider, path)) = upstream else {
+            return Ok(None);
+        };
+        let mut withheld = None;
+        self.proxy.check_call(entry, |specs| {
+            check_credential_route(provider, path, specs)?;
+            withheld = withheld_members(provider, path, specs);
+            Ok(())
+        })?;
+        Ok(withheld)
     }
 
     /// Call capability `name` with `args` for the token `entry`; `record` learns the
@@ -465,7 +474,7 @@ impl Capabilities {
         let policy_hold = self.check(entry, name)?;
         let validated = capability.validate(args)?;
         let upstream = self.upstream_request(&capability, &validated)?;
-        self.check_route(entry, upstream.as_ref())?;
+        let mut withheld = self.check_route(entry, upstream.as_ref())?;
         let common = capability.spec.common();
         let rule = match policy_hold {
             Some(rule) => Some(rule),
@@ -491,7 +500,8 @@ impl Capabilities {
         // A policy narrowed while the call waited for approval decides over the approval.
         let recheck = |current: &TokenEntry| {
             self.check(current, name)?;
-            self.check_route(current, upstream.as_ref())
+            withheld = self.check_route(current, upstream.as_ref())?;
+            Ok(())
         };
         let _admission = self.proxy.admit_call(entry, hold, recheck).await?;
         if held && find(&self.catalog, name).await?.spec != capability.spec {
@@ -503,7 +513,12 @@ impl Capabilities {
         self.proxy.note_use(&entry.record.id);
         tracing::info!(capability = %name, token_id = %entry.record.id, "capability called");
         self.runner
-            .run(&entry.record.tenant, &capability, validated)
+            .run(
+                &entry.record.tenant,
+                &capability,
+                validated,
+                withheld.as_deref(),
+            )
             .await
     }
 

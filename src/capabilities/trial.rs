@@ -92,7 +92,7 @@ impl Trial<'_> {
         record.provider = capability.spec.provider().map(str::to_owned);
         let validated = capability.validate(args)?;
         self.runner
-            .run(DEFAULT_TENANT, &capability, validated)
+            .run(DEFAULT_TENANT, &capability, validated, None)
             .await
     }
 }

@@ -95,7 +95,7 @@ pub(crate) fn check_credential_route(
 
 /// The provider's credential members, when the request's answer may hold them and the chain
 /// may not mint credentials: they are withheld from the answer.
-fn withheld_members(
+pub(crate) fn withheld_members(
     provider: &Provider,
     path: &RequestPath,
     specs: &[(&TokenEntry, &PolicySpec)],

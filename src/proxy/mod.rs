@@ -44,8 +44,10 @@ use crate::tokens::SigningTokens;
 use crate::{clock, tokens};
 pub use audited::{AuditedBody, CountedBody, PendingRecord};
 use enforce::Enforcer;
-pub(crate) use enforce::{Admitted, ForwardBody, by_root, check_credential_route};
-pub(crate) use response::{Hidden, Metering};
+pub(crate) use enforce::{
+    Admitted, ForwardBody, by_root, check_credential_route, withheld_members,
+};
+pub(crate) use response::{Hidden, Metering, replace_members};
 
 /// Limits and timeouts the proxy applies to every request.
 #[derive(Debug, Clone)]

@@ -207,7 +207,7 @@ fn withhold_members(json: Bytes, members: &[String]) -> Result<Bytes, BoxError> 
 }
 
 /// Replace the values of `members` in `value`; whether there was one.
-fn replace_members(value: &mut serde_json::Value, members: &[String]) -> bool {
+pub(crate) fn replace_members(value: &mut serde_json::Value, members: &[String]) -> bool {
     use serde_json::Value;
     match value {
         Value::Object(map) => map.iter_mut().fold(false, |found, (name, member)| {

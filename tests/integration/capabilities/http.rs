@@ -827,3 +827,73 @@ path = "/v1/realtime/client_secrets"
     broker.stop().await;
     assert_never_leaked(&env, KEY, &responses);
 }
+
+#[tokio::test]
+async fn a_capability_answer_withholds_credential_members_unless_the_operator_allows_it() {
+    let mock = MockUpstream::start().await;
+    // The mock answers with `x-mock-answer`: a maintainer's view of a GitLab project, which
+    // carries the runner registration token (it registers a runner against GitLab directly).
+    let project = r#"{"id":7,"runners_token":"GR1348941project","namespace":{"id":3,"runners_token":"GR1348941group"}}"#;
+    let env = env_with(
+        &mock,
+        &format!(
+            r##"
+[capabilities.project]
+kind = "http"
+description = "One GitLab project"
+secret = "lab"
+provider = "gitlab"
+method = "GET"
+path = "/api/v4/projects/{{id}}"
+headers = {{ "x-mock-answer" = '{project}' }}
+params = [{{ name = "id", type = "integer" }}]
+"##
+        ),
+    )
+    .await;
+    env.add_secret("lab", "gitlab", "glpat-CAPABILITY-key-0123456789")
+        .await;
+    let granted = env.data_dir().join("granted.toml");
+    std::fs::write(&granted, "capabilities = [\"project\"]\n").unwrap();
+    let minting = env.data_dir().join("minting.toml");
+    std::fs::write(
+        &minting,
+        "capabilities = [\"project\"]\nmint_credentials = true\n",
+    )
+    .unwrap();
+    let plain = env
+        .create_token("lab", &["--policy", granted.to_str().unwrap()])
+        .await;
+    let minter = env
+        .create_token("lab", &["--policy", minting.to_str().unwrap()])
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+
+    // As through the proxy: the answer comes, without the token.
+    let r = call(
+        &broker,
+        &plain,
+        "project",
+        &json!({"id": 7}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        !r.body.contains("GR1348941") && r.body.contains("withheld by seks"),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["body"]["namespace"]["id"], 3, "{r:?}");
+    let granted = call(
+        &broker,
+        &minter,
+        "project",
+        &json!({"id": 7}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(granted.json()["body"]["runners_token"], "GR1348941project");
+    broker.stop().await;
+    assert_never_leaked(&env, "glpat-CAPABILITY-key-0123456789", &responses);
+}

@@ -266,6 +266,33 @@ impl HttpSpec {
         Ok(path)
     }
 
+    /// The URL's query and the JSON body (if the template has one) of the request for
+    /// `values` (one per parameter).
+    pub fn query_and_body(&self, values: &[Value]) -> Result<(String, Option<Bytes>), RunError> {
+        let args = self.args(values);
+        let arg = |name: &str| args.get(name).copied();
+        let pairs: Vec<(&str, String)> = self
+            .query
+            .iter()
+            .filter(|(_, template)| {
+                // `{name}` alone, for an absent optional argument, leaves the parameter out.
+                !template
+                    .strip_prefix('{')
+                    .and_then(|t| t.strip_suffix('}'))
+                    .and_then(arg)
+                    .is_some_and(Value::is_null)
+            })
+            .map(|(k, template)| (k.as_str(), fill(template, |n| arg(n).map(as_text))))
+            .collect();
+        let query = serde_urlencoded::to_string(&pairs)
+            .map_err(|e| RunError::Misconfigured(format!("query: {e}")))?;
+        let body = self
+            .body
+            .as_ref()
+            .map(|template| Bytes::from(fill_json(template, &arg).to_string()));
+        Ok((query, body))
+    }
+
     /// The request's method (one of [`METHODS`], as [`HttpSpec::check`] made sure).
     pub fn method(&self) -> Result<Method, RunError> {
         Method::from_bytes(self.method.as_bytes())
@@ -287,26 +314,10 @@ impl HttpSpec {
         let provider = providers.get(&self.provider).ok_or_else(|| {
             RunError::Misconfigured(format!("provider `{}` is gone", self.provider))
         })?;
-        let args = self.args(values);
-        let arg = |name: &str| args.get(name).copied();
         let path = self
             .path_for(values)
             .map_err(|e| RunError::Refused(e.to_string()))?;
-        let pairs: Vec<(&str, String)> = self
-            .query
-            .iter()
-            .filter(|(_, template)| {
-                // `{name}` alone, for an absent optional argument, leaves the parameter out.
-                !template
-                    .strip_prefix('{')
-                    .and_then(|t| t.strip_suffix('}'))
-                    .and_then(arg)
-                    .is_some_and(Value::is_null)
-            })
-            .map(|(k, template)| (k.as_str(), fill(template, |n| arg(n).map(as_text))))
-            .collect();
-        let query = serde_urlencoded::to_string(&pairs)
-            .map_err(|e| RunError::Misconfigured(format!("query: {e}")))?;
+        let (query, body) = self.query_and_body(values)?;
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
             if let (Ok(n), Ok(v)) = (
@@ -320,16 +331,12 @@ impl HttpSpec {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        let body = match &self.body {
-            Some(template) => {
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                Bytes::from(fill_json(template, &arg).to_string())
-            }
-            None => Bytes::new(),
-        };
+        if body.is_some() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         let response = send_built(
             upstreams,
             provider,
@@ -337,7 +344,7 @@ impl HttpSpec {
             &path,
             (!query.is_empty()).then_some(query.as_str()),
             headers,
-            body,
+            body.unwrap_or_default(),
             credential,
         )
         .await

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use lettre::transport::smtp::client::Certificate;
 use serde_json::{Value, json};
@@ -24,7 +25,7 @@ use crate::policy::limits::{InFlight, Limited};
 use crate::policy::{self, RequestPath};
 use crate::providers::{ErrorShape, Provider, Providers};
 use crate::proxy::{
-    PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams, by_root,
+    PendingRecord, Proxy, ProxyError, SEKS_ERROR_HEADER, Upstreams, by_root, check_built_graphql,
     check_credential_route, withheld_members,
 };
 use crate::scrub::{Redactor, Scrubber};
@@ -325,6 +326,16 @@ fn scrubbed(scrubber: &Scrubber, value: Value) -> Result<Value, RunError> {
     })
 }
 
+/// The request an HTTP capability makes to its provider, as the provider's rules read it.
+struct Upstream<'a> {
+    provider: &'a Provider,
+    path: RequestPath,
+    /// The URL's query (empty for none).
+    query: String,
+    /// The JSON body, if the template has one.
+    body: Option<Bytes>,
+}
+
 /// The capabilities served to agents, and the checks every call goes through.
 pub struct Capabilities {
     /// Their definitions.
@@ -395,12 +406,12 @@ impl Capabilities {
     }
 
     /// The provider request an HTTP capability makes with `validated`, as the provider's
-    /// credential routes read it; `None` for other kinds.
+    /// credential routes and GraphQL endpoints read it; `None` for other kinds.
     fn upstream_request<'a>(
         &'a self,
         capability: &Capability,
         validated: &Validated,
-    ) -> Result<Option<(&'a Provider, RequestPath)>, CallError> {
+    ) -> Result<Option<Upstream<'a>>, CallError> {
         let (CapabilitySpec::Http(s), Validated::Values(values)) = (&capability.spec, validated)
         else {
             return Ok(None);
@@ -410,28 +421,43 @@ impl Capabilities {
             return Ok(None);
         };
         let path = s.path_for(values).map_err(ArgumentError::Bad)?;
-        Ok(Some((provider, RequestPath::new(&s.method()?, &path))))
+        let (query, body) = s.query_and_body(values)?;
+        Ok(Some(Upstream {
+            provider,
+            path: RequestPath::new(&s.method()?, &path),
+            query,
+            body,
+        }))
     }
 
-    /// Refuse a call whose provider request is one of the provider's credential routes unless
-    /// the token's chain may mint credentials, as for a proxied request: the answer, a
-    /// credential that works without the broker, would reach the agent. `Ok` names the
-    /// members withheld from the answer for the same reason, as the proxy withholds them.
+    /// Refuse a call whose provider request is one of the provider's credential routes, or
+    /// names a credential field at its GraphQL endpoint, unless the token's chain may mint
+    /// credentials, as for a proxied request: the answer, a credential that works without the
+    /// broker, would reach the agent. `Ok` names the members withheld from the answer for the
+    /// same reason, as the proxy withholds them.
     fn check_route(
         &self,
         entry: &TokenEntry,
-        upstream: Option<&(&Provider, RequestPath)>,
+        upstream: Option<&Upstream<'_>>,
     ) -> Result<Option<Arc<[String]>>, ProxyError> {
-        let Some((provider, path)) = upstream else {
+        let Some(Upstream {
+            provider,
+            path,
+            query,
+            body,
+        }) = upstream
+        else {
             return Ok(None);
         };
+        let mut graphql = Ok(());
         let mut withheld = None;
         self.proxy.check_call(entry, |specs| {
             check_credential_route(provider, path, specs)?;
+            graphql = check_built_graphql(provider, path, Some(query), body.as_deref(), specs);
             withheld = withheld_members(provider, path, specs);
             Ok(())
         })?;
-        Ok(withheld)
+        graphql.map(|()| withheld)
     }
 
     /// Call capability `name` with `args` for the token `entry`; `record` learns the

@@ -120,6 +120,11 @@ fn reads_graphql(
     }
 }
 
+/// What a request to a GraphQL endpoint must be for its operations to be read.
+const UNREAD_GRAPHQL: &str = "requests to this GraphQL endpoint must carry their operations as \
+     GraphQL over JSON (a `{\"query\": …}` object or an array of them, declared as JSON, \
+     or `?query=`), so the broker can check them for fields that hand out credentials";
+
 /// Refuse a GraphQL request that names one of the provider's credential fields, unless the
 /// chain may mint credentials. Its operations are in the URL's query and in the body, which
 /// must then be GraphQL over JSON: anything else could carry an operation unread.
@@ -133,16 +138,52 @@ fn check_graphql(
     if !reads_graphql(provider, path, specs) {
         return Ok(());
     }
-    const UNREAD: &str = "requests to this GraphQL endpoint must carry their operations as \
-         GraphQL over JSON (a `{\"query\": …}` object or an array of them, declared as JSON, \
-         or `?query=`), so the broker can check them for fields that hand out credentials";
     let ForwardBody::Buffered(bytes) = body else {
-        return Err(ProxyError::BadBody(UNREAD));
+        return Err(ProxyError::BadBody(UNREAD_GRAPHQL));
     };
+    graphql_names(
+        provider,
+        path,
+        parts.uri.query(),
+        declares_json(&parts.headers),
+        bytes,
+    )
+}
+
+/// Check a request the broker builds itself (an HTTP capability's: its URL `query` and JSON
+/// `body`) as [`check_graphql`] checks a proxied one.
+pub(crate) fn check_built_graphql(
+    provider: &Provider,
+    path: &RequestPath,
+    query: Option<&str>,
+    body: Option<&[u8]>,
+    specs: &[(&TokenEntry, &PolicySpec)],
+) -> Result<(), ProxyError> {
+    if !reads_graphql(provider, path, specs) {
+        return Ok(());
+    }
+    graphql_names(
+        provider,
+        path,
+        query,
+        body.is_some(),
+        body.unwrap_or_default(),
+    )
+}
+
+/// Refuse a request whose URL `query` or body (`json`: declared as JSON) names one of the
+/// provider's credential fields.
+fn graphql_names(
+    provider: &Provider,
+    path: &RequestPath,
+    query: Option<&str>,
+    json: bool,
+    bytes: &[u8],
+) -> Result<(), ProxyError> {
     let fields = &provider.credential_fields;
     // Rails reads `_json`, or `query` from the URL when the body has none, so every
     // parameter is looked at, not just `query`.
-    let query = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes());
+    let query = url::form_urlencoded::parse(query.unwrap_or("").as_bytes());
     let mut named = None;
     let mut in_url = false;
     for (key, value) in query {
@@ -153,11 +194,11 @@ fn check_graphql(
     }
     let blank = bytes.iter().all(u8::is_ascii_whitespace);
     if !(blank && in_url) {
-        if !declares_json(&parts.headers) {
-            return Err(ProxyError::BadBody(UNREAD));
+        if !json {
+            return Err(ProxyError::BadBody(UNREAD_GRAPHQL));
         }
         let in_body =
-            graphql::body_names(bytes, fields).map_err(|_| ProxyError::BadBody(UNREAD))?;
+            graphql::body_names(bytes, fields).map_err(|_| ProxyError::BadBody(UNREAD_GRAPHQL))?;
         named = named.or(in_body);
     }
     match named {

@@ -45,7 +45,7 @@ use crate::{clock, tokens};
 pub use audited::{AuditedBody, CountedBody, PendingRecord};
 use enforce::Enforcer;
 pub(crate) use enforce::{
-    Admitted, ForwardBody, by_root, check_credential_route, withheld_members,
+    Admitted, ForwardBody, by_root, check_built_graphql, check_credential_route, withheld_members,
 };
 pub(crate) use response::{Hidden, Metering, replace_members};
 

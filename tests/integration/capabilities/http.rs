@@ -897,3 +897,97 @@ params = [{{ name = "id", type = "integer" }}]
     broker.stop().await;
     assert_never_leaked(&env, "glpat-CAPABILITY-key-0123456789", &responses);
 }
+#[tokio::test]
+async fn a_capability_graphql_operation_mints_no_credential_unless_the_operator_allows_it() {
+    let mock = MockUpstream::start().await;
+    let env = env_with(
+        &mock,
+        r##"
+[capabilities.gitlab_graphql]
+kind = "http"
+description = "Ask GitLab's GraphQL API"
+secret = "lab"
+provider = "gitlab"
+method = "POST"
+path = "/api/graphql"
+body = { query = "{query}" }
+params = [{ name = "query", type = "string" }]
+
+[capabilities.gitlab_graphql_get]
+kind = "http"
+description = "Ask GitLab's GraphQL API, in the URL"
+secret = "lab"
+provider = "gitlab"
+method = "GET"
+path = "/api/graphql"
+query = { query = "{query}" }
+params = [{ name = "query", type = "string" }]
+"##,
+    )
+    .await;
+    env.add_secret("lab", "gitlab", "glpat-CAPABILITY-key-0123456789")
+        .await;
+    let both = "capabilities = [\"gitlab_graphql\", \"gitlab_graphql_get\"]\n";
+    let granted = env.data_dir().join("granted.toml");
+    std::fs::write(&granted, both).unwrap();
+    let minting = env.data_dir().join("minting.toml");
+    std::fs::write(&minting, format!("{both}mint_credentials = true\n")).unwrap();
+    let plain = env
+        .create_token("lab", &["--policy", granted.to_str().unwrap()])
+        .await;
+    let minter = env
+        .create_token("lab", &["--policy", minting.to_str().unwrap()])
+        .await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+    let reached = || {
+        mock.requests()
+            .iter()
+            .filter(|r| r.target.contains("graphql"))
+            .count()
+    };
+    let mint =
+        "mutation { personalAccessTokenCreate(input: {name: \"x\", scopes: [API]}) { token } }";
+
+    // A personal access token works without the broker: refused, whichever way it is asked.
+    for name in ["gitlab_graphql", "gitlab_graphql_get"] {
+        let r = call(
+            &broker,
+            &plain,
+            name,
+            &json!({"query": mint}),
+            &mut responses,
+        )
+        .await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (403, "policy_denied"),
+            "{name}: {r:?}"
+        );
+        assert!(r.body.contains("mint_credentials = true"), "{r:?}");
+    }
+    assert_eq!(reached(), 0, "{:?}", mock.requests());
+
+    // Other operations go as before, and the operator's grant opens the field.
+    let read = call(
+        &broker,
+        &plain,
+        "gitlab_graphql",
+        &json!({"query": "{ currentUser { username } }"}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(read.status, 200, "{read:?}");
+    let minted = call(
+        &broker,
+        &minter,
+        "gitlab_graphql",
+        &json!({"query": mint}),
+        &mut responses,
+    )
+    .await;
+    assert_eq!(minted.status, 200, "{minted:?}");
+    assert_eq!(reached(), 2);
+    broker.stop().await;
+    assert_never_leaked(&env, "glpat-CAPABILITY-key-0123456789", &responses);
+}

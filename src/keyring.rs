@@ -730,12 +730,16 @@ impl Keyring {
         secret_id: &str,
         values: impl IntoIterator<Item = (SecretString, Option<Instant>)>,
     ) -> Result<(), KeyringError> {
-        let share = share_of(self.read_cache().credentials.len());
         let room = Room::Shared {
             owner: secret_id,
-            share,
+            share: self.learned_share(),
         };
         self.learn_within(values, room).await
+    }
+
+    /// How many values still valid [`Keyring::learn`] keeps for each secret now.
+    pub fn learned_share(&self) -> usize {
+        share_of(self.read_cache().credentials.len())
     }
 
     /// Make the scrubber know, while the broker runs, `values` a rotation replaced or put in

@@ -48,10 +48,11 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long past its expiry an access token stays known to the scrubber (late log lines).
 const SCRUB_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
-/// How long a token minted because the upstream refused its predecessor is kept though the
-/// upstream refuses it too: the refusal is then likely the request's, not the token's, and
-/// minting anew on every 401 would let an agent that can provoke them flood the token
-/// endpoint and fill the scrubber's memory of live tokens (after which no secret can mint).
+/// The least time between two mints a secret makes because the upstream refused its token:
+/// a refusal soon after a re-mint is likely the request's, not the token's, and minting on
+/// every 401 would let an agent that can provoke them flood the token endpoint. Spaced
+/// further when the secret's share of the scrubber's memory needs it (see
+/// [`Granted::remint_spacing`]).
 const REMINT_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a broker's refresh lease outlives it, should it die while refreshing: longer
 /// than any refresh, since the next holder must not start while it may still be going.
@@ -130,9 +131,9 @@ struct Minted {
     /// one written back with a rotated refresh token.
     versions: Vec<i64>,
     refresh_at: Instant,
-    minted_at: Instant,
-    /// Minted because the upstream refused the token before it.
-    after_refusal: bool,
+    /// How long after the secret's last mint on a 401 a 401 may drop this token; `None`:
+    /// never, the token is kept until it is due.
+    remint_spacing: Option<Duration>,
 }
 
 /// One secret's access token and its refreshes.
@@ -144,9 +145,11 @@ struct Slot {
     refreshing: Arc<tokio::sync::Mutex<Refreshing>>,
     /// Refreshes finished, so a waiter can tell one ended while it waited.
     finished: AtomicU64,
-    /// The cached token was dropped after the upstream refused it: the next one minted
-    /// is marked as minted after a refusal.
+    /// The cached token was dropped after the upstream refused it: the next mint is one
+    /// on a 401.
     refused: AtomicBool,
+    /// When the last mint on a 401 ended.
+    reminted: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -229,9 +232,11 @@ impl Minter {
                 _ => None,
             };
             slot.finished.fetch_add(1, Ordering::Release);
-            let mut minted = result?;
-            minted.after_refusal = slot.refused.swap(false, Ordering::AcqRel);
-            let minted = Arc::new(minted);
+            let minted = Arc::new(result?);
+            if slot.refused.swap(false, Ordering::AcqRel) {
+                *slot.reminted.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Instant::now());
+            }
             *slot.current.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(Arc::clone(&minted));
             Ok::<_, MintError>(minted)
@@ -248,14 +253,16 @@ impl Minter {
     }
 
     /// Drop `access` after the upstream refused it, so the next request mints a new one;
-    /// unless it was itself minted after a refusal, less than [`REMINT_BACKOFF`] ago.
+    /// unless the secret minted on a 401 too recently (see [`Granted::remint_spacing`]).
     pub fn forget(&self, secret_id: &str, access: &Arc<SecretString>) {
         let slot = self.slot(secret_id);
         let mut current = slot.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let reminted = *slot.reminted.lock().unwrap_or_else(PoisonError::into_inner);
         // Only this token: one minted meanwhile by another request stays.
         if current.as_ref().is_some_and(|m| {
             Arc::ptr_eq(&m.access, access)
-                && !(m.after_refusal && m.minted_at.elapsed() < REMINT_BACKOFF)
+                && m.remint_spacing
+                    .is_some_and(|spacing| reminted.is_none_or(|at| at.elapsed() >= spacing))
         }) {
             *current = None;
             slot.refused.store(true, Ordering::Release);
@@ -420,6 +427,7 @@ impl Refresher {
         }
         let expires_at = sent + granted.lifetime;
         let scrub_until = granted.scrub_until(sent);
+        let remint_spacing = granted.remint_spacing(self.keyring.learned_share());
         self.keyring
             .learn(
                 &token.secret_id,
@@ -431,8 +439,7 @@ impl Refresher {
             access: Arc::new(granted.access_token),
             versions,
             refresh_at: expires_at - refresh_margin(granted.lifetime),
-            minted_at: Instant::now(),
-            after_refusal: false,
+            remint_spacing,
         })
     }
 
@@ -635,7 +642,27 @@ impl Granted {
     /// provider still accepts it until then). `None`, kept while the broker runs, when the
     /// endpoint gave no lifetime or one too far off to count to.
     fn scrub_until(&self, sent: Instant) -> Option<Instant> {
-        sent.checked_add(self.valid_for?.checked_add(SCRUB_AFTER_EXPIRY)?)
+        sent.checked_add(self.masked_for()?)
+    }
+
+    /// How long the scrubber knows the token; `None`: while the broker runs.
+    fn masked_for(&self) -> Option<Duration> {
+        self.valid_for?.checked_add(SCRUB_AFTER_EXPIRY)
+    }
+
+    /// How far apart the secret's mints on a 401 must be while this token is current, for
+    /// their tokens and those minted when due, all masked for as long as this one, to fit in
+    /// the secret's `share` of the scrubber's memory: else an agent that provokes 401s
+    /// fills it, and the secret can't mint for anyone until the tokens expire. `None`
+    /// (never) when the tokens minted when due leave no room, or are masked for good.
+    fn remint_spacing(&self, share: usize) -> Option<Duration> {
+        let masked = self.masked_for()?;
+        let due_every = self.lifetime - refresh_margin(self.lifetime);
+        // Those minted when due that are masked at once, and one more for the mint under way.
+        let due = masked.as_millis().div_ceil(due_every.as_millis().max(1)) + 1;
+        let spare = u128::try_from(share).ok()?.checked_sub(due)?;
+        let spare = u32::try_from(spare).ok().filter(|n| *n > 0)?;
+        Some((masked / spare).max(REMINT_BACKOFF))
     }
 }
 
@@ -744,6 +771,20 @@ mod tests {
             e.to_string(),
             "the token endpoint refused the refresh with HTTP 500"
         );
+    }
+
+    #[test]
+    fn mints_on_401s_are_spaced_for_the_share_to_hold_them_with_the_ones_due() {
+        let spacing =
+            |answer: &[u8], share: usize| parse_granted(answer).unwrap().remint_spacing(share);
+        let hour = br#"{"access_token": "ya29.access-1", "expires_in": 3600}"#;
+        // Masked for two hours, three minted when due at once: 252 places spare, or 12.
+        assert_eq!(spacing(hour, 256), Some(REMINT_BACKOFF));
+        assert_eq!(spacing(hour, 16), Some(Duration::from_secs(600)));
+        // Those minted when due fill the share by themselves, or stay masked for good.
+        let seconds = br#"{"access_token": "ya29.access-2", "expires_in": 2}"#;
+        assert_eq!(spacing(seconds, 16), None);
+        assert_eq!(spacing(br#"{"access_token": "ya29.access-3"}"#, 256), None);
     }
 
     #[test]

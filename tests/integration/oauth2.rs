@@ -1,8 +1,8 @@
 //! OAuth2 refresh-token providers end to end, against the mock token endpoint: one refresh
 //! for a burst of requests on an expired access token, a rotated refresh token sealed and
 //! used after a restart, no OAuth value in any response or log line, token endpoint
-//! failures as prompt provider-shaped 502s, a 401 dropping the access token, and stored
-//! values checked for shape.
+//! failures as prompt provider-shaped 502s, a 401 dropping the access token (and mints on
+//! 401s spaced for the scrubber to hold them), and stored values checked for shape.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -497,4 +497,74 @@ async fn a_rotated_refresh_token_is_kept_when_the_rest_of_the_answer_is_unusable
     );
     broker.stop().await;
     assert_none_in(&mock.oauth.secrets(), &env.transcript(), "the logs");
+}
+
+/// `gmail` among 255 other secrets, so that each secret's share of the values the scrubber
+/// learns is the smallest there is (16), with a victim's and an attacker's token for it.
+async fn gmail_among_many() -> (MockUpstream, Env, Broker, String, String) {
+    let (mock, env, victim) = gmail().await;
+    let attacker = env.create_token("google", &["--agent", "attacker"]).await;
+    let broker = env.serve().await;
+    let admin = broker.admin_url().await;
+    let bearer = format!("Bearer {}", env.admin_token().await);
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+    for n in 0..255 {
+        let body = serde_json::json!({
+            "name": format!("other-{n}"),
+            "provider": "openai",
+            "value": format!("sk-other-secret-{n:08}-0123456789"),
+        });
+        let added = send(
+            "POST",
+            &format!("{admin}/admin/v1/secrets"),
+            &headers,
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(added.status, 201, "{added:?}");
+    }
+    (mock, env, broker, victim, attacker)
+}
+
+/// A Gmail call whose answer the attacker makes a 401, as an agent can with an API that
+/// refuses some requests (a scope it lacks, a resource of another user).
+async fn provoke_401(broker: &Broker, token: &str) {
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-mock-answer", r#"{"error": {"code": 401}}"#),
+        ("x-mock-status", "401"),
+    ];
+    let reply = send(
+        "GET",
+        &broker.url("/api/gmail/gmail/v1/users/me/labels"),
+        &headers,
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_secret_mints_on_401s_no_faster_than_its_share_of_the_scrubber_can_hold() {
+    let (mock, _env, broker, victim, attacker) = gmail_among_many().await;
+    assert_eq!(get(&broker, PROFILE, &victim).await.status, 200);
+    // The first 401 drops the token at once: it may have been revoked.
+    provoke_401(&broker, &attacker).await;
+    assert_eq!(get(&broker, PROFILE, &victim).await.status, 200);
+    assert_eq!(mock.oauth.hits(), 2);
+    // Sixteen places for two-hour masks, three of them for tokens minted when due: a mint
+    // on a 401 every 30 s would fill them in six minutes, and then nobody could mint.
+    tokio::time::sleep(Duration::from_millis(30_500)).await;
+    provoke_401(&broker, &attacker).await;
+    assert_eq!(get(&broker, PROFILE, &victim).await.status, 200);
+    assert_eq!(
+        mock.oauth.hits(),
+        2,
+        "a 401 minted again within ten minutes"
+    );
+    broker.stop().await;
 }

@@ -219,7 +219,13 @@ async fn handle(
     };
     let asked = header("x-mock-answer").map(|a| {
         let encoding = header("x-mock-encoding").unwrap_or_default();
-        (a, encoding, header("x-mock-set-cookie"))
+        let status = header("x-mock-status").and_then(|s| s.parse::<u16>().ok());
+        (
+            a,
+            encoding,
+            header("x-mock-set-cookie"),
+            status.unwrap_or(200),
+        )
     });
     seen.lock().unwrap().push(Seen {
         version,
@@ -231,11 +237,12 @@ async fn handle(
 
     let response = if let Some(response) = oauth_answer {
         response
-    } else if let Some((answer, encoding, cookie)) = asked {
+    } else if let Some((answer, encoding, cookie, status)) = asked {
         // `x-mock-answer`: the body to answer, as JSON, compressed as `x-mock-encoding` says,
-        // with `x-mock-set-cookie` as a cookie.
+        // with `x-mock-set-cookie` as a cookie and `x-mock-status` as the status.
         let body = compress(&encoding, answer.as_bytes());
         let mut builder = Response::builder()
+            .status(status)
             .header("content-type", "application/json")
             .header("content-length", body.len());
         if !encoding.is_empty() {

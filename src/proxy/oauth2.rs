@@ -3,8 +3,8 @@
 //! Each secret's access token is kept until shortly before it expires ([`refresh_margin`]).
 //! Refreshes are single-flight per secret: concurrent requests wait for the one in flight
 //! and share its outcome, so an expired token costs one call to the token endpoint, not a
-//! stampede, and a failing endpoint fails the waiting requests together rather than one
-//! timeout after another. A refresh token the provider rotates is sealed into a new version
+//! stampede, and a failing endpoint (or a token the scrubber has no room for) fails the
+//! waiting requests together rather than one after another. A refresh token the provider rotates is sealed into a new version
 //! of the secret, so a restarted broker uses it. Each access token, and each refresh token
 //! the provider replaces, is learned by the scrubber before it is used or forgotten.
 //!
@@ -159,7 +159,26 @@ struct Refreshing {
     /// failed, until a restart).
     rotated: Option<(i64, SecretString)>,
     /// How the last refresh failed, for the requests that waited on it.
-    failed: Option<RefreshError>,
+    failed: Option<Failed>,
+}
+
+/// How a refresh failed, told to the requests that waited on it as well: asking the token
+/// endpoint again for each of them would fail the same way.
+#[derive(Clone)]
+enum Failed {
+    /// The token endpoint failed.
+    Refresh(RefreshError),
+    /// The scrubber could not learn the access token: the secret's share is full.
+    Unlearned(usize),
+}
+
+impl From<Failed> for MintError {
+    fn from(failed: Failed) -> Self {
+        match failed {
+            Failed::Refresh(e) => e.into(),
+            Failed::Unlearned(share) => KeyringError::TooManyLearned(share).into(),
+        }
+    }
 }
 
 /// Mints, caches and refreshes access tokens for every OAuth2 secret.
@@ -228,7 +247,10 @@ impl Minter {
                 .refresh_shared(&grant, &token, secret, version, &mut refreshing)
                 .await;
             refreshing.failed = match &result {
-                Err(MintError::Refresh(e)) => Some(e.clone()),
+                Err(MintError::Refresh(e)) => Some(Failed::Refresh(e.clone())),
+                Err(MintError::Keyring(KeyringError::TooManyLearned(share))) => {
+                    Some(Failed::Unlearned(*share))
+                }
                 _ => None,
             };
             slot.finished.fetch_add(1, Ordering::Release);

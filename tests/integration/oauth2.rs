@@ -568,3 +568,37 @@ async fn a_secret_mints_on_401s_no_faster_than_its_share_of_the_scrubber_can_hol
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn requests_waiting_on_a_mint_the_scrubber_cannot_learn_share_its_refusal() {
+    let (mock, _env, broker, victim, _attacker) = gmail_among_many().await;
+    // Tokens living a second, each masked for an hour past it: the secret's sixteen places
+    // fill within seconds, and the mints after that can't be used.
+    mock.oauth.set_expires_in(Some(1));
+    let mut refused = None;
+    for _ in 0..40 {
+        let reply = get(&broker, PROFILE, &victim).await;
+        if reply.status != 200 {
+            refused = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let refused = refused.expect("sixteen places held forty tokens");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    mock.oauth.set_delay(Duration::from_millis(300));
+    let before = mock.oauth.hits();
+    for reply in burst(&broker, PROFILE, &victim, 10).await {
+        assert_eq!(
+            (reply.status, reply.header("x-seks-error").is_some()),
+            (503, true),
+            "{reply:?}"
+        );
+    }
+    assert_eq!(
+        mock.oauth.hits() - before,
+        1,
+        "each waiting request asked the token endpoint again"
+    );
+    broker.stop().await;
+}

@@ -4,9 +4,10 @@
 //! Refreshes are single-flight per secret: concurrent requests wait for the one in flight
 //! and share its outcome, so an expired token costs one call to the token endpoint, not a
 //! stampede, and a failing endpoint (or a token the scrubber has no room for) fails the
-//! waiting requests together rather than one after another. A refresh token the provider rotates is sealed into a new version
-//! of the secret, so a restarted broker uses it. Each access token, and each refresh token
-//! the provider replaces, is learned by the scrubber before it is used or forgotten.
+//! waiting requests together rather than one after another. A refresh token the provider
+//! rotates is sealed into a new version of the secret, so a restarted broker uses it. Each
+//! access token, and each refresh token the provider replaces, is learned by the scrubber
+//! before it is used or forgotten.
 //!
 //! Brokers sharing a store refresh a secret one at a time, under a lease from the store, and
 //! each reads the secret again once it holds the lease: a provider that rotates refresh

@@ -33,8 +33,10 @@ else), so that the gap to nginx splits into the stack's part and seks's own work
 Prints one table (each figure per target, seks/nginx, overhead over direct, the issue's
 targets met or missed, the conditions) and writes it as JSON and as Markdown.
 
-Usage: bench/suite.py [--seconds 10] [--rounds 1] [--big-store] [--postgres] [--floor] [--soak 600]
-                      [--out bench/out/suite.json]
+--pgo measures seks built with profile-guided optimisation (bench/pgo.py builds it first).
+
+Usage: bench/suite.py [--seconds 10] [--rounds 1] [--big-store] [--postgres] [--floor] [--pgo]
+                      [--soak 600] [--out bench/out/suite.json]
 (as root: installs nginx, its echo module and curl from Debian if missing, oha from
 crates.io, and builds seks in release mode if it isn't built)
 """
@@ -53,6 +55,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import harness
 from harness import (
     CLIENT_CPU, ECHO_MODULE, KEY, ROOT, Meter, Processes, bulk_tokens, cpu_seconds,
     ensure_tools, free_port, load_average, nginx_proxy_conf, rss_mib, seks_cli, seks_store,
@@ -464,6 +467,8 @@ def notes(results):
         "CPU µs/req: the upstream's for direct; the proxy's own (upstream not counted) for nginx and seks.",
         "RSS: master + worker for nginx. nginx−direct, seks−direct: added µs for latencies, % for rates.",
     ]
+    if results["settings"]["pgo"]:
+        lines.append("seks: built with profile-guided optimisation (bench/pgo.py); nginx and the floor as packaged or built.")
     if results["settings"]["floor"]:
         lines.append(f"{FLOOR}: examples/hyper_floor.rs, seks's stack (tokio, hyper) forwarding with a fixed key and nothing else.")
     lines.append("Targets:")
@@ -517,10 +522,14 @@ def main():
     parser.add_argument("--big-store", action="store_true", help=f"also {BIG_SECRETS:,} secrets and {BIG_TOKENS:,} tokens")
     parser.add_argument("--postgres", action="store_true", help="also a broker on a PostgreSQL store")
     parser.add_argument("--floor", action="store_true", help="also a bare hyper proxy, the stack's floor")
+    parser.add_argument("--pgo", action="store_true", help="measure seks built with profile-guided optimisation (bench/pgo.py)")
     parser.add_argument("--soak", type=int, metavar="SECONDS", help="RSS over a run this long at 80%% of seks's max")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "suite.json"))
     args = parser.parse_args()
     ensure_tools(["nginx", "curl", str(ECHO_MODULE)], oha=True)
+    if args.pgo:
+        import pgo  # it imports this module
+        harness.SEKS = pgo.build_pgo()
     if args.floor:
         subprocess.run(["cargo", "build", "--release", "--locked", "--example", "hyper_floor"], cwd=ROOT, check=True)
     os.sched_setaffinity(0, {int(CLIENT_CPU)})

@@ -33,7 +33,8 @@ else), so that the gap to nginx splits into the stack's part and seks's own work
 Prints one table (each figure per target, seks/nginx, overhead over direct, the issue's
 targets met or missed, the conditions) and writes it as JSON and as Markdown.
 
---pgo measures seks built with profile-guided optimisation (bench/pgo.py builds it first).
+--pgo measures seks (and the floor) built with profile-guided optimisation (bench/pgo.py
+builds them first).
 
 Usage: bench/suite.py [--seconds 10] [--rounds 1] [--big-store] [--postgres] [--floor] [--pgo]
                       [--soak 600] [--out bench/out/suite.json]
@@ -468,7 +469,7 @@ def notes(results):
         "RSS: master + worker for nginx. nginx−direct, seks−direct: added µs for latencies, % for rates.",
     ]
     if results["settings"]["pgo"]:
-        lines.append("seks: built with profile-guided optimisation (bench/pgo.py); nginx and the floor as packaged or built.")
+        lines.append("seks and the hyper floor: built with profile-guided optimisation (bench/pgo.py); nginx: Debian's.")
     if results["settings"]["floor"]:
         lines.append(f"{FLOOR}: examples/hyper_floor.rs, seks's stack (tokio, hyper) forwarding with a fixed key and nothing else.")
     lines.append("Targets:")
@@ -516,20 +517,22 @@ def as_markdown(results):
 
 
 def main():
+    global FLOOR_BINARY  # --pgo measures the floor's PGO build
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every measurement; medians reported")
     parser.add_argument("--big-store", action="store_true", help=f"also {BIG_SECRETS:,} secrets and {BIG_TOKENS:,} tokens")
     parser.add_argument("--postgres", action="store_true", help="also a broker on a PostgreSQL store")
     parser.add_argument("--floor", action="store_true", help="also a bare hyper proxy, the stack's floor")
-    parser.add_argument("--pgo", action="store_true", help="measure seks built with profile-guided optimisation (bench/pgo.py)")
+    parser.add_argument("--pgo", action="store_true", help="measure seks and the floor built with profile-guided optimisation (bench/pgo.py)")
     parser.add_argument("--soak", type=int, metavar="SECONDS", help="RSS over a run this long at 80%% of seks's max")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "suite.json"))
     args = parser.parse_args()
     ensure_tools(["nginx", "curl", str(ECHO_MODULE)], oha=True)
     if args.pgo:
         import pgo  # it imports this module
-        harness.SEKS = pgo.build_pgo()
+        built = pgo.build_pgo(floor=args.floor)
+        harness.SEKS, FLOOR_BINARY = built[0], built[-1] if args.floor else FLOOR_BINARY
     if args.floor:
         subprocess.run(["cargo", "build", "--release", "--locked", "--example", "hyper_floor"], cwd=ROOT, check=True)
     os.sched_setaffinity(0, {int(CLIENT_CPU)})

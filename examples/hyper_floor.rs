@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// The key the floor injects, as nginx's configuration in the suite does.
 const KEY: &str = "Bearer sk-bench-A1b2C3d4E5f6G7h8I9j0A1b2C3d4E5f6G7h8I9j0";
@@ -40,8 +41,14 @@ async fn serve(listen: u16, upstream: u16) -> Result<(), Box<dyn Error>> {
     connector.set_nodelay(true);
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await?;
+    // Returning on SIGTERM, rather than dying of it, lets a build for profile-guided
+    // optimisation (bench/pgo.py) write its profile on the way out.
+    let mut terminate = signal(SignalKind::terminate())?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = terminate.recv() => return Ok(()),
+        };
         stream.set_nodelay(true)?;
         let client = client.clone();
         tokio::spawn(async move {

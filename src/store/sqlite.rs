@@ -574,9 +574,9 @@ impl Store for SqliteStore {
             if let Some(at) = expires_at {
                 sqlx::query(
                     "WITH RECURSIVE tree(id) AS (SELECT id FROM tokens WHERE tenant_id = ?1 AND parent_id = ?2 \
-                 UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id) \
-                 UPDATE tokens SET expires_at = ?3 WHERE tenant_id = ?1 AND id IN (SELECT id FROM tree) \
-                 AND (expires_at IS NULL OR expires_at > ?3)",
+                     UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id) \
+                     UPDATE tokens SET expires_at = ?3 WHERE tenant_id = ?1 AND id IN (SELECT id FROM tree) \
+                     AND (expires_at IS NULL OR expires_at > ?3)",
                 )
                 .bind(tenant)
                 .bind(id)

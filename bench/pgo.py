@@ -22,7 +22,7 @@ from pathlib import Path
 
 import harness
 from harness import CLIENT_CPU, ECHO_MODULE, ROOT, Processes, ensure_tools, free_port, seks_cli, seks_store, start_nginx, start_seks, wait_port
-from suite import REQUEST, Target, oha, upstream_conf
+from suite import Target, oha, upstream_conf
 
 TRAIN_DIR, PGO_DIR = ROOT / "target" / "pgo-train", ROOT / "target" / "pgo"
 FLOOR_TRAIN_DIR, FLOOR_DIR = ROOT / "target" / "pgo-floor-train", ROOT / "target" / "pgo-floor"

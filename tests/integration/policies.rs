@@ -283,6 +283,14 @@ async fn derive(broker: &crate::support::Broker, token: &str, body: Value) -> (u
     (reply.status, reply.json())
 }
 
+/// Each SDK call's status and error code, in order.
+fn outcomes(calls: &[Value]) -> Vec<(Option<u64>, Option<&str>)> {
+    calls
+        .iter()
+        .map(|r| (r["status"].as_u64(), r["code"].as_str()))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_child_over_its_own_rate_never_spends_what_its_parent_shares() {
     let (mock, env) = setup("").await;
@@ -300,12 +308,8 @@ async fn a_child_over_its_own_rate_never_spends_what_its_parent_shares() {
     let (c, p) = (child["token"].as_str().unwrap(), parent.as_str());
     let base = broker.url("/api/openai/v1");
     let calls = sdk(&base, p, &["chats", "gpt-4o-mini", c, c, c, p, p, p]).await;
-    let seen: Vec<(Option<u64>, Option<&str>)> = calls
-        .iter()
-        .map(|r| (r["status"].as_u64(), r["code"].as_str()))
-        .collect();
-    let ok = (Some(200), None);
-    let limited = (Some(429), Some("rate_limited"));
+    let seen = outcomes(&calls);
+    let (ok, limited) = ((Some(200), None), (Some(429), Some("rate_limited")));
     // The child's two refused calls leave the parent two of its three.
     assert_eq!(seen, [ok, limited, limited, ok, ok, limited], "{calls:?}");
     assert_eq!(mock.requests().len(), 3);
@@ -365,12 +369,8 @@ async fn child_tokens_never_exceed_their_parent_and_die_with_it() {
     // calls, so the 15 s in which one of 4 per minute comes back isn't spent starting them.
     let (c, p) = (child_token.as_str(), parent.as_str());
     let calls = sdk(&base, p, &["chats", "gpt-4o-mini", c, p, p, p, p, c]).await;
-    let seen: Vec<(Option<u64>, Option<&str>)> = calls
-        .iter()
-        .map(|r| (r["status"].as_u64(), r["code"].as_str()))
-        .collect();
-    let ok = (Some(200), None);
-    let limited = (Some(429), Some("rate_limited"));
+    let seen = outcomes(&calls);
+    let (ok, limited) = ((Some(200), None), (Some(429), Some("rate_limited")));
     assert_eq!(seen, [ok, ok, ok, ok, limited, limited], "{calls:?}");
 
     // The operator derives too; a broken token can't derive at all.

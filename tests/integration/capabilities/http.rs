@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::{audit_records, call, call_until, code, pending_approval};
-use crate::support::http::send;
+use crate::support::http::{Reply, send};
 use crate::support::mock::MockUpstream;
 use crate::support::{Env, assert_never_leaked, config_for};
 
@@ -187,7 +187,7 @@ path = "/v1/files"
         (unknown.status, code(&unknown).as_str()),
         (404, "unknown_capability")
     );
-    let answer = |reply: &crate::support::http::Reply, name: &str| {
+    let answer = |reply: &Reply, name: &str| {
         (
             reply.status,
             reply.header("x-seks-error").map(str::to_owned),
@@ -795,12 +795,7 @@ path = "/v1/realtime/client_secrets"
         ("realtime", json!({"what": "client_secrets;v=1"})),
     ] {
         let r = call(&broker, &plain, name, &args, &mut responses).await;
-        assert_eq!(
-            (r.status, code(&r).as_str()),
-            (403, "policy_denied"),
-            "{name} {args}: {r:?}"
-        );
-        assert!(r.body.contains("mint_credentials = true"), "{r:?}");
+        assert_needs_mint_credentials(&r, &format!("{name} {args}"));
     }
     assert_eq!(minted(), 0, "{:?}", mock.requests());
 
@@ -959,12 +954,7 @@ params = [{ name = "query", type = "string" }]
             &mut responses,
         )
         .await;
-        assert_eq!(
-            (r.status, code(&r).as_str()),
-            (403, "policy_denied"),
-            "{name}: {r:?}"
-        );
-        assert!(r.body.contains("mint_credentials = true"), "{r:?}");
+        assert_needs_mint_credentials(&r, name);
     }
     assert_eq!(reached(), 0, "{:?}", mock.requests());
 
@@ -990,4 +980,15 @@ params = [{ name = "query", type = "string" }]
     assert_eq!(reached(), 2);
     broker.stop().await;
     assert_never_leaked(&env, "glpat-CAPABILITY-key-0123456789", &responses);
+}
+
+/// `r` is the refusal of a call whose answer would hand out a credential usable without
+/// the broker; `what` names the call.
+fn assert_needs_mint_credentials(r: &Reply, what: &str) {
+    assert_eq!(
+        (r.status, code(r).as_str()),
+        (403, "policy_denied"),
+        "{what}: {r:?}"
+    );
+    assert!(r.body.contains("mint_credentials = true"), "{r:?}");
 }

@@ -21,7 +21,7 @@ use super::params::{self, BadArgument, Param};
 use super::{DEFAULT_MAX_RESPONSE, RunError};
 use crate::providers::{AuthScheme, Providers};
 use crate::proxy::target;
-use crate::proxy::{Upstreams, replace_members, send_built};
+use crate::proxy::{Upstreams, arrives_unencoded, replace_members, send_built};
 use crate::scrub::Scrubber;
 
 /// Longest a request may take when the capability sets no `timeout`.
@@ -350,11 +350,7 @@ impl HttpSpec {
         .await
         .map_err(|e| RunError::Unreachable(e.to_string()))?;
         let status = response.status().as_u16();
-        let identity = response
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if !identity {
+        if !arrives_unencoded(response.headers()) {
             return Err(RunError::Refused(
                 "the provider compressed its answer, so it can't be checked for secrets".to_owned(),
             ));

@@ -47,7 +47,7 @@ use enforce::Enforcer;
 pub(crate) use enforce::{
     Admitted, ForwardBody, by_root, check_built_graphql, check_credential_route, withheld_members,
 };
-pub(crate) use response::{Hidden, Metering, replace_members};
+pub(crate) use response::{Hidden, Metering, arrives_unencoded, replace_members};
 
 /// Limits and timeouts the proxy applies to every request.
 #[derive(Debug, Clone)]

@@ -228,6 +228,12 @@ pub(crate) fn replace_members(value: &mut serde_json::Value, members: &[String])
     }
 }
 
+/// Whether a response's body reaches the broker as the upstream wrote it: with no content
+/// coding and no transfer coding but `chunked`, which hyper undoes.
+pub(crate) fn arrives_unencoded(headers: &HeaderMap) -> bool {
+    only_chunked_transfer(headers).is_ok() && matches!(content_coding(headers), Ok(None))
+}
+
 /// The response's content coding; codings the broker can't decode (and lists of several)
 /// are refused, since what can't be read can't be scrubbed.
 fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, ProxyError> {

@@ -992,3 +992,56 @@ fn assert_needs_mint_credentials(r: &Reply, what: &str) {
     );
     assert!(r.body.contains("mint_credentials = true"), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_capability_answer_in_any_content_coding_is_refused_unread() {
+    let mock = MockUpstream::start().await;
+    // Each capability's answer quotes the key in every form, compressed as its name says:
+    // one `Content-Encoding` line per coding, so `identity_then_gzip` is gzip behind an
+    // `identity` line that alone would let it pass unread.
+    let encodings = [
+        ("plain", "identity"),
+        ("gzip", "gzip"),
+        ("identity_then_gzip", "identity,gzip"),
+    ];
+    let capabilities: String = encodings
+        .iter()
+        .map(|(name, encoding)| {
+            format!(
+                r##"
+[capabilities.{name}]
+kind = "http"
+description = "The key quoted back in {encoding}"
+secret = "main"
+provider = "openai"
+method = "GET"
+path = "/v1/reflect"
+query = {{ encoding = "{encoding}" }}
+"##
+            )
+        })
+        .collect();
+    let env = env_with(&mock, &capabilities).await;
+    let mut args = vec!["--agent", "reader"];
+    for (name, _) in &encodings {
+        args.extend(["--capability", name]);
+    }
+    let token = env.create_token("main", &args).await;
+    let broker = env.serve().await;
+    let mut responses = Vec::new();
+
+    let plain = call(&broker, &token, "plain", &json!({}), &mut responses).await;
+    assert_eq!(plain.status, 200, "{plain:?}");
+    assert!(plain.json()["body"].is_object(), "{plain:?}");
+    for (name, _) in &encodings[1..] {
+        let r = call(&broker, &token, name, &json!({}), &mut responses).await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (502, "backend_refused"),
+            "{name}: {r:?}"
+        );
+    }
+    assert_eq!(mock.requests().len(), encodings.len());
+    broker.stop().await;
+    assert_never_leaked(&env, KEY, &responses);
+}

@@ -240,14 +240,11 @@ async fn handle(
     } else if let Some((answer, encoding, cookie, status)) = asked {
         // `x-mock-answer`: the body to answer, as JSON, compressed as `x-mock-encoding` says,
         // with `x-mock-set-cookie` as a cookie and `x-mock-status` as the status.
-        let body = compress(&encoding, answer.as_bytes());
-        let mut builder = Response::builder()
+        let (body, builder) = encoded(&encoding, answer.into_bytes(), Response::builder());
+        let mut builder = builder
             .status(status)
             .header("content-type", "application/json")
             .header("content-length", body.len());
-        if !encoding.is_empty() {
-            builder = builder.header("content-encoding", encoding);
-        }
         if let Some(cookie) = cookie {
             builder = builder.header("set-cookie", cookie);
         }
@@ -366,10 +363,8 @@ fn reflect(secret: &str, query: &str) -> Response<MockBody> {
         builder = builder.header(format!("x-reflect-{name}"), form.as_str());
     }
     let encoding = query.strip_prefix("encoding=").unwrap_or("");
-    let body = compress(encoding, text.as_bytes());
-    if !encoding.is_empty() {
-        builder = builder.header("content-encoding", encoding);
-    }
+    let encoding = percent_encoding::percent_decode_str(encoding).decode_utf8_lossy();
+    let (body, builder) = encoded(&encoding, text.into_bytes(), builder);
     builder
         .header("content-length", body.len())
         .body(
@@ -381,10 +376,29 @@ fn reflect(secret: &str, query: &str) -> Response<MockBody> {
 }
 
 /// `data` compressed with `encoding` (`gzip`, `deflate`, `br`, `zstd`; `""` for none).
+/// `body` compressed by each of the comma-separated `codings` in turn, and `builder` with
+/// a `Content-Encoding` line for each.
+fn encoded(
+    codings: &str,
+    body: Vec<u8>,
+    builder: http::response::Builder,
+) -> (Vec<u8>, http::response::Builder) {
+    codings
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .fold((body, builder), |(body, builder), coding| {
+            (
+                compress(coding, &body),
+                builder.header("content-encoding", coding),
+            )
+        })
+}
+
 pub fn compress(encoding: &str, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     match encoding {
-        "" => data.to_vec(),
+        "" | "identity" => data.to_vec(),
         "gzip" => {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             e.write_all(data).unwrap();

@@ -47,6 +47,9 @@ const MAX_TOKENS: usize = 100_000;
 /// secrets), so a secret whose agents make it mint again and again fills its own share, not
 /// the room the others need. Rotated secrets' old values are kept past any share: they come
 /// from an operator's (or a provider's) rotations, which are few, not from agents' requests.
+/// So are values masked for good (access tokens whose endpoint gave no lifetime): counted,
+/// they would close the share for good once it filled, and they are minted only when due,
+/// never on agents' 401s.
 const MAX_LEARNED: usize = 4096;
 /// The most one secret's share may be, however few secrets are loaded.
 const MAX_SHARE: usize = MAX_LEARNED / 16;
@@ -305,20 +308,26 @@ fn remember(
             .find(|l| l.value.expose_secret() == value.expose_secret());
         match known {
             // A later deadline only masks for longer, so it is kept even if the rest is refused.
-            Some(known) => known.until = known.until.zip(until).map(|(a, b)| a.max(b)),
+            Some(known) => {
+                known.until = known.until.zip(until).map(|(a, b)| a.max(b));
+                if known.until.is_none() {
+                    known.owner = None;
+                }
+            }
             None => new.push(Learned {
                 value,
                 until,
-                owner: owner.map(str::to_owned),
+                owner: owner.filter(|_| until.is_some()).map(str::to_owned),
             }),
         }
     }
     if let Room::Shared { owner, share } = room {
         let owned = learned
             .iter()
+            .chain(&new)
             .filter(|l| l.owner.as_deref() == Some(owner))
             .count();
-        if owned + new.len() > share {
+        if owned > share {
             return Err(KeyringError::TooManyLearned(share));
         }
     }
@@ -1127,6 +1136,14 @@ mod tests {
             .await
             .unwrap();
         assert!(masked("ya29.minted-60000") && masked(old));
+        // Values masked for good (minted when due by an endpoint that gave no lifetime) take
+        // no room: counted, one share's worth would close the secret until a restart.
+        let forever =
+            (0..=share).map(|n| (SecretString::from(format!("ya29.forever-{n:05}")), None));
+        keyring.learn("sec_last", forever).await.unwrap();
+        assert!(masked("ya29.forever-00000") && masked(&format!("ya29.forever-{share:05}")));
+        let full = keyring.learn("sec_last", [minted(70_000, hour)]).await;
+        assert!(matches!(full, Err(KeyringError::TooManyLearned(_))));
     }
 
     #[tokio::test]

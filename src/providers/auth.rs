@@ -200,6 +200,9 @@ impl AuthScheme {
             }
             AuthScheme::Oauth2(grant) => {
                 super::parse_base_url(&grant.token_url).map_err(|why| ("token_url", why))?;
+                if grant.token_lifetime.is_some_and(|t| t.is_zero()) {
+                    return Err(("token_lifetime", "must be longer than zero".to_owned()));
+                }
                 grant.check_scope().map_err(|why| ("scope", why))
             }
         }
@@ -380,6 +383,7 @@ mod tests {
             token_url: "https://oauth2.example/token".to_owned(),
             scope: None,
             client_auth: Default::default(),
+            token_lifetime: None,
         });
         assert!(
             oauth2

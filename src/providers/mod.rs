@@ -525,6 +525,12 @@ mod tests {
             ours("acme", "auth.scope")
         );
         assert_eq!(
+            with_auth(
+                r#"{ scheme = "oauth2", token_url = "https://oauth.example/token", token_lifetime = "0s" }"#
+            ),
+            ours("acme", "auth.token_lifetime")
+        );
+        assert_eq!(
             field_error("[Acme]\nbase_url = \"https://a.example\"\n"),
             ours("Acme", "name")
         );

@@ -2,6 +2,8 @@
 //! auth scheme) and the shape of the stored secret, a client's credentials and a refresh
 //! token. Minting itself is the proxy's (`proxy::oauth2`).
 
+use std::time::Duration;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,6 +34,11 @@ pub struct Oauth2Grant {
     /// How the client authenticates at the token endpoint (default `body`).
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// How long an access token is valid when the endpoint's answer gives no `expires_in`
+    /// (what its documentation says); without it such tokens are replaced hourly and stay
+    /// masked while the broker runs.
+    #[serde(default, deserialize_with = "humantime_serde::deserialize")]
+    pub token_lifetime: Option<Duration>,
 }
 
 impl Oauth2Grant {
@@ -214,6 +221,7 @@ mod tests {
             token_url: "https://oauth2.example/token".to_owned(),
             scope: Some(scope.to_owned()),
             client_auth: ClientAuth::Body,
+            token_lifetime: None,
         };
         assert!(
             grant("https://graph.microsoft.com/.default offline_access")

@@ -120,8 +120,8 @@ struct Granted {
     access_token: SecretString,
     /// How long the token is used for before it is replaced.
     lifetime: Duration,
-    /// How long the endpoint said the token is valid (`expires_in`), however long; `None`
-    /// when it didn't say.
+    /// How long the endpoint said the token is valid (`expires_in`, else the provider's
+    /// `token_lifetime`), however long; `None` when neither said.
     valid_for: Option<Duration>,
 }
 
@@ -438,14 +438,15 @@ impl Refresher {
             refreshing.rotated = Some((version, new));
         }
         let granted = answer
-            .and_then(|answer| parse_granted(&answer))
+            .and_then(|answer| parse_granted(&answer, grant.token_lifetime))
             .inspect_err(|e| {
                 tracing::warn!(secret = %token.secret_name, provider = %token.provider, "OAuth2 refresh failed: {e}");
             })?;
         if granted.valid_for.is_none() {
             tracing::warn!(
                 provider = %token.provider,
-                "the token endpoint gave no expires_in; assuming {DEFAULT_LIFETIME:?}"
+                "the token endpoint gave no expires_in and the provider sets no token_lifetime: \
+                 the token is replaced after {DEFAULT_LIFETIME:?} and stays masked while the broker runs"
             );
         }
         let expires_at = sent + granted.lifetime;
@@ -597,8 +598,9 @@ fn basic_client(secret: &Oauth2Secret) -> Result<HeaderValue, RefreshError> {
     Ok(value)
 }
 
-/// Read a successful answer (RFC 6749 §5.1).
-fn parse_granted(answer: &[u8]) -> Result<Granted, RefreshError> {
+/// Read a successful answer (RFC 6749 §5.1); `documented`: the lifetime to take when it
+/// gives no `expires_in`.
+fn parse_granted(answer: &[u8], documented: Option<Duration>) -> Result<Granted, RefreshError> {
     let bad = RefreshError::BadAnswer;
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(answer) else {
         return Err(bad("it is not a JSON object"));
@@ -614,7 +616,7 @@ fn parse_granted(answer: &[u8]) -> Result<Granted, RefreshError> {
     // A refresh token that could not be masked makes the whole answer unusable.
     answer_token(&map, "refresh_token")?;
     let seconds = match map.get("expires_in") {
-        None => None,
+        None => documented.map(|lifetime| lifetime.as_secs().max(1)),
         Some(v) => Some(
             v.as_u64()
                 // Some endpoints send the number as a string.
@@ -708,6 +710,7 @@ mod tests {
     fn answers_give_the_token_its_lifetime_and_a_rotated_refresh_token() {
         let granted = parse_granted(
             br#"{"access_token": "ya29.access-1", "token_type": "Bearer", "expires_in": 3599, "scope": "x"}"#,
+            None,
         )
         .unwrap();
         assert_eq!(granted.access_token.expose_secret(), "ya29.access-1");
@@ -715,7 +718,7 @@ mod tests {
         assert_eq!(granted.valid_for, Some(Duration::from_secs(3599)));
         assert!(rotated_refresh_token(br#"{"access_token": "ya29.access-1"}"#).is_none());
         let answer = br#"{"access_token": "ya29.access-2", "token_type": "bearer", "expires_in": "60", "refresh_token": "refresh-new"}"#;
-        let rotated = parse_granted(answer).unwrap();
+        let rotated = parse_granted(answer, None).unwrap();
         assert_eq!(rotated.lifetime, Duration::from_secs(60));
         assert_eq!(
             rotated_refresh_token(answer)
@@ -725,26 +728,39 @@ mod tests {
         );
         // Taken from an answer whose access token can't be used, too.
         let unusable = br#"{"access_token": "ya29.access-3", "expires_in": 0, "refresh_token": "refresh-newer"}"#;
-        assert!(parse_granted(unusable).is_err());
+        assert!(parse_granted(unusable, None).is_err());
         assert_eq!(
             rotated_refresh_token(unusable)
                 .as_ref()
                 .map(|t| t.expose_secret()),
             Some("refresh-newer")
         );
-        let bare = parse_granted(br#"{"access_token": "ya29.access-3"}"#).unwrap();
+        let bare = parse_granted(br#"{"access_token": "ya29.access-3"}"#, None).unwrap();
         assert_eq!(bare.valid_for, None);
         assert_eq!(bare.lifetime, DEFAULT_LIFETIME);
-        let forever =
-            parse_granted(br#"{"access_token": "ya29.access-4", "expires_in": 99999999999}"#)
-                .unwrap();
+        let forever = parse_granted(
+            br#"{"access_token": "ya29.access-4", "expires_in": 99999999999}"#,
+            None,
+        )
+        .unwrap();
         assert_eq!(forever.lifetime, MAX_LIFETIME);
+        // The provider's documented lifetime stands in for a missing expires_in, as if given.
+        let documented = Some(Duration::from_secs(600));
+        let bare = parse_granted(br#"{"access_token": "ya29.access-5"}"#, documented).unwrap();
+        assert_eq!(bare.valid_for, documented);
+        assert_eq!(bare.lifetime, Duration::from_secs(600));
+        assert!(bare.scrub_until(Instant::now()).is_some());
+        let given = br#"{"access_token": "ya29.access-6", "expires_in": 60}"#;
+        assert_eq!(
+            parse_granted(given, documented).unwrap().valid_for,
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]
     fn the_scrubber_knows_a_token_for_as_long_as_the_provider_accepts_it() {
         let sent = Instant::now();
-        let scrub_until = |answer: &[u8]| parse_granted(answer).unwrap().scrub_until(sent);
+        let scrub_until = |answer: &[u8]| parse_granted(answer, None).unwrap().scrub_until(sent);
         let hour = br#"{"access_token": "ya29.access-1", "expires_in": 3600}"#;
         assert_eq!(scrub_until(hour), Some(sent + 2 * SCRUB_AFTER_EXPIRY));
         // Used for a day at most, valid for thirty: masked for all thirty.
@@ -773,7 +789,7 @@ mod tests {
             br#"{"access_token": "ya29.secret", "expires_in": -5}"#,
             br#"{"access_token": "ya29.secret", "refresh_token": 7}"#,
         ] {
-            let Err(e) = parse_granted(answer) else {
+            let Err(e) = parse_granted(answer, None) else {
                 panic!("accepted {}", String::from_utf8_lossy(answer));
             };
             assert!(!e.to_string().contains("ya29"), "{e}");
@@ -798,8 +814,9 @@ mod tests {
 
     #[test]
     fn mints_on_401s_are_spaced_for_the_share_to_hold_them_with_the_ones_due() {
-        let spacing =
-            |answer: &[u8], share: usize| parse_granted(answer).unwrap().remint_spacing(share);
+        let spacing = |answer: &[u8], share: usize| {
+            parse_granted(answer, None).unwrap().remint_spacing(share)
+        };
         let hour = br#"{"access_token": "ya29.access-1", "expires_in": 3600}"#;
         // Masked for two hours, three minted when due at once: 252 places spare, or 12.
         assert_eq!(spacing(hour, 256), Some(REMINT_BACKOFF));

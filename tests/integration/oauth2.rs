@@ -22,7 +22,8 @@ use crate::support::{Broker, Env};
 const PROFILE: &str = "/api/gmail/oauth-api/users/me/profile";
 
 /// `gmail` minting at the mock; `mail`, a config-only provider with the client in Basic and
-/// a scope; `offline`, whose token endpoint is down.
+/// a scope; `offline`, whose token endpoint is down; `documented`, whose tokens last 2 s
+/// when the endpoint doesn't say.
 fn config(mock: &str) -> String {
     format!(
         r#"
@@ -43,6 +44,10 @@ errors = "message"
 [providers.offline]
 base_url = "{mock}"
 auth = {{ scheme = "oauth2", token_url = "http://127.0.0.1:1/token" }}
+
+[providers.documented]
+base_url = "{mock}"
+auth = {{ scheme = "oauth2", token_url = "{mock}/oauth2/token", token_lifetime = "2s" }}
 "#
     )
 }
@@ -176,6 +181,35 @@ async fn fifty_concurrent_requests_on_an_expired_access_token_cause_exactly_one_
             ]
         );
     }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn without_expires_in_a_token_lasts_the_providers_documented_lifetime_or_an_hour() {
+    let (mock, env, token) = gmail().await;
+    mock.oauth.set_expires_in(None);
+    env.add_secret("documented", "documented", &default_secret())
+        .await;
+    let documented = env.create_token("documented", &["--agent", "mailer"]).await;
+    let documented_profile = PROFILE.replace("/gmail/", "/documented/");
+    let broker = env.serve().await;
+
+    assert_eq!(get(&broker, PROFILE, &token).await.status, 200);
+    assert_eq!(
+        get(&broker, &documented_profile, &documented).await.status,
+        200
+    );
+    assert_eq!(mock.oauth.hits(), 2);
+    // Past `documented`'s refresh time (a tenth of its 2 s before it ends); `gmail`'s token,
+    // taken to last an hour, is kept.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get(&broker, PROFILE, &token).await.status, 200);
+    assert_eq!(mock.oauth.hits(), 2);
+    assert_eq!(
+        get(&broker, &documented_profile, &documented).await.status,
+        200
+    );
+    assert_eq!(mock.oauth.hits(), 3);
     broker.stop().await;
 }
 

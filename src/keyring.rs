@@ -321,18 +321,20 @@ fn remember(
             }),
         }
     }
-    if let Room::Shared { owner, share } = room {
-        let owned = learned
-            .iter()
-            .chain(&new)
-            .filter(|l| l.owner.as_deref() == Some(owner))
-            .count();
-        if owned > share {
-            return Err(KeyringError::TooManyLearned(share));
-        }
+    if let Room::Shared { owner, share } = room
+        && owned_by(learned.iter().chain(&new), owner, now) > share
+    {
+        return Err(KeyringError::TooManyLearned(share));
     }
     learned.append(&mut new);
     Ok(())
+}
+
+/// How many of `learned`, still masked at `now`, count against `owner`'s share.
+fn owned_by<'a>(learned: impl Iterator<Item = &'a Learned>, owner: &str, now: Instant) -> usize {
+    learned
+        .filter(|l| l.owner.as_deref() == Some(owner) && l.until.is_none_or(|until| until > now))
+        .count()
 }
 
 /// Token and credential resolution with caching and store synchronisation.
@@ -744,6 +746,17 @@ impl Keyring {
             share: self.learned_share(),
         };
         self.learn_within(values, room).await
+    }
+
+    /// [`KeyringError::TooManyLearned`] if [`Keyring::learn`] would refuse one more value
+    /// for `secret_id` now: asked before minting, so that a full share costs no mint.
+    pub fn check_room(&self, secret_id: &str) -> Result<(), KeyringError> {
+        let share = self.learned_share();
+        let learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+        if owned_by(learned.iter(), secret_id, Instant::now()) >= share {
+            return Err(KeyringError::TooManyLearned(share));
+        }
+        Ok(())
     }
 
     /// How many values still valid [`Keyring::learn`] keeps for each secret now.

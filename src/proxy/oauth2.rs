@@ -408,6 +408,9 @@ impl Refresher {
             Some((replaced, rotated)) if *replaced == version => rotated.clone(),
             _ => secret.refresh_token.clone(),
         };
+        // Its token would be refused: asking would only spend the endpoint's patience and,
+        // where refresh tokens rotate, seal a new version and mask two more values for good.
+        self.keyring.check_room(&token.secret_id)?;
         let sent = Instant::now();
         let answer = self.exchange(grant, &secret, &refresh_token).await;
         // Kept even when the rest of the answer can't be used: the provider has taken the

@@ -23,7 +23,7 @@ use super::egress::Destination;
 use super::{ForwardProxy, Refusal, stopping};
 use crate::metrics;
 use crate::proxy::{ProxyError, TokenWatch};
-use crate::server::timed_body;
+use crate::server::{cut_off_signal, timed_body};
 use crate::store::TokenRecord;
 use crate::tokens::TOKEN_PREFIX;
 
@@ -78,7 +78,11 @@ pub(super) async fn serve(forward: Arc<ForwardProxy>, stream: TcpStream, client:
         served = conn.as_mut() => served,
         () = stopping(&mut stop) => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            // As on the agent listener: dropped once cut off, with what it has in flight.
+            tokio::select! {
+                served = conn.as_mut() => served,
+                () = cut_off_signal(forward.cut_off.clone()) => Ok(()),
+            }
         }
     };
     if let Err(e) = served {

@@ -19,7 +19,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::connect::Route;
 use super::{ForwardProxy, Refusal, stopping};
 use crate::metrics;
-use crate::server::{OpenRequests, serve_until_idle, timed_body};
+use crate::server::{OpenRequests, cut_off_signal, serve_until_idle, timed_body};
 
 /// Longest wait for the agent's TLS handshake once the tunnel is open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +85,8 @@ pub(super) async fn intercept(forward: Arc<ForwardProxy>, on_upgrade: OnUpgrade,
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = serve_until_idle(conn, &requests, stopping(&mut stop)).await {
+    let cut_off = cut_off_signal(forward.cut_off.clone());
+    if let Err(e) = serve_until_idle(conn, &requests, stopping(&mut stop), cut_off).await {
         tracing::debug!(error = %e, "forward proxy: tunnel ended with an error");
     }
 }

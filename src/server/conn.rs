@@ -46,14 +46,16 @@ pub fn timed_body(body: Incoming) -> Body {
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then wait for open connections
-/// to finish. Unlike `axum::serve`, connections get hyper's timer, so a client that never
-/// finishes its request head (or sits idle between requests) is cut after
-/// [`CLIENT_TIMEOUT`] instead of holding its connection and task forever; hyper has no such
-/// timer for HTTP/2, so a connection with no request open for that long is closed too.
+/// to finish, or until `cut_off` (when given) turns true. Unlike `axum::serve`, connections
+/// get hyper's timer, so a client that never finishes its request head (or sits idle
+/// between requests) is cut after [`CLIENT_TIMEOUT`] instead of holding its connection and
+/// task forever; hyper has no such timer for HTTP/2, so a connection with no request open
+/// for that long is closed too.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
     shutdown: impl Future<Output = ()>,
+    cut_off: Option<watch::Receiver<bool>>,
 ) -> io::Result<()>
 where
     L: Listener<Addr = SocketAddr>,
@@ -88,11 +90,18 @@ where
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let mut stopped = stop.subscribe();
+        let cut_off = cut_off.clone();
         tasks.spawn(async move {
             let stopping = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            if let Err(e) = serve_until_idle(conn, &requests, stopping).await {
+            let cut = async move {
+                match cut_off {
+                    Some(cut_off) => cut_off_signal(cut_off).await,
+                    None => std::future::pending().await,
+                }
+            };
+            if let Err(e) = serve_until_idle(conn, &requests, stopping, cut).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -103,13 +112,20 @@ where
     Ok(())
 }
 
+/// Resolves once `cut_off` turns true, or its sender is gone (the broker is going away).
+pub(crate) async fn cut_off_signal(mut cut_off: watch::Receiver<bool>) {
+    let _ = cut_off.wait_for(|cut| *cut).await;
+}
+
 /// Serve `conn` until it ends; once `stop` resolves, or once it has had no request open
 /// for [`CLIENT_TIMEOUT`] (hyper times out idle HTTP/1 connections, but not HTTP/2 ones), it
-/// is shut down gracefully.
+/// is shut down gracefully. Once stopping, `cut_off` drops it with whatever it still has in
+/// flight.
 pub(crate) async fn serve_until_idle<C: GracefulConnection>(
     conn: C,
     requests: &OpenRequests,
     stop: impl Future<Output = ()>,
+    cut_off: impl Future<Output = ()>,
 ) -> Result<(), C::Error> {
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -125,7 +141,12 @@ pub(crate) async fn serve_until_idle<C: GracefulConnection>(
         }
         () = stop => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            // A response its client stopped reading never gets to end its body when cut off
+            // (its writes wait on a full socket); dropping it is what submits its record.
+            tokio::select! {
+                served = conn.as_mut() => served,
+                () = cut_off => Ok(()),
+            }
         }
     }
 }

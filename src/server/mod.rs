@@ -30,7 +30,7 @@ use crate::proxy::Proxy;
 use crate::store::Store;
 pub use conn::{CLIENT_TIMEOUT, timed_body};
 use conn::{ClientAddr, CountedListener};
-pub(crate) use conn::{OpenRequests, serve_until_idle};
+pub(crate) use conn::{OpenRequests, cut_off_signal, serve_until_idle};
 
 /// What the agent listener's handlers share.
 pub struct AppState {
@@ -128,7 +128,7 @@ pub async fn run_admin(
 ) -> std::io::Result<()> {
     // Metrics go to scrapers without the admin token: they hold nothing secret.
     let router = admin::router(state).route("/metrics", get(metrics_text));
-    conn::serve(listener, router, shutdown).await
+    conn::serve(listener, router, shutdown, None).await
 }
 
 /// Serve agents on `listener` until `shutdown` resolves, then drain open requests.
@@ -137,5 +137,12 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    conn::serve(CountedListener(listener), router(state), shutdown).await
+    let cut_off = state.cut_off.clone();
+    conn::serve(
+        CountedListener(listener),
+        router(state),
+        shutdown,
+        Some(cut_off),
+    )
+    .await
 }

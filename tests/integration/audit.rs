@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::http::{Reply, send, send_streaming, try_send};
 use crate::support::mock::MockUpstream;
@@ -695,6 +696,37 @@ async fn streams_still_open_at_shutdown_are_cut_off_and_recorded() {
         (&Value::from(200), &Value::from("lingering"))
     );
     assert!(cut["bytes_out"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn a_download_its_client_stopped_reading_is_recorded_at_shutdown() {
+    let (_mock, env, token) = openai_token(KEY, &["--agent", "stalled"]).await;
+    let broker = env.serve().await;
+    // A client that reads the response head and then nothing: the broker's writes block on a
+    // full socket, so it never gets to end the body itself when its grace runs out.
+    let mut client = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let request = format!(
+        "GET /api/openai/v1/big?mb=256 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n"
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 1024];
+    let read = client.read(&mut head).await.unwrap();
+    assert!(
+        head[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..read])
+    );
+    broker.terminate().await;
+    let stored = records(&env).await;
+    let cut = stored
+        .values()
+        .find(|r| r["path"] == "/v1/big?mb=256")
+        .unwrap_or_else(|| panic!("the stalled download left no record: {stored:#?}"));
+    assert_eq!(
+        (&cut["status"], &cut["agent"]),
+        (&Value::from(200), &Value::from("stalled"))
+    );
+    drop(client);
 }
 
 #[tokio::test]

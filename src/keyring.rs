@@ -252,7 +252,9 @@ fn scrubbed_values(value: &str) -> Vec<Zeroizing<String>> {
 
 /// Refuse a URL secret with a password too short for the scrubber to mask on its own (see
 /// [`scrubbed_values`]): a server that quotes the login back would show it. An empty one is
-/// no password. Errors never quote the value.
+/// no password. Refuse one, too, whose passwords the SMTP and SQL clients (which read URLs
+/// as the `url` crate does) would read otherwise than the scrubber: they would send a
+/// password it doesn't know. Errors never quote the value.
 pub fn check_url_passwords(value: &str) -> Result<(), String> {
     let too_short = |password: &str| {
         let len = percent_encoding::percent_decode_str(password).count();
@@ -262,6 +264,30 @@ pub fn check_url_passwords(value: &str) -> Result<(), String> {
         return Err(format!(
             "its password is shorter than {MIN_SECRET_LEN} characters, too short to be scrubbed reliably"
         ));
+    }
+    let Ok(url) = url::Url::parse(value) else {
+        return Ok(());
+    };
+    let decoded = |password: &str| {
+        Zeroizing::new(
+            percent_encoding::percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    };
+    let known: Vec<_> = url_passwords(value).map(decoded).collect();
+    let in_query = url
+        .query_pairs()
+        .filter(|(key, _)| key == "password")
+        .map(|(_, password)| Zeroizing::new(password.into_owned()));
+    let mut read = url.password().map(decoded).into_iter().chain(in_query);
+    if read.any(|p| !known.contains(&p)) {
+        return Err(
+            "its password would be read differently by the client than by the scrubber (a tab \
+             or line break, a `+` or an encoded `password` key): percent-encode what isn't a \
+             letter or digit"
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -958,6 +984,30 @@ mod tests {
         assert_eq!(url_passwords(secret).collect::<Vec<_>>(), ["one", "two"]);
         for none in ["sk-plain-key", "mysql://app@db/shop", "https://host/a:b@c"] {
             assert_eq!(url_passwords(none).count(), 0, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_url_secret_whose_client_would_read_another_password_is_refused() {
+        for plain in [
+            "smtps://bot%40example.com:p%2Fss-w0rd@mail.example.com:465",
+            "postgres://app:p ss-w0rd@db/shop",
+            "postgres://app@db/shop?sslmode=require&password=s3cr%3Ft-long",
+            "sqlite://data.db",
+        ] {
+            assert_eq!(check_url_passwords(plain), Ok(()), "{plain}");
+        }
+        // The client drops the tab, decodes the key and reads `+` as a space.
+        for other in [
+            "smtps://bot:pass\tw0rd-long@mail.example.com:465",
+            "postgres://app@db/shop?pass%77ord=s3cret-long",
+            "postgres://app@db/shop?password=s3cr+t-long",
+        ] {
+            let refused = check_url_passwords(other).expect_err(other);
+            assert!(
+                !refused.contains("s3cr") && !refused.contains("w0rd"),
+                "{refused}"
+            );
         }
     }
 

@@ -352,16 +352,17 @@ pub async fn run_writer(mut writer: Writer, mut stop: watch::Receiver<bool>) {
             while let Ok(queued) = writer.queue.try_recv() {
                 batch.push(queued);
             }
-            writer.write(&mut batch, Some(ATTEMPTS_AT_SHUTDOWN)).await;
+            writer.write(&mut batch, &stop).await;
             return;
         }
-        writer.write(&mut batch, None).await;
+        writer.write(&mut batch, &stop).await;
     }
 }
 
 impl Writer {
-    /// Write `batch`, retrying until it commits (or `attempts` run out), then empty it.
-    async fn write(&self, batch: &mut Vec<Queued>, mut attempts: Option<u32>) {
+    /// Write `batch`, retrying until it commits, or, once `stop` is set, until
+    /// [`ATTEMPTS_AT_SHUTDOWN`] failures; then empty it.
+    async fn write(&self, batch: &mut Vec<Queued>, stop: &watch::Receiver<bool>) {
         if batch.is_empty() {
             return;
         }
@@ -380,6 +381,7 @@ impl Writer {
         let mut backoff = Duration::from_millis(50);
         // After a failure: it may have been only the acknowledgement that failed.
         let mut maybe_written = false;
+        let mut attempts_left = ATTEMPTS_AT_SHUTDOWN;
         let committed = loop {
             let started = Instant::now();
             let written = async {
@@ -407,9 +409,11 @@ impl Writer {
                     for ack in acks.iter_mut().filter_map(Option::take) {
                         let _ = ack.send(false);
                     }
-                    if let Some(left) = attempts.as_mut() {
-                        *left = left.saturating_sub(1);
-                        if *left == 0 {
+                    // A stop that comes while a batch is being retried must still end the
+                    // writer, or shutdown would wait on the store forever.
+                    if *stop.borrow() {
+                        attempts_left = attempts_left.saturating_sub(1);
+                        if attempts_left == 0 {
                             break false;
                         }
                     }
@@ -461,21 +465,38 @@ mod tests {
         config: AuditConfig,
         grace: Duration,
     ) -> (Auditor, Arc<dyn Store>, SqliteConnection) {
+        let (auditor, store, conn, stop, writer) = stoppable_auditor(dir, config, grace).await;
+        tokio::spawn(async move {
+            let _ = writer.await;
+            // Dropping it earlier would stop the writer.
+            drop(stop);
+        });
+        (auditor, store, conn)
+    }
+
+    /// [`auditor`], with the writer's stop signal and its task.
+    async fn stoppable_auditor(
+        dir: &std::path::Path,
+        config: AuditConfig,
+        grace: Duration,
+    ) -> (
+        Auditor,
+        Arc<dyn Store>,
+        SqliteConnection,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let file = dir.join("seks.db");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&file).await.unwrap());
         let key = ChainKey::new(Key::from_bytes([7; 32]));
         let (auditor, writer) =
             Auditor::new(store.clone(), key, Arc::new(Redactor::default()), &config);
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(async move {
-            run_writer(writer, stopped).await;
-            // Dropping it earlier would stop the writer.
-            drop(stop);
-        });
+        let task = tokio::spawn(run_writer(writer, stopped));
         let conn = SqliteConnection::connect(&format!("sqlite://{}", file.display()))
             .await
             .unwrap();
-        (auditor.with_outage_grace(grace), store, conn)
+        (auditor.with_outage_grace(grace), store, conn, stop, task)
     }
 
     fn record(n: u32) -> AuditRecord {
@@ -738,5 +759,25 @@ mod tests {
             assert!(refused.to_string().contains(WRITES_FAIL), "{refused}");
             assert!(!refused.to_string().contains("disk full"), "{refused}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_writer_even_while_it_retries_a_batch_the_store_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig::default();
+        let queue = config.queue;
+        let (auditor, _store, mut conn, stop, task) =
+            stoppable_auditor(dir.path(), config, Duration::ZERO).await;
+        conn.execute(BREAK).await.unwrap();
+        let slot = auditor.admit().unwrap();
+        auditor.submit(record(1), slot);
+        eventually("the failed write is noticed", || auditor.healthy().is_err()).await;
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the writer stops within its shutdown attempts")
+            .unwrap();
+        assert_eq!(auditor.room.available_permits(), queue);
     }
 }

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use secrecy::ExposeSecret;
 
 use super::Context;
+use super::output::outln;
 use crate::store::META_ADMIN_TOKEN;
 use crate::tokens::{self, TokenHash, hex};
 
@@ -36,7 +37,7 @@ pub(super) async fn run(ctx: Context, cmd: AdminCommand) -> anyhow::Result<()> {
                     &hex(&TokenHash::of(token.expose_secret()).0),
                 )
                 .await?;
-            println!("{}", token.expose_secret());
+            outln!("{}", token.expose_secret());
             eprintln!(
                 "minted the admin API token (any previous one stops working); send it as Authorization: Bearer <token>, or set SEKS_ADMIN_TOKEN for --remote"
             );

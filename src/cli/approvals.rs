@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use super::backend::Backend;
-use super::output::{dash, print_json, print_table};
+use super::output::{dash, outln, print_json, print_table};
 use crate::store::ApprovalState;
 
 #[derive(Debug, Subcommand)]
@@ -109,7 +109,7 @@ pub(super) async fn run(backend: &Backend, cmd: ApprovalsCommand) -> anyhow::Res
                 ("reason", dash(approval.reason.as_deref())),
                 ("arguments", text(&q["arguments"])),
             ] {
-                println!("{label:<10} {value}");
+                outln!("{label:<10} {value}");
             }
             Ok(())
         }
@@ -129,8 +129,12 @@ async fn decide(
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
     backend.decide(id, state, reason).await?;
+    let outcome = match state {
+        ApprovalState::Denied => "is refused",
+        _ => "continues",
+    };
     eprintln!(
-        "{} {id}; the held request continues within a second",
+        "{} {id}; the held request {outcome} within a second",
         state.as_str()
     );
     Ok(())

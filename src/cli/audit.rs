@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 
 use super::backend::Backend;
-use super::output::print_table;
+use super::output::{outln, print_table};
 use crate::ops::audit::{AuditQuery, AuditView, MAX_AUDIT_LIMIT};
 
 /// How often `tail -f` looks for new records.
@@ -118,7 +118,7 @@ pub(super) async fn run(backend: &Backend, cmd: AuditCommand) -> anyhow::Result<
             loop {
                 let rows = backend.audit(&query).await?;
                 for row in &rows {
-                    println!("{}", serde_json::to_string(row)?);
+                    outln!("{}", serde_json::to_string(row)?);
                 }
                 match rows.last() {
                     Some(last) if rows.len() == MAX_AUDIT_LIMIT as usize => query.after = last.seq,
@@ -132,12 +132,13 @@ pub(super) async fn run(backend: &Backend, cmd: AuditCommand) -> anyhow::Result<
                 bail!("the audit log does not verify: {problem}");
             }
             if report.tenants.is_empty() {
-                println!("the audit log is empty");
+                outln!("the audit log is empty");
             }
             for t in report.tenants {
-                println!(
+                outln!(
                     "tenant `{}`: {} records verified, chain intact",
-                    t.tenant, t.records
+                    t.tenant,
+                    t.records
                 );
             }
             Ok(())
@@ -148,7 +149,7 @@ pub(super) async fn run(backend: &Backend, cmd: AuditCommand) -> anyhow::Result<
 fn print_rows(rows: &[AuditView], json: bool, header: bool) -> anyhow::Result<()> {
     if json {
         for row in rows {
-            println!("{}", serde_json::to_string(row)?);
+            outln!("{}", serde_json::to_string(row)?);
         }
         return Ok(());
     }

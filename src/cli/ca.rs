@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use super::Context;
+use super::output::out;
 use crate::forward::ca::BrokerCa;
 
 #[derive(Debug, Subcommand)]
@@ -19,6 +20,6 @@ pub(super) async fn run(ctx: Context, cmd: CaCommand) -> anyhow::Result<()> {
     let ca = BrokerCa::load_or_create(ctx.store.as_ref(), &vault)
         .await
         .context("loading the forward proxy's CA")?;
-    print!("{}", ca.certificate_pem());
+    out!("{}", ca.certificate_pem());
     Ok(())
 }

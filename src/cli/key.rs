@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use super::output::print_json;
+use super::output::{outln, print_json};
 use super::{Context, key_from_env};
 use crate::ops::master_key::{self, Rotation};
 use crate::vault::master_key::{
@@ -104,21 +104,21 @@ fn print_rotation(rotation: &Rotation, new_key_at: &NewKey) {
     } else {
         ""
     };
-    println!(
+    outln!(
         "Rotated the master key to version {}: {} secret(s) and {} audit head(s) moved{ca}.",
-        rotation.key_version, rotation.secrets, rotation.audit_heads
+        rotation.key_version,
+        rotation.secrets,
+        rotation.audit_heads
     );
     match new_key_at {
-        NewKey::Given(from) => println!(
+        NewKey::Given(from) => outln!(
             "The store now opens only with the new key ({from}): give it to every broker and \
              command in {MASTER_KEY_ENV} or as the key file."
         ),
-        NewKey::ReplacesKeyFile { key_file, .. } => println!(
+        NewKey::ReplacesKeyFile { key_file, .. } => outln!(
             "The new key replaced {}; back it up, the old one no longer opens the store.",
             key_file.display()
         ),
     }
-    println!(
-        "Restart every broker with the new key: brokers still on the old one refuse requests."
-    );
+    outln!("Restart every broker with the new key: brokers still on the old one refuse requests.");
 }

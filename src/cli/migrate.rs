@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::load_master_key;
-use super::output::{print_json, print_table};
+use super::output::{outln, print_json, print_table};
 use crate::audit::{self, ChainKey, VerifyError};
 use crate::config::Settings;
 use crate::ops::audit::TenantVerified;
@@ -108,7 +108,7 @@ pub(super) async fn run(settings: &Settings, args: MigrateArgs) -> anyhow::Resul
     if args.json {
         print_json(&report)?;
     } else {
-        println!("migrated {} to {}", report.from, report.to);
+        outln!("migrated {} to {}", report.from, report.to);
         let rows: Vec<Vec<String>> = report
             .tables
             .iter()
@@ -116,9 +116,10 @@ pub(super) async fn run(settings: &Settings, args: MigrateArgs) -> anyhow::Resul
             .collect();
         print_table(&["TABLE", "ROWS"], &rows);
         for t in &report.audit {
-            println!(
+            outln!(
                 "audit log on the destination: tenant `{}`: {} records verified, chain intact",
-                t.tenant, t.records
+                t.tenant,
+                t.records
             );
         }
     }

@@ -1,8 +1,43 @@
 //! Shared output helpers: aligned tables for people, JSON for scripts.
 
+use std::io::{ErrorKind, Write};
+
 use serde::Serialize;
 
 use crate::approvals::shown_up_to;
+
+/// `print!` for a command's output; see [`write_out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for a command's output; see [`write_out`].
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};
+
+/// Write to stdout. When its reader has gone (`seks … | head`), the command ends there with
+/// the status a shell gives a command killed by SIGPIPE (141), as Unix tools do, rather than
+/// panicking as `print!` does; any other failure to write ends it with an error.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Print rows as a table with aligned columns; without headers, just the rows. Cells are
 /// printed with control and hiding characters escaped: some (a model name in the audit log)
@@ -27,7 +62,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     if !headers.is_empty() {
         line(headers.to_vec());
@@ -39,7 +74,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// Print a value as pretty JSON.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use super::backend::Backend;
-use super::output::{dash, print_json, print_table};
+use super::output::{dash, out, print_json, print_table};
 use super::token::read_policy_file;
 
 #[derive(Debug, Subcommand)]
@@ -45,7 +45,7 @@ pub(super) enum PolicyCommand {
 /// `policy check` needs no store, so it runs before one is opened.
 pub(super) fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let spec = read_policy_file(file)?;
-    print!("{}", toml::to_string_pretty(&spec)?);
+    out!("{}", toml::to_string_pretty(&spec)?);
     eprintln!("{}: ok", file.display());
     Ok(())
 }
@@ -64,7 +64,7 @@ pub(super) async fn run(backend: &Backend, cmd: PolicyCommand) -> anyhow::Result
         }
         PolicyCommand::Show { name } => {
             let view = backend.show_policy(&name).await?;
-            print!("{}", toml::to_string_pretty(&view.policy)?);
+            out!("{}", toml::to_string_pretty(&view.policy)?);
             Ok(())
         }
         PolicyCommand::List { json } => {

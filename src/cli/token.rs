@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use super::backend::Backend;
-use super::output::{dash, print_json, print_table};
+use super::output::{dash, out, outln, print_json, print_table};
 use crate::ops::views::{DeriveTokenRequest, MintedView, NewTokenRequest, UpdateTokenRequest};
 use crate::policy::{PolicySpec, Rule};
 
@@ -223,7 +223,7 @@ pub(super) async fn run(backend: &Backend, cmd: TokenCommand) -> anyhow::Result<
 
 /// Print the token on stdout (and only it), and what it is on stderr.
 fn announce(minted: &MintedView, what: &str) {
-    println!("{}", minted.token);
+    outln!("{}", minted.token);
     let expiry = minted
         .expires_at
         .as_ref()
@@ -258,22 +258,22 @@ async fn show(backend: &Backend, id: &str, json: bool) -> anyhow::Result<()> {
         ("revoked", dash(t.revoked_at.as_deref())),
         ("last used", dash(t.last_used_at.as_deref())),
     ] {
-        println!("{label:10} {value}");
+        outln!("{label:10} {value}");
     }
-    println!("\n# own policy");
+    outln!("\n# own policy");
     match &detail.policy {
-        Some(spec) => print!("{}", toml::to_string_pretty(spec)?),
-        None => println!("# none: every path of the provider"),
+        Some(spec) => out!("{}", toml::to_string_pretty(spec)?),
+        None => outln!("# none: every path of the provider"),
     }
     if let Some(name) = &t.policy_name {
-        println!("\n# named policy `{name}`");
+        outln!("\n# named policy `{name}`");
         match &detail.named_policy {
-            Some(spec) => print!("{}", toml::to_string_pretty(spec)?),
-            None => println!("# missing: the token is refused until it exists again"),
+            Some(spec) => out!("{}", toml::to_string_pretty(spec)?),
+            None => outln!("# missing: the token is refused until it exists again"),
         }
     }
     if t.parent.is_some() {
-        println!("\n# the parent's policies apply too (see `seks token show <parent>`)");
+        outln!("\n# the parent's policies apply too (see `seks token show <parent>`)");
     }
     Ok(())
 }

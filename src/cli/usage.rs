@@ -4,7 +4,7 @@
 use clap::Args;
 
 use super::backend::Backend;
-use super::output::{print_json, print_table};
+use super::output::{outln, print_json, print_table};
 use crate::ops::views::UsageQuery;
 
 #[derive(Debug, Args)]
@@ -47,7 +47,7 @@ pub(super) async fn run(backend: &Backend, args: &UsageArgs) -> anyhow::Result<(
         })
         .collect();
     print_table(&["DAY", "AGENT", "REQUESTS", "LLM TOKENS"], &rows);
-    println!();
+    outln!();
     let rows: Vec<Vec<String>> = report
         .tokens
         .iter()

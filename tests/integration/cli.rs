@@ -255,3 +255,21 @@ async fn a_store_password_given_as_a_url_parameter_is_masked_in_messages() {
         assert!(!out.stdout.contains(PASSWORD), "{}", out.stdout);
     }
 }
+
+#[tokio::test]
+async fn output_to_a_reader_that_has_gone_ends_the_command_as_sigpipe_would_without_a_panic() {
+    let env = Env::new("");
+    // `seks provider list | head -0`: the pipe's reader is gone before the first line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(crate::support::seks_bin())
+        .args(["provider", "list"])
+        .env("SEKS_DATA_DIR", env.data_dir())
+        .env("SEKS_CONFIG", &env.config)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -96,6 +96,23 @@ impl AgentSignature {
             )
             .into());
         }
+        // Upstreams act on every `x-amz-*` header (an ACL, a copy source), and the forwarded
+        // request carries the agent's unsigned ones under the real key's signature: one added
+        // on the way would take effect wherever the upstream is laxer than S3, which refuses
+        // them.
+        let unsigned_amz = parts.headers.keys().any(|name| {
+            name.as_str().starts_with("x-amz-")
+                && !auth
+                    .signed_headers
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(name.as_str()))
+        });
+        if unsigned_amz {
+            return Err(SigError::Malformed(
+                "an x-amz-* header is not signed; sign every x-amz-* header, as S3 requires",
+            )
+            .into());
+        }
         let amz_date = single_text(&parts.headers, DATE_HEADER)?
             .ok_or(SigError::Malformed("no x-amz-date header"))?
             .to_owned();
@@ -107,13 +124,6 @@ impl AgentSignature {
         }
         let (payload_hash, body) = match single_text(&parts.headers, CONTENT_SHA256_HEADER)? {
             Some(given) => {
-                if !auth
-                    .signed_headers
-                    .iter()
-                    .any(|h| h == CONTENT_SHA256_HEADER)
-                {
-                    return Err(SigError::Malformed("x-amz-content-sha256 must be signed").into());
-                }
                 check_payload_mode(given)?;
                 (given.to_owned(), body)
             }

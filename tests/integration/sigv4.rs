@@ -340,3 +340,51 @@ async fn sigv4_signed_headers_named_in_connection_are_refused_not_stripped_and_r
     assert_eq!(stats["bad_signatures"], 0, "{stats}");
     broker.stop().await;
 }
+
+/// `pairs` as the `&str` pairs `send` takes.
+fn as_pairs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn sigv4_unsigned_amz_headers_are_refused_not_forwarded_under_the_real_signature() {
+    let mock = MockS3::start().await;
+    let (env, key_id, token) = s3_broker(&mock).await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/s3/bucket/private");
+    let before = mock.stats().await["requests"].as_u64().unwrap();
+    let signed = agent_signed("PUT", &url, &key_id, &token, &[], b"data");
+    // Someone on the way makes the upload public: S3 acts on every x-amz-* header, and the
+    // broker's signature with the real key would carry it.
+    for added in ["x-amz-acl", "X-Amz-Grant-Read"] {
+        let mut tampered = signed.clone();
+        tampered.push((added.to_owned(), "public-read".to_owned()));
+        let reply = send("PUT", &url, &as_pairs(&tampered), "data").await;
+        assert_eq!(reply.status, 400, "{added}: {}", reply.body);
+        assert_eq!(reply.header("x-seks-error"), Some("malformed_signature"));
+        assert!(
+            reply.body.contains("<Code>malformed_signature</Code>")
+                && reply.body.contains("x-amz-"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        mock.stats().await["requests"].as_u64().unwrap(),
+        before + 1,
+        "an unsigned x-amz-* header must not reach the upstream"
+    );
+
+    // Signed, the same header goes through; `x-amzn-trace-id`, which SDKs leave unsigned, is
+    // not an x-amz-* header.
+    let acl = [("x-amz-acl", "public-read")];
+    let mut traced = agent_signed("PUT", &url, &key_id, &token, &acl, b"data");
+    traced.push(("x-amzn-trace-id".to_owned(), "Root=1-abc".to_owned()));
+    let reply = send("PUT", &url, &as_pairs(&traced), "data").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(mock.stats().await["bad_signatures"], 0);
+    broker.stop().await;
+}

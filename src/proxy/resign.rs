@@ -14,9 +14,9 @@ use crate::providers::{AuthScheme, Provider};
 use crate::sigv4::chunked::{self, ChunkChain};
 use crate::sigv4::replay::{Claim, ReplayGuard};
 use crate::sigv4::{
-    Authorization, CONTENT_SHA256_HEADER, DATE_HEADER, KeyPair, RequestParts,
-    SECURITY_TOKEN_HEADER, STREAMING_PAYLOAD, Scope, SigError, SigningKey, format_amz_date,
-    parse_amz_date, sha256_hex, string_to_sign,
+    Authorization, CONTENT_SHA256_HEADER, DATE_HEADER, DECODED_LENGTH_HEADER, KeyPair,
+    RequestParts, SECURITY_TOKEN_HEADER, STREAMING_PAYLOAD, Scope, SigError, SigningKey,
+    format_amz_date, parse_amz_date, sha256_hex, string_to_sign,
 };
 use crate::tokens::SigningTokens;
 
@@ -132,6 +132,17 @@ impl AgentSignature {
                 (sha256_hex(&bytes), Body::from(bytes))
             }
         };
+        // The chunks are checked against it as they pass: S3 refuses a body of another
+        // length only once it has all come.
+        let decoded_length = if payload_hash == STREAMING_PAYLOAD {
+            single_text(&parts.headers, DECODED_LENGTH_HEADER)?
+                .and_then(|text| text.parse().ok())
+                .ok_or(SigError::Malformed(
+                    "an aws-chunked body needs x-amz-decoded-content-length, its data's length",
+                ))?
+        } else {
+            0
+        };
         let mut headers = parts.headers.clone();
         if !headers.contains_key(header::HOST)
             && let Some(authority) = parts.uri.authority()
@@ -157,6 +168,7 @@ impl AgentSignature {
         let claim = replay.admit(auth.signature, owner, signed_at, now)?;
         let checked = Checked {
             claim,
+            decoded_length,
             payload_hash,
             agent_chain: ChunkChain::new(key, &amz_date, auth.scope, auth.signature),
             signed_headers: auth.signed_headers,
@@ -171,6 +183,8 @@ pub struct Checked {
     pub claim: Claim,
     signed_headers: Vec<String>,
     payload_hash: String,
+    /// The data length an `aws-chunked` body declares in `x-amz-decoded-content-length`.
+    decoded_length: u64,
     /// The agent's chunk-signature chain, for `aws-chunked` uploads.
     agent_chain: ChunkChain,
 }
@@ -246,8 +260,12 @@ impl Checked {
                     .headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
-            *request.body_mut() =
-                Body::from_stream(chunked::resign(body, self.agent_chain, upstream_chain));
+            *request.body_mut() = Body::from_stream(chunked::resign(
+                body,
+                self.agent_chain,
+                upstream_chain,
+                self.decoded_length,
+            ));
         }
         Ok(())
     }
@@ -331,6 +349,7 @@ mod tests {
                 .map(str::to_owned)
                 .to_vec(),
             payload_hash: empty,
+            decoded_length: 0,
             agent_chain: ChunkChain::new(agent_key, "20130524T000000Z", scope, [0; 32]),
         };
         let credential = SecretString::from(

@@ -64,17 +64,21 @@ impl ChunkChain {
     }
 }
 
-/// `body` with every chunk checked against `agent` and re-signed on `upstream`.
+/// `body` with every chunk checked against `agent` and re-signed on `upstream`; its chunks'
+/// data must come to `decoded_length` bytes, as the signed `x-amz-decoded-content-length`
+/// says.
 pub fn resign(
     body: Body,
     agent: ChunkChain,
     upstream: ChunkChain,
+    decoded_length: u64,
 ) -> impl Stream<Item = Result<Bytes, ChunkError>> + Send {
     let state = Resigner {
         input: body.into_data_stream(),
         buffer: BytesMut::new(),
         agent,
         upstream,
+        remaining: decoded_length,
         done: false,
     };
     futures_util::stream::try_unfold(state, |mut state| async move {
@@ -90,6 +94,8 @@ struct Resigner {
     buffer: BytesMut,
     agent: ChunkChain,
     upstream: ChunkChain,
+    /// Data bytes the declared decoded length leaves for the chunks still to come.
+    remaining: u64,
     done: bool,
 }
 
@@ -111,6 +117,15 @@ impl Resigner {
             }
             self.fill().await?;
         };
+        // Checked before the chunk goes on, so a body at odds with the length the agent signed
+        // never reaches the upstream whole under the real key's signatures.
+        self.remaining = self
+            .remaining
+            .checked_sub(size as u64)
+            .filter(|&left| size != 0 || left == 0)
+            .ok_or(ChunkError::Malformed(
+                "the chunks' data is not as long as x-amz-decoded-content-length says",
+            ))?;
         let total = header_len + size + 2;
         while self.buffer.len() < total {
             self.fill().await?;
@@ -241,10 +256,22 @@ mod tests {
         assert_eq!(hex(&seed), SEED);
     }
 
+    /// Data bytes in [`example_body`].
+    const DECODED: u64 = 66_560;
+
     async fn run(
         body: Vec<u8>,
         agent: ChunkChain,
         upstream: ChunkChain,
+    ) -> Result<Vec<u8>, ChunkError> {
+        run_declaring(body, agent, upstream, DECODED).await
+    }
+
+    async fn run_declaring(
+        body: Vec<u8>,
+        agent: ChunkChain,
+        upstream: ChunkChain,
+        decoded_length: u64,
     ) -> Result<Vec<u8>, ChunkError> {
         // Split awkwardly, so headers and data straddle frames.
         let pieces: Vec<Result<Bytes, std::io::Error>> = body
@@ -252,7 +279,7 @@ mod tests {
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
         let input = Body::from_stream(futures_util::stream::iter(pieces));
-        let out: Vec<Bytes> = resign(input, agent, upstream)
+        let out: Vec<Bytes> = resign(input, agent, upstream, decoded_length)
             .collect::<Vec<_>>()
             .await
             .into_iter()
@@ -305,6 +332,12 @@ mod tests {
         extra.extend_from_slice(b"more");
         let extra = run(extra, chain(key, seed), chain(key, seed)).await;
         assert!(matches!(extra, Err(ChunkError::Malformed(_))));
+
+        for declared in [DECODED - 1, DECODED + 1] {
+            let body = example_body(&documented_signatures());
+            let lying = run_declaring(body, chain(key, seed), chain(key, seed), declared).await;
+            assert!(matches!(lying, Err(ChunkError::Malformed(_))), "{declared}");
+        }
 
         let huge = format!("{:x};chunk-signature={}\r\n", MAX_CHUNK + 1, "0".repeat(64));
         let huge = run(huge.into_bytes(), chain(key, seed), chain(key, seed)).await;

@@ -23,6 +23,8 @@ pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 pub const DATE_HEADER: &str = "x-amz-date";
 /// Header carrying the payload hash (or a payload mode), required by S3.
 pub const CONTENT_SHA256_HEADER: &str = "x-amz-content-sha256";
+/// Header carrying the data length of an `aws-chunked` body, without its framing.
+pub const DECODED_LENGTH_HEADER: &str = "x-amz-decoded-content-length";
 /// Header carrying a temporary credential's session token.
 pub const SECURITY_TOKEN_HEADER: &str = "x-amz-security-token";
 /// Payload hash of an `aws-chunked` body whose chunks are signed one by one.

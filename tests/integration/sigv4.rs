@@ -231,7 +231,8 @@ async fn requests_without_a_valid_sigv4_signature_are_refused_before_upstream() 
 }
 
 /// Headers for `method url` signed as an SDK signs them with the agent's key pair:
-/// `extra` and the payload hash of `body` among the signed headers.
+/// `extra` and the payload hash of `body` (or the payload mode `extra` gives in
+/// `x-amz-content-sha256`) among the signed headers.
 pub(crate) fn agent_signed(
     method: &str,
     url: &str,
@@ -243,13 +244,13 @@ pub(crate) fn agent_signed(
     use seks::sigv4::{self, Authorization, RequestParts, Scope, SigningKey};
     let uri: http::Uri = url.parse().expect("url");
     let amz_date = sigv4::format_amz_date(seks::clock::now());
-    let payload_hash = sigv4::sha256_hex(body);
+    let body_hash = sigv4::sha256_hex(body);
     let mut headers = http::HeaderMap::new();
     let host = uri.authority().expect("authority").as_str();
     for (name, value) in [
         ("host", host),
         (sigv4::DATE_HEADER, &amz_date),
-        (sigv4::CONTENT_SHA256_HEADER, &payload_hash),
+        (sigv4::CONTENT_SHA256_HEADER, &body_hash),
     ]
     .into_iter()
     .chain(extra.iter().copied())
@@ -259,6 +260,10 @@ pub(crate) fn agent_signed(
             value.parse().unwrap(),
         );
     }
+    let payload_hash = headers[sigv4::CONTENT_SHA256_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let mut signed: Vec<String> = headers.keys().map(|k| k.as_str().to_owned()).collect();
     signed.sort();
     let scope = Scope {
@@ -386,5 +391,81 @@ async fn sigv4_unsigned_amz_headers_are_refused_not_forwarded_under_the_real_sig
     let reply = send("PUT", &url, &as_pairs(&traced), "data").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(mock.stats().await["bad_signatures"], 0);
+    broker.stop().await;
+}
+
+/// An `aws-chunked` body of `chunks` (the final empty one added), each signed on the chain
+/// that starts at the signature in `signed`'s Authorization header, made with `token`.
+fn agent_chunks(signed: &[(String, String)], token: &str, chunks: &[&[u8]]) -> Vec<u8> {
+    use seks::sigv4::chunked::ChunkChain;
+    use seks::sigv4::{Authorization, DATE_HEADER, SigningKey};
+    let header = |name: &str| {
+        signed
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .expect(name)
+    };
+    let auth = Authorization::parse(header("authorization")).unwrap();
+    let key = SigningKey::new(&token.to_owned().into(), &auth.scope);
+    let mut chain = ChunkChain::new(key, header(DATE_HEADER), auth.scope, auth.signature);
+    let mut body = Vec::new();
+    for data in chunks.iter().copied().chain([&b""[..]]) {
+        let signature = seks::tokens::hex(&chain.sign_next(data));
+        body.extend_from_slice(
+            format!("{:x};chunk-signature={signature}\r\n", data.len()).as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body
+}
+
+#[tokio::test]
+async fn sigv4_chunked_bodies_must_carry_their_signed_decoded_length() {
+    let mock = MockS3::start().await;
+    let (env, key_id, token) = s3_broker(&mock).await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/s3/bucket/chunked");
+    let verified = mock.stats().await["verified"].as_u64().unwrap();
+    let data: [&[u8]; 2] = [b"hello ", b"world"];
+    // Signed declared lengths shorter and longer than the 11 bytes the chunks carry, and none.
+    for declared in [Some("6"), Some("12"), None] {
+        let mut extra = vec![
+            ("x-amz-content-sha256", seks::sigv4::STREAMING_PAYLOAD),
+            ("content-encoding", "aws-chunked"),
+        ];
+        extra.extend(declared.map(|d| ("x-amz-decoded-content-length", d)));
+        let signed = agent_signed("PUT", &url, &key_id, &token, &extra, b"");
+        let body = agent_chunks(&signed, &token, &data);
+        let reply = send("PUT", &url, &as_pairs(&signed), body).await;
+        assert_eq!(reply.status, 400, "{declared:?}: {}", reply.body);
+        assert_eq!(reply.header("x-seks-error"), Some("malformed_signature"));
+        assert!(
+            reply.body.contains("x-amz-decoded-content-length"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        mock.stats().await["verified"].as_u64().unwrap(),
+        verified,
+        "no body at odds with its declared length may reach S3 complete"
+    );
+
+    // Told truly, the same upload goes through.
+    let extra = [
+        ("x-amz-content-sha256", seks::sigv4::STREAMING_PAYLOAD),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-decoded-content-length", "11"),
+    ];
+    let signed = agent_signed("PUT", &url, &key_id, &token, &extra, b"");
+    let body = agent_chunks(&signed, &token, &data);
+    let reply = send("PUT", &url, &as_pairs(&signed), body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        mock.stats().await["verified"].as_u64().unwrap(),
+        verified + 1
+    );
     broker.stop().await;
 }

@@ -111,7 +111,12 @@ impl Resigner {
                 _ => Ok(None),
             };
         }
-        let (header_len, size, claimed) = loop {
+        let ChunkHeader {
+            len: header_len,
+            digits,
+            size,
+            claimed,
+        } = loop {
             if let Some(header) = parse_header(&self.buffer)? {
                 break header;
             }
@@ -130,7 +135,10 @@ impl Resigner {
         while self.buffer.len() < total {
             self.fill().await?;
         }
-        self.buffer.advance(header_len);
+        // The size goes on as the agent spelled it (`00a`, `A`): the body keeps the length
+        // its Content-Length gives.
+        let spelled_size = self.buffer.split_to(digits).freeze();
+        self.buffer.advance(header_len - digits);
         let data = self.buffer.split_to(size).freeze();
         if &self.buffer[..2] != b"\r\n" {
             return Err(ChunkError::Malformed("a chunk does not end with CRLF"));
@@ -141,9 +149,8 @@ impl Resigner {
         }
         let signature = self.upstream.sign_next(&data);
         let mut out = BytesMut::with_capacity(total);
-        out.extend_from_slice(
-            format!("{size:x}{SIGNATURE_FIELD}{}\r\n", hex(&signature)).as_bytes(),
-        );
+        out.extend_from_slice(&spelled_size);
+        out.extend_from_slice(format!("{SIGNATURE_FIELD}{}\r\n", hex(&signature)).as_bytes());
         out.extend_from_slice(&data);
         out.extend_from_slice(b"\r\n");
         if size == 0 {
@@ -166,8 +173,20 @@ impl Resigner {
     }
 }
 
-/// `(header length with CRLF, chunk size, claimed signature)` once a whole header is buffered.
-fn parse_header(buffer: &[u8]) -> Result<Option<(usize, usize, [u8; 32])>, ChunkError> {
+/// A chunk's header line.
+struct ChunkHeader {
+    /// Length of the line with its CRLF.
+    len: usize,
+    /// Length of the size's hex digits, which start the line.
+    digits: usize,
+    /// Data bytes in the chunk.
+    size: usize,
+    /// The chunk signature the agent claims.
+    claimed: [u8; 32],
+}
+
+/// The next chunk's header, once it is all buffered.
+fn parse_header(buffer: &[u8]) -> Result<Option<ChunkHeader>, ChunkError> {
     let Some(end) = memchr::memmem::find(buffer, b"\r\n") else {
         return if buffer.len() > MAX_HEADER {
             Err(ChunkError::Malformed("a chunk header is too long"))
@@ -180,15 +199,23 @@ fn parse_header(buffer: &[u8]) -> Result<Option<(usize, usize, [u8; 32])>, Chunk
     let (size, signature) = line
         .split_once(SIGNATURE_FIELD)
         .ok_or(ChunkError::Malformed("a chunk has no chunk-signature"))?;
-    let size = usize::from_str_radix(size, 16)
-        .ok()
+    let digits = size.len();
+    // `from_str_radix` takes a leading `+` too, which is not hex.
+    let size = Some(size)
+        .filter(|s| s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|s| usize::from_str_radix(s, 16).ok())
         .filter(|&s| s <= MAX_CHUNK)
         .ok_or(ChunkError::Malformed(
             "a chunk size is not hex or over 16 MiB",
         ))?;
     let claimed =
         decode_signature(signature).map_err(|_| ChunkError::Malformed("bad chunk signature"))?;
-    Ok(Some((end + 2, size, claimed)))
+    Ok(Some(ChunkHeader {
+        len: end + 2,
+        digits,
+        size,
+        claimed,
+    }))
 }
 
 #[cfg(test)]
@@ -307,6 +334,28 @@ mod tests {
             .map(|&n| hex(&check.sign_next(&vec![b'a'; n])))
             .collect();
         assert_eq!(out, example_body(&expected));
+    }
+
+    #[tokio::test]
+    async fn chunk_sizes_keep_their_spelling_so_the_body_keeps_its_length() {
+        let seed = decode_signature(SEED).unwrap();
+        let key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let mut signing = chain(key, seed);
+        let mut body = Vec::new();
+        for (size, data) in [("000A", &b"0123456789"[..]), ("00", b"")] {
+            let signature = hex(&signing.sign_next(data));
+            body.extend_from_slice(format!("{size};chunk-signature={signature}\r\n").as_bytes());
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        // Re-signed on the same chain, the body comes out byte for byte as it went in: the
+        // Content-Length it was sent with still holds.
+        let out = run_declaring(body.clone(), chain(key, seed), chain(key, seed), 10).await;
+        assert_eq!(out.unwrap(), body);
+
+        let plus = format!("+0;chunk-signature={}\r\n\r\n", "0".repeat(64));
+        let plus = run_declaring(plus.into_bytes(), chain(key, seed), chain(key, seed), 0).await;
+        assert!(matches!(plus, Err(ChunkError::Malformed(_))));
     }
 
     #[tokio::test]

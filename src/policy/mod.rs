@@ -230,22 +230,7 @@ pub fn check_lifetime(token: &TokenRecord, now: i64) -> Result<(), Denial> {
 
 /// Check a request against one spec's rules (not its limits).
 pub fn check_request(spec: &PolicySpec, facts: &RequestFacts<'_>) -> Result<Verdict, Denial> {
-    let path = facts.path;
-    if let Some(rule) = spec.deny.iter().find(|r| r.catches(path)) {
-        return Err(Denial::Denied {
-            method: path.method().to_string(),
-            path: path.path().to_owned(),
-            rule: rule.to_string(),
-        });
-    }
-    if let Some(allow) = &spec.allow
-        && !allow.iter().any(|r| r.allows(path))
-    {
-        return Err(Denial::NotAllowed {
-            method: path.method().to_string(),
-            path: path.path().to_owned(),
-        });
-    }
+    let verdict = check_path(spec, facts.path)?;
     if let Some(allowed) = &spec.models
         && let Some(model) = facts
             .models
@@ -265,6 +250,28 @@ pub fn check_request(spec: &PolicySpec, facts: &RequestFacts<'_>) -> Result<Verd
                 why,
             })?;
         }
+    }
+    Ok(verdict)
+}
+
+/// Check a method and path against a policy's path rules alone (`deny`, `allow`,
+/// `require_approval`): how a path a request reads besides its own (an S3 copy source) is
+/// judged.
+pub fn check_path(spec: &PolicySpec, path: &RequestPath) -> Result<Verdict, Denial> {
+    if let Some(rule) = spec.deny.iter().find(|r| r.catches(path)) {
+        return Err(Denial::Denied {
+            method: path.method().to_string(),
+            path: path.path().to_owned(),
+            rule: rule.to_string(),
+        });
+    }
+    if let Some(allow) = &spec.allow
+        && !allow.iter().any(|r| r.allows(path))
+    {
+        return Err(Denial::NotAllowed {
+            method: path.method().to_string(),
+            path: path.path().to_owned(),
+        });
     }
     Ok(
         match spec.require_approval.iter().find(|r| r.catches(path)) {

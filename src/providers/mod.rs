@@ -155,6 +155,9 @@ pub struct Provider {
     pub member_routes: Vec<Rule>,
     /// JSON members of answers that hold a credential usable without the broker.
     pub credential_members: Arc<[String]>,
+    /// Headers naming another path of the provider that a request reads (S3's
+    /// `x-amz-copy-source`); policies judge each as a `GET` of that path.
+    pub source_headers: Vec<http::HeaderName>,
 }
 
 impl Provider {
@@ -529,6 +532,10 @@ mod tests {
                 r#"{ scheme = "oauth2", token_url = "https://oauth.example/token", token_lifetime = "0s" }"#
             ),
             ours("acme", "auth.token_lifetime")
+        );
+        assert_eq!(
+            field_error("[s3]\nsource_headers = [\"x amz\"]\n"),
+            ours("s3", "source_headers")
         );
         assert_eq!(
             field_error("[Acme]\nbase_url = \"https://a.example\"\n"),

@@ -52,6 +52,9 @@ pub struct ProviderSpec {
     /// broker (GitLab's `runners_token`), withheld unless a root policy sets
     /// `mint_credentials = true`.
     pub credential_members: Option<Vec<String>>,
+    /// Headers naming another path of the provider that a request reads (S3's
+    /// `x-amz-copy-source: /bucket/key`), judged by policies as a `GET` of that path.
+    pub source_headers: Option<Vec<String>>,
 }
 
 impl ProviderSpec {
@@ -97,6 +100,7 @@ impl ProviderSpec {
             credential_fields: over.credential_fields.or(self.credential_fields),
             member_routes: over.member_routes.or(self.member_routes),
             credential_members: over.credential_members.or(self.credential_members),
+            source_headers: over.source_headers.or(self.source_headers),
         })
     }
 
@@ -207,6 +211,16 @@ impl ProviderSpec {
                 "needs `member_routes`, the requests whose answers hold them".to_owned(),
             ));
         }
+        let source_headers = self
+            .source_headers
+            .unwrap_or_default()
+            .iter()
+            .map(|name| {
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    invalid("source_headers", format!("`{name}` is not a header name"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Provider {
             name: name.to_owned(),
             upstream,
@@ -224,6 +238,7 @@ impl ProviderSpec {
             credential_fields,
             member_routes,
             credential_members: credential_members.into(),
+            source_headers,
         })
     }
 }

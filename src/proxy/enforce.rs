@@ -292,14 +292,8 @@ impl Enforcer {
             models: &models,
             body: json.as_ref(),
         };
-        let mut hold_for = None;
-        for (_, spec) in &specs {
-            if let Verdict::Approve(rule) =
-                policy::check_request(spec, &facts).map_err(ProxyError::Policy)?
-            {
-                hold_for.get_or_insert(rule);
-            }
-        }
+        let sources = source_paths(provider, parts)?;
+        let hold_for = judge(&specs, &facts, &sources)?;
         if count_stream_usage && let Some(amended) = ask_for_stream_usage(json.as_ref()) {
             body = ForwardBody::Buffered(amended);
         }
@@ -331,9 +325,7 @@ impl Enforcer {
                 models: &models,
                 body: json.as_ref(),
             };
-            for (_, spec) in &specs {
-                policy::check_request(spec, &facts).map_err(ProxyError::Policy)?;
-            }
+            judge(&specs, &facts, &sources)?;
             withheld = withheld_members(provider, &path, &specs);
             seen.approved = true;
         }
@@ -539,6 +531,51 @@ fn request_facts(
     }
     models.extend(in_query);
     Ok((json, models))
+}
+
+/// Judge a request, and each path it reads besides its own (`sources`), by every policy of
+/// the chain; the first rule that holds it for approval, if any.
+fn judge(
+    specs: &[(&TokenEntry, &PolicySpec)],
+    facts: &RequestFacts<'_>,
+    sources: &[RequestPath],
+) -> Result<Option<String>, ProxyError> {
+    let mut hold_for = None;
+    for (_, spec) in specs {
+        let verdicts = std::iter::once(policy::check_request(spec, facts)).chain(
+            sources
+                .iter()
+                .map(|source| policy::check_path(spec, source)),
+        );
+        for verdict in verdicts {
+            if let Verdict::Approve(rule) = verdict.map_err(ProxyError::Policy)? {
+                hold_for.get_or_insert(rule);
+            }
+        }
+    }
+    Ok(hold_for)
+}
+
+/// The paths a request reads besides its own, named in its provider's `source_headers`
+/// (S3's `x-amz-copy-source: bucket/key?versionId=…`), as `GET`s, checked as request paths
+/// are. An S3 access point's ARN names no path a policy could judge, so it is refused.
+fn source_paths(provider: &Provider, parts: &Parts) -> Result<Vec<RequestPath>, ProxyError> {
+    const UNJUDGED: &str = "a copy source must be /bucket/key, which the token's policy judges";
+    let mut paths = Vec::new();
+    for name in &provider.source_headers {
+        for value in parts.headers.get_all(name) {
+            let text = value.to_str().map_err(|_| ProxyError::BadPath(UNJUDGED))?;
+            let (raw, _version) = text.split_once('?').unwrap_or((text, ""));
+            let raw = format!("/{}", raw.strip_prefix('/').unwrap_or(raw));
+            let bucket = raw[1..].split('/').next().unwrap_or_default();
+            if bucket.is_empty() || bucket.contains(':') || bucket.contains('%') {
+                return Err(ProxyError::BadPath(UNJUDGED));
+            }
+            super::target::validate(&raw, provider.encoded_slashes).map_err(ProxyError::BadPath)?;
+            paths.push(RequestPath::new(&Method::GET, &raw));
+        }
+    }
+    Ok(paths)
 }
 
 /// Check that the token and each of its ancestors is alive.

@@ -469,3 +469,74 @@ async fn sigv4_chunked_bodies_must_carry_their_signed_decoded_length() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn an_s3_copy_source_is_judged_by_the_policy_as_a_read_of_its_object() {
+    let mock = MockS3::start().await;
+    let (env, _, _) = s3_broker(&mock).await;
+    // An agent confined to bucket-a: CopyObject must not read bucket-b's objects into it.
+    let token = env
+        .cli(
+            &[
+                "token",
+                "create",
+                "--secret",
+                "aws",
+                "--agent",
+                "copier",
+                "--allow",
+                "PUT /bucket-a/**",
+                "--allow",
+                "GET /bucket-a/**",
+            ],
+            "",
+        )
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let key_id = env.token_id("copier").await;
+    let broker = env.serve().await;
+    let url = broker.url("/api/s3/bucket-a/copy");
+    let copy = |source: &str| {
+        let signed = agent_signed(
+            "PUT",
+            &url,
+            &key_id,
+            &token,
+            &[("x-amz-copy-source", source)],
+            b"",
+        );
+        let url = url.clone();
+        async move { send("PUT", &url, &as_pairs(&signed), "").await }
+    };
+    let before = mock.stats().await["requests"].as_u64().unwrap();
+    for (source, status, code) in [
+        ("/bucket-b/payroll.csv", 403, "policy_denied"),
+        ("bucket-b/payroll.csv?versionId=3", 403, "policy_denied"),
+        ("bucket-a/../bucket-b/payroll.csv", 400, "bad_path"),
+        (
+            "arn:aws:s3:us-east-1:123456789012:accesspoint/ap/object/payroll.csv",
+            400,
+            "bad_path",
+        ),
+    ] {
+        let reply = copy(source).await;
+        assert_eq!(
+            (reply.status, reply.header("x-seks-error")),
+            (status, Some(code)),
+            "{source}: {}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        mock.stats().await["requests"].as_u64().unwrap(),
+        before + 1,
+        "a refused copy reached the upstream"
+    );
+    let within = copy("bucket-a/report.csv?versionId=3").await;
+    assert_eq!(within.status, 200, "{}", within.body);
+    assert_eq!(mock.stats().await["bad_signatures"], 0);
+    broker.stop().await;
+}

@@ -787,6 +787,32 @@ mod tests {
     }
 
     #[test]
+    fn any_s3_api_names_its_copy_source_unless_its_entry_says_otherwise() {
+        let sigv4 = |service: &str, extra: &str| {
+            format!(
+                "[store]\nbase_url = \"https://store.example\"\ntoken_in = [{{ in = \"sigv4\" }}]\n\
+                 auth = {{ scheme = \"sigv4\", region = \"eu-west-1\", service = \"{service}\" }}\n{extra}"
+            )
+        };
+        let copy_source = [http::HeaderName::from_static("x-amz-copy-source")];
+        let headers = |toml: &str| {
+            load(toml)
+                .unwrap()
+                .get("store")
+                .unwrap()
+                .source_headers
+                .clone()
+        };
+        assert_eq!(headers(&sigv4("s3", "")), copy_source);
+        assert_eq!(
+            load("").unwrap().get("s3").unwrap().source_headers,
+            copy_source
+        );
+        assert!(headers(&sigv4("execute-api", "")).is_empty());
+        assert!(headers(&sigv4("s3", "source_headers = []\n")).is_empty());
+    }
+
+    #[test]
     fn models_are_found_in_the_body_or_the_path() {
         let body = serde_json::json!({"model": "gpt-4o-mini"});
         assert_eq!(

@@ -211,9 +211,17 @@ impl ProviderSpec {
                 "needs `member_routes`, the requests whose answers hold them".to_owned(),
             ));
         }
+        // S3's API, wherever it is served (MinIO, R2): a copy names the object it reads.
+        let s3 = matches!(&auth, AuthScheme::Sigv4 { service, .. } if service == "s3");
         let source_headers = self
             .source_headers
-            .unwrap_or_default()
+            .unwrap_or_else(|| {
+                if s3 {
+                    vec!["x-amz-copy-source".to_owned()]
+                } else {
+                    Vec::new()
+                }
+            })
             .iter()
             .map(|name| {
                 http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {

@@ -265,10 +265,13 @@ impl Enforcer {
         let count_stream_usage = provider.stream_usage_opt_in
             && parts.method == Method::POST
             && specs.iter().any(|(_, s)| s.daily_tokens.is_some());
+        let sources = source_paths(provider, parts)?;
         // A held request is sent later, so its whole body waits with it.
-        let may_hold = specs
-            .iter()
-            .any(|(_, s)| s.require_approval.iter().any(|r| r.catches(&path)));
+        let may_hold = specs.iter().any(|(_, s)| {
+            s.require_approval
+                .iter()
+                .any(|r| std::iter::once(&path).chain(&sources).any(|p| r.catches(p)))
+        });
         let read_limit = if may_hold {
             Some(self.forward_body_limit)
         } else if checks_models || checks_body || count_stream_usage {
@@ -292,7 +295,6 @@ impl Enforcer {
             models: &models,
             body: json.as_ref(),
         };
-        let sources = source_paths(provider, parts)?;
         let hold_for = judge(&specs, &facts, &sources)?;
         if count_stream_usage && let Some(amended) = ask_for_stream_usage(json.as_ref()) {
             body = ForwardBody::Buffered(amended);
@@ -301,12 +303,17 @@ impl Enforcer {
         // concurrency like any other.
         let admission = self.take_limits(entry, &specs, now).await?;
         if let Some(rule) = hold_for {
+            // The operator sees what a copy reads, not only where it writes.
+            let shown_path = std::iter::once(path.path().to_owned())
+                .chain(sources.iter().map(|s| format!("reading {}", s.path())))
+                .collect::<Vec<_>>()
+                .join(", ");
             let summary = Summary::new(
                 &entry.record.agent,
                 &entry.record.id,
                 &provider.name,
                 parts.method.as_str(),
-                path.path(),
+                &shown_path,
                 (!models.is_empty()).then(|| models.join(", ")).as_deref(),
                 rule,
             );

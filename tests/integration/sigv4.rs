@@ -538,5 +538,57 @@ async fn an_s3_copy_source_is_judged_by_the_policy_as_a_read_of_its_object() {
     let within = copy("bucket-a/report.csv?versionId=3").await;
     assert_eq!(within.status, 200, "{}", within.body);
     assert_eq!(mock.stats().await["bad_signatures"], 0);
+
+    // A copy held for approval because of what it reads shows the operator what that is.
+    let asking = env
+        .cli(
+            &[
+                "token",
+                "create",
+                "--secret",
+                "aws",
+                "--agent",
+                "asking",
+                "--allow",
+                "PUT /bucket-a/**",
+                "--allow",
+                "GET /bucket-*/**",
+                "--require-approval",
+                "GET /bucket-b/**",
+            ],
+            "",
+        )
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let asking_id = env.token_id("asking").await;
+    let signed = agent_signed(
+        "PUT",
+        &url,
+        &asking_id,
+        &asking,
+        &[("x-amz-copy-source", "bucket-b/payroll.csv")],
+        b"",
+    );
+    let held = tokio::spawn({
+        let url = url.clone();
+        async move { send("PUT", &url, &as_pairs(&signed), "").await }
+    });
+    let pending = crate::capabilities::pending_approval(&env).await;
+    assert_eq!(
+        pending["request"]["path"], "/bucket-a/copy, reading /bucket-b/payroll.csv",
+        "{pending}"
+    );
+    let id = pending["id"].as_str().unwrap();
+    env.cli(&["approvals", "deny", id], "").await.ok();
+    let denied = held.await.unwrap();
+    assert_eq!(
+        (denied.status, denied.header("x-seks-error")),
+        (403, Some("approval_denied")),
+        "{}",
+        denied.body
+    );
     broker.stop().await;
 }

@@ -19,13 +19,10 @@ pub struct CutOffBody {
 
 impl CutOffBody {
     /// Wrap `inner`, watching `cut_off`.
-    pub fn new(inner: Body, mut cut_off: watch::Receiver<bool>) -> Self {
+    pub fn new(inner: Body, cut_off: watch::Receiver<bool>) -> Self {
         CutOffBody {
             inner,
-            cut_off: Box::pin(async move {
-                // A dropped sender (the broker is going away) also cuts off.
-                let _ = cut_off.wait_for(|cut| *cut).await;
-            }),
+            cut_off: Box::pin(super::cut_off_signal(cut_off)),
         }
     }
 }

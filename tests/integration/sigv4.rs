@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::support::forms::found_in;
-use crate::support::http::send;
+use crate::support::http::{Reply, send};
 use crate::support::{Env, python, run_python};
 
 const ACCESS_KEY_ID: &str = "AKIAREALKEY7EXAMPLE0";
@@ -320,14 +320,7 @@ async fn sigv4_signed_headers_named_in_connection_are_refused_not_stripped_and_r
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let reply = send("PUT", &url, &pairs, "data").await;
-    assert_eq!(reply.status, 400, "{}", reply.body);
-    assert_eq!(reply.header("x-seks-error"), Some("malformed_signature"));
-    assert!(
-        reply.body.contains("<Code>malformed_signature</Code>")
-            && reply.body.contains("Connection"),
-        "{}",
-        reply.body
-    );
+    assert_malformed(&reply, "Connection");
     assert_eq!(
         mock.stats().await["requests"].as_u64().unwrap(),
         before + 1,
@@ -347,6 +340,17 @@ async fn sigv4_signed_headers_named_in_connection_are_refused_not_stripped_and_r
 }
 
 /// `pairs` as the `&str` pairs `send` takes.
+/// Panic unless `reply` is the 400 `malformed_signature` in S3's XML, naming `about`.
+fn assert_malformed(reply: &Reply, about: &str) {
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.header("x-seks-error"), Some("malformed_signature"));
+    assert!(
+        reply.body.contains("<Code>malformed_signature</Code>") && reply.body.contains(about),
+        "{}",
+        reply.body
+    );
+}
+
 fn as_pairs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
     pairs
         .iter()
@@ -368,14 +372,7 @@ async fn sigv4_unsigned_amz_headers_are_refused_not_forwarded_under_the_real_sig
         let mut tampered = signed.clone();
         tampered.push((added.to_owned(), "public-read".to_owned()));
         let reply = send("PUT", &url, &as_pairs(&tampered), "data").await;
-        assert_eq!(reply.status, 400, "{added}: {}", reply.body);
-        assert_eq!(reply.header("x-seks-error"), Some("malformed_signature"));
-        assert!(
-            reply.body.contains("<Code>malformed_signature</Code>")
-                && reply.body.contains("x-amz-"),
-            "{}",
-            reply.body
-        );
+        assert_malformed(&reply, "x-amz-");
     }
     assert_eq!(
         mock.stats().await["requests"].as_u64().unwrap(),
@@ -476,12 +473,9 @@ async fn an_s3_copy_source_is_judged_by_the_policy_as_a_read_of_its_object() {
     let (env, _, _) = s3_broker(&mock).await;
     // An agent confined to bucket-a: CopyObject must not read bucket-b's objects into it.
     let token = env
-        .cli(
+        .create_token(
+            "aws",
             &[
-                "token",
-                "create",
-                "--secret",
-                "aws",
                 "--agent",
                 "copier",
                 "--allow",
@@ -489,13 +483,8 @@ async fn an_s3_copy_source_is_judged_by_the_policy_as_a_read_of_its_object() {
                 "--allow",
                 "GET /bucket-a/**",
             ],
-            "",
         )
-        .await
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+        .await;
     let key_id = env.token_id("copier").await;
     let broker = env.serve().await;
     let url = broker.url("/api/s3/bucket-a/copy");
@@ -541,12 +530,9 @@ async fn an_s3_copy_source_is_judged_by_the_policy_as_a_read_of_its_object() {
 
     // A copy held for approval because of what it reads shows the operator what that is.
     let asking = env
-        .cli(
+        .create_token(
+            "aws",
             &[
-                "token",
-                "create",
-                "--secret",
-                "aws",
                 "--agent",
                 "asking",
                 "--allow",
@@ -556,13 +542,8 @@ async fn an_s3_copy_source_is_judged_by_the_policy_as_a_read_of_its_object() {
                 "--require-approval",
                 "GET /bucket-b/**",
             ],
-            "",
         )
-        .await
-        .ok()
-        .stdout
-        .trim()
-        .to_owned();
+        .await;
     let asking_id = env.token_id("asking").await;
     let signed = agent_signed(
         "PUT",

@@ -241,11 +241,7 @@ fn scrubbed_values(value: &str) -> Vec<Zeroizing<String>> {
     let mut values = vec![Zeroizing::new(value.to_owned())];
     for password in url_passwords(value) {
         values.push(Zeroizing::new(password.to_owned()));
-        values.push(Zeroizing::new(
-            percent_encoding::percent_decode_str(password)
-                .decode_utf8_lossy()
-                .into_owned(),
-        ));
+        values.push(decoded(password));
     }
     values
 }
@@ -268,13 +264,6 @@ pub fn check_url_passwords(value: &str) -> Result<(), String> {
     let Ok(url) = url::Url::parse(value) else {
         return Ok(());
     };
-    let decoded = |password: &str| {
-        Zeroizing::new(
-            percent_encoding::percent_decode_str(password)
-                .decode_utf8_lossy()
-                .into_owned(),
-        )
-    };
     let known: Vec<_> = url_passwords(value).map(decoded).collect();
     let in_query = url
         .query_pairs()
@@ -290,6 +279,15 @@ pub fn check_url_passwords(value: &str) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// A URL's password percent-decoded, as its client sends it.
+fn decoded(password: &str) -> Zeroizing<String> {
+    Zeroizing::new(
+        percent_encoding::percent_decode_str(password)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 /// The passwords in `scheme://user:password@host/…?password=…`, as written; read in place
